@@ -1,0 +1,156 @@
+"""The explored cache bank: every candidate's spec, parameters and metrics; saved with orbax.
+
+Parameters go to an orbax checkpoint, everything else to ``bank.json`` beside it (also what a
+person or a plotting script reads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from gati_jax.caches.selector import NUM_FEATURES, Selector
+from gati_jax.caches.variants import Predictor, VariantSpec, parse_variant
+
+_JSON = "bank.json"
+_PARAMS = "params"
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One trained cache: where it sits, what it is, its parameters, thresholds and metrics."""
+
+    position: int
+    variant: str
+    seed: int
+    learning_rate: float
+    pool_factor: int                      # pooling applied to the raw activation first
+    input_shape: tuple[int, ...]          # the (pooled) activation shape the predictor reads
+    params: dict[str, Any]                # {"predictor": ..., "selector": ...}
+    thresholds: dict[str, float]          # precision target (as a string) -> selector threshold
+    metrics: dict[str, Any]
+
+    @property
+    def spec(self) -> VariantSpec:
+        """The parsed variant."""
+        return parse_variant(self.variant)
+
+    @property
+    def key(self) -> str:
+        """A stable name: position, variant, seed and learning rate."""
+        return f"p{self.position}/{self.variant}/s{self.seed}/lr{self.learning_rate:g}"
+
+
+@dataclasses.dataclass
+class CacheBank:
+    """All explored candidates for one base network, plus the facts they were measured under."""
+
+    num_classes: int
+    selector_hidden: int
+    candidates: list[Candidate]
+    info: dict[str, Any]                  # backend, stage latencies, splits used, targets...
+
+    def at(self, position: int) -> list[Candidate]:
+        """Candidates at one position."""
+        return [c for c in self.candidates if c.position == position]
+
+    def frontier(self, position: int) -> list[Candidate]:
+        """The position's Pareto frontier, fastest first."""
+        return sorted((c for c in self.at(position) if c.metrics.get("on_frontier")),
+                      key=lambda c: c.metrics["lookup_latency_s"])
+
+
+def _template(candidate: Candidate, num_classes: int, selector_hidden: int) -> dict[str, Any]:
+    x = jnp.zeros((1, *candidate.input_shape), jnp.float32)
+    predictor = jax.eval_shape(
+        lambda: Predictor(candidate.spec, num_classes).init(jax.random.key(0), x)["params"])
+    selector = jax.eval_shape(lambda: Selector(selector_hidden).init(
+        jax.random.key(0), jnp.zeros((1, NUM_FEATURES)))["params"])
+    return {"predictor": predictor, "selector": selector}
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def bank_to_json(bank: CacheBank) -> dict[str, Any]:
+    """Everything but the parameters, as plain JSON."""
+    return _json_ready({
+        "num_classes": bank.num_classes, "selector_hidden": bank.selector_hidden,
+        "info": bank.info,
+        "candidates": [{f.name: getattr(c, f.name) for f in dataclasses.fields(c)
+                        if f.name != "params"} | {"key": c.key} for c in bank.candidates]})
+
+
+def save_bank(directory: str | os.PathLike, bank: CacheBank) -> Path:
+    """Writes the bank atomically: parameters via orbax, the rest as bank.json."""
+    directory = Path(directory).absolute()
+    staging = directory.with_name(directory.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(staging / _PARAMS, {f"c{i:04d}": c.params
+                                          for i, c in enumerate(bank.candidates)})
+    checkpointer.wait_until_finished()
+    (staging / _JSON).write_text(json.dumps(bank_to_json(bank), indent=1) + "\n")
+    previous = directory.with_name(directory.name + f".old-{os.getpid()}")
+    if directory.exists():
+        directory.rename(previous)
+    staging.rename(directory)
+    shutil.rmtree(previous, ignore_errors=True)
+    return directory
+
+
+def load_bank(directory: str | os.PathLike) -> CacheBank:
+    """Loads a bank written by :func:`save_bank`."""
+    directory = Path(directory).absolute()
+    meta_path = directory / _JSON
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"no cache bank at {directory} (missing {_JSON}); run "
+                                "scripts/explore_caches.py first")
+    try:
+        meta = json.loads(meta_path.read_text())
+        candidates = []
+        for row in meta["candidates"]:
+            fields = {f.name: row[f.name] for f in dataclasses.fields(Candidate)
+                      if f.name != "params"}
+            fields["input_shape"] = tuple(fields["input_shape"])
+            candidates.append(Candidate(params={}, **fields))
+        bank = CacheBank(meta["num_classes"], meta["selector_hidden"], candidates, meta["info"])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{meta_path} is corrupt: {type(error).__name__}: {error}") from error
+    template = {f"c{i:04d}": _template(c, bank.num_classes, bank.selector_hidden)
+                for i, c in enumerate(bank.candidates)}
+    try:
+        params = ocp.StandardCheckpointer().restore(directory / _PARAMS, template)
+    except Exception as error:  # orbax raises many types; the user needs the path
+        raise ValueError(f"cache parameters in {directory / _PARAMS} are missing or corrupt "
+                         f"({type(error).__name__}: {error})") from error
+    for i, candidate in enumerate(bank.candidates):
+        candidate.params = params[f"c{i:04d}"]
+    return bank
+
+
+def mark_frontier(candidates: list[Candidate], hit_key: str = "hit_rate@0.99") -> None:
+    """Sets metrics['on_frontier'] for candidates no other one beats on both hit rate and latency."""
+    for c in candidates:
+        lat, hit = c.metrics["lookup_latency_s"], c.metrics[hit_key]
+        dominated = any(o is not c and o.metrics["lookup_latency_s"] <= lat
+                        and o.metrics[hit_key] >= hit
+                        and (o.metrics["lookup_latency_s"] < lat or o.metrics[hit_key] > hit)
+                        for o in candidates)
+        c.metrics["on_frontier"] = not dominated

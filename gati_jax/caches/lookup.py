@@ -1,0 +1,29 @@
+"""A cache lookup as served: raw activation -> (answer, selector score), with explicit params."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.nn
+import jax.numpy as jnp
+
+from gati_jax.caches.recording import pool_map
+from gati_jax.caches.selector import Selector, selector_features
+from gati_jax.caches.variants import Predictor, VariantSpec
+
+
+def make_lookup(spec: VariantSpec, num_classes: int, pool_factor: int,
+                selector_hidden: int) -> Callable[[dict[str, Any], jax.Array],
+                                                  tuple[jax.Array, jax.Array]]:
+    """Returns ``lookup(params, activation) -> (answer, score)``; params are an argument, so new
+    values never force a recompile."""
+    predictor, selector = Predictor(spec, num_classes), Selector(selector_hidden)
+
+    def lookup(params, activation):
+        logits = predictor.apply({"params": params["predictor"]}, pool_map(activation, pool_factor))
+        score = jax.nn.sigmoid(selector.apply({"params": params["selector"]},
+                                              selector_features(logits)))
+        return jnp.argmax(logits, -1), score
+
+    return lookup

@@ -1,0 +1,61 @@
+"""The selector: P(predictor's answer == base answer) from the predictor's output, and its threshold.
+
+A hit is ``score >= threshold``. The threshold for a precision target is the lowest one whose
+hits, on data the selector did not train on, agree with the base network at least that often.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TOP_K = 3
+NUM_FEATURES = TOP_K + 2
+
+
+def selector_features(logits: jax.Array) -> jax.Array:
+    """Sorted top-k probabilities, top-1 margin and entropy of a predictor's logits."""
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    top = jax.lax.top_k(probs, min(TOP_K, probs.shape[-1]))[0]
+    if top.shape[-1] < TOP_K:  # fewer classes than TOP_K: pad with zero probabilities
+        top = jnp.pad(top, ((0, 0), (0, TOP_K - top.shape[-1])))
+    margin = top[:, :1] - top[:, 1:2]
+    entropy = -jnp.sum(probs * jnp.log(probs + 1e-12), axis=-1, keepdims=True)
+    return jnp.concatenate([top, margin, entropy], axis=-1)
+
+
+class Selector(nn.Module):
+    """A one-hidden-layer MLP on selector features; outputs the logit of agreement."""
+
+    hidden: int = 16
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Dense(self.hidden)(features))
+        return nn.Dense(1)(x)[:, 0]
+
+
+def calibrate_threshold(scores: np.ndarray, agree: np.ndarray, target: float) -> float:
+    """Lowest score threshold whose hits reach ``target`` precision; +inf when none does."""
+    scores, agree = np.asarray(scores, np.float64), np.asarray(agree, bool)
+    if scores.size == 0:
+        return float("inf")
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, sorted_agree = scores[order], agree[order]
+    precision = np.cumsum(sorted_agree) / np.arange(1, len(order) + 1)
+    # A cut may only fall between distinct scores: ties are all hits or all misses.
+    last_of_tie = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]
+    valid = np.flatnonzero((precision >= target) & last_of_tie)
+    if valid.size == 0:
+        return float("inf")
+    return float(sorted_scores[valid[-1]])
+
+
+def hit_statistics(scores: np.ndarray, agree: np.ndarray, threshold: float) -> dict[str, float]:
+    """Hit rate and agreement among hits at a threshold (agreement is 1.0 with no hits)."""
+    hits = np.asarray(scores) >= threshold
+    n_hits = int(hits.sum())
+    return {"hit_rate": n_hits / max(len(hits), 1),
+            "hit_agreement": float(np.asarray(agree)[hits].mean()) if n_hits else 1.0}

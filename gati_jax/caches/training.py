@@ -1,0 +1,183 @@
+"""Trains a group of same-shape cache candidates together: one jitted, vmapped optax step.
+
+A group is one (position, variant) pair; its members differ in seed and learning rate. Their
+parameters and optimiser states are stacked along a leading axis and every member sees the
+same batches, so one compiled step trains them all. The looped form (one member at a time,
+same step, same batches) exists for the equality test and the benchmark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from gati_jax.caches.selector import NUM_FEATURES, Selector, selector_features
+from gati_jax.caches.variants import Predictor, VariantSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadTraining:
+    """Hyper-parameters shared by every member of a group."""
+
+    epochs: int = 4
+    batch_size: int = 128
+    temperature: float = 2.0
+    distill_weight: float = 0.7
+    selector_epochs: int = 30
+    selector_learning_rate: float = 1e-2
+    selector_hidden: int = 16
+
+
+def _adam(learning_rate):
+    # The learning rate lives in the optimiser state, so members can differ under vmap.
+    return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+
+
+def distillation_loss(logits: jax.Array, teacher_logits: jax.Array, temperature: float,
+                      distill_weight: float) -> jax.Array:
+    """Mix of KL to the base network's softened logits and CE to its argmax answer."""
+    soft_teacher = jax.nn.softmax(teacher_logits / temperature)
+    kl = optax.kl_divergence(jax.nn.log_softmax(logits / temperature), soft_teacher)
+    hard = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.argmax(teacher_logits, -1))
+    return jnp.mean(distill_weight * temperature ** 2 * kl + (1 - distill_weight) * hard)
+
+
+def make_predictor_fns(spec: VariantSpec, num_classes: int, input_shape: tuple[int, ...],
+                       hp: HeadTraining) -> tuple[Callable, Callable]:
+    """(init(key, lr) -> (params, opt_state), step(params, opt_state, x, teacher)) for one member."""
+    predictor = Predictor(spec, num_classes)
+
+    def init(key, learning_rate):
+        params = predictor.init(key, jnp.zeros((1, *input_shape), jnp.float32))["params"]
+        return params, _adam(learning_rate).init(params)
+
+    def step(params, opt_state, x, teacher):
+        loss, grads = jax.value_and_grad(lambda p: distillation_loss(
+            predictor.apply({"params": p}, x), teacher, hp.temperature, hp.distill_weight))(params)
+        # The learning rate stored in opt_state overrides this placeholder.
+        updates, opt_state = _adam(0.0).update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return init, step
+
+
+def make_selector_fns(hp: HeadTraining) -> tuple[Callable, Callable]:
+    """(init(key) -> (params, opt_state), step(params, opt_state, features, agree)) for one member."""
+    selector = Selector(hp.selector_hidden)
+    tx = optax.adam(hp.selector_learning_rate)
+
+    def init(key):
+        params = selector.init(key, jnp.zeros((1, NUM_FEATURES), jnp.float32))["params"]
+        return params, tx.init(params)
+
+    def step(params, opt_state, features, agree):
+        def loss_fn(p):
+            logit = selector.apply({"params": p}, features)
+            return optax.sigmoid_binary_cross_entropy(logit, agree).mean()
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return init, step
+
+
+def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Index batches of one epoch (the last partial batch dropped), a function of (seed, epoch)."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    batch_size = min(batch_size, num_examples)
+    return [order[i:i + batch_size] for i in range(0, num_examples - batch_size + 1, batch_size)]
+
+
+def train_predictors(spec: VariantSpec, num_classes: int, features: np.ndarray,
+                     teacher_logits: np.ndarray, seeds: np.ndarray, learning_rates: np.ndarray,
+                     hp: HeadTraining, *, vectorised: bool = True, data_seed: int = 0,
+                     desc: str = "") -> tuple[Any, np.ndarray]:
+    """Trains one predictor per (seed, lr) member; returns stacked params and final losses."""
+    fns = _compiled_predictor_fns(spec, num_classes, tuple(features.shape[1:]), hp)
+    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
+    lrs = jnp.asarray(learning_rates, jnp.float32)
+    batches = [b for epoch in range(hp.epochs)
+               for b in epoch_batches(len(features), hp.batch_size, data_seed, epoch)]
+    if vectorised:
+        params, opt_state = fns["vinit"](keys, lrs)
+        losses = None
+        for batch in tqdm(batches, desc=desc or f"predictors {spec.name}", leave=False):
+            params, opt_state, losses = fns["vstep"](params, opt_state, features[batch],
+                                                     teacher_logits[batch])
+        return params, np.asarray(losses)
+    # Reference path: the same step, one member at a time.
+    members, final = [], []
+    for member in range(len(seeds)):
+        params, opt_state = fns["init"](keys[member], lrs[member])
+        loss = None
+        for batch in batches:
+            params, opt_state, loss = fns["step"](params, opt_state, features[batch],
+                                                  teacher_logits[batch])
+        members.append(params)
+        final.append(loss)
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *members), np.asarray(final)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_predictor_fns(spec: VariantSpec, num_classes: int, input_shape: tuple[int, ...],
+                            hp: HeadTraining) -> dict[str, Callable]:
+    # Cached so that groups of the same shape (and benchmark repeats) reuse compilations.
+    init, step = make_predictor_fns(spec, num_classes, input_shape, hp)
+    return {"vinit": jax.jit(jax.vmap(init)),
+            "vstep": jax.jit(jax.vmap(step, in_axes=(0, 0, None, None)), donate_argnums=(0, 1)),
+            "init": jax.jit(init), "step": jax.jit(step)}
+
+
+def predictor_logits(spec: VariantSpec, num_classes: int, stacked_params: Any,
+                     features: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Logits of every member on every example: (members, N, classes)."""
+    apply = _stacked_predictor_apply(spec, num_classes)
+    chunks = [np.asarray(apply(stacked_params, features[i:i + batch_size]))
+              for i in range(0, len(features), batch_size)]
+    return np.concatenate(chunks, axis=1)
+
+
+@functools.lru_cache(maxsize=None)
+def _stacked_predictor_apply(spec: VariantSpec, num_classes: int) -> Callable:
+    predictor = Predictor(spec, num_classes)
+    return jax.jit(jax.vmap(lambda p, x: predictor.apply({"params": p}, x), in_axes=(0, None)))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_selector_fns(hp: HeadTraining) -> dict[str, Callable]:
+    init, step = make_selector_fns(hp)
+    selector = Selector(hp.selector_hidden)
+    score = jax.vmap(lambda p, logits: jax.nn.sigmoid(
+        selector.apply({"params": p}, selector_features(logits))))
+    return {"vinit": jax.jit(jax.vmap(init)), "vstep": jax.jit(jax.vmap(step),
+                                                               donate_argnums=(0, 1)),
+            "features": jax.jit(jax.vmap(selector_features)), "score": jax.jit(score)}
+
+
+def train_selectors(member_logits: np.ndarray, base_predictions: np.ndarray, seed: int,
+                    hp: HeadTraining) -> Any:
+    """Trains one selector per member on its own predictor's outputs; returns stacked params."""
+    fns = _compiled_selector_fns(hp)
+    members = member_logits.shape[0]
+    features = fns["features"](jnp.asarray(member_logits))
+    agree = (member_logits.argmax(-1) == base_predictions[None]).astype(np.float32)
+    params, opt_state = fns["vinit"](jax.random.split(jax.random.key(seed), members))
+    for epoch in range(hp.selector_epochs):
+        for batch in epoch_batches(features.shape[1], 256, seed, epoch):
+            params, opt_state, _ = fns["vstep"](params, opt_state, features[:, batch],
+                                                agree[:, batch])
+    return params
+
+
+def selector_scores(stacked_params: Any, member_logits: np.ndarray,
+                    hp: HeadTraining) -> np.ndarray:
+    """Selector probabilities of agreement for every member and example: (members, N)."""
+    return np.asarray(_compiled_selector_fns(hp)["score"](stacked_params,
+                                                          jnp.asarray(member_logits)))

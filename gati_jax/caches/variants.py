@@ -1,0 +1,130 @@
+"""The predictor design space (pool, conv, fc heads) and the specs that name each variant.
+
+A variant is written as a short string, e.g. ``pool-k2-h64`` (average-pool to 2x2, one dense
+layer of 64, then the classes), ``conv3-c16-s2-k2`` (3x3 conv to 16 channels with stride 2,
+pool to 2x2, no hidden layer) or ``fc-d4-h128-h64`` (pool to 4x4, flatten, two dense layers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KINDS = ("pool", "conv", "fc")
+_TOKEN = re.compile(r"^(?P<key>[a-z]+)(?P<value>\d+)$")
+
+
+class VariantError(ValueError):
+    """A variant string or its fit to a position's activation shape is invalid."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantSpec:
+    """One predictor architecture: its kind, output grid, conv settings and hidden layers."""
+
+    kind: str
+    grid: int = 1            # k: the map is average-pooled to k x k before the dense layers
+    hidden: tuple[int, ...] = ()
+    conv_kernel: int = 1
+    conv_channels: int = 16
+    conv_stride: int = 1
+
+    @property
+    def name(self) -> str:
+        """The canonical string form, the inverse of :func:`parse_variant`."""
+        hidden = "".join(f"-h{h}" for h in self.hidden)
+        if self.kind == "conv":
+            return (f"conv{self.conv_kernel}-c{self.conv_channels}-s{self.conv_stride}"
+                    f"-k{self.grid}{hidden}")
+        return f"{self.kind}-{'k' if self.kind == 'pool' else 'd'}{self.grid}{hidden}"
+
+    def check_fits(self, activation_shape: tuple[int, ...], where: str) -> None:
+        """Raises VariantError when this variant cannot run on a (H, W, C) or (F,) activation."""
+        if len(activation_shape) == 1:
+            if self.kind != "fc" or self.grid != 1:
+                raise VariantError(f"variant '{self.name}' needs a feature map but {where} is a "
+                                   f"vector of {activation_shape[0]}; use 'fc-d1' variants")
+            return
+        h, w = activation_shape[0], activation_shape[1]
+        if self.kind == "conv":
+            h, w = -(-h // self.conv_stride), -(-w // self.conv_stride)
+        if self.grid > min(h, w):
+            raise VariantError(f"variant '{self.name}' pools to {self.grid}x{self.grid}, larger "
+                               f"than the {h}x{w} map at {where}")
+
+
+def parse_variant(text: str) -> VariantSpec:
+    """Parses a variant string such as ``pool-k2-h64`` or ``conv3-c16-s2-k2``."""
+    parts = text.strip().split("-")
+    head = parts[0]
+    kind = head.rstrip("0123456789")
+    if kind not in KINDS:
+        raise VariantError(f"unknown variant '{text}': it must start with one of {KINDS}")
+    fields: dict = {"kind": kind, "hidden": []}
+    if kind == "conv":
+        if head == kind:
+            raise VariantError(f"variant '{text}': conv needs its kernel size, e.g. conv3")
+        fields["conv_kernel"] = int(head[len(kind):])
+    elif head != kind:
+        raise VariantError(f"variant '{text}': only conv takes a number after its kind")
+    allowed = {"pool": {"k", "h"}, "fc": {"d", "h"}, "conv": {"c", "s", "k", "h"}}[kind]
+    for token in parts[1:]:
+        match = _TOKEN.match(token)
+        if not match or match["key"] not in allowed:
+            raise VariantError(f"variant '{text}': cannot read '{token}' (a {kind} variant takes "
+                               f"{sorted(allowed)} followed by a number)")
+        key, value = match["key"], int(match["value"])
+        if value <= 0:
+            raise VariantError(f"variant '{text}': '{token}' must be positive")
+        if key == "h":
+            fields["hidden"].append(value)
+        else:
+            fields[{"k": "grid", "d": "grid", "c": "conv_channels", "s": "conv_stride"}[key]] = value
+    if len(fields["hidden"]) > 2:
+        raise VariantError(f"variant '{text}': at most 2 hidden layers")
+    if kind == "conv" and fields["conv_kernel"] not in (1, 3):
+        raise VariantError(f"variant '{text}': conv kernels are 1 or 3")
+    fields["hidden"] = tuple(fields["hidden"])
+    return VariantSpec(**fields)
+
+
+def adaptive_pool_matrix(size: int, grid: int) -> np.ndarray:
+    """(grid, size) averaging weights with PyTorch's adaptive-average-pool bins."""
+    matrix = np.zeros((grid, size), np.float32)
+    for i in range(grid):
+        start, stop = (i * size) // grid, -(-((i + 1) * size) // grid)
+        matrix[i, start:stop] = 1.0 / (stop - start)
+    return matrix
+
+
+def adaptive_avg_pool(x: jax.Array, grid: int) -> jax.Array:
+    """Averages an NHWC map down to (N, grid, grid, C) for any H, W >= grid."""
+    rows = adaptive_pool_matrix(x.shape[1], grid)
+    cols = adaptive_pool_matrix(x.shape[2], grid)
+    return jnp.einsum("ih,jw,nhwc->nijc", rows, cols, x)
+
+
+class Predictor(nn.Module):
+    """A cache's predictor: activation at a position -> logits over the base network's classes."""
+
+    spec: VariantSpec
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        if x.ndim == 4:
+            if self.spec.kind == "conv":
+                stride = (self.spec.conv_stride, self.spec.conv_stride)
+                kernel = (self.spec.conv_kernel, self.spec.conv_kernel)
+                x = nn.relu(nn.Conv(self.spec.conv_channels, kernel, stride)(x))
+            x = adaptive_avg_pool(x, self.spec.grid)
+        x = x.reshape((x.shape[0], -1))
+        for width in self.spec.hidden:
+            x = nn.relu(nn.Dense(width)(x))
+        return nn.Dense(self.num_classes)(x)

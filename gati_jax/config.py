@@ -1,0 +1,172 @@
+"""The experiment config schema: every field a config file may set, and its validation.
+
+Config files (``configs/*.py``) start from :func:`base_config` and change a few fields, the
+way Flax examples start from ``configs/default.py``. The base is locked, so a typo in a
+config file fails at once; :func:`validate_config` also catches unknown keys in configs built
+some other way, and values out of range, always naming the offending key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+_SCHEDULES = ("cosine", "onecycle")
+
+
+class ConfigError(ValueError):
+    """A config has an unknown key or an invalid value; the message names the key."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Returns the full, locked config schema with defaults (Fashion-MNIST, narrow ResNet-18)."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "fashion_mnist"
+    # Empty means: look in the Debian package's directory, then TFDS.
+    config.data.data_dir = ""
+    # Carved from train; the caches are trained on it later, so it never trains the base.
+    config.data.validation_size = 5000
+    config.data.split_seed = 0
+    config.data.synthetic = ml_collections.ConfigDict()
+    config.data.synthetic.num_classes = 10
+    config.data.synthetic.image_size = 16
+    config.data.synthetic.channels = 1
+    config.data.synthetic.train_size = 4000
+    config.data.synthetic.test_size = 1000
+    config.data.synthetic.hard_fraction = 0.3
+    config.data.synthetic.seed = 0
+
+    config.augment = ml_collections.ConfigDict()
+    config.augment.flip = True
+    config.augment.crop_padding = 2
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "resnet18"
+    # Channels of the first stage; later stages double it (64 is the standard ResNet).
+    config.model.width = 16
+    # Only for the MLP family.
+    config.model.hidden_sizes = (128, 64)
+
+    config.train = ml_collections.ConfigDict()
+    config.train.epochs = 8
+    config.train.batch_size = 128
+    config.train.eval_batch_size = 500
+    config.train.learning_rate = 0.1
+    config.train.momentum = 0.9
+    config.train.nesterov = True
+    config.train.weight_decay = 5e-4
+    config.train.schedule = "onecycle"
+    config.train.warmup_fraction = 0.15
+    config.train.checkpoint_every_steps = 200
+    config.train.max_to_keep = 2
+    # Where the inference-only model (variables + metadata) goes; empty means WORKDIR/model.
+    config.train.export_dir = ""
+
+    config.caches = ml_collections.ConfigDict()
+    # The exported base model the caches attach to.
+    config.caches.checkpoint = "checkpoints/fashion_mnist_resnet18"
+    # Candidate positions; empty means every position before the head.
+    config.caches.positions = ()
+    # The predictor design space (gati_jax/caches/variants.py explains the strings).
+    config.caches.variants = ("pool-k1", "pool-k2-h64", "pool-k4-h64", "conv1-c16-s1-k2-h64",
+                              "conv3-c16-s2-k2", "fc-d4-h128")
+    # Members of each (position, variant) group, trained together by vmap: seeds x rates.
+    config.caches.seeds = 2
+    config.caches.learning_rates = (3e-3, 1e-2)
+    # Predictors train on base answers for this many train-split examples; the validation
+    # split trains (first half) and calibrates (second half) the selectors; test reports.
+    config.caches.predictor_examples = 10000
+    config.caches.test_examples = 10000
+    config.caches.epochs = 4
+    config.caches.batch_size = 128
+    config.caches.temperature = 2.0
+    config.caches.distill_weight = 0.7
+    config.caches.selector_epochs = 30
+    config.caches.selector_learning_rate = 1e-2
+    config.caches.selector_hidden = 16
+    config.caches.targets = (0.99, 0.98, 0.95)
+    config.caches.record_max_bytes = 2 * 1024**3
+    config.caches.record_batch_size = 250
+    config.caches.latency_batch_size = 1
+    config.caches.latency_repeats = 50
+
+    config.lock()
+    return config
+
+
+def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
+                prefix: str) -> None:
+    for key in config.keys():
+        path = f"{prefix}{key}"
+        if key not in schema:
+            raise ConfigError(
+                f"unknown config key '{path}'; known keys here: {sorted(schema.keys())}")
+        if isinstance(schema[key], ml_collections.ConfigDict):
+            if not isinstance(config[key], ml_collections.ConfigDict):
+                raise ConfigError(f"config key '{path}' must be a section, got {config[key]!r}")
+            _check_keys(config[key], schema[key], path + ".")
+
+
+def _require(condition: bool, key: str, value: Any, expectation: str) -> None:
+    if not condition:
+        raise ConfigError(f"invalid config value {key}={value!r}: {expectation}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks keys against the schema and values against their ranges; returns the config."""
+    # Imported here because the registries import this module's ConfigError.
+    from gati_jax import data, models
+
+    _check_keys(config, base_config(), "")
+    d, m, t, a = config.data, config.model, config.train, config.augment
+    _require(d.name in data.available_datasets(), "data.name", d.name,
+             f"one of {list(data.available_datasets())}")
+    _require(m.name in models.available_networks(), "model.name", m.name,
+             f"one of {list(models.available_networks())}")
+    _require(int(d.validation_size) > 0, "data.validation_size", d.validation_size, "> 0")
+    _require(0.0 <= d.synthetic.hard_fraction <= 1.0, "data.synthetic.hard_fraction",
+             d.synthetic.hard_fraction, "in [0, 1]")
+    _require(int(m.width) > 0, "model.width", m.width, "> 0")
+    _require(all(int(h) > 0 for h in m.hidden_sizes), "model.hidden_sizes", m.hidden_sizes,
+             "positive sizes")
+    _require(int(a.crop_padding) >= 0, "augment.crop_padding", a.crop_padding, ">= 0")
+    _require(int(t.epochs) >= 1, "train.epochs", t.epochs, ">= 1")
+    _require(int(t.batch_size) >= 1, "train.batch_size", t.batch_size, ">= 1")
+    _require(int(t.eval_batch_size) >= 1, "train.eval_batch_size", t.eval_batch_size, ">= 1")
+    _require(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "> 0")
+    _require(0 <= t.momentum < 1, "train.momentum", t.momentum, "in [0, 1)")
+    _require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
+    _require(t.schedule in _SCHEDULES, "train.schedule", t.schedule, f"one of {_SCHEDULES}")
+    _require(0 < t.warmup_fraction < 1, "train.warmup_fraction", t.warmup_fraction, "in (0, 1)")
+    _require(int(t.checkpoint_every_steps) >= 1, "train.checkpoint_every_steps",
+             t.checkpoint_every_steps, ">= 1")
+    _require(int(t.max_to_keep) >= 1, "train.max_to_keep", t.max_to_keep, ">= 1")
+    _validate_caches(config.caches)
+    return config
+
+
+def _validate_caches(c: ml_collections.ConfigDict) -> None:
+    from gati_jax.caches.variants import VariantError, parse_variant
+
+    _require(len(c.variants) > 0, "caches.variants", c.variants, "at least one variant")
+    for text in c.variants:
+        try:
+            parse_variant(text)
+        except VariantError as error:
+            raise ConfigError(f"invalid config value caches.variants: {error}") from None
+    _require(all(int(p) >= 0 for p in c.positions), "caches.positions", c.positions, ">= 0")
+    _require(int(c.seeds) >= 1, "caches.seeds", c.seeds, ">= 1")
+    _require(len(c.learning_rates) > 0 and all(lr > 0 for lr in c.learning_rates),
+             "caches.learning_rates", c.learning_rates, "positive rates")
+    for key in ("predictor_examples", "test_examples", "epochs", "batch_size", "selector_epochs",
+                "selector_hidden", "record_batch_size", "latency_batch_size", "latency_repeats"):
+        _require(int(c[key]) >= 1, f"caches.{key}", c[key], ">= 1")
+    _require(c.temperature > 0, "caches.temperature", c.temperature, "> 0")
+    _require(0 <= c.distill_weight <= 1, "caches.distill_weight", c.distill_weight, "in [0, 1]")
+    _require(all(0 < t < 1 for t in c.targets) and len(c.targets) > 0, "caches.targets",
+             c.targets, "precision targets in (0, 1)")
+    _require(int(c.record_max_bytes) > 0, "caches.record_max_bytes", c.record_max_bytes, "> 0")

@@ -1,0 +1,49 @@
+"""Base networks by name: a new family is a new builder plus one ``register_network`` call."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import ml_collections
+
+from gati_jax.models import mlp, resnet, vgg
+from gati_jax.models.staged import StagedNetwork
+
+Builder = Callable[[ml_collections.ConfigDict, tuple[int, int, int], int], StagedNetwork]
+_NETWORKS: dict[str, Builder] = {}
+
+
+def register_network(name: str) -> Callable[[Builder], Builder]:
+    """Registers ``builder(model_config, input_shape, num_classes)`` under ``name``."""
+    def decorator(builder: Builder) -> Builder:
+        if name in _NETWORKS:
+            raise ValueError(f"network '{name}' is already registered")
+        _NETWORKS[name] = builder
+        return builder
+    return decorator
+
+
+def available_networks() -> tuple[str, ...]:
+    """Names accepted by ``model.name``."""
+    return tuple(sorted(_NETWORKS))
+
+
+def build_network(model_config: ml_collections.ConfigDict, input_shape: tuple[int, int, int],
+                  num_classes: int) -> StagedNetwork:
+    """Builds the network named by ``model_config.name`` for the data set's shape and classes."""
+    if model_config.name not in _NETWORKS:
+        raise ValueError(f"unknown network '{model_config.name}' (model.name); "
+                         f"available: {list(available_networks())}")
+    return _NETWORKS[model_config.name](model_config, tuple(input_shape), int(num_classes))
+
+
+def _resnet_builder(name: str, block, blocks_per_group) -> Builder:
+    return lambda cfg, shape, classes: resnet.resnet(
+        name, block, blocks_per_group, int(cfg.width), shape, classes)
+
+
+register_network("resnet18")(_resnet_builder("resnet18", resnet.BasicBlock, (2, 2, 2, 2)))
+register_network("resnet34")(_resnet_builder("resnet34", resnet.BasicBlock, (3, 4, 6, 3)))
+register_network("resnet50")(_resnet_builder("resnet50", resnet.Bottleneck, (3, 4, 6, 3)))
+register_network("vgg11")(lambda cfg, shape, classes: vgg.vgg11(int(cfg.width), shape, classes))
+register_network("mlp")(lambda cfg, shape, classes: mlp.mlp(cfg.hidden_sizes, shape, classes))

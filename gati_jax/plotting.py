@@ -1,0 +1,58 @@
+"""Plots people would rather look at than tables; every function writes one PNG."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless machines and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_training_history(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Train/validation loss and accuracy per epoch."""
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="validation")
+    ax_acc.plot(epochs, [r["train_accuracy"] for r in history], "o-", label="train")
+    ax_acc.plot(epochs, [r["val_accuracy"] for r in history], "o-", label="validation")
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_exploration(bank: Any, path: str | os.PathLike) -> None:
+    """Hit rate at the strictest target vs lookup latency, one panel per position, frontier marked."""
+    target = f"{bank.info['targets'][0]:g}"
+    positions = bank.info["positions"]
+    cols = min(len(positions), 5)
+    rows = -(-len(positions) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False,
+                             sharey=True)
+    for ax, position in zip(axes.flat, positions):
+        cands = bank.at(position)
+        lat = [1e3 * c.metrics["lookup_latency_s"] for c in cands]
+        hit = [c.metrics[f"hit_rate@{target}"] for c in cands]
+        ax.scatter(lat, hit, s=14, alpha=0.6, label="candidate")
+        front = bank.frontier(position)
+        ax.plot([1e3 * c.metrics["lookup_latency_s"] for c in front],
+                [c.metrics[f"hit_rate@{target}"] for c in front], "r.-", label="frontier")
+        ax.set_title(f"position {position}", fontsize=9)
+        ax.set_xlabel("lookup latency (ms)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"hit rate @ {target} agreement", fontsize=8)
+    for ax in list(axes.flat)[len(positions):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

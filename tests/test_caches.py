@@ -1,0 +1,180 @@
+"""Learned caches: variants, selector calibration, vmap == loop, recording bounds, bank I/O."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from gati_jax import data
+from gati_jax.caches import (CacheBank, Candidate, Predictor, VariantError, calibrate_threshold,
+                             hit_statistics, load_bank, make_lookup, mark_frontier,
+                             parse_variant, record_activations, save_bank)
+from gati_jax.caches.exploration import ExplorationData, explore
+from gati_jax.caches.training import HeadTraining, predictor_logits, train_predictors
+from gati_jax.config import ConfigError, base_config, validate_config
+from gati_jax.inference import BaseModel
+from gati_jax.models import build_network
+from gati_jax.training import train_and_evaluate
+
+VARIANTS = ["pool-k1", "pool-k2-h16", "pool-k4-h16-h8", "conv1-c4-s1-k2", "conv3-c4-s2-k2-h8",
+            "fc-d2", "fc-d4-h16"]
+
+
+@pytest.mark.parametrize("text", VARIANTS)
+def test_variant_output_shapes_and_names(text):
+    spec = parse_variant(text)
+    assert parse_variant(spec.name) == spec
+    predictor = Predictor(spec, 7)
+    x = jnp.ones((3, 8, 8, 5), jnp.float16)
+    params = predictor.init(jax.random.key(0), x)
+    assert predictor.apply(params, x).shape == (3, 7)
+
+
+def test_bad_variants_are_named():
+    for text, match in [("knn-k2", "unknown variant"), ("pool-k2-x3", "cannot read 'x3'"),
+                        ("conv5-c4-k2", "kernels are 1 or 3"), ("pool-k0", "positive"),
+                        ("fc-d2-h8-h8-h8", "at most 2")]:
+        with pytest.raises(VariantError, match=match):
+            parse_variant(text)
+    with pytest.raises(VariantError, match="larger than the 2x2 map at position 7"):
+        parse_variant("pool-k4").check_fits((2, 2, 8), "position 7")
+    with pytest.raises(VariantError, match="needs a feature map"):
+        parse_variant("pool-k2").check_fits((32,), "position 0")
+    config = base_config()
+    config.caches.variants = ("pool-k2", "poll-k1")
+    with pytest.raises(ConfigError, match="caches.variants.*poll-k1"):
+        validate_config(config)
+
+
+def test_calibrated_threshold_is_the_most_permissive_one_meeting_the_target():
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(size=2000)
+    agree = rng.uniform(size=2000) < scores  # higher scores agree more often
+    for target in (0.99, 0.95, 0.9):
+        threshold = calibrate_threshold(scores, agree, target)
+        stats = hit_statistics(scores, agree, threshold)
+        assert stats["hit_agreement"] >= target
+        # One more example admitted would break the target (or there is none left).
+        lower = scores[scores < threshold]
+        if lower.size:
+            looser = hit_statistics(scores, agree, lower.max())
+            assert looser["hit_agreement"] < target or looser["hit_rate"] == 1.0
+    assert calibrate_threshold(scores, np.zeros(2000, bool), 0.5) == float("inf")
+
+
+def test_vmapped_training_equals_looped_training():
+    spec = parse_variant("pool-k2-h16")
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(96, 6, 6, 4)).astype(np.float16)
+    teacher = rng.normal(size=(96, 5)).astype(np.float32)
+    hp = HeadTraining(epochs=2, batch_size=32)
+    seeds, rates = np.array([0, 1, 2, 3]), np.array([1e-3, 1e-2, 1e-3, 3e-2], np.float32)
+    vmapped, v_loss = train_predictors(spec, 5, features, teacher, seeds, rates, hp)
+    looped, l_loss = train_predictors(spec, 5, features, teacher, seeds, rates, hp,
+                                      vectorised=False)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+                 vmapped, looped)
+    np.testing.assert_allclose(v_loss, l_loss, rtol=2e-5)
+    # The members really differ (seeds and rates reach the parameters).
+    first = jax.tree.leaves(vmapped)[0]
+    assert not np.allclose(first[0], first[1])
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    """A trained base network on synthetic data (a small MLP) and its data set."""
+    config = tiny_config(epochs=4)
+    config.data.validation_size = 400
+    config.data.synthetic.train_size = 2000
+    config.data.synthetic.test_size = 600
+    out = train_and_evaluate(config, str(tmp_path_factory.mktemp("base")))
+    return out["model"], data.load_dataset(config.data)
+
+
+def _exploration_data(model, dataset):
+    def rec(split):
+        return record_activations(model, split.images, split.labels)
+    half = len(dataset.validation.labels) // 2
+    val = rec(dataset.validation)
+    return ExplorationData(rec(dataset.train), val.take(np.arange(half)),
+                           val.take(np.arange(half, len(val.labels))), rec(dataset.test))
+
+
+def _caches_config(**kwargs) -> ml_collections.ConfigDict:
+    caches = base_config().caches
+    caches.variants = ("fc-d1", "fc-d1-h32")
+    caches.epochs = 6
+    caches.latency_repeats = 5
+    caches.targets = (0.95, 0.9)
+    for key, value in kwargs.items():
+        caches[key] = value
+    return caches
+
+
+def test_exploration_predictors_agree_and_thresholds_hold(tiny_base, tmp_path):
+    model, dataset = tiny_base
+    recorded = _exploration_data(model, dataset)
+    bank = explore(model, recorded, _caches_config())
+    assert len(bank.candidates) == 2 * 2 * 4  # positions x variants x (2 seeds x 2 rates)
+    best = max(c.metrics["agreement"] for c in bank.at(1))
+    assert best > 0.85  # 4 classes: chance agreement is about 0.25
+    for c in bank.candidates:
+        assert c.metrics["lookup_latency_s"] > 0 and c.metrics["param_bytes"] > 0
+        # Held-out (test split) agreement among hits meets the calibrated target, up to the
+        # sampling error of a few hundred examples.
+        if c.metrics["hit_rate@0.9"] > 0.2:
+            assert c.metrics["hit_agreement@0.9"] >= 0.85
+    assert any(c.metrics["on_frontier"] for c in bank.at(0))
+
+    save_bank(tmp_path / "bank", bank)
+    loaded = load_bank(tmp_path / "bank")
+    assert [c.key for c in loaded.candidates] == [c.key for c in bank.candidates]
+    for a, b in zip(loaded.candidates, bank.candidates):
+        assert a.metrics == b.metrics and a.thresholds == b.thresholds
+        jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+    # The loaded parameters serve: the lookup reproduces the recorded agreement.
+    c = loaded.candidates[0]
+    lookup = jax.jit(make_lookup(c.spec, bank.num_classes, c.pool_factor, bank.selector_hidden))
+    answers, scores = lookup(c.params, jnp.asarray(recorded.test.features[c.position],
+                                                   jnp.float32))
+    agreement = float(np.mean(np.asarray(answers) == recorded.test.base_predictions))
+    assert agreement == pytest.approx(c.metrics["agreement"], abs=1e-6)
+    assert np.all((np.asarray(scores) >= 0) & (np.asarray(scores) <= 1))
+
+
+def test_recording_respects_its_memory_limit():
+    config = ml_collections.ConfigDict(dict(name="resnet18", width=4, hidden_sizes=()))
+    network = build_network(config, (16, 16, 1), 3)
+    model = BaseModel(network, network.init(jax.random.key(0)), np.zeros(1, np.float32),
+                      np.ones(1, np.float32), {})
+    images = np.random.default_rng(0).integers(0, 255, (40, 16, 16, 1), dtype=np.uint8)
+    labels = np.zeros(40, np.int32)
+    full = record_activations(model, images, labels)
+    assert set(full.pool_factors.values()) == {1}
+    limit = full.nbytes // 3
+    bounded = record_activations(model, images, labels, max_bytes=limit)
+    assert bounded.nbytes <= limit and max(bounded.pool_factors.values()) > 1
+    # Pooled storage is the average of the full map.
+    p = max(bounded.pool_factors, key=bounded.pool_factors.get)
+    f = bounded.pool_factors[p]
+    n, h, w, c = full.features[p].shape
+    expect = full.features[p].astype(np.float32).reshape(n, h // f, f, w // f, f, c).mean((2, 4))
+    np.testing.assert_allclose(bounded.features[p].astype(np.float32), expect, atol=2e-2)
+    np.testing.assert_array_equal(bounded.logits, full.logits)
+    with pytest.raises(ValueError, match="caches.record_max_bytes"):
+        record_activations(model, images, labels, max_bytes=1000)
+
+
+def test_frontier_keeps_only_undominated_candidates():
+    def cand(lat, hit):
+        return Candidate(0, "pool-k1", 0, 1e-3, 1, (2, 2, 1), {}, {},
+                         {"lookup_latency_s": lat, "hit_rate@0.99": hit})
+    cands = [cand(1.0, 0.5), cand(2.0, 0.4), cand(2.0, 0.7), cand(3.0, 0.7), cand(0.5, 0.1)]
+    mark_frontier(cands)
+    assert [c.metrics["on_frontier"] for c in cands] == [True, False, True, False, True]
+    bank = CacheBank(3, 16, cands, {})
+    assert [c.metrics["lookup_latency_s"] for c in bank.frontier(0)] == [0.5, 1.0, 2.0]

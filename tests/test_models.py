@@ -1,0 +1,105 @@
+"""Staged networks: stage-by-stage equals whole, declared shapes, inference-mode batch norm."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from gati_jax.models import available_networks, build_network
+
+# Tiny widths keep every family's test to about a second on two cores.
+FAMILIES = [("resnet18", 4), ("resnet34", 2), ("resnet50", 2), ("vgg11", 4), ("mlp", 0)]
+INPUT_SHAPE = (12, 12, 3)
+
+
+def build(name: str, width: int):
+    config = ml_collections.ConfigDict(dict(name=name, width=max(width, 1), hidden_sizes=(16, 8)))
+    return build_network(config, INPUT_SHAPE, 5)
+
+
+def trained_like_variables(network, seed=0):
+    """Variables with non-trivial batch statistics and non-zero residual scales."""
+    variables = network.init(jax.random.key(seed))
+    leaves, treedef = jax.tree.flatten(variables)
+
+    @jax.jit
+    def perturb(leaves):
+        keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+        return [a + 0.1 * jax.random.uniform(k, a.shape) for a, k in zip(leaves, keys)]
+
+    return jax.tree.unflatten(treedef, perturb(leaves))
+
+
+def test_registry_lists_every_family():
+    assert set(available_networks()) == {name for name, _ in FAMILIES}
+
+
+@pytest.mark.parametrize("name,width", FAMILIES)
+def test_stages_one_by_one_equal_whole_network(name, width):
+    network = build(name, width)
+    variables = trained_like_variables(network)
+    x = jax.random.normal(jax.random.key(2), (3, *INPUT_SHAPE))
+    # Jitted, as the router runs them: eager dispatch would compile every op separately.
+    whole = jax.jit(network.apply)(variables, x)
+    assert whole.shape == (3, 5)
+    declared = network.activation_shapes(batch_size=3)
+    assert len(declared) == network.num_stages
+    stage = jax.jit(network.apply_stage, static_argnums=1)
+    h = x
+    for index in range(network.num_stages):
+        h = stage(variables, index, h)
+        assert tuple(h.shape) == declared[index], (name, index)
+    np.testing.assert_allclose(h, whole, rtol=1e-5, atol=1e-5)
+    # A prefix and the matching suffix, run separately, also give the whole network.
+    mid = network.num_stages // 2
+    run_range = jax.jit(network.apply_range, static_argnums=(2, 3))
+    prefix = run_range(variables, x, 0, mid)
+    np.testing.assert_allclose(run_range(variables, prefix, mid, network.num_stages),
+                               whole, rtol=1e-5, atol=1e-5)
+
+@pytest.mark.parametrize("name,width", [("resnet18", 4), ("vgg11", 4)])
+def test_batch_norm_uses_running_statistics_at_inference(name, width):
+    network = build(name, width)
+    variables = trained_like_variables(network)
+    x = jax.random.normal(jax.random.key(3), (4, *INPUT_SHAPE))
+    # Inference is per-example: a row's logits do not depend on the rest of the batch.
+    apply = jax.jit(network.apply)
+    np.testing.assert_allclose(apply(variables, x)[:1], apply(variables, x[:1]),
+                               rtol=1e-5, atol=1e-5)
+    logits, new_stats = jax.jit(network.apply_train)(variables, x)
+    assert logits.shape == (4, 5)
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"], new_stats)
+    assert any(jax.tree.leaves(changed))
+
+
+def test_resnet_width_multiplier_and_input_size():
+    config = ml_collections.ConfigDict(dict(name="resnet18", width=16, hidden_sizes=()))
+    network = build_network(config, (28, 28, 1), 10)
+    shapes = network.activation_shapes()
+    assert shapes[0] == (1, 28, 28, 16)
+    assert shapes[-2] == (1, 4, 4, 128)
+    assert shapes[-1] == (1, 10)
+    assert network.num_stages == 10  # stem, 8 basic blocks, head
+    resnet50 = build_network(ml_collections.ConfigDict(dict(name="resnet50", width=8,
+                                                            hidden_sizes=())), (32, 32, 3), 100)
+    assert resnet50.num_stages == 18 and resnet50.activation_shapes()[1] == (1, 32, 32, 32)
+
+
+def test_bad_input_is_named():
+    network = build("resnet18", 4)
+    variables = network.init(jax.random.key(0))
+    with pytest.raises(ValueError, match=r"expects inputs of shape \(batch, 12, 12, 3\)"):
+        network.apply(variables, jnp.zeros((2, 12, 12, 1)))
+    with pytest.raises(ValueError, match="shape"):
+        network.apply(variables, jnp.zeros((12, 12, 3)))
+    with pytest.raises(TypeError, match="normalize"):
+        network.apply(variables, jnp.zeros((2, 12, 12, 3), jnp.uint8))
+    with pytest.raises(ValueError, match="empty batch"):
+        network.apply(variables, jnp.zeros((0, 12, 12, 3)))
+    with pytest.raises(ValueError, match="unknown network 'resnet19'"):
+        build("resnet19", 4)
+    with pytest.raises(ValueError, match="outside"):
+        network.apply_range(variables, jnp.zeros((1, 12, 12, 3)), 3, 99)
