@@ -49,10 +49,9 @@ def _load_config_file(path: Path):
     return module.get_config()
 
 
-# A conv net slow enough (tens of ms a step) that the kill lands mid-run.
-KILL_OVERRIDES = {"model.name": "resnet18", "model.width": 4, "data.synthetic.image_size": 12,
-                  "train.epochs": 3, "train.checkpoint_every_steps": 10}
-
+# A wide MLP: cheap to compile, yet slow enough per step (tens of ms) that the kill lands mid-run.
+KILL_OVERRIDES = {"model.hidden_sizes": (2048, 2048), "train.epochs": 3,
+                  "train.checkpoint_every_steps": 10}
 
 @pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
@@ -68,7 +67,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 
     workdir = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "scripts" / "train_base.py"), f"--config={config_file}",
-           f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in KILL_OVERRIDES.items()]
+           f"--workdir={workdir}"] + [f"--config.{k}={v!r}" for k, v in KILL_OVERRIDES.items()]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
     deadline = time.time() + 300

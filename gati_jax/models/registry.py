@@ -8,33 +8,19 @@ import ml_collections
 
 from gati_jax.models import mlp, resnet, vgg
 from gati_jax.models.staged import StagedNetwork
+from gati_jax.registry import Registry
 
 Builder = Callable[[ml_collections.ConfigDict, tuple[int, int, int], int], StagedNetwork]
-_NETWORKS: dict[str, Builder] = {}
-
-
-def register_network(name: str) -> Callable[[Builder], Builder]:
-    """Registers ``builder(model_config, input_shape, num_classes)`` under ``name``."""
-    def decorator(builder: Builder) -> Builder:
-        if name in _NETWORKS:
-            raise ValueError(f"network '{name}' is already registered")
-        _NETWORKS[name] = builder
-        return builder
-    return decorator
-
-
-def available_networks() -> tuple[str, ...]:
-    """Names accepted by ``model.name``."""
-    return tuple(sorted(_NETWORKS))
+_NETWORKS: Registry[Builder] = Registry("network", "model.name")
+register_network = _NETWORKS.register
+available_networks = _NETWORKS.names
 
 
 def build_network(model_config: ml_collections.ConfigDict, input_shape: tuple[int, int, int],
                   num_classes: int) -> StagedNetwork:
     """Builds the network named by ``model_config.name`` for the data set's shape and classes."""
-    if model_config.name not in _NETWORKS:
-        raise ValueError(f"unknown network '{model_config.name}' (model.name); "
-                         f"available: {list(available_networks())}")
-    return _NETWORKS[model_config.name](model_config, tuple(input_shape), int(num_classes))
+    builder = _NETWORKS.get(model_config.name)
+    return builder(model_config, tuple(input_shape), int(num_classes))
 
 
 def _resnet_builder(name: str, block, blocks_per_group) -> Builder:
