@@ -1,0 +1,122 @@
+"""The compiled early-exit router: stages and cache lookups in one jit-compiled program.
+
+After each deployed position the policy decides which requests exit; a ``lax.cond`` skips
+every remaining stage once all real requests of the group have exited. Cache parameters and
+thresholds are arguments, so new values never recompile. Groups are padded to power-of-two
+buckets; padding rows start as exited, so they never hold back a skip or change a result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from gati_jax import data
+from gati_jax.input_checks import check_images
+from gati_jax.models import StagedNetwork, Variables
+from gati_jax.runtime.policies import Decide
+
+
+class RouteResult(NamedTuple):
+    """Per request: the answer, the stage it exited after, and whether a cache hit."""
+
+    answer: np.ndarray
+    exit_stage: np.ndarray
+    hit: np.ndarray
+
+
+def bucket_sizes(max_group: int) -> tuple[int, ...]:
+    """1, 2, 4, ... up to and including ``max_group``."""
+    if max_group < 1:
+        raise ValueError(f"max_group must be >= 1, got {max_group}")
+    sizes, size = [], 1
+    while size < max_group:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, max_group)
+
+
+@dataclasses.dataclass(eq=False)
+class Router:
+    """Serves request groups through one compiled program per group-size bucket."""
+
+    network: StagedNetwork
+    positions: tuple[int, ...]
+    decides: tuple[Decide, ...]
+    max_group: int = 32
+    trace_count: int = 0          # how many times the program was traced (== compilations)
+
+    def __post_init__(self):
+        if list(self.positions) != sorted(set(self.positions)):
+            raise ValueError(f"positions must be increasing and distinct, got {self.positions}")
+        last = self.network.num_stages - 1
+        if self.positions and not 0 <= self.positions[0] <= self.positions[-1] < last:
+            raise ValueError(f"cache positions must lie in [0, {last - 1}], got {self.positions}")
+        if len(self.decides) != len(self.positions):
+            raise ValueError("one decision rule per deployed position is needed")
+        self.buckets = bucket_sizes(self.max_group)
+        self._compiled = jax.jit(self._route)
+
+    def _route(self, variables: Variables, cache_params: tuple[Any, ...],
+               thresholds: jax.Array, images: jax.Array, valid: jax.Array,
+               base_answer: jax.Array, mean: jax.Array, std: jax.Array):
+        self.trace_count += 1  # runs only while tracing: counts compilations
+        network, positions = self.network, self.positions
+        starts = (0, *(p + 1 for p in positions))
+        ends = (*(p + 1 for p in positions), network.num_stages)
+        last = network.num_stages - 1
+        n = images.shape[0]
+        state0 = (jnp.zeros(n, jnp.int32), jnp.full(n, last, jnp.int32),
+                  jnp.zeros(n, bool), ~valid)
+
+        def finish(state):
+            answer, exit_stage, hit, _ = state
+            return answer, exit_stage, hit
+
+        def run(k, x, state):
+            for index in range(starts[k], ends[k]):
+                x = network.apply_stage(variables, index, x)
+            answer, exit_stage, hit, done = state
+            if k == len(positions):
+                return jnp.where(hit, answer, jnp.argmax(x, -1).astype(jnp.int32)), exit_stage, hit
+            cache_answer, cache_hit = self.decides[k](cache_params[k], thresholds[k], x,
+                                                      base_answer)
+            new = cache_hit & ~done
+            state = (jnp.where(new, cache_answer.astype(jnp.int32), answer),
+                     jnp.where(new, positions[k], exit_stage), hit | new, done | new)
+            return lax.cond(jnp.all(state[3]), lambda op: finish(op[1]),
+                            lambda op: run(k + 1, op[0], op[1]), (x, state))
+
+        return run(0, data.normalize(images, mean, std), state0)
+
+    def bucket_for(self, n: int) -> int:
+        """The smallest bucket that holds ``n`` requests."""
+        for size in self.buckets:
+            if size >= n:
+                return size
+        raise ValueError(f"group of {n} exceeds max_group={self.max_group}")
+
+    def route(self, variables: Variables, cache_params: tuple[Any, ...], thresholds: Any,
+              images: np.ndarray, mean: np.ndarray, std: np.ndarray,
+              base_answer: np.ndarray | None = None) -> RouteResult:
+        """Routes one request group of raw images (validated, padded to its bucket)."""
+        images = check_images(images, self.network.input_shape)
+        n = len(images)
+        size = self.bucket_for(n)
+        padded = np.zeros((size, *images.shape[1:]), images.dtype)
+        padded[:n] = images
+        valid = np.arange(size) < n
+        base = np.zeros(size, np.int32)
+        if base_answer is not None:
+            base[:n] = base_answer
+        thresholds = jnp.asarray(thresholds, jnp.float32).reshape(len(self.positions))
+        answer, exit_stage, hit = self._compiled(variables, tuple(cache_params), thresholds,
+                                                 padded, valid, base, mean, std)
+        return RouteResult(np.asarray(answer)[:n], np.asarray(exit_stage)[:n],
+                           np.asarray(hit)[:n])
