@@ -89,6 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.caches.selector_learning_rate = 1e-2
     config.caches.selector_hidden = 16
     config.caches.targets = (0.99, 0.98, 0.95)
+    # Thresholds must meet each target for the one-sided Wilson lower bound at this confidence
+    # on the calibration half (0: the point estimate, which over-fits the calibration sample).
+    config.caches.calibration_confidence = 0.95
     config.caches.record_max_bytes = 2 * 1024**3
     config.caches.record_batch_size = 250
     config.caches.latency_batch_size = 1
@@ -169,4 +172,6 @@ def _validate_caches(c: ml_collections.ConfigDict) -> None:
     _require(0 <= c.distill_weight <= 1, "caches.distill_weight", c.distill_weight, "in [0, 1]")
     _require(all(0 < t < 1 for t in c.targets) and len(c.targets) > 0, "caches.targets",
              c.targets, "precision targets in (0, 1)")
+    _require(0 <= c.calibration_confidence < 1, "caches.calibration_confidence",
+             c.calibration_confidence, "in [0, 1)")
     _require(int(c.record_max_bytes) > 0, "caches.record_max_bytes", c.record_max_bytes, "> 0")

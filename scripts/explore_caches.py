@@ -26,7 +26,8 @@ def main(argv: list[str]) -> None:
         result = benchmark_vmap_vs_loop(_CONFIG.value, members=_MEMBERS.value)
         print(json.dumps(result, indent=2))
         print(f"{result['members']} x {result['variant']} at position {result['position']}: "
-              f"vmap {result['vmap_s']:.2f} s, loop {result['loop_s']:.2f} s, "
+              f"vmap {result['vmap_s']:.2f} s, loop {result['loop_s']:.2f} s (medians of "
+              f"{result['repeats']}), "
               f"vmap is {result['speedup']:.2f}x faster")
         return
     if not _WORKDIR.value:

@@ -14,6 +14,7 @@ from gati_jax.caches import (CacheBank, Candidate, Predictor, VariantError, cali
                              hit_statistics, load_bank, make_lookup, mark_frontier,
                              parse_variant, record_activations, save_bank)
 from gati_jax.caches.exploration import ExplorationData, explore
+from gati_jax.caches.selector import wilson_lower_bound
 from gati_jax.caches.training import HeadTraining, predictor_logits, train_predictors
 from gati_jax.config import ConfigError, base_config, validate_config
 from gati_jax.inference import BaseModel
@@ -55,7 +56,7 @@ def test_calibrated_threshold_is_the_most_permissive_one_meeting_the_target():
     scores = rng.uniform(size=2000)
     agree = rng.uniform(size=2000) < scores  # higher scores agree more often
     for target in (0.99, 0.95, 0.9):
-        threshold = calibrate_threshold(scores, agree, target)
+        threshold = calibrate_threshold(scores, agree, target, confidence=0.0)
         stats = hit_statistics(scores, agree, threshold)
         assert stats["hit_agreement"] >= target
         # One more example admitted would break the target (or there is none left).
@@ -63,7 +64,20 @@ def test_calibrated_threshold_is_the_most_permissive_one_meeting_the_target():
         if lower.size:
             looser = hit_statistics(scores, agree, lower.max())
             assert looser["hit_agreement"] < target or looser["hit_rate"] == 1.0
+        # The confidence-bounded threshold is stricter and its hits clear the bound.
+        bounded = calibrate_threshold(scores, agree, target, confidence=0.95)
+        assert bounded >= threshold
+        hits = scores >= bounded
+        if hits.any():
+            assert wilson_lower_bound(agree[hits].sum(), hits.sum(), 0.95) >= target
     assert calibrate_threshold(scores, np.zeros(2000, bool), 0.5) == float("inf")
+
+
+def test_wilson_lower_bound_matches_known_values():
+    # 95 of 100, one-sided 95% (z = 1.645): (0.9635 - 0.0383) / 1.0271 = 0.9008 by hand.
+    assert float(wilson_lower_bound(95, 100, 0.95)) == pytest.approx(0.9008, abs=5e-4)
+    assert float(wilson_lower_bound(95, 100, 0.0)) == 0.95
+    assert float(wilson_lower_bound(1000, 1000, 0.95)) < 1.0
 
 
 def test_vmapped_training_equals_looped_training():

@@ -57,10 +57,11 @@ def check_design_space(specs: list[VariantSpec], shapes: dict[int, tuple[int, ..
             spec.check_fits(shape, f"position {position}")
 
 
-def _group_metrics(scores_cal, agree_cal, scores_test, agree_test, targets) -> tuple[dict, dict]:
+def _group_metrics(scores_cal, agree_cal, scores_test, agree_test, targets,
+                   confidence) -> tuple[dict, dict]:
     thresholds, metrics = {}, {"agreement": float(agree_test.mean())}
     for target in targets:
-        threshold = calibrate_threshold(scores_cal, agree_cal, target)
+        threshold = calibrate_threshold(scores_cal, agree_cal, target, confidence)
         stats = hit_statistics(scores_test, agree_test, threshold)
         thresholds[f"{target:g}"] = threshold
         metrics[f"hit_rate@{target:g}"] = stats["hit_rate"]
@@ -117,7 +118,7 @@ def explore(model: BaseModel, recorded: ExplorationData, caches: ml_collections.
             thresholds, metrics = _group_metrics(outputs["calibration"][0][m],
                                                  outputs["calibration"][1][m],
                                                  outputs["test"][0][m], outputs["test"][1][m],
-                                                 targets)
+                                                 targets, float(caches.calibration_confidence))
             metrics.update(param_bytes=tree_bytes(member_params), flops=flops,
                            lookup_latency_s=latency, remaining_latency_s=remaining,
                            latency_fraction=latency / remaining if remaining else float("inf"))
@@ -130,6 +131,7 @@ def explore(model: BaseModel, recorded: ExplorationData, caches: ml_collections.
     info: dict[str, Any] = {
         "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
         "stage_latency_s": stage_lat, "latency_batch_size": batch, "targets": list(targets),
+        "calibration_confidence": float(caches.calibration_confidence),
         "positions": list(positions), "variants": list(caches.variants),
         "examples": {role: int(len(getattr(recorded, role).labels))
                      for role in ("predictor", "selector", "calibration", "test")},

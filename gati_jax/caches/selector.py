@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import stats as scipy_stats
 
 TOP_K = 3
 NUM_FEATURES = TOP_K + 2
@@ -37,14 +38,34 @@ class Selector(nn.Module):
         return nn.Dense(1)(x)[:, 0]
 
 
-def calibrate_threshold(scores: np.ndarray, agree: np.ndarray, target: float) -> float:
-    """Lowest score threshold whose hits reach ``target`` precision; +inf when none does."""
+def wilson_lower_bound(successes: np.ndarray, trials: np.ndarray, confidence: float) -> np.ndarray:
+    """One-sided Wilson score lower bound of a binomial proportion (the point estimate at 0)."""
+    successes, trials = np.asarray(successes, np.float64), np.asarray(trials, np.float64)
+    p = successes / np.maximum(trials, 1)
+    if confidence <= 0:
+        return p
+    z = float(scipy_stats.norm.ppf(confidence))
+    denom = 1 + z * z / trials
+    centre = p + z * z / (2 * trials)
+    spread = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    return (centre - spread) / denom
+
+
+def calibrate_threshold(scores: np.ndarray, agree: np.ndarray, target: float,
+                        confidence: float = 0.95) -> float:
+    """Lowest score threshold whose hits reach ``target`` precision; +inf when none does.
+
+    With ``confidence`` > 0 the precision must hold for the Wilson lower bound, not just the
+    calibration sample: picking the most permissive cut on a point estimate over-fits that
+    sample and misses the target on new data.
+    """
     scores, agree = np.asarray(scores, np.float64), np.asarray(agree, bool)
     if scores.size == 0:
         return float("inf")
     order = np.argsort(-scores, kind="stable")
     sorted_scores, sorted_agree = scores[order], agree[order]
-    precision = np.cumsum(sorted_agree) / np.arange(1, len(order) + 1)
+    hits = np.arange(1, len(order) + 1)
+    precision = wilson_lower_bound(np.cumsum(sorted_agree), hits, confidence)
     # A cut may only fall between distinct scores: ties are all hits or all misses.
     last_of_tie = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]
     valid = np.flatnonzero((precision >= target) & last_of_tie)

@@ -1,0 +1,53 @@
+"""From explored caches to a servable deployment: positions, decisions, parameters, thresholds."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+from gati_jax.caches.bank import CacheBank, Candidate
+from gati_jax.models import StagedNetwork
+from gati_jax.runtime.policies import CacheHead, policy_builder
+from gati_jax.runtime.router import Router
+
+
+@dataclasses.dataclass(frozen=True)
+class Deployment:
+    """Which caches serve where under which policy; params and thresholds are plain values."""
+
+    policy: str
+    positions: tuple[int, ...]
+    heads: tuple[CacheHead, ...]
+    params: tuple[Any, ...]
+    thresholds: np.ndarray
+
+    def router(self, network: StagedNetwork, max_group: int = 32) -> Router:
+        """A router for this deployment's structure (params/thresholds are passed per call)."""
+        decides = tuple(policy_builder(self.policy)(h) for h in self.heads)
+        return Router(network, self.positions, decides, max_group)
+
+
+def deploy(bank: CacheBank, candidates: Sequence[Candidate], policy: str = "gati",
+           thresholds: Sequence[float] | None = None, target: str = "0.99") -> Deployment:
+    """Deploys one candidate per position (sorted by position) under ``policy``.
+
+    Without explicit thresholds, ``gati`` uses each candidate's calibrated threshold for the
+    precision ``target``; other policies need thresholds from their own tuning.
+    """
+    chosen = sorted(candidates, key=lambda c: c.position)
+    positions = tuple(c.position for c in chosen)
+    if len(set(positions)) != len(positions):
+        raise ValueError(f"one cache per position, got positions {positions}")
+    policy_builder(policy)  # fails early, naming the known policies
+    if thresholds is None:
+        if policy not in ("gati", "oracle"):
+            raise ValueError(f"policy '{policy}' needs explicit thresholds")
+        thresholds = [c.thresholds[target] if policy == "gati" else 0.0 for c in chosen]
+    if len(thresholds) != len(chosen):
+        raise ValueError(f"{len(thresholds)} thresholds for {len(chosen)} caches")
+    heads = tuple(CacheHead(c.spec, bank.num_classes, c.pool_factor, bank.selector_hidden)
+                  for c in chosen)
+    return Deployment(policy, positions, heads, tuple(c.params for c in chosen),
+                      np.asarray(thresholds, np.float32))

@@ -1,0 +1,80 @@
+"""The traditional cache GATI argues against: nearest stored activations and their answers.
+
+Per position, a bounded store of pooled activations (keys) with the base network's answer
+(values). A lookup hits when the ``neighbours`` nearest valid keys all lie within the radius
+(the policy's threshold) and agree on one answer. Inserts evict first-in-first-out once the
+store is full. The store is a pytree argument of the router, like any cache's parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gati_jax.caches.variants import adaptive_avg_pool
+from gati_jax.runtime.policies import register_policy
+
+
+@dataclasses.dataclass(frozen=True)
+class KnnHead:
+    """How keys are formed (pool to grid x grid, flatten) and how many neighbours must agree."""
+
+    grid: int = 2
+    neighbours: int = 3
+
+
+def knn_key(activation: jax.Array, grid: int) -> jax.Array:
+    """The stored key of an activation: pooled to grid x grid and flattened (vectors as they are)."""
+    x = activation.astype(jnp.float32)
+    if x.ndim == 4:
+        x = adaptive_avg_pool(x, min(grid, x.shape[1], x.shape[2]))
+    return x.reshape(x.shape[0], -1)
+
+
+def empty_store(capacity: int, key_size: int) -> dict[str, np.ndarray]:
+    """A store with room for ``capacity`` entries; ``next`` is the FIFO insertion slot."""
+    if capacity < 1:
+        raise ValueError(f"knn capacity must be >= 1, got {capacity}")
+    return {"keys": np.zeros((capacity, key_size), np.float32),
+            "values": np.zeros(capacity, np.int32), "valid": np.zeros(capacity, bool),
+            "next": np.zeros((), np.int32)}
+
+
+def insert(store: dict[str, np.ndarray], keys: np.ndarray,
+           values: np.ndarray) -> dict[str, np.ndarray]:
+    """Inserts entries in order, overwriting the oldest once full; returns a new store."""
+    store = {k: np.array(v) for k, v in store.items()}
+    capacity = len(store["values"])
+    slot = int(store["next"])
+    for key, value in zip(np.asarray(keys, np.float32), np.asarray(values, np.int32)):
+        store["keys"][slot], store["values"][slot], store["valid"][slot] = key, value, True
+        slot = (slot + 1) % capacity
+    store["next"] = np.asarray(slot, np.int32)
+    return store
+
+
+def store_bytes(store: dict[str, np.ndarray]) -> int:
+    """Memory held by a store."""
+    return int(sum(np.asarray(v).nbytes for v in store.values()))
+
+
+@register_policy("knn")
+def knn(head: KnnHead):
+    """Hit when the nearest stored activations are within the radius and agree."""
+
+    def decide(store, radius, x, base_answer):
+        del base_answer
+        query = knn_key(x, head.grid)
+        d2 = (jnp.sum(query ** 2, -1, keepdims=True) - 2 * query @ store["keys"].T
+              + jnp.sum(store["keys"] ** 2, -1)[None])
+        d2 = jnp.where(store["valid"][None], d2, jnp.inf)
+        k = min(head.neighbours, store["keys"].shape[0])
+        neg, idx = jax.lax.top_k(-d2, k)
+        values = store["values"][idx]
+        close = jnp.all(-neg <= radius * radius, -1)
+        agree = jnp.all(values == values[:, :1], -1)
+        return values[:, 0], close & agree
+    return decide

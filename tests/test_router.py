@@ -1,0 +1,224 @@
+"""The compiled router: equals the Python-loop reference, skips exited groups, never recompiles."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from gati_jax.caches.selector import NUM_FEATURES, Selector
+from gati_jax.caches.variants import Predictor, parse_variant
+from gati_jax.models import StagedNetwork, build_network
+from gati_jax.models.mlp import DenseStage
+from gati_jax.models.resnet import Head
+from gati_jax.runtime import CacheHead, Router, bucket_sizes, policy_builder, reference_route
+
+SHAPE = (6, 6, 1)
+CLASSES = 4
+MEAN, STD = np.array([0.5], np.float32), np.array([0.25], np.float32)
+
+
+@pytest.fixture(scope="module")
+def base():
+    config = ml_collections.ConfigDict(dict(name="mlp", width=1, hidden_sizes=(24, 16, 12, 8)))
+    network = build_network(config, SHAPE, CLASSES)
+    return network, network.init(jax.random.key(0))
+
+
+def _caches(network, positions, seed=0):
+    shapes = network.activation_shapes()
+    heads, params = [], []
+    for k, p in enumerate(positions):
+        spec = parse_variant("fc-d1-h8")
+        heads.append(CacheHead(spec, CLASSES, 1, 8))
+        key = jax.random.key(seed * 100 + k)
+        params.append({
+            "predictor": Predictor(spec, CLASSES).init(key, jnp.zeros(shapes[p]))["params"],
+            "selector": Selector(8).init(key, jnp.zeros((1, NUM_FEATURES)))["params"]})
+    return heads, tuple(params)
+
+
+def _images(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, *SHAPE), dtype=np.uint8)
+
+
+def _base_answers(network, variables, images):
+    from gati_jax import data
+    return np.asarray(jnp.argmax(network.apply(variables, data.normalize(images, MEAN, STD)), -1))
+
+
+def test_bucket_sizes():
+    assert bucket_sizes(32) == (1, 2, 4, 8, 16, 32)
+    assert bucket_sizes(12) == (1, 2, 4, 8, 12)
+    assert bucket_sizes(1) == (1,)
+
+
+def test_none_policy_returns_the_base_answers(base):
+    network, variables = base
+    router = Router(network, (), (), max_group=16)
+    images = _images(13)
+    result = router.route(variables, (), [], images, MEAN, STD)
+    np.testing.assert_array_equal(result.answer, _base_answers(network, variables, images))
+    assert (result.exit_stage == network.num_stages - 1).all() and not result.hit.any()
+
+
+@pytest.mark.parametrize("policy", ["gati", "confidence", "entropy", "oracle"])
+def test_router_equals_reference_for_random_thresholds(base, policy):
+    network, variables = base
+    positions = (0, 1, 3)
+    heads, params = _caches(network, positions)
+    decides = tuple(policy_builder(policy)(h) for h in heads)
+    router = Router(network, positions, decides, max_group=16)
+    rng = np.random.default_rng(1)
+    images = _images(16, seed=2)
+    base_answers = _base_answers(network, variables, images)
+    exits_seen = set()
+    for trial in range(6):
+        if policy == "entropy":
+            thresholds = rng.uniform(0.5, 1.4, 3)
+        else:
+            thresholds = rng.uniform(0.2, 0.7, 3)
+        n = int(rng.integers(1, 17))
+        got = router.route(variables, params, thresholds, images[:n], MEAN, STD, base_answers[:n])
+        want = reference_route(network, positions, decides, variables, params, thresholds,
+                               images[:n], MEAN, STD, base_answers[:n])
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+        # Requests that do not exit get exactly the base network's answer.
+        full = ~got.hit
+        np.testing.assert_array_equal(got.answer[full], base_answers[:n][full])
+        exits_seen |= set(got.exit_stage.tolist())
+    assert len(exits_seen) >= 2  # the thresholds produced real early exits
+    if policy == "oracle":
+        assert router.route(variables, params, thresholds, images, MEAN, STD,
+                            base_answers).answer.tolist() == base_answers.tolist()
+
+
+def test_new_parameters_and_thresholds_never_recompile(base):
+    network, variables = base
+    heads, params = _caches(network, (0, 2))
+    router = Router(network, (0, 2), tuple(policy_builder("gati")(h) for h in heads), 8)
+    images = _images(8)
+    router.route(variables, params, [0.5, 0.5], images, MEAN, STD)
+    traces = router.trace_count
+    for seed in range(1, 4):
+        _, new_params = _caches(network, (0, 2), seed=seed)
+        router.route(variables, new_params, np.random.default_rng(seed).uniform(size=2),
+                     images, MEAN, STD)
+    assert router.trace_count == traces == 1
+    router.route(variables, params, [0.5, 0.5], images[:3], MEAN, STD)  # a new bucket (4)
+    assert router.trace_count == 2
+
+
+class CountingDense(nn.Module):
+    """A stage that reports to the host each time it actually runs."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        jax.debug.callback(CALLS.append, 1)
+        return DenseStage(self.features)(x)
+
+
+CALLS: list[int] = []
+
+
+def test_a_group_that_exits_at_the_first_position_runs_no_later_stage():
+    network = StagedNetwork("counting", (DenseStage(16), CountingDense(12), Head(CLASSES)),
+                            SHAPE, CLASSES)
+    variables = network.init(jax.random.key(0))
+    heads, params = _caches(network, (0,))
+    router = Router(network, (0,), (policy_builder("gati")(heads[0]),), max_group=8)
+    images = _images(5)  # padded to a bucket of 8: the 3 padding rows must not count
+    CALLS.clear()
+    result = router.route(variables, params, [0.0], images, MEAN, STD)  # everyone hits
+    jax.effects_barrier()
+    assert result.hit.all() and (result.exit_stage == 0).all()
+    assert CALLS == []
+    result = router.route(variables, params, [1.1], images, MEAN, STD)  # nobody hits
+    jax.effects_barrier()
+    assert not result.hit.any() and CALLS == [1]
+
+
+def test_padding_rows_never_change_results(base):
+    network, variables = base
+    heads, params = _caches(network, (0, 2))
+    router = Router(network, (0, 2), tuple(policy_builder("gati")(h) for h in heads), 16)
+    images = _images(16, seed=5)
+    together = router.route(variables, params, [0.45, 0.4], images[:11], MEAN, STD)
+    for i in range(11):
+        alone = router.route(variables, params, [0.45, 0.4], images[i:i + 1], MEAN, STD)
+        assert (alone.answer[0], alone.exit_stage[0], alone.hit[0]) == (
+            together.answer[i], together.exit_stage[i], together.hit[i])
+
+
+def test_bad_requests_get_clear_errors(base):
+    network, variables = base
+    router = Router(network, (), (), max_group=4)
+    with pytest.raises(ValueError, match="shape"):
+        router.route(variables, (), [], np.zeros((2, 5, 5, 1), np.uint8), MEAN, STD)
+    with pytest.raises(TypeError, match="dtype"):
+        router.route(variables, (), [], np.zeros((2, *SHAPE), np.int64), MEAN, STD)
+    bad = np.zeros((2, *SHAPE), np.float32)
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        router.route(variables, (), [], bad, MEAN, STD)
+    with pytest.raises(ValueError, match="empty"):
+        router.route(variables, (), [], np.zeros((0, *SHAPE), np.uint8), MEAN, STD)
+    with pytest.raises(ValueError, match="exceeds max_group=4"):
+        router.route(variables, (), [], np.zeros((5, *SHAPE), np.uint8), MEAN, STD)
+    with pytest.raises(ValueError, match="positions"):
+        Router(network, (2, 1), (None, None))
+
+
+def test_knn_store_respects_capacity_and_evicts_oldest():
+    from gati_jax.runtime import knn
+    store = knn.empty_store(4, 2)
+    store = knn.insert(store, np.arange(12, dtype=np.float32).reshape(6, 2), np.arange(6))
+    assert store["valid"].sum() == 4
+    assert sorted(store["values"].tolist()) == [2, 3, 4, 5]  # 0 and 1 were evicted first
+    assert knn.store_bytes(store) == 4 * 2 * 4 + 4 * 4 + 4 + 4
+    with pytest.raises(ValueError, match="capacity"):
+        knn.empty_store(0, 2)
+
+
+def test_knn_policy_hits_on_stored_activations_and_matches_reference(base):
+    from gati_jax import data
+    from gati_jax.runtime import knn
+    network, variables = base
+    images = _images(12, seed=7)
+    base_answers = _base_answers(network, variables, images)
+    x = network.apply_range(variables, data.normalize(images, MEAN, STD), 0, 2)
+    head = knn.KnnHead(grid=1, neighbours=1)
+    # Store the first 6 requests' position-1 activations with their base answers.
+    store = knn.insert(knn.empty_store(8, x.shape[1]), np.asarray(knn.knn_key(x[:6], 1)),
+                       base_answers[:6])
+    decide = policy_builder("knn")(head)
+    router = Router(network, (1,), (decide,), max_group=16)
+    result = router.route(variables, (store,), [1e-3], images, MEAN, STD)
+    assert result.hit[:6].all()
+    np.testing.assert_array_equal(result.answer, base_answers)
+    want = reference_route(network, (1,), (decide,), variables, (store,), [1e-3], images,
+                           MEAN, STD)
+    for a, b in zip(result, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_oracle_is_never_worse_on_agreement(base):
+    network, variables = base
+    positions = (0, 1, 2)
+    heads, params = _caches(network, positions)
+    images = _images(16, seed=9)
+    base_answers = _base_answers(network, variables, images)
+    agreement = {}
+    for policy, thresholds in [("oracle", [0, 0, 0]), ("gati", [0.3, 0.3, 0.3]),
+                               ("confidence", [0.3, 0.3, 0.3]), ("entropy", [1.3, 1.3, 1.3])]:
+        router = Router(network, positions, tuple(policy_builder(policy)(h) for h in heads), 16)
+        result = router.route(variables, params, thresholds, images, MEAN, STD, base_answers)
+        agreement[policy] = float(np.mean(result.answer == base_answers))
+    assert agreement["oracle"] == 1.0
+    assert all(agreement["oracle"] >= a for a in agreement.values())
