@@ -222,3 +222,26 @@ def test_oracle_is_never_worse_on_agreement(base):
         agreement[policy] = float(np.mean(result.answer == base_answers))
     assert agreement["oracle"] == 1.0
     assert all(agreement["oracle"] >= a for a in agreement.values())
+
+
+def test_deploy_takes_calibrated_thresholds_and_checks_its_arguments(base):
+    from gati_jax.caches import CacheBank, Candidate
+    from gati_jax.runtime import deploy
+    network, variables = base
+    heads, params = _caches(network, (0, 2))
+    cands = [Candidate(p, "fc-d1-h8", 0, 1e-3, 1, network.activation_shapes()[p][1:],
+                       params[k], {"0.99": 0.8 + k / 10}, {})
+             for k, p in enumerate((0, 2))][::-1]  # deploy sorts them by position
+    bank = CacheBank(CLASSES, 8, cands, {})
+    dep = deploy(bank, cands)
+    assert dep.positions == (0, 2)
+    np.testing.assert_allclose(dep.thresholds, [0.8, 0.9])
+    result = dep.router(network, 4).route(variables, dep.params, dep.thresholds, _images(3),
+                                          MEAN, STD)
+    assert result.answer.shape == (3,)
+    with pytest.raises(ValueError, match="unknown exit policy 'branchy'"):
+        deploy(bank, cands, policy="branchy")
+    with pytest.raises(ValueError, match="needs explicit thresholds"):
+        deploy(bank, cands, policy="confidence")
+    with pytest.raises(ValueError, match="one cache per position"):
+        deploy(bank, [cands[0], cands[0]])

@@ -37,7 +37,7 @@ def _predictor_logits(head: CacheHead) -> Callable[[Any, jax.Array], jax.Array]:
                                              pool_map(x, head.pool_factor))
 
 
-_POLICIES: Registry[Callable[[CacheHead], Decide]] = Registry("exit policy", "policy.name")
+_POLICIES: Registry[Callable[[Any], Decide]] = Registry("exit policy", "deploy(policy=...)")
 register_policy = _POLICIES.register
 available_policies = _POLICIES.names
 policy_builder = _POLICIES.get

@@ -1,0 +1,36 @@
+"""Loads what the router benchmark needs, runs it and prints its tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gati_jax import data
+from gati_jax.caches.bank import load_bank
+from gati_jax.caches.pipeline import format_table
+from gati_jax.evaluation import model_data_config
+from gati_jax.runtime.benchmark import benchmark_router
+from gati_jax.training.checkpointing import load_base_model
+
+
+def run_router_benchmark(checkpoint: str, bank_dir: str, sparse_positions: tuple[int, ...],
+                         repeats: int, stream: int) -> dict[str, Any]:
+    """Runs :func:`benchmark_router` on test images and prints every table."""
+    model = load_base_model(checkpoint)
+    bank = load_bank(bank_dir)
+    dataset = data.load_dataset(model_data_config(model))
+    result = benchmark_router(model, bank, dataset.test.images[:stream], sparse_positions,
+                              repeats)
+    print(f"backend {result['backend']} ({result['device_kind']}), batch 1 unless stated")
+    print(f"plain compiled network: {result['plain_network_ms']:.3f} ms")
+    for name, row in result["all_miss_overhead"].items():
+        print(f"router, every lookup missing, {name} {row['positions']}: "
+              f"{row['router_all_miss_ms']:.3f} ms, overhead {100 * row['overhead']:+.1f}%")
+    print("\nforced exits (router vs Python loop vs stage-cost model):")
+    print(format_table(result["forced_exits"]))
+    print("\ngroup sizes:")
+    print(format_table(result["group_sizes"]))
+    s = result["stream_batch1"]
+    print(f"\nbatch-1 stream of {s['requests']} test images at the 99% thresholds: plain "
+          f"{s['plain_mean_ms']:.3f} ms, router {s['gati99_mean_ms']:.3f} ms, speedup "
+          f"{s['speedup']:.2f}x; exits per stage {s['exit_histogram']}")
+    return result

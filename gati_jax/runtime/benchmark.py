@@ -1,0 +1,119 @@
+"""``bench_router.py``'s measurements: router overhead, router vs Python loop, cost model, groups.
+
+Everything is measured in one process, side by side, as medians after warm-up; ratios are the
+figures to trust, absolute times move with the machine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gati_jax import data
+from gati_jax.caches.bank import CacheBank, Candidate
+from gati_jax.inference import BaseModel
+from gati_jax.profiling import measure_latency, stage_latencies
+from gati_jax.runtime.deployment import deploy
+from gati_jax.runtime.reference import reference_route
+
+NEVER, ALWAYS = 2.0, -1.0  # selector scores lie in [0, 1]
+
+
+def best_per_position(bank: CacheBank, positions: tuple[int, ...] | None = None,
+                      target: str = "0.99") -> list[Candidate]:
+    """The candidate with the highest hit rate at ``target`` (then the fastest) per position."""
+    positions = positions if positions is not None else tuple(bank.info["positions"])
+    return [max(bank.at(p), key=lambda c: (c.metrics[f"hit_rate@{target}"],
+                                           -c.metrics["lookup_latency_s"])) for p in positions]
+
+
+def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
+                     sparse_positions: tuple[int, ...], repeats: int = 200,
+                     group_sizes: tuple[int, ...] = (1, 8, 32)) -> dict[str, Any]:
+    """Runs every measurement of the router benchmark and returns them as one dict."""
+    network, variables = model.network, model.variables
+    mean, std = jnp.asarray(model.mean), jnp.asarray(model.std)
+    plain = jax.jit(lambda v, x, m, s: network.apply(v, data.normalize(x, m, s)))
+    out: dict[str, Any] = {"backend": jax.default_backend(),
+                           "device_kind": jax.devices()[0].device_kind, "repeats": repeats}
+
+    def compiled_call(router, params, thresholds, batch):
+        valid = jnp.ones(len(batch), bool)
+        base = jnp.zeros(len(batch), jnp.int32)
+        thr = jnp.asarray(thresholds, jnp.float32)
+        return lambda: router._compiled(variables, params, thr, batch, valid, base, mean, std)
+
+    one = jnp.asarray(images[:1])
+    plain_s = measure_latency(lambda: plain(variables, one, mean, std), repeats=repeats)
+    out["plain_network_ms"] = 1e3 * plain_s
+    overhead = {}
+    for name, positions in (("all_positions", None), ("sparse_positions", sparse_positions)):
+        dep = deploy(bank, best_per_position(bank, positions))
+        router = dep.router(network, max_group=max(group_sizes))
+        miss = np.full(len(dep.positions), NEVER)
+        t = measure_latency(compiled_call(router, dep.params, miss, one), repeats=repeats)
+        overhead[name] = {"positions": list(dep.positions), "router_all_miss_ms": 1e3 * t,
+                          "overhead": t / plain_s - 1}
+    out["all_miss_overhead"] = overhead
+
+    # Router vs the Python loop, and measured vs modelled latency, for exits forced at each k.
+    dep = deploy(bank, best_per_position(bank))
+    router = dep.router(network, max_group=max(group_sizes))
+    stage_s = stage_latencies(network, variables, 1, repeats)
+    lookup_s = [c.metrics["lookup_latency_s"] for c in best_per_position(bank)]
+    jitted_decides = tuple(jax.jit(d) for d in router.decides)
+    rows = []
+    scenarios = [("no exit", None)] + [(f"exit at {p}", k) for k, p in enumerate(dep.positions)]
+    for label, k in scenarios:
+        thresholds = np.full(len(dep.positions), NEVER)
+        if k is not None:
+            thresholds[k] = ALWAYS
+        router_s = measure_latency(compiled_call(router, dep.params, thresholds, one),
+                                   repeats=repeats)
+        loop_s = measure_latency(lambda thr=thresholds: reference_route(
+            network, dep.positions, router.decides, variables, dep.params, thr, images[:1],
+            model.mean, model.std, jitted_decides=jitted_decides), repeats=max(20, repeats // 4))
+        stop = network.num_stages if k is None else dep.positions[k] + 1
+        looked = len(dep.positions) if k is None else k + 1
+        model_s = sum(stage_s[:stop]) + sum(lookup_s[:looked])
+        rows.append({"scenario": label, "router_ms": 1e3 * router_s, "loop_ms": 1e3 * loop_s,
+                     "loop/router": loop_s / router_s, "cost_model_ms": 1e3 * model_s,
+                     "router/model": router_s / model_s})
+    out["forced_exits"] = rows
+    out["stage_latency_ms"] = [1e3 * s for s in stage_s]
+
+    groups = []
+    for size in group_sizes:
+        batch = jnp.asarray(np.resize(images, (size, *images.shape[1:])))
+        plain_t = measure_latency(lambda b=batch: plain(variables, b, mean, std),
+                                  repeats=max(20, repeats // 4))
+        miss_t = measure_latency(compiled_call(router, dep.params,
+                                               np.full(len(dep.positions), NEVER), batch),
+                                 repeats=max(20, repeats // 4))
+        calibrated = np.array([c.thresholds["0.99"] for c in best_per_position(bank)])
+        gati_t = measure_latency(compiled_call(router, dep.params, calibrated, batch),
+                                 repeats=max(20, repeats // 4))
+        groups.append({"group": size, "plain_ms": 1e3 * plain_t, "router_miss_ms": 1e3 * miss_t,
+                       "router_gati99_ms": 1e3 * gati_t, "plain_rps": size / plain_t,
+                       "router_gati99_rps": size / gati_t})
+    out["group_sizes"] = groups
+
+    # Batch 1 over a stream of distinct test images at the calibrated 99% thresholds.
+    calibrated = np.array([c.thresholds["0.99"] for c in best_per_position(bank)])
+    plain_total = gati_total = 0.0
+    exits = []
+    for image in images:
+        batch = jnp.asarray(image[None])
+        plain_total += measure_latency(lambda b=batch: plain(variables, b, mean, std),
+                                       repeats=5, warmup=1)
+        gati_total += measure_latency(compiled_call(router, dep.params, calibrated, batch),
+                                      repeats=5, warmup=1)
+        exits.append(int(compiled_call(router, dep.params, calibrated, batch)()[1][0]))
+    out["stream_batch1"] = {"requests": len(images), "plain_mean_ms": 1e3 * plain_total / len(images),
+                            "gati99_mean_ms": 1e3 * gati_total / len(images),
+                            "speedup": plain_total / gati_total,
+                            "exit_histogram": {str(p): exits.count(p) for p in sorted(set(exits))}}
+    return out

@@ -1,0 +1,34 @@
+"""Router benchmark on an explored bank: ``python scripts/bench_router.py --bank DIR``.
+
+Prints the figures and writes them as JSON (``--out``).
+"""
+
+import json
+
+from absl import app, flags, logging
+
+from gati_jax.runtime.bench_report import run_router_benchmark
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "checkpoints/fashion_mnist_resnet18",
+                                  "Exported base model.")
+_BANK = flags.DEFINE_string("bank", "runs/explore/cache_bank", "Cache bank from explore_caches.")
+_OUT = flags.DEFINE_string("out", "runs/bench_router.json", "Where to write the JSON.")
+_SPARSE = flags.DEFINE_list("sparse_positions", ["3", "5", "7"],
+                            "A smaller deployment for the overhead figure.")
+_REPEATS = flags.DEFINE_integer("repeats", 200, "Timed repeats per measurement.")
+_STREAM = flags.DEFINE_integer("stream", 300, "Test images in the batch-1 stream.")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    result = run_router_benchmark(_CHECKPOINT.value, _BANK.value,
+                                  tuple(int(p) for p in _SPARSE.value), _REPEATS.value,
+                                  _STREAM.value)
+    with open(_OUT.value, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)
