@@ -41,10 +41,8 @@ def stage_latencies(network: Any, variables: Any, batch_size: int = 1,
     x = jax.numpy.zeros((batch_size, *network.input_shape), jax.numpy.float32)
     latencies = []
     for index in range(network.num_stages):
-        # Only this stage's variables cross into the call, as in a per-stage serving loop.
-        stage_vars = {"params": variables["params"][index],
-                      "batch_stats": variables["batch_stats"][index]}
-        stage = jax.jit(network.stages[index].apply)
-        latencies.append(measure_latency(stage, stage_vars, x, repeats=repeats))
-        x = stage(stage_vars, x)
+        # Baked in as constants, as the router serves them (see gati_jax/runtime/router.py).
+        stage = jax.jit(lambda a, i=index: network.apply_stage(variables, i, a))
+        latencies.append(measure_latency(stage, x, repeats=repeats))
+        x = stage(x)
     return latencies

@@ -14,7 +14,9 @@ from gati_jax.caches.variants import Predictor, parse_variant
 from gati_jax.models import StagedNetwork, build_network
 from gati_jax.models.mlp import DenseStage
 from gati_jax.models.resnet import Head
-from gati_jax.runtime import CacheHead, Router, bucket_sizes, policy_builder, reference_route
+from gati_jax.inference import BaseModel
+from gati_jax.runtime import (CacheHead, ReferenceRouter, Router, bucket_sizes,
+                              policy_builder)
 
 SHAPE = (6, 6, 1)
 CLASSES = 4
@@ -26,6 +28,15 @@ def base():
     config = ml_collections.ConfigDict(dict(name="mlp", width=1, hidden_sizes=(24, 16, 12, 8)))
     network = build_network(config, SHAPE, CLASSES)
     return network, network.init(jax.random.key(0))
+
+
+def _model(network, variables):
+    return BaseModel(network, variables, MEAN, STD, {})
+
+
+def _router(network, variables, positions, heads, max_group, policy="gati"):
+    decides = tuple(policy_builder(policy)(h) for h in heads)
+    return Router(_model(network, variables), positions, decides, max_group)
 
 
 def _caches(network, positions, seed=0):
@@ -47,7 +58,8 @@ def _images(n, seed=0):
 
 def _base_answers(network, variables, images):
     from gati_jax import data
-    return np.asarray(jnp.argmax(network.apply(variables, data.normalize(images, MEAN, STD)), -1))
+    logits = network.apply(variables, data.normalize(images, MEAN, STD))
+    return np.asarray(jnp.argmax(logits, -1))
 
 
 def test_bucket_sizes():
@@ -58,9 +70,9 @@ def test_bucket_sizes():
 
 def test_none_policy_returns_the_base_answers(base):
     network, variables = base
-    router = Router(network, (), (), max_group=16)
+    router = Router(_model(network, variables), (), (), max_group=16)
     images = _images(13)
-    result = router.route(variables, (), [], images, MEAN, STD)
+    result = router.route((), [], images)
     np.testing.assert_array_equal(result.answer, _base_answers(network, variables, images))
     assert (result.exit_stage == network.num_stages - 1).all() and not result.hit.any()
 
@@ -71,7 +83,7 @@ def test_router_equals_reference_for_random_thresholds(base, policy):
     positions = (0, 1, 3)
     heads, params = _caches(network, positions)
     decides = tuple(policy_builder(policy)(h) for h in heads)
-    router = Router(network, positions, decides, max_group=16)
+    router = Router(_model(network, variables), positions, decides, max_group=16)
     rng = np.random.default_rng(1)
     images = _images(16, seed=2)
     base_answers = _base_answers(network, variables, images)
@@ -82,9 +94,9 @@ def test_router_equals_reference_for_random_thresholds(base, policy):
         else:
             thresholds = rng.uniform(0.2, 0.7, 3)
         n = int(rng.integers(1, 17))
-        got = router.route(variables, params, thresholds, images[:n], MEAN, STD, base_answers[:n])
-        want = reference_route(network, positions, decides, variables, params, thresholds,
-                               images[:n], MEAN, STD, base_answers[:n])
+        got = router.route(params, thresholds, images[:n], base_answers[:n])
+        want = ReferenceRouter(_model(network, variables), positions, decides).route(
+            params, thresholds, images[:n], base_answers[:n])
         for a, b in zip(got, want):
             np.testing.assert_array_equal(a, b)
         # Requests that do not exit get exactly the base network's answer.
@@ -93,23 +105,23 @@ def test_router_equals_reference_for_random_thresholds(base, policy):
         exits_seen |= set(got.exit_stage.tolist())
     assert len(exits_seen) >= 2  # the thresholds produced real early exits
     if policy == "oracle":
-        assert router.route(variables, params, thresholds, images, MEAN, STD,
+        assert router.route(params, thresholds, images,
                             base_answers).answer.tolist() == base_answers.tolist()
 
 
 def test_new_parameters_and_thresholds_never_recompile(base):
     network, variables = base
     heads, params = _caches(network, (0, 2))
-    router = Router(network, (0, 2), tuple(policy_builder("gati")(h) for h in heads), 8)
+    router = _router(network, variables, (0, 2), heads, 8)
     images = _images(8)
-    router.route(variables, params, [0.5, 0.5], images, MEAN, STD)
+    router.route(params, [0.5, 0.5], images)
     traces = router.trace_count
     for seed in range(1, 4):
         _, new_params = _caches(network, (0, 2), seed=seed)
-        router.route(variables, new_params, np.random.default_rng(seed).uniform(size=2),
-                     images, MEAN, STD)
+        router.route(new_params, np.random.default_rng(seed).uniform(size=2),
+                     images)
     assert router.trace_count == traces == 1
-    router.route(variables, params, [0.5, 0.5], images[:3], MEAN, STD)  # a new bucket (4)
+    router.route(params, [0.5, 0.5], images[:3])  # a new bucket (4)
     assert router.trace_count == 2
 
 
@@ -132,14 +144,14 @@ def test_a_group_that_exits_at_the_first_position_runs_no_later_stage():
                             SHAPE, CLASSES)
     variables = network.init(jax.random.key(0))
     heads, params = _caches(network, (0,))
-    router = Router(network, (0,), (policy_builder("gati")(heads[0]),), max_group=8)
+    router = _router(network, variables, (0,), heads, 8)
     images = _images(5)  # padded to a bucket of 8: the 3 padding rows must not count
     CALLS.clear()
-    result = router.route(variables, params, [0.0], images, MEAN, STD)  # everyone hits
+    result = router.route(params, [0.0], images)  # everyone hits
     jax.effects_barrier()
     assert result.hit.all() and (result.exit_stage == 0).all()
     assert CALLS == []
-    result = router.route(variables, params, [1.1], images, MEAN, STD)  # nobody hits
+    result = router.route(params, [1.1], images)  # nobody hits
     jax.effects_barrier()
     assert not result.hit.any() and CALLS == [1]
 
@@ -147,32 +159,32 @@ def test_a_group_that_exits_at_the_first_position_runs_no_later_stage():
 def test_padding_rows_never_change_results(base):
     network, variables = base
     heads, params = _caches(network, (0, 2))
-    router = Router(network, (0, 2), tuple(policy_builder("gati")(h) for h in heads), 16)
+    router = _router(network, variables, (0, 2), heads, 16)
     images = _images(16, seed=5)
-    together = router.route(variables, params, [0.45, 0.4], images[:11], MEAN, STD)
+    together = router.route(params, [0.45, 0.4], images[:11])
     for i in range(11):
-        alone = router.route(variables, params, [0.45, 0.4], images[i:i + 1], MEAN, STD)
+        alone = router.route(params, [0.45, 0.4], images[i:i + 1])
         assert (alone.answer[0], alone.exit_stage[0], alone.hit[0]) == (
             together.answer[i], together.exit_stage[i], together.hit[i])
 
 
 def test_bad_requests_get_clear_errors(base):
     network, variables = base
-    router = Router(network, (), (), max_group=4)
+    router = Router(_model(network, variables), (), (), max_group=4)
     with pytest.raises(ValueError, match="shape"):
-        router.route(variables, (), [], np.zeros((2, 5, 5, 1), np.uint8), MEAN, STD)
+        router.route((), [], np.zeros((2, 5, 5, 1), np.uint8))
     with pytest.raises(TypeError, match="dtype"):
-        router.route(variables, (), [], np.zeros((2, *SHAPE), np.int64), MEAN, STD)
+        router.route((), [], np.zeros((2, *SHAPE), np.int64))
     bad = np.zeros((2, *SHAPE), np.float32)
     bad[0, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        router.route(variables, (), [], bad, MEAN, STD)
+        router.route((), [], bad)
     with pytest.raises(ValueError, match="empty"):
-        router.route(variables, (), [], np.zeros((0, *SHAPE), np.uint8), MEAN, STD)
+        router.route((), [], np.zeros((0, *SHAPE), np.uint8))
     with pytest.raises(ValueError, match="exceeds max_group=4"):
-        router.route(variables, (), [], np.zeros((5, *SHAPE), np.uint8), MEAN, STD)
+        router.route((), [], np.zeros((5, *SHAPE), np.uint8))
     with pytest.raises(ValueError, match="positions"):
-        Router(network, (2, 1), (None, None))
+        Router(_model(network, variables), (2, 1), (None, None))
 
 
 def test_knn_store_respects_capacity_and_evicts_oldest():
@@ -198,12 +210,12 @@ def test_knn_policy_hits_on_stored_activations_and_matches_reference(base):
     store = knn.insert(knn.empty_store(8, x.shape[1]), np.asarray(knn.knn_key(x[:6], 1)),
                        base_answers[:6])
     decide = policy_builder("knn")(head)
-    router = Router(network, (1,), (decide,), max_group=16)
-    result = router.route(variables, (store,), [1e-3], images, MEAN, STD)
+    router = Router(_model(network, variables), (1,), (decide,), max_group=16)
+    result = router.route((store,), [1e-3], images)
     assert result.hit[:6].all()
     np.testing.assert_array_equal(result.answer, base_answers)
-    want = reference_route(network, (1,), (decide,), variables, (store,), [1e-3], images,
-                           MEAN, STD)
+    want = ReferenceRouter(_model(network, variables), (1,), (decide,)).route(
+        (store,), [1e-3], images)
     for a, b in zip(result, want):
         np.testing.assert_array_equal(a, b)
 
@@ -217,8 +229,8 @@ def test_oracle_is_never_worse_on_agreement(base):
     agreement = {}
     for policy, thresholds in [("oracle", [0, 0, 0]), ("gati", [0.3, 0.3, 0.3]),
                                ("confidence", [0.3, 0.3, 0.3]), ("entropy", [1.3, 1.3, 1.3])]:
-        router = Router(network, positions, tuple(policy_builder(policy)(h) for h in heads), 16)
-        result = router.route(variables, params, thresholds, images, MEAN, STD, base_answers)
+        router = _router(network, variables, positions, heads, 16, policy)
+        result = router.route(params, thresholds, images, base_answers)
         agreement[policy] = float(np.mean(result.answer == base_answers))
     assert agreement["oracle"] == 1.0
     assert all(agreement["oracle"] >= a for a in agreement.values())
@@ -236,8 +248,8 @@ def test_deploy_takes_calibrated_thresholds_and_checks_its_arguments(base):
     dep = deploy(bank, cands)
     assert dep.positions == (0, 2)
     np.testing.assert_allclose(dep.thresholds, [0.8, 0.9])
-    result = dep.router(network, 4).route(variables, dep.params, dep.thresholds, _images(3),
-                                          MEAN, STD)
+    router = dep.router(_model(network, variables), 4)
+    result = router.route(dep.params, dep.thresholds, _images(3))
     assert result.answer.shape == (3,)
     with pytest.raises(ValueError, match="unknown exit policy 'branchy'"):
         deploy(bank, cands, policy="branchy")

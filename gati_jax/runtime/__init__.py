@@ -4,8 +4,8 @@
 from gati_jax.runtime import knn  # noqa: F401
 from gati_jax.runtime.deployment import Deployment, deploy
 from gati_jax.runtime.policies import CacheHead, available_policies, policy_builder
-from gati_jax.runtime.reference import reference_route
+from gati_jax.runtime.reference import ReferenceRouter
 from gati_jax.runtime.router import RouteResult, Router, bucket_sizes
 
-__all__ = ["CacheHead", "Deployment", "RouteResult", "Router", "available_policies",
-           "bucket_sizes", "deploy", "policy_builder", "reference_route"]
+__all__ = ["CacheHead", "Deployment", "ReferenceRouter", "RouteResult", "Router",
+           "available_policies", "bucket_sizes", "deploy", "policy_builder"]

@@ -8,8 +8,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from gati_jax.caches.bank import CacheBank, Candidate
-from gati_jax.models import StagedNetwork
-from gati_jax.runtime.policies import CacheHead, policy_builder
+from gati_jax.inference import BaseModel
+from gati_jax.runtime.policies import CacheHead, Decide, policy_builder
+from gati_jax.runtime.reference import ReferenceRouter
 from gati_jax.runtime.router import Router
 
 
@@ -23,10 +24,17 @@ class Deployment:
     params: tuple[Any, ...]
     thresholds: np.ndarray
 
-    def router(self, network: StagedNetwork, max_group: int = 32) -> Router:
-        """A router for this deployment's structure (params/thresholds are passed per call)."""
-        decides = tuple(policy_builder(self.policy)(h) for h in self.heads)
-        return Router(network, self.positions, decides, max_group)
+    def decides(self) -> tuple[Decide, ...]:
+        """The policy's decision rule at every deployed position."""
+        return tuple(policy_builder(self.policy)(h) for h in self.heads)
+
+    def router(self, model: BaseModel, max_group: int = 32) -> Router:
+        """A compiled router for this deployment (params/thresholds are passed per call)."""
+        return Router(model, self.positions, self.decides(), max_group)
+
+    def reference(self, model: BaseModel) -> ReferenceRouter:
+        """The Python-loop reference router for this deployment."""
+        return ReferenceRouter(model, self.positions, self.decides())
 
 
 def deploy(bank: CacheBank, candidates: Sequence[Candidate], policy: str = "gati",

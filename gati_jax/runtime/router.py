@@ -4,12 +4,17 @@ After each deployed position the policy decides which requests exit; a ``lax.con
 every remaining stage once all real requests of the group have exited. Cache parameters and
 thresholds are arguments, so new values never recompile. Groups are padded to power-of-two
 buckets; padding rows start as exited, so they never hold back a skip or change a result.
+
+The frozen base network's variables and input statistics are compile-time constants by
+default (``bake_base=True``): as arguments, XLA on the CPU re-lays out every conv kernel on
+every call, before any ``lax.cond`` can skip it (measured on the shipped ResNet-18 at batch 1:
+a group exiting at position 0 cost 1.07 ms with the variables as arguments, 0.12 ms baked).
+A new base network means a new Router; new caches never do.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -18,8 +23,9 @@ import numpy as np
 from jax import lax
 
 from gati_jax import data
+from gati_jax.inference import BaseModel
 from gati_jax.input_checks import check_images
-from gati_jax.models import StagedNetwork, Variables
+from gati_jax.models import Variables
 from gati_jax.runtime.policies import Decide
 
 
@@ -46,13 +52,15 @@ def bucket_sizes(max_group: int) -> tuple[int, ...]:
 class Router:
     """Serves request groups through one compiled program per group-size bucket."""
 
-    network: StagedNetwork
+    model: BaseModel
     positions: tuple[int, ...]
     decides: tuple[Decide, ...]
     max_group: int = 32
+    bake_base: bool = True
     trace_count: int = 0          # how many times the program was traced (== compilations)
 
     def __post_init__(self):
+        self.network = self.model.network
         if list(self.positions) != sorted(set(self.positions)):
             raise ValueError(f"positions must be increasing and distinct, got {self.positions}")
         last = self.network.num_stages - 1
@@ -61,11 +69,17 @@ class Router:
         if len(self.decides) != len(self.positions):
             raise ValueError("one decision rule per deployed position is needed")
         self.buckets = bucket_sizes(self.max_group)
-        self._compiled = jax.jit(self._route)
+        base = (self.model.variables, np.asarray(self.model.mean), np.asarray(self.model.std))
+        if self.bake_base:
+            self._program = jax.jit(lambda *args: self._route(*base, *args))
+            self._base_args: tuple = ()
+        else:
+            self._program = jax.jit(self._route)
+            self._base_args = base
 
-    def _route(self, variables: Variables, cache_params: tuple[Any, ...],
-               thresholds: jax.Array, images: jax.Array, valid: jax.Array,
-               base_answer: jax.Array, mean: jax.Array, std: jax.Array):
+    def _route(self, variables: Variables, mean: jax.Array, std: jax.Array,
+               cache_params: tuple[Any, ...], thresholds: jax.Array, images: jax.Array,
+               valid: jax.Array, base_answer: jax.Array):
         self.trace_count += 1  # runs only while tracing: counts compilations
         network, positions = self.network, self.positions
         starts = (0, *(p + 1 for p in positions))
@@ -102,8 +116,13 @@ class Router:
                 return size
         raise ValueError(f"group of {n} exceeds max_group={self.max_group}")
 
-    def route(self, variables: Variables, cache_params: tuple[Any, ...], thresholds: Any,
-              images: np.ndarray, mean: np.ndarray, std: np.ndarray,
+    def compiled(self, cache_params: tuple[Any, ...], thresholds: jax.Array, images: jax.Array,
+                 valid: jax.Array, base_answer: jax.Array):
+        """The compiled program on prepared (padded, device) arguments: the benchmark's entry."""
+        return self._program(*self._base_args, cache_params, thresholds, images, valid,
+                             base_answer)
+
+    def route(self, cache_params: tuple[Any, ...], thresholds: Any, images: np.ndarray,
               base_answer: np.ndarray | None = None) -> RouteResult:
         """Routes one request group of raw images (validated, padded to its bucket)."""
         images = check_images(images, self.network.input_shape)
@@ -116,7 +135,7 @@ class Router:
         if base_answer is not None:
             base[:n] = base_answer
         thresholds = jnp.asarray(thresholds, jnp.float32).reshape(len(self.positions))
-        answer, exit_stage, hit = self._compiled(variables, tuple(cache_params), thresholds,
-                                                 padded, valid, base, mean, std)
+        answer, exit_stage, hit = self.compiled(tuple(cache_params), thresholds, padded, valid,
+                                                base)
         return RouteResult(np.asarray(answer)[:n], np.asarray(exit_stage)[:n],
                            np.asarray(hit)[:n])
