@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 
 from gati_jax.caches.bank import CacheBank, Candidate
@@ -57,5 +58,6 @@ def deploy(bank: CacheBank, candidates: Sequence[Candidate], policy: str = "gati
         raise ValueError(f"{len(thresholds)} thresholds for {len(chosen)} caches")
     heads = tuple(CacheHead(c.spec, bank.num_classes, c.pool_factor, bank.selector_hidden)
                   for c in chosen)
-    return Deployment(policy, positions, heads, tuple(c.params for c in chosen),
-                      np.asarray(thresholds, np.float32))
+    # On the device once: host (numpy) parameters would be copied over on every call.
+    params = jax.device_put(tuple(c.params for c in chosen))
+    return Deployment(policy, positions, heads, params, np.asarray(thresholds, np.float32))
