@@ -15,7 +15,7 @@ from gati_jax.caches import (CacheBank, Candidate, Predictor, VariantError, cali
                              parse_variant, record_activations, save_bank)
 from gati_jax.caches.exploration import ExplorationData, explore
 from gati_jax.caches.selector import wilson_lower_bound
-from gati_jax.caches.training import HeadTraining, predictor_logits, train_predictors
+from gati_jax.caches.training import HeadTraining, train_predictors
 from gati_jax.config import ConfigError, base_config, validate_config
 from gati_jax.inference import BaseModel
 from gati_jax.models import build_network

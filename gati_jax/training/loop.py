@@ -20,7 +20,7 @@ from gati_jax.models import build_network
 from gati_jax.plotting import plot_training_history
 from gati_jax.training.checkpointing import TrainCheckpointer, save_base_model
 from gati_jax.training.optim import make_optimizer, make_schedule
-from gati_jax.training.steps import TrainState, create_train_state, train_step
+from gati_jax.training.steps import create_train_state, train_step
 
 
 def _check_same_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
