@@ -22,6 +22,25 @@ def measure_latency(fn: Callable[..., Any], *args: Any, repeats: int = 50,
     return float(np.median(times))
 
 
+def measure_interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 50,
+                        warmup: int = 5) -> dict[str, float]:
+    """Median seconds of each zero-argument function, timed in alternating rounds.
+
+    Alternating puts every function under the same machine noise, so their ratios hold even
+    when absolute times drift between rounds.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def compiled_flops(fn: Callable[..., Any], *args: Any) -> float:
     """FLOPs of one call as counted by XLA's cost analysis (NaN where the backend has none)."""
     cost = jax.jit(fn).lower(*args).compile().cost_analysis()

@@ -207,8 +207,8 @@ def test_knn_policy_hits_on_stored_activations_and_matches_reference(base):
     x = network.apply_range(variables, data.normalize(images, MEAN, STD), 0, 2)
     head = knn.KnnHead(grid=1, neighbours=1)
     # Store the first 6 requests' position-1 activations with their base answers.
-    store = knn.insert(knn.empty_store(8, x.shape[1]), np.asarray(knn.knn_key(x[:6], 1)),
-                       base_answers[:6])
+    store = knn.store_from_activations(np.asarray(x[:6]), base_answers[:6], capacity=8, grid=1)
+    assert store["valid"].sum() == 6
     decide = policy_builder("knn")(head)
     router = Router(_model(network, variables), (1,), (decide,), max_group=16)
     result = router.route((store,), [1e-3], images)

@@ -15,7 +15,7 @@ import numpy as np
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank, Candidate
 from gati_jax.inference import BaseModel
-from gati_jax.profiling import measure_latency, stage_latencies
+from gati_jax.profiling import measure_interleaved, stage_latencies
 from gati_jax.runtime.deployment import deploy
 
 NEVER, ALWAYS = 2.0, -1.0  # selector scores lie in [0, 1]
@@ -36,11 +36,8 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     network, variables = model.network, model.variables
     mean, std = np.asarray(model.mean), np.asarray(model.std)
     # The baseline gets the router's advantage too: the base variables baked in as constants.
-    baked = jax.jit(lambda x: network.apply(variables, data.normalize(x, mean, std)))
+    plain = jax.jit(lambda x: network.apply(variables, data.normalize(x, mean, std)))
     as_args = jax.jit(lambda v, x: network.apply(v, data.normalize(x, mean, std)))
-
-    def plain(_, x, *__):
-        return baked(x)
 
     out: dict[str, Any] = {"backend": jax.default_backend(),
                            "device_kind": jax.devices()[0].device_kind, "repeats": repeats}
@@ -52,19 +49,21 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
         return lambda: router.compiled(params, thr, batch, valid, base)
 
     one = jnp.asarray(images[:1])
-    plain_s = measure_latency(lambda: plain(variables, one, mean, std), repeats=repeats)
-    out["plain_network_ms"] = 1e3 * plain_s
-    out["plain_network_variables_as_arguments_ms"] = 1e3 * measure_latency(
-        lambda: as_args(variables, one), repeats=repeats)
-    overhead = {}
+    routers = {}
     for name, positions in (("all_positions", None), ("sparse_positions", sparse_positions)):
         dep = deploy(bank, best_per_position(bank, positions))
-        router = dep.router(model, max_group=max(group_sizes))
-        miss = np.full(len(dep.positions), NEVER)
-        t = measure_latency(compiled_call(router, dep.params, miss, one), repeats=repeats)
-        overhead[name] = {"positions": list(dep.positions), "router_all_miss_ms": 1e3 * t,
-                          "overhead": t / plain_s - 1}
-    out["all_miss_overhead"] = overhead
+        routers[name] = (dep, dep.router(model, max_group=max(group_sizes)))
+    timed = measure_interleaved(
+        {"plain": lambda: plain(one),
+         "as_args": lambda: as_args(variables, one),
+         **{name: compiled_call(router, dep.params, np.full(len(dep.positions), NEVER), one)
+            for name, (dep, router) in routers.items()}}, repeats=repeats)
+    plain_s = timed["plain"]
+    out["plain_network_ms"] = 1e3 * plain_s
+    out["plain_network_variables_as_arguments_ms"] = 1e3 * timed["as_args"]
+    out["all_miss_overhead"] = {
+        name: {"positions": list(dep.positions), "router_all_miss_ms": 1e3 * timed[name],
+               "overhead": timed[name] / plain_s - 1} for name, (dep, _) in routers.items()}
 
     # Router vs the Python loop, and measured vs modelled latency, for exits forced at each k.
     dep = deploy(bank, best_per_position(bank))
@@ -78,11 +77,11 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
         thresholds = np.full(len(dep.positions), NEVER)
         if k is not None:
             thresholds[k] = ALWAYS
-        router_s = measure_latency(compiled_call(router, dep.params, thresholds, one),
-                                   repeats=repeats)
-        loop_s = measure_latency(lambda thr=thresholds: reference.route(dep.params, thr,
-                                                                        images[:1]),
-                                 repeats=max(20, repeats // 4))
+        timed = measure_interleaved(
+            {"router": compiled_call(router, dep.params, thresholds, one),
+             "loop": lambda thr=thresholds: reference.route(dep.params, thr, images[:1])},
+            repeats=max(20, repeats // 4))
+        router_s, loop_s = timed["router"], timed["loop"]
         stop = network.num_stages if k is None else dep.positions[k] + 1
         looked = len(dep.positions) if k is None else k + 1
         model_s = sum(stage_s[:stop]) + sum(lookup_s[:looked])
@@ -92,32 +91,32 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     out["forced_exits"] = rows
     out["stage_latency_ms"] = [1e3 * s for s in stage_s]
 
+    calibrated = np.array([c.thresholds["0.99"] for c in best_per_position(bank)])
     groups = []
     for size in group_sizes:
         batch = jnp.asarray(np.resize(images, (size, *images.shape[1:])))
-        plain_t = measure_latency(lambda b=batch: plain(variables, b, mean, std),
-                                  repeats=max(20, repeats // 4))
-        miss_t = measure_latency(compiled_call(router, dep.params,
-                                               np.full(len(dep.positions), NEVER), batch),
-                                 repeats=max(20, repeats // 4))
-        calibrated = np.array([c.thresholds["0.99"] for c in best_per_position(bank)])
-        gati_t = measure_latency(compiled_call(router, dep.params, calibrated, batch),
-                                 repeats=max(20, repeats // 4))
+        timed = measure_interleaved(
+            {"plain": lambda b=batch: plain(b),
+             "miss": compiled_call(router, dep.params, np.full(len(dep.positions), NEVER), batch),
+             "gati": compiled_call(router, dep.params, calibrated, batch)},
+            repeats=max(20, repeats // 4))
+        plain_t, miss_t, gati_t = timed["plain"], timed["miss"], timed["gati"]
         groups.append({"group": size, "plain_ms": 1e3 * plain_t, "router_miss_ms": 1e3 * miss_t,
                        "router_gati99_ms": 1e3 * gati_t, "plain_rps": size / plain_t,
                        "router_gati99_rps": size / gati_t})
     out["group_sizes"] = groups
 
     # Batch 1 over a stream of distinct test images at the calibrated 99% thresholds.
-    calibrated = np.array([c.thresholds["0.99"] for c in best_per_position(bank)])
     plain_total = gati_total = 0.0
     exits = []
     for image in images:
         batch = jnp.asarray(image[None])
-        plain_total += measure_latency(lambda b=batch: plain(variables, b, mean, std),
-                                       repeats=5, warmup=1)
-        gati_total += measure_latency(compiled_call(router, dep.params, calibrated, batch),
-                                      repeats=5, warmup=1)
+        timed = measure_interleaved(
+            {"plain": lambda b=batch: plain(b),
+             "gati": compiled_call(router, dep.params, calibrated, batch)},
+            repeats=5, warmup=1)
+        plain_total += timed["plain"]
+        gati_total += timed["gati"]
         exits.append(int(compiled_call(router, dep.params, calibrated, batch)()[1][0]))
     out["stream_batch1"] = {"requests": len(images), "plain_mean_ms": 1e3 * plain_total / len(images),
                             "gati99_mean_ms": 1e3 * gati_total / len(images),

@@ -56,6 +56,21 @@ def insert(store: dict[str, np.ndarray], keys: np.ndarray,
     return store
 
 
+def store_from_activations(activations: np.ndarray, base_answers: np.ndarray, capacity: int,
+                           grid: int, batch_size: int = 1000) -> dict[str, np.ndarray]:
+    """A store filled, in order, with the keys of recorded activations and their base answers.
+
+    Recorded maps may already be average-pooled (see caches.recording); pooling them again to
+    ``grid`` gives the same keys as pooling the raw map whenever the bins line up.
+    """
+    if len(activations) != len(base_answers):
+        raise ValueError(f"{len(activations)} activations but {len(base_answers)} answers")
+    key_fn = jax.jit(lambda x: knn_key(x, grid))
+    keys = np.concatenate([np.asarray(key_fn(jnp.asarray(activations[i:i + batch_size])))
+                           for i in range(0, len(activations), batch_size)])
+    return insert(empty_store(capacity, keys.shape[1]), keys, base_answers)
+
+
 def store_bytes(store: dict[str, np.ndarray]) -> int:
     """Memory held by a store."""
     return int(sum(np.asarray(v).nbytes for v in store.values()))
