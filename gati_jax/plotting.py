@@ -56,3 +56,23 @@ def plot_exploration(bank: Any, path: str | os.PathLike) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_router_benchmark(result: dict[str, Any], path: str | os.PathLike) -> None:
+    """Latency when every request exits at each position: router, Python loop, cost model."""
+    rows = result["forced_exits"]
+    labels = [r["scenario"].replace("exit at ", "") for r in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for key, label in (("router_ms", "compiled router"), ("loop_ms", "Python-loop reference"),
+                       ("cost_model_ms", "stage-cost model")):
+        ax.plot(x, [r[key] for r in rows], "o-", label=label)
+    ax.axhline(result["plain_network_ms"], color="gray", ls="--", label="plain network")
+    ax.set_xticks(list(x), labels)
+    ax.set_xlabel("position every request exits at")
+    ax.set_ylabel("latency per group of 1 (ms)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

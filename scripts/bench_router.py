@@ -1,12 +1,13 @@
 """Router benchmark on an explored bank: ``python scripts/bench_router.py --bank DIR``.
 
-Prints the figures and writes them as JSON (``--out``).
+Prints the figures and writes them as JSON (``--out``) and a plot beside it.
 """
 
 import json
 
 from absl import app, flags, logging
 
+from gati_jax.plotting import plot_router_benchmark
 from gati_jax.runtime.bench_report import run_router_benchmark
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "checkpoints/fashion_mnist_resnet18",
@@ -27,7 +28,9 @@ def main(argv: list[str]) -> None:
                                   _STREAM.value)
     with open(_OUT.value, "w") as f:
         json.dump(result, f, indent=1)
-    print(f"wrote {_OUT.value}")
+    plot = _OUT.value.removesuffix(".json") + ".png"
+    plot_router_benchmark(result, plot)
+    print(f"wrote {_OUT.value} and {plot}")
 
 
 if __name__ == "__main__":
