@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank, bank_to_json, save_bank
-from gati_jax.caches.exploration import (ExplorationData, check_design_space, explore,
-                                         head_training)
+from gati_jax.caches.exploration import ExplorationData, check_design_space, explore
 from gati_jax.caches.recording import record_activations
-from gati_jax.caches.training import train_predictors
 from gati_jax.caches.variants import parse_variant
 from gati_jax.config import validate_config
 from gati_jax.evaluation import model_data_config
 from gati_jax.inference import BaseModel
 from gati_jax.plotting import plot_exploration
+from gati_jax.tables import format_table
 from gati_jax.training.checkpointing import load_base_model
 
 
@@ -74,21 +71,6 @@ def exploration_table(bank: CacheBank) -> list[dict[str, Any]]:
     return rows
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """A fixed-width text table of dict rows."""
-    if not rows:
-        return "(no rows)"
-    cols = list(rows[0])
-
-    def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    widths = [max(len(c), *(len(cell(r[c])) for r in rows)) for c in cols]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(cell(r[c]).rjust(w) for c, w in zip(cols, widths)) for r in rows]
-    return "\n".join(lines)
-
-
 def run_exploration(config: ml_collections.ConfigDict, workdir: str) -> CacheBank:
     """Records activations, explores the design space, saves bank, JSON, plot; prints the table."""
     validate_config(config)
@@ -107,37 +89,3 @@ def run_exploration(config: ml_collections.ConfigDict, workdir: str) -> CacheBan
     print(f"explored {len(bank.candidates)} candidates in {bank.info['exploration_seconds']} s; "
           f"wrote {workdir_path / 'exploration.json'} and {workdir_path / 'exploration.png'}")
     return bank
-
-
-def benchmark_vmap_vs_loop(config: ml_collections.ConfigDict, members: int = 8,
-                           position: int = 2, variant: str = "pool-k2-h64",
-                           examples: int = 4000, repeats: int = 3) -> dict[str, float]:
-    """Trains ``members`` same-shape candidates with vmap and with a loop; median times of each."""
-    validate_config(config)
-    model = load_base_model(config.caches.checkpoint)
-    dataset = data.load_dataset(model_data_config(model, config.data.data_dir))
-    rec = record_activations(model, dataset.train.images[:examples],
-                             dataset.train.labels[:examples], positions=(position,),
-                             max_bytes=int(config.caches.record_max_bytes))
-    hp = head_training(config.caches)
-    spec = parse_variant(variant)
-    seeds = np.arange(members)
-    rates = np.full(members, 3e-3, np.float32)
-    result = {"members": members, "position": position, "variant": variant,
-              "examples": examples, "epochs": hp.epochs}
-    # A first pass of each compiles; the timed pass below reuses the compiled steps.
-    for vectorised in (True, False):
-        train_predictors(spec, model.network.num_classes, rec.features[position][:hp.batch_size],
-                         rec.logits[:hp.batch_size], seeds, rates, hp, vectorised=vectorised)
-    # Alternating rounds, medians: machine noise hits both ways alike.
-    times: dict[str, list[float]] = {"vmap_s": [], "loop_s": []}
-    for _ in range(repeats):
-        for name, vectorised in (("vmap_s", True), ("loop_s", False)):
-            start = time.perf_counter()
-            params, _ = train_predictors(spec, model.network.num_classes, rec.features[position],
-                                         rec.logits, seeds, rates, hp, vectorised=vectorised)
-            jax.block_until_ready(params)
-            times[name].append(time.perf_counter() - start)
-    result.update({name: float(np.median(t)) for name, t in times.items()}, repeats=repeats)
-    result["speedup"] = result["loop_s"] / result["vmap_s"]
-    return result

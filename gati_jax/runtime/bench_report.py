@@ -6,9 +6,9 @@ from typing import Any
 
 from gati_jax import data
 from gati_jax.caches.bank import load_bank
-from gati_jax.caches.pipeline import format_table
 from gati_jax.evaluation import model_data_config
 from gati_jax.runtime.benchmark import benchmark_router
+from gati_jax.tables import format_table
 from gati_jax.training.checkpointing import load_base_model
 
 
