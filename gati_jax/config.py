@@ -97,6 +97,20 @@ def base_config() -> ml_collections.ConfigDict:
     config.caches.latency_batch_size = 1
     config.caches.latency_repeats = 50
 
+    config.policy = ml_collections.ConfigDict()
+    # none | gati | confidence | entropy | knn | oracle (gati_jax/runtime/policies.py).
+    config.policy.name = "gati"
+    # Deployed positions; empty means every explored position (best candidate at each).
+    config.policy.positions = ()
+    # gati: the precision target whose calibrated thresholds are used (one of caches.targets).
+    config.policy.target = 0.99
+    # One per deployed position; confidence, entropy and knn (a radius) need them.
+    config.policy.thresholds = ()
+    config.policy.max_group = 32
+    config.policy.knn_capacity = 2000
+    config.policy.knn_grid = 2
+    config.policy.knn_neighbours = 3
+
     config.lock()
     return config
 
@@ -149,6 +163,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
              t.checkpoint_every_steps, ">= 1")
     _require(int(t.max_to_keep) >= 1, "train.max_to_keep", t.max_to_keep, ">= 1")
     _validate_caches(config.caches)
+    _validate_policy(config.policy, config.caches)
     return config
 
 
@@ -175,3 +190,18 @@ def _validate_caches(c: ml_collections.ConfigDict) -> None:
     _require(0 <= c.calibration_confidence < 1, "caches.calibration_confidence",
              c.calibration_confidence, "in [0, 1)")
     _require(int(c.record_max_bytes) > 0, "caches.record_max_bytes", c.record_max_bytes, "> 0")
+
+
+def _validate_policy(p: ml_collections.ConfigDict, caches: ml_collections.ConfigDict) -> None:
+    from gati_jax.runtime import available_policies
+
+    names = ("none", *available_policies())
+    _require(p.name in names, "policy.name", p.name, f"one of {list(names)}")
+    _require(any(abs(p.target - t) < 1e-12 for t in caches.targets), "policy.target", p.target,
+             f"one of caches.targets {tuple(caches.targets)} (only those are calibrated)")
+    _require(not p.thresholds or not p.positions or len(p.thresholds) == len(p.positions),
+             "policy.thresholds", p.thresholds, "one per entry of policy.positions")
+    _require(p.name not in ("confidence", "entropy", "knn") or len(p.thresholds) > 0,
+             "policy.thresholds", p.thresholds, f"policy '{p.name}' needs thresholds")
+    for key in ("max_group", "knn_capacity", "knn_grid", "knn_neighbours"):
+        _require(int(p[key]) >= 1, f"policy.{key}", p[key], ">= 1")

@@ -257,3 +257,46 @@ def test_deploy_takes_calibrated_thresholds_and_checks_its_arguments(base):
         deploy(bank, cands, policy="confidence")
     with pytest.raises(ValueError, match="one cache per position"):
         deploy(bank, [cands[0], cands[0]])
+
+
+def test_policies_are_chosen_by_name_in_the_config(base):
+    from gati_jax.caches import CacheBank, Candidate, record_activations
+    from gati_jax.config import ConfigError, base_config, validate_config
+    from gati_jax.runtime import deployment_from_config
+    network, variables = base
+    model = _model(network, variables)
+    positions = (0, 1, 2)
+    heads, params = _caches(network, positions)
+    cands = [Candidate(p, "fc-d1-h8", 0, 1e-3, 1, network.activation_shapes()[p][1:],
+                       params[k], {"0.99": 0.6}, {"hit_rate@0.99": 0.5, "lookup_latency_s": 1.0})
+             for k, p in enumerate(positions)]
+    bank = CacheBank(CLASSES, 8, cands, {"positions": list(positions)})
+    images = _images(16, seed=11)
+    base_answers = _base_answers(network, variables, images)
+    recording = record_activations(model, images, base_answers)
+    config = base_config()
+    config.policy.knn_neighbours = 1  # exact matches hit; their neighbours are other requests
+    for name, thresholds in [("none", ()), ("gati", ()), ("confidence", (0.5, 0.5, 0.5)),
+                             ("entropy", (1.0, 1.0, 1.0)), ("knn", (0.05, 0.05, 0.05)),
+                             ("oracle", ())]:
+        config.policy.name, config.policy.thresholds = name, thresholds
+        validate_config(config)
+        dep = deployment_from_config(config.policy, bank, recording)
+        assert dep.policy == name and dep.positions == (() if name == "none" else positions)
+        router = dep.router(model, 16)
+        result = router.route(dep.params, dep.thresholds, images, base_answers)
+        if name in ("none", "knn", "oracle"):
+            # none runs the base network; knn stores hold these very activations; the oracle
+            # exits only where it agrees.
+            np.testing.assert_array_equal(result.answer, base_answers)
+        if name == "knn":
+            assert result.hit.all() and (result.exit_stage == 0).all()
+    config.policy.name = "branchy"
+    with pytest.raises(ConfigError, match="policy.name"):
+        validate_config(config)
+    config.policy.name, config.policy.thresholds = "entropy", ()
+    with pytest.raises(ConfigError, match="needs thresholds"):
+        validate_config(config)
+    config.policy.name, config.policy.target = "gati", 0.97
+    with pytest.raises(ConfigError, match="policy.target"):
+        validate_config(config)

@@ -13,20 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from gati_jax import data
-from gati_jax.caches.bank import CacheBank, Candidate
+from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
 from gati_jax.profiling import measure_interleaved, stage_latencies
-from gati_jax.runtime.deployment import deploy
+from gati_jax.runtime.deployment import best_per_position, deploy
 
 NEVER, ALWAYS = 2.0, -1.0  # selector scores lie in [0, 1]
-
-
-def best_per_position(bank: CacheBank, positions: tuple[int, ...] | None = None,
-                      target: str = "0.99") -> list[Candidate]:
-    """The candidate with the highest hit rate at ``target`` (then the fastest) per position."""
-    positions = positions if positions is not None else tuple(bank.info["positions"])
-    return [max(bank.at(p), key=lambda c: (c.metrics[f"hit_rate@{target}"],
-                                           -c.metrics["lookup_latency_s"])) for p in positions]
 
 
 def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,

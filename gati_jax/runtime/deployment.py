@@ -6,10 +6,13 @@ import dataclasses
 from typing import Any, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 
 from gati_jax.caches.bank import CacheBank, Candidate
+from gati_jax.caches.recording import Recording
 from gati_jax.inference import BaseModel
+from gati_jax.runtime.knn import KnnHead, store_from_activations
 from gati_jax.runtime.policies import CacheHead, Decide, policy_builder
 from gati_jax.runtime.reference import ReferenceRouter
 from gati_jax.runtime.router import Router
@@ -21,7 +24,7 @@ class Deployment:
 
     policy: str
     positions: tuple[int, ...]
-    heads: tuple[CacheHead, ...]
+    heads: tuple[Any, ...]            # CacheHead, or KnnHead for the knn policy
     params: tuple[Any, ...]
     thresholds: np.ndarray
 
@@ -36,6 +39,41 @@ class Deployment:
     def reference(self, model: BaseModel) -> ReferenceRouter:
         """The Python-loop reference router for this deployment."""
         return ReferenceRouter(model, self.positions, self.decides())
+
+
+def best_per_position(bank: CacheBank, positions: Sequence[int] | None = None,
+                      target: str = "0.99") -> list[Candidate]:
+    """The candidate with the highest hit rate at ``target`` (then the fastest) per position."""
+    positions = tuple(positions) if positions else tuple(bank.info["positions"])
+    missing = [p for p in positions if not bank.at(p)]
+    if missing:
+        raise ValueError(f"the bank has no candidates at positions {missing}")
+    return [max(bank.at(p), key=lambda c: (c.metrics[f"hit_rate@{target}"],
+                                           -c.metrics["lookup_latency_s"])) for p in positions]
+
+
+def deployment_from_config(policy: ml_collections.ConfigDict, bank: CacheBank,
+                           recording: Recording | None = None) -> Deployment:
+    """The deployment a ``policy`` config section describes; knn fills its stores from
+    ``recording`` (activations with the base network's answers)."""
+    if policy.name == "none":
+        return Deployment("none", (), (), (), np.zeros(0, np.float32))
+    target = f"{policy.target:g}"
+    chosen = best_per_position(bank, tuple(int(p) for p in policy.positions), target)
+    thresholds = tuple(float(t) for t in policy.thresholds) or None
+    if policy.name != "knn":
+        return deploy(bank, chosen, policy.name, thresholds, target)
+    if recording is None:
+        raise ValueError("policy 'knn' needs recorded activations to fill its stores")
+    if thresholds is None or len(thresholds) != len(chosen):
+        raise ValueError(f"policy 'knn' needs one radius per position, got {thresholds}")
+    positions = tuple(c.position for c in chosen)
+    heads = tuple(KnnHead(int(policy.knn_grid), int(policy.knn_neighbours)) for _ in positions)
+    stores = tuple(store_from_activations(recording.features[p], recording.base_predictions,
+                                          int(policy.knn_capacity), int(policy.knn_grid))
+                   for p in positions)
+    return Deployment("knn", positions, heads, jax.device_put(stores),
+                      np.asarray(thresholds, np.float32))
 
 
 def deploy(bank: CacheBank, candidates: Sequence[Candidate], policy: str = "gati",

@@ -85,7 +85,8 @@ def knn(head: KnnHead):
         query = knn_key(x, head.grid)
         d2 = (jnp.sum(query ** 2, -1, keepdims=True) - 2 * query @ store["keys"].T
               + jnp.sum(store["keys"] ** 2, -1)[None])
-        d2 = jnp.where(store["valid"][None], d2, jnp.inf)
+        # The expanded form can dip below zero by rounding for an exact match.
+        d2 = jnp.where(store["valid"][None], jnp.maximum(d2, 0.0), jnp.inf)
         k = min(head.neighbours, store["keys"].shape[0])
         neg, idx = jax.lax.top_k(-d2, k)
         values = store["values"][idx]
