@@ -55,29 +55,28 @@ def gati(head: CacheHead) -> Decide:
     return decide
 
 
-@register_policy("confidence")
-def confidence(head: CacheHead) -> Decide:
-    """Shallow-Deep Networks: hit when the internal classifier's max softmax reaches the threshold."""
-    logits_fn = _predictor_logits(head)
-
-    def decide(params, threshold, x, base_answer):
-        del base_answer
-        probs = jax.nn.softmax(logits_fn(params, x))
-        return jnp.argmax(probs, -1), jnp.max(probs, -1) >= threshold
-    return decide
-
-
-@register_policy("entropy")
-def entropy(head: CacheHead) -> Decide:
-    """BranchyNet: hit when the internal classifier's entropy is at most the threshold."""
+def _classifier_policy(head: CacheHead,
+                       hit: Callable[[jax.Array, jax.Array], jax.Array]) -> Decide:
+    # The cache's predictor serves as the internal classifier; ``hit`` reads its log-probs.
     logits_fn = _predictor_logits(head)
 
     def decide(params, threshold, x, base_answer):
         del base_answer
         log_probs = jax.nn.log_softmax(logits_fn(params, x))
-        ent = -jnp.sum(jnp.exp(log_probs) * log_probs, -1)
-        return jnp.argmax(log_probs, -1), ent <= threshold
+        return jnp.argmax(log_probs, -1), hit(log_probs, threshold)
     return decide
+
+
+@register_policy("confidence")
+def confidence(head: CacheHead) -> Decide:
+    """Shallow-Deep Networks: hit when the internal classifier's max softmax reaches the threshold."""
+    return _classifier_policy(head, lambda lp, t: jnp.max(jnp.exp(lp), -1) >= t)
+
+
+@register_policy("entropy")
+def entropy(head: CacheHead) -> Decide:
+    """BranchyNet: hit when the internal classifier's entropy is at most the threshold."""
+    return _classifier_policy(head, lambda lp, t: -jnp.sum(jnp.exp(lp) * lp, -1) <= t)
 
 
 @register_policy("oracle")
