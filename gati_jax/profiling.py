@@ -12,14 +12,7 @@ import numpy as np
 def measure_latency(fn: Callable[..., Any], *args: Any, repeats: int = 50,
                     warmup: int = 5) -> float:
     """Median wall time in seconds of ``fn(*args)`` (already jitted), after warm-up."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    times = np.empty(repeats)
-    for i in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times[i] = time.perf_counter() - start
-    return float(np.median(times))
+    return measure_interleaved({"fn": lambda: fn(*args)}, repeats, warmup)["fn"]
 
 
 def measure_interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 50,

@@ -62,6 +62,14 @@ class CacheBank:
         """Candidates at one position."""
         return [c for c in self.candidates if c.position == position]
 
+    def best(self, position: int, target: str = "0.99") -> Candidate:
+        """The position's candidate with the highest hit rate at ``target``, then the fastest."""
+        candidates = self.at(position)
+        if not candidates:
+            raise ValueError(f"the bank has no candidates at position {position}")
+        return max(candidates, key=lambda c: (c.metrics[f"hit_rate@{target}"],
+                                              -c.metrics["lookup_latency_s"]))
+
     def frontier(self, position: int) -> list[Candidate]:
         """The position's Pareto frontier, fastest first."""
         return sorted((c for c in self.at(position) if c.metrics.get("on_frontier")),

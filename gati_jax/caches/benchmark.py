@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
-import jax
 import ml_collections
 import numpy as np
 
@@ -15,6 +12,7 @@ from gati_jax.caches.training import train_predictors
 from gati_jax.caches.variants import parse_variant
 from gati_jax.config import validate_config
 from gati_jax.evaluation import model_data_config
+from gati_jax.profiling import measure_interleaved
 from gati_jax.training.checkpointing import load_base_model
 
 
@@ -38,15 +36,13 @@ def benchmark_vmap_vs_loop(config: ml_collections.ConfigDict, members: int = 8,
     for vectorised in (True, False):
         train_predictors(spec, model.network.num_classes, rec.features[position][:hp.batch_size],
                          rec.logits[:hp.batch_size], seeds, rates, hp, vectorised=vectorised)
-    # Alternating rounds, medians: machine noise hits both ways alike.
-    times: dict[str, list[float]] = {"vmap_s": [], "loop_s": []}
-    for _ in range(repeats):
-        for name, vectorised in (("vmap_s", True), ("loop_s", False)):
-            start = time.perf_counter()
-            params, _ = train_predictors(spec, model.network.num_classes, rec.features[position],
-                                         rec.logits, seeds, rates, hp, vectorised=vectorised)
-            jax.block_until_ready(params)
-            times[name].append(time.perf_counter() - start)
-    result.update({name: float(np.median(t)) for name, t in times.items()}, repeats=repeats)
+    def train(vectorised):
+        return lambda: train_predictors(spec, model.network.num_classes, rec.features[position],
+                                        rec.logits, seeds, rates, hp, vectorised=vectorised)[0]
+
+    # Compiled above, so no warm-up rounds; alternating rounds put noise on both alike.
+    times = measure_interleaved({"vmap_s": train(True), "loop_s": train(False)}, repeats,
+                                warmup=0)
+    result.update(times, repeats=repeats)
     result["speedup"] = result["loop_s"] / result["vmap_s"]
     return result

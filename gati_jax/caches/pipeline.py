@@ -57,8 +57,7 @@ def exploration_table(bank: CacheBank) -> list[dict[str, Any]]:
     target = f"{bank.info['targets'][0]:g}"
     rows = []
     for position in bank.info["positions"]:
-        best = max(bank.at(position), key=lambda c: (c.metrics[f"hit_rate@{target}"],
-                                                     -c.metrics["lookup_latency_s"]))
+        best = bank.best(position, target)
         m = best.metrics
         rows.append({"position": position, "best_variant": best.variant,
                      "agreement": m["agreement"], f"hit_rate@{target}": m[f"hit_rate@{target}"],

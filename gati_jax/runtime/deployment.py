@@ -45,11 +45,7 @@ def best_per_position(bank: CacheBank, positions: Sequence[int] | None = None,
                       target: str = "0.99") -> list[Candidate]:
     """The candidate with the highest hit rate at ``target`` (then the fastest) per position."""
     positions = tuple(positions) if positions else tuple(bank.info["positions"])
-    missing = [p for p in positions if not bank.at(p)]
-    if missing:
-        raise ValueError(f"the bank has no candidates at positions {missing}")
-    return [max(bank.at(p), key=lambda c: (c.metrics[f"hit_rate@{target}"],
-                                           -c.metrics["lookup_latency_s"])) for p in positions]
+    return [bank.best(p, target) for p in positions]
 
 
 def deployment_from_config(policy: ml_collections.ConfigDict, bank: CacheBank,
