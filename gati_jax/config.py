@@ -111,6 +111,65 @@ def base_config() -> ml_collections.ConfigDict:
     config.policy.knn_grid = 2
     config.policy.knn_neighbours = 3
 
+    config.planner = ml_collections.ConfigDict()
+    # Plans keep agreement with the base network >= 1 - eps on the tuning data.
+    config.planner.eps = 0.01
+    # Total bytes of all deployed cache parameters.
+    config.planner.memory_budget_bytes = 2 * 1024**2
+    # Which explored candidates the planner may deploy: "frontier" (Pareto) or "all".
+    config.planner.candidates = "frontier"
+    # Threshold levels per candidate (score quantiles on the tuning data).
+    config.planner.grid = 48
+    # Agreement must hold for the one-sided Wilson lower bound at this confidence (0: the
+    # point estimate on the tuning data).
+    config.planner.confidence = 0.0
+    # The exhaustive comparator runs on this many evenly spaced positions with a coarse grid.
+    config.planner.exhaustive_positions = 6
+    config.planner.exhaustive_grid = 4
+    # Latency profiles: requests per group, where the JSON lives (empty: WORKDIR/profile.json)
+    # and whether to measure again even when a profile for this backend exists.
+    config.planner.group_size = 1
+    config.planner.profile = ""
+    config.planner.remeasure = False
+    config.planner.latency_repeats = 100
+    # Validation requests routed one by one to check predicted against measured latency.
+    config.planner.check_requests = 1000
+
+    config.workload = ml_collections.ConfigDict()
+    # uniform | temporal | drift | shift (gati_jax/data/workloads.py).
+    config.workload.name = "temporal"
+    config.workload.split = "test"
+    config.workload.length = 2000
+    config.workload.seed = 0
+    # Open-loop arrivals: a Poisson process at this many requests per second.
+    config.workload.rate = 200.0
+    # temporal: segments of geometric length with this mean, each with a hot set of
+    # hot_classes[0]..hot_classes[1] classes that produce hot_fraction of its requests.
+    config.workload.hot_classes = (1, 3)
+    config.workload.mean_segment = 100
+    config.workload.hot_fraction = 0.9
+    # drift: Zipf class popularity whose ranking rotates by one class every drift_period.
+    config.workload.zipf_exponent = 1.2
+    config.workload.drift_period = 500
+    # shift: this fraction of segments is corrupted by one of the corruptions at severity.
+    config.workload.corruptions = ("noise", "blur", "contrast")
+    config.workload.shift_fraction = 0.3
+    config.workload.severity = 0.5
+    # Requests per window for locality statistics and per-window reports.
+    config.workload.window = 100
+
+    config.serving = ml_collections.ConfigDict()
+    # open: Poisson arrivals at workload.rate; closed: `concurrency` clients, each sending its
+    # next request when the previous one is answered.
+    config.serving.mode = "open"
+    config.serving.concurrency = 1
+    # A group closes when it holds max_group requests or its oldest has waited max_wait_ms.
+    config.serving.max_group = 8
+    config.serving.max_wait_ms = 2.0
+    # virtual: compute is measured for real, waiting for arrivals is simulated (no sleeping);
+    # real: the serving loop sleeps until arrivals on the monotonic clock.
+    config.serving.clock = "virtual"
+
     config.lock()
     return config
 
@@ -164,6 +223,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     _require(int(t.max_to_keep) >= 1, "train.max_to_keep", t.max_to_keep, ">= 1")
     _validate_caches(config.caches)
     _validate_policy(config.policy, config.caches)
+    _validate_planner(config.planner)
     return config
 
 
@@ -205,3 +265,15 @@ def _validate_policy(p: ml_collections.ConfigDict, caches: ml_collections.Config
              "policy.thresholds", p.thresholds, f"policy '{p.name}' needs thresholds")
     for key in ("max_group", "knn_capacity", "knn_grid", "knn_neighbours"):
         _require(int(p[key]) >= 1, f"policy.{key}", p[key], ">= 1")
+
+
+def _validate_planner(p: ml_collections.ConfigDict) -> None:
+    _require(0 <= p.eps < 1, "planner.eps", p.eps, "in [0, 1)")
+    _require(p.memory_budget_bytes >= 0, "planner.memory_budget_bytes", p.memory_budget_bytes,
+             ">= 0")
+    _require(p.candidates in ("frontier", "all"), "planner.candidates", p.candidates,
+             "'frontier' or 'all'")
+    _require(0 <= p.confidence < 1, "planner.confidence", p.confidence, "in [0, 1)")
+    for key in ("grid", "exhaustive_positions", "exhaustive_grid", "group_size",
+                "latency_repeats", "check_requests"):
+        _require(int(p[key]) >= 1, f"planner.{key}", p[key], ">= 1")
