@@ -224,6 +224,8 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     _validate_caches(config.caches)
     _validate_policy(config.policy, config.caches)
     _validate_planner(config.planner)
+    _validate_workload(config.workload)
+    _validate_serving(config.serving)
     return config
 
 
@@ -277,3 +279,39 @@ def _validate_planner(p: ml_collections.ConfigDict) -> None:
     for key in ("grid", "exhaustive_positions", "exhaustive_grid", "group_size",
                 "latency_repeats", "check_requests"):
         _require(int(p[key]) >= 1, f"planner.{key}", p[key], ">= 1")
+
+
+def _validate_workload(w: ml_collections.ConfigDict) -> None:
+    from gati_jax.data.workloads import CORRUPTIONS, available_workloads
+
+    _require(w.name in available_workloads(), "workload.name", w.name,
+             f"one of {list(available_workloads())}")
+    _require(w.split in ("train", "validation", "test"), "workload.split", w.split,
+             "'train', 'validation' or 'test'")
+    _require(int(w.length) >= 1, "workload.length", w.length, ">= 1")
+    # numpy seed sequences take only non-negative integers.
+    _require(int(w.seed) >= 0, "workload.seed", w.seed, ">= 0")
+    _require(w.rate > 0, "workload.rate", w.rate, "> 0")
+    _require(len(w.hot_classes) == 2 and 1 <= int(w.hot_classes[0]) <= int(w.hot_classes[1]),
+             "workload.hot_classes", w.hot_classes, "(low, high) with 1 <= low <= high")
+    _require(w.mean_segment >= 1, "workload.mean_segment", w.mean_segment, ">= 1")
+    _require(0 < w.hot_fraction <= 1, "workload.hot_fraction", w.hot_fraction, "in (0, 1]")
+    _require(w.zipf_exponent > 0, "workload.zipf_exponent", w.zipf_exponent, "> 0")
+    _require(int(w.drift_period) >= 1, "workload.drift_period", w.drift_period, ">= 1")
+    _require(len(w.corruptions) > 0 and all(c in CORRUPTIONS for c in w.corruptions),
+             "workload.corruptions", w.corruptions, f"a non-empty subset of {list(CORRUPTIONS)}")
+    _require(0 <= w.shift_fraction <= 1, "workload.shift_fraction", w.shift_fraction,
+             "in [0, 1]")
+    _require(0 < w.severity <= 1, "workload.severity", w.severity, "in (0, 1]")
+    _require(int(w.window) >= 2, "workload.window", w.window, ">= 2")
+
+
+def _validate_serving(s: ml_collections.ConfigDict) -> None:
+    from gati_jax.serving import CLOCKS, MODES
+
+    _require(s.mode in MODES, "serving.mode", s.mode, f"one of {MODES}")
+    _require(int(s.concurrency) >= 1, "serving.concurrency", s.concurrency, ">= 1")
+    _require(int(s.max_group) >= 1, "serving.max_group", s.max_group, ">= 1")
+    _require(0 <= s.max_wait_ms < float("inf"), "serving.max_wait_ms", s.max_wait_ms,
+             "finite and >= 0")
+    _require(s.clock in CLOCKS, "serving.clock", s.clock, f"one of {CLOCKS}")

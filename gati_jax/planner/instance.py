@@ -1,0 +1,174 @@
+"""A planning instance: what every deployable cache would do to every tuning request.
+
+The planner never runs a network. For each candidate position it holds the deployable caches
+(options) with, per tuning request, the policy's exit score (a hit is ``score >= threshold``),
+whether the cache's answer agrees with the base network's and whether it is correct, plus the
+latency profile: the cost of running the stages through each position and of each lookup.
+
+A plan chooses, per position, one option and a threshold, or nothing. A request exits at the
+first deployed position where it hits; it pays the stages up to its exit plus every lookup it
+ran; a request that never hits runs the whole network and gets the base answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import numpy as np
+
+from gati_jax.caches.selector import wilson_lower_bound
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One deployable cache at one position, as the tuning requests see it."""
+
+    key: str                  # the candidate's key in the cache bank
+    scores: np.ndarray        # (N,) exit score per request; a hit is score >= threshold
+    errors: np.ndarray        # (N,) bool: the cache's answer differs from the base answer
+    correct: np.ndarray       # (N,) bool: the cache's answer equals the label
+    lookup_s: float           # seconds one lookup adds to a request that runs it
+    nbytes: int               # parameter bytes
+    grid: np.ndarray          # candidate thresholds, ascending
+
+
+# Per position: None (nothing deployed) or (option index, threshold).
+Choice = Optional[tuple[int, float]]
+
+
+def threshold_grid(scores: np.ndarray, levels: int) -> np.ndarray:
+    """``levels`` score quantiles, from 'everything hits' to 'only the top score hits'."""
+    return np.unique(np.quantile(np.asarray(scores, np.float64), np.linspace(0.0, 1.0, levels)))
+
+
+def max_errors(num_requests: int, eps: float, confidence: float = 0.0) -> int:
+    """The most disagreements a plan may make on ``num_requests`` tuning requests.
+
+    With ``confidence`` > 0 the one-sided Wilson lower bound of the agreement must reach
+    1 - eps, which leaves room for the tuning sample being optimistic.
+    """
+    if not 0.0 <= eps < 1.0:
+        raise ValueError(f"eps must lie in [0, 1), got {eps}")
+    if num_requests <= 0:
+        raise ValueError("a planning instance needs at least one tuning request")
+    k = np.arange(num_requests + 1)
+    agreement = wilson_lower_bound(num_requests - k, np.full_like(k, num_requests), confidence)
+    ok = np.flatnonzero(agreement >= 1.0 - eps - 1e-12)
+    return int(ok[-1]) if ok.size else -1
+
+
+@dataclasses.dataclass(frozen=True)
+class Instance:
+    """Options per position, stage costs, and the bound and budget a plan must respect."""
+
+    positions: tuple[int, ...]                  # increasing candidate positions
+    options: tuple[tuple[Option, ...], ...]     # per position
+    prefix_s: np.ndarray                        # seconds to run stages 0..p, for every stage p
+    base_correct: np.ndarray                    # (N,) bool: the base answer equals the label
+    eps: float
+    budget_bytes: float
+    confidence: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.options) != len(self.positions):
+            raise ValueError("one option list per position is needed")
+        if list(self.positions) != sorted(set(self.positions)):
+            raise ValueError(f"positions must be increasing and distinct: {self.positions}")
+        if self.budget_bytes < 0:
+            raise ValueError(f"the memory budget must be >= 0 bytes, got {self.budget_bytes}")
+        n = self.num_requests
+        for opts in self.options:
+            for o in opts:
+                if not (o.scores.shape == o.errors.shape == o.correct.shape == (n,)):
+                    raise ValueError(f"option {o.key}: per-request arrays must have shape ({n},)")
+                if not np.all(np.isfinite(o.scores)):
+                    raise ValueError(f"option {o.key}: exit scores contain NaN or Inf")
+        max_errors(n, self.eps, self.confidence)  # validates eps
+
+    @property
+    def num_requests(self) -> int:
+        """Tuning requests."""
+        return int(self.base_correct.shape[0])
+
+    @property
+    def full_s(self) -> float:
+        """Seconds for the whole network."""
+        return float(self.prefix_s[-1])
+
+    @property
+    def error_budget(self) -> int:
+        """The most disagreements a feasible plan may make."""
+        return max_errors(self.num_requests, self.eps, self.confidence)
+
+    def empty(self) -> list[Choice]:
+        """The plan that deploys nothing."""
+        return [None] * len(self.positions)
+
+    def memory(self, choices: Sequence[Choice]) -> int:
+        """Parameter bytes of a plan."""
+        return sum(self.options[i][c[0]].nbytes for i, c in enumerate(choices) if c is not None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What a plan does to the tuning requests."""
+
+    cost_s: np.ndarray          # (N,) seconds per request
+    errors: np.ndarray          # (N,) bool: answer differs from the base answer
+    correct: np.ndarray         # (N,) bool: answer equals the label
+    exit_index: np.ndarray      # (N,) index into positions, len(positions) for a full run
+
+    @property
+    def mean_cost_s(self) -> float:
+        """Mean seconds per request."""
+        return float(self.cost_s.mean())
+
+    @property
+    def num_errors(self) -> int:
+        """Disagreements with the base network."""
+        return int(self.errors.sum())
+
+
+def simulate(instance: Instance, choices: Sequence[Choice]) -> Outcome:
+    """Routes every tuning request through a plan (numpy, vectorised over requests)."""
+    n, p_count = instance.num_requests, len(instance.positions)
+    cost = np.zeros(n)
+    errors = np.zeros(n, bool)
+    correct = instance.base_correct.copy()
+    exit_index = np.full(n, p_count)
+    remaining = np.ones(n, bool)
+    lookups = 0.0  # every request still in flight ran the same lookups
+    for i, choice in enumerate(choices):
+        if choice is None:
+            continue
+        option = instance.options[i][choice[0]]
+        lookups += option.lookup_s
+        hit = remaining & (option.scores >= choice[1])
+        cost[hit] = instance.prefix_s[instance.positions[i]] + lookups
+        errors[hit] = option.errors[hit]
+        correct[hit] = option.correct[hit]
+        exit_index[hit] = i
+        remaining &= ~hit
+    cost[remaining] = instance.full_s + lookups
+    return Outcome(cost, errors, correct, exit_index)
+
+
+def summarize_outcome(instance: Instance, choices: Sequence[Choice]) -> dict[str, object]:
+    """Predicted latency, speedup, agreement, accuracy, memory and exits of a plan."""
+    out = simulate(instance, choices)
+    n = instance.num_requests
+    fractions = np.bincount(out.exit_index, minlength=len(instance.positions) + 1) / n
+    return {
+        "mean_latency_ms": 1e3 * out.mean_cost_s,
+        "speedup": instance.full_s / out.mean_cost_s,
+        "agreement": 1.0 - out.num_errors / n,
+        "accuracy": float(out.correct.mean()),
+        "base_accuracy": float(instance.base_correct.mean()),
+        "accuracy_drop": float(instance.base_correct.mean() - out.correct.mean()),
+        "memory_bytes": instance.memory(choices),
+        "feasible": bool(out.num_errors <= instance.error_budget
+                         and instance.memory(choices) <= instance.budget_bytes),
+        "exit_fractions": {str(p): float(f) for p, f in zip(instance.positions, fractions)}
+        | {"full": float(fractions[-1])},
+    }

@@ -1,0 +1,267 @@
+"""Plan search: ours (joint) and the comparators, all over the same options and threshold grids.
+
+Every method returns a list of choices (see :mod:`gati_jax.planner.instance`) and never a
+plan that breaks the memory budget; ``joint`` and ``exhaustive`` also never break the accuracy
+bound (the empty plan always meets it). Methods:
+
+- ``joint`` (ours): coordinate descent over (option, threshold) per position, each step exact
+  over every threshold of the grid given the rest of the plan (one sort per option), so an
+  early exit's effect on who reaches later positions is always accounted for. It descends on
+  ``cost + lambda * errors`` for a sweep of lambdas, then polishes each result and every
+  comparator's plan under the hard bound; the cheapest feasible plan wins.
+- ``single``: the best plan with one deployed position.
+- ``independent``: every position deployed, each threshold tuned alone to precision 1 - eps on
+  all tuning requests (how the GATI paper sets thresholds).
+- ``greedy``: Apparate's (SOSP'24) threshold tuning: every ramp deployed and closed, then
+  repeatedly open the ramp with the largest latency gain per accuracy loss by a step, halving
+  the step when no move fits the bound, until the step is below one grid level.
+- ``exhaustive``: every combination (small instances only).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from gati_jax.planner.instance import Choice, Instance, simulate
+
+# (choice, total seconds over the tuning requests, total disagreements)
+Entry = tuple[Choice, float, float]
+
+
+def _position_table(instance: Instance, choices: Sequence[Choice], i: int) -> list[Entry]:
+    """Every alternative at position ``i`` with the rest fixed, scored exactly."""
+    n = instance.num_requests
+    before = list(choices[:i]) + [None] * (len(choices) - i)
+    out_before = simulate(instance, before)
+    reach = out_before.exit_index == len(choices)
+    pre = sum(instance.options[j][c[0]].lookup_s for j, c in enumerate(choices[:i])
+              if c is not None)
+    # The outcome of a request that passes position i, from i + 1 on (its lookups included).
+    after = simulate(instance, [None] * (i + 1) + list(choices[i + 1:]))
+    fixed_cost = float(out_before.cost_s[~reach].sum())
+    fixed_err = float(out_before.errors[~reach].sum())
+    after_cost, after_err = after.cost_s[reach], after.errors[reach].astype(np.float64)
+    n_reach = int(reach.sum())
+    base_cost = fixed_cost + n_reach * pre + float(after_cost.sum())
+    base_err = fixed_err + float(after_err.sum())
+    table: list[Entry] = [(None, base_cost, base_err)]
+    hit_cost = instance.prefix_s[instance.positions[i]]
+    for o, option in enumerate(instance.options[i]):
+        scores = option.scores[reach]
+        order = np.argsort(-scores, kind="stable")
+        d_cost = np.concatenate([[0.0], np.cumsum((hit_cost - after_cost)[order])])
+        d_err = np.concatenate([[0.0], np.cumsum(
+            (option.errors[reach].astype(np.float64) - after_err)[order])])
+        hits = np.searchsorted(-scores[order], -option.grid, side="right")
+        costs = base_cost + n_reach * option.lookup_s + d_cost[hits]
+        errs = base_err + d_err[hits]
+        table.extend(((o, float(t)), float(c), float(e))
+                     for t, c, e in zip(option.grid, costs, errs))
+    del n
+    return table
+
+
+def _fits(instance: Instance, choices: Sequence[Choice], i: int, choice: Choice) -> bool:
+    trial = list(choices)
+    trial[i] = choice
+    return instance.memory(trial) <= instance.budget_bytes
+
+
+def _descend(instance: Instance, choices: list[Choice],
+             key: Callable[[float, float], tuple], max_sweeps: int = 30) -> list[Choice]:
+    """Coordinate descent: at each position take the alternative with the smallest key."""
+    choices = list(choices)
+    order = list(range(len(choices)))
+    for sweep in range(max_sweeps):
+        changed = False
+        for i in (order if sweep % 2 == 0 else order[::-1]):
+            table = _position_table(instance, choices, i)
+            out = simulate(instance, choices)
+            current = (choices[i], float(out.cost_s.sum()), float(out.num_errors))
+            best = min((e for e in table if _fits(instance, choices, i, e[0])),
+                       key=lambda e: key(e[1], e[2]))
+            if key(best[1], best[2]) < key(current[1], current[2]):
+                choices[i] = best[0]
+                changed = True
+        if not changed:
+            break
+    return choices
+
+
+def _constrained_key(budget: int) -> Callable[[float, float], tuple]:
+    # Infeasible alternatives sort after every feasible one; among those, fewer errors first.
+    return lambda cost, err: (0, cost, err) if err <= budget + 1e-9 else (1, err, cost)
+
+
+def _score(instance: Instance, choices: Sequence[Choice]) -> tuple:
+    out = simulate(instance, choices)
+    return _constrained_key(instance.error_budget)(float(out.cost_s.sum()), out.num_errors)
+
+
+def joint(instance: Instance, starts: Sequence[Sequence[Choice]] = (),
+          lambdas: int = 16) -> list[Choice]:
+    """Ours: Lagrangian coordinate descent over a sweep of lambdas, polished under the bound.
+
+    ``starts`` are further plans to polish (the comparators' plans): the search keeps the
+    cheapest feasible plan found from any start, so it never returns worse than they do.
+    """
+    budget = instance.error_budget
+    constrained = _constrained_key(budget)
+    # lambda is seconds per disagreement: from 'errors are nearly free' to 'never err'.
+    scale = instance.full_s
+    candidates = [instance.empty()]
+    for lam in np.geomspace(1e-2 * scale, 1e3 * scale, lambdas):
+        relaxed = _descend(instance, instance.empty(), lambda c, e, lam=lam: (c + lam * e,))
+        candidates.append(_descend(instance, relaxed, constrained))
+    candidates.extend(_descend(instance, list(s), constrained) for s in starts
+                      if instance.memory(s) <= instance.budget_bytes)
+    return min(candidates, key=lambda c: _score(instance, c))
+
+
+def single(instance: Instance) -> list[Choice]:
+    """The best plan that deploys one position (exact over options and thresholds)."""
+    budget = instance.error_budget
+    best, best_key = instance.empty(), _score(instance, instance.empty())
+    for i in range(len(instance.positions)):
+        for choice, cost, err in _position_table(instance, instance.empty(), i):
+            if choice is None or err > budget + 1e-9:
+                continue
+            if instance.options[i][choice[0]].nbytes > instance.budget_bytes:
+                continue
+            key = (0, cost, err)
+            if key < best_key:
+                best, best_key = instance.empty(), key
+                best[i] = choice
+    return best
+
+
+def _individual_threshold(option, target: float) -> tuple[float, float]:
+    """The lowest grid threshold whose hits on all requests reach ``target`` precision."""
+    order = np.argsort(-option.scores, kind="stable")
+    agree = np.cumsum(~option.errors[order])
+    hits = np.searchsorted(-option.scores[order], -option.grid, side="right")
+    n = len(option.scores)
+    ok = [(t, h / n) for t, h in zip(option.grid, hits) if h and agree[h - 1] / h >= target]
+    return min(ok, key=lambda x: x[0]) if ok else (float("inf"), 0.0)
+
+
+def independent(instance: Instance) -> list[Choice]:
+    """Every position, each threshold tuned alone; drops the least useful caches to fit memory.
+
+    Per position the option with the highest individual hit rate is kept; a cache's value is
+    its hit rate times the stages it saves, and while the plan is over budget the cache with
+    the least value per byte goes.
+    """
+    target = 1.0 - instance.eps
+    choices: list[Choice] = []
+    value = []
+    for i, options in enumerate(instance.options):
+        picks = [(o, *_individual_threshold(opt, target)) for o, opt in enumerate(options)]
+        picks = [p for p in picks if np.isfinite(p[1])]
+        if not picks:
+            choices.append(None)
+            value.append(0.0)
+            continue
+        o, t, rate = max(picks, key=lambda p: p[2])
+        choices.append((o, float(t)))
+        saved = instance.full_s - instance.prefix_s[instance.positions[i]]
+        value.append(rate * saved / max(options[o].nbytes, 1))
+    while instance.memory(choices) > instance.budget_bytes:
+        worst = min((i for i, c in enumerate(choices) if c is not None), key=lambda i: value[i])
+        choices[worst] = None
+    return choices
+
+
+def greedy(instance: Instance, ramps: Sequence[Choice] | None = None) -> list[Choice]:
+    """Apparate's greedy joint threshold search over deployed, initially closed, ramps.
+
+    ``ramps`` fixes which option serves at each position (default: ``independent``'s).
+    Levels index each option's grid from the strictest threshold (level 1) to the most
+    permissive; level 0 is closed (threshold +inf, the lookup still runs, as a deployed ramp).
+    """
+    ramps = list(ramps) if ramps is not None else independent(instance)
+    deployed = [i for i, r in enumerate(ramps) if r is not None]
+    grids = {i: instance.options[i][ramps[i][0]].grid[::-1] for i in deployed}
+    levels = {i: 0 for i in deployed}
+    budget = instance.error_budget
+
+    def plan(lv):
+        return [(ramps[i][0], float(grids[i][lv[i] - 1]) if lv[i] else float("inf"))
+                if i in lv else None for i in range(len(ramps))]
+
+    current = simulate(instance, plan(levels))
+    cost, err = float(current.cost_s.sum()), current.num_errors
+    step = max(1, max((len(g) for g in grids.values()), default=1) // 2)
+    while step >= 1 and deployed:
+        best = None
+        for i in deployed:
+            trial = dict(levels)
+            trial[i] = min(levels[i] + step, len(grids[i]))
+            if trial[i] == levels[i]:
+                continue
+            out = simulate(instance, plan(trial))
+            new_cost, new_err = float(out.cost_s.sum()), out.num_errors
+            gain, loss = cost - new_cost, new_err - err
+            if new_err > budget or gain <= 0:
+                continue
+            ratio = gain / loss if loss > 0 else float("inf")
+            if best is None or (ratio, gain) > best[0]:
+                best = ((ratio, gain), trial, new_cost, new_err)
+        if best is None:
+            step //= 2
+            continue
+        _, levels, cost, err = best
+    return plan(levels)
+
+
+def exhaustive(instance: Instance, max_nodes: int = 5_000_000) -> list[Choice]:
+    """The exact optimum by depth-first search over every combination (small instances)."""
+    alternatives = [[None] + [(o, float(t)) for o, opt in enumerate(options) for t in opt.grid]
+                    for options in instance.options]
+    nodes = float(np.prod([len(a) for a in alternatives], dtype=np.float64))
+    if nodes > max_nodes:
+        raise ValueError(f"exhaustive search over {nodes:.0f} plans exceeds {max_nodes}; use "
+                         "fewer positions or a coarser grid")
+    budget = instance.error_budget
+    n = instance.num_requests
+    best = {"cost": float("inf"), "err": float("inf"), "plan": instance.empty()}
+
+    def visit(i, remaining, cost, err, lookups, memory, plan):
+        if i == len(alternatives):
+            total = cost + remaining.sum() * (instance.full_s + lookups)
+            if (total, err) < (best["cost"], best["err"]):
+                best.update(cost=total, err=err, plan=list(plan))
+            return
+        for choice in alternatives[i]:
+            if choice is None:
+                visit(i + 1, remaining, cost, err, lookups, memory, plan + [None])
+                continue
+            option = instance.options[i][choice[0]]
+            if memory + option.nbytes > instance.budget_bytes:
+                continue
+            hit = remaining & (option.scores >= choice[1])
+            new_err = err + int(option.errors[hit].sum())
+            if new_err > budget:
+                continue
+            step_lookups = lookups + option.lookup_s
+            new_cost = cost + hit.sum() * (instance.prefix_s[instance.positions[i]]
+                                           + step_lookups)
+            visit(i + 1, remaining & ~hit, new_cost, new_err, step_lookups,
+                  memory + option.nbytes, plan + [choice])
+
+    visit(0, np.ones(n, bool), 0.0, 0, 0.0, 0, [])
+    return best["plan"]
+
+
+METHODS: dict[str, Callable[[Instance], list[Choice]]] = {
+    "single": single, "independent": independent, "greedy": greedy, "exhaustive": exhaustive}
+
+
+def plan_all(instance: Instance, methods: Sequence[str] = ("single", "independent", "greedy"),
+             ) -> dict[str, list[Choice]]:
+    """Runs the comparators, then ours seeded with their plans; returns every method's plan."""
+    plans = {name: METHODS[name](instance) for name in methods}
+    plans["joint"] = joint(instance, starts=list(plans.values()))
+    return plans

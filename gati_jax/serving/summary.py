@@ -1,0 +1,78 @@
+"""Summaries of a serving run: latency percentiles, throughput, accuracy, agreement, hits."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from gati_jax.serving.loop import ServingResult
+
+
+def summarize(result: ServingResult, labels: np.ndarray, base_answers: np.ndarray,
+              positions: Sequence[int], last_stage: int) -> dict[str, Any]:
+    """Latency (ms), throughput, accuracy, agreement with the base network and hit rates."""
+    n = len(result)
+    labels = _per_request(labels, "labels", n)
+    base_answers = _per_request(base_answers, "base_answers", n)
+    stages = [*(int(p) for p in positions), int(last_stage)]
+    unexpected = sorted(set(np.unique(result.exit_stage).tolist()) - set(stages))
+    if unexpected:
+        # A request can only leave at a deployed position or after the last stage.
+        raise ValueError(f"exit stages {unexpected} are neither deployed positions "
+                         f"{list(positions)} nor the last stage {last_stage}")
+    latency_ms = 1e3 * result.latency
+    p50, p95, p99 = np.percentile(latency_ms, [50, 95, 99])
+    duration = result.duration
+    return {
+        "requests": n,
+        "groups": result.groups,
+        "duration_s": duration,
+        "mean_latency_ms": float(latency_ms.mean()),
+        "p50_latency_ms": float(p50),
+        "p95_latency_ms": float(p95),
+        "p99_latency_ms": float(p99),
+        "mean_queueing_ms": float(1e3 * result.queueing.mean()),
+        "mean_compute_ms": float(1e3 * result.compute.mean()),
+        "throughput_rps": n / duration if duration > 0 else float("inf"),
+        "accuracy": float(np.mean(result.answer == labels)),
+        "agreement": float(np.mean(result.answer == base_answers)),
+        "hit_rate": float(np.mean(result.hit)),
+        # Fraction of all requests (not of those reaching it) that exited at each position.
+        "hit_rate_per_position": {str(p): float(np.mean(result.exit_stage == p))
+                                  for p in positions},
+        "exit_histogram": {str(s): int(np.sum(result.exit_stage == s)) for s in stages},
+        # Mean over groups, i.e. how full the groups ran; a per-request mean would favour big ones.
+        "mean_group_size": n / result.groups,
+    }
+
+
+def windowed(result: ServingResult, labels: np.ndarray, base_answers: np.ndarray,
+             window: int) -> list[dict[str, Any]]:
+    """Per consecutive window of ``window`` requests (arrival order): hits, quality, latency."""
+    if int(window) < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    n, window = len(result), int(window)
+    labels = _per_request(labels, "labels", n)
+    base_answers = _per_request(base_answers, "base_answers", n)
+    rows = []
+    for start in range(0, n, window):
+        part = slice(start, start + window)
+        answer = result.answer[part]
+        rows.append({
+            "start": start,
+            "requests": len(answer),
+            "hit_rate": float(np.mean(result.hit[part])),
+            "agreement": float(np.mean(answer == base_answers[part])),
+            "accuracy": float(np.mean(answer == labels[part])),
+            "mean_latency_ms": float(1e3 * np.mean(result.latency[part])),
+        })
+    return rows
+
+
+def _per_request(values: np.ndarray, name: str, n: int) -> np.ndarray:
+    values = np.asarray(values)
+    if values.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), one per served request, "
+                         f"got {values.shape}")
+    return values

@@ -1,0 +1,324 @@
+"""Serving loop: hand-computed timelines on a fake clock, invariants, summaries, validation."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from gati_jax.config import ConfigError, base_config, validate_config
+from gati_jax.serving import (FakeClock, MonotonicClock, ServingResult, VirtualClock,
+                              make_clock, serve, summarize, windowed)
+
+LAST = 3                       # last stage index of the fake network
+POSITIONS = (0, 1)             # deployed cache positions
+EXIT_BY_CLASS = np.array([0, 1, LAST, LAST])  # where a request of each class exits
+
+
+def make_images(n: int, seed: int = 0) -> np.ndarray:
+    """Tiny uint8 images whose class is their first pixel mod 4."""
+    return np.random.default_rng(seed).integers(0, 256, (n, 2, 2, 1), dtype=np.uint8)
+
+
+def image_class(images: np.ndarray) -> np.ndarray:
+    return images[:, 0, 0, 0].astype(np.int64) % 4
+
+
+def fake_route(calls: list | None = None):
+    """A numpy route_group: exits by class, answers the class (wrong on full runs of class 3)."""
+    def route(images: np.ndarray, index: np.ndarray):
+        if calls is not None:
+            calls.append(index.copy())
+        cls = image_class(images)
+        exit_stage = EXIT_BY_CLASS[cls]
+        answer = np.where(cls == 3, 0, cls)
+        return answer, exit_stage, exit_stage < LAST
+    return route
+
+
+def linear_cost(a: float, b: float):
+    return lambda n: a + b * n
+
+
+def check_invariants(result: ServingResult, calls: list, n: int, max_group: int) -> None:
+    served = np.concatenate(calls)
+    np.testing.assert_array_equal(served, np.arange(n))       # each once, in stream order
+    assert all(1 <= len(c) <= max_group for c in calls)
+    assert result.groups == len(calls)
+    np.testing.assert_array_equal(result.group_size, np.repeat([len(c) for c in calls],
+                                                              [len(c) for c in calls]))
+    assert np.all(result.queueing >= 0)
+    assert np.all(np.diff(result.arrival) >= 0)
+    assert np.all(np.diff(result.start) >= 0)
+    np.testing.assert_allclose(result.latency, result.queueing + result.compute, atol=1e-12)
+    # Groups run one after another on one device.
+    starts = result.start[np.unique(result.group, return_index=True)[1]]
+    finishes = result.finish[np.unique(result.group, return_index=True)[1]]
+    assert np.all(starts[1:] >= finishes[:-1] - 1e-12)
+
+
+def test_hand_computed_open_timeline():
+    # r0 at 0 waits for r1 (at 1 ms, filling the group of 2) -> runs 1..6 ms. r2 arrives at
+    # 10 ms alone, waits its full 2 ms -> runs 12..17 ms.
+    images = make_images(3)
+    calls: list = []
+    result = serve(fake_route(calls), images, arrivals=np.array([0.0, 0.001, 0.010]),
+                   max_group=2, max_wait_s=0.002, clock=FakeClock(lambda n: 0.005),
+                   progress=False)
+    assert [c.tolist() for c in calls] == [[0, 1], [2]]
+    assert result.start == pytest.approx([0.001, 0.001, 0.012])
+    assert result.finish == pytest.approx([0.006, 0.006, 0.017])
+    assert result.latency == pytest.approx([0.006, 0.005, 0.007])
+    assert result.queueing == pytest.approx([0.001, 0.0, 0.002])
+    assert result.compute == pytest.approx([0.005] * 3)
+    assert result.group_size.tolist() == [2, 2, 1]
+    assert result.duration == pytest.approx(0.017)
+    assert result.groups == 2
+    cls = image_class(images)
+    np.testing.assert_array_equal(result.exit_stage, EXIT_BY_CLASS[cls])
+    np.testing.assert_array_equal(result.hit, EXIT_BY_CLASS[cls] < LAST)
+
+
+def test_arrivals_during_compute_queue_and_join_up_to_max_group():
+    # Cost 9 ms + 1 ms per request. r0 runs alone 0..10 ms (max_wait 0); r1..r4 arrive
+    # meanwhile; at 10 ms r1..r3 form a full group (max_group 3), 10..22 ms; r4 then runs
+    # alone at once, 22..32 ms.
+    arrivals = np.array([0.0, 0.001, 0.002, 0.003, 0.008])
+    calls: list = []
+    result = serve(fake_route(calls), make_images(5), arrivals=arrivals, max_group=3,
+                   max_wait_s=0.0, clock=FakeClock(linear_cost(0.009, 0.001)), progress=False)
+    assert [c.tolist() for c in calls] == [[0], [1, 2, 3], [4]]
+    assert result.start == pytest.approx([0.0, 0.010, 0.010, 0.010, 0.022])
+    assert result.finish == pytest.approx([0.010, 0.022, 0.022, 0.022, 0.032])
+
+
+def test_random_open_stream_invariants():
+    rng = np.random.default_rng(1)
+    n, max_group = 300, 5
+    arrivals = np.cumsum(rng.exponential(1 / 800, n))
+    calls: list = []
+    result = serve(fake_route(calls), make_images(n), arrivals=arrivals, max_group=max_group,
+                   max_wait_s=0.003, clock=FakeClock(linear_cost(0.001, 0.0002)),
+                   progress=False)
+    check_invariants(result, calls, n, max_group)
+    np.testing.assert_allclose(result.arrival, arrivals)
+    assert result.group_size.max() == max_group
+    # A group is dispatched once the server is free and its oldest request has waited max_wait,
+    # or earlier when it is full.
+    first = np.unique(result.group, return_index=True)[1]
+    free = np.concatenate([[0.0], result.finish[first[:-1]]])
+    deadline = np.maximum(result.arrival[first] + 0.003, free)
+    assert np.all(result.start[first] <= deadline + 1e-12)
+    full = result.group_size[first] == max_group
+    assert np.all(result.start[first][~full] == pytest.approx(deadline[~full]))
+
+
+def test_zero_wait_with_sparse_arrivals_runs_every_request_alone():
+    n = 20
+    arrivals = 0.010 * np.arange(n)        # 10 ms apart, compute 3 ms: the server is always idle
+    calls: list = []
+    result = serve(fake_route(calls), make_images(n), arrivals=arrivals, max_group=8,
+                   max_wait_s=0.0, clock=FakeClock(lambda k: 0.003), progress=False)
+    check_invariants(result, calls, n, 8)
+    assert result.group_size.tolist() == [1] * n
+    assert result.latency == pytest.approx(result.compute)
+    assert result.queueing == pytest.approx(np.zeros(n), abs=1e-12)
+
+
+@pytest.mark.parametrize("concurrency,max_group,max_wait_s", [
+    (1, 8, 0.0), (4, 8, 0.0), (4, 8, 0.002), (6, 4, 0.0), (3, 2, 0.001)])
+def test_closed_loop_in_flight_and_throughput(concurrency, max_group, max_wait_s):
+    n, cost = 240, 0.004                   # group cost constant in its size
+    calls: list = []
+    result = serve(fake_route(calls), make_images(n), mode="closed", concurrency=concurrency,
+                   max_group=max_group, max_wait_s=max_wait_s, clock=FakeClock(lambda k: cost),
+                   progress=False)
+    check_invariants(result, calls, n, max_group)
+    # In flight at time t: sent at or before t, answered after t.
+    for t in result.arrival:
+        in_flight = np.sum((result.arrival <= t) & (result.finish > t))
+        assert in_flight <= concurrency
+    assert result.arrival[:min(concurrency, n)] == pytest.approx(0.0)
+    # Every client's next request is sent the moment its previous one is answered.
+    sent_at = np.sort(result.finish)[:n - concurrency]
+    np.testing.assert_allclose(result.arrival[concurrency:], sent_at)
+    # All in-flight requests are queued whenever the server is free (nothing else can arrive),
+    # so each group holds min(c, max_group) requests: when the queue is full it runs at once,
+    # otherwise it waits max_wait for arrivals that cannot come.
+    size = min(concurrency, max_group)
+    assert result.group_size.tolist() == [size] * n
+    wait = max_wait_s if concurrency < max_group else 0.0
+    assert result.duration == pytest.approx(n / size * (cost + wait))
+    throughput = summarize(result, np.zeros(n), np.zeros(n), POSITIONS, LAST)["throughput_rps"]
+    assert throughput == pytest.approx(size / (cost + wait))
+
+
+def test_closed_loop_with_fewer_requests_than_clients():
+    result = serve(fake_route(), make_images(3), mode="closed", concurrency=10, max_group=2,
+                   max_wait_s=0.0, clock=FakeClock(lambda k: 0.001), progress=False)
+    assert result.arrival == pytest.approx([0.0, 0.0, 0.0])
+    assert result.finish == pytest.approx([0.001, 0.001, 0.002])
+
+
+def constructed_result(rng: np.random.Generator, n: int) -> ServingResult:
+    arrival = np.sort(rng.uniform(0, 1, n))
+    queueing = rng.exponential(0.002, n)
+    compute = rng.uniform(0.001, 0.003, n)
+    start = arrival + queueing
+    exit_stage = rng.choice([0, 1, LAST], n, p=[0.3, 0.2, 0.5])
+    return ServingResult(
+        answer=rng.integers(0, 5, n), exit_stage=exit_stage, hit=exit_stage < LAST,
+        arrival=arrival, start=start, finish=start + compute, latency=queueing + compute,
+        queueing=queueing, compute=compute, group=np.arange(n) // 4,
+        group_size=np.full(n, 4), duration=float((start + compute).max() - arrival[0]),
+        groups=n // 4)
+
+
+def test_summarize_matches_numpy():
+    rng = np.random.default_rng(2)
+    n = 400
+    result = constructed_result(rng, n)
+    labels, base = rng.integers(0, 5, n), rng.integers(0, 5, n)
+    s = summarize(result, labels, base, POSITIONS, LAST)
+    latency_ms = 1e3 * result.latency
+    assert s["requests"] == n
+    assert s["mean_latency_ms"] == pytest.approx(latency_ms.mean())
+    for q in (50, 95, 99):
+        assert s[f"p{q}_latency_ms"] == pytest.approx(np.percentile(latency_ms, q))
+    assert s["mean_queueing_ms"] == pytest.approx(1e3 * result.queueing.mean())
+    assert s["mean_compute_ms"] == pytest.approx(1e3 * result.compute.mean())
+    assert s["throughput_rps"] == pytest.approx(n / result.duration)
+    assert s["accuracy"] == pytest.approx(np.mean(result.answer == labels))
+    assert s["agreement"] == pytest.approx(np.mean(result.answer == base))
+    assert s["hit_rate"] == pytest.approx(np.mean(result.exit_stage < LAST))
+    assert set(s["hit_rate_per_position"]) == {"0", "1"}
+    assert s["hit_rate_per_position"]["0"] == pytest.approx(np.mean(result.exit_stage == 0))
+    assert sum(s["hit_rate_per_position"].values()) == pytest.approx(s["hit_rate"])
+    assert s["exit_histogram"] == {str(k): int(np.sum(result.exit_stage == k))
+                                   for k in (0, 1, LAST)}
+    assert s["mean_group_size"] == pytest.approx(4.0)
+
+
+def test_summarize_rejects_mismatched_inputs():
+    rng = np.random.default_rng(3)
+    result = constructed_result(rng, 40)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        summarize(result, np.zeros(39), np.zeros(40), POSITIONS, LAST)
+    with pytest.raises(ValueError, match="neither deployed positions"):
+        summarize(result, np.zeros(40), np.zeros(40), (0,), LAST)
+
+
+def test_windowed_matches_slices():
+    rng = np.random.default_rng(4)
+    n, window = 103, 25
+    result = constructed_result(rng, n)
+    labels, base = rng.integers(0, 5, n), rng.integers(0, 5, n)
+    rows = windowed(result, labels, base, window)
+    assert [r["start"] for r in rows] == [0, 25, 50, 75, 100]
+    assert [r["requests"] for r in rows] == [25, 25, 25, 25, 3]
+    last = slice(100, 103)
+    assert rows[-1]["hit_rate"] == pytest.approx(np.mean(result.hit[last]))
+    assert rows[-1]["agreement"] == pytest.approx(np.mean(result.answer[last] == base[last]))
+    assert rows[-1]["accuracy"] == pytest.approx(np.mean(result.answer[last] == labels[last]))
+    assert rows[1]["mean_latency_ms"] == pytest.approx(1e3 * result.latency[25:50].mean())
+    with pytest.raises(ValueError, match="window"):
+        windowed(result, labels, base, 0)
+
+
+def test_virtual_clock_replays_a_slow_stream_without_sleeping():
+    n = 50
+    arrivals = np.arange(n, dtype=np.float64)   # 1 request per second: 49 s of stream
+    tic = time.perf_counter()
+    result = serve(fake_route(), make_images(n), arrivals=arrivals, max_group=4,
+                   max_wait_s=0.0, clock=VirtualClock(), progress=False)
+    assert time.perf_counter() - tic < 1.0
+    assert result.group_size.tolist() == [1] * n
+    assert result.duration >= 49.0
+    assert np.all(result.queueing < 1e-9)
+    assert np.all(result.latency < 0.05)       # real numpy compute of one tiny request
+
+
+def test_monotonic_clock_waits_for_arrivals():
+    arrivals = np.array([0.0, 0.005, 0.010])
+    tic = time.perf_counter()
+    result = serve(fake_route(), make_images(3), arrivals=arrivals, max_group=4,
+                   max_wait_s=0.0, clock=MonotonicClock(), progress=False)
+    assert time.perf_counter() - tic >= 0.010
+    assert np.all(result.start >= arrivals)
+    np.testing.assert_allclose(result.latency, result.queueing + result.compute, atol=1e-12)
+
+
+def test_clocks():
+    clock = FakeClock(linear_cost(0.5, 0.25))
+    assert clock.run(lambda: "x", 2) == ("x", 1.0)
+    assert clock.now() == 1.0
+    clock.wait_until(0.5)                       # never backwards
+    assert clock.now() == 1.0
+    clock.wait_until(3.0)
+    assert clock.now() == 3.0
+    assert isinstance(make_clock("virtual"), VirtualClock)
+    assert isinstance(make_clock("real"), MonotonicClock)
+    with pytest.raises(ValueError, match="virtual"):
+        make_clock("wall")
+
+
+def test_bad_inputs_raise():
+    images = make_images(4)
+    route, ok = fake_route(), np.zeros(4)
+    cases = [
+        (dict(images=images[:0], arrivals=ok[:0]), "empty"),
+        (dict(arrivals=None), "needs arrivals"),
+        (dict(arrivals=ok[:3]), r"arrivals must have shape \(4,\)"),
+        (dict(arrivals=np.array([0, 2, 1, 3.0])), "nondecreasing"),
+        (dict(arrivals=np.array([0, 1, np.nan, 3.0])), "finite"),
+        (dict(arrivals=np.array([0, 1, np.inf, np.inf])), "finite"),
+        (dict(arrivals=ok, max_group=0), "max_group"),
+        (dict(arrivals=ok, max_wait_s=-0.001), "max_wait_s"),
+        (dict(arrivals=ok, max_wait_s=float("inf")), "max_wait_s"),
+        (dict(mode="closed", concurrency=0), "concurrency"),
+        (dict(arrivals=ok, mode="poisson"), r"unknown serving mode 'poisson'.*open.*closed"),
+    ]
+    for kwargs, message in cases:
+        kwargs = {"images": images, "clock": FakeClock(lambda k: 0.001), "progress": False,
+                  **kwargs}
+        with pytest.raises(ValueError, match=message):
+            serve(route, **kwargs)
+
+
+def test_wrong_route_output_raises():
+    images = make_images(4)
+
+    def short(imgs, index):
+        return np.zeros(len(imgs) - 1), np.zeros(len(imgs)), np.zeros(len(imgs), bool)
+
+    with pytest.raises(ValueError, match=r"route_group returned answer of shape \(1,\) for a "
+                                         r"group of 2"):
+        serve(short, images, arrivals=np.zeros(4), max_group=2, clock=FakeClock(lambda k: 0.0),
+              progress=False)
+    with pytest.raises(ValueError, match="must return"):
+        serve(lambda imgs, index: np.zeros(len(imgs)), images, arrivals=np.zeros(4),
+              clock=FakeClock(lambda k: 0.0), progress=False)
+
+
+def test_route_group_gets_images_and_indices_of_its_group():
+    images = make_images(10)
+    seen: list = []
+
+    def route(imgs, index):
+        seen.append((imgs.copy(), index.copy()))
+        return fake_route()(imgs, index)
+
+    serve(route, images, arrivals=np.linspace(0, 0.01, 10), max_group=3, max_wait_s=0.004,
+          clock=FakeClock(lambda k: 0.002), progress=False)
+    for imgs, index in seen:
+        np.testing.assert_array_equal(imgs, images[index])
+
+
+def test_validate_config_checks_serving():
+    for key, value in [("max_group", 0), ("concurrency", 0), ("max_wait_ms", -1.0),
+                       ("mode", "poisson"), ("clock", "wall")]:
+        config = base_config()
+        config.serving[key] = value
+        with pytest.raises(ConfigError, match=rf"serving\.{key}="):
+            validate_config(config)
