@@ -126,6 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
     # The exhaustive comparator runs on this many evenly spaced positions with a coarse grid.
     config.planner.exhaustive_positions = 6
     config.planner.exhaustive_grid = 4
+    # Further bounds planned for the latency/agreement trade-off plot and table.
+    config.planner.sweep_eps = (0.005, 0.02, 0.05)
     # Latency profiles: requests per group, where the JSON lives (empty: WORKDIR/profile.json)
     # and whether to measure again even when a profile for this backend exists.
     config.planner.group_size = 1
@@ -169,6 +171,14 @@ def base_config() -> ml_collections.ConfigDict:
     # virtual: compute is measured for real, waiting for arrivals is simulated (no sleeping);
     # real: the serving loop sleeps until arrivals on the monotonic clock.
     config.serving.clock = "virtual"
+
+    config.benchmark = ml_collections.ConfigDict()
+    # scripts/benchmark.py: every policy on every workload, each planned for planner.eps.
+    config.benchmark.workloads = ("uniform", "temporal")
+    config.benchmark.policies = ("none", "gati", "confidence", "entropy", "apparate", "knn",
+                                 "oracle")
+    # Rounds per (workload, policy), in rotating policy order; figures are medians over rounds.
+    config.benchmark.rounds = 3
 
     config.lock()
     return config
@@ -224,6 +234,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     _validate_caches(config.caches)
     _validate_policy(config.policy, config.caches)
     _validate_planner(config.planner)
+    _validate_benchmark(config.benchmark)
     _validate_workload(config.workload)
     _validate_serving(config.serving)
     return config
@@ -276,6 +287,8 @@ def _validate_planner(p: ml_collections.ConfigDict) -> None:
     _require(p.candidates in ("frontier", "all"), "planner.candidates", p.candidates,
              "'frontier' or 'all'")
     _require(0 <= p.confidence < 1, "planner.confidence", p.confidence, "in [0, 1)")
+    _require(all(0 <= e < 1 for e in p.sweep_eps), "planner.sweep_eps", p.sweep_eps,
+             "bounds in [0, 1)")
     for key in ("grid", "exhaustive_positions", "exhaustive_grid", "group_size",
                 "latency_repeats", "check_requests"):
         _require(int(p[key]) >= 1, f"planner.{key}", p[key], ">= 1")
@@ -315,3 +328,14 @@ def _validate_serving(s: ml_collections.ConfigDict) -> None:
     _require(0 <= s.max_wait_ms < float("inf"), "serving.max_wait_ms", s.max_wait_ms,
              "finite and >= 0")
     _require(s.clock in CLOCKS, "serving.clock", s.clock, f"one of {CLOCKS}")
+
+
+def _validate_benchmark(b: ml_collections.ConfigDict) -> None:
+    from gati_jax.data.workloads import available_workloads
+
+    known = ("none", "gati", "confidence", "entropy", "apparate", "knn", "oracle")
+    _require(len(b.workloads) > 0 and all(w in available_workloads() for w in b.workloads),
+             "benchmark.workloads", b.workloads, f"workloads among {available_workloads()}")
+    _require(len(b.policies) > 0 and all(p in known for p in b.policies) and "none" in b.policies,
+             "benchmark.policies", b.policies, f"policies among {known}, including 'none'")
+    _require(int(b.rounds) >= 1, "benchmark.rounds", b.rounds, ">= 1")

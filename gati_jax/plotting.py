@@ -6,6 +6,7 @@ import os
 from typing import Any, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # headless machines and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -73,6 +74,44 @@ def plot_router_benchmark(result: dict[str, Any], path: str | os.PathLike) -> No
     ax.set_ylabel("latency per group of 1 (ms)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_plan_tradeoff(sweep: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Predicted speedup vs test agreement of every (policy, method) across accuracy bounds."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    methods = sorted({(r["policy"], r["method"]) for r in sweep})
+    for policy, method in methods:
+        rows = sorted((r for r in sweep if (r["policy"], r["method"]) == (policy, method)),
+                      key=lambda r: r["eps"])
+        ax.plot([r["test_agreement"] for r in rows], [r["speedup"] for r in rows], marker="o",
+                label=f"{policy} / {method}")
+    ax.set_xlabel("agreement with the base network (test split)")
+    ax.set_ylabel("predicted speedup vs the plain network")
+    ax.set_title("plans across accuracy bounds (one point per eps)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_latency_cdf(latencies: dict[str, dict[str, Sequence[float]]],
+                     path: str | os.PathLike) -> None:
+    """Per workload, the latency CDF of every policy (all rounds pooled)."""
+    fig, axes = plt.subplots(1, len(latencies), figsize=(6 * len(latencies), 4.2), squeeze=False)
+    for ax, (workload, per_policy) in zip(axes[0], latencies.items()):
+        for policy, values in per_policy.items():
+            x = np.sort(np.asarray(values))
+            ax.plot(x, np.arange(1, len(x) + 1) / len(x), label=policy)
+        ax.set_xscale("log")
+        ax.set_xlabel("request latency (ms, queueing + compute)")
+        ax.set_ylabel("fraction of requests")
+        ax.set_title(f"workload: {workload}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -93,8 +93,13 @@ def _record_batch(network: StagedNetwork, positions: tuple[int, ...],
 
 def record_activations(model: BaseModel, images: np.ndarray, labels: np.ndarray, *,
                        positions: tuple[int, ...] | None = None, max_bytes: int = 2 << 30,
-                       batch_size: int = 250, desc: str = "recording") -> Recording:
-    """Runs the base network over ``images`` and stores every requested position's activation."""
+                       batch_size: int = 250, desc: str = "recording",
+                       pool_factors: dict[int, int] | None = None) -> Recording:
+    """Runs the base network over ``images`` and stores every requested position's activation.
+
+    ``pool_factors`` fixes the pooling per position (to serve caches trained on an earlier
+    recording); by default the least pooling that fits ``max_bytes`` is chosen.
+    """
     network = model.network
     images = check_images(images, network.input_shape)
     if len(labels) != len(images):
@@ -104,7 +109,10 @@ def record_activations(model: BaseModel, images: np.ndarray, labels: np.ndarray,
     if not positions or positions[0] < 0 or positions[-1] >= last:
         raise ValueError(f"cache positions must lie in [0, {last - 1}], got {positions}")
     shapes = {p: s[1:] for p, s in enumerate(network.activation_shapes()) if p in positions}
-    factors = choose_pool_factors(shapes, len(images), max_bytes)
+    if pool_factors is None:
+        factors = choose_pool_factors(shapes, len(images), max_bytes)
+    else:
+        factors = {p: int(pool_factors[p]) for p in positions}
     stored_shapes = {p: (shapes[p][0] // factors[p], shapes[p][1] // factors[p], shapes[p][2])
                      if len(shapes[p]) == 3 else shapes[p] for p in positions}
     features = {p: np.empty((len(images), *stored_shapes[p]), np.float16) for p in positions}

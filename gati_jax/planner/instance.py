@@ -13,6 +13,7 @@ ran; a request that never hits runs the whole network and gets the base answer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional, Sequence
 
 import numpy as np
@@ -31,6 +32,11 @@ class Option:
     lookup_s: float           # seconds one lookup adds to a request that runs it
     nbytes: int               # parameter bytes
     grid: np.ndarray          # candidate thresholds, ascending
+
+    @functools.cached_property
+    def order(self) -> np.ndarray:
+        """Request indices by descending score (stable), sorted once for every search step."""
+        return np.argsort(-self.scores, kind="stable")
 
 
 # Per position: None (nothing deployed) or (option index, threshold).

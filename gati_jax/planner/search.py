@@ -20,19 +20,23 @@ bound (the empty plan always meets it). Methods:
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from gati_jax.planner.instance import Choice, Instance, simulate
 
-# (choice, total seconds over the tuning requests, total disagreements)
-Entry = tuple[Choice, float, float]
+class Table(NamedTuple):
+    """Every alternative at one position: choices, total seconds, disagreements, bytes."""
+
+    choices: list[Choice]
+    costs: np.ndarray
+    errors: np.ndarray
+    nbytes: np.ndarray
 
 
-def _position_table(instance: Instance, choices: Sequence[Choice], i: int) -> list[Entry]:
+def _position_table(instance: Instance, choices: Sequence[Choice], i: int) -> Table:
     """Every alternative at position ``i`` with the rest fixed, scored exactly."""
-    n = instance.num_requests
     before = list(choices[:i]) + [None] * (len(choices) - i)
     out_before = simulate(instance, before)
     reach = out_before.exit_index == len(choices)
@@ -40,100 +44,142 @@ def _position_table(instance: Instance, choices: Sequence[Choice], i: int) -> li
               if c is not None)
     # The outcome of a request that passes position i, from i + 1 on (its lookups included).
     after = simulate(instance, [None] * (i + 1) + list(choices[i + 1:]))
-    fixed_cost = float(out_before.cost_s[~reach].sum())
-    fixed_err = float(out_before.errors[~reach].sum())
-    after_cost, after_err = after.cost_s[reach], after.errors[reach].astype(np.float64)
+    after_err = after.errors.astype(np.float64)
     n_reach = int(reach.sum())
-    base_cost = fixed_cost + n_reach * pre + float(after_cost.sum())
-    base_err = fixed_err + float(after_err.sum())
-    table: list[Entry] = [(None, base_cost, base_err)]
+    base_cost = (float(out_before.cost_s[~reach].sum()) + n_reach * pre
+                 + float(after.cost_s[reach].sum()))
+    base_err = float(out_before.errors[~reach].sum()) + float(after_err[reach].sum())
+    alternatives: list[Choice] = [None]
+    costs, errs, nbytes = [np.array([base_cost])], [np.array([base_err])], [np.zeros(1)]
     hit_cost = instance.prefix_s[instance.positions[i]]
     for o, option in enumerate(instance.options[i]):
-        scores = option.scores[reach]
-        order = np.argsort(-scores, kind="stable")
-        d_cost = np.concatenate([[0.0], np.cumsum((hit_cost - after_cost)[order])])
-        d_err = np.concatenate([[0.0], np.cumsum(
-            (option.errors[reach].astype(np.float64) - after_err)[order])])
-        hits = np.searchsorted(-scores[order], -option.grid, side="right")
-        costs = base_cost + n_reach * option.lookup_s + d_cost[hits]
-        errs = base_err + d_err[hits]
-        table.extend(((o, float(t)), float(c), float(e))
-                     for t, c, e in zip(option.grid, costs, errs))
-    del n
-    return table
+        # Requests that reach i, in the option's descending score order: a threshold's hits
+        # are a prefix of this order, so cumulative sums score every threshold at once.
+        order = option.order[reach[option.order]]
+        d_cost = np.concatenate([[0.0], np.cumsum(hit_cost - after.cost_s[order])])
+        d_err = np.concatenate([[0.0], np.cumsum(option.errors[order] - after_err[order])])
+        hits = np.searchsorted(-option.scores[order], -option.grid, side="right")
+        alternatives.extend((o, float(t)) for t in option.grid)
+        costs.append(base_cost + n_reach * option.lookup_s + d_cost[hits])
+        errs.append(base_err + d_err[hits])
+        nbytes.append(np.full(len(option.grid), float(option.nbytes)))
+    return Table(alternatives, np.concatenate(costs), np.concatenate(errs),
+                 np.concatenate(nbytes))
 
 
-def _fits(instance: Instance, choices: Sequence[Choice], i: int, choice: Choice) -> bool:
-    trial = list(choices)
-    trial[i] = choice
-    return instance.memory(trial) <= instance.budget_bytes
+def _best(instance: Instance, choices: Sequence[Choice], i: int, table: Table,
+          lam: float | None) -> tuple[Choice, tuple]:
+    """The table's best alternative that fits the memory budget, and its key.
+
+    ``lam`` None: the hard bound (infeasible alternatives rank after every feasible one,
+    fewest errors first); otherwise the Lagrangian cost + lam * errors.
+    """
+    others = instance.memory([c if j != i else None for j, c in enumerate(choices)])
+    fits = others + table.nbytes <= instance.budget_bytes
+    if lam is not None:
+        value = np.where(fits, table.costs + lam * table.errors, np.inf)
+        k = int(np.argmin(value))
+        return table.choices[k], (float(value[k]),)
+    ok = fits & (table.errors <= instance.error_budget + 1e-9)
+    if ok.any():
+        k = int(np.argmin(np.where(ok, table.costs, np.inf)))
+        return table.choices[k], (0, float(table.costs[k]), float(table.errors[k]))
+    k = int(np.lexsort((table.costs, np.where(fits, table.errors, np.inf)))[0])
+    return table.choices[k], (1, float(table.errors[k]), float(table.costs[k]))
 
 
-def _descend(instance: Instance, choices: list[Choice],
-             key: Callable[[float, float], tuple], max_sweeps: int = 30) -> list[Choice]:
-    """Coordinate descent: at each position take the alternative with the smallest key."""
+def _key(instance: Instance, choices: Sequence[Choice], lam: float | None) -> tuple:
+    out = simulate(instance, choices)
+    cost, err = float(out.cost_s.sum()), float(out.num_errors)
+    if lam is not None:
+        return (cost + lam * err,)
+    return (0, cost, err) if err <= instance.error_budget + 1e-9 else (1, err, cost)
+
+
+def _descend(instance: Instance, choices: list[Choice], lam: float | None,
+             max_sweeps: int = 30) -> list[Choice]:
+    """Coordinate descent: at each position take the best alternative given the others."""
     choices = list(choices)
     order = list(range(len(choices)))
     for sweep in range(max_sweeps):
         changed = False
         for i in (order if sweep % 2 == 0 else order[::-1]):
-            table = _position_table(instance, choices, i)
-            out = simulate(instance, choices)
-            current = (choices[i], float(out.cost_s.sum()), float(out.num_errors))
-            best = min((e for e in table if _fits(instance, choices, i, e[0])),
-                       key=lambda e: key(e[1], e[2]))
-            if key(best[1], best[2]) < key(current[1], current[2]):
-                choices[i] = best[0]
+            choice, key = _best(instance, choices, i, _position_table(instance, choices, i),
+                                lam)
+            if key < _key(instance, choices, lam):
+                choices[i] = choice
                 changed = True
         if not changed:
             break
     return choices
 
 
-def _constrained_key(budget: int) -> Callable[[float, float], tuple]:
-    # Infeasible alternatives sort after every feasible one; among those, fewer errors first.
-    return lambda cost, err: (0, cost, err) if err <= budget + 1e-9 else (1, err, cost)
-
-
 def _score(instance: Instance, choices: Sequence[Choice]) -> tuple:
-    out = simulate(instance, choices)
-    return _constrained_key(instance.error_budget)(float(out.cost_s.sum()), out.num_errors)
+    return _key(instance, choices, None)
+
+
+def _pair_polish(instance: Instance, choices: list[Choice]) -> list[Choice]:
+    """Moves two positions at once (every alternative at one, the exact best at the other),
+    which escapes the points where no single position can improve alone."""
+    choices = list(choices)
+    current = _score(instance, choices)
+    improved = True
+    while improved:
+        improved = False
+        for i in range(len(choices)):
+            alternatives = [None] + [(o, float(t)) for o, opt in enumerate(instance.options[i])
+                                     for t in opt.grid]
+            for alt in alternatives:
+                trial = list(choices)
+                trial[i] = alt
+                if alt == choices[i] or instance.memory(trial) > instance.budget_bytes:
+                    continue
+                for j in range(len(choices)):
+                    if j == i:
+                        continue
+                    choice, key = _best(instance, trial, j, _position_table(instance, trial, j),
+                                        None)
+                    if key < current:
+                        choices = list(trial)
+                        choices[j] = choice
+                        current = key
+                        improved = True
+    return choices
 
 
 def joint(instance: Instance, starts: Sequence[Sequence[Choice]] = (),
           lambdas: int = 16) -> list[Choice]:
     """Ours: Lagrangian coordinate descent over a sweep of lambdas, polished under the bound.
 
-    ``starts`` are further plans to polish (the comparators' plans): the search keeps the
-    cheapest feasible plan found from any start, so it never returns worse than they do.
+    Further starts: the best one-position plan at every position, and ``starts`` (the
+    comparators' plans). Every start is polished by single moves, and the best plan then by
+    pair moves; the cheapest feasible plan found wins, so it is never worse than a start.
     """
-    budget = instance.error_budget
-    constrained = _constrained_key(budget)
     # lambda is seconds per disagreement: from 'errors are nearly free' to 'never err'.
     scale = instance.full_s
     candidates = [instance.empty()]
     for lam in np.geomspace(1e-2 * scale, 1e3 * scale, lambdas):
-        relaxed = _descend(instance, instance.empty(), lambda c, e, lam=lam: (c + lam * e,))
-        candidates.append(_descend(instance, relaxed, constrained))
-    candidates.extend(_descend(instance, list(s), constrained) for s in starts
+        relaxed = _descend(instance, instance.empty(), float(lam))
+        candidates.append(_descend(instance, relaxed, None))
+    for i in range(len(instance.positions)):
+        start = instance.empty()
+        start[i] = _best(instance, start, i, _position_table(instance, start, i), None)[0]
+        candidates.append(_descend(instance, start, None))
+    candidates.extend(_descend(instance, list(s), None) for s in starts
                       if instance.memory(s) <= instance.budget_bytes)
-    return min(candidates, key=lambda c: _score(instance, c))
+    best = min(candidates, key=lambda c: _score(instance, c))
+    return _pair_polish(instance, best)
 
 
 def single(instance: Instance) -> list[Choice]:
     """The best plan that deploys one position (exact over options and thresholds)."""
-    budget = instance.error_budget
     best, best_key = instance.empty(), _score(instance, instance.empty())
     for i in range(len(instance.positions)):
-        for choice, cost, err in _position_table(instance, instance.empty(), i):
-            if choice is None or err > budget + 1e-9:
-                continue
-            if instance.options[i][choice[0]].nbytes > instance.budget_bytes:
-                continue
-            key = (0, cost, err)
-            if key < best_key:
-                best, best_key = instance.empty(), key
-                best[i] = choice
+        choice, key = _best(instance, instance.empty(), i,
+                            _position_table(instance, instance.empty(), i), None)
+        if key < best_key:
+            best, best_key = instance.empty(), key
+            best[i] = choice
     return best
 
 

@@ -76,21 +76,26 @@ def store_bytes(store: dict[str, np.ndarray]) -> int:
     return int(sum(np.asarray(v).nbytes for v in store.values()))
 
 
+def nearest(store: dict[str, jax.Array], query: jax.Array,
+            neighbours: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """For query keys: the largest squared distance among the ``neighbours`` nearest valid
+    entries, the nearest entry's answer, and whether those entries all agree."""
+    d2 = (jnp.sum(query ** 2, -1, keepdims=True) - 2 * query @ store["keys"].T
+          + jnp.sum(store["keys"] ** 2, -1)[None])
+    # The expanded form can dip below zero by rounding for an exact match.
+    d2 = jnp.where(store["valid"][None], jnp.maximum(d2, 0.0), jnp.inf)
+    k = min(neighbours, store["keys"].shape[0])
+    neg, idx = jax.lax.top_k(-d2, k)
+    values = store["values"][idx]
+    return -neg[:, -1], values[:, 0], jnp.all(values == values[:, :1], -1)
+
+
 @register_policy("knn")
 def knn(head: KnnHead):
     """Hit when the nearest stored activations are within the radius and agree."""
 
     def decide(store, radius, x, base_answer):
         del base_answer
-        query = knn_key(x, head.grid)
-        d2 = (jnp.sum(query ** 2, -1, keepdims=True) - 2 * query @ store["keys"].T
-              + jnp.sum(store["keys"] ** 2, -1)[None])
-        # The expanded form can dip below zero by rounding for an exact match.
-        d2 = jnp.where(store["valid"][None], jnp.maximum(d2, 0.0), jnp.inf)
-        k = min(head.neighbours, store["keys"].shape[0])
-        neg, idx = jax.lax.top_k(-d2, k)
-        values = store["values"][idx]
-        close = jnp.all(-neg <= radius * radius, -1)
-        agree = jnp.all(values == values[:, :1], -1)
-        return values[:, 0], close & agree
+        far, answer, agree = nearest(store, knn_key(x, head.grid), head.neighbours)
+        return answer, (far <= radius * radius) & agree
     return decide

@@ -73,6 +73,13 @@ def confidence(head: CacheHead) -> Decide:
     return _classifier_policy(head, lambda lp, t: jnp.max(jnp.exp(lp), -1) >= t)
 
 
+@register_policy("apparate")
+def apparate(head: CacheHead) -> Decide:
+    """Apparate's ramps: a max-softmax exit like ``confidence``; its thresholds come from
+    Apparate's greedy joint search (gati_jax/planner/search.py)."""
+    return confidence(head)
+
+
 @register_policy("entropy")
 def entropy(head: CacheHead) -> Decide:
     """BranchyNet: hit when the internal classifier's entropy is at most the threshold."""

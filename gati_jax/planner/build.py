@@ -1,0 +1,143 @@
+"""Builds planning instances from a cache bank, recorded activations and a latency profile.
+
+Each exit policy turns a cache's output into a score where a hit is ``score >= threshold``:
+``gati`` the selector's agreement probability, ``confidence`` and ``apparate`` the internal
+classifier's max softmax, ``entropy`` the negated entropy (so its threshold is
+``-score_threshold``; :func:`policy_threshold` converts).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gati_jax.caches.bank import CacheBank, Candidate
+from gati_jax.caches.recording import Recording
+from gati_jax.caches.training import HeadTraining, predictor_logits, selector_scores
+from gati_jax.planner.instance import Instance, Option, threshold_grid
+from gati_jax.planner.profiles import Profile
+from gati_jax.runtime.knn import KnnHead, knn_key, nearest, store_bytes, store_from_activations
+from gati_jax.runtime.policies import policy_builder
+
+PLANNABLE_POLICIES = ("gati", "confidence", "entropy", "apparate")
+# A kNN score that no radius turns into a hit (its neighbours disagree).
+_NEVER_SCORE = -1e30
+
+
+def exit_scores(policy: str, candidate: Candidate, bank: CacheBank,
+                features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, answers) of one cache on recorded activations under ``policy``."""
+    if policy not in PLANNABLE_POLICIES:
+        raise ValueError(f"policy '{policy}' has no tunable threshold; plannable: "
+                         f"{PLANNABLE_POLICIES}")
+    stacked = jax.tree.map(lambda a: jnp.asarray(a)[None], candidate.params)
+    logits = predictor_logits(candidate.spec, bank.num_classes, stacked["predictor"],
+                              np.asarray(features))
+    answers = logits[0].argmax(-1)
+    if policy == "gati":
+        hp = HeadTraining(selector_hidden=bank.selector_hidden)
+        return selector_scores(stacked["selector"], logits, hp)[0].astype(np.float64), answers
+    log_probs = np.asarray(jax.nn.log_softmax(jnp.asarray(logits[0], jnp.float32)), np.float64)
+    if policy in ("confidence", "apparate"):
+        return np.exp(log_probs.max(-1)), answers
+    return np.sum(np.exp(log_probs) * log_probs, -1), answers  # minus the entropy
+
+
+def policy_threshold(policy: str, score_threshold: float) -> float:
+    """The threshold in the policy's own units (entropy hits at or below its threshold, kNN
+    within its radius); the conversion is its own inverse."""
+    return -score_threshold if policy in ("entropy", "knn") else score_threshold
+
+
+def plan_candidates(bank: CacheBank, which: str = "frontier",
+                    positions: Sequence[int] | None = None) -> list[Candidate]:
+    """The candidates a plan may deploy: each position's frontier, or all of them."""
+    if which not in ("frontier", "all"):
+        raise ValueError(f"planner.candidates must be 'frontier' or 'all', got {which!r}")
+    positions = tuple(positions) if positions else tuple(bank.info["positions"])
+    chosen = []
+    for p in positions:
+        chosen.extend(bank.frontier(p) if which == "frontier" else bank.at(p))
+    return chosen
+
+
+def build_instance(policy: str, bank: CacheBank, candidates: Sequence[Candidate],
+                   recording: Recording, profile: Profile, *, eps: float, budget_bytes: float,
+                   grid: int | dict[str, np.ndarray], confidence: float = 0.0) -> Instance:
+    """The instance for ``policy`` over ``candidates`` on ``recording``'s requests.
+
+    ``grid`` is a number of levels (quantiles of each option's scores here), or the grids of
+    another instance by candidate key, so a test-split instance shares the tuned thresholds.
+    """
+    base = recording.base_predictions
+    positions = tuple(sorted({c.position for c in candidates}))
+    options = []
+    for p in positions:
+        opts = []
+        for c in (c for c in candidates if c.position == p):
+            scores, answers = exit_scores(policy, c, bank, recording.features[p])
+            levels = grid[c.key] if isinstance(grid, dict) else threshold_grid(scores, grid)
+            opts.append(Option(c.key, scores, answers != base, answers == recording.labels,
+                               profile.lookup(policy, c), int(c.metrics["param_bytes"]),
+                               np.asarray(levels, np.float64)))
+        options.append(tuple(opts))
+    return Instance(positions, tuple(options), np.asarray(profile.prefix_s, np.float64),
+                    base == recording.labels, float(eps), float(budget_bytes), float(confidence))
+
+
+def knn_store_key(position: int, capacity: int, grid: int, neighbours: int) -> str:
+    """The profile and plan key of a kNN store at a position."""
+    return f"p{position}/knn-c{capacity}-g{grid}-n{neighbours}"
+
+
+def knn_stores(store_data: Recording, positions: Sequence[int], capacity: int,
+               grid: int) -> dict[int, dict[str, np.ndarray]]:
+    """One store per position, filled in order with recorded activations and base answers."""
+    return {p: store_from_activations(store_data.features[p], store_data.base_predictions,
+                                      capacity, grid) for p in positions}
+
+
+def build_knn_instance(stores: dict[int, dict[str, np.ndarray]], recording: Recording,
+                       profile: Profile, head: KnnHead, *, eps: float, budget_bytes: float,
+                       grid: int | dict[str, np.ndarray], confidence: float = 0.0) -> Instance:
+    """The instance of the kNN policy: one store per position, radius thresholds.
+
+    Score: minus the distance to the farthest of the nearest neighbours when they agree, a
+    large negative number when they do not (no radius makes them hit), so a hit is
+    ``score >= -radius`` as for every other policy.
+    """
+    base = recording.base_predictions
+    positions = tuple(sorted(stores))
+    capacity = len(next(iter(stores.values()))["values"]) if stores else 0
+    options = []
+    for p in positions:
+        store = jax.device_put(stores[p])
+        fn = jax.jit(lambda s, x: nearest(s, knn_key(x, head.grid), head.neighbours))
+        parts = [fn(store, jnp.asarray(recording.features[p][i:i + 1000]))
+                 for i in range(0, len(base), 1000)]
+        far = np.concatenate([np.asarray(a[0]) for a in parts]).astype(np.float64)
+        answers = np.concatenate([np.asarray(a[1]) for a in parts])
+        agree = np.concatenate([np.asarray(a[2]) for a in parts])
+        scores = np.where(agree, -np.sqrt(far), _NEVER_SCORE)
+        key = knn_store_key(p, capacity, head.grid, head.neighbours)
+        if isinstance(grid, dict):
+            levels = grid[key]
+        else:
+            finite = scores[agree]
+            levels = threshold_grid(finite if finite.size else np.zeros(1), grid)
+        options.append((Option(key, scores, answers != base, answers == recording.labels,
+                               profile.lookup_s[f"knn/{key}"], store_bytes(stores[p]),
+                               np.asarray(levels, np.float64)),))
+    return Instance(positions, tuple(options), np.asarray(profile.prefix_s, np.float64),
+                    base == recording.labels, float(eps), float(budget_bytes), float(confidence))
+
+
+def knn_lookups(stores: dict[int, dict[str, np.ndarray]],
+                head: KnnHead) -> dict[str, tuple[int, Any, Any, str]]:
+    """What to measure for kNN stores: profile key -> (position, decide, store, policy)."""
+    decide = policy_builder("knn")(head)
+    return {f"knn/{knn_store_key(p, len(s['values']), head.grid, head.neighbours)}":
+            (p, decide, s, "knn") for p, s in stores.items()}

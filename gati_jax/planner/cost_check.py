@@ -1,0 +1,75 @@
+"""Validates the cost model: predicted mean latency of a plan vs the router's measured one."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from gati_jax import data
+from gati_jax.inference import BaseModel
+from gati_jax.planner.instance import Choice, Instance, simulate
+from gati_jax.runtime.deployment import Deployment
+
+
+def check_cost_model(model: BaseModel, deployment: Deployment, instance: Instance,
+                     choices: Sequence[Choice], images: np.ndarray,
+                     repeats: int = 3) -> dict[str, Any]:
+    """Routes ``images`` (the instance's first requests) one at a time, as a stream, and
+    compares the router's mean latency with the model's prediction for the same requests.
+
+    Each of ``repeats`` rounds streams every request through the router, then through the
+    plain compiled network (a stream per program keeps each one's weights warm, as serving
+    does); a request's time is its median over rounds, so the measured speedup is a ratio
+    under the same noise.
+    """
+    n = len(images)
+    if n == 0 or n > instance.num_requests:
+        raise ValueError(f"need 1..{instance.num_requests} check requests, got {n}")
+    network, variables = model.network, model.variables
+    mean, std = np.asarray(model.mean), np.asarray(model.std)
+    plain = jax.jit(lambda x: network.apply(variables, data.normalize(x, mean, std)))
+    router = deployment.router(model, max_group=1)
+    thresholds = jnp.asarray(deployment.thresholds, jnp.float32)
+    valid, base = jnp.ones(1, bool), jnp.zeros(1, jnp.int32)
+    requests = [jnp.asarray(image[None]) for image in images]
+    programs = {"router": lambda x: router.compiled(deployment.params, thresholds, x, valid,
+                                                    base),
+                "plain": plain}
+    times = {name: np.zeros((repeats, n)) for name in programs}
+    for fn in programs.values():  # compile and warm up
+        for x in requests[:5]:
+            jax.block_until_ready(fn(x))
+    for r in tqdm(range(repeats), desc="routing check requests", leave=False):
+        for name, fn in programs.items():
+            for i, x in enumerate(requests):
+                start = time.perf_counter()
+                jax.block_until_ready(fn(x))
+                times[name][r, i] = time.perf_counter() - start
+    routed = np.median(times["router"], axis=0)
+    plain_s = np.median(times["plain"], axis=0)
+    exits = [int(programs["router"](x)[1][0]) for x in requests]
+    outcome = simulate(instance, choices)
+    positions = (*instance.positions, network.num_stages - 1)
+    predicted_exit = np.asarray(positions)[outcome.exit_index[:n]]
+    predicted = float(outcome.cost_s[:n].mean())
+    measured = float(np.mean(routed))
+    measured_plain = float(np.mean(plain_s))
+    # Absolute times drift with the machine's state between profiling and checking (the
+    # plain network itself moves by 10-20% here), so the model is judged in units of the
+    # plain network measured in this run, side by side with the router.
+    normalized = (measured / measured_plain) / (predicted / instance.full_s)
+    return {"requests": n, "predicted_mean_ms": 1e3 * predicted,
+            "measured_mean_ms": 1e3 * measured, "measured/predicted": measured / predicted,
+            "plain_measured_ms": 1e3 * measured_plain,
+            "plain_profiled_ms": 1e3 * instance.full_s,
+            "measured_speedup": measured_plain / measured,
+            "predicted_speedup": instance.full_s / predicted,
+            "normalized_error": normalized - 1.0,
+            "within_10pct": bool(abs(normalized - 1.0) <= 0.10),
+            # Recorded activations are float16: a score on a threshold may flip.
+            "same_exit_fraction": float(np.mean(predicted_exit == np.asarray(exits)))}

@@ -1,0 +1,204 @@
+"""``plan_caches.py``'s job: profile, build instances, run every method, check, save, report.
+
+Data roles follow the exploration (gati_jax/caches/exploration.py): plans are tuned on the
+second half of the validation split (the selectors' calibration half, which no cache trained
+on) and reported on the test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from gati_jax import data
+from gati_jax.caches.bank import CacheBank, load_bank
+from gati_jax.caches.recording import Recording, record_activations
+from gati_jax.config import validate_config
+from gati_jax.evaluation import model_data_config
+from gati_jax.inference import BaseModel
+from gati_jax.planner import search
+from gati_jax.planner.build import build_instance, plan_candidates, policy_threshold
+from gati_jax.planner.cost_check import check_cost_model
+from gati_jax.planner.instance import Instance, simulate
+from gati_jax.planner.plan import Plan, plan_deployment, plan_from_choices, save_plan
+from gati_jax.planner.profiles import Profile, candidate_lookups, load_or_measure
+from gati_jax.plotting import plot_plan_tradeoff
+from gati_jax.tables import format_table
+from gati_jax.training.checkpointing import load_base_model
+
+# (policy, method): the instance's policy and the search; apparate is confidence ramps
+# tuned by Apparate's greedy search.
+METHODS = (("gati", "joint"), ("gati", "single"), ("gati", "independent"), ("gati", "greedy"),
+           ("confidence", "joint"), ("entropy", "joint"), ("apparate", "greedy"))
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanningData:
+    """Recorded tuning requests (validation, second half) and test requests."""
+
+    tuning: Recording
+    test: Recording
+    tuning_images: np.ndarray
+
+
+def record_planning_data(model: BaseModel, dataset: data.Dataset, bank: CacheBank,
+                         test_examples: int, batch_size: int) -> PlanningData:
+    """Records the tuning and test requests with the pooling the bank's caches expect."""
+    half = len(dataset.validation.labels) // 2
+    factors = {int(p): int(f) for p, f in bank.info["pool_factors"].items()}
+    positions = tuple(int(p) for p in bank.info["positions"])
+    tuning_images = dataset.validation.images[half:]
+    n_test = min(test_examples, len(dataset.test.labels))
+    kwargs = dict(positions=positions, pool_factors=factors, batch_size=batch_size)
+    tuning = record_activations(model, tuning_images, dataset.validation.labels[half:],
+                                desc="recording tuning requests", **kwargs)
+    test = record_activations(model, dataset.test.images[:n_test],
+                              dataset.test.labels[:n_test], desc="recording test requests",
+                              **kwargs)
+    return PlanningData(tuning, test, tuning_images)
+
+
+def _instances(policy: str, bank: CacheBank, candidates, planning: PlanningData,
+               profile: Profile, planner: ml_collections.ConfigDict, grid: int,
+               ) -> tuple[Instance, Instance]:
+    score_policy = "confidence" if policy == "apparate" else policy
+    tuning = build_instance(score_policy, bank, candidates, planning.tuning, profile,
+                            eps=float(planner.eps), budget_bytes=float(planner.memory_budget_bytes),
+                            grid=grid, confidence=float(planner.confidence))
+    grids = {o.key: o.grid for opts in tuning.options for o in opts}
+    test = build_instance(score_policy, bank, candidates, planning.test, profile,
+                          eps=float(planner.eps), budget_bytes=float(planner.memory_budget_bytes),
+                          grid=grids, confidence=float(planner.confidence))
+    return tuning, test
+
+
+def build_policy_instances(bank: CacheBank, candidates, planning: PlanningData,
+                           profile: Profile, planner: ml_collections.ConfigDict,
+                           ) -> dict[str, tuple[Instance, Instance]]:
+    """(tuning, test) instances of every policy in :data:`METHODS`."""
+    return {p: _instances(p, bank, candidates, planning, profile, planner, int(planner.grid))
+            for p in sorted({p for p, _ in METHODS})}
+
+
+def _search(method: str, instance: Instance, starts: list) -> list:
+    if method == "joint":
+        return search.joint(instance, starts=starts)
+    return search.METHODS[method](instance)
+
+
+def run_methods(instances: dict[str, tuple[Instance, Instance]], eps: float) -> list[Plan]:
+    """Every (policy, method) at one eps; ours is seeded with the comparators' gati plans."""
+    plans: dict[tuple[str, str], Plan] = {}
+    choices: dict[tuple[str, str], list] = {}
+    order = sorted(METHODS, key=lambda m: m[1] == "joint")  # comparators first
+    for policy, method in order:
+        tuning, test = (dataclasses.replace(i, eps=eps) for i in instances[policy])
+        starts = [c for (p, m), c in choices.items() if p == policy] if method == "joint" else []
+        found = _search(method, tuning, starts)
+        choices[(policy, method)] = found
+        plans[(policy, method)] = plan_from_choices(tuning, found, policy, method, test)
+    return [plans[m] for m in METHODS]
+
+
+def _row(plan: Plan) -> dict[str, Any]:
+    t, s = plan.tuning, plan.test
+    return {"policy": plan.policy, "method": "ours" if plan.method == "joint" else plan.method,
+            "positions": ",".join(map(str, plan.positions)) or "-",
+            "pred_ms": t["mean_latency_ms"], "speedup": t["speedup"],
+            "agreement": t["agreement"], "test_agreement": s["agreement"],
+            "test_acc_drop": s["accuracy_drop"], "memory_kb": t["memory_bytes"] / 1024,
+            "feasible": t["feasible"]}
+
+
+def run_planning(config: ml_collections.ConfigDict, workdir: str,
+                 bank_dir: str | None = None) -> dict[str, Any]:
+    """Plans caches for every method, checks the cost model, saves the plan, prints tables."""
+    validate_config(config)
+    planner = config.planner
+    started = time.time()
+    workdir_path = Path(workdir).absolute()
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    bank = load_bank(bank_dir or workdir_path / "cache_bank")
+    model = load_base_model(config.caches.checkpoint)
+    dataset = data.load_dataset(model_data_config(model, config.data.data_dir))
+    planning = record_planning_data(model, dataset, bank, int(config.caches.test_examples),
+                                    int(config.caches.record_batch_size))
+    candidates = plan_candidates(bank, planner.candidates)
+    profile_path = planner.profile or workdir_path / "profile.json"
+    profile = load_or_measure(profile_path, model,
+                              candidate_lookups(bank, candidates, ("gati", "confidence")),
+                              int(planner.group_size), int(planner.latency_repeats),
+                              bool(planner.remeasure))
+    instances = build_policy_instances(bank, candidates, planning, profile, planner)
+    plans = run_methods(instances, float(planner.eps))
+    chosen = plans[0]
+
+    # Ours against exhaustive search on a small instance: evenly spaced positions, each
+    # position's best candidate, a coarse grid.
+    positions = bank.info["positions"]
+    count = min(int(planner.exhaustive_positions), len(positions))
+    subset = sorted({positions[int(round(i))]
+                     for i in np.linspace(0, len(positions) - 1, count)})
+    small_tuning, _ = _instances("gati", bank, [bank.best(p) for p in subset], planning,
+                                 profile, planner, int(planner.exhaustive_grid))
+    exhaustive = search.exhaustive(small_tuning)
+    ours_small = search.joint(small_tuning)
+    small = {"positions": subset, "grid": int(planner.exhaustive_grid),
+             "exhaustive_ms": 1e3 * float(simulate(small_tuning, exhaustive).mean_cost_s),
+             "ours_ms": 1e3 * float(simulate(small_tuning, ours_small).mean_cost_s)}
+    small["ours/exhaustive"] = small["ours_ms"] / small["exhaustive_ms"]
+
+    deployment = plan_deployment(chosen, bank)
+    tuning_gati = instances["gati"][0]
+    chosen_choices = _choices_of(chosen, tuning_gati)
+    n_check = min(int(planner.check_requests), tuning_gati.num_requests)
+    check = check_cost_model(model, deployment, tuning_gati, chosen_choices,
+                             planning.tuning_images[:n_check])
+
+    sweep = []
+    for eps in sorted(set(float(e) for e in planner.sweep_eps) | {float(planner.eps)}):
+        for plan in (plans if eps == float(planner.eps) else run_methods(instances, eps)):
+            sweep.append({"eps": eps, **_row(plan)})
+
+    save_plan(workdir_path / "plan", chosen, bank)
+    result = {"chosen": chosen.to_json(), "methods": [p.to_json() for p in plans],
+              "table": [_row(p) for p in plans], "exhaustive_check": small,
+              "cost_check": check, "sweep": sweep, "profile": profile.key,
+              "seconds": round(time.time() - started, 1)}
+    (workdir_path / "plan.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot_plan_tradeoff(sweep, workdir_path / "plan_tradeoff.png")
+    print(f"eps={planner.eps}, memory budget {planner.memory_budget_bytes} bytes, tuned on "
+          f"{tuning_gati.num_requests} validation requests, tested on "
+          f"{instances['gati'][1].num_requests} test requests ({profile.key})")
+    print(format_table(result["table"]))
+    print(f"\nours vs exhaustive on positions {subset}, grid {small['grid']}: "
+          f"{small['ours_ms']:.4f} ms vs {small['exhaustive_ms']:.4f} ms "
+          f"(ratio {small['ours/exhaustive']:.4f})")
+    print(f"cost model on {check['requests']} validation requests routed one by one: "
+          f"predicted {check['predicted_mean_ms']:.3f} ms, measured "
+          f"{check['measured_mean_ms']:.3f} ms (plain network: profiled "
+          f"{check['plain_profiled_ms']:.3f} ms, measured now {check['plain_measured_ms']:.3f} "
+          f"ms); speedup vs plain predicted {check['predicted_speedup']:.2f}x, measured "
+          f"{check['measured_speedup']:.2f}x: error in units of the plain network "
+          f"{100 * check['normalized_error']:+.1f}% "
+          f"({'within' if check['within_10pct'] else 'NOT within'} 10%); same exit as "
+          f"predicted for {100 * check['same_exit_fraction']:.1f}% of requests")
+    print(f"wrote {workdir_path / 'plan.json'}, {workdir_path / 'plan'} and "
+          f"{workdir_path / 'plan_tradeoff.png'} in {result['seconds']} s")
+    return result
+
+
+def _choices_of(plan: Plan, instance: Instance) -> list:
+    """The instance-level choices a plan made (inverse of plan_from_choices)."""
+    choices: list = instance.empty()
+    for position, key, threshold in zip(plan.positions, plan.candidates, plan.thresholds):
+        i = instance.positions.index(position)
+        o = [opt.key for opt in instance.options[i]].index(key)
+        choices[i] = (o, policy_threshold(plan.policy, threshold))
+    return choices

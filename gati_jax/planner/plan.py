@@ -1,0 +1,110 @@
+"""A plan: which caches serve where at which thresholds, what it predicts, and its storage.
+
+A saved plan is a directory: ``plan.json`` (positions, variants, thresholds in the policy's
+own units, predicted and test figures) and ``caches/`` (the deployed candidates as a small
+cache bank: orbax parameters plus bank.json), so it loads back into a router without the
+exploration's bank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+from gati_jax.caches.bank import CacheBank, _json_ready, load_bank, save_bank
+from gati_jax.planner.build import policy_threshold
+from gati_jax.planner.instance import Choice, Instance, summarize_outcome
+from gati_jax.runtime.deployment import Deployment, deploy
+
+_JSON = "plan.json"
+_CACHES = "caches"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Deployed positions, their candidates and thresholds, and the figures they predict."""
+
+    policy: str
+    method: str
+    positions: tuple[int, ...]
+    candidates: tuple[str, ...]             # candidate keys in the cache bank
+    variants: tuple[str, ...]
+    thresholds: tuple[float, ...]           # in the policy's own units
+    tuning: dict[str, Any]                  # predicted figures on the tuning requests
+    test: dict[str, Any] = dataclasses.field(default_factory=dict)   # on the test split
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # eps, budget, ...
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as plain JSON."""
+        return _json_ready(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> "Plan":
+        """Inverse of :meth:`to_json`."""
+        fields = {f.name: row[f.name] for f in dataclasses.fields(cls) if f.name in row}
+        for name in ("positions", "candidates", "variants", "thresholds"):
+            fields[name] = tuple(fields[name])
+        return cls(**fields)
+
+
+def plan_from_choices(instance: Instance, choices: Sequence[Choice], policy: str, method: str,
+                      test: Instance | None = None) -> Plan:
+    """Names a search result: candidate keys, thresholds in policy units, predicted figures."""
+    deployed = [(i, c) for i, c in enumerate(choices) if c is not None]
+    options = [instance.options[i][c[0]] for i, c in deployed]
+    return Plan(
+        policy=policy, method=method,
+        positions=tuple(instance.positions[i] for i, _ in deployed),
+        candidates=tuple(o.key for o in options),
+        variants=tuple(o.key.split("/")[1] for o in options),
+        thresholds=tuple(policy_threshold(policy, c[1]) for _, c in deployed),
+        tuning=summarize_outcome(instance, choices),
+        test=summarize_outcome(test, choices) if test is not None else {},
+        settings={"eps": instance.eps, "memory_budget_bytes": instance.budget_bytes,
+                  "confidence": instance.confidence, "tuning_requests": instance.num_requests})
+
+
+def plan_deployment(plan: Plan, bank: CacheBank) -> Deployment:
+    """The plan's deployment over ``bank`` (the exploration's, or the plan's own)."""
+    by_key = {c.key: c for c in bank.candidates}
+    missing = [k for k in plan.candidates if k not in by_key]
+    if missing:
+        raise ValueError(f"the cache bank lacks the plan's candidates {missing}")
+    return deploy(bank, [by_key[k] for k in plan.candidates], plan.policy, plan.thresholds)
+
+
+def save_plan(directory: str | os.PathLike, plan: Plan, bank: CacheBank) -> Path:
+    """Writes plan.json and the deployed caches (orbax) to ``directory``, atomically."""
+    directory = Path(directory).absolute()
+    staging = directory.with_name(directory.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    by_key = {c.key: c for c in bank.candidates}
+    chosen = [by_key[k] for k in plan.candidates]
+    save_bank(staging / _CACHES, CacheBank(bank.num_classes, bank.selector_hidden, chosen,
+                                           bank.info))
+    (staging / _JSON).write_text(json.dumps(plan.to_json(), indent=1) + "\n")
+    previous = directory.with_name(directory.name + f".old-{os.getpid()}")
+    if directory.exists():
+        directory.rename(previous)
+    staging.rename(directory)
+    shutil.rmtree(previous, ignore_errors=True)
+    return directory
+
+
+def load_plan(directory: str | os.PathLike) -> tuple[Plan, CacheBank]:
+    """Loads a plan saved by :func:`save_plan` and the caches it deploys."""
+    directory = Path(directory).absolute()
+    path = directory / _JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"no plan at {directory} (missing {_JSON}); run "
+                                "scripts/plan_caches.py first")
+    try:
+        plan = Plan.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is corrupt: {type(error).__name__}: {error}") from error
+    return plan, load_bank(directory / _CACHES)

@@ -1,0 +1,170 @@
+"""Latency profiles: what each stage prefix and each cache lookup costs on this backend.
+
+Costs are measured the way the router pays them: compiled programs with the base variables
+baked in, timed side by side in blocks (see ``measure_interleaved``). ``prefix_s[p]`` is the
+median time of a program running stages 0..p; a cache's cost is that of a router deploying
+only it, never hitting, minus the plain network. (Separately jitted stages carry a dispatch
+each and miss the fusion the router gets: summing per-stage times misjudged the router by
+30-100% here.)
+
+Profiles are saved as JSON keyed by backend, device kind, group size and base model, reused
+when present, and re-measured on request or for lookups they lack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from gati_jax import data
+from gati_jax.caches.bank import CacheBank, Candidate
+from gati_jax.inference import BaseModel
+from gati_jax.profiling import measure_interleaved
+from gati_jax.runtime.policies import CacheHead, Decide, policy_builder
+from gati_jax.runtime.router import Router
+
+# Policies whose lookups cost the same share one measurement.
+_LOOKUP_KIND = {"gati": "gati", "confidence": "classifier", "entropy": "classifier",
+                "apparate": "classifier", "oracle": "classifier"}
+
+
+def lookup_kind(policy: str) -> str:
+    """The measurement a policy's lookups share ('gati' or 'classifier')."""
+    if policy not in _LOOKUP_KIND:
+        raise ValueError(f"no lookup profile for policy '{policy}'; known: {sorted(_LOOKUP_KIND)}")
+    return _LOOKUP_KIND[policy]
+
+
+@dataclasses.dataclass
+class Profile:
+    """Measured costs for one (backend, device kind, group size, base model)."""
+
+    backend: str
+    device_kind: str
+    group_size: int
+    model: str
+    prefix_s: list[float]
+    lookup_s: dict[str, float]           # "kind/candidate key" -> seconds
+
+    @property
+    def key(self) -> str:
+        """The profile's key in the JSON file."""
+        return f"{self.backend}/{self.device_kind}/g{self.group_size}/{self.model}"
+
+    def lookup(self, policy: str, candidate: Candidate) -> float:
+        """Seconds one lookup of ``candidate`` adds under ``policy``."""
+        return self.lookup_s[f"{lookup_kind(policy)}/{candidate.key}"]
+
+
+def model_fingerprint(model: BaseModel) -> str:
+    """A short hash of the base network's name, shapes and variables."""
+    digest = hashlib.sha256(json.dumps(model.metadata, sort_keys=True, default=str).encode())
+    for leaf in jax.tree.leaves(model.variables):
+        digest.update(np.asarray(leaf).tobytes()[:4096])
+    return digest.hexdigest()[:12]
+
+
+def _prefix_fn(model: BaseModel, stop: int):
+    network, variables = model.network, model.variables
+    mean, std = np.asarray(model.mean), np.asarray(model.std)
+
+    def prefix(x):
+        x = data.normalize(x, mean, std)
+        for index in range(stop + 1):
+            x = network.apply_stage(variables, index, x)
+        return x
+    return prefix
+
+
+def measure_prefixes(model: BaseModel, group_size: int, repeats: int) -> list[float]:
+    """Median seconds of stages 0..p for every stage p, timed side by side in blocks."""
+    x = jnp.zeros((group_size, *model.network.input_shape), jnp.float32)
+    fns = {p: jax.jit(_prefix_fn(model, p)) for p in range(model.network.num_stages)}
+    timed = measure_interleaved({str(p): (lambda f=f: f(x)) for p, f in fns.items()},
+                                max(repeats // _BLOCK, 3), block=_BLOCK)
+    return [timed[str(p)] for p in range(model.network.num_stages)]
+
+
+# Policies' thresholds that never hit (scores lie in [0, 1], entropies are >= 0).
+_NEVER = {"gati": 2.0, "confidence": 2.0, "apparate": 2.0, "oracle": 0.0, "entropy": -1.0,
+          "knn": -1.0}
+_BLOCK = 10
+
+
+def measure_cache_cost(model: BaseModel, position: int, decide: Decide, params: Any,
+                       policy: str, group_size: int, repeats: int) -> float:
+    """Seconds a deployed cache adds to a request that runs its lookup and misses.
+
+    Measured as the router serves it: a router with only this cache, never hitting, minus
+    the plain compiled network, timed side by side in blocks. This counts the lookup, the
+    exit bookkeeping and the ``lax.cond``, and the dispatch of the cache's parameters; all
+    of these add up per deployed cache.
+    """
+    router = Router(model, (position,), (decide,), max_group=group_size)
+    params = (jax.device_put(params),)
+    x = jnp.zeros((group_size, *model.network.input_shape), jnp.float32)
+    never = jnp.full(1, _NEVER[policy], jnp.float32)
+    valid, base = jnp.ones(group_size, bool), jnp.zeros(group_size, jnp.int32)
+    plain = jax.jit(_prefix_fn(model, model.network.num_stages - 1))
+    timed = measure_interleaved(
+        {"plain": lambda: plain(x),
+         "router": lambda: router.compiled(params, never, x, valid, base)},
+        max(repeats // _BLOCK, 3), block=_BLOCK)
+    # Noise can make the difference slightly negative for the cheapest lookups.
+    return max(timed["router"] - timed["plain"], 0.0)
+
+
+def candidate_lookups(bank: CacheBank, candidates: Sequence[Candidate],
+                      policies: Sequence[str]) -> dict[str, tuple[int, Decide, Any, str]]:
+    """What to measure for bank candidates: profile key -> (position, decide, params, policy)."""
+    kinds = {lookup_kind(p): p for p in policies}
+    lookups = {}
+    for kind, policy in kinds.items():
+        for c in candidates:
+            head = CacheHead(c.spec, bank.num_classes, c.pool_factor, bank.selector_hidden)
+            lookups[f"{kind}/{c.key}"] = (c.position, policy_builder(policy)(head), c.params,
+                                          policy)
+    return lookups
+
+
+def load_or_measure(path: str | Path, model: BaseModel,
+                    lookups: dict[str, tuple[int, Decide, Any, str]], group_size: int = 1,
+                    repeats: int = 100, remeasure: bool = False) -> Profile:
+    """The profile for this backend and model from ``path``, measuring whatever it lacks.
+
+    ``lookups`` maps profile keys to (position, decide, params, policy), e.g. from
+    :func:`candidate_lookups`.
+    """
+    path = Path(path)
+    stored: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"latency profile {path} is corrupt ({error}); delete it or "
+                             "set planner.remeasure=True") from error
+    profile = Profile(jax.default_backend(), jax.devices()[0].device_kind, int(group_size),
+                      model_fingerprint(model), [], {})
+    if profile.key in stored and not remeasure:
+        profile = Profile(**stored[profile.key])
+    if not profile.prefix_s:
+        profile.prefix_s = measure_prefixes(model, group_size, repeats)
+    missing = [k for k in lookups if k not in profile.lookup_s]
+    for key in tqdm(missing, desc="profiling lookups", disable=not missing):
+        position, decide, params, policy = lookups[key]
+        profile.lookup_s[key] = measure_cache_cost(model, position, decide, params, policy,
+                                                   group_size, repeats)
+    stored[profile.key] = dataclasses.asdict(profile)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(stored, indent=1) + "\n")
+    tmp.replace(path)
+    return profile

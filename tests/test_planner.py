@@ -1,0 +1,215 @@
+"""The planner: exact per-position tables, the bound and budget, comparators, exhaustive search."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gati_jax.config import ConfigError, base_config, validate_config
+from gati_jax.planner import search
+from gati_jax.planner.instance import (Instance, Option, max_errors, simulate,
+                                       summarize_outcome, threshold_grid)
+
+
+def random_instance(seed: int, positions: int = 4, options: int = 2, grid: int = 4,
+                    requests: int = 200, eps: float = 0.02, budget: float = 1e9) -> Instance:
+    """Caches whose scores rise with depth and whose errors fall as scores rise."""
+    rng = np.random.default_rng(seed)
+    prefix = np.cumsum(rng.uniform(0.1, 1.0, positions + 2))
+    difficulty = rng.normal(size=requests)
+    per_position = []
+    for i in range(positions):
+        opts = []
+        for o in range(options):
+            logit = rng.normal(3 * (i + 1) / (positions + 1), 1) - difficulty
+            scores = 1 / (1 + np.exp(-(logit + rng.normal(0, 0.5, requests))))
+            errors = rng.random(requests) < 0.5 * (1 - scores) * rng.uniform(0.1, 1)
+            correct = ~errors & (rng.random(requests) < 0.95)
+            opts.append(Option(f"p{i}/v{o}/s0/lr0.01", scores, errors, correct,
+                               float(rng.uniform(0.01, 0.2)), int(rng.integers(1, 100)),
+                               threshold_grid(scores, grid)))
+        per_position.append(tuple(opts))
+    return Instance(tuple(range(positions)), tuple(per_position), prefix,
+                    rng.random(requests) < 0.9, eps, budget)
+
+
+def _mean_cost(instance, choices):
+    return simulate(instance, choices).mean_cost_s
+
+
+def _feasible(instance, choices):
+    return (simulate(instance, choices).num_errors <= instance.error_budget
+            and instance.memory(choices) <= instance.budget_bytes)
+
+
+def test_simulate_charges_stages_up_to_the_exit_and_every_lookup_run():
+    scores = np.array([0.9, 0.1, 0.1])
+    later = np.array([0.0, 0.9, 0.1])
+    f = np.zeros(3, bool)
+    opt0 = Option("p0/a/s0/lr1", scores, np.array([False, False, False]), ~f, 0.5, 10,
+                  np.array([0.5]))
+    opt1 = Option("p1/a/s0/lr1", later, np.array([False, True, False]), ~f, 0.25, 10,
+                  np.array([0.5]))
+    inst = Instance((0, 1), ((opt0,), (opt1,)), np.array([1.0, 3.0, 6.0]), ~f, 0.5, 100)
+    out = simulate(inst, [(0, 0.5), (0, 0.5)])
+    # Request 0 exits at 0 (1 + 0.5), 1 at position 1 (3 + 0.75), 2 runs everything (6 + 0.75).
+    np.testing.assert_allclose(out.cost_s, [1.5, 3.75, 6.75])
+    np.testing.assert_array_equal(out.exit_index, [0, 1, 2])
+    assert out.num_errors == 1
+    summary = summarize_outcome(inst, [(0, 0.5), (0, 0.5)])
+    assert summary["agreement"] == pytest.approx(2 / 3)
+    assert summary["exit_fractions"] == {"0": pytest.approx(1 / 3), "1": pytest.approx(1 / 3),
+                                         "full": pytest.approx(1 / 3)}
+    assert summary["memory_bytes"] == 20
+
+
+def test_position_tables_are_exact():
+    inst = random_instance(3, positions=4, options=2, grid=6)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        plan = [None if rng.random() < 0.3 else
+                (int(rng.integers(2)), float(rng.choice(inst.options[i][0].grid)))
+                for i in range(4)]
+        i = int(rng.integers(4))
+        table = search._position_table(inst, plan, i)
+        for choice, cost, err in zip(table.choices, table.costs, table.errors):
+            trial = list(plan)
+            trial[i] = choice
+            out = simulate(inst, trial)
+            assert cost == pytest.approx(out.cost_s.sum())
+            assert err == out.num_errors
+
+
+def test_error_budget_and_bad_settings():
+    assert max_errors(1000, 0.01) == 10
+    assert max_errors(1000, 0.0) == 0
+    # The Wilson bound leaves fewer errors than the point estimate.
+    assert max_errors(1000, 0.01, confidence=0.95) < 10
+    inst = random_instance(0)
+    with pytest.raises(ValueError, match="eps"):
+        dataclasses.replace(inst, eps=1.0)
+    with pytest.raises(ValueError, match="eps"):
+        dataclasses.replace(inst, eps=-0.1)
+    with pytest.raises(ValueError, match="memory budget"):
+        dataclasses.replace(inst, budget_bytes=-1)
+    bad = dataclasses.replace(inst.options[0][0], scores=np.full(200, np.nan))
+    with pytest.raises(ValueError, match="NaN"):
+        dataclasses.replace(inst, options=((bad,), *inst.options[1:]))
+    config = base_config()
+    config.planner.eps = 1.5
+    with pytest.raises(ConfigError, match="planner.eps"):
+        validate_config(config)
+    config = base_config()
+    config.planner.memory_budget_bytes = -5
+    with pytest.raises(ConfigError, match="planner.memory_budget_bytes"):
+        validate_config(config)
+
+
+def test_impossible_bound_gives_the_empty_plan():
+    inst = random_instance(1, eps=0.0)
+    # Every cache's most confident request is wrong: any hit set includes an error.
+    options = []
+    for opts in inst.options:
+        fixed = []
+        for o in opts:
+            errors = o.errors.copy()
+            errors[np.argmax(o.scores)] = True
+            fixed.append(dataclasses.replace(o, errors=errors))
+        options.append(tuple(fixed))
+    inst = dataclasses.replace(inst, options=tuple(options))
+    plans = search.plan_all(inst)
+    assert plans["joint"] == inst.empty()
+    assert search.exhaustive(inst) == inst.empty()
+    assert summarize_outcome(inst, plans["joint"])["agreement"] == 1.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_plans_respect_bound_and_budget_and_beat_no_caches(seed):
+    inst = random_instance(seed, positions=5, budget=120, eps=0.03)
+    plans = search.plan_all(inst)
+    ours = plans["joint"]
+    assert _feasible(inst, ours)
+    assert _mean_cost(inst, ours) <= _mean_cost(inst, inst.empty()) + 1e-12
+    for name, plan in plans.items():
+        assert inst.memory(plan) <= inst.budget_bytes, name
+        if _feasible(inst, plan):
+            assert _mean_cost(inst, ours) <= _mean_cost(inst, plan) + 1e-12, name
+    # The same ramps at the comparators' thresholds never beat ours either.
+    ramps = plans["independent"]
+    if any(r is not None for r in ramps):
+        greedy = search.greedy(inst, ramps)
+        if _feasible(inst, greedy):
+            assert _mean_cost(inst, ours) <= _mean_cost(inst, greedy) + 1e-12
+    # Deterministic: planning again gives the same plan.
+    assert search.plan_all(inst)["joint"] == ours
+
+
+def test_greedy_and_single_respect_the_bound():
+    inst = random_instance(7, positions=4, eps=0.02)
+    for plan in (search.greedy(inst), search.single(inst)):
+        assert simulate(inst, plan).num_errors <= inst.error_budget
+    assert sum(c is not None for c in search.single(inst)) <= 1
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), positions=st.integers(2, 5), options=st.integers(1, 2),
+       grid=st.integers(2, 4), eps=st.sampled_from([0.0, 0.01, 0.05, 0.1]),
+       budget=st.sampled_from([1e9, 100.0, 40.0]))
+def test_ours_is_within_two_percent_of_exhaustive(seed, positions, options, grid, eps, budget):
+    inst = random_instance(seed, positions, options, grid, requests=150, eps=eps,
+                           budget=budget)
+    plans = search.plan_all(inst)
+    best = search.exhaustive(inst)
+    assert _feasible(inst, best) and _feasible(inst, plans["joint"])
+    assert _mean_cost(inst, plans["joint"]) <= 1.02 * _mean_cost(inst, best) + 1e-12
+    for name, plan in plans.items():
+        if _feasible(inst, plan):
+            assert _mean_cost(inst, plans["joint"]) <= _mean_cost(inst, plan) + 1e-12, name
+
+
+def test_plan_saves_with_its_caches_and_loads_into_the_router(tmp_path):
+    import jax
+    import ml_collections
+
+    from gati_jax.caches.bank import CacheBank, Candidate
+    from gati_jax.inference import BaseModel
+    from gati_jax.models import build_network
+    from gati_jax.planner.plan import load_plan, plan_deployment, plan_from_choices, save_plan
+    from test_router import _caches
+
+    config = ml_collections.ConfigDict(dict(name="mlp", width=1, hidden_sizes=(24, 16, 12)))
+    network = build_network(config, (6, 6, 1), 4)
+    model = BaseModel(network, network.init(jax.random.key(0)), np.array([0.5], np.float32),
+                      np.array([0.25], np.float32), {})
+    positions = (0, 1)
+    _, params = _caches(network, positions)
+    shapes = network.activation_shapes()
+    bank = CacheBank(4, 8, [Candidate(p, "fc-d1-h8", 0, 0.01, 1, tuple(shapes[p][1:]),
+                                      jax.tree.map(np.asarray, params[k]), {}, {})
+                            for k, p in enumerate(positions)], {"positions": list(positions)})
+    inst = random_instance(0, positions=2, options=1)
+    keys = [c.key for c in bank.candidates]
+    inst = dataclasses.replace(inst, options=tuple(
+        (dataclasses.replace(opts[0], key=k),) for opts, k in zip(inst.options, keys)))
+    choices = [(0, 0.3), (0, 0.6)]
+    plan = plan_from_choices(inst, choices, "gati", "joint", test=inst)
+    assert plan.positions == (0, 1) and plan.thresholds == (0.3, 0.6)
+    save_plan(tmp_path / "plan", plan, bank)
+    loaded, loaded_bank = load_plan(tmp_path / "plan")
+    assert loaded == plan
+    images = np.random.default_rng(0).integers(0, 256, (8, 6, 6, 1), dtype=np.uint8)
+    want = plan_deployment(plan, bank)
+    got = plan_deployment(loaded, loaded_bank)
+    a = want.router(model, 8).route(want.params, want.thresholds, images)
+    b = got.router(model, 8).route(got.params, got.thresholds, images)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(FileNotFoundError, match="no plan"):
+        load_plan(tmp_path / "missing")
+    (tmp_path / "plan" / "plan.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_plan(tmp_path / "plan")
