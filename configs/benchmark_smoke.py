@@ -34,5 +34,5 @@ def get_config():
     config.workload.length = 300
     config.serving.max_group = 1
     config.serving.max_wait_ms = 0.0
-    config.benchmark.rounds = 2
+    config.benchmark.rounds = 3
     return config

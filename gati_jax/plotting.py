@@ -115,3 +115,46 @@ def plot_latency_cdf(latencies: dict[str, dict[str, Sequence[float]]],
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_position_hit_rates(table: Sequence[dict[str, Any]], plan: dict[str, Any],
+                            path: str | os.PathLike) -> None:
+    """Per position: the best cache's hit rate alone, and the share of requests the chosen
+    plan lets exit there (on the test split)."""
+    positions = [r["position"] for r in table]
+    key = next(k for k in table[0] if k.startswith("hit_rate@"))
+    fractions = plan.get("test", {}).get("exit_fractions", {})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(positions))
+    ax.bar(x - 0.2, [r[key] for r in table], 0.4, label=f"best cache alone ({key})")
+    ax.bar(x + 0.2, [fractions.get(str(p), 0.0) for p in positions], 0.4,
+           label=f"exits there under the plan ({plan['policy']}, {plan['method']})")
+    ax.set_xticks(x, [str(p) for p in positions])
+    ax.set_xlabel("position (stage after which the cache sits)")
+    ax.set_ylabel("fraction of test requests")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_hit_rate_over_time(windows: dict[str, dict[str, Sequence[dict[str, Any]]]],
+                            path: str | os.PathLike) -> None:
+    """Per workload, each policy's hit rate per window of requests over the stream."""
+    if not windows:
+        return
+    fig, axes = plt.subplots(1, len(windows), figsize=(6 * len(windows), 4), squeeze=False)
+    for ax, (workload, per_policy) in zip(axes[0], windows.items()):
+        for policy, rows in per_policy.items():
+            if policy == "none":
+                continue
+            ax.plot([r["start"] for r in rows], [r["hit_rate"] for r in rows], label=policy)
+        ax.set_xlabel("request index")
+        ax.set_ylabel("hit rate per window")
+        ax.set_title(f"workload: {workload}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

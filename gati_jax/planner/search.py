@@ -118,14 +118,14 @@ def _score(instance: Instance, choices: Sequence[Choice]) -> tuple:
     return _key(instance, choices, None)
 
 
-def _pair_polish(instance: Instance, choices: list[Choice]) -> list[Choice]:
+def _pair_polish(instance: Instance, choices: list[Choice], max_passes: int = 3) -> list[Choice]:
     """Moves two positions at once (every alternative at one, the exact best at the other),
     which escapes the points where no single position can improve alone."""
     choices = list(choices)
     current = _score(instance, choices)
-    improved = True
-    while improved:
-        improved = False
+    improved, passes = True, 0
+    while improved and passes < max_passes:
+        improved, passes = False, passes + 1
         for i in range(len(choices)):
             alternatives = [None] + [(o, float(t)) for o, opt in enumerate(instance.options[i])
                                      for t in opt.grid]

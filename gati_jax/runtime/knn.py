@@ -87,7 +87,9 @@ def nearest(store: dict[str, jax.Array], query: jax.Array,
     k = min(neighbours, store["keys"].shape[0])
     neg, idx = jax.lax.top_k(-d2, k)
     values = store["values"][idx]
-    return -neg[:, -1], values[:, 0], jnp.all(values == values[:, :1], -1)
+    # min over all k, not neg[:, -1]: slicing one column of top_k's output made XLA on the
+    # CPU lower it as a full sort (1.1 ms instead of 0.26 ms on a 2000-entry store).
+    return -jnp.min(neg, -1), values[:, 0], jnp.all(values == values[:, :1], -1)
 
 
 @register_policy("knn")
@@ -97,5 +99,6 @@ def knn(head: KnnHead):
     def decide(store, radius, x, base_answer):
         del base_answer
         far, answer, agree = nearest(store, knn_key(x, head.grid), head.neighbours)
-        return answer, (far <= radius * radius) & agree
+        # A negative radius turns the cache off (its square would not).
+        return answer, (far <= radius * radius) & agree & (radius >= 0)
     return decide

@@ -1,0 +1,29 @@
+"""The main job: base network (if needed), exploration, plan, benchmark, report.
+
+``python scripts/train_caches.py --config configs/default.py --workdir DIR`` uses the shipped
+Fashion-MNIST ResNet-18 (``caches.checkpoint``), training a base network only when it is
+missing or ``--train_base`` is given. Finished phases are skipped when run again; ``--redo``
+names phases to run again (base, explore, plan, benchmark, report). Writes DIR/report.md,
+DIR/report.json and the plots.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from gati_jax.main_job import run_main_job
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+_REDO = flags.DEFINE_list("redo", [], "Phases to run again even if finished.")
+_TRAIN_BASE = flags.DEFINE_boolean("train_base", False, "Train the base network first.")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    run_main_job(_CONFIG.value, _WORKDIR.value, _REDO.value, _TRAIN_BASE.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,115 @@
+"""The main job end to end on the shipped synthetic MLP (configs/smoke.py): exploration,
+planning, the policy benchmark, the report, resuming, and loading the trained system."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gati_jax.main_job import run_main_job
+from gati_jax.planner.plan import load_plan, plan_deployment
+from gati_jax.system import load_system
+from gati_jax.training.checkpointing import load_base_model
+
+ROOT = Path(__file__).resolve().parents[1]
+ROW_KEYS = {"workload", "policy", "accuracy", "agreement", "mean_latency_ms", "p50_latency_ms",
+            "p99_latency_ms", "throughput_rps", "speedup_vs_none", "oracle_fraction",
+            "hit_rate", "cache_bytes"}
+
+
+def smoke_config():
+    """configs/smoke.py, shortened further for the test."""
+    spec = importlib.util.spec_from_file_location("smoke", ROOT / "configs/smoke.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.caches.checkpoint = str(ROOT / "checkpoints/synthetic_mlp")
+    config.workload.length = 120
+    config.benchmark.rounds = 2
+    config.planner.check_requests = 50
+    config.planner.memory_budget_bytes = 6000
+    return config
+
+
+@pytest.fixture(scope="module")
+def explored(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("smoke")
+    config = smoke_config()
+    log = run_main_job(config, str(workdir))
+    return config, workdir, log
+
+
+def test_plan_respects_bound_and_budget_and_loads(explored):
+    config, workdir, _ = explored
+    result = json.loads((workdir / "plan.json").read_text())
+    assert (workdir / "plan_tradeoff.png").stat().st_size > 0
+    for row in result["table"]:
+        if row["feasible"]:
+            assert row["agreement"] >= 1 - config.planner.eps - 1e-12
+            assert row["memory_kb"] * 1024 <= 6000
+    ours = [r for r in result["table"] if r["policy"] == "gati" and r["method"] == "ours"][0]
+    for row in result["table"]:
+        if row["policy"] == "gati" and row["feasible"]:
+            assert ours["pred_ms"] <= row["pred_ms"] + 1e-9, row["method"]
+    assert result["exhaustive_check"]["ours/exhaustive"] <= 1.02
+    plan, bank = load_plan(workdir / "plan")
+    deployment = plan_deployment(plan, bank)
+    assert deployment.positions == plan.positions
+    model = load_base_model(config.caches.checkpoint)
+    router = deployment.router(model, 4)
+    images = np.zeros((3, *model.network.input_shape), np.uint8)
+    assert len(router.route(deployment.params, deployment.thresholds, images).answer) == 3
+
+
+def test_benchmark_rows_are_consistent(explored):
+    config, workdir, _ = explored
+    saved = json.loads((workdir / "benchmark.json").read_text())
+    assert len(saved) == 2 * 7
+    for name in ("latency_cdf.png", "agreement_vs_speedup.png"):
+        assert (workdir / name).stat().st_size > 0
+    for workload in ("uniform", "temporal"):
+        mine = {r["policy"]: r for r in saved if r["workload"] == workload}
+        assert set(mine) == set(config.benchmark.policies)
+        none = mine["none"]
+        assert none["agreement"] == 1.0 and none["hit_rate"] == 0.0
+        assert none["speedup_vs_none"] == pytest.approx(1.0)
+        for row in mine.values():
+            assert set(row) == ROW_KEYS
+            assert row["speedup_vs_none"] == pytest.approx(
+                none["mean_latency_ms"] / row["mean_latency_ms"])
+            assert 0 <= row["agreement"] <= 1 and 0 <= row["hit_rate"] <= 1
+            assert row["p50_latency_ms"] <= row["p99_latency_ms"]
+            # The oracle exits only where its cache agrees: nothing beats it on agreement.
+            assert mine["oracle"]["agreement"] >= row["agreement"]
+        assert mine["oracle"]["agreement"] == 1.0
+
+
+def test_report_resume_and_loaded_system(explored):
+    config, workdir, log = explored
+    report = json.loads((workdir / "report.json").read_text())
+    text = (workdir / "report.md").read_text()
+    assert "| workload | policy | speedup_vs_none |" in text
+    assert report["benchmark"] == json.loads((workdir / "benchmark.json").read_text())
+    for name in ("position_hit_rates.png", "hit_rate_over_time.png"):
+        assert (workdir / name).stat().st_size > 0
+    # Running again skips every finished phase (only the report is rewritten).
+    again = run_main_job(config, str(workdir))
+    for phase in ("explore", "plan", "benchmark"):
+        assert again[phase] == log[phase]
+    with pytest.raises(ValueError, match="unknown phases"):
+        run_main_job(config, str(workdir), redo=["explroe"])
+    # Another program serves with one call; it answers like the plan's own deployment.
+    system = load_system(workdir, max_group=4)
+    plan, bank = load_plan(workdir / "plan")
+    assert system.plan == plan
+    images = np.random.default_rng(0).integers(0, 256, (4, *system.model.network.input_shape),
+                                               dtype=np.uint8)
+    result = system.route(images)
+    deployment = plan_deployment(plan, bank)
+    want = deployment.router(system.model, 4).route(deployment.params, deployment.thresholds,
+                                                    images)
+    np.testing.assert_array_equal(result.answer, want.answer)
