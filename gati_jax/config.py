@@ -75,7 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.caches.variants = ("pool-k1", "pool-k2-h64", "pool-k4-h64", "conv1-c16-s1-k2-h64",
                               "conv3-c16-s2-k2", "fc-d4-h128")
     # Members of each (position, variant) group, trained together by vmap: seeds x rates.
-    config.caches.seeds = 2
+    config.caches.seeds = 1
     config.caches.learning_rates = (3e-3, 1e-2)
     # Predictors train on base answers for this many train-split examples; the validation
     # split trains (first half) and calibrates (second half) the selectors; test reports.
@@ -95,7 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.caches.record_max_bytes = 2 * 1024**3
     config.caches.record_batch_size = 250
     config.caches.latency_batch_size = 1
-    config.caches.latency_repeats = 50
+    config.caches.latency_repeats = 20
 
     config.policy = ml_collections.ConfigDict()
     # none | gati | confidence | entropy | knn | oracle (gati_jax/runtime/policies.py).
@@ -128,13 +128,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.planner.exhaustive_positions = 6
     config.planner.exhaustive_grid = 4
     # Further bounds planned for the latency/agreement trade-off plot and table.
-    config.planner.sweep_eps = (0.005, 0.02, 0.05)
+    config.planner.sweep_eps = (0.005, 0.02)
     # Latency profiles: requests per group, where the JSON lives (empty: WORKDIR/profile.json)
     # and whether to measure again even when a profile for this backend exists.
     config.planner.group_size = 1
     config.planner.profile = ""
     config.planner.remeasure = False
-    config.planner.latency_repeats = 100
+    config.planner.latency_repeats = 60
     # Validation requests routed one by one to check predicted against measured latency.
     config.planner.check_requests = 1000
 
@@ -142,10 +142,10 @@ def base_config() -> ml_collections.ConfigDict:
     # uniform | temporal | drift | shift (gati_jax/data/workloads.py).
     config.workload.name = "temporal"
     config.workload.split = "test"
-    config.workload.length = 2000
+    config.workload.length = 800
     config.workload.seed = 0
     # Open-loop arrivals: a Poisson process at this many requests per second.
-    config.workload.rate = 200.0
+    config.workload.rate = 100.0
     # temporal: segments of geometric length with this mean, each with a hot set of
     # hot_classes[0]..hot_classes[1] classes that produce hot_fraction of its requests.
     config.workload.hot_classes = (1, 3)
@@ -168,7 +168,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.serving.concurrency = 1
     # A group closes when it holds max_group requests or its oldest has waited max_wait_ms.
     config.serving.max_group = 8
-    config.serving.max_wait_ms = 2.0
+    config.serving.max_wait_ms = 0.0
     # virtual: compute is measured for real, waiting for arrivals is simulated (no sleeping);
     # real: the serving loop sleeps until arrivals on the monotonic clock.
     config.serving.clock = "virtual"
@@ -179,7 +179,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.benchmark.policies = ("none", "gati", "confidence", "entropy", "apparate", "knn",
                                  "oracle")
     # Rounds per (workload, policy), in rotating policy order; figures are medians over rounds.
-    config.benchmark.rounds = 3
+    config.benchmark.rounds = 4
+    # With the virtual clock, policies serve interleaved, this many groups per turn.
+    config.benchmark.turn = 25
 
     config.lock()
     return config
@@ -340,3 +342,4 @@ def _validate_benchmark(b: ml_collections.ConfigDict) -> None:
     _require(len(b.policies) > 0 and all(p in known for p in b.policies) and "none" in b.policies,
              "benchmark.policies", b.policies, f"policies among {known}, including 'none'")
     _require(int(b.rounds) >= 1, "benchmark.rounds", b.rounds, ">= 1")
+    _require(int(b.turn) >= 1, "benchmark.turn", b.turn, ">= 1")

@@ -66,7 +66,8 @@ def plot_router_benchmark(result: dict[str, Any], path: str | os.PathLike) -> No
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for key, label in (("router_ms", "compiled router"), ("loop_ms", "Python-loop reference"),
-                       ("cost_model_ms", "stage-cost model")):
+                       ("stage_sum_model_ms", "sum of separately compiled stages"),
+                       ("profile_model_ms", "planner's profile (in-router costs)")):
         ax.plot(x, [r[key] for r in rows], "o-", label=label)
     ax.axhline(result["plain_network_ms"], color="gray", ls="--", label="plain network")
     ax.set_xticks(list(x), labels)

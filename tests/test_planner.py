@@ -213,3 +213,15 @@ def test_plan_saves_with_its_caches_and_loads_into_the_router(tmp_path):
     (tmp_path / "plan" / "plan.json").write_text("{not json")
     with pytest.raises(ValueError, match="corrupt"):
         load_plan(tmp_path / "plan")
+
+
+def test_an_empty_plan_saves_and_loads(tmp_path):
+    from gati_jax.caches.bank import CacheBank
+    from gati_jax.planner.plan import load_plan, plan_deployment, plan_from_choices, save_plan
+
+    inst = random_instance(0, positions=2, options=1)
+    plan = plan_from_choices(inst, inst.empty(), "gati", "joint", test=inst)
+    save_plan(tmp_path / "plan", plan, CacheBank(4, 8, [], {}))
+    loaded, bank = load_plan(tmp_path / "plan")
+    assert loaded == plan and bank.candidates == []
+    assert plan_deployment(loaded, bank).positions == ()

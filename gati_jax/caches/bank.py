@@ -110,10 +110,11 @@ def save_bank(directory: str | os.PathLike, bank: CacheBank) -> Path:
     staging = directory.with_name(directory.name + f".tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(staging / _PARAMS, {f"c{i:04d}": c.params
-                                          for i, c in enumerate(bank.candidates)})
-    checkpointer.wait_until_finished()
+    if bank.candidates:  # orbax refuses an empty tree; an empty bank (an empty plan) has none
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(staging / _PARAMS, {f"c{i:04d}": c.params
+                                              for i, c in enumerate(bank.candidates)})
+        checkpointer.wait_until_finished()
     (staging / _JSON).write_text(json.dumps(bank_to_json(bank), indent=1) + "\n")
     previous = directory.with_name(directory.name + f".old-{os.getpid()}")
     if directory.exists():
@@ -141,6 +142,8 @@ def load_bank(directory: str | os.PathLike) -> CacheBank:
         bank = CacheBank(meta["num_classes"], meta["selector_hidden"], candidates, meta["info"])
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{meta_path} is corrupt: {type(error).__name__}: {error}") from error
+    if not bank.candidates:
+        return bank
     template = {f"c{i:04d}": _template(c, bank.num_classes, bank.selector_hidden)
                 for i, c in enumerate(bank.candidates)}
     try:

@@ -23,19 +23,22 @@ from gati_jax.config import validate_config
 from gati_jax.evaluation import model_data_config
 from gati_jax.inference import BaseModel
 from gati_jax.planner import search
-from gati_jax.planner.build import build_instance, plan_candidates, policy_threshold
+from gati_jax.planner.build import (build_instance, build_knn_instance, knn_lookups, knn_stores,
+                                    plan_candidates, policy_threshold)
 from gati_jax.planner.cost_check import check_cost_model
 from gati_jax.planner.instance import Instance, simulate
 from gati_jax.planner.plan import Plan, plan_deployment, plan_from_choices, save_plan
 from gati_jax.planner.profiles import Profile, candidate_lookups, load_or_measure
 from gati_jax.plotting import plot_plan_tradeoff
+from gati_jax.runtime.knn import KnnHead
 from gati_jax.tables import format_table
 from gati_jax.training.checkpointing import load_base_model
 
 # (policy, method): the instance's policy and the search; apparate is confidence ramps
 # tuned by Apparate's greedy search.
 METHODS = (("gati", "joint"), ("gati", "single"), ("gati", "independent"), ("gati", "greedy"),
-           ("confidence", "joint"), ("entropy", "joint"), ("apparate", "greedy"))
+           ("confidence", "joint"), ("entropy", "joint"), ("apparate", "greedy"),
+           ("knn", "joint"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +86,34 @@ def build_policy_instances(bank: CacheBank, candidates, planning: PlanningData,
                            ) -> dict[str, tuple[Instance, Instance]]:
     """(tuning, test) instances of every policy in :data:`METHODS`."""
     return {p: _instances(p, bank, candidates, planning, profile, planner, int(planner.grid))
-            for p in sorted({p for p, _ in METHODS})}
+            for p in sorted({p for p, _ in METHODS} - {"knn"})}
+
+
+def knn_setup(config: ml_collections.ConfigDict, model: BaseModel, bank: CacheBank,
+              dataset: data.Dataset) -> tuple[dict[int, dict[str, np.ndarray]], KnnHead]:
+    """The kNN baseline's stores: train-split activations (never the requests it is tuned or
+    tested on) with the base answers, one store per explored position."""
+    policy = config.policy
+    positions = tuple(int(p) for p in bank.info["positions"])
+    factors = {int(p): int(f) for p, f in bank.info["pool_factors"].items()}
+    capacity = min(int(policy.knn_capacity), len(dataset.train.labels))
+    store_data = record_activations(model, dataset.train.images[:capacity],
+                                    dataset.train.labels[:capacity], positions=positions,
+                                    pool_factors=factors, desc="recording kNN stores")
+    head = KnnHead(int(policy.knn_grid), int(policy.knn_neighbours))
+    return knn_stores(store_data, positions, capacity, head.grid), head
+
+
+def knn_instances(stores: dict[int, dict[str, np.ndarray]], head: KnnHead,
+                  planning: PlanningData, profile: Profile,
+                  planner: ml_collections.ConfigDict) -> tuple[Instance, Instance]:
+    """(tuning, test) instances of the kNN policy; the test one shares the tuned grids."""
+    kw = dict(eps=float(planner.eps), budget_bytes=float(planner.memory_budget_bytes),
+              confidence=float(planner.confidence))
+    tuning = build_knn_instance(stores, planning.tuning, profile, head,
+                                grid=int(planner.grid), **kw)
+    grids = {o.key: o.grid for opts in tuning.options for o in opts}
+    return tuning, build_knn_instance(stores, planning.test, profile, head, grid=grids, **kw)
 
 
 def _search(method: str, instance: Instance, starts: list) -> list:
@@ -99,11 +129,22 @@ def run_methods(instances: dict[str, tuple[Instance, Instance]], eps: float) -> 
     order = sorted(METHODS, key=lambda m: m[1] == "joint")  # comparators first
     for policy, method in order:
         tuning, test = (dataclasses.replace(i, eps=eps) for i in instances[policy])
-        starts = [c for (p, m), c in choices.items() if p == policy] if method == "joint" else []
+        # apparate's ramps are confidence caches: the two share their instance and starts.
+        same = {policy, *(("confidence", "apparate") if policy in ("confidence", "apparate")
+                          else ())}
+        starts = [c for (p, m), c in choices.items() if p in same] if method == "joint" else []
         found = _search(method, tuning, starts)
         choices[(policy, method)] = found
         plans[(policy, method)] = plan_from_choices(tuning, found, policy, method, test)
     return [plans[m] for m in METHODS]
+
+
+def plan_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What plans depend on besides the bank: a saved plan.json is reused only if these match."""
+    return {"planner": {k: v for k, v in config.planner.to_dict().items()
+                        if k not in ("check_requests", "remeasure", "profile")},
+            "knn": {k: config.policy[k] for k in ("knn_capacity", "knn_grid", "knn_neighbours")},
+            "checkpoint": str(config.caches.checkpoint)}
 
 
 def _row(plan: Plan) -> dict[str, Any]:
@@ -130,12 +171,14 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
     planning = record_planning_data(model, dataset, bank, int(config.caches.test_examples),
                                     int(config.caches.record_batch_size))
     candidates = plan_candidates(bank, planner.candidates)
+    stores, head = knn_setup(config, model, bank, dataset)
     profile_path = planner.profile or workdir_path / "profile.json"
-    profile = load_or_measure(profile_path, model,
-                              candidate_lookups(bank, candidates, ("gati", "confidence")),
+    lookups = candidate_lookups(bank, candidates, ("gati", "confidence"))
+    profile = load_or_measure(profile_path, model, lookups | knn_lookups(stores, head),
                               int(planner.group_size), int(planner.latency_repeats),
                               bool(planner.remeasure))
     instances = build_policy_instances(bank, candidates, planning, profile, planner)
+    instances["knn"] = knn_instances(stores, head, planning, profile, planner)
     plans = run_methods(instances, float(planner.eps))
     chosen = plans[0]
 
@@ -167,7 +210,8 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
             sweep.append({"eps": eps, **_row(plan)})
 
     save_plan(workdir_path / "plan", chosen, bank)
-    result = {"chosen": chosen.to_json(), "methods": [p.to_json() for p in plans],
+    result = {"settings": plan_settings(config), "chosen": chosen.to_json(),
+              "methods": [p.to_json() for p in plans],
               "table": [_row(p) for p in plans], "exhaustive_check": small,
               "cost_check": check, "sweep": sweep, "profile": profile.key,
               "seconds": round(time.time() - started, 1)}
@@ -177,6 +221,10 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
           f"{tuning_gati.num_requests} validation requests, tested on "
           f"{instances['gati'][1].num_requests} test requests ({profile.key})")
     print(format_table(result["table"]))
+    for eps in sorted({r["eps"] for r in sweep} - {float(planner.eps)}):
+        print(f"\neps={eps}:")
+        print(format_table([{k: v for k, v in r.items() if k != "eps"}
+                            for r in sweep if r["eps"] == eps]))
     print(f"\nours vs exhaustive on positions {subset}, grid {small['grid']}: "
           f"{small['ours_ms']:.4f} ms vs {small['exhaustive_ms']:.4f} ms "
           f"(ratio {small['ours/exhaustive']:.4f})")

@@ -118,9 +118,12 @@ def _score(instance: Instance, choices: Sequence[Choice]) -> tuple:
     return _key(instance, choices, None)
 
 
-def _pair_polish(instance: Instance, choices: list[Choice], max_passes: int = 3) -> list[Choice]:
-    """Moves two positions at once (every alternative at one, the exact best at the other),
-    which escapes the points where no single position can improve alone."""
+def _pair_polish(instance: Instance, choices: list[Choice], max_passes: int = 2,
+                 levels: int = 12) -> list[Choice]:
+    """Moves two positions at once (an alternative at one, the exact best at the other),
+    which escapes the points where no single position can improve alone. The first position
+    tries at most ``levels`` evenly spaced thresholds per option (all of a coarse grid): the
+    exact step at the second position refines the rest."""
     choices = list(choices)
     current = _score(instance, choices)
     improved, passes = True, 0
@@ -128,7 +131,7 @@ def _pair_polish(instance: Instance, choices: list[Choice], max_passes: int = 3)
         improved, passes = False, passes + 1
         for i in range(len(choices)):
             alternatives = [None] + [(o, float(t)) for o, opt in enumerate(instance.options[i])
-                                     for t in opt.grid]
+                                     for t in opt.grid[::-(-len(opt.grid) // levels)]]
             for alt in alternatives:
                 trial = list(choices)
                 trial[i] = alt

@@ -7,19 +7,24 @@ from typing import Any
 from gati_jax import data
 from gati_jax.caches.bank import load_bank
 from gati_jax.evaluation import model_data_config
+from gati_jax.planner.plan import load_plan, plan_deployment
 from gati_jax.runtime.benchmark import benchmark_router
 from gati_jax.tables import format_table
 from gati_jax.training.checkpointing import load_base_model
 
 
 def run_router_benchmark(checkpoint: str, bank_dir: str, sparse_positions: tuple[int, ...],
-                         repeats: int, stream: int) -> dict[str, Any]:
+                         repeats: int, stream: int,
+                         plan_dir: str | None = None) -> dict[str, Any]:
     """Runs :func:`benchmark_router` on test images and prints every table."""
     model = load_base_model(checkpoint)
     bank = load_bank(bank_dir)
     dataset = data.load_dataset(model_data_config(model))
+    planned = None
+    if plan_dir:
+        planned = plan_deployment(*load_plan(plan_dir))
     result = benchmark_router(model, bank, dataset.test.images[:stream], sparse_positions,
-                              repeats)
+                              repeats, planned=planned)
     print(f"backend {result['backend']} ({result['device_kind']}), batch 1 unless stated")
     print(f"plain compiled network: {result['plain_network_ms']:.3f} ms")
     for name, row in result["all_miss_overhead"].items():

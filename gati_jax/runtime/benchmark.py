@@ -15,16 +15,21 @@ import numpy as np
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
+from gati_jax.planner.profiles import measure_cache_cost, measure_prefixes
 from gati_jax.profiling import measure_interleaved, stage_latencies
-from gati_jax.runtime.deployment import best_per_position, deploy
+from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 
 NEVER, ALWAYS = 2.0, -1.0  # selector scores lie in [0, 1]
 
 
 def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
                      sparse_positions: tuple[int, ...], repeats: int = 200,
-                     group_sizes: tuple[int, ...] = (1, 8, 32)) -> dict[str, Any]:
-    """Runs every measurement of the router benchmark and returns them as one dict."""
+                     group_sizes: tuple[int, ...] = (1, 8, 32),
+                     planned: Deployment | None = None) -> dict[str, Any]:
+    """Runs every measurement of the router benchmark and returns them as one dict.
+
+    ``planned`` (a plan's deployment) adds the overhead of exactly the planner's caches.
+    """
     network, variables = model.network, model.variables
     mean, std = np.asarray(model.mean), np.asarray(model.std)
     # The baseline gets the router's advantage too: the base variables baked in as constants.
@@ -45,6 +50,8 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     for name, positions in (("all_positions", None), ("sparse_positions", sparse_positions)):
         dep = deploy(bank, best_per_position(bank, positions))
         routers[name] = (dep, dep.router(model, max_group=max(group_sizes)))
+    if planned is not None and planned.positions:
+        routers["planned"] = (planned, planned.router(model, max_group=max(group_sizes)))
     timed = measure_interleaved(
         {"plain": lambda: plain(one),
          "as_args": lambda: as_args(variables, one),
@@ -64,6 +71,10 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     reference = dep.reference(model)
     stage_s = stage_latencies(network, variables, 1, repeats)
     lookup_s = [c.metrics["lookup_latency_s"] for c in best]
+    # The planner's cost model: compiled prefixes plus each cache's cost inside a router.
+    prefix_s = measure_prefixes(model, 1, repeats)
+    cache_s = [measure_cache_cost(model, p, d, c.params, "gati", 1, repeats)
+               for p, d, c in zip(dep.positions, dep.decides(), best)]
     rows = []
     scenarios = [("no exit", None)] + [(f"exit at {p}", k) for k, p in enumerate(dep.positions)]
     for label, k in scenarios:
@@ -73,14 +84,16 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
         timed = measure_interleaved(
             {"router": compiled_call(router, dep.params, thresholds, one),
              "loop": lambda thr=thresholds: reference.route(dep.params, thr, images[:1])},
-            repeats=max(20, repeats // 4))
+            repeats=max(4, repeats // 40), block=10)
         router_s, loop_s = timed["router"], timed["loop"]
         stop = network.num_stages if k is None else dep.positions[k] + 1
         looked = len(dep.positions) if k is None else k + 1
         model_s = sum(stage_s[:stop]) + sum(lookup_s[:looked])
+        profiled_s = prefix_s[stop - 1] + sum(cache_s[:looked])
         rows.append({"scenario": label, "router_ms": 1e3 * router_s, "loop_ms": 1e3 * loop_s,
-                     "loop/router": loop_s / router_s, "cost_model_ms": 1e3 * model_s,
-                     "router/model": router_s / model_s})
+                     "loop/router": loop_s / router_s, "stage_sum_model_ms": 1e3 * model_s,
+                     "router/stage_sum": router_s / model_s,
+                     "profile_model_ms": 1e3 * profiled_s, "router/profile": router_s / profiled_s})
     out["forced_exits"] = rows
     out["stage_latency_ms"] = [1e3 * s for s in stage_s]
 
@@ -111,7 +124,8 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
         plain_total += timed["plain"]
         gati_total += timed["gati"]
         exits.append(int(compiled_call(router, dep.params, calibrated, batch)()[1][0]))
-    out["stream_batch1"] = {"requests": len(images), "plain_mean_ms": 1e3 * plain_total / len(images),
+    out["stream_batch1"] = {"requests": len(images),
+                            "plain_mean_ms": 1e3 * plain_total / len(images),
                             "gati99_mean_ms": 1e3 * gati_total / len(images),
                             "speedup": plain_total / gati_total,
                             "exit_histogram": {str(p): exits.count(p) for p in sorted(set(exits))}}

@@ -2,8 +2,9 @@
 
 from gati_jax.serving.clock import (CLOCKS, Clock, FakeClock, MonotonicClock, VirtualClock,
                                     make_clock)
-from gati_jax.serving.loop import MODES, ServingResult, serve
+from gati_jax.serving.loop import MODES, ServingResult, serve, serve_interleaved, serve_steps
 from gati_jax.serving.summary import summarize, windowed
 
 __all__ = ["CLOCKS", "MODES", "Clock", "FakeClock", "MonotonicClock", "ServingResult",
-           "VirtualClock", "make_clock", "serve", "summarize", "windowed"]
+           "VirtualClock", "make_clock", "serve", "serve_interleaved", "serve_steps", "summarize",
+           "windowed"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -53,7 +53,51 @@ def serve(route_group: RouteGroup, images: np.ndarray, *, arrivals: np.ndarray |
           mode: str = "open", max_group: int = 8, max_wait_s: float = 0.002,
           concurrency: int = 1, clock: Clock | None = None,
           progress: bool = True) -> ServingResult:
-    """Serves a stream of requests in groups; returns per-request answers and timings.
+    """Serves a stream of requests in groups; returns per-request answers and timings (see
+    :func:`serve_steps` for the grouping rules)."""
+    return _finish(serve_steps(route_group, images, arrivals=arrivals, mode=mode,
+                               max_group=max_group, max_wait_s=max_wait_s,
+                               concurrency=concurrency, clock=clock, progress=progress))
+
+
+def _finish(steps: Generator[int, None, ServingResult]) -> ServingResult:
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+def serve_interleaved(loops: dict[str, Generator[int, None, ServingResult]],
+                      turn: int = 25) -> dict[str, ServingResult]:
+    """Advances several serving loops in turns of ``turn`` groups each, round-robin, until all
+    end; returns each one's result.
+
+    For comparing policies under the same machine noise: a burst of noise lands on every
+    loop's requests alike instead of on one policy's whole stream. Each loop needs its own
+    virtual or fake clock (a real clock would count the other loops' turns as waiting).
+    """
+    if turn < 1:
+        raise ValueError(f"turn must be >= 1 group, got {turn}")
+    results: dict[str, ServingResult] = {}
+    active = dict(loops)
+    while active:
+        for name in list(active):
+            try:
+                for _ in range(turn):
+                    next(active[name])
+            except StopIteration as stop:
+                results[name] = stop.value
+                del active[name]
+    return {name: results[name] for name in loops}
+
+
+def serve_steps(route_group: RouteGroup, images: np.ndarray, *, arrivals: np.ndarray | None = None,
+          mode: str = "open", max_group: int = 8, max_wait_s: float = 0.002,
+          concurrency: int = 1, clock: Clock | None = None,
+          progress: bool = True) -> Generator[int, None, ServingResult]:
+    """The serving loop as a generator: yields after each group (the groups served so far)
+    and returns the ServingResult; :func:`serve` runs it to the end.
 
     open: request ``i`` arrives ``arrivals[i]`` seconds after the start. closed:
     ``concurrency`` clients each send the next request of the stream the moment their previous
@@ -119,6 +163,7 @@ def serve(route_group: RouteGroup, images: np.ndarray, *, arrivals: np.ndarray |
                 arrival[known:known + sent] = finish[index[0]]
                 known += sent
             bar.update(size)
+            yield groups
     return ServingResult(answer=answer, exit_stage=exit_stage, hit=hit, arrival=arrival,
                          start=start, finish=finish, latency=finish - arrival,
                          queueing=start - arrival, compute=finish - start, group=group,

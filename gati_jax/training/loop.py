@@ -23,6 +23,9 @@ from gati_jax.training.optim import make_optimizer, make_schedule
 from gati_jax.training.steps import create_train_state, train_step
 
 
+_TRAINING_SECTIONS = ("seed", "data", "augment", "model", "train")
+
+
 def _check_same_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
     """Refuses to resume a run under a different config, which would silently mix two runs."""
     path = workdir / "config.json"
@@ -40,7 +43,9 @@ def _check_same_config(workdir: Path, config: ml_collections.ConfigDict) -> None
                 yield f"{prefix}{key}", value
 
     old, new = dict(flat(saved)), dict(flat(current))
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    # Only what shapes the trained parameters matters; caches, planner, serving... do not.
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
+                     and k.split(".")[0] in _TRAINING_SECTIONS)
     if changed:
         raise ConfigError(f"{workdir} holds a run with a different config (changed: {changed}); "
                           "use another --workdir or restore the original values")
