@@ -12,6 +12,18 @@ matplotlib.use("Agg")  # headless machines and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+
+def _save(fig: Any, path: str | os.PathLike) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _workload_panels(count: int, height: float) -> tuple[Any, Any]:
+    """One axes per workload, side by side."""
+    fig, axes = plt.subplots(1, count, figsize=(6 * count, height), squeeze=False)
+    return fig, axes[0]
+
 def plot_training_history(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
     """Train/validation loss and accuracy per epoch."""
     epochs = [row["epoch"] for row in history]
@@ -25,9 +37,7 @@ def plot_training_history(history: Sequence[dict[str, Any]], path: str | os.Path
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_exploration(bank: Any, path: str | os.PathLike) -> None:
@@ -75,9 +85,7 @@ def plot_router_benchmark(result: dict[str, Any], path: str | os.PathLike) -> No
     ax.set_ylabel("latency per group of 1 (ms)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_plan_tradeoff(sweep: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
@@ -94,16 +102,14 @@ def plot_plan_tradeoff(sweep: Sequence[dict[str, Any]], path: str | os.PathLike)
     ax.set_title("plans across accuracy bounds (one point per eps)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_latency_cdf(latencies: dict[str, dict[str, Sequence[float]]],
                      path: str | os.PathLike) -> None:
     """Per workload, the latency CDF of every policy (all rounds pooled)."""
-    fig, axes = plt.subplots(1, len(latencies), figsize=(6 * len(latencies), 4.2), squeeze=False)
-    for ax, (workload, per_policy) in zip(axes[0], latencies.items()):
+    fig, axes = _workload_panels(len(latencies), 4.2)
+    for ax, (workload, per_policy) in zip(axes, latencies.items()):
         for policy, values in per_policy.items():
             x = np.sort(np.asarray(values))
             ax.plot(x, np.arange(1, len(x) + 1) / len(x), label=policy)
@@ -113,9 +119,7 @@ def plot_latency_cdf(latencies: dict[str, dict[str, Sequence[float]]],
         ax.set_title(f"workload: {workload}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_position_hit_rates(table: Sequence[dict[str, Any]], plan: dict[str, Any],
@@ -135,9 +139,7 @@ def plot_position_hit_rates(table: Sequence[dict[str, Any]], plan: dict[str, Any
     ax.set_ylabel("fraction of test requests")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_hit_rate_over_time(windows: dict[str, dict[str, Sequence[dict[str, Any]]]],
@@ -145,8 +147,8 @@ def plot_hit_rate_over_time(windows: dict[str, dict[str, Sequence[dict[str, Any]
     """Per workload, each policy's hit rate per window of requests over the stream."""
     if not windows:
         return
-    fig, axes = plt.subplots(1, len(windows), figsize=(6 * len(windows), 4), squeeze=False)
-    for ax, (workload, per_policy) in zip(axes[0], windows.items()):
+    fig, axes = _workload_panels(len(windows), 4)
+    for ax, (workload, per_policy) in zip(axes, windows.items()):
         for policy, rows in per_policy.items():
             if policy == "none":
                 continue
@@ -156,6 +158,4 @@ def plot_hit_rate_over_time(windows: dict[str, dict[str, Sequence[dict[str, Any]
         ax.set_title(f"workload: {workload}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)

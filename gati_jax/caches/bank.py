@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from gati_jax.atomic_dir import atomic_directory
 from gati_jax.caches.selector import NUM_FEATURES, Selector
 from gati_jax.caches.variants import Predictor, VariantSpec, parse_variant
 
@@ -107,20 +107,13 @@ def bank_to_json(bank: CacheBank) -> dict[str, Any]:
 def save_bank(directory: str | os.PathLike, bank: CacheBank) -> Path:
     """Writes the bank atomically: parameters via orbax, the rest as bank.json."""
     directory = Path(directory).absolute()
-    staging = directory.with_name(directory.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    if bank.candidates:  # orbax refuses an empty tree; an empty bank (an empty plan) has none
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(staging / _PARAMS, {f"c{i:04d}": c.params
-                                              for i, c in enumerate(bank.candidates)})
-        checkpointer.wait_until_finished()
-    (staging / _JSON).write_text(json.dumps(bank_to_json(bank), indent=1) + "\n")
-    previous = directory.with_name(directory.name + f".old-{os.getpid()}")
-    if directory.exists():
-        directory.rename(previous)
-    staging.rename(directory)
-    shutil.rmtree(previous, ignore_errors=True)
+    with atomic_directory(directory) as staging:
+        if bank.candidates:  # orbax refuses an empty tree; an empty bank (an empty plan) has none
+            checkpointer = ocp.StandardCheckpointer()
+            checkpointer.save(staging / _PARAMS, {f"c{i:04d}": c.params
+                                                  for i, c in enumerate(bank.candidates)})
+            checkpointer.wait_until_finished()
+        (staging / _JSON).write_text(json.dumps(bank_to_json(bank), indent=1) + "\n")
     return directory
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
+from gati_jax.atomic_dir import atomic_directory
 from gati_jax.caches.bank import CacheBank, _json_ready, load_bank, save_bank
 from gati_jax.planner.build import policy_threshold
 from gati_jax.planner.instance import Choice, Instance, summarize_outcome
@@ -80,19 +80,12 @@ def plan_deployment(plan: Plan, bank: CacheBank) -> Deployment:
 def save_plan(directory: str | os.PathLike, plan: Plan, bank: CacheBank) -> Path:
     """Writes plan.json and the deployed caches (orbax) to ``directory``, atomically."""
     directory = Path(directory).absolute()
-    staging = directory.with_name(directory.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    by_key = {c.key: c for c in bank.candidates}
-    chosen = [by_key[k] for k in plan.candidates]
-    save_bank(staging / _CACHES, CacheBank(bank.num_classes, bank.selector_hidden, chosen,
-                                           bank.info))
-    (staging / _JSON).write_text(json.dumps(plan.to_json(), indent=1) + "\n")
-    previous = directory.with_name(directory.name + f".old-{os.getpid()}")
-    if directory.exists():
-        directory.rename(previous)
-    staging.rename(directory)
-    shutil.rmtree(previous, ignore_errors=True)
+    with atomic_directory(directory) as staging:
+        by_key = {c.key: c for c in bank.candidates}
+        chosen = [by_key[k] for k in plan.candidates]
+        save_bank(staging / _CACHES, CacheBank(bank.num_classes, bank.selector_hidden, chosen,
+                                               bank.info))
+        (staging / _JSON).write_text(json.dumps(plan.to_json(), indent=1) + "\n")
     return directory
 
 

@@ -31,7 +31,7 @@ from gati_jax.planner.plan import Plan, plan_deployment
 from gati_jax.plotting import plot_latency_cdf, plot_plan_tradeoff
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.serving.clock import make_clock
-from gati_jax.serving.loop import serve, serve_interleaved, serve_steps
+from gati_jax.serving.loop import serve_interleaved, serve_steps
 from gati_jax.serving.summary import summarize, windowed
 from gati_jax.tables import format_table
 from gati_jax.training.checkpointing import load_base_model
@@ -129,11 +129,7 @@ def serve_rounds(model: BaseModel, contenders: dict[str, Contender], workload, b
                 # Untimed: the previous policy's program evicted this one's weights.
                 for i in range(min(_WARMUP, len(workload))):
                     routers[name](workload.images[i:i + 1], np.arange(i, i + 1))
-                served[name] = serve(routers[name], workload.images, arrivals=workload.arrivals,
-                                     mode=serving.mode, max_group=int(serving.max_group),
-                                     max_wait_s=float(serving.max_wait_ms) / 1e3,
-                                     concurrency=int(serving.concurrency),
-                                     clock=make_clock(serving.clock), progress=False)
+                served[name] = serve_interleaved({name: loop(name)})[name]
         for name in names:
             result = served[name]
             summary = summarize(result, workload.labels, base,

@@ -83,20 +83,13 @@ class VirtualClock:
         return out, seconds
 
 
-class FakeClock:
-    """A scripted clock for tests: a group of ``n`` requests costs exactly ``cost(n)`` seconds."""
+class FakeClock(VirtualClock):
+    """A scripted clock for tests: a group of ``n`` requests costs exactly ``cost(n)`` seconds
+    (waiting is simulated as on the virtual clock)."""
 
     def __init__(self, cost: Callable[[int], float], start: float = 0.0):
+        super().__init__(start)
         self.cost = cost
-        self._now = float(start)
-
-    def now(self) -> float:
-        """Current fake time in seconds."""
-        return self._now
-
-    def wait_until(self, t: float) -> None:
-        """Jumps fake time to ``t`` (never backwards)."""
-        self._now = max(self._now, float(t))
 
     def run(self, fn: Callable[[], T], size: int = 1) -> tuple[T, float]:
         """Runs ``fn`` and advances fake time by ``cost(size)``, whatever ``fn`` really took."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gati_jax.atomic_dir import atomic_directory
 from gati_jax.inference import BaseModel
 from gati_jax.models import build_network
 from gati_jax.training.steps import TrainState
@@ -72,23 +72,15 @@ class TrainCheckpointer:
 def save_base_model(directory: str | os.PathLike, model: BaseModel) -> Path:
     """Writes the inference-only model (variables via orbax + model.json) atomically."""
     directory = Path(directory).absolute()
-    staging = directory.with_name(directory.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(staging / _VARIABLES, model.variables)
-    checkpointer.wait_until_finished()
-    metadata = dict(model.metadata, mean=np.asarray(model.mean).tolist(),
-                    std=np.asarray(model.std).tolist(),
-                    input_shape=list(model.network.input_shape),
-                    num_classes=model.network.num_classes)
-    (staging / _MODEL_JSON).write_text(json.dumps(metadata, indent=2) + "\n")
-    # Swap in only after the new model is complete, so a crash never loses the old one.
-    previous = directory.with_name(directory.name + f".old-{os.getpid()}")
-    if directory.exists():
-        directory.rename(previous)
-    staging.rename(directory)
-    shutil.rmtree(previous, ignore_errors=True)
+    with atomic_directory(directory) as staging:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(staging / _VARIABLES, model.variables)
+        checkpointer.wait_until_finished()
+        metadata = dict(model.metadata, mean=np.asarray(model.mean).tolist(),
+                        std=np.asarray(model.std).tolist(),
+                        input_shape=list(model.network.input_shape),
+                        num_classes=model.network.num_classes)
+        (staging / _MODEL_JSON).write_text(json.dumps(metadata, indent=2) + "\n")
     return directory
 
 
