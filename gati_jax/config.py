@@ -175,9 +175,54 @@ def base_config() -> ml_collections.ConfigDict:
     # real: the serving loop sleeps until arrivals on the monotonic clock.
     config.serving.clock = "virtual"
 
+    config.online = ml_collections.ConfigDict()
+    # Online learning (gati_jax/online): the planned gati caches keep training on the stream.
+    # enabled: the benchmark also serves `gati-online` beside static `gati` on every workload.
+    config.online.enabled = True
+    # An update (`steps` optax steps per cache, then calibration) every this many requests.
+    config.online.update_every = 100
+    # Fraction of hits also run through the full network off the critical path (shadow
+    # audit): labels for the windows and unbiased evidence for the accuracy guard.
+    config.online.audit_fraction = 0.1
+    # Audited requests per background chunk: bigger groups are cheaper per request, but a
+    # request arriving meanwhile waits for the whole group (full network, batch 2: ~6 ms).
+    config.online.audit_group = 2
+    # Replay window per deployed position: at most this many bytes and this many items.
+    config.online.window_bytes = 1 << 20
+    config.online.window_items = 1024
+    # Every holdout_every-th labelled item is held out for threshold calibration.
+    config.online.holdout_every = 4
+    # Background work that has waited this many requests runs between groups anyway.
+    config.online.max_lag = 200
+    config.online.learning_rate = 3e-3
+    config.online.steps = 20
+    # Optimiser steps per background chunk: a request waits for at most one chunk.
+    config.online.steps_per_chunk = 2
+    config.online.batch_size = 64
+    # Hit agreement the calibration keeps on the held-out slice and the guard defends.
+    config.online.target = 0.99
+    # 0: calibrate on the held-out point estimate; > 0: on its Wilson lower bound. Held-out
+    # slices are small; on the point estimate thresholds swing and agreement slips (measured).
+    config.online.calibration_confidence = 0.9
+    # Labelled items a window needs (training / held out) before its cache updates.
+    config.online.min_train = 32
+    config.online.min_holdout = 16
+    # The accuracy guard: off when the Wilson upper bound (guard_confidence) of the last
+    # guard_window audited would-be hits falls below target (after guard_min_samples), back
+    # on after guard_recover_samples fresh outcomes agree at the target.
+    config.online.guard = True
+    config.online.guard_window = 200
+    config.online.guard_confidence = 0.95
+    config.online.guard_min_samples = 30
+    config.online.guard_recover_samples = 50
+    # Label-shift correction: each update adds log p_recent(c) - log p_train(c) to the
+    # caches' output logits, p_recent from the last prior_window served answers (0: off).
+    config.online.prior_window = 300
+    config.online.seed = 0
+
     config.benchmark = ml_collections.ConfigDict()
     # scripts/benchmark.py: every policy on every workload, each planned for planner.eps.
-    config.benchmark.workloads = ("uniform", "temporal")
+    config.benchmark.workloads = ("uniform", "temporal", "shift")
     config.benchmark.policies = ("none", "gati", "confidence", "entropy", "apparate", "knn",
                                  "oracle")
     # Rounds per (workload, policy), in rotating policy order; figures are medians over rounds.
@@ -242,6 +287,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     _validate_benchmark(config.benchmark)
     _validate_workload(config.workload)
     _validate_serving(config.serving)
+    _validate_online(config.online)
     return config
 
 
@@ -333,6 +379,29 @@ def _validate_serving(s: ml_collections.ConfigDict) -> None:
     _require(0 <= s.max_wait_ms < float("inf"), "serving.max_wait_ms", s.max_wait_ms,
              "finite and >= 0")
     _require(s.clock in CLOCKS, "serving.clock", s.clock, f"one of {CLOCKS}")
+
+
+def _validate_online(o: ml_collections.ConfigDict) -> None:
+    _require(int(o.steps) >= 0, "online.steps", o.steps, ">= 0 (0: no optimiser steps)")
+    for key in ("update_every", "window_items", "max_lag", "steps_per_chunk", "audit_group",
+                "batch_size", "min_train", "min_holdout", "guard_window", "guard_min_samples",
+                "guard_recover_samples"):
+        _require(int(o[key]) >= 1, f"online.{key}", o[key], ">= 1")
+    _require(int(o.seed) >= 0, "online.seed", o.seed, ">= 0")
+    _require(int(o.prior_window) >= 0, "online.prior_window", o.prior_window, ">= 0")
+    _require(0 <= o.audit_fraction <= 1, "online.audit_fraction", o.audit_fraction, "in [0, 1]")
+    _require(int(o.window_bytes) > 0, "online.window_bytes", o.window_bytes, "> 0")
+    _require(int(o.holdout_every) >= 2, "online.holdout_every", o.holdout_every, ">= 2")
+    _require(o.learning_rate > 0, "online.learning_rate", o.learning_rate, "> 0")
+    _require(0 < o.target <= 1, "online.target", o.target, "in (0, 1]")
+    _require(0 <= o.calibration_confidence < 1, "online.calibration_confidence",
+             o.calibration_confidence, "in [0, 1)")
+    _require(0 <= o.guard_confidence < 1, "online.guard_confidence", o.guard_confidence,
+             "in [0, 1)")
+    _require(int(o.guard_window) >= max(int(o.guard_min_samples),
+                                        int(o.guard_recover_samples)),
+             "online.guard_window", o.guard_window,
+             ">= guard_min_samples and guard_recover_samples")
 
 
 def _validate_benchmark(b: ml_collections.ConfigDict) -> None:

@@ -143,18 +143,23 @@ def plot_position_hit_rates(table: Sequence[dict[str, Any]], plan: dict[str, Any
 
 
 def plot_hit_rate_over_time(windows: dict[str, dict[str, Sequence[dict[str, Any]]]],
-                            path: str | os.PathLike) -> None:
-    """Per workload, each policy's hit rate per window of requests over the stream."""
+                            path: str | os.PathLike, metric: str = "hit_rate",
+                            policies: Sequence[str] | None = None,
+                            floor: float | None = None) -> None:
+    """Per workload, each policy's ``metric`` (hit_rate, agreement, ...) per window of requests
+    over the stream; ``floor`` draws a target line (e.g. the agreement bound)."""
     if not windows:
         return
     fig, axes = _workload_panels(len(windows), 4)
     for ax, (workload, per_policy) in zip(axes, windows.items()):
         for policy, rows in per_policy.items():
-            if policy == "none":
+            if policy == "none" or (policies is not None and policy not in policies):
                 continue
-            ax.plot([r["start"] for r in rows], [r["hit_rate"] for r in rows], label=policy)
+            ax.plot([r["start"] for r in rows], [r[metric] for r in rows], label=policy)
+        if floor is not None:
+            ax.axhline(floor, color="black", linestyle="--", linewidth=1, label="target")
         ax.set_xlabel("request index")
-        ax.set_ylabel("hit rate per window")
+        ax.set_ylabel(f"{metric.replace('_', ' ')} per window")
         ax.set_title(f"workload: {workload}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -26,6 +26,7 @@ from gati_jax.config import validate_config
 from gati_jax.data.workloads import make_workload, workload_stats
 from gati_jax.evaluation import model_data_config
 from gati_jax.inference import BaseModel, predict_logits
+from gati_jax.online.learner import OnlineLearner, OnlineSettings
 from gati_jax.planner.pipeline import knn_setup, plan_settings, run_planning
 from gati_jax.planner.plan import Plan, plan_deployment
 from gati_jax.plotting import plot_latency_cdf, plot_plan_tradeoff
@@ -37,6 +38,7 @@ from gati_jax.tables import format_table
 from gati_jax.training.checkpointing import load_base_model
 
 POLICIES = ("none", "gati", "confidence", "entropy", "apparate", "knn", "oracle")
+ONLINE = "gati-online"  # the planned gati caches, learning online (config.online.enabled)
 _WARMUP = 20  # requests routed untimed before each timed stream
 # Which planned (policy, method) serves each policy.
 _PLANNED = {"gati": ("gati", "joint"), "confidence": ("confidence", "joint"),
@@ -87,18 +89,31 @@ def contenders_from_plans(config: ml_collections.ConfigDict, model: BaseModel,
     oracle = best_per_position(bank)
     contenders["oracle"] = Contender("oracle", deploy(bank, oracle, "oracle"), None,
                                      int(sum(c.metrics["param_bytes"] for c in oracle)))
+    if config.online.enabled and contenders["gati"].deployment.positions:
+        # The same planned caches, learning online; its memory adds the replay windows.
+        gati = contenders["gati"]
+        window = int(config.online.window_bytes) * len(gati.deployment.positions)
+        contenders[ONLINE] = dataclasses.replace(gati, name=ONLINE,
+                                                 cache_bytes=gati.cache_bytes + window)
     return contenders
 
 
 def serve_rounds(model: BaseModel, contenders: dict[str, Contender], workload, base: np.ndarray,
                  serving: ml_collections.ConfigDict, rounds: int, window: int = 100,
-                 turn: int = 25) -> dict[str, list[dict]]:
+                 turn: int = 25,
+                 learners: dict[str, OnlineLearner] | None = None) -> dict[str, list[dict]]:
     """Serves the workload ``rounds`` times per policy; per-round summaries. With the virtual
     clock the policies' streams advance interleaved, ``turn`` groups at a time, the order
-    rotating every round."""
+    rotating every round. A contender with an entry in ``learners`` is served by that online
+    learner (reset before every round, its background work in its own loop's idle time)."""
     last = model.network.num_stages - 1
+    learners = learners or {}
     routers = {}
     for name, c in contenders.items():
+        if name in learners:
+            learners[name].warm_up()
+            routers[name] = learners[name].route
+            continue
         router = c.deployment.router(model, max_group=int(serving.max_group))
         dep = c.deployment
 
@@ -111,11 +126,14 @@ def serve_rounds(model: BaseModel, contenders: dict[str, Contender], workload, b
     results: dict[str, list[dict]] = {n: [] for n in names}
 
     def loop(name):
+        if name in learners:
+            learners[name].reset()
         return serve_steps(routers[name], workload.images, arrivals=workload.arrivals,
                            mode=serving.mode, max_group=int(serving.max_group),
                            max_wait_s=float(serving.max_wait_ms) / 1e3,
                            concurrency=int(serving.concurrency),
-                           clock=make_clock(serving.clock), progress=False)
+                           clock=make_clock(serving.clock), progress=False,
+                           background=learners.get(name))
 
     for r in tqdm(range(rounds), desc=f"serving {workload.name}", leave=False):
         order = names[r % len(names):] + names[:r % len(names)]
@@ -136,6 +154,8 @@ def serve_rounds(model: BaseModel, contenders: dict[str, Contender], workload, b
                                 contenders[name].deployment.positions, last)
             summary["latencies_ms"] = 1e3 * result.latency
             summary["windows"] = windowed(result, workload.labels, base, window)
+            if name in learners:
+                summary["online"] = learners[name].summary()
             results[name].append(summary)
     return results
 
@@ -165,6 +185,35 @@ def benchmark_rows(workload_name: str, results: dict[str, list[dict]],
     return rows
 
 
+def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[str, Any]:
+    """gati-online against static gati and none on one workload: speedups (ratios of median
+    round means), p99 ratio, whole-stream and worst-window agreement, and what the learner did
+    (first round's updates, audits and guard switches)."""
+    def median(name, key):
+        return float(np.median([r[key] for r in results[name]]))
+
+    first = results[ONLINE][0]
+    figures = {
+        "workload": workload_name,
+        "speedup_vs_none": median("none", "mean_latency_ms") / median(ONLINE, "mean_latency_ms"),
+        "speedup_vs_static_gati": (median("gati", "mean_latency_ms")
+                                   / median(ONLINE, "mean_latency_ms")),
+        "p99_ratio_vs_static_gati": (median(ONLINE, "p99_latency_ms")
+                                     / median("gati", "p99_latency_ms")),
+        "agreement": first["agreement"],
+        "static_agreement": results["gati"][0]["agreement"],
+        "min_window_agreement": min(w["agreement"] for w in first["windows"]),
+        "static_min_window_agreement": min(w["agreement"] for w in results["gati"][0]["windows"]),
+        "hit_rate": first["hit_rate"],
+        "static_hit_rate": results["gati"][0]["hit_rate"],
+    }
+    figures.update({k: v for k, v in first["online"].items()
+                    if k in ("updates", "accepted", "rejected", "audited", "trace_count")})
+    figures["guard_events"] = first["online"]["guard_events"]
+    figures["window_bytes"] = first["online"]["window_bytes"]
+    return figures
+
+
 def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
                   bank_dir: str | None = None) -> list[dict[str, Any]]:
     """Plans every policy, serves every workload, writes benchmark.json and plots."""
@@ -177,26 +226,37 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
     bank = load_bank(bank_dir or out / "cache_bank")
     planned = load_or_plan(config, out, bank_dir)
     contenders = contenders_from_plans(config, model, bank, dataset, planned)
-    contenders = {n: contenders[n] for n in config.benchmark.policies}
+    names = [*config.benchmark.policies]
+    if ONLINE in contenders and "gati" in names:
+        names.insert(names.index("gati") + 1, ONLINE)
+    contenders = {n: contenders[n] for n in names}
+    learners = {}
+    if ONLINE in contenders:
+        learners[ONLINE] = OnlineLearner(model, contenders[ONLINE].deployment,
+                                         OnlineSettings.from_config(config.online),
+                                         int(config.serving.max_group))
     sweep = planned["sweep"]
     split = getattr(dataset, config.workload.split)
-    split_base = predict_logits(model, split.images).argmax(-1).astype(np.int32)
-    rows, latencies, streams, windows = [], {}, {}, {}
+    rows, latencies, streams, windows, online = [], {}, {}, {}, {}
     for name in config.benchmark.workloads:
         section = ml_collections.ConfigDict(config.workload.to_dict())
         section.name = name
         workload = make_workload(section, split)
         streams[name] = workload_stats(workload, int(config.workload.window),
                                        model.network.num_classes)
-        base = split_base[workload.source_index]
+        # The base network's answers to the requests as served (shift corrupts the images).
+        base = predict_logits(model, workload.images).argmax(-1).astype(np.int32)
         results = serve_rounds(model, contenders, workload, base, config.serving,
                                int(config.benchmark.rounds), int(config.workload.window),
-                               int(config.benchmark.turn))
+                               int(config.benchmark.turn), learners)
+        if ONLINE in results:
+            online[name] = online_figures(results, name)
         windows[name] = {p: rs[0]["windows"] for p, rs in results.items()}
         rows.extend(benchmark_rows(name, results, contenders))
         latencies[name] = {p: np.concatenate([r["latencies_ms"] for r in rs])
                            for p, rs in results.items()}
     report = {"rows": rows, "workloads": streams, "sweep": sweep, "windows": windows,
+              "online": online,
               "plans": {n: c.plan.to_json() for n, c in contenders.items() if c.plan},
               "settings": {"eps": float(config.planner.eps),
                            "memory_budget_bytes": float(config.planner.memory_budget_bytes),
@@ -212,6 +272,10 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
         print(f"{name}: P(same label as previous) {stats['p_same_as_previous']:.3f}, "
               f"window entropy {stats['mean_window_entropy_bits']:.2f} bits")
     print(format_table([{k: v for k, v in r.items()} for r in rows]))
+    for name, figures in online.items():
+        print(f"online learning on {name}: " + ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in figures.items() if not isinstance(v, (list, dict))))
     print(f"wrote {out / 'benchmark.json'}, latency_cdf.png, agreement_vs_speedup.png in "
           f"{report['seconds']} s")
     return rows

@@ -5,6 +5,11 @@ another. A group closes when it holds ``max_group`` requests or its oldest reque
 ``max_wait_s``; requests that arrive while a group runs queue up for the next one. Requests
 are served first come, first served, so every group is a contiguous run of the stream.
 
+Optional ``background`` work (online learning: audits, update steps) runs in chunks while the
+loop is idle, i.e. no request is queued; a request that arrives during a chunk waits for it to
+end, and that wait is part of its latency. Work the background reports ``overdue`` runs one
+chunk between groups even when requests are queued, so it cannot starve.
+
 The loop knows nothing of the router: it calls ``route_group(images, index)`` and reads the
 answer, exit stage and hit of each request from what comes back (a ``RouteResult`` or any
 ``(answer, exit_stage, hit)`` triple).
@@ -15,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -25,6 +30,22 @@ from gati_jax.serving.clock import Clock, MonotonicClock
 MODES = ("open", "closed")
 
 RouteGroup = Callable[[np.ndarray, np.ndarray], Any]
+
+
+class Background(Protocol):
+    """Work the serving loop runs when it has time (e.g. an OnlineLearner)."""
+
+    def pending(self) -> bool:
+        """Whether there is work to run."""
+        ...
+
+    def overdue(self) -> bool:
+        """Whether the work has waited so long it must run even with requests queued."""
+        ...
+
+    def run_chunk(self) -> None:
+        """Runs one short piece of the work."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +73,13 @@ class ServingResult:
 def serve(route_group: RouteGroup, images: np.ndarray, *, arrivals: np.ndarray | None = None,
           mode: str = "open", max_group: int = 8, max_wait_s: float = 0.002,
           concurrency: int = 1, clock: Clock | None = None,
-          progress: bool = True) -> ServingResult:
+          progress: bool = True, background: Background | None = None) -> ServingResult:
     """Serves a stream of requests in groups; returns per-request answers and timings (see
     :func:`serve_steps` for the grouping rules)."""
     return _finish(serve_steps(route_group, images, arrivals=arrivals, mode=mode,
                                max_group=max_group, max_wait_s=max_wait_s,
-                               concurrency=concurrency, clock=clock, progress=progress))
+                               concurrency=concurrency, clock=clock, progress=progress,
+                               background=background))
 
 
 def _finish(steps: Generator[int, None, ServingResult]) -> ServingResult:
@@ -95,7 +117,8 @@ def serve_interleaved(loops: dict[str, Generator[int, None, ServingResult]],
 def serve_steps(route_group: RouteGroup, images: np.ndarray, *, arrivals: np.ndarray | None = None,
           mode: str = "open", max_group: int = 8, max_wait_s: float = 0.002,
           concurrency: int = 1, clock: Clock | None = None,
-          progress: bool = True) -> Generator[int, None, ServingResult]:
+          progress: bool = True,
+          background: Background | None = None) -> Generator[int, None, ServingResult]:
     """The serving loop as a generator: yields after each group (the groups served so far)
     and returns the ServingResult; :func:`serve` runs it to the end.
 
@@ -103,7 +126,8 @@ def serve_steps(route_group: RouteGroup, images: np.ndarray, *, arrivals: np.nda
     ``concurrency`` clients each send the next request of the stream the moment their previous
     one is answered (the first ones at 0); ``arrivals`` is ignored. A closed-loop group smaller
     than ``max_group`` still waits ``max_wait_s``, as a server that cannot know no request is
-    coming would. ``clock`` defaults to the real monotonic clock.
+    coming would. ``clock`` defaults to the real monotonic clock. ``background`` work runs
+    as the module docstring says; its chunks are timed on the clock like groups (size 0).
     """
     n = len(images)
     arrival = _check_inputs(n, arrivals, mode, max_group, max_wait_s, concurrency)
@@ -134,6 +158,10 @@ def serve_steps(route_group: RouteGroup, images: np.ndarray, *, arrivals: np.nda
                 admitted += 1
             if admitted == served:
                 # Idle with nothing queued: only possible in open mode, before the next arrival.
+                if background is not None and background.pending():
+                    _, seconds = clock.run(background.run_chunk, 0)
+                    now = advance(now + seconds)
+                    continue
                 clock.wait_until(origin + arrival[admitted])
                 now = advance(arrival[admitted])
                 continue
@@ -162,6 +190,9 @@ def serve_steps(route_group: RouteGroup, images: np.ndarray, *, arrivals: np.nda
                 sent = min(size, n - known)
                 arrival[known:known + sent] = finish[index[0]]
                 known += sent
+            if background is not None and background.overdue():
+                _, seconds = clock.run(background.run_chunk, 0)
+                now = advance(now + seconds)
             bar.update(size)
             yield groups
     return ServingResult(answer=answer, exit_stage=exit_stage, hit=hit, arrival=arrival,

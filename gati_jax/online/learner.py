@@ -1,0 +1,330 @@
+"""The online learner: serves through a tapped router, learns from what serving yields, audits
+a sample of hits, and swaps better caches in while the stream runs.
+
+Per served group the learner reads, from the same compiled call that served it, every
+position's cache input, cache answer and selector score. Requests that ran to the end carry
+the base network's answer: their activations go into the training windows. A uniform random
+``audit_fraction`` of all requests is the audit sample: its requests that ran to the end are
+labelled already, its hits are queued for a shadow run of the full network (the same program
+with every threshold at +inf). Every other sampled request is held out: thresholds are
+calibrated on those, and the guard watches the sample's would-be hits; misses alone are the
+hard requests and would bias both.
+
+Background work (audits, update steps, calibration) runs in chunks when the serving loop has
+nothing to serve (see ``serve_steps(background=...)``), so a request waits for at most the one
+chunk running when it arrives; work that waits longer than ``max_lag`` requests is forced in
+between groups. New parameters and thresholds replace the old ones in one assignment between
+groups; they are arguments of the compiled program, so nothing recompiles.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from typing import Any, Generator
+
+import jax
+import ml_collections
+import numpy as np
+
+from gati_jax.inference import BaseModel
+from gati_jax.online.guard import AccuracyGuard
+from gati_jax.online.updates import (OnlineTrainer, UpdateSettings, Verdict, make_tap,
+                                     make_tapped_decide, shift_logits)
+from gati_jax.online.window import ReplayWindow
+from gati_jax.runtime.deployment import Deployment
+from gati_jax.runtime.router import RouteResult, Router
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineSettings:
+    """The ``online`` config section as plain values."""
+
+    update_every: int = 50
+    audit_fraction: float = 0.05
+    audit_group: int = 2
+    window_bytes: int = 1 << 20
+    window_items: int = 512
+    holdout_every: int = 4
+    max_lag: int = 200
+    guard: bool = True
+    guard_window: int = 200
+    guard_confidence: float = 0.95
+    guard_min_samples: int = 30
+    guard_recover_samples: int = 50
+    prior_window: int = 0
+    update: UpdateSettings = UpdateSettings()
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, section: ml_collections.ConfigDict) -> "OnlineSettings":
+        """Reads ``config.online``."""
+        return cls(update_every=int(section.update_every),
+                   audit_fraction=float(section.audit_fraction),
+                   audit_group=int(section.audit_group),
+                   window_bytes=int(section.window_bytes),
+                   window_items=int(section.window_items),
+                   holdout_every=int(section.holdout_every), max_lag=int(section.max_lag),
+                   guard=bool(section.guard), guard_window=int(section.guard_window),
+                   guard_confidence=float(section.guard_confidence),
+                   guard_min_samples=int(section.guard_min_samples),
+                   guard_recover_samples=int(section.guard_recover_samples),
+                   prior_window=int(section.prior_window),
+                   update=UpdateSettings(
+                       learning_rate=float(section.learning_rate), steps=int(section.steps),
+                       steps_per_chunk=int(section.steps_per_chunk),
+                       batch_size=int(section.batch_size), target=float(section.target),
+                       confidence=float(section.calibration_confidence),
+                       min_train=int(section.min_train),
+                       min_holdout=int(section.min_holdout)),
+                   seed=int(section.seed))
+
+
+@dataclasses.dataclass
+class UpdateRecord:
+    """One finished update: when it was scheduled and applied, and each position's verdict."""
+
+    scheduled: int
+    applied: int
+    verdicts: list[Verdict]
+    thresholds: list[float]
+
+
+class OnlineLearner:
+    """Serves a ``gati`` deployment while its caches keep learning (``route`` is the
+    serving loop's ``route_group``; the learner is also its ``background``)."""
+
+    def __init__(self, model: BaseModel, deployment: Deployment, settings: OnlineSettings,
+                 max_group: int = 8, train_prior: np.ndarray | None = None):
+        if deployment.policy != "gati":
+            raise ValueError(f"online learning updates learned caches (policy 'gati'), got "
+                             f"{deployment.policy!r}")
+        if not deployment.positions:
+            raise ValueError("online learning needs at least one deployed cache")
+        self.model, self.settings = model, settings
+        self.positions = deployment.positions
+        self.last_stage = model.network.num_stages - 1
+        taps = tuple(make_tap(h) for h in deployment.heads)
+        decides = tuple(make_tapped_decide(h) for h in deployment.heads)
+        self.router = Router(model, deployment.positions, decides, max_group, taps=taps)
+        self._initial = (tuple(deployment.params),
+                         np.asarray(deployment.thresholds, np.float32).copy())
+        self.heads = deployment.heads
+        classes = model.network.num_classes
+        # The label distribution the caches were trained under (uniform unless told).
+        prior = np.full(classes, 1 / classes) if train_prior is None else train_prior
+        self._log_train_prior = np.log(np.asarray(prior, np.float64))
+        self.params = self._initial[0]
+        self.shapes = self._input_shapes(taps)
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the deployed caches with empty windows, as before the first request (the
+        compiled programs stay)."""
+        s = self.settings
+        self.params, self.nominal = self._initial[0], self._initial[1].copy()
+        self.base_params = self.params  # what the optimiser trains; serving adds the shifts
+        self.shifts: tuple[np.ndarray | None, ...] = (None,) * len(self.positions)
+        self._answers: collections.deque = collections.deque(maxlen=max(s.prior_window, 1))
+        self.windows = [ReplayWindow(shape, s.window_bytes, s.holdout_every, s.window_items)
+                        for shape in self.shapes]
+        self.trainer = OnlineTrainer(self.heads, self.shapes, self.params, s.update)
+        self.guard = AccuracyGuard(self.positions, s.update.target, s.guard_window,
+                                   s.guard_confidence, s.guard_min_samples,
+                                   s.guard_recover_samples)
+        self.rng = np.random.default_rng(s.seed)
+        self.served = 0     # requests routed
+        self.observed = 0   # requests the background has learnt from
+        self._sampled = 0
+        self._last_scheduled = 0
+        self._audits: collections.deque = collections.deque()
+        self._update: tuple[int, Generator] | None = None
+        self._oldest_pending: int | None = None
+        self.updates: list[UpdateRecord] = []
+        self.audited = 0
+        self.chunks = 0
+        self.chunk_seconds: list[float] = []
+        self.chunk_kinds: list[str] = []
+        self._served_groups: collections.deque = collections.deque()
+
+    def _input_shapes(self, taps) -> list[tuple[int, ...]]:
+        shapes = self.model.network.activation_shapes(1)
+        return [tuple(jax.eval_shape(tap, p, jax.ShapeDtypeStruct(shapes[pos], np.float32))[0]
+                      .shape[1:]) for tap, p, pos in zip(taps, self.params, self.positions)]
+
+    def warm_up(self) -> None:
+        """Compiles every program serving and learning will run (each group-size bucket, the
+        update steps, the calibration) on zeros, changing no state: a first compilation in
+        the middle of a stream would stall it for seconds."""
+        network = self.model.network
+        never = np.full(len(self.positions), np.inf, np.float32)
+        for size in self.router.buckets:
+            # Every stage runs (no exit): the first run through a stage is slow (measured:
+            # a first audit took 100 ms), so it must not be a served request's.
+            self.router.route_tapped(self.params, never,
+                                     np.zeros((size, *network.input_shape), np.uint8))
+        self.trainer.warm_up(self.params, self.windows)
+
+    def thresholds(self) -> np.ndarray:
+        """The thresholds serving uses now (the guard's off positions at +inf)."""
+        if not self.settings.guard:
+            return self.nominal.copy()
+        return self.guard.thresholds(self.nominal)
+
+    # ---- serving side -------------------------------------------------------------------
+    def route(self, images: np.ndarray, index: np.ndarray | None = None) -> RouteResult:
+        """Serves one group (the serving loop's ``route_group``); what it yields is learnt
+        from in the background, so the request's latency is the router's alone."""
+        result, tapped = self.router.route_tapped(self.params, self.thresholds(), images)
+        self._served_groups.append((images, result, tapped))
+        if self._oldest_pending is None:
+            self._oldest_pending = self.served
+        self.served += len(result.answer)
+        return result
+
+    def _observe(self, images: np.ndarray, result: RouteResult, tapped: tuple) -> None:
+        """Learns from one served group: windows, audit queue, guard, update schedule."""
+        n = len(result.answer)
+        miss = result.exit_stage == self.last_stage
+        sample = self.rng.random(n) < self.settings.audit_fraction
+        # Every other sampled request is held out (a uniform sample still), the rest train.
+        holdout = sample & ((self._sampled + np.cumsum(sample)) % 2 == 1)
+        self._sampled += int(sample.sum())
+        # Requests that ran to the end are labelled by the base network's answer.
+        self._learn(tapped, result.answer, miss, result.exit_stage, holdout)
+        audit = result.hit & sample
+        for i in np.flatnonzero(audit):
+            self._audits.append((np.asarray(images[i]), int(result.exit_stage[i]),
+                                 bool(holdout[i])))
+        self.observed += n
+        self._answers.extend(result.answer.tolist())
+        if (self._update is None
+                and self.observed - self._last_scheduled >= self.settings.update_every):
+            self.schedule_update()
+
+    def schedule_update(self) -> None:
+        """Queues an update (optimiser steps, prior shift, calibration) as background work."""
+        self._last_scheduled = self.observed
+        shifts = self._prior_shifts()
+        self._update = (self.observed, shifts, self.trainer.update(
+            self.base_params, self.windows, self.rng, shifts, self.nominal))
+        if self._oldest_pending is None:
+            self._oldest_pending = self.served
+
+    def _prior_shifts(self) -> tuple[np.ndarray | None, ...]:
+        """Per cache, log p_recent - log p_train over the last ``prior_window`` served answers
+        (hits answer as the base network does at the target agreement), add-one smoothed."""
+        if self.settings.prior_window <= 0:
+            return (None,) * len(self.positions)
+        classes = len(self._log_train_prior)
+        counts = np.bincount(np.asarray(self._answers, np.int64), minlength=classes)
+        recent = (counts + 1) / (counts.sum() + classes)
+        shift = (np.log(recent) - self._log_train_prior).astype(np.float32)
+        return (shift,) * len(self.positions)
+
+    def _learn(self, tapped: tuple, labels: np.ndarray, rows: np.ndarray,
+               reached: np.ndarray, holdout: np.ndarray, audited: bool = False) -> None:
+        """Adds labelled ``rows`` to the windows of the positions they reached (``holdout``
+        ones held out) and the audit sample's would-be-hit outcomes to the guard: the held-out
+        rows, and audited hits (which are all in the sample)."""
+        for k, (position, (x, answer, score)) in enumerate(zip(self.positions, tapped)):
+            here = rows & (reached >= position)
+            if not here.any():
+                continue
+            self.windows[k].add(x[here], labels[here], holdout=holdout[here])
+            evidence = here if audited else here & holdout
+            would_hit = evidence & (score >= self.nominal[k])
+            self.guard.record(k, answer[would_hit] == labels[would_hit], self.served)
+
+    # ---- background side ----------------------------------------------------------------
+    def pending(self) -> bool:
+        """Whether background work is waiting."""
+        return bool(self._served_groups) or bool(self._audits) or self._update is not None
+
+    def overdue(self) -> bool:
+        """Whether pending work has waited more than ``max_lag`` requests."""
+        return (self.pending() and self._oldest_pending is not None
+                and self.served - self._oldest_pending > self.settings.max_lag)
+
+    def run_chunk(self) -> None:
+        """Runs one bounded piece of background work: the bookkeeping of the groups served
+        since the last chunk, an audit group, or a few update steps."""
+        started = time.perf_counter()
+        kind = self._run_chunk()
+        self.chunk_seconds.append(time.perf_counter() - started)
+        self.chunk_kinds.append(kind)
+
+    def _run_chunk(self) -> str:
+        self.chunks += 1
+        if self._served_groups:
+            while self._served_groups:
+                self._observe(*self._served_groups.popleft())
+            self._oldest_pending = self.served if self.pending() else None
+            return "observe"
+        if self._audits:
+            self._audit_group()
+            self._oldest_pending = self.served if self.pending() else None
+            return "audit"
+        if self._update is not None:
+            scheduled, shifts, steps = self._update
+            try:
+                next(steps)
+            except StopIteration as done:
+                self._apply(scheduled, shifts, *done.value)
+                self._update = None
+            self._oldest_pending = self.served if self.pending() else None
+            return "update"
+        return "idle"
+
+    def _audit_group(self) -> None:
+        batch = [self._audits.popleft()
+                 for _ in range(min(len(self._audits), self.settings.audit_group,
+                                    self.router.max_group))]
+        images = np.stack([b[0] for b in batch])
+        exits = np.array([b[1] for b in batch])
+        holdout = np.array([b[2] for b in batch])
+        # The full network, as the same compiled program with no exit allowed.
+        never = np.full(len(self.positions), np.inf, np.float32)
+        result, tapped = self.router.route_tapped(self.params, never, images)
+        self.audited += len(batch)
+        # Labelled now: the same bookkeeping as a sampled request that ran to the end, over
+        # the positions each request passed when it was served.
+        self._learn(tapped, result.answer, np.ones(len(batch), bool), exits, holdout,
+                    audited=True)
+
+    def _apply(self, scheduled: int, shifts: tuple, params: tuple[Any, ...], thresholds: list,
+               verdicts: list[Verdict]) -> None:
+        nominal = self.nominal.copy()
+        new_shifts = list(self.shifts)
+        for k, (verdict, threshold) in enumerate(zip(verdicts, thresholds)):
+            if verdict.accepted:
+                nominal[k] = threshold
+                new_shifts[k] = shifts[k]
+        serving = tuple(shift_logits(p, shift) for p, shift in zip(params, new_shifts))
+        # One assignment each, between groups: the next group sees the whole new set.
+        self.base_params, self.shifts = params, tuple(new_shifts)
+        self.params, self.nominal = serving, nominal
+        self.updates.append(UpdateRecord(scheduled, self.served, verdicts,
+                                         [float(t) for t in nominal]))
+
+    def drain(self) -> None:
+        """Runs all pending background work (end of a stream, or tests)."""
+        while self.pending():
+            self.run_chunk()
+
+    def summary(self) -> dict[str, Any]:
+        """Counts of updates, parameter swaps ("accepted"; "rejected": candidates that failed
+        or did no better), audits, guard switches and window memory."""
+        verdicts = [v for u in self.updates for v in u.verdicts if v.reason != "waiting for data"]
+        return {"updates": len(self.updates),
+                "accepted": sum(v.updated for v in verdicts),
+                "rejected": sum(not v.updated for v in verdicts),
+                "audited": self.audited, "chunks": self.chunks,
+                "guard_events": [dataclasses.asdict(e) for e in self.guard.events],
+                "window_bytes": [w.nbytes for w in self.windows],
+                "trace_count": self.router.trace_count,
+                "chunk_ms_p50": 1e3 * float(np.percentile(self.chunk_seconds, 50))
+                if self.chunk_seconds else 0.0,
+                "chunk_ms_max": 1e3 * max(self.chunk_seconds, default=0.0),
+                "final_thresholds": [float(t) for t in self.thresholds()]}

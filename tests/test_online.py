@@ -1,0 +1,238 @@
+"""Online learning: windows, updates, rejection, calibration, the guard, no recompilation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from gati_jax import data
+from gati_jax.caches.selector import NUM_FEATURES, Selector
+from gati_jax.caches.variants import Predictor, parse_variant
+from gati_jax.config import ConfigError, base_config, validate_config
+from gati_jax.inference import BaseModel
+from gati_jax.models import build_network
+from gati_jax.online.guard import AccuracyGuard, wilson_upper_bound
+from gati_jax.online.learner import OnlineLearner, OnlineSettings
+from gati_jax.online.updates import UpdateSettings
+from gati_jax.online.window import ReplayWindow
+from gati_jax.runtime import CacheHead
+from gati_jax.runtime.deployment import Deployment
+from gati_jax.serving.clock import FakeClock
+from gati_jax.serving.loop import serve
+
+SHAPE = (6, 6, 1)
+CLASSES = 4
+POSITIONS = (0, 1)  # same activation shape: one vmapped group of two caches
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = ml_collections.ConfigDict(dict(name="mlp", width=1, hidden_sizes=(16, 16, 16, 8)))
+    network = build_network(config, SHAPE, CLASSES)
+    return BaseModel(network, network.init(jax.random.key(0)), np.array([0.5], np.float32),
+                     np.array([0.25], np.float32), {})
+
+
+def _deployment(model, thresholds=(0.99, 0.99)):
+    shapes = model.network.activation_shapes()
+    spec = parse_variant("fc-d1-h8")
+    heads, params = [], []
+    for k, p in enumerate(POSITIONS):
+        key = jax.random.key(k)
+        heads.append(CacheHead(spec, CLASSES, 1, 8))
+        params.append({
+            "predictor": Predictor(spec, CLASSES).init(key, jnp.zeros(shapes[p]))["params"],
+            "selector": Selector(8).init(key, jnp.zeros((1, NUM_FEATURES)))["params"]})
+    return Deployment("gati", POSITIONS, tuple(heads), tuple(params),
+                      np.asarray(thresholds, np.float32))
+
+
+def _settings(**changes):
+    update = UpdateSettings(learning_rate=1e-2, steps=30, steps_per_chunk=10, batch_size=32,
+                            target=0.9, confidence=0.0, min_train=32, min_holdout=16)
+    fields = dict(update_every=40, audit_fraction=1.0, window_bytes=1 << 16,
+                  window_items=256, holdout_every=4, update=update)
+    fields.update(changes)
+    return OnlineSettings(**fields)
+
+
+def _images(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, *SHAPE), dtype=np.uint8)
+
+
+def _fill(learner, n=320, seed=0):
+    """Serves ``n`` requests in groups of 8, running the bookkeeping and audits but no update."""
+    images = _images(n, seed)
+    for start in range(0, n, 8):
+        learner.route(images[start:start + 8])
+        while learner._served_groups or learner._audits:
+            learner.run_chunk()
+    learner._update = None
+    return images
+
+
+def test_window_respects_its_memory_bound_and_keeps_the_newest():
+    window = ReplayWindow((4, 4, 2), max_bytes=4096, holdout_every=4)
+    item = 2 * 32 + 4
+    assert window.train.x.shape[0] + window.holdout.x.shape[0] == 4096 // item
+    for start in range(0, 1000, 7):
+        x = np.full((7, 4, 4, 2), 0, np.float16) + np.arange(start, start + 7)[:, None, None,
+                                                                              None] % 1000
+        window.add(x, np.arange(start, start + 7))
+    assert window.nbytes <= 4096
+    _, y = window.train.arrays()
+    assert y.min() > 1000 - 2 * len(y)  # only recent items are left
+    capped = ReplayWindow((4, 4, 2), max_bytes=4096, max_items=20)
+    assert capped.train.x.shape[0] + capped.holdout.x.shape[0] == 20
+    with pytest.raises(ValueError, match="window_bytes"):
+        ReplayWindow((64, 64, 16), max_bytes=1000)
+
+
+def test_update_lowers_the_window_loss_and_calibration_meets_the_target(model):
+    learner = OnlineLearner(model, _deployment(model), _settings(), max_group=8)
+    _fill(learner)
+    window = learner.windows[0]
+    before = learner.trainer.window_loss(0, learner.params[0], window)
+    steps = learner.trainer.update(learner.params, learner.windows, np.random.default_rng(0))
+    try:
+        while True:
+            next(steps)
+    except StopIteration as done:
+        params, thresholds, verdicts = done.value
+    assert learner.trainer.window_loss(0, params[0], window) < before
+    for k, verdict in enumerate(verdicts):
+        assert verdict.accepted and verdict.updated, verdict.reason
+        # The calibrated threshold meets the target on the held-out slice.
+        x, y = learner.windows[k].holdout.arrays()
+        answer, score = learner.trainer.score(k, params[k], x)
+        hits = score >= thresholds[k]
+        assert hits.any() and np.mean(answer[hits] == y[hits]) >= 0.9
+
+
+def test_nan_gradients_are_rejected_and_parameters_stay(model):
+    learner = OnlineLearner(model, _deployment(model), _settings(), max_group=8)
+    _fill(learner)
+    learner.windows[0].train.x[:] = np.nan  # every gradient of cache 0 turns NaN
+    old = jax.tree.map(np.asarray, learner.params)
+    learner.schedule_update()
+    learner.drain()
+    verdict = learner.updates[-1].verdicts[0]
+    assert not verdict.accepted and not verdict.updated and "non-finite" in verdict.reason
+    for a, b in zip(jax.tree.leaves(old[0]), jax.tree.leaves(learner.params[0])):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    assert learner.nominal[0] == np.float32(0.99)
+
+
+def test_poisoned_labels_are_rejected_and_parameters_stay(model):
+    learner = OnlineLearner(model, _deployment(model), _settings(), max_group=8)
+    _fill(learner)
+    rng = np.random.default_rng(1)
+    for window in learner.windows:  # training labels no cache can learn to agree with
+        window.train.y[:] = rng.integers(0, CLASSES, window.train.y.shape)
+    old = jax.tree.map(np.asarray, learner.params)
+    learner.schedule_update()
+    learner.drain()
+    for k, verdict in enumerate(learner.updates[-1].verdicts):
+        assert not verdict.updated, verdict
+        assert "below the target" in verdict.reason or "kept the current" in verdict.reason
+        for a, b in zip(jax.tree.leaves(old[k]), jax.tree.leaves(learner.params[k])):
+            np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_serving_with_updates_swaps_parameters_without_recompiling(model):
+    learner = OnlineLearner(model, _deployment(model), _settings(), max_group=8)
+    learner.warm_up()
+    traces = learner.router.trace_count
+    assert traces == len(learner.router.buckets)
+    images = _images(600, seed=2)
+    arrivals = np.arange(600) * 0.01
+    clock = FakeClock(lambda n: 0.002 if n else 0.001)
+    first = learner.params
+    result = serve(learner.route, images, arrivals=arrivals, max_group=8, max_wait_s=0.0,
+                   clock=clock, progress=False, background=learner)
+    assert learner.summary()["accepted"] >= 1
+    assert learner.params is not first
+    assert learner.router.trace_count == traces  # new values, no new program
+    # Misses are the base network's answers, whatever the caches learned.
+    full = np.asarray(model.network.apply(model.variables,
+                                          data.normalize(images, model.mean, model.std)))
+    miss = ~result.hit
+    np.testing.assert_array_equal(result.answer[miss], full.argmax(-1)[miss])
+
+
+def test_guard_turns_a_cache_off_on_wrong_answers_and_back_on_after_recovery():
+    guard = AccuracyGuard((0, 3), target=0.99, window=100, confidence=0.95, min_samples=30,
+                          recover_samples=30)
+    guard.record(0, np.ones(40, bool), served=40)
+    assert guard.on.all()
+    guard.record(0, np.r_[np.ones(5, bool), np.zeros(8, bool)], served=60)  # injected errors
+    assert list(guard.on) == [False, True]
+    assert np.isinf(guard.thresholds(np.array([0.5, 0.5]))[0])
+    guard.record(0, np.ones(29, bool), served=90)
+    assert not guard.on[0]
+    guard.record(0, np.ones(1, bool), served=91)
+    assert guard.on[0]
+    assert [(e.position, e.on) for e in guard.events] == [(0, False), (0, True)]
+    # A few unlucky audits on a good cache are not enough evidence to switch it off.
+    guard.record(1, np.r_[np.ones(29, bool), np.zeros(1, bool)], served=100)
+    assert guard.on[1]
+    assert wilson_upper_bound(29, 30, 0.95) > 0.99 > wilson_upper_bound(28, 30, 0.95)
+
+
+def test_learner_guard_turns_off_a_cache_whose_hits_disagree(model):
+    # Thresholds of 0 make every request hit at position 0 with an untrained cache.
+    learner = OnlineLearner(model, _deployment(model, (0.0, 0.0)),
+                            _settings(update_every=10 ** 6), max_group=8)
+    _fill(learner, n=80)
+    assert not learner.guard.on[0]
+    assert np.isinf(learner.thresholds()[0])
+    assert learner.guard.events[0].agreement < 0.99
+
+
+def test_background_work_runs_while_idle_and_delays_only_who_arrives_during_it():
+    class Work:
+        def __init__(self, chunks):
+            self.left, self.ran_at = chunks, []
+
+        def pending(self):
+            return self.left > 0
+
+        def overdue(self):
+            return False
+
+        def run_chunk(self):
+            self.left -= 1
+            self.ran_at.append(clock.now())
+
+    clock = FakeClock(lambda n: 0.005 if n == 0 else 0.001)
+    work = Work(3)
+    images = np.zeros((3, 2), np.uint8)
+
+    def route(group, index):
+        work.left += 3 if index[0] == 0 else 0  # the first request schedules work
+        n = len(group)
+        return np.zeros(n, int), np.zeros(n, int), np.zeros(n, bool)
+
+    result = serve(route, images, arrivals=np.array([0.0, 0.003, 0.1]), max_group=1,
+                   max_wait_s=0.0, clock=clock, progress=False, background=work)
+    # Request 1 arrived during the first chunk (0.001..0.006) and waited for its end only.
+    np.testing.assert_allclose(result.start, [0.0, 0.006, 0.1])
+    assert work.left == 0 and len(work.ran_at) == 6
+
+
+def test_online_config_is_validated():
+    config = base_config()
+    config.online.audit_fraction = 1.5
+    with pytest.raises(ConfigError, match="online.audit_fraction"):
+        validate_config(config)
+    config = base_config()
+    config.online.guard_window = 5
+    with pytest.raises(ConfigError, match="online.guard_window"):
+        validate_config(config)
+    settings = OnlineSettings.from_config(base_config().online)
+    assert dataclasses.asdict(settings)["update"]["target"] == 0.99
