@@ -218,6 +218,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Label-shift correction: each update adds log p_recent(c) - log p_train(c) to the
     # caches' output logits, p_recent from the last prior_window served answers (0: off).
     config.online.prior_window = 300
+    # The shift is multiplied by this (1: the full Bayes correction; it cost agreement).
+    config.online.prior_strength = 0.5
     config.online.seed = 0
 
     config.benchmark = ml_collections.ConfigDict()
@@ -389,6 +391,8 @@ def _validate_online(o: ml_collections.ConfigDict) -> None:
         _require(int(o[key]) >= 1, f"online.{key}", o[key], ">= 1")
     _require(int(o.seed) >= 0, "online.seed", o.seed, ">= 0")
     _require(int(o.prior_window) >= 0, "online.prior_window", o.prior_window, ">= 0")
+    _require(0 <= o.prior_strength <= 1, "online.prior_strength", o.prior_strength,
+             "in [0, 1]")
     _require(0 <= o.audit_fraction <= 1, "online.audit_fraction", o.audit_fraction, "in [0, 1]")
     _require(int(o.window_bytes) > 0, "online.window_bytes", o.window_bytes, "> 0")
     _require(int(o.holdout_every) >= 2, "online.holdout_every", o.holdout_every, ">= 2")

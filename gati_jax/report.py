@@ -31,7 +31,9 @@ ONLINE_COLUMNS = ("workload", "speedup_vs_none", "speedup_vs_static_gati",
 def _online_section(config: ml_collections.ConfigDict, online: dict[str, Any]) -> list[str]:
     """The report's online-learning section: gati-online against static gati per workload."""
     if not online:
-        return ["Online learning was off (`online.enabled = False`): no gati-online rows.", ""]
+        why = ("online learning was off (`online.enabled = False`)"
+               if not config.online.enabled else "the gati plan deploys no cache to learn")
+        return [f"There are no gati-online rows: {why}.", ""]
     table = [{k: figures[k] for k in ONLINE_COLUMNS} for figures in online.values()]
     switches = {w: len(f["guard_events"]) for w, f in online.items()}
     return [

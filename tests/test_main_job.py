@@ -32,6 +32,9 @@ def smoke_config():
     config.benchmark.rounds = 2
     config.planner.check_requests = 50
     config.planner.memory_budget_bytes = 6000
+    # Loose enough that the small tuning set admits caches: the online rows need a gati plan.
+    config.planner.eps = 0.05
+    config.planner.confidence = 0.0
     return config
 
 
@@ -68,12 +71,23 @@ def test_plan_respects_bound_and_budget_and_loads(explored):
 def test_benchmark_rows_are_consistent(explored):
     config, workdir, _ = explored
     saved = json.loads((workdir / "benchmark.json").read_text())
-    assert len(saved) == 2 * 7
+    gati = [m for m in json.loads((workdir / "plan.json").read_text())["methods"]
+            if (m["policy"], m["method"]) == ("gati", "joint")][0]
+    # online.enabled by default; gati-online serves when the gati plan deploys a cache.
+    online_served = bool(gati["positions"])
+    policies = {*config.benchmark.policies, *(["gati-online"] if online_served else [])}
+    assert len(saved) == len(config.benchmark.workloads) * len(policies)
     for name in ("latency_cdf.png", "agreement_vs_speedup.png"):
         assert (workdir / name).stat().st_size > 0
-    for workload in ("uniform", "temporal"):
+    details = json.loads((workdir / "benchmark_details.json").read_text())
+    for workload in config.benchmark.workloads:
         mine = {r["policy"]: r for r in saved if r["workload"] == workload}
-        assert set(mine) == set(config.benchmark.policies)
+        assert set(mine) == policies
+        if online_served:
+            online = details["online"][workload]
+            assert online["speedup_vs_static_gati"] == pytest.approx(
+                mine["gati"]["mean_latency_ms"] / mine["gati-online"]["mean_latency_ms"])
+            assert online["trace_count"] == 1  # max_group 1: one bucket, never recompiled
         none = mine["none"]
         assert none["agreement"] == 1.0 and none["hit_rate"] == 0.0
         assert none["speedup_vs_none"] == pytest.approx(1.0)
@@ -96,6 +110,11 @@ def test_report_resume_and_loaded_system(explored):
     assert report["benchmark"] == json.loads((workdir / "benchmark.json").read_text())
     for name in ("position_hit_rates.png", "hit_rate_over_time.png"):
         assert (workdir / name).stat().st_size > 0
+    if report["online"]:
+        assert "## Online learning" in text
+        assert (workdir / "agreement_over_time.png").stat().st_size > 0
+    else:
+        assert "no gati-online rows" in text
     # Running again skips every finished phase (only the report is rewritten).
     again = run_main_job(config, str(workdir))
     for phase in ("explore", "plan", "benchmark"):

@@ -185,6 +185,14 @@ class OnlineTrainer:
         thresholds, verdicts = [], []
         for k, window in enumerate(windows):
             if not ready[k]:
+                if shifts[k] is not None:
+                    # The prior shift needs no window: it serves at the current threshold,
+                    # watched by the guard, until held-out data can judge it.
+                    verdicts.append(Verdict(True, "prior shift only (waiting for data)",
+                                            float(thresholds_now[k]), float("nan"), float("nan"),
+                                            window.holdout.size))
+                    thresholds.append(float(thresholds_now[k]))
+                    continue
                 verdicts.append(Verdict(False, "waiting for data", float("nan"), 0.0, 1.0,
                                         window.holdout.size))
                 thresholds.append(None)
