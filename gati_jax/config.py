@@ -136,7 +136,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.planner.group_size = 1
     config.planner.profile = ""
     config.planner.remeasure = False
-    config.planner.latency_repeats = 60
+    config.planner.latency_repeats = 40
     # Validation requests routed one by one to check predicted against measured latency.
     config.planner.check_requests = 1000
 
@@ -228,7 +228,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.benchmark.policies = ("none", "gati", "confidence", "entropy", "apparate", "knn",
                                  "oracle")
     # Rounds per (workload, policy), in rotating policy order; figures are medians over rounds.
-    config.benchmark.rounds = 4
+    config.benchmark.rounds = 3
     # With the virtual clock, policies serve interleaved, this many groups per turn.
     config.benchmark.turn = 25
 

@@ -3,7 +3,8 @@ benchmark, report.
 
 Each phase writes its outputs into the work directory and is recorded in ``phases.json``
 when it finishes; running again skips finished phases unless they are named in ``redo``.
-Online learning (issue 7) is not built yet: the report says so instead of inventing figures.
+The benchmark phase serves ``gati-online`` (online learning) beside the static policies when
+``online.enabled``.
 """
 
 from __future__ import annotations

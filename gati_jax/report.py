@@ -64,11 +64,6 @@ def write_report(config: ml_collections.ConfigDict, workdir: Path,
     plot_hit_rate_over_time(windows, workdir / "hit_rate_over_time.png")
     online = bench.get("online", {})
     online_lines = _online_section(config, online)
-    if online:
-        plot_hit_rate_over_time({w: windows[w] for w in online}, workdir /
-                                "agreement_over_time.png", metric="agreement",
-                                policies=("gati", "gati-online"),
-                                floor=1 - float(config.planner.eps))
     check = plan["cost_check"]
     small = plan["exhaustive_check"]
     lines = [

@@ -2,9 +2,11 @@
 
 ``python scripts/benchmark.py --config configs/benchmark.py --workdir DIR [--bank BANK]``
 plans none, gati, confidence, entropy, apparate, knn and oracle for the config's accuracy
-bound and memory budget, serves the uniform and temporal workloads through each in repeated
-rounds, and writes DIR/benchmark.json, DIR/benchmark_details.json, DIR/latency_cdf.png and
-DIR/agreement_vs_speedup.png. Without a bank (BANK, or DIR/cache_bank) it explores first.
+bound and memory budget, serves the config's workloads (uniform, temporal, shift) through
+each in repeated rounds, plus gati-online (the gati caches learning online) when
+``online.enabled``, and writes DIR/benchmark.json, DIR/benchmark_details.json,
+DIR/latency_cdf.png, DIR/agreement_vs_speedup.png and, with online learning,
+DIR/agreement_over_time.png. Without a bank (BANK, or DIR/cache_bank) it explores first.
 """
 
 from pathlib import Path

@@ -29,7 +29,7 @@ from gati_jax.inference import BaseModel, predict_logits
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
 from gati_jax.planner.pipeline import knn_setup, plan_settings, run_planning
 from gati_jax.planner.plan import Plan, plan_deployment
-from gati_jax.plotting import plot_latency_cdf, plot_plan_tradeoff
+from gati_jax.plotting import plot_hit_rate_over_time, plot_latency_cdf, plot_plan_tradeoff
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.serving.clock import make_clock
 from gati_jax.serving.loop import serve_interleaved, serve_steps
@@ -267,6 +267,10 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
     (out / "benchmark.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / "benchmark_details.json").write_text(json.dumps(report, indent=1) + "\n")
     plot_latency_cdf(latencies, out / "latency_cdf.png")
+    if online:
+        plot_hit_rate_over_time({w: windows[w] for w in online}, out / "agreement_over_time.png",
+                                metric="agreement", policies=("gati", ONLINE),
+                                floor=1 - float(config.planner.eps))
     plot_plan_tradeoff(sweep, out / "agreement_vs_speedup.png")
     for name, stats in streams.items():
         print(f"{name}: P(same label as previous) {stats['p_same_as_previous']:.3f}, "
@@ -276,6 +280,6 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
         print(f"online learning on {name}: " + ", ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
             for k, v in figures.items() if not isinstance(v, (list, dict))))
-    print(f"wrote {out / 'benchmark.json'}, latency_cdf.png, agreement_vs_speedup.png in "
-          f"{report['seconds']} s")
+    print(f"wrote {out / 'benchmark.json'}, latency_cdf.png, agreement_vs_speedup.png"
+          f"{', agreement_over_time.png' if online else ''} in {report['seconds']} s")
     return rows
