@@ -136,7 +136,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.planner.group_size = 1
     config.planner.profile = ""
     config.planner.remeasure = False
-    config.planner.latency_repeats = 40
+    config.planner.latency_repeats = 20
     # Validation requests routed one by one to check predicted against measured latency.
     config.planner.check_requests = 1000
 
@@ -144,7 +144,7 @@ def base_config() -> ml_collections.ConfigDict:
     # uniform | temporal | drift | shift (gati_jax/data/workloads.py).
     config.workload.name = "temporal"
     config.workload.split = "test"
-    config.workload.length = 800
+    config.workload.length = 600
     config.workload.seed = 0
     # Open-loop arrivals: a Poisson process at this many requests per second.
     config.workload.rate = 100.0
@@ -185,20 +185,22 @@ def base_config() -> ml_collections.ConfigDict:
     # audit): labels for the windows and unbiased evidence for the accuracy guard.
     config.online.audit_fraction = 0.1
     # Audited requests per background chunk: bigger groups are cheaper per request, but a
-    # request arriving meanwhile waits for the whole group (full network, batch 2: ~6 ms).
-    config.online.audit_group = 2
+    # request arriving meanwhile waits for the whole group (full network, batch 1: ~3 ms).
+    config.online.audit_group = 1
     # Replay window per deployed position: at most this many bytes and this many items.
     config.online.window_bytes = 1 << 20
     config.online.window_items = 1024
-    # Every holdout_every-th labelled item is held out for threshold calibration.
+    # The held-out ring (threshold calibration) is 1/holdout_every of a window; it takes
+    # every other request of the audit sample (a uniform sample of the stream).
     config.online.holdout_every = 4
     # Background work that has waited this many requests runs between groups anyway.
     config.online.max_lag = 200
     config.online.learning_rate = 3e-3
     config.online.steps = 20
     # Optimiser steps per background chunk: a request waits for at most one chunk.
-    config.online.steps_per_chunk = 2
-    config.online.batch_size = 64
+    # (One step of a conv head on a batch of 64 took 11 ms here; of 32, about half.)
+    config.online.steps_per_chunk = 1
+    config.online.batch_size = 32
     # Hit agreement the calibration keeps on the held-out slice and the guard defends.
     config.online.target = 0.99
     # 0: calibrate on the held-out point estimate; > 0: on its Wilson lower bound. Held-out
@@ -222,6 +224,14 @@ def base_config() -> ml_collections.ConfigDict:
     config.online.prior_strength = 0.5
     config.online.seed = 0
 
+    config.mesh = ml_collections.ConfigDict()
+    # Devices to use (0: every local device, or every device of every host), data-parallel;
+    # model_parallel of them also split exploration's candidate groups (gati_jax/sharding.py).
+    config.mesh.devices = 0
+    config.mesh.model_parallel = 1
+    # One process per host: jax.distributed.initialize() before anything else.
+    config.mesh.multihost = False
+
     config.benchmark = ml_collections.ConfigDict()
     # scripts/benchmark.py: every policy on every workload, each planned for planner.eps.
     config.benchmark.workloads = ("uniform", "temporal", "shift")
@@ -231,6 +241,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.benchmark.rounds = 3
     # With the virtual clock, policies serve interleaved, this many groups per turn.
     config.benchmark.turn = 25
+    # Serving throughput vs device count (gati_jax/serving/scaling.py): these counts, empty
+    # = 1, 2, 4, ... up to the visible devices; group = closed-loop clients per count.
+    config.benchmark.device_counts = ()
+    config.benchmark.scaling_group = 32
+    config.benchmark.scaling_requests = 256
 
     config.lock()
     return config
@@ -290,6 +305,10 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     _validate_workload(config.workload)
     _validate_serving(config.serving)
     _validate_online(config.online)
+    _require(int(config.mesh.devices) >= 0, "mesh.devices", config.mesh.devices,
+             ">= 0 (0: all devices)")
+    _require(int(config.mesh.model_parallel) >= 1, "mesh.model_parallel",
+             config.mesh.model_parallel, ">= 1")
     return config
 
 
@@ -418,3 +437,8 @@ def _validate_benchmark(b: ml_collections.ConfigDict) -> None:
              "benchmark.policies", b.policies, f"policies among {known}, including 'none'")
     _require(int(b.rounds) >= 1, "benchmark.rounds", b.rounds, ">= 1")
     _require(int(b.turn) >= 1, "benchmark.turn", b.turn, ">= 1")
+    _require(all(int(d) >= 1 for d in b.device_counts), "benchmark.device_counts",
+             b.device_counts, "positive device counts")
+    _require(int(b.scaling_group) >= 1, "benchmark.scaling_group", b.scaling_group, ">= 1")
+    _require(int(b.scaling_requests) >= 1, "benchmark.scaling_requests", b.scaling_requests,
+             ">= 1")

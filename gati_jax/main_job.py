@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import ml_collections
 
+from gati_jax import sharding
 from gati_jax.caches.pipeline import run_exploration
 from gati_jax.config import validate_config
 from gati_jax.report import write_report
@@ -40,6 +41,7 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str,
                  redo: Sequence[str] = (), train_base: bool = False) -> dict[str, Any]:
     """Runs every unfinished phase and returns the phase log (seconds per phase)."""
     validate_config(config)
+    sharding.initialize(config.mesh)  # several hosts: join before any device is touched
     unknown = sorted(set(redo) - set(PHASES))
     if unknown:
         raise ValueError(f"unknown phases to redo {unknown}; phases: {list(PHASES)}")

@@ -48,6 +48,16 @@ def _online_section(config: ml_collections.ConfigDict, online: dict[str, Any]) -
         + ", ".join(f"{w} {n}" for w, n in switches.items()) + ".", ""]
 
 
+def _scaling_section(rows: list[dict[str, Any]]) -> list[str]:
+    """Serving throughput against device count (batch-sharded router, closed loop)."""
+    if not rows:
+        return []
+    return ["## Serving throughput vs devices", "",
+            "The planned gati router with each request group split over the devices' data "
+            "axis, closed loop (a full group always waiting); throughput is the median of "
+            "three streams.", "", markdown_table(rows), ""]
+
+
 def write_report(config: ml_collections.ConfigDict, workdir: Path,
                  phases: dict[str, Any]) -> dict[str, Any]:
     """Writes report.md, report.json and the report's plots from the phases' outputs."""
@@ -77,7 +87,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: Path,
         f"{config.serving.max_group}, {bench['settings']['rounds']} interleaved rounds; "
         "speedup is none's mean latency over the policy's, measured in the same run.", "",
         markdown_table(main), "",
-        *online_lines, "## Plan (tuned on validation, figures on test)", "",
+        *online_lines, *_scaling_section(bench.get("device_scaling", [])), "## Plan (tuned on validation, figures on test)", "",
         markdown_table(plan["table"]), "",
         f"Ours vs exhaustive search on positions {small['positions']} (grid "
         f"{small['grid']}): {small['ours_ms']:.4f} ms vs {small['exhaustive_ms']:.4f} ms.", "",
@@ -100,7 +110,8 @@ def write_report(config: ml_collections.ConfigDict, workdir: Path,
         "exploration.png.", ""]
     (workdir / "report.md").write_text("\n".join(lines))
     report = {"benchmark": rows, "plan": plan, "exploration_table": exploration["table"],
-              "workloads": bench["workloads"], "online": online, "phases": phases}
+              "workloads": bench["workloads"], "online": online,
+              "device_scaling": bench.get("device_scaling", []), "phases": phases}
     (workdir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     print(format_table(main))
     print(f"wrote {workdir / 'report.md'} and {workdir / 'report.json'}")

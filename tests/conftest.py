@@ -48,6 +48,26 @@ def tiny_config(**train) -> ml_collections.ConfigDict:
     return config
 
 
+def fc_caches(network, positions, classes: int, seed: int = 0) -> tuple[tuple, tuple]:
+    """Untrained ``fc-d1-h8`` caches (heads, params) at ``positions`` of a tiny network."""
+    import jax.numpy as jnp
+
+    from gati_jax.caches.selector import NUM_FEATURES, Selector
+    from gati_jax.caches.variants import Predictor, parse_variant
+    from gati_jax.runtime import CacheHead
+
+    shapes = network.activation_shapes()
+    spec = parse_variant("fc-d1-h8")
+    heads, params = [], []
+    for k, p in enumerate(positions):
+        key = jax.random.key(seed * 100 + k)
+        heads.append(CacheHead(spec, classes, 1, 8))
+        params.append({
+            "predictor": Predictor(spec, classes).init(key, jnp.zeros(shapes[p]))["params"],
+            "selector": Selector(8).init(key, jnp.zeros((1, NUM_FEATURES)))["params"]})
+    return tuple(heads), tuple(params)
+
+
 @pytest.fixture
 def tiny() -> ml_collections.ConfigDict:
     """A fresh tiny training config."""

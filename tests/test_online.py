@@ -5,14 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
+from conftest import fc_caches
 from gati_jax import data
-from gati_jax.caches.selector import NUM_FEATURES, Selector
-from gati_jax.caches.variants import Predictor, parse_variant
 from gati_jax.config import ConfigError, base_config, validate_config
 from gati_jax.inference import BaseModel
 from gati_jax.models import build_network
@@ -20,7 +18,6 @@ from gati_jax.online.guard import AccuracyGuard, wilson_upper_bound
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
 from gati_jax.online.updates import UpdateSettings
 from gati_jax.online.window import ReplayWindow
-from gati_jax.runtime import CacheHead
 from gati_jax.runtime.deployment import Deployment
 from gati_jax.serving.clock import FakeClock
 from gati_jax.serving.loop import serve
@@ -39,17 +36,8 @@ def model():
 
 
 def _deployment(model, thresholds=(0.99, 0.99)):
-    shapes = model.network.activation_shapes()
-    spec = parse_variant("fc-d1-h8")
-    heads, params = [], []
-    for k, p in enumerate(POSITIONS):
-        key = jax.random.key(k)
-        heads.append(CacheHead(spec, CLASSES, 1, 8))
-        params.append({
-            "predictor": Predictor(spec, CLASSES).init(key, jnp.zeros(shapes[p]))["params"],
-            "selector": Selector(8).init(key, jnp.zeros((1, NUM_FEATURES)))["params"]})
-    return Deployment("gati", POSITIONS, tuple(heads), tuple(params),
-                      np.asarray(thresholds, np.float32))
+    heads, params = fc_caches(model.network, POSITIONS, CLASSES)
+    return Deployment("gati", POSITIONS, heads, params, np.asarray(thresholds, np.float32))
 
 
 def _settings(**changes):

@@ -8,15 +8,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import fc_caches
 
-from gati_jax.caches.selector import NUM_FEATURES, Selector
-from gati_jax.caches.variants import Predictor, parse_variant
 from gati_jax.models import StagedNetwork, build_network
 from gati_jax.models.mlp import DenseStage
 from gati_jax.models.resnet import Head
 from gati_jax.inference import BaseModel
-from gati_jax.runtime import (CacheHead, ReferenceRouter, Router, bucket_sizes,
-                              policy_builder)
+from gati_jax.runtime import ReferenceRouter, Router, bucket_sizes, policy_builder
 
 SHAPE = (6, 6, 1)
 CLASSES = 4
@@ -40,16 +38,8 @@ def _router(network, variables, positions, heads, max_group, policy="gati"):
 
 
 def _caches(network, positions, seed=0):
-    shapes = network.activation_shapes()
-    heads, params = [], []
-    for k, p in enumerate(positions):
-        spec = parse_variant("fc-d1-h8")
-        heads.append(CacheHead(spec, CLASSES, 1, 8))
-        key = jax.random.key(seed * 100 + k)
-        params.append({
-            "predictor": Predictor(spec, CLASSES).init(key, jnp.zeros(shapes[p]))["params"],
-            "selector": Selector(8).init(key, jnp.zeros((1, NUM_FEATURES)))["params"]})
-    return heads, tuple(params)
+    heads, params = fc_caches(network, positions, CLASSES, seed)
+    return list(heads), params
 
 
 def _images(n, seed=0):

@@ -70,8 +70,9 @@ def _group_metrics(scores_cal, agree_cal, scores_test, agree_test, targets,
 
 
 def explore(model: BaseModel, recorded: ExplorationData, caches: ml_collections.ConfigDict,
-            seed: int = 0) -> CacheBank:
-    """Trains and measures every candidate of the design space at every recorded position."""
+            seed: int = 0, mesh: Any = None) -> CacheBank:
+    """Trains and measures every candidate of the design space at every recorded position
+    (predictor training sharded over ``mesh`` when given and wider than one device)."""
     hp = head_training(caches)
     specs = [parse_variant(v) for v in caches.variants]
     positions = recorded.predictor.positions
@@ -94,7 +95,7 @@ def explore(model: BaseModel, recorded: ExplorationData, caches: ml_collections.
         pred = recorded.predictor
         params, _ = train_predictors(spec, num_classes, pred.features[position], pred.logits,
                                      seeds, rates, hp, data_seed=seed,
-                                     desc=f"p{position} {spec.name}")
+                                     desc=f"p{position} {spec.name}", mesh=mesh)
         sel_logits = predictor_logits(spec, num_classes, params,
                                       recorded.selector.features[position])
         sel_params = train_selectors(sel_logits, recorded.selector.base_predictions, seed, hp)

@@ -9,7 +9,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from gati_jax import data
+from gati_jax import data, sharding
 from gati_jax.caches.bank import CacheBank, bank_to_json, save_bank
 from gati_jax.caches.exploration import ExplorationData, check_design_space, explore
 from gati_jax.caches.recording import record_activations
@@ -78,7 +78,11 @@ def run_exploration(config: ml_collections.ConfigDict, workdir: str) -> CacheBan
     model = load_base_model(config.caches.checkpoint)
     dataset = data.load_dataset(model_data_config(model, config.data.data_dir))
     recorded = record_for_exploration(model, dataset, config.caches, int(config.seed))
-    bank = explore(model, recorded, config.caches, int(config.seed))
+    sharding.initialize(config.mesh)
+    mesh = sharding.make_mesh(config.mesh)
+    # One device: the plain path (no device_put per batch).
+    bank = explore(model, recorded, config.caches, int(config.seed),
+                   mesh if mesh.size > 1 else None)
     save_bank(workdir_path / "cache_bank", bank)
     rows = exploration_table(bank)
     summary = bank_to_json(bank) | {"table": rows}

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from gati_jax import sharding
 from gati_jax.caches.selector import NUM_FEATURES, Selector, selector_features
 from gati_jax.caches.variants import Predictor, VariantSpec
 
@@ -98,8 +99,12 @@ def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> 
 def train_predictors(spec: VariantSpec, num_classes: int, features: np.ndarray,
                      teacher_logits: np.ndarray, seeds: np.ndarray, learning_rates: np.ndarray,
                      hp: HeadTraining, *, vectorised: bool = True, data_seed: int = 0,
-                     desc: str = "") -> tuple[Any, np.ndarray]:
-    """Trains one predictor per (seed, lr) member; returns stacked params and final losses."""
+                     desc: str = "", mesh: Any = None) -> tuple[Any, np.ndarray]:
+    """Trains one predictor per (seed, lr) member; returns stacked params and final losses.
+
+    With a ``mesh`` (gati_jax/sharding.py) each batch is split over its data axis and the
+    members over its model axis; the step is the same program.
+    """
     fns = _compiled_predictor_fns(spec, num_classes, tuple(features.shape[1:]), hp)
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
     lrs = jnp.asarray(learning_rates, jnp.float32)
@@ -107,10 +112,14 @@ def train_predictors(spec: VariantSpec, num_classes: int, features: np.ndarray,
                for b in epoch_batches(len(features), hp.batch_size, data_seed, epoch)]
     if vectorised:
         params, opt_state = fns["vinit"](keys, lrs)
+        if mesh is not None:
+            params, opt_state = sharding.shard_members(mesh, (params, opt_state))
         losses = None
         for batch in tqdm(batches, desc=desc or f"predictors {spec.name}", leave=False):
-            params, opt_state, losses = fns["vstep"](params, opt_state, features[batch],
-                                                     teacher_logits[batch])
+            x, teacher = features[batch], teacher_logits[batch]
+            if mesh is not None:
+                x, teacher = sharding.shard_batch(mesh, x), sharding.shard_batch(mesh, teacher)
+            params, opt_state, losses = fns["vstep"](params, opt_state, x, teacher)
         return params, np.asarray(losses)
     # Reference path: the same step, one member at a time.
     members, final = [], []

@@ -98,7 +98,8 @@ class OnlineLearner:
     serving loop's ``route_group``; the learner is also its ``background``)."""
 
     def __init__(self, model: BaseModel, deployment: Deployment, settings: OnlineSettings,
-                 max_group: int = 8, train_prior: np.ndarray | None = None):
+                 max_group: int = 8, train_prior: np.ndarray | None = None,
+                 mesh: Any = None):
         if deployment.policy != "gati":
             raise ValueError(f"online learning updates learned caches (policy 'gati'), got "
                              f"{deployment.policy!r}")
@@ -109,7 +110,9 @@ class OnlineLearner:
         self.last_stage = model.network.num_stages - 1
         taps = tuple(make_tap(h) for h in deployment.heads)
         decides = tuple(make_tapped_decide(h) for h in deployment.heads)
-        self.router = Router(model, deployment.positions, decides, max_group, taps=taps)
+        self.mesh = mesh
+        self.router = Router(model, deployment.positions, decides, max_group, taps=taps,
+                             mesh=mesh)
         self._initial = (tuple(deployment.params),
                          np.asarray(deployment.thresholds, np.float32).copy())
         self.heads = deployment.heads
@@ -131,7 +134,7 @@ class OnlineLearner:
         self._answers: collections.deque = collections.deque(maxlen=max(s.prior_window, 1))
         self.windows = [ReplayWindow(shape, s.window_bytes, s.holdout_every, s.window_items)
                         for shape in self.shapes]
-        self.trainer = OnlineTrainer(self.heads, self.shapes, self.params, s.update)
+        self.trainer = OnlineTrainer(self.heads, self.shapes, self.params, s.update, self.mesh)
         self.guard = AccuracyGuard(self.positions, s.update.target, s.guard_window,
                                    s.guard_confidence, s.guard_min_samples,
                                    s.guard_recover_samples)

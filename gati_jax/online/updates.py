@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gati_jax import sharding
 from gati_jax.caches.recording import pool_map
 from gati_jax.caches.selector import Selector, calibrate_threshold, selector_features
 from gati_jax.caches.variants import Predictor, adaptive_avg_pool
@@ -130,8 +131,9 @@ class OnlineTrainer:
     """Optimiser state and the update procedure for every deployed cache."""
 
     def __init__(self, heads: tuple[CacheHead, ...], input_shapes: tuple[tuple[int, ...], ...],
-                 params: tuple[Any, ...], settings: UpdateSettings):
-        self.heads, self.settings = tuple(heads), settings
+                 params: tuple[Any, ...], settings: UpdateSettings, mesh: Any = None):
+        # With a mesh, each step's batch rows split over its data axis (same program).
+        self.heads, self.settings, self.mesh = tuple(heads), settings, mesh
         # Same head type and input shape: one stacked group, one vmapped program.
         groups: dict[tuple, list[int]] = {}
         for k, (head, shape) in enumerate(zip(heads, input_shapes)):
@@ -173,6 +175,9 @@ class OnlineTrainer:
                 part = slice(start, min(start + s.steps_per_chunk, s.steps))
                 xs = np.stack([windows[k].train.x[d[part]] for k, d in zip(members, draws)])
                 ys = np.stack([windows[k].train.y[d[part]] for k, d in zip(members, draws)])
+                if self.mesh is not None:  # (members, steps, batch, ...): rows are axis 2
+                    xs = sharding.shard_batch(self.mesh, xs, axis=2)
+                    ys = sharding.shard_batch(self.mesh, ys, axis=2)
                 stacked, opt, _ = fns["steps"](stacked, opt, xs, ys)
                 jax.block_until_ready(stacked)  # the chunk's work ends inside the chunk
                 yield

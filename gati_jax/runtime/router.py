@@ -15,6 +15,9 @@ A router built with ``taps`` (one function per deployed position, ``tap(params, 
 also returns what each tap computed at its position for every request of the group, zeros
 where the group skipped the position: online learning reads the activations it trains on
 from here instead of running the network twice.
+
+A router built with a ``mesh`` (gati_jax/sharding.py) splits every group's rows over the
+mesh's data axis: the same program, partitioned by jit, with the same answers.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gati_jax import data
+from gati_jax import data, sharding
 from gati_jax.inference import BaseModel
 from gati_jax.input_checks import check_images
 from gati_jax.models import Variables
@@ -64,6 +67,7 @@ class Router:
     max_group: int = 32
     bake_base: bool = True
     taps: tuple[Callable[[Any, jax.Array], Any], ...] | None = None
+    mesh: Any = None              # a jax.sharding Mesh: groups split over its data axis
     trace_count: int = 0          # how many times the program was traced (== compilations)
 
     def __post_init__(self):
@@ -78,6 +82,10 @@ class Router:
         if self.taps is not None and len(self.taps) != len(self.positions):
             raise ValueError("one tap per deployed position is needed")
         self.buckets = bucket_sizes(self.max_group)
+        if self.mesh is not None:
+            # Every bucket splits evenly over the data-parallel devices.
+            width = sharding.data_size(self.mesh)
+            self.buckets = tuple(sorted({-(-b // width) * width for b in self.buckets}))
         base = (self.model.variables, np.asarray(self.model.mean), np.asarray(self.model.std))
         # The packing (which leaf sits where in the flat arrays) is static: a new structure
         # of cache parameters compiles anew, new values never do.
@@ -98,6 +106,8 @@ class Router:
             return last[1], last[2]
         packing = Packing.of(cache_params)
         flats = packing.pack(cache_params)
+        if self.mesh is not None:
+            flats = sharding.replicate(self.mesh, flats)
         self._last_packed = (cache_params, packing, flats)
         return packing, flats
 
@@ -229,4 +239,9 @@ class Router:
             base[:n] = base_answer
         # numpy, not jnp: a jnp conversion here would be one more dispatch per request.
         thresholds = np.asarray(thresholds, np.float32).reshape(len(self.positions))
+        if self.mesh is not None:
+            # Rows over the data axis; the compiled program is the same, jit partitions it.
+            padded, valid, base = (sharding.shard_batch(self.mesh, a)
+                                   for a in (padded, valid, base))
+            thresholds = sharding.replicate(self.mesh, thresholds)
         return np.asarray(self.compiled(cache_params, thresholds, padded, valid, base))

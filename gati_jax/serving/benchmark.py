@@ -33,6 +33,7 @@ from gati_jax.plotting import plot_hit_rate_over_time, plot_latency_cdf, plot_pl
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.serving.clock import make_clock
 from gati_jax.serving.loop import serve_interleaved, serve_steps
+from gati_jax.serving.scaling import device_scaling
 from gati_jax.serving.summary import summarize, windowed
 from gati_jax.tables import format_table
 from gati_jax.training.checkpointing import load_base_model
@@ -208,7 +209,8 @@ def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[s
         "static_hit_rate": results["gati"][0]["hit_rate"],
     }
     figures.update({k: v for k, v in first["online"].items()
-                    if k in ("updates", "accepted", "rejected", "audited", "trace_count")})
+                    if k in ("updates", "accepted", "rejected", "audited", "trace_count",
+                             "chunk_ms_p50", "chunk_ms_max")})
     figures["guard_events"] = first["online"]["guard_events"]
     figures["window_bytes"] = first["online"]["window_bytes"]
     return figures
@@ -255,7 +257,15 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
         rows.extend(benchmark_rows(name, results, contenders))
         latencies[name] = {p: np.concatenate([r["latencies_ms"] for r in rs])
                            for p, rs in results.items()}
+    scaling_dep = contenders["gati"].deployment if "gati" in contenders else \
+        contenders["none"].deployment
+    first = make_workload(ml_collections.ConfigDict(
+        {**config.workload.to_dict(), "name": config.benchmark.workloads[0]}), split)
+    scaling = device_scaling(model, scaling_dep, first.images[:int(
+        config.benchmark.scaling_requests)], tuple(int(d) for d in config.benchmark.device_counts),
+        int(config.benchmark.scaling_group))
     report = {"rows": rows, "workloads": streams, "sweep": sweep, "windows": windows,
+              "device_scaling": scaling,
               "online": online,
               "plans": {n: c.plan.to_json() for n, c in contenders.items() if c.plan},
               "settings": {"eps": float(config.planner.eps),
@@ -276,6 +286,9 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
         print(f"{name}: P(same label as previous) {stats['p_same_as_previous']:.3f}, "
               f"window entropy {stats['mean_window_entropy_bits']:.2f} bits")
     print(format_table([{k: v for k, v in r.items()} for r in rows]))
+    print(f"serving throughput vs devices ({scaling_dep.policy}, closed loop, "
+          f"{jax.devices()[0].platform}):")
+    print(format_table(scaling))
     for name, figures in online.items():
         print(f"online learning on {name}: " + ", ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"

@@ -26,7 +26,10 @@ class CheckpointError(RuntimeError):
 
 
 def _abstract(tree: Any) -> Any:
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+    # The template's shardings too: a sharded state restores sharded the same way.
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                       sharding=getattr(a, "sharding", None)),
+                        tree)
 
 
 class TrainCheckpointer:

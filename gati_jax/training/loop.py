@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from gati_jax import data
+from gati_jax import data, sharding
 from gati_jax.config import ConfigError, validate_config
 from gati_jax.inference import BaseModel, evaluate
 from gati_jax.models import build_network
@@ -77,7 +77,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         train_step, network, tx, flip=bool(config.augment.flip),
         crop_padding=int(config.augment.crop_padding)), donate_argnums=0)
 
+    sharding.initialize(config.mesh)
+    mesh = sharding.make_mesh(config.mesh)
+    # Data parallel over the mesh: the state on every device, each batch split by rows;
+    # the jitted step is the single-device one (jit follows the inputs' shardings).
+    parallel = sharding.data_size(mesh) > 1
+    if parallel and int(tc.batch_size) % sharding.data_size(mesh):
+        raise ConfigError(f"train.batch_size={tc.batch_size} must be a multiple of the "
+                          f"{sharding.data_size(mesh)} data-parallel devices")
     state = create_train_state(network, tx, jax.random.key(int(config.seed)))
+    if parallel:
+        state = sharding.replicate(mesh, state)
     checkpointer = TrainCheckpointer(workdir_path / "checkpoints", int(tc.max_to_keep))
     history: list[dict[str, Any]] = []
     if checkpointer.latest_step() is not None:
@@ -96,8 +106,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                        initial=offset, total=steps_per_epoch)
             for batch_index in bar:
                 idx = order[batch_index * tc.batch_size:(batch_index + 1) * tc.batch_size]
-                state = step_fn(state, dataset.train.images[idx], dataset.train.labels[idx],
-                                jax.random.fold_in(data_key, step), mean, std)
+                images, labels = dataset.train.images[idx], dataset.train.labels[idx]
+                if parallel:
+                    images, labels = (sharding.shard_batch(mesh, images),
+                                      sharding.shard_batch(mesh, labels))
+                state = step_fn(state, images, labels, jax.random.fold_in(data_key, step),
+                                mean, std)
                 step += 1
                 if step % 20 == 0:
                     loss_sum, _, count = np.asarray(state.epoch_sums)
