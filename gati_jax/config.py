@@ -97,7 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.caches.record_max_bytes = 2 * 1024**3
     config.caches.record_batch_size = 250
     config.caches.latency_batch_size = 1
-    config.caches.latency_repeats = 20
+    config.caches.latency_repeats = 10
 
     config.policy = ml_collections.ConfigDict()
     # none | gati | confidence | entropy | knn | oracle (gati_jax/runtime/policies.py).

@@ -260,6 +260,8 @@ class OnlineLearner:
         since the last chunk, an audit group, or a few update steps."""
         started = time.perf_counter()
         kind = self._run_chunk()
+        # Lag counts from the last progress: overdue work gets one forced chunk per max_lag.
+        self._oldest_pending = self.served if self.pending() else None
         self.chunk_seconds.append(time.perf_counter() - started)
         self.chunk_kinds.append(kind)
 
@@ -268,11 +270,9 @@ class OnlineLearner:
         if self._served_groups:
             while self._served_groups:
                 self._observe(*self._served_groups.popleft())
-            self._oldest_pending = self.served if self.pending() else None
             return "observe"
         if self._audits:
             self._audit_group()
-            self._oldest_pending = self.served if self.pending() else None
             return "audit"
         if self._update is not None:
             scheduled, shifts, steps = self._update
@@ -281,7 +281,6 @@ class OnlineLearner:
             except StopIteration as done:
                 self._apply(scheduled, shifts, *done.value)
                 self._update = None
-            self._oldest_pending = self.served if self.pending() else None
             return "update"
         return "idle"
 
