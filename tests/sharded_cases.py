@@ -77,6 +77,21 @@ def test_sharded_base_training_step_equals_the_single_device_step():
     _close(single.opt_state, sharded.opt_state)
 
 
+def test_sharded_activation_recording_equals_the_single_device_one():
+    from gati_jax.caches.recording import record_activations
+    network = _network()
+    model = BaseModel(network, network.init(jax.random.key(0)), np.array([0.5], np.float32),
+                      np.array([0.25], np.float32), {})
+    images, labels = _images(50), np.zeros(50, np.int32)
+    single = record_activations(model, images, labels, batch_size=16)
+    sharded = record_activations(model, images, labels, batch_size=16,
+                                 mesh=sharding.make_mesh(devices=4, model=2))
+    for p in single.positions:
+        np.testing.assert_allclose(single.features[p].astype(np.float32),
+                                   sharded.features[p].astype(np.float32), atol=1e-2)
+    np.testing.assert_allclose(single.logits, sharded.logits, rtol=1e-5, atol=1e-5)
+
+
 def test_sharded_exploration_equals_the_single_device_run():
     spec = parse_variant("fc-d1-h8")
     rng = np.random.default_rng(0)

@@ -23,8 +23,10 @@ from gati_jax.training.checkpointing import load_base_model
 
 
 def record_for_exploration(model: BaseModel, dataset: data.Dataset,
-                           caches: ml_collections.ConfigDict, seed: int) -> ExplorationData:
-    """Records every role's examples in one pass, so all share one per-position pooling."""
+                           caches: ml_collections.ConfigDict, seed: int,
+                           mesh: Any = None) -> ExplorationData:
+    """Records every role's examples in one pass, so all share one per-position pooling
+    (batches split over ``mesh``'s data axis when given)."""
     rng = np.random.default_rng([seed, 17])
     n_pred = min(int(caches.predictor_examples), len(dataset.train.labels))
     n_test = min(int(caches.test_examples), len(dataset.test.labels))
@@ -46,7 +48,7 @@ def record_for_exploration(model: BaseModel, dataset: data.Dataset,
                        {p: shapes[p][1:] for p in positions})
     rec = record_activations(model, images, labels, positions=positions,
                              max_bytes=int(caches.record_max_bytes),
-                             batch_size=int(caches.record_batch_size))
+                             batch_size=int(caches.record_batch_size), mesh=mesh)
     n_val = len(dataset.validation.labels)
     bounds = np.cumsum([0, n_pred, half, n_val - half, n_test])
     return ExplorationData(*(rec.take(np.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:])))
@@ -73,16 +75,15 @@ def exploration_table(bank: CacheBank) -> list[dict[str, Any]]:
 def run_exploration(config: ml_collections.ConfigDict, workdir: str) -> CacheBank:
     """Records activations, explores the design space, saves bank, JSON, plot; prints the table."""
     validate_config(config)
+    sharding.initialize(config.mesh)  # several hosts: join before any device is touched
     workdir_path = Path(workdir).absolute()
     workdir_path.mkdir(parents=True, exist_ok=True)
     model = load_base_model(config.caches.checkpoint)
     dataset = data.load_dataset(model_data_config(model, config.data.data_dir))
-    recorded = record_for_exploration(model, dataset, config.caches, int(config.seed))
-    sharding.initialize(config.mesh)
     mesh = sharding.make_mesh(config.mesh)
-    # One device: the plain path (no device_put per batch).
-    bank = explore(model, recorded, config.caches, int(config.seed),
-                   mesh if mesh.size > 1 else None)
+    mesh = mesh if mesh.size > 1 else None  # one device: the plain path, no placement
+    recorded = record_for_exploration(model, dataset, config.caches, int(config.seed), mesh)
+    bank = explore(model, recorded, config.caches, int(config.seed), mesh)
     save_bank(workdir_path / "cache_bank", bank)
     rows = exploration_table(bank)
     summary = bank_to_json(bank) | {"table": rows}

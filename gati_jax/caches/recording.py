@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from gati_jax import data
+from gati_jax import data, sharding
 from gati_jax.inference import BaseModel, padded_batches
 from gati_jax.input_checks import check_images
 from gati_jax.models import StagedNetwork, Variables
@@ -94,11 +94,12 @@ def _record_batch(network: StagedNetwork, positions: tuple[int, ...],
 def record_activations(model: BaseModel, images: np.ndarray, labels: np.ndarray, *,
                        positions: tuple[int, ...] | None = None, max_bytes: int = 2 << 30,
                        batch_size: int = 250, desc: str = "recording",
-                       pool_factors: dict[int, int] | None = None) -> Recording:
+                       pool_factors: dict[int, int] | None = None, mesh=None) -> Recording:
     """Runs the base network over ``images`` and stores every requested position's activation.
 
     ``pool_factors`` fixes the pooling per position (to serve caches trained on an earlier
-    recording); by default the least pooling that fits ``max_bytes`` is chosen.
+    recording); by default the least pooling that fits ``max_bytes`` is chosen. With a
+    ``mesh`` each batch's rows are split over its data axis (same program, same values).
     """
     network = model.network
     images = check_images(images, network.input_shape)
@@ -118,9 +119,14 @@ def record_activations(model: BaseModel, images: np.ndarray, labels: np.ndarray,
     features = {p: np.empty((len(images), *stored_shapes[p]), np.float16) for p in positions}
     logits = np.empty((len(images), network.num_classes), np.float32)
     batch_size = min(batch_size, len(images))
+    if mesh is not None:  # every batch (the last one padded) splits over the data axis
+        width = sharding.data_size(mesh)
+        batch_size = -(-batch_size // width) * width
     start = 0
     for chunk, _, _, rows in tqdm(padded_batches(images, np.asarray(labels), batch_size),
                                   total=-(-len(images) // batch_size), desc=desc, leave=False):
+        if mesh is not None:
+            chunk = sharding.shard_batch(mesh, chunk)
         stored, out = _record_batch(network, positions, tuple(factors[p] for p in positions),
                                     model.variables, chunk, model.mean, model.std)
         for p, s in zip(positions, stored):

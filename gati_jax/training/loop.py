@@ -59,6 +59,7 @@ def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains the base network, evaluating each epoch; resumes from WORKDIR's last checkpoint."""
     validate_config(config)
+    sharding.initialize(config.mesh)  # several hosts: join before any device is touched
     workdir_path = Path(workdir).absolute()
     workdir_path.mkdir(parents=True, exist_ok=True)
     _check_same_config(workdir_path, config)
@@ -77,7 +78,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         train_step, network, tx, flip=bool(config.augment.flip),
         crop_padding=int(config.augment.crop_padding)), donate_argnums=0)
 
-    sharding.initialize(config.mesh)
     mesh = sharding.make_mesh(config.mesh)
     # Data parallel over the mesh: the state on every device, each batch split by rows;
     # the jitted step is the single-device one (jit follows the inputs' shardings).
