@@ -60,27 +60,18 @@ class OnlineSettings:
 
     @classmethod
     def from_config(cls, section: ml_collections.ConfigDict) -> "OnlineSettings":
-        """Reads ``config.online``."""
-        return cls(update_every=int(section.update_every),
-                   audit_fraction=float(section.audit_fraction),
-                   audit_group=int(section.audit_group),
-                   window_bytes=int(section.window_bytes),
-                   window_items=int(section.window_items),
-                   holdout_every=int(section.holdout_every), max_lag=int(section.max_lag),
-                   guard=bool(section.guard), guard_window=int(section.guard_window),
-                   guard_confidence=float(section.guard_confidence),
-                   guard_min_samples=int(section.guard_min_samples),
-                   guard_recover_samples=int(section.guard_recover_samples),
-                   prior_window=int(section.prior_window),
-                   prior_strength=float(section.prior_strength),
-                   update=UpdateSettings(
-                       learning_rate=float(section.learning_rate), steps=int(section.steps),
-                       steps_per_chunk=int(section.steps_per_chunk),
-                       batch_size=int(section.batch_size), target=float(section.target),
-                       confidence=float(section.calibration_confidence),
-                       min_train=int(section.min_train),
-                       min_holdout=int(section.min_holdout)),
-                   seed=int(section.seed))
+        """Reads ``config.online`` (each field from the key of its name, cast to its type)."""
+        update = _read_fields(UpdateSettings, section, {"confidence": "calibration_confidence"})
+        return cls(**_read_fields(cls, section), update=UpdateSettings(**update))
+
+
+def _read_fields(settings: type, section: ml_collections.ConfigDict,
+                 keys: dict[str, str] | None = None) -> dict[str, Any]:
+    """The plain fields of a settings dataclass from a config section, typed like their
+    defaults; ``keys`` renames fields whose config key differs."""
+    keys = keys or {}
+    return {f.name: type(f.default)(section[keys.get(f.name, f.name)])
+            for f in dataclasses.fields(settings) if not dataclasses.is_dataclass(f.default)}
 
 
 @dataclasses.dataclass

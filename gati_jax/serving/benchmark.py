@@ -244,6 +244,8 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
         section = ml_collections.ConfigDict(config.workload.to_dict())
         section.name = name
         workload = make_workload(section, split)
+        if name == config.benchmark.workloads[0]:
+            scaling_images = workload.images[:int(config.benchmark.scaling_requests)]
         streams[name] = workload_stats(workload, int(config.workload.window),
                                        model.network.num_classes)
         # The base network's answers to the requests as served (shift corrupts the images).
@@ -259,11 +261,9 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
                            for p, rs in results.items()}
     scaling_dep = contenders["gati"].deployment if "gati" in contenders else \
         contenders["none"].deployment
-    first = make_workload(ml_collections.ConfigDict(
-        {**config.workload.to_dict(), "name": config.benchmark.workloads[0]}), split)
-    scaling = device_scaling(model, scaling_dep, first.images[:int(
-        config.benchmark.scaling_requests)], tuple(int(d) for d in config.benchmark.device_counts),
-        int(config.benchmark.scaling_group))
+    scaling = device_scaling(model, scaling_dep, scaling_images,
+                             tuple(int(d) for d in config.benchmark.device_counts),
+                             int(config.benchmark.scaling_group))
     report = {"rows": rows, "workloads": streams, "sweep": sweep, "windows": windows,
               "device_scaling": scaling,
               "online": online,
