@@ -27,15 +27,24 @@ PLANNABLE_POLICIES = ("gati", "confidence", "entropy", "apparate")
 _NEVER_SCORE = -1e30
 
 
-def exit_scores(policy: str, candidate: Candidate, bank: CacheBank,
-                features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, answers) of one cache on recorded activations under ``policy``."""
+def exit_scores(policy: str, candidate: Candidate, bank: CacheBank, features: np.ndarray,
+                logits_cache: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, answers) of one cache on recorded activations under ``policy``.
+
+    ``logits_cache`` (any dict) keeps the predictor's logits per (candidate, features), so
+    policies scoring the same caches on the same requests run each predictor once.
+    """
     if policy not in PLANNABLE_POLICIES:
         raise ValueError(f"policy '{policy}' has no tunable threshold; plannable: "
                          f"{PLANNABLE_POLICIES}")
     stacked = jax.tree.map(lambda a: jnp.asarray(a)[None], candidate.params)
-    logits = predictor_logits(candidate.spec, bank.num_classes, stacked["predictor"],
-                              np.asarray(features))
+    cache = {} if logits_cache is None else logits_cache
+    # Keyed by the array's identity; the entry holds the array, so the identity stays unique.
+    key = (candidate.key, id(features))
+    if key not in cache:
+        cache[key] = (features, predictor_logits(candidate.spec, bank.num_classes,
+                                                 stacked["predictor"], np.asarray(features)))
+    logits = cache[key][1]
     answers = logits[0].argmax(-1)
     if policy == "gati":
         hp = HeadTraining(selector_hidden=bank.selector_hidden)
@@ -66,11 +75,13 @@ def plan_candidates(bank: CacheBank, which: str = "frontier",
 
 def build_instance(policy: str, bank: CacheBank, candidates: Sequence[Candidate],
                    recording: Recording, profile: Profile, *, eps: float, budget_bytes: float,
-                   grid: int | dict[str, np.ndarray], confidence: float = 0.0) -> Instance:
+                   grid: int | dict[str, np.ndarray], confidence: float = 0.0,
+                   logits_cache: dict | None = None) -> Instance:
     """The instance for ``policy`` over ``candidates`` on ``recording``'s requests.
 
     ``grid`` is a number of levels (quantiles of each option's scores here), or the grids of
     another instance by candidate key, so a test-split instance shares the tuned thresholds.
+    ``logits_cache``: see :func:`exit_scores`.
     """
     base = recording.base_predictions
     positions = tuple(sorted({c.position for c in candidates}))
@@ -78,7 +89,8 @@ def build_instance(policy: str, bank: CacheBank, candidates: Sequence[Candidate]
     for p in positions:
         opts = []
         for c in (c for c in candidates if c.position == p):
-            scores, answers = exit_scores(policy, c, bank, recording.features[p])
+            scores, answers = exit_scores(policy, c, bank, recording.features[p],
+                                          logits_cache)
             levels = grid[c.key] if isinstance(grid, dict) else threshold_grid(scores, grid)
             opts.append(Option(c.key, scores, answers != base, answers == recording.labels,
                                profile.lookup(policy, c), int(c.metrics["param_bytes"]),

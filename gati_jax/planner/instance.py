@@ -58,6 +58,13 @@ def max_errors(num_requests: int, eps: float, confidence: float = 0.0) -> int:
         raise ValueError(f"eps must lie in [0, 1), got {eps}")
     if num_requests <= 0:
         raise ValueError("a planning instance needs at least one tuning request")
+    return _max_errors(int(num_requests), float(eps), float(confidence))
+
+
+# The search asks for the same budget tens of thousands of times (it cost 20 s of a
+# planning run before it was remembered).
+@functools.lru_cache(maxsize=256)
+def _max_errors(num_requests: int, eps: float, confidence: float) -> int:
     k = np.arange(num_requests + 1)
     agreement = wilson_lower_bound(num_requests - k, np.full_like(k, num_requests), confidence)
     ok = np.flatnonzero(agreement >= 1.0 - eps - 1e-12)

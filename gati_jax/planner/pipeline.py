@@ -69,14 +69,12 @@ def record_planning_data(model: BaseModel, dataset: data.Dataset, bank: CacheBan
 
 def _instances(policy: str, bank: CacheBank, candidates, planning: PlanningData,
                profile: Profile, planner: ml_collections.ConfigDict, grid: int,
-               ) -> tuple[Instance, Instance]:
-    tuning = build_instance(policy, bank, candidates, planning.tuning, profile,
-                            eps=float(planner.eps), budget_bytes=float(planner.memory_budget_bytes),
-                            grid=grid, confidence=float(planner.confidence))
+               logits_cache: dict | None = None) -> tuple[Instance, Instance]:
+    kw = dict(eps=float(planner.eps), budget_bytes=float(planner.memory_budget_bytes),
+              confidence=float(planner.confidence), logits_cache=logits_cache)
+    tuning = build_instance(policy, bank, candidates, planning.tuning, profile, grid=grid, **kw)
     grids = {o.key: o.grid for opts in tuning.options for o in opts}
-    test = build_instance(policy, bank, candidates, planning.test, profile,
-                          eps=float(planner.eps), budget_bytes=float(planner.memory_budget_bytes),
-                          grid=grids, confidence=float(planner.confidence))
+    test = build_instance(policy, bank, candidates, planning.test, profile, grid=grids, **kw)
     return tuning, test
 
 
@@ -84,8 +82,10 @@ def build_policy_instances(bank: CacheBank, candidates, planning: PlanningData,
                            profile: Profile, planner: ml_collections.ConfigDict,
                            ) -> dict[str, tuple[Instance, Instance]]:
     """(tuning, test) instances of every policy in :data:`METHODS`."""
+    logits: dict = {}  # the three policies score the same predictors on the same requests
     instances = {p: _instances(p, bank, candidates, planning, profile, planner,
-                               int(planner.grid)) for p in ("gati", "confidence", "entropy")}
+                               int(planner.grid), logits)
+                 for p in ("gati", "confidence", "entropy")}
     # apparate's ramps score like confidence: the same instances, not a second computation.
     instances["apparate"] = instances["confidence"]
     return instances
