@@ -1,0 +1,68 @@
+"""Latency profiles: what they measure, what they store, and when they measure again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import fc_caches
+
+from gati_jax.planner import profiles
+from gati_jax.planner.profiles import load_or_measure
+from gati_jax.runtime import policy_builder
+from gati_jax.training.checkpointing import load_base_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return load_base_model(str(ROOT / "checkpoints/synthetic_mlp"))
+
+
+def _lookups(model):
+    positions = (0, 1)
+    heads, params = fc_caches(model.network, positions, model.network.num_classes)
+    lookups = {}
+    for kind, policy in (("gati", "gati"), ("classifier", "entropy")):
+        for p, head, prm in zip(positions, heads, params):
+            lookups[f"{kind}/p{p}"] = (p, policy_builder(policy)(head), prm, policy)
+    return lookups
+
+
+def test_profile_measures_stores_and_reuses(mlp, tmp_path, monkeypatch):
+    lookups = _lookups(mlp)
+    path = tmp_path / "profile.json"
+    profile = load_or_measure(path, mlp, lookups, repeats=30)
+    assert len(profile.prefix_s) == mlp.network.num_stages
+    assert all(np.isfinite(profile.prefix_s)) and min(profile.prefix_s) > 0
+    assert set(profile.lookup_s) == set(lookups)
+    assert all(v >= 0 for v in profile.lookup_s.values())
+    stored = json.loads(path.read_text())[profile.key]
+    assert stored["lookup_s"] == profile.lookup_s and stored["prefix_s"] == profile.prefix_s
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("a stored profile was measured again")
+
+    monkeypatch.setattr(profiles, "measure_cache_cost", no_measuring)
+    monkeypatch.setattr(profiles, "measure_prefixes", no_measuring)
+    again = load_or_measure(path, mlp, lookups)
+    assert again.lookup_s == profile.lookup_s and again.prefix_s == profile.prefix_s
+    # A lookup the profile lacks is measured, and only that one.
+    measured = []
+    monkeypatch.setattr(profiles, "measure_cache_cost",
+                        lambda *args, **kwargs: measured.append(args[1]) or 1e-4)
+    extra = dict(lookups)
+    extra["gati/p1-other"] = lookups["gati/p1"]
+    grown = load_or_measure(path, mlp, extra)
+    assert measured == [1] and grown.lookup_s["gati/p1-other"] == 1e-4
+
+
+def test_a_corrupt_profile_is_a_clear_error_and_is_kept(mlp, tmp_path):
+    path = tmp_path / "profile.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_or_measure(path, mlp, _lookups(mlp))
+    assert path.read_text() == "{not json"
