@@ -95,7 +95,9 @@ def write_report(config: ml_collections.ConfigDict, workdir: Path,
         f"{check['measured_mean_ms']:.3f} ms on {check['requests']} validation requests; "
         f"speedup predicted {check['predicted_speedup']:.2f}x, measured "
         f"{check['measured_speedup']:.2f}x (error in units of the plain network "
-        f"{100 * check['normalized_error']:+.1f}%).", "",
+        f"{100 * check['normalized_error']:+.1f}%; with the plan's costs measured again "
+        f"just before the check: predicted {check['remeasured_predicted_mean_ms']:.3f} ms, "
+        f"error {100 * check['remeasured_normalized_error']:+.1f}%).", "",
         "## Exploration (best candidate per position)", "",
         markdown_table(exploration["table"]), "",
         "## Workloads", "",

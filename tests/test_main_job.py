@@ -59,6 +59,13 @@ def test_plan_respects_bound_and_budget_and_loads(explored):
         if row["policy"] == "gati" and row["feasible"]:
             assert ours["pred_ms"] <= row["pred_ms"] + 1e-9, row["method"]
     assert result["exhaustive_check"]["ours/exhaustive"] <= 1.02
+    # The cost model is checked twice: with the planning profile and re-measured just before.
+    check = result["cost_check"]
+    for prefix in ("", "remeasured_"):
+        assert np.isfinite(check[f"{prefix}normalized_error"])
+    assert check["remeasured_predicted_speedup"] == pytest.approx(
+        check["remeasured_plain_ms"] / check["remeasured_predicted_mean_ms"])
+    assert check["remeasured_within_10pct"] == (abs(check["remeasured_normalized_error"]) <= 0.1)
     plan, bank = load_plan(workdir / "plan")
     deployment = plan_deployment(plan, bank)
     assert deployment.positions == plan.positions

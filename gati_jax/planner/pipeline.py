@@ -25,7 +25,7 @@ from gati_jax.inference import BaseModel
 from gati_jax.planner import search
 from gati_jax.planner.build import (build_instance, build_knn_instance, knn_lookups, knn_stores,
                                     plan_candidates, policy_threshold)
-from gati_jax.planner.cost_check import check_cost_model
+from gati_jax.planner.cost_check import check_cost_model, remeasured
 from gati_jax.planner.instance import Instance, simulate
 from gati_jax.planner.plan import Plan, plan_deployment, plan_from_choices, save_plan
 from gati_jax.planner.profiles import Profile, candidate_lookups, load_or_measure
@@ -203,8 +203,10 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
     tuning_gati = instances["gati"][0]
     chosen_choices = _choices_of(chosen, tuning_gati)
     n_check = min(int(planner.check_requests), tuning_gati.num_requests)
+    fresh = remeasured(model, tuning_gati, chosen_choices, bank, "gati",
+                       int(planner.group_size), int(planner.latency_repeats))
     check = check_cost_model(model, deployment, tuning_gati, chosen_choices,
-                             planning.tuning_images[:n_check])
+                             planning.tuning_images[:n_check], fresh=fresh)
 
     sweep = []
     for eps in sorted(set(float(e) for e in planner.sweep_eps) | {float(planner.eps)}):
@@ -239,6 +241,12 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
           f"{100 * check['normalized_error']:+.1f}% "
           f"({'within' if check['within_10pct'] else 'NOT within'} 10%); same exit as "
           f"predicted for {100 * check['same_exit_fraction']:.1f}% of requests")
+    print(f"the same model with the plan's costs measured again just before the check: "
+          f"predicted {check['remeasured_predicted_mean_ms']:.3f} ms (plain "
+          f"{check['remeasured_plain_ms']:.3f} ms), speedup "
+          f"{check['remeasured_predicted_speedup']:.2f}x: error "
+          f"{100 * check['remeasured_normalized_error']:+.1f}% "
+          f"({'within' if check['remeasured_within_10pct'] else 'NOT within'} 10%)")
     print(f"wrote {workdir_path / 'plan.json'}, {workdir_path / 'plan'} and "
           f"{workdir_path / 'plan_tradeoff.png'} in {result['seconds']} s")
     return result

@@ -86,11 +86,19 @@ def _prefix_fn(model: BaseModel, stop: int):
 
 def measure_prefixes(model: BaseModel, group_size: int, repeats: int) -> list[float]:
     """Median seconds of stages 0..p for every stage p, timed side by side in blocks."""
+    stages = range(model.network.num_stages)
+    timed = measure_prefix_costs(model, stages, group_size, repeats)
+    return [timed[p] for p in stages]
+
+
+def measure_prefix_costs(model: BaseModel, stops: Sequence[int], group_size: int,
+                         repeats: int) -> dict[int, float]:
+    """Median seconds of stages 0..p for each p in ``stops``, timed side by side in blocks."""
     x = jnp.zeros((group_size, *model.network.input_shape), jnp.float32)
-    fns = {p: jax.jit(_prefix_fn(model, p)) for p in range(model.network.num_stages)}
+    fns = {p: jax.jit(_prefix_fn(model, p)) for p in stops}
     timed = measure_interleaved({str(p): (lambda f=f: f(x)) for p, f in fns.items()},
                                 max(repeats // _BLOCK, 3), block=_BLOCK)
-    return [timed[str(p)] for p in range(model.network.num_stages)]
+    return {p: timed[str(p)] for p in stops}
 
 
 # Policies' thresholds that never hit (scores lie in [0, 1], entropies are >= 0).
