@@ -122,6 +122,7 @@ def _caches_config(**kwargs) -> ml_collections.ConfigDict:
     caches = base_config().caches
     caches.variants = ("fc-d1", "fc-d1-h32")
     caches.seeds = 2
+    caches.learning_rates = (3e-3, 1e-2)
     caches.epochs = 6
     caches.latency_repeats = 5
     caches.targets = (0.95, 0.9)
