@@ -6,7 +6,7 @@ import jax
 import ml_collections
 import pytest
 
-from gati_jax.config import base_config
+from gati_jax.config import ConfigError, base_config, validate_config
 
 
 def _has_gpu() -> bool:
@@ -66,6 +66,14 @@ def fc_caches(network, positions, classes: int, seed: int = 0) -> tuple[tuple, t
             "predictor": Predictor(spec, classes).init(key, jnp.zeros(shapes[p]))["params"],
             "selector": Selector(8).init(key, jnp.zeros((1, NUM_FEATURES)))["params"]})
     return tuple(heads), tuple(params)
+
+
+def assert_config_rejects(section: str, key: str, value) -> None:
+    """The default config with ``section.key = value`` fails validation naming the key."""
+    config = base_config()
+    config[section][key] = value
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}="):
+        validate_config(config)
 
 
 @pytest.fixture

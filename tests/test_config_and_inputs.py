@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import assert_config_rejects, tiny_config
 from gati_jax import data
 from gati_jax.config import ConfigError, base_config, validate_config
 from gati_jax.inference import BaseModel, predict_logits
@@ -45,10 +45,7 @@ def test_validate_names_unknown_keys_and_bad_values():
              ("train", "schedule"): "linear", ("train", "momentum"): 1.5,
              ("train", "epochs"): 0, ("data", "validation_size"): -1}
     for (section, key), value in cases.items():
-        config = base_config()
-        config[section][key] = value
-        with pytest.raises(ConfigError, match=rf"{section}\.{key}="):
-            validate_config(config)
+        assert_config_rejects(section, key, value)
 
 
 def test_unknown_data_set_and_model_names():

@@ -9,9 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import fc_caches
+from conftest import assert_config_rejects, fc_caches
 from gati_jax import data
-from gati_jax.config import ConfigError, base_config, validate_config
+from gati_jax.config import base_config
 from gati_jax.inference import BaseModel
 from gati_jax.models import build_network
 from gati_jax.online.guard import AccuracyGuard, wilson_upper_bound
@@ -214,13 +214,7 @@ def test_background_work_runs_while_idle_and_delays_only_who_arrives_during_it()
 
 
 def test_online_config_is_validated():
-    config = base_config()
-    config.online.audit_fraction = 1.5
-    with pytest.raises(ConfigError, match="online.audit_fraction"):
-        validate_config(config)
-    config = base_config()
-    config.online.guard_window = 5
-    with pytest.raises(ConfigError, match="online.guard_window"):
-        validate_config(config)
+    assert_config_rejects("online", "audit_fraction", 1.5)
+    assert_config_rejects("online", "guard_window", 5)
     settings = OnlineSettings.from_config(base_config().online)
     assert dataclasses.asdict(settings)["update"]["target"] == 0.99

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from conftest import assert_config_rejects
 
-from gati_jax.config import ConfigError, base_config, validate_config
 from gati_jax.planner import search
 from gati_jax.planner.instance import (Instance, Option, max_errors, simulate,
                                        summarize_outcome, threshold_grid)
@@ -99,14 +99,8 @@ def test_error_budget_and_bad_settings():
     bad = dataclasses.replace(inst.options[0][0], scores=np.full(200, np.nan))
     with pytest.raises(ValueError, match="NaN"):
         dataclasses.replace(inst, options=((bad,), *inst.options[1:]))
-    config = base_config()
-    config.planner.eps = 1.5
-    with pytest.raises(ConfigError, match="planner.eps"):
-        validate_config(config)
-    config = base_config()
-    config.planner.memory_budget_bytes = -5
-    with pytest.raises(ConfigError, match="planner.memory_budget_bytes"):
-        validate_config(config)
+    assert_config_rejects("planner", "eps", 1.5)
+    assert_config_rejects("planner", "memory_budget_bytes", -5)
 
 
 def test_impossible_bound_gives_the_empty_plan():

@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 import pytest
+from conftest import assert_config_rejects
 
-from gati_jax.config import ConfigError, base_config, validate_config
 from gati_jax.serving import (FakeClock, MonotonicClock, ServingResult, VirtualClock,
                               make_clock, serve, summarize, windowed)
 
@@ -318,7 +318,4 @@ def test_route_group_gets_images_and_indices_of_its_group():
 def test_validate_config_checks_serving():
     for key, value in [("max_group", 0), ("concurrency", 0), ("max_wait_ms", -1.0),
                        ("mode", "poisson"), ("clock", "wall")]:
-        config = base_config()
-        config.serving[key] = value
-        with pytest.raises(ConfigError, match=rf"serving\.{key}="):
-            validate_config(config)
+        assert_config_rejects("serving", key, value)

@@ -8,9 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from gati_jax.config import ConfigError, base_config, validate_config
+from conftest import assert_config_rejects
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,11 +25,5 @@ def test_sharded_paths_on_four_forced_cpu_devices():
 
 
 def test_mesh_config_is_validated():
-    config = base_config()
-    config.mesh.model_parallel = 0
-    with pytest.raises(ConfigError, match="mesh.model_parallel"):
-        validate_config(config)
-    config = base_config()
-    config.mesh.devices = -1
-    with pytest.raises(ConfigError, match="mesh.devices"):
-        validate_config(config)
+    assert_config_rejects("mesh", "model_parallel", 0)
+    assert_config_rejects("mesh", "devices", -1)
