@@ -24,8 +24,7 @@ from gati_jax import data
 from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
 from gati_jax.planner.instance import Choice, Instance, simulate
-from gati_jax.planner.profiles import (candidate_lookups, measure_cache_cost,
-                                       measure_prefix_costs, plain_program)
+from gati_jax.planner.profiles import candidate_lookups, measure_lookups, measure_prefix_costs
 from gati_jax.runtime.deployment import Deployment
 
 
@@ -37,10 +36,8 @@ def remeasured(model: BaseModel, instance: Instance, choices: Sequence[Choice],
     by_key = {c.key: c for c in bank.candidates}
     chosen = {instance.options[i][c[0]].key for i, c in enumerate(choices) if c is not None}
     lookups = candidate_lookups(bank, [by_key[k] for k in sorted(chosen)], (policy,))
-    plain = plain_program(model)
-    costs = {key.split("/", 1)[1]: measure_cache_cost(model, position, decide, params, pol,
-                                                      group_size, repeats, plain)
-             for key, (position, decide, params, pol) in lookups.items()}
+    costs = {key.split("/", 1)[1]: seconds for key, seconds
+             in measure_lookups(model, lookups, group_size, repeats).items()}
     options = tuple(tuple(dataclasses.replace(o, lookup_s=costs[o.key]) if o.key in costs
                           else o for o in opts) for opts in instance.options)
     stops = sorted({instance.positions[i] for i, c in enumerate(choices) if c is not None}
@@ -108,7 +105,7 @@ def check_cost_model(model: BaseModel, deployment: Deployment, instance: Instanc
                "remeasured_predicted_speedup": fresh.full_s / predicted_now,
                "remeasured_normalized_error": error_now,
                "remeasured_within_10pct": bool(abs(error_now) <= 0.10)}
-    return {**now,"requests": n, "predicted_mean_ms": 1e3 * predicted,
+    return {**now, "requests": n, "predicted_mean_ms": 1e3 * predicted,
             "measured_mean_ms": 1e3 * measured, "measured/predicted": measured / predicted,
             "plain_measured_ms": 1e3 * measured_plain,
             "plain_profiled_ms": 1e3 * instance.full_s,

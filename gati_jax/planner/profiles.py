@@ -136,6 +136,17 @@ def measure_cache_cost(model: BaseModel, position: int, decide: Decide, params: 
     return max(timed["router"] - timed["plain"], 0.0)
 
 
+def measure_lookups(model: BaseModel, lookups: dict[str, tuple[int, Decide, Any, str]],
+                    group_size: int, repeats: int) -> dict[str, float]:
+    """:func:`measure_cache_cost` of every lookup (key -> (position, decide, params,
+    policy)), the plain network compiled once for all of them; with a progress bar."""
+    plain = plain_program(model) if lookups else None
+    return {key: measure_cache_cost(model, position, decide, params, policy, group_size,
+                                    repeats, plain)
+            for key, (position, decide, params, policy)
+            in tqdm(lookups.items(), desc="profiling lookups", disable=not lookups)}
+
+
 def candidate_lookups(bank: CacheBank, candidates: Sequence[Candidate],
                       policies: Sequence[str]) -> dict[str, tuple[int, Decide, Any, str]]:
     """What to measure for bank candidates: profile key -> (position, decide, params, policy)."""
@@ -171,12 +182,8 @@ def load_or_measure(path: str | Path, model: BaseModel,
         profile = Profile(**stored[profile.key])
     if not profile.prefix_s:
         profile.prefix_s = measure_prefixes(model, group_size, repeats)
-    missing = [k for k in lookups if k not in profile.lookup_s]
-    plain = plain_program(model) if missing else None
-    for key in tqdm(missing, desc="profiling lookups", disable=not missing):
-        position, decide, params, policy = lookups[key]
-        profile.lookup_s[key] = measure_cache_cost(model, position, decide, params, policy,
-                                                   group_size, repeats, plain)
+    missing = {k: v for k, v in lookups.items() if k not in profile.lookup_s}
+    profile.lookup_s.update(measure_lookups(model, missing, group_size, repeats))
     stored[profile.key] = dataclasses.asdict(profile)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -15,7 +15,7 @@ import numpy as np
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
-from gati_jax.planner.profiles import measure_cache_cost, measure_prefixes, plain_program
+from gati_jax.planner.profiles import measure_lookups, measure_prefixes
 from gati_jax.profiling import measure_interleaved, stage_latencies
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 
@@ -73,9 +73,9 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     lookup_s = [c.metrics["lookup_latency_s"] for c in best]
     # The planner's cost model: compiled prefixes plus each cache's cost inside a router.
     prefix_s = measure_prefixes(model, 1, repeats)
-    plain_prog = plain_program(model)
-    cache_s = [measure_cache_cost(model, p, d, c.params, "gati", 1, repeats, plain_prog)
-               for p, d, c in zip(dep.positions, dep.decides(), best)]
+    measured = measure_lookups(model, {str(p): (p, d, c.params, "gati") for p, d, c
+                                       in zip(dep.positions, dep.decides(), best)}, 1, repeats)
+    cache_s = [measured[str(p)] for p in dep.positions]
     rows = []
     scenarios = [("no exit", None)] + [(f"exit at {p}", k) for k, p in enumerate(dep.positions)]
     for label, k in scenarios:
