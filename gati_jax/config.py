@@ -183,6 +183,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.online.enabled = True
     # An update (`steps` optax steps per cache, then calibration) every this many requests.
     config.online.update_every = 100
+    # After an update that swapped no cache in, the next waits twice as long, up to this
+    # many times update_every (1: a fixed pace); an accepted update or a guard switch resets.
+    config.online.max_backoff = 8
     # Fraction of hits also run through the full network off the critical path (shadow
     # audit): labels for the windows and unbiased evidence for the accuracy guard.
     config.online.audit_fraction = 0.1
@@ -406,7 +409,7 @@ def _validate_serving(s: ml_collections.ConfigDict) -> None:
 
 def _validate_online(o: ml_collections.ConfigDict) -> None:
     _require(int(o.steps) >= 0, "online.steps", o.steps, ">= 0 (0: no optimiser steps)")
-    for key in ("update_every", "window_items", "max_lag", "steps_per_chunk", "audit_group",
+    for key in ("update_every", "max_backoff", "window_items", "max_lag", "steps_per_chunk", "audit_group",
                 "batch_size", "min_train", "min_holdout", "guard_window", "guard_min_samples",
                 "guard_recover_samples"):
         _require(int(o[key]) >= 1, f"online.{key}", o[key], ">= 1")

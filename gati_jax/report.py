@@ -25,7 +25,7 @@ def _read(path: Path) -> Any:
 ONLINE_COLUMNS = ("workload", "speedup_vs_none", "speedup_vs_static_gati",
                   "p99_ratio_vs_static_gati", "agreement", "static_agreement",
                   "min_window_agreement", "static_min_window_agreement", "hit_rate",
-                  "static_hit_rate", "updates", "accepted", "rejected", "audited")
+                  "static_hit_rate", "updates", "trained", "accepted", "rejected", "audited")
 
 
 def _online_section(config: ml_collections.ConfigDict, online: dict[str, Any]) -> list[str]:
@@ -39,7 +39,8 @@ def _online_section(config: ml_collections.ConfigDict, online: dict[str, Any]) -
     return [
         "## Online learning (gati-online vs static gati, same streams)", "",
         f"Updates every {config.online.update_every} requests ({config.online.steps} optax "
-        f"steps per cache), audit sample {config.online.audit_fraction:g} of requests, "
+        f"steps per cache in the `trained` ones: steps that swap no cache in wait up to "
+        f"{config.online.max_backoff}x longer), audit sample {config.online.audit_fraction:g} of requests, "
         f"calibration target {config.online.target}; counts are from the first round. "
         "Worst-window agreement is over windows of "
         f"{config.workload.window} requests.", "",

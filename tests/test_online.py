@@ -16,7 +16,7 @@ from gati_jax.inference import BaseModel
 from gati_jax.models import build_network
 from gati_jax.online.guard import AccuracyGuard, wilson_upper_bound
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
-from gati_jax.online.updates import UpdateSettings
+from gati_jax.online.updates import UpdateSettings, Verdict
 from gati_jax.online.window import ReplayWindow
 from gati_jax.runtime.deployment import Deployment
 from gati_jax.serving.clock import FakeClock
@@ -151,6 +151,31 @@ def test_serving_with_updates_swaps_parameters_without_recompiling(model):
                                           data.normalize(images, model.mean, model.std)))
     miss = ~result.hit
     np.testing.assert_array_equal(result.answer[miss], full.argmax(-1)[miss])
+
+
+def test_optimiser_steps_back_off_while_they_do_not_help_and_resume_when_they_do(model):
+    learner = OnlineLearner(model, _deployment(model), _settings(max_backoff=4), max_group=8)
+    helpful = {280}  # the steps scheduled after this many requests produce a better cache
+    calls = []
+
+    def update(params, windows, rng, shifts, thresholds, train):
+        calls.append((learner.observed, train))
+        yield
+        verdict = Verdict(True, "test", 0.5, 0.5, 1.0, 16, updated=train and
+                          learner.observed in helpful)
+        return params, [0.5] * len(params), [verdict] * len(params)
+
+    learner.trainer.update = update
+    for group in _images(480).reshape(60, 8, *SHAPE):
+        learner.route(group)
+        learner.drain()
+    trained = [at for at, train in calls if train]
+    # Every 40 requests an update (recalibration); steps at 40, then 80 and 160 requests
+    # later (capped at 4 x 40), every 40 after the helpful steps at 280, then backing off again.
+    assert [at for at, _ in calls] == list(range(40, 481, 40))
+    assert trained == [40, 120, 280, 320, 400]
+    assert learner.summary()["trained"] == len(trained)
+    assert learner.summary()["accepted"] == len(learner.positions)  # the one helpful update
 
 
 def test_guard_turns_a_cache_off_on_wrong_answers_and_back_on_after_recovery():

@@ -42,6 +42,7 @@ class OnlineSettings:
     """The ``online`` config section as plain values."""
 
     update_every: int = 50
+    max_backoff: int = 1
     audit_fraction: float = 0.05
     audit_group: int = 2
     window_bytes: int = 1 << 20
@@ -82,6 +83,7 @@ class UpdateRecord:
     applied: int
     verdicts: list[Verdict]
     thresholds: list[float]
+    trained: bool  # whether optimiser steps ran (the back-off skips them), or only calibration
 
 
 class OnlineLearner:
@@ -133,7 +135,9 @@ class OnlineLearner:
         self.served = 0     # requests routed
         self.observed = 0   # requests the background has learnt from
         self._sampled = 0
-        self._last_scheduled = 0
+        self._last_scheduled = self._last_trained = 0
+        self.backoff = 1  # the update interval's multiplier, see _apply
+        self._guard_events_seen = 0
         self._audits: collections.deque = collections.deque()
         self._update: tuple[int, Generator] | None = None
         self._oldest_pending: int | None = None
@@ -195,16 +199,25 @@ class OnlineLearner:
                                  bool(holdout[i])))
         self.observed += n
         self._answers.extend(result.answer.tolist())
+        if self._guard_events_seen != len(self.guard.events):
+            # A switch means the stream moved: train at full pace again.
+            self._guard_events_seen, self.backoff = len(self.guard.events), 1
         if (self._update is None
                 and self.observed - self._last_scheduled >= self.settings.update_every):
             self.schedule_update()
 
-    def schedule_update(self) -> None:
-        """Queues an update (optimiser steps, prior shift, calibration) as background work."""
+    def schedule_update(self, train: bool | None = None) -> None:
+        """Queues an update (optimiser steps, prior shift, calibration) as background work;
+        the steps run only when the back-off allows (``train`` None) or when told."""
+        if train is None:
+            due = self.settings.update_every * self.backoff
+            train = self.observed - self._last_trained >= due
         self._last_scheduled = self.observed
+        if train:
+            self._last_trained = self.observed
         shifts = self._prior_shifts()
-        self._update = (self.observed, shifts, self.trainer.update(
-            self.base_params, self.windows, self.rng, shifts, self.nominal))
+        self._update = (self.observed, shifts, train, self.trainer.update(
+            self.base_params, self.windows, self.rng, shifts, self.nominal, train=train))
         if self._oldest_pending is None:
             self._oldest_pending = self.served
 
@@ -266,11 +279,11 @@ class OnlineLearner:
             self._audit_group()
             return "audit"
         if self._update is not None:
-            scheduled, shifts, steps = self._update
+            scheduled, shifts, trained, steps = self._update
             try:
                 next(steps)
             except StopIteration as done:
-                self._apply(scheduled, shifts, *done.value)
+                self._apply(scheduled, shifts, trained, *done.value)
                 self._update = None
             return "update"
         return "idle"
@@ -291,8 +304,8 @@ class OnlineLearner:
         self._learn(tapped, result.answer, np.ones(len(batch), bool), exits, holdout,
                     audited=True)
 
-    def _apply(self, scheduled: int, shifts: tuple, params: tuple[Any, ...], thresholds: list,
-               verdicts: list[Verdict]) -> None:
+    def _apply(self, scheduled: int, shifts: tuple, trained: bool, params: tuple[Any, ...],
+               thresholds: list, verdicts: list[Verdict]) -> None:
         nominal = self.nominal.copy()
         new_shifts = list(self.shifts)
         for k, (verdict, threshold) in enumerate(zip(verdicts, thresholds)):
@@ -303,8 +316,15 @@ class OnlineLearner:
         # One assignment each, between groups: the next group sees the whole new set.
         self.base_params, self.shifts = params, tuple(new_shifts)
         self.params, self.nominal = serving, nominal
+        # Optimiser steps that swapped no cache in were background work that served nobody,
+        # and every step competes with requests for the device: the next steps wait twice
+        # as long (up to max_backoff x update_every; the cheap recalibration and prior shift
+        # keep their pace), and steps that help bring the pace back.
+        if trained:
+            helped = any(v.updated for v in verdicts)
+            self.backoff = 1 if helped else min(2 * self.backoff, self.settings.max_backoff)
         self.updates.append(UpdateRecord(scheduled, self.served, verdicts,
-                                         [float(t) for t in nominal]))
+                                         [float(t) for t in nominal], trained))
 
     def drain(self) -> None:
         """Runs all pending background work (end of a stream, or tests)."""
@@ -312,10 +332,12 @@ class OnlineLearner:
             self.run_chunk()
 
     def summary(self) -> dict[str, Any]:
-        """Counts of updates, parameter swaps ("accepted"; "rejected": candidates that failed
-        or did no better), audits, guard switches and window memory."""
-        verdicts = [v for u in self.updates for v in u.verdicts if v.reason != "waiting for data"]
-        return {"updates": len(self.updates),
+        """Counts of updates (and of those that ran optimiser steps, "trained"), parameter
+        swaps ("accepted"; "rejected": trained candidates that failed or did no better),
+        audits, guard switches and window memory."""
+        verdicts = [v for u in self.updates if u.trained for v in u.verdicts
+                    if v.reason != "waiting for data"]
+        return {"updates": len(self.updates), "trained": sum(u.trained for u in self.updates),
                 "accepted": sum(v.updated for v in verdicts),
                 "rejected": sum(not v.updated for v in verdicts),
                 "audited": self.audited, "chunks": self.chunks,

@@ -216,7 +216,7 @@ def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[s
         "static_hit_rate": results["gati"][0]["hit_rate"],
     }
     figures.update({k: v for k, v in first["online"].items()
-                    if k in ("updates", "accepted", "rejected", "audited", "trace_count",
+                    if k in ("updates", "trained", "accepted", "rejected", "audited", "trace_count",
                              "chunk_ms_p50", "chunk_ms_max")})
     figures["guard_events"] = first["online"]["guard_events"]
     figures["window_bytes"] = first["online"]["window_bytes"]
