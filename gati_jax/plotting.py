@@ -70,11 +70,22 @@ def plot_exploration(bank: Any, path: str | os.PathLike) -> None:
 
 
 def plot_router_benchmark(result: dict[str, Any], path: str | os.PathLike) -> None:
-    """Latency when every request exits at each position: router, Python loop, cost model."""
+    """Left: latency when every request exits at each position (router, Python loop, cost
+    models). Right: throughput per group size, plain network vs router vs compacted router."""
     rows = result["forced_exits"]
     labels = [r["scenario"].replace("exit at ", "") for r in rows]
     x = range(len(rows))
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(12, 3.8),
+                                    gridspec_kw={"width_ratios": [3, 2]})
+    groups = result["group_sizes"]
+    for key, label in (("plain_rps", "plain network"), ("router_gati99_rps", "router"),
+                       ("compacted_gati99_rps", "router, compacted")):
+        right.plot([g["group"] for g in groups], [g[key] for g in groups], "o-", label=label)
+    right.set_xscale("log", base=2)
+    right.set_xlabel("group size (gati at the 99% thresholds)")
+    right.set_ylabel("requests per second")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
     for key, label in (("router_ms", "compiled router"), ("loop_ms", "Python-loop reference"),
                        ("stage_sum_model_ms", "sum of separately compiled stages"),
                        ("profile_model_ms", "planner's profile (in-router costs)")):

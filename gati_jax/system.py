@@ -29,11 +29,12 @@ class ServingSystem:
 
 
 def load_system(workdir: str | Path, max_group: int = 32,
-                checkpoint: str | Path | None = None) -> ServingSystem:
+                checkpoint: str | Path | None = None, compact: bool = False) -> ServingSystem:
     """Loads WORKDIR/plan (caches + plan) and the base network it was planned for.
 
     The base network is read from ``checkpoint``, or from the config recorded in
-    WORKDIR/config.json by the main job.
+    WORKDIR/config.json by the main job; ``compact`` builds a compacting router (groups
+    whose requests exit at different positions stop paying for the exited ones).
     """
     workdir = Path(workdir)
     plan, bank = load_plan(workdir / "plan")
@@ -45,4 +46,5 @@ def load_system(workdir: str | Path, max_group: int = 32,
         checkpoint = json.loads(config_path.read_text())["caches"]["checkpoint"]
     model = load_base_model(checkpoint)
     deployment = plan_deployment(plan, bank)
-    return ServingSystem(model, plan, deployment, deployment.router(model, max_group))
+    return ServingSystem(model, plan, deployment,
+                         deployment.router(model, max_group, compact=compact))

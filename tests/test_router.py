@@ -67,13 +67,17 @@ def test_none_policy_returns_the_base_answers(base):
     assert (result.exit_stage == network.num_stages - 1).all() and not result.hit.any()
 
 
-@pytest.mark.parametrize("policy", ["gati", "confidence", "entropy", "oracle"])
-def test_router_equals_reference_for_random_thresholds(base, policy):
+# Compaction is policy-agnostic: gati, and the oracle (whose base answers are gathered too).
+@pytest.mark.parametrize("policy,compact", [
+    *((p, False) for p in ("gati", "confidence", "entropy", "oracle")),
+    ("gati", True), ("oracle", True)])
+def test_router_equals_reference_for_random_thresholds(base, policy, compact):
     network, variables = base
     positions = (0, 1, 3)
     heads, params = _caches(network, positions)
     decides = tuple(policy_builder(policy)(h) for h in heads)
-    router = Router(_model(network, variables), positions, decides, max_group=16)
+    router = Router(_model(network, variables), positions, decides, max_group=16,
+                    compact=compact)
     rng = np.random.default_rng(1)
     images = _images(16, seed=2)
     base_answers = _base_answers(network, variables, images)
@@ -146,10 +150,70 @@ def test_a_group_that_exits_at_the_first_position_runs_no_later_stage():
     assert not result.hit.any() and CALLS == [1]
 
 
-def test_padding_rows_never_change_results(base):
+ROWS: list[int] = []
+
+
+class RowCountingDense(nn.Module):
+    """A stage that reports to the host how many rows it ran on, each time it runs."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        jax.debug.callback(lambda a: ROWS.append(a.shape[0]), x)
+        return DenseStage(self.features)(x)
+
+
+def test_compaction_runs_later_stages_on_the_smallest_bucket_of_rows_left():
+    network = StagedNetwork("rows", (DenseStage(16), RowCountingDense(12), DenseStage(8),
+                                     RowCountingDense(8), Head(CLASSES)), SHAPE, CLASSES)
+    variables = network.init(jax.random.key(0))
+    heads, params = _caches(network, (0, 2))
+    decides = tuple(policy_builder("gati")(h) for h in heads)
+    model = _model(network, variables)
+    plain = Router(model, (0, 2), decides, 16)
+    compact = Router(model, (0, 2), decides, 16, compact=True)
+    images = _images(13, seed=3)  # a bucket of 16, 3 padding rows
+    from gati_jax import data
+    from gati_jax.caches.lookup import make_lookup
+    head = heads[0]
+    x = network.apply_stage(variables, 0, data.normalize(images, MEAN, STD))
+    scores = np.sort(np.asarray(make_lookup(head.spec, head.num_classes, head.pool_factor,
+                                            head.selector_hidden)(params[0], x)[1]))
+    seen = set()
+    # Just above the (left)th lowest score, `left` rows miss: 1, 2, 3, 5, 9, 13 and none.
+    for threshold in [*(scores[left - 1] + 1e-6 for left in (1, 2, 3, 5, 9, 13)), 0.0]:
+        thresholds = [threshold, 1.1]  # only position 0 exits
+        want = plain.route(params, thresholds, images)
+        ROWS.clear()
+        got = compact.route(params, thresholds, images)
+        jax.effects_barrier()
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+        left = int((~got.hit).sum())
+        bucket = 0 if left == 0 else min(b for b in compact.buckets if b >= left)
+        # Stage 1 runs on the rows left after position 0; stage 3 on those left after 2.
+        assert ROWS == ([bucket, bucket] if left else []), (left, ROWS)
+        seen.add(bucket)
+    assert seen == {0, 1, 2, 4, 8, 16}  # every bucket, and the skip
+    assert compact.trace_count == 1
+
+
+def test_compaction_needs_no_taps_and_no_mesh(base):
+    network, variables = base
+    heads, _ = _caches(network, (0,))
+    decides = (policy_builder("gati")(heads[0]),)
+    with pytest.raises(ValueError, match="compaction"):
+        Router(_model(network, variables), (0,), decides, 8, taps=(lambda p, x: x,),
+               compact=True)
+
+
+@pytest.mark.parametrize("compact", [False, True], ids=["plain", "compacted"])
+def test_padding_rows_never_change_results(base, compact):
     network, variables = base
     heads, params = _caches(network, (0, 2))
-    router = _router(network, variables, (0, 2), heads, 16)
+    router = Router(_model(network, variables), (0, 2),
+                    tuple(policy_builder("gati")(h) for h in heads), 16, compact=compact)
     images = _images(16, seed=5)
     together = router.route(params, [0.45, 0.4], images[:11])
     for i in range(11):

@@ -32,9 +32,9 @@ class Deployment:
         """The policy's decision rule at every deployed position."""
         return tuple(policy_builder(self.policy)(h) for h in self.heads)
 
-    def router(self, model: BaseModel, max_group: int = 32) -> Router:
+    def router(self, model: BaseModel, max_group: int = 32, compact: bool = False) -> Router:
         """A compiled router for this deployment (params/thresholds are passed per call)."""
-        return Router(model, self.positions, self.decides(), max_group)
+        return Router(model, self.positions, self.decides(), max_group, compact=compact)
 
     def reference(self, model: BaseModel) -> ReferenceRouter:
         """The Python-loop reference router for this deployment."""

@@ -11,6 +11,12 @@ every call, before any ``lax.cond`` can skip it (measured on the shipped ResNet-
 a group exiting at position 0 cost 1.07 ms with the variables as arguments, 0.12 ms baked).
 A new base network means a new Router; new caches never do.
 
+A router built with ``compact=True`` also gathers, after each deployed position, the rows
+still running into the smallest bucket that holds them (a ``lax.switch`` over the buckets),
+runs the next segment on those rows only and scatters the results back: a group half of whose
+requests exited stops paying for that half (measured on the shipped ResNet-18 with the planned
+caches: 1.6x the plain router's throughput at groups of 8 and 32).
+
 A router built with ``taps`` (one function per deployed position, ``tap(params, activation)``)
 also returns what each tap computed at its position for every request of the group, zeros
 where the group skipped the position: online learning reads the activations it trains on
@@ -68,6 +74,7 @@ class Router:
     bake_base: bool = True
     taps: tuple[Callable[[Any, jax.Array], Any], ...] | None = None
     mesh: Any = None              # a jax.sharding Mesh: groups split over its data axis
+    compact: bool = False         # gather the rows still running into smaller buckets
     trace_count: int = 0          # how many times the program was traced (== compilations)
 
     def __post_init__(self):
@@ -81,6 +88,10 @@ class Router:
             raise ValueError("one decision rule per deployed position is needed")
         if self.taps is not None and len(self.taps) != len(self.positions):
             raise ValueError("one tap per deployed position is needed")
+        if self.compact and (self.taps is not None or self.mesh is not None):
+            # Taps report every row at every position, and gathering rows of a group split
+            # over devices would move them between devices: neither fits compaction.
+            raise ValueError("compaction works without taps and without a mesh")
         self.buckets = bucket_sizes(self.max_group)
         if self.mesh is not None:
             # Every bucket splits evenly over the data-parallel devices.
@@ -150,6 +161,10 @@ class Router:
             return lax.cond(jnp.all(state[3]), lambda op: finish(op[1]),
                             lambda op: run(k + 1, op[0], op[1]), (x, state))
 
+        if self.compact and n > 1 and positions:
+            answer, exit_stage, hit = self._run_compacted(variables, cache_params, thresholds,
+                                                          x0, valid, base_answer)
+            return jnp.stack([answer, exit_stage, hit.astype(jnp.int32)])
         answer, exit_stage, hit, tapped = run(0, x0, state0)
         # One output array: one device-to-host transfer per group instead of three.
         out = jnp.stack([answer, exit_stage, hit.astype(jnp.int32)])
@@ -163,6 +178,66 @@ class Router:
         columns = [out.T.astype(jnp.float32)]
         columns += [l.reshape(n, -1).astype(jnp.float32) for l in leaves]
         return jnp.concatenate(columns, axis=1)
+
+    def _run_compacted(self, variables: Variables, cache_params: tuple[Any, ...],
+                       thresholds: jax.Array, x: jax.Array, valid: jax.Array,
+                       base_answer: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The group's route with compaction: after each deployed position the rows still
+        running are gathered into the smallest bucket that holds them, the next segment (its
+        stages and the next lookup) runs on that bucket only, and its results scatter back.
+
+        One ``lax.switch`` per segment picks the bucket (branch 0: nobody is left, the
+        segment is skipped as the plain router's ``lax.cond`` would), so the program holds
+        each later segment once per bucket size up to the group's. Rows gathered only to
+        fill a bucket (exited or padding) run but never change a result.
+        """
+        network, positions = self.network, self.positions
+        n, last = x.shape[0], network.num_stages - 1
+        sizes = tuple(b for b in self.buckets if b <= n)
+        starts = (0, *(p + 1 for p in positions))
+        ends = (*(p + 1 for p in positions), network.num_stages)
+        state = (jnp.zeros(n, jnp.int32), jnp.full(n, last, jnp.int32), jnp.zeros(n, bool),
+                 ~valid)
+
+        def segment(k, rows, x, state):
+            """Segment k on the gathered ``rows`` (None: every row, in place)."""
+            take = (lambda a: a) if rows is None else (lambda a: a[rows])
+            x = take(x)
+            answer, exit_stage, hit, done = (take(a) for a in state)
+            live = ~done
+            for index in range(starts[k], ends[k]):
+                x = network.apply_stage(variables, index, x)
+            if k == len(positions):
+                answer = jnp.where(live, jnp.argmax(x, -1).astype(jnp.int32), answer)
+            else:
+                cache_answer, cache_hit = self.decides[k](cache_params[k], thresholds[k], x,
+                                                          take(base_answer))
+                new = cache_hit & live
+                answer = jnp.where(new, cache_answer.astype(jnp.int32), answer)
+                exit_stage = jnp.where(new, positions[k], exit_stage)
+                hit, done = hit | new, done | new
+            if rows is None:
+                return x, (answer, exit_stage, hit, done)
+            full = jnp.zeros((n, *x.shape[1:]), x.dtype).at[rows].set(x)
+            return full, tuple(a.at[rows].set(b) for a, b in
+                               zip(state, (answer, exit_stage, hit, done)))
+
+        x, state = segment(0, None, x, state)  # nobody has exited before the first lookup
+        for k in range(1, len(positions) + 1):
+            # Rows still running first, in group order: a bucket of b takes the first b.
+            order = jnp.argsort(state[3], stable=True)
+            remaining = jnp.sum(~state[3])
+            out = x
+            for index in range(starts[k], ends[k]):
+                out = jax.eval_shape(lambda v, a, i=index: network.apply_stage(v, i, a),
+                                     variables, out)
+            branches = [lambda op, out=out: (jnp.zeros(out.shape, out.dtype), op[1])]
+            branches += [lambda op, k=k, b=b: segment(k, None if b == n else order[:b], *op)
+                         for b in sizes]
+            index = jnp.where(remaining == 0, 0,
+                              1 + jnp.sum(jnp.asarray(sizes) < remaining))
+            x, state = lax.switch(index, branches, (x, state))
+        return state[0], state[1], state[2]
 
     def _tap_shapes(self, packing: Packing, variables: Variables, x0: jax.Array,
                     cache_params: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -122,7 +122,8 @@ def serve_rounds(model: BaseModel, contenders: dict[str, Contender], workload, b
         # One router per contender for every workload: a new one would compile every
         # bucket again (measured: about 2 minutes of a 3-workload benchmark).
         if name not in compiled:
-            compiled[name] = c.deployment.router(model, max_group=int(serving.max_group))
+            compiled[name] = c.deployment.router(model, max_group=int(serving.max_group),
+                                                 compact=bool(serving.compaction))
         router, dep = compiled[name], c.deployment
 
         def route(images, index, router=router, dep=dep):
