@@ -78,11 +78,17 @@ def plot_router_benchmark(result: dict[str, Any], path: str | os.PathLike) -> No
     fig, (ax, right) = plt.subplots(1, 2, figsize=(12, 3.8),
                                     gridspec_kw={"width_ratios": [3, 2]})
     groups = result["group_sizes"]
-    for key, label in (("plain_rps", "plain network"), ("router_gati99_rps", "router"),
-                       ("compacted_gati99_rps", "router, compacted")):
+    for key, label in (("plain_rps", "plain network"), ("router_rps", "router"),
+                       ("compacted_rps", "router, compacted")):
         right.plot([g["group"] for g in groups], [g[key] for g in groups], "o-", label=label)
+    planned = result.get("group_sizes_planned", [])
+    for key, label in (("router_rps", "router, planned caches"),
+                       ("compacted_rps", "compacted, planned caches")):
+        if planned:
+            right.plot([g["group"] for g in planned], [g[key] for g in planned], "s--",
+                       label=label)
     right.set_xscale("log", base=2)
-    right.set_xlabel("group size (gati at the 99% thresholds)")
+    right.set_xlabel("group size (gati: every position at 99%, or the plan)")
     right.set_ylabel("requests per second")
     right.grid(alpha=0.3)
     right.legend(fontsize=8)

@@ -16,7 +16,7 @@ from gati_jax.inference import BaseModel
 from gati_jax.models import build_network
 from gati_jax.online.guard import AccuracyGuard, wilson_upper_bound
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
-from gati_jax.online.updates import UpdateSettings, Verdict
+from gati_jax.online.updates import UpdateSettings, Verdict, shift_logits
 from gati_jax.online.window import ReplayWindow
 from gati_jax.runtime.deployment import Deployment
 from gati_jax.serving.clock import FakeClock
@@ -176,6 +176,41 @@ def test_optimiser_steps_back_off_while_they_do_not_help_and_resume_when_they_do
     assert trained == [40, 120, 280, 320, 400]
     assert learner.summary()["trained"] == len(trained)
     assert learner.summary()["accepted"] == len(learner.positions)  # the one helpful update
+
+
+def test_shift_logits_moves_only_the_predictor_output_bias(model):
+    params = _deployment(model).params[0]
+    shift = np.arange(CLASSES, dtype=np.float32)
+    shifted = shift_logits(params, shift)
+    last = max(k for k in params["predictor"] if k.startswith("Dense_"))
+    np.testing.assert_allclose(shifted["predictor"][last]["bias"],
+                               np.asarray(params["predictor"][last]["bias"]) + shift)
+    changed = [not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(shifted))]
+    assert sum(changed) == 1
+    assert shift_logits(params, None) is params
+
+
+def test_a_prior_shift_serves_only_once_the_held_out_slice_has_judged_it(model):
+    # Thresholds of 0: every held-out request is a would-be hit the slice can judge.
+    learner = OnlineLearner(model, _deployment(model, (0.0, 0.0)),
+                            _settings(prior_window=50, update_every=10 ** 6), max_group=8)
+    _fill(learner, n=16)  # too few held-out items to judge anything
+    learner.schedule_update()
+    learner.drain()
+    assert [v.reason for v in learner.updates[-1].verdicts] == ["waiting for data"] * 2
+    assert learner.shifts == (None, None)
+    for a, b in zip(jax.tree.leaves(learner.params), jax.tree.leaves(learner._initial[0])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _fill(learner, n=320, seed=1)
+    for window in learner.windows:
+        window.train.count = 0  # no training data: only the prior shift is on offer
+        window.holdout.y[:] = (window.holdout.y + 1) % CLASSES  # and every hit disagrees
+    learner.schedule_update()
+    learner.drain()
+    for verdict in learner.updates[-1].verdicts:
+        assert not verdict.accepted and verdict.reason.startswith("prior shift only: held-out")
+    assert learner.shifts == (None, None)
 
 
 def test_guard_turns_a_cache_off_on_wrong_answers_and_back_on_after_recovery():

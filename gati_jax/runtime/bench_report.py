@@ -32,8 +32,11 @@ def run_router_benchmark(checkpoint: str, bank_dir: str, sparse_positions: tuple
               f"{row['router_all_miss_ms']:.3f} ms, overhead {100 * row['overhead']:+.1f}%")
     print("\nforced exits (router vs Python loop vs stage-cost model):")
     print(format_table(result["forced_exits"]))
-    print("\ngroup sizes:")
+    print("\ngroup sizes (best cache at every position, gati at its 99% thresholds):")
     print(format_table(result["group_sizes"]))
+    if "group_sizes_planned" in result:
+        print("\ngroup sizes (the plan's caches at the plan's thresholds):")
+        print(format_table(result["group_sizes_planned"]))
     s = result["stream_batch1"]
     print(f"\nbatch-1 stream of {s['requests']} test images at the 99% thresholds: plain "
           f"{s['plain_mean_ms']:.3f} ms, router {s['gati99_mean_ms']:.3f} ms, speedup "

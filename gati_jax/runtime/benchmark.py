@@ -18,6 +18,7 @@ from gati_jax.inference import BaseModel
 from gati_jax.planner.profiles import measure_lookups, measure_prefixes
 from gati_jax.profiling import measure_interleaved, stage_latencies
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
+from gati_jax.runtime.router import Router
 
 NEVER, ALWAYS = 2.0, -1.0  # selector scores lie in [0, 1]
 
@@ -38,12 +39,6 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
 
     out: dict[str, Any] = {"backend": jax.default_backend(),
                            "device_kind": jax.devices()[0].device_kind, "repeats": repeats}
-
-    def compiled_call(router, params, thresholds, batch):
-        valid = jnp.ones(len(batch), bool)
-        base = jnp.zeros(len(batch), jnp.int32)
-        thr = jnp.asarray(thresholds, jnp.float32)
-        return lambda: router.compiled(params, thr, batch, valid, base)
 
     one = jnp.asarray(images[:1])
     routers = {}
@@ -99,40 +94,10 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     out["stage_latency_ms"] = [1e3 * s for s in stage_s]
 
     calibrated = dep.thresholds
-    compacted = dep.router(model, max_group=max(group_sizes), compact=True)
-    groups = []
-    for size in group_sizes:
-        # Distinct test images (groups of one request exit alike, so they cannot show
-        # what compaction saves), cycled through so no one batch's exits decide the figure.
-        count = max(1, min(8, len(images) // size))
-        batches = [jnp.asarray(np.resize(images[i * size:], (size, *images.shape[1:])))
-                   for i in range(count)]
-        never = np.full(len(dep.positions), NEVER, np.float32)
-        calls = {"plain": [lambda b=b: plain(b) for b in batches],
-                 "miss": [compiled_call(router, dep.params, never, b) for b in batches],
-                 "gati": [compiled_call(router, dep.params, calibrated, b) for b in batches],
-                 "compact": [compiled_call(compacted, dep.params, calibrated, b)
-                             for b in batches]}
-        turns = dict.fromkeys(calls, 0)
-
-        def cycled(name):
-            def call():
-                turns[name] += 1
-                return calls[name][turns[name] % count]()
-            return call
-        timed = measure_interleaved({name: cycled(name) for name in calls},
-                                    repeats=max(20, repeats // 4))
-        plain_t, miss_t, gati_t = timed["plain"], timed["miss"], timed["gati"]
-        compact_t = timed["compact"]
-        exits = np.concatenate([np.asarray(call())[1] for call in calls["gati"]])
-        groups.append({"group": size, "plain_ms": 1e3 * plain_t, "router_miss_ms": 1e3 * miss_t,
-                       "router_gati99_ms": 1e3 * gati_t,
-                       "compacted_gati99_ms": 1e3 * compact_t, "plain_rps": size / plain_t,
-                       "router_gati99_rps": size / gati_t,
-                       "compacted_gati99_rps": size / compact_t,
-                       "compacted_vs_router": gati_t / compact_t,
-                       "exit_fraction": float(np.mean(exits < network.num_stages - 1))})
-    out["group_sizes"] = groups
+    out["group_sizes"] = _group_rows(model, plain, dep, router, images, group_sizes, repeats)
+    if planned is not None and planned.positions:
+        out["group_sizes_planned"] = _group_rows(model, plain, planned, routers["planned"][1],
+                                                 images, group_sizes, repeats)
 
     # Batch 1 over a stream of distinct test images at the calibrated 99% thresholds.
     plain_total = gati_total = 0.0
@@ -152,3 +117,51 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
                             "speedup": plain_total / gati_total,
                             "exit_histogram": {str(p): exits.count(p) for p in sorted(set(exits))}}
     return out
+
+
+def compiled_call(router: Router, params: Any, thresholds: Any, batch: jax.Array):
+    """A zero-argument call of the router's compiled program on a prepared batch."""
+    valid = jnp.ones(len(batch), bool)
+    base = jnp.zeros(len(batch), jnp.int32)
+    thr = jnp.asarray(thresholds, jnp.float32)
+    return lambda: router.compiled(params, thr, batch, valid, base)
+
+
+def _group_rows(model: BaseModel, plain: Any, dep: Deployment, router: Router,
+                images: np.ndarray, group_sizes: tuple[int, ...],
+                repeats: int) -> list[dict[str, Any]]:
+    """Per group size: plain network, router (all missing; at the deployment's thresholds)
+    and the compacted router, on distinct test images, with throughputs."""
+    compacted = dep.router(model, max_group=max(group_sizes), compact=True)
+    never = np.full(len(dep.positions), NEVER, np.float32)
+    rows = []
+    for size in group_sizes:
+        # Distinct test images (groups of one request exit alike, so they cannot show
+        # what compaction saves), cycled through so no one batch's exits decide the figure.
+        count = max(1, min(8, len(images) // size))
+        batches = [jnp.asarray(np.resize(images[i * size:], (size, *images.shape[1:])))
+                   for i in range(count)]
+        calls = {"plain": [lambda b=b: plain(b) for b in batches],
+                 "miss": [compiled_call(router, dep.params, never, b) for b in batches],
+                 "gati": [compiled_call(router, dep.params, dep.thresholds, b)
+                          for b in batches],
+                 "compact": [compiled_call(compacted, dep.params, dep.thresholds, b)
+                             for b in batches]}
+        turns = dict.fromkeys(calls, 0)
+
+        def cycled(name):
+            def call():
+                turns[name] += 1
+                return calls[name][turns[name] % count]()
+            return call
+        timed = measure_interleaved({name: cycled(name) for name in calls},
+                                    repeats=max(20, repeats // 4))
+        exits = np.concatenate([np.asarray(call())[1] for call in calls["gati"]])
+        plain_t, gati_t, compact_t = timed["plain"], timed["gati"], timed["compact"]
+        rows.append({"group": size, "plain_ms": 1e3 * plain_t,
+                     "router_miss_ms": 1e3 * timed["miss"], "router_ms": 1e3 * gati_t,
+                     "compacted_ms": 1e3 * compact_t, "plain_rps": size / plain_t,
+                     "router_rps": size / gati_t, "compacted_rps": size / compact_t,
+                     "compacted_vs_router": gati_t / compact_t,
+                     "exit_fraction": float(np.mean(exits < model.network.num_stages - 1))})
+    return rows
