@@ -139,6 +139,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.planner.profile = ""
     config.planner.remeasure = False
     config.planner.latency_repeats = 20
+    # Rounds of "measure the lookups our plans chose once more, plan again" (0: off): a plan
+    # favours lookups whose one measurement came out low (the winner's curse).
+    config.planner.confirm_rounds = 3
     # Validation requests routed one by one to check predicted against measured latency.
     config.planner.check_requests = 1000
 
@@ -376,6 +379,7 @@ def _validate_planner(p: ml_collections.ConfigDict) -> None:
     for key in ("grid", "exhaustive_positions", "exhaustive_grid", "group_size",
                 "latency_repeats", "check_requests"):
         _require(int(p[key]) >= 1, f"planner.{key}", p[key], ">= 1")
+    _require(int(p.confirm_rounds) >= 0, "planner.confirm_rounds", p.confirm_rounds, ">= 0")
 
 
 def _validate_workload(w: ml_collections.ConfigDict) -> None:

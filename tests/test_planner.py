@@ -101,6 +101,7 @@ def test_error_budget_and_bad_settings():
         dataclasses.replace(inst, options=((bad,), *inst.options[1:]))
     assert_config_rejects("planner", "eps", 1.5)
     assert_config_rejects("planner", "memory_budget_bytes", -5)
+    assert_config_rejects("planner", "confirm_rounds", -1)
 
 
 def test_impossible_bound_gives_the_empty_plan():

@@ -66,3 +66,27 @@ def test_a_corrupt_profile_is_a_clear_error_and_is_kept(mlp, tmp_path):
     with pytest.raises(ValueError, match="corrupt"):
         load_or_measure(path, mlp, _lookups(mlp))
     assert path.read_text() == "{not json"
+
+
+def test_confirmations_replace_the_choice_time_measurement_and_are_saved(mlp, tmp_path,
+                                                                        monkeypatch):
+    lookups = _lookups(mlp)
+    path = tmp_path / "profile.json"
+    readings = iter([1e-3, 1e-3, 1e-3, 1e-3, 4e-4, 6e-4, 5e-4])
+    monkeypatch.setattr(profiles, "measure_cache_cost", lambda *a, **k: next(readings))
+    profile = load_or_measure(path, mlp, lookups, repeats=30)
+    assert profile.lookup_s["gati/p0"] == 1e-3 and profile.confirmed == {}
+    chosen = {k: lookups[k] for k in ("gati/p0",)}
+    profiles.confirm_lookups(mlp, profile, chosen, 1, 30)
+    # The first confirmation replaces the measurement the choice was made on...
+    assert profile.lookup_s["gati/p0"] == pytest.approx(4e-4) and profile.confirmed == {
+        "gati/p0": 1}
+    profiles.confirm_lookups(mlp, profile, chosen, 1, 30)
+    profiles.confirm_lookups(mlp, profile, chosen, 1, 30)
+    # ...and later ones are averaged with it; lookups nobody chose keep their one reading.
+    assert profile.lookup_s["gati/p0"] == pytest.approx(5e-4)
+    assert profile.confirmed == {"gati/p0": 3} and profile.lookup_s["gati/p1"] == 1e-3
+    profiles.save_profile(path, profile)
+    again = load_or_measure(path, mlp, lookups)
+    assert again.confirmed == {"gati/p0": 3}
+    assert again.lookup_s["gati/p0"] == pytest.approx(5e-4)

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
@@ -28,7 +28,8 @@ from gati_jax.planner.build import (build_instance, build_knn_instance, knn_look
 from gati_jax.planner.cost_check import check_cost_model, remeasured
 from gati_jax.planner.instance import Instance, simulate
 from gati_jax.planner.plan import Plan, plan_deployment, plan_from_choices, save_plan
-from gati_jax.planner.profiles import Profile, candidate_lookups, load_or_measure
+from gati_jax.planner.profiles import (Profile, candidate_lookups, confirm_lookups,
+                                      load_or_measure, lookup_kind, save_profile)
 from gati_jax.plotting import plot_plan_tradeoff
 from gati_jax.runtime.knn import KnnHead
 from gati_jax.tables import format_table
@@ -141,6 +142,16 @@ def run_methods(instances: dict[str, tuple[Instance, Instance]], eps: float) -> 
     return [plans[m] for m in METHODS]
 
 
+def chosen_lookups(plans: Sequence[Plan]) -> list[str]:
+    """Profile keys of the lookups our (joint) plans deploy, every policy's."""
+    keys = []
+    for plan in plans:
+        if plan.method == "joint":
+            kind = "knn" if plan.policy == "knn" else lookup_kind(plan.policy)
+            keys += [f"{kind}/{candidate}" for candidate in plan.candidates]
+    return sorted(set(keys))
+
+
 def plan_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """What plans depend on besides the bank: a saved plan.json is reused only if these match."""
     return {"planner": {k: v for k, v in config.planner.to_dict().items()
@@ -175,13 +186,27 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
     candidates = plan_candidates(bank, planner.candidates)
     stores, head = knn_setup(config, model, bank, dataset)
     profile_path = planner.profile or workdir_path / "profile.json"
-    lookups = candidate_lookups(bank, candidates, ("gati", "confidence"))
-    profile = load_or_measure(profile_path, model, lookups | knn_lookups(stores, head),
-                              int(planner.group_size), int(planner.latency_repeats),
-                              bool(planner.remeasure))
-    instances = build_policy_instances(bank, candidates, planning, profile, planner)
-    instances["knn"] = knn_instances(stores, head, planning, profile, planner)
-    plans = run_methods(instances, float(planner.eps))
+    lookups = candidate_lookups(bank, candidates, ("gati", "confidence")) | knn_lookups(
+        stores, head)
+    profile = load_or_measure(profile_path, model, lookups, int(planner.group_size),
+                              int(planner.latency_repeats), bool(planner.remeasure))
+
+    def plan_all():
+        instances = build_policy_instances(bank, candidates, planning, profile, planner)
+        instances["knn"] = knn_instances(stores, head, planning, profile, planner)
+        return instances, run_methods(instances, float(planner.eps))
+    instances, plans = plan_all()
+    # The winner's curse: plans favour lookups measured low. Until every lookup our plans
+    # chose has a measurement taken after the choice, measure those again and plan again.
+    for _ in range(int(planner.confirm_rounds)):
+        todo = {key: lookups[key] for key in chosen_lookups(plans)
+                if not profile.confirmed.get(key)}
+        if not todo:
+            break
+        confirm_lookups(model, profile, todo, int(planner.group_size),
+                        int(planner.latency_repeats))
+        save_profile(profile_path, profile)
+        instances, plans = plan_all()
     chosen = plans[0]
 
     # Ours against exhaustive search on a small instance: evenly spaced positions, each
