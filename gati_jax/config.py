@@ -422,9 +422,9 @@ def _validate_serving(s: ml_collections.ConfigDict) -> None:
 
 def _validate_online(o: ml_collections.ConfigDict) -> None:
     _require(int(o.steps) >= 0, "online.steps", o.steps, ">= 0 (0: no optimiser steps)")
-    for key in ("update_every", "max_backoff", "window_items", "max_lag", "steps_per_chunk", "audit_group",
-                "batch_size", "min_train", "min_holdout", "guard_window", "guard_min_samples",
-                "guard_recover_samples"):
+    for key in ("update_every", "max_backoff", "window_items", "max_lag", "steps_per_chunk",
+                "audit_group", "batch_size", "min_train", "min_holdout", "guard_window",
+                "guard_min_samples", "guard_recover_samples"):
         _require(int(o[key]) >= 1, f"online.{key}", o[key], ">= 1")
     _require(int(o.seed) >= 0, "online.seed", o.seed, ">= 0")
     _require(int(o.prior_window) >= 0, "online.prior_window", o.prior_window, ">= 0")

@@ -206,12 +206,11 @@ class OnlineLearner:
                 and self.observed - self._last_scheduled >= self.settings.update_every):
             self.schedule_update()
 
-    def schedule_update(self, train: bool | None = None) -> None:
+    def schedule_update(self) -> None:
         """Queues an update (optimiser steps, prior shift, calibration) as background work;
-        the steps run only when the back-off allows (``train`` None) or when told."""
-        if train is None:
-            due = self.settings.update_every * self.backoff
-            train = self.observed - self._last_trained >= due
+        the steps run only when the back-off allows."""
+        due = self.settings.update_every * self.backoff
+        train = self.observed - self._last_trained >= due
         self._last_scheduled = self.observed
         if train:
             self._last_trained = self.observed

@@ -44,6 +44,15 @@ from gati_jax.runtime.packing import Packing
 from gati_jax.runtime.policies import Decide
 
 
+def _record_exits(position: int, cache_answer: jax.Array, cache_hit: jax.Array,
+                  answer: jax.Array, exit_stage: jax.Array, hit: jax.Array,
+                  done: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Requests that hit at ``position`` and had not exited take the cache's answer there."""
+    new = cache_hit & ~done
+    return (jnp.where(new, cache_answer.astype(jnp.int32), answer),
+            jnp.where(new, position, exit_stage), hit | new, done | new)
+
+
 class RouteResult(NamedTuple):
     """Per request: the answer, the stage it exited after, and whether a cache hit."""
 
@@ -128,8 +137,7 @@ class Router:
         self.trace_count += 1  # runs only while tracing: counts compilations
         cache_params = packing.unpack(flats)
         network, positions = self.network, self.positions
-        starts = (0, *(p + 1 for p in positions))
-        ends = (*(p + 1 for p in positions), network.num_stages)
+        starts, ends = self._segment_bounds()
         last = network.num_stages - 1
         n = images.shape[0]
         taps = self.taps or ()
@@ -155,9 +163,8 @@ class Router:
                 tapped = (*tapped[:k], taps[k](cache_params[k], x), *tapped[k + 1:])
             cache_answer, cache_hit = self.decides[k](cache_params[k], thresholds[k], x,
                                                       base_answer)
-            new = cache_hit & ~done
-            state = (jnp.where(new, cache_answer.astype(jnp.int32), answer),
-                     jnp.where(new, positions[k], exit_stage), hit | new, done | new, tapped)
+            state = (*_record_exits(positions[k], cache_answer, cache_hit, answer, exit_stage,
+                                    hit, done), tapped)
             return lax.cond(jnp.all(state[3]), lambda op: finish(op[1]),
                             lambda op: run(k + 1, op[0], op[1]), (x, state))
 
@@ -179,6 +186,13 @@ class Router:
         columns += [l.reshape(n, -1).astype(jnp.float32) for l in leaves]
         return jnp.concatenate(columns, axis=1)
 
+    def _segment_bounds(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """First and one-past-last stage of each segment: up to and including each deployed
+        position, then the rest of the network."""
+        starts = (0, *(p + 1 for p in self.positions))
+        ends = (*(p + 1 for p in self.positions), self.network.num_stages)
+        return starts, ends
+
     def _run_compacted(self, variables: Variables, cache_params: tuple[Any, ...],
                        thresholds: jax.Array, x: jax.Array, valid: jax.Array,
                        base_answer: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -194,8 +208,7 @@ class Router:
         network, positions = self.network, self.positions
         n, last = x.shape[0], network.num_stages - 1
         sizes = tuple(b for b in self.buckets if b <= n)
-        starts = (0, *(p + 1 for p in positions))
-        ends = (*(p + 1 for p in positions), network.num_stages)
+        starts, ends = self._segment_bounds()
         state = (jnp.zeros(n, jnp.int32), jnp.full(n, last, jnp.int32), jnp.zeros(n, bool),
                  ~valid)
 
@@ -204,18 +217,15 @@ class Router:
             take = (lambda a: a) if rows is None else (lambda a: a[rows])
             x = take(x)
             answer, exit_stage, hit, done = (take(a) for a in state)
-            live = ~done
             for index in range(starts[k], ends[k]):
                 x = network.apply_stage(variables, index, x)
             if k == len(positions):
-                answer = jnp.where(live, jnp.argmax(x, -1).astype(jnp.int32), answer)
+                answer = jnp.where(done, answer, jnp.argmax(x, -1).astype(jnp.int32))
             else:
                 cache_answer, cache_hit = self.decides[k](cache_params[k], thresholds[k], x,
                                                           take(base_answer))
-                new = cache_hit & live
-                answer = jnp.where(new, cache_answer.astype(jnp.int32), answer)
-                exit_stage = jnp.where(new, positions[k], exit_stage)
-                hit, done = hit | new, done | new
+                answer, exit_stage, hit, done = _record_exits(
+                    positions[k], cache_answer, cache_hit, answer, exit_stage, hit, done)
             if rows is None:
                 return x, (answer, exit_stage, hit, done)
             full = jnp.zeros((n, *x.shape[1:]), x.dtype).at[rows].set(x)
