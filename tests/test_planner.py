@@ -34,7 +34,8 @@ def random_instance(seed: int, positions: int = 4, options: int = 2, grid: int =
                                threshold_grid(scores, grid)))
         per_position.append(tuple(opts))
     return Instance(tuple(range(positions)), tuple(per_position), prefix,
-                    rng.random(requests) < 0.9, eps, budget)
+                    rng.random(requests) < 0.9, eps, budget,
+                    router_s=float(rng.choice([0.0, rng.uniform(0.0, 0.5)])))
 
 
 def _mean_cost(instance, choices):
@@ -65,6 +66,14 @@ def test_simulate_charges_stages_up_to_the_exit_and_every_lookup_run():
     assert summary["exit_fractions"] == {"0": pytest.approx(1 / 3), "1": pytest.approx(1 / 3),
                                          "full": pytest.approx(1 / 3)}
     assert summary["memory_bytes"] == 20
+    # The router's charge: once per request when anything is deployed, never for no caches.
+    charged = dataclasses.replace(inst, router_s=0.125)
+    np.testing.assert_allclose(simulate(charged, [(0, 0.5), (0, 0.5)]).cost_s,
+                               [1.625, 3.875, 6.875])
+    np.testing.assert_allclose(simulate(charged, [None, (0, 0.5)]).cost_s, [6.375, 3.375, 6.375])
+    np.testing.assert_allclose(simulate(charged, [None, None]).cost_s, [6.0, 6.0, 6.0])
+    with pytest.raises(ValueError, match="router charge"):
+        dataclasses.replace(inst, router_s=-0.1)
 
 
 def test_position_tables_are_exact():
@@ -120,6 +129,14 @@ def test_impossible_bound_gives_the_empty_plan():
     assert plans["joint"] == inst.empty()
     assert search.exhaustive(inst) == inst.empty()
     assert summarize_outcome(inst, plans["joint"])["agreement"] == 1.0
+
+
+def test_a_router_charge_above_every_saving_gives_the_empty_plan():
+    inst = random_instance(2, eps=0.05)
+    assert search.plan_all(inst)["joint"] != inst.empty()
+    costly = dataclasses.replace(inst, router_s=inst.full_s)
+    assert search.plan_all(costly)["joint"] == costly.empty()
+    assert search.exhaustive(costly) == costly.empty()
 
 
 @pytest.mark.parametrize("seed", range(4))

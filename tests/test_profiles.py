@@ -90,3 +90,38 @@ def test_confirmations_replace_the_choice_time_measurement_and_are_saved(mlp, tm
     again = load_or_measure(path, mlp, lookups)
     assert again.confirmed == {"gati/p0": 3}
     assert again.lookup_s["gati/p0"] == pytest.approx(5e-4)
+
+
+def test_router_charge_is_what_lookups_cost_less_together_and_is_stored(mlp, tmp_path,
+                                                                         monkeypatch):
+    lookups = _lookups(mlp)
+    lookups["gati/p1-other"] = lookups["gati/p1"]
+    seen = []
+
+    def timed(fns, *args, **kwargs):
+        seen.append(sorted(fns))
+        return {"plain": 2e-3, "router": 2.6e-3}  # the joint router: 0.6 ms over plain
+
+    monkeypatch.setattr(profiles, "measure_interleaved", timed)
+    one_cache = {"gati/p0": 3e-4, "gati/p1": 5e-4, "gati/p1-other": 9e-4}
+    # (0.3 + 0.5 - 0.6) ms over the one lookup beyond the first; p1-other is not in the router.
+    charge = profiles.measure_router_charge(
+        mlp, {k: v for k, v in lookups.items() if k.startswith("gati/")}, one_cache, 1, 30)
+    assert charge == pytest.approx(2e-4) and seen == [["plain", "router"]]
+    single = {"gati/p0": lookups["gati/p0"]}
+    assert profiles.measure_router_charge(mlp, single, one_cache, 1, 30) == 0.0
+
+    monkeypatch.setattr(profiles, "measure_cache_cost", lambda *a, **k: 3e-4)
+    monkeypatch.setattr(profiles, "measure_prefixes", lambda model, g, r: [1e-3] * 3)
+    path = tmp_path / "profile.json"
+    profile = load_or_measure(path, mlp, lookups)
+    # Both kinds: (0.3 + 0.3 - 0.6) / 1 = 0 ms for these readings.
+    assert sorted(profile.router_s) == ["classifier", "gati"]
+    assert profile.router_s["gati"] == pytest.approx(0.0, abs=1e-12)
+    profile.router_s["gati"] = 2e-4
+    profile.lookup_s["gati/p0"] = 1e-4
+    assert profile.marginal("gati/p1") == pytest.approx(1e-4)
+    assert profile.marginal("gati/p0") == 0.0  # never negative
+    assert profile.marginal("classifier/p0") == pytest.approx(3e-4)
+    profiles.save_profile(path, profile)
+    assert load_or_measure(path, mlp, lookups).router_s["gati"] == pytest.approx(2e-4)

@@ -15,6 +15,7 @@ from gati_jax.models.mlp import DenseStage
 from gati_jax.models.resnet import Head
 from gati_jax.inference import BaseModel
 from gati_jax.runtime import ReferenceRouter, Router, bucket_sizes, policy_builder
+from gati_jax.runtime.packing import Packing
 
 SHAPE = (6, 6, 1)
 CLASSES = 4
@@ -117,6 +118,25 @@ def test_new_parameters_and_thresholds_never_recompile(base):
     assert router.trace_count == traces == 1
     router.route(params, [0.5, 0.5], images[:3])  # a new bucket (4)
     assert router.trace_count == 2
+
+
+def test_packing_round_trips_whole_and_one_item_at_a_time():
+    rng = np.random.default_rng(0)
+    tree = ({"w": rng.normal(size=(3, 4)).astype(np.float32), "n": np.arange(5, dtype=np.int32)},
+            {"b": rng.normal(size=(2,)).astype(np.float32)},
+            {"w": rng.normal(size=(4, 1)).astype(np.float32), "s": np.float32(2.5)})
+    packing = Packing.of(tree)
+    flats = packing.pack(tree)
+    assert [str(f.dtype) for f in flats] == ["int32", "float32"]
+    whole = packing.unpack(flats)
+    for k, item in enumerate(tree):
+        one = packing.unpack_item(flats, k)
+        for got in (whole[k], one):
+            assert jax.tree.structure(got) == jax.tree.structure(item)
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(item)):
+                np.testing.assert_array_equal(np.asarray(a), b)
+    with pytest.raises(ValueError, match=r"\(1, 4\) float32 where \(4, 1\)"):
+        packing.pack((tree[0], tree[1], {"w": np.zeros((1, 4), np.float32), "s": np.float32(1)}))
 
 
 class CountingDense(nn.Module):

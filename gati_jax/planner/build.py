@@ -18,7 +18,7 @@ from gati_jax.caches.bank import CacheBank, Candidate
 from gati_jax.caches.recording import Recording
 from gati_jax.caches.training import HeadTraining, predictor_logits, selector_scores
 from gati_jax.planner.instance import Instance, Option, threshold_grid
-from gati_jax.planner.profiles import Profile
+from gati_jax.planner.profiles import Profile, lookup_kind
 from gati_jax.runtime.knn import KnnHead, knn_key, nearest, store_bytes, store_from_activations
 from gati_jax.runtime.policies import policy_builder
 
@@ -97,7 +97,8 @@ def build_instance(policy: str, bank: CacheBank, candidates: Sequence[Candidate]
                                np.asarray(levels, np.float64)))
         options.append(tuple(opts))
     return Instance(positions, tuple(options), np.asarray(profile.prefix_s, np.float64),
-                    base == recording.labels, float(eps), float(budget_bytes), float(confidence))
+                    base == recording.labels, float(eps), float(budget_bytes), float(confidence),
+                    profile.charge(lookup_kind(policy)))
 
 
 def knn_store_key(position: int, capacity: int, grid: int, neighbours: int) -> str:
@@ -141,10 +142,11 @@ def build_knn_instance(stores: dict[int, dict[str, np.ndarray]], recording: Reco
             finite = scores[agree]
             levels = threshold_grid(finite if finite.size else np.zeros(1), grid)
         options.append((Option(key, scores, answers != base, answers == recording.labels,
-                               profile.lookup_s[f"knn/{key}"], store_bytes(stores[p]),
+                               profile.marginal(f"knn/{key}"), store_bytes(stores[p]),
                                np.asarray(levels, np.float64)),))
     return Instance(positions, tuple(options), np.asarray(profile.prefix_s, np.float64),
-                    base == recording.labels, float(eps), float(budget_bytes), float(confidence))
+                    base == recording.labels, float(eps), float(budget_bytes), float(confidence),
+                    profile.charge("knn"))
 
 
 def knn_lookups(stores: dict[int, dict[str, np.ndarray]],

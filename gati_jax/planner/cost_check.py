@@ -38,7 +38,9 @@ def remeasured(model: BaseModel, instance: Instance, choices: Sequence[Choice],
     lookups = candidate_lookups(bank, [by_key[k] for k in sorted(chosen)], (policy,))
     costs = {key.split("/", 1)[1]: seconds for key, seconds
              in measure_lookups(model, lookups, group_size, repeats).items()}
-    options = tuple(tuple(dataclasses.replace(o, lookup_s=costs[o.key]) if o.key in costs
+    # One-lookup costs, made marginal as the profile's are (the router's charge stays).
+    marginal = {key: max(seconds - instance.router_s, 0.0) for key, seconds in costs.items()}
+    options = tuple(tuple(dataclasses.replace(o, lookup_s=marginal[o.key]) if o.key in marginal
                           else o for o in opts) for opts in instance.options)
     stops = sorted({instance.positions[i] for i, c in enumerate(choices) if c is not None}
                    | {len(instance.prefix_s) - 1})

@@ -38,12 +38,12 @@ class Table(NamedTuple):
 def _position_table(instance: Instance, choices: Sequence[Choice], i: int) -> Table:
     """Every alternative at position ``i`` with the rest fixed, scored exactly."""
     before = list(choices[:i]) + [None] * (len(choices) - i)
-    out_before = simulate(instance, before)
+    out_before = simulate(instance, before, charge=False)
     reach = out_before.exit_index == len(choices)
     pre = sum(instance.options[j][c[0]].lookup_s for j, c in enumerate(choices[:i])
               if c is not None)
     # The outcome of a request that passes position i, from i + 1 on (its lookups included).
-    after = simulate(instance, [None] * (i + 1) + list(choices[i + 1:]))
+    after = simulate(instance, [None] * (i + 1) + list(choices[i + 1:]), charge=False)
     after_err = after.errors.astype(np.float64)
     n_reach = int(reach.sum())
     base_cost = (float(out_before.cost_s[~reach].sum()) + n_reach * pre
@@ -52,6 +52,8 @@ def _position_table(instance: Instance, choices: Sequence[Choice], i: int) -> Ta
     alternatives: list[Choice] = [None]
     costs, errs, nbytes = [np.array([base_cost])], [np.array([base_err])], [np.zeros(1)]
     hit_cost = instance.prefix_s[instance.positions[i]]
+    others = any(c is not None for j, c in enumerate(choices) if j != i)
+    charge = instance.router_s * instance.num_requests
     for o, option in enumerate(instance.options[i]):
         # Requests that reach i, in the option's descending score order: a threshold's hits
         # are a prefix of this order, so cumulative sums score every threshold at once.
@@ -63,8 +65,10 @@ def _position_table(instance: Instance, choices: Sequence[Choice], i: int) -> Ta
         costs.append(base_cost + n_reach * option.lookup_s + d_cost[hits])
         errs.append(base_err + d_err[hits])
         nbytes.append(np.full(len(option.grid), float(option.nbytes)))
-    return Table(alternatives, np.concatenate(costs), np.concatenate(errs),
-                 np.concatenate(nbytes))
+    # The router's charge, once per request, for every alternative that deploys something.
+    charged = np.concatenate([np.full(len(c), k > 0 or others) for k, c in enumerate(costs)])
+    return Table(alternatives, np.concatenate(costs) + charged * charge,
+                 np.concatenate(errs), np.concatenate(nbytes))
 
 
 def _best(instance: Instance, choices: Sequence[Choice], i: int, table: Table,
@@ -280,6 +284,8 @@ def exhaustive(instance: Instance, max_nodes: int = 5_000_000) -> list[Choice]:
     def visit(i, remaining, cost, err, lookups, memory, plan):
         if i == len(alternatives):
             total = cost + remaining.sum() * (instance.full_s + lookups)
+            if any(c is not None for c in plan):
+                total += n * instance.router_s
             if (total, err) < (best["cost"], best["err"]):
                 best.update(cost=total, err=err, plan=list(plan))
             return

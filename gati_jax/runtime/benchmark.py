@@ -15,7 +15,7 @@ import numpy as np
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
-from gati_jax.planner.profiles import measure_lookups, measure_prefixes
+from gati_jax.planner.profiles import measure_lookups, measure_prefixes, measure_router_charge
 from gati_jax.profiling import measure_interleaved, stage_latencies
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
@@ -66,11 +66,15 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     reference = dep.reference(model)
     stage_s = stage_latencies(network, variables, 1, repeats)
     lookup_s = [c.metrics["lookup_latency_s"] for c in best]
-    # The planner's cost model: compiled prefixes plus each cache's cost inside a router.
+    # The planner's cost model: compiled prefixes, the router's fixed charge, and each
+    # cache's marginal cost inside a router.
     prefix_s = measure_prefixes(model, 1, repeats)
-    measured = measure_lookups(model, {str(p): (p, d, c.params, "gati") for p, d, c
-                                       in zip(dep.positions, dep.decides(), best)}, 1, repeats)
-    cache_s = [measured[str(p)] for p in dep.positions]
+    lookups = {str(p): (p, d, c.params, "gati") for p, d, c
+               in zip(dep.positions, dep.decides(), best)}
+    measured = measure_lookups(model, lookups, 1, repeats)
+    charge = measure_router_charge(model, lookups, measured, 1, repeats)
+    cache_s = [max(measured[str(p)] - charge, 0.0) for p in dep.positions]
+    out["router_charge_ms"] = 1e3 * charge
     rows = []
     scenarios = [("no exit", None)] + [(f"exit at {p}", k) for k, p in enumerate(dep.positions)]
     for label, k in scenarios:
@@ -85,7 +89,7 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
         stop = network.num_stages if k is None else dep.positions[k] + 1
         looked = len(dep.positions) if k is None else k + 1
         model_s = sum(stage_s[:stop]) + sum(lookup_s[:looked])
-        profiled_s = prefix_s[stop - 1] + sum(cache_s[:looked])
+        profiled_s = prefix_s[stop - 1] + charge + sum(cache_s[:looked])
         rows.append({"scenario": label, "router_ms": 1e3 * router_s, "loop_ms": 1e3 * loop_s,
                      "loop/router": loop_s / router_s, "stage_sum_model_ms": 1e3 * model_s,
                      "router/stage_sum": router_s / model_s,

@@ -58,8 +58,23 @@ class Packing:
 
     def unpack(self, flats: tuple[jax.Array, ...]) -> Any:
         """The pytree back, inside or outside a compiled program."""
+        return jax.tree.unflatten(self.treedef, self._leaves(flats, 0, len(self.shapes)))
+
+    def unpack_item(self, flats: tuple[jax.Array, ...], k: int) -> Any:
+        """Item ``k`` of a packed sequence (one cache's parameters), slicing only its leaves.
+
+        Inside a compiled program the slices are copies; taken where the item is used (in
+        the branch that runs its lookup) they run only for requests that reach it: unpacking
+        every cache up front cost an exit at the first of nine positions 0.17 ms of 0.77.
+        """
+        children = self.treedef.children()
+        start = sum(child.num_leaves for child in children[:k])
+        leaves = self._leaves(flats, start, start + children[k].num_leaves)
+        return jax.tree.unflatten(children[k], leaves)
+
+    def _leaves(self, flats: tuple[jax.Array, ...], first: int, stop: int) -> list[jax.Array]:
         leaves = []
-        for shape, (group, start) in zip(self.shapes, self.offsets):
+        for shape, (group, start) in zip(self.shapes[first:stop], self.offsets[first:stop]):
             size = int(np.prod(shape, dtype=np.int64))
             leaves.append(jnp.reshape(flats[group][start:start + size], shape))
-        return jax.tree.unflatten(self.treedef, leaves)
+        return leaves

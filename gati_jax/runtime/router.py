@@ -72,6 +72,18 @@ def bucket_sizes(max_group: int) -> tuple[int, ...]:
     return (*sizes, max_group)
 
 
+@dataclasses.dataclass(frozen=True)
+class _PackedItems:
+    """Cache parameters unpacked where they are indexed: in the branch of the lookup that uses
+    them, so a group that exits early never slices the later caches' parameters."""
+
+    packing: Packing
+    flats: tuple[jax.Array, ...]
+
+    def __getitem__(self, k: int) -> Any:
+        return self.packing.unpack_item(self.flats, k)
+
+
 @dataclasses.dataclass(eq=False)
 class Router:
     """Serves request groups through one compiled program per group-size bucket."""
@@ -135,7 +147,7 @@ class Router:
                flats: tuple[jax.Array, ...], thresholds: jax.Array, images: jax.Array,
                valid: jax.Array, base_answer: jax.Array):
         self.trace_count += 1  # runs only while tracing: counts compilations
-        cache_params = packing.unpack(flats)
+        cache_params = _PackedItems(packing, flats)
         network, positions = self.network, self.positions
         starts, ends = self._segment_bounds()
         last = network.num_stages - 1
