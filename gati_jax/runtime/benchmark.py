@@ -77,15 +77,19 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     out["router_charge_ms"] = 1e3 * charge
     rows = []
     scenarios = [("no exit", None)] + [(f"exit at {p}", k) for k, p in enumerate(dep.positions)]
+    programs = {}
     for label, k in scenarios:
         thresholds = np.full(len(dep.positions), NEVER)
         if k is not None:
             thresholds[k] = ALWAYS
-        timed = measure_interleaved(
-            {"router": compiled_call(router, dep.params, thresholds, one),
-             "loop": lambda thr=thresholds: reference.route(dep.params, thr, images[:1])},
-            repeats=max(4, repeats // 40), block=10)
-        router_s, loop_s = timed["router"], timed["loop"]
+        programs[f"router {label}"] = compiled_call(router, dep.params, thresholds, one)
+        programs[f"loop {label}"] = (lambda thr=thresholds:
+                                     reference.route(dep.params, thr, images[:1]))
+    # Every scenario in the same rounds: drift hits them alike (timed one scenario after
+    # another, an exit at 6 once measured slower than exits at 7 and 8).
+    timed = measure_interleaved(programs, repeats=max(4, repeats // 20), block=10)
+    for label, k in scenarios:
+        router_s, loop_s = timed[f"router {label}"], timed[f"loop {label}"]
         stop = network.num_stages if k is None else dep.positions[k] + 1
         looked = len(dep.positions) if k is None else k + 1
         model_s = sum(stage_s[:stop]) + sum(lookup_s[:looked])
