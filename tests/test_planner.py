@@ -31,7 +31,8 @@ def random_instance(seed: int, positions: int = 4, options: int = 2, grid: int =
             correct = ~errors & (rng.random(requests) < 0.95)
             opts.append(Option(f"p{i}/v{o}/s0/lr0.01", scores, errors, correct,
                                float(rng.uniform(0.01, 0.2)), int(rng.integers(1, 100)),
-                               threshold_grid(scores, grid)))
+                               threshold_grid(scores, grid),
+                               float(rng.uniform(0.01, 0.3)) if rng.random() < 0.5 else None))
         per_position.append(tuple(opts))
     return Instance(tuple(range(positions)), tuple(per_position), prefix,
                     rng.random(requests) < 0.9, eps, budget,
@@ -74,6 +75,15 @@ def test_simulate_charges_stages_up_to_the_exit_and_every_lookup_run():
     np.testing.assert_allclose(simulate(charged, [None, None]).cost_s, [6.0, 6.0, 6.0])
     with pytest.raises(ValueError, match="router charge"):
         dataclasses.replace(inst, router_s=-0.1)
+    # An exit costs apart from a miss: request 0 exits at 0 (1 + 0.125), request 1 passes
+    # position 0 (0.5) and exits at 1 (3 + 0.5 + 0.25), request 2 passes both.
+    exits = dataclasses.replace(inst, options=((dataclasses.replace(opt0, exit_s=0.125),),
+                                               (opt1,)))
+    np.testing.assert_allclose(simulate(exits, [(0, 0.5), (0, 0.5)]).cost_s,
+                               [1.125, 3.75, 6.75])
+    bad = dataclasses.replace(opt0, exit_s=float("nan"))
+    with pytest.raises(ValueError, match="exit cost"):
+        dataclasses.replace(inst, options=((bad,), (opt1,)))
 
 
 def test_position_tables_are_exact():

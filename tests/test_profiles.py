@@ -40,8 +40,12 @@ def test_profile_measures_stores_and_reuses(mlp, tmp_path, monkeypatch):
     assert all(np.isfinite(profile.prefix_s)) and min(profile.prefix_s) > 0
     assert set(profile.lookup_s) == set(lookups)
     assert all(v >= 0 for v in profile.lookup_s.values())
+    # Both policies here can be forced to exit: every lookup's exit is timed too.
+    assert set(profile.exit_s) == set(lookups)
+    assert all(v >= 0 for v in profile.exit_s.values())
     stored = json.loads(path.read_text())[profile.key]
     assert stored["lookup_s"] == profile.lookup_s and stored["prefix_s"] == profile.prefix_s
+    assert stored["exit_s"] == profile.exit_s
 
     def no_measuring(*args, **kwargs):
         raise AssertionError("a stored profile was measured again")
@@ -53,11 +57,18 @@ def test_profile_measures_stores_and_reuses(mlp, tmp_path, monkeypatch):
     # A lookup the profile lacks is measured, and only that one.
     measured = []
     monkeypatch.setattr(profiles, "measure_cache_cost",
-                        lambda *args, **kwargs: measured.append(args[1]) or 1e-4)
+                        lambda *args, **kwargs: measured.append(args[1])
+                        or profiles.LookupCost(1e-4, 2e-4))
     extra = dict(lookups)
     extra["gati/p1-other"] = lookups["gati/p1"]
     grown = load_or_measure(path, mlp, extra)
     assert measured == [1] and grown.lookup_s["gati/p1-other"] == 1e-4
+    assert grown.exit_s["gati/p1-other"] == 2e-4
+    # A profile from before exits were timed measures its lookups again.
+    del grown.exit_s["gati/p0"]
+    profiles.save_profile(path, grown)
+    measured.clear()
+    assert load_or_measure(path, mlp, extra).exit_s["gati/p0"] == 2e-4 and measured == [0]
 
 
 def test_a_corrupt_profile_is_a_clear_error_and_is_kept(mlp, tmp_path):
@@ -73,7 +84,8 @@ def test_confirmations_replace_the_choice_time_measurement_and_are_saved(mlp, tm
     lookups = _lookups(mlp)
     path = tmp_path / "profile.json"
     readings = iter([1e-3, 1e-3, 1e-3, 1e-3, 4e-4, 6e-4, 5e-4])
-    monkeypatch.setattr(profiles, "measure_cache_cost", lambda *a, **k: next(readings))
+    monkeypatch.setattr(profiles, "measure_cache_cost",
+                        lambda *a, **k: (lambda r: profiles.LookupCost(r, 2 * r))(next(readings)))
     profile = load_or_measure(path, mlp, lookups, repeats=30)
     assert profile.lookup_s["gati/p0"] == 1e-3 and profile.confirmed == {}
     chosen = {k: lookups[k] for k in ("gati/p0",)}
@@ -85,6 +97,7 @@ def test_confirmations_replace_the_choice_time_measurement_and_are_saved(mlp, tm
     profiles.confirm_lookups(mlp, profile, chosen, 1, 30)
     # ...and later ones are averaged with it; lookups nobody chose keep their one reading.
     assert profile.lookup_s["gati/p0"] == pytest.approx(5e-4)
+    assert profile.exit_s["gati/p0"] == pytest.approx(1e-3)  # exits are averaged alike
     assert profile.confirmed == {"gati/p0": 3} and profile.lookup_s["gati/p1"] == 1e-3
     profiles.save_profile(path, profile)
     again = load_or_measure(path, mlp, lookups)
@@ -111,7 +124,8 @@ def test_router_charge_is_what_lookups_cost_less_together_and_is_stored(mlp, tmp
     single = {"gati/p0": lookups["gati/p0"]}
     assert profiles.measure_router_charge(mlp, single, one_cache, 1, 30) == 0.0
 
-    monkeypatch.setattr(profiles, "measure_cache_cost", lambda *a, **k: 3e-4)
+    monkeypatch.setattr(profiles, "measure_cache_cost",
+                        lambda *a, **k: profiles.LookupCost(3e-4, 1e-4))
     monkeypatch.setattr(profiles, "measure_prefixes", lambda model, g, r: [1e-3] * 3)
     path = tmp_path / "profile.json"
     profile = load_or_measure(path, mlp, lookups)
@@ -123,5 +137,7 @@ def test_router_charge_is_what_lookups_cost_less_together_and_is_stored(mlp, tmp
     assert profile.marginal("gati/p1") == pytest.approx(1e-4)
     assert profile.marginal("gati/p0") == 0.0  # never negative
     assert profile.marginal("classifier/p0") == pytest.approx(3e-4)
+    assert profile.marginal_exit("gati/p1") == 0.0  # 0.1 ms exit, 0.2 ms charge
+    assert profile.marginal_exit("classifier/p1") == pytest.approx(1e-4)
     profiles.save_profile(path, profile)
     assert load_or_measure(path, mlp, lookups).router_s["gati"] == pytest.approx(2e-4)

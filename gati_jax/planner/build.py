@@ -94,7 +94,7 @@ def build_instance(policy: str, bank: CacheBank, candidates: Sequence[Candidate]
             levels = grid[c.key] if isinstance(grid, dict) else threshold_grid(scores, grid)
             opts.append(Option(c.key, scores, answers != base, answers == recording.labels,
                                profile.lookup(policy, c), int(c.metrics["param_bytes"]),
-                               np.asarray(levels, np.float64)))
+                               np.asarray(levels, np.float64), profile.exit(policy, c)))
         options.append(tuple(opts))
     return Instance(positions, tuple(options), np.asarray(profile.prefix_s, np.float64),
                     base == recording.labels, float(eps), float(budget_bytes), float(confidence),

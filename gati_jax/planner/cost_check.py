@@ -36,12 +36,18 @@ def remeasured(model: BaseModel, instance: Instance, choices: Sequence[Choice],
     by_key = {c.key: c for c in bank.candidates}
     chosen = {instance.options[i][c[0]].key for i, c in enumerate(choices) if c is not None}
     lookups = candidate_lookups(bank, [by_key[k] for k in sorted(chosen)], (policy,))
-    costs = {key.split("/", 1)[1]: seconds for key, seconds
+    costs = {key.split("/", 1)[1]: cost for key, cost
              in measure_lookups(model, lookups, group_size, repeats).items()}
-    # One-lookup costs, made marginal as the profile's are (the router's charge stays).
-    marginal = {key: max(seconds - instance.router_s, 0.0) for key, seconds in costs.items()}
-    options = tuple(tuple(dataclasses.replace(o, lookup_s=marginal[o.key]) if o.key in marginal
-                          else o for o in opts) for opts in instance.options)
+
+    def marginal(seconds: float) -> float:
+        # One-lookup costs, made marginal as the profile's are (the router's charge stays).
+        return max(seconds - instance.router_s, 0.0)
+
+    options = tuple(tuple(
+        dataclasses.replace(o, lookup_s=marginal(costs[o.key].miss_s),
+                            exit_s=o.exit_s if costs[o.key].exit_s is None
+                            else marginal(costs[o.key].exit_s))
+        if o.key in costs else o for o in opts) for opts in instance.options)
     stops = sorted({instance.positions[i] for i, c in enumerate(choices) if c is not None}
                    | {len(instance.prefix_s) - 1})
     prefix_s = np.array(instance.prefix_s, np.float64)

@@ -6,9 +6,10 @@ whether the cache's answer agrees with the base network's and whether it is corr
 latency profile: the cost of running the stages through each position and of each lookup.
 
 A plan chooses, per position, one option and a threshold, or nothing. A request exits at the
-first deployed position where it hits; it pays the stages up to its exit plus every lookup it
-ran, plus the router's fixed charge once any cache is deployed; a request that never hits
-runs the whole network and gets the base answer.
+first deployed position where it hits; it pays the stages up to its exit, every lookup it
+passed, the exit at the lookup it hit (costed apart: an exit and a miss cost differently),
+and the router's fixed charge once any cache is deployed; a request that never hits runs the
+whole network and gets the base answer.
 """
 
 from __future__ import annotations
@@ -30,9 +31,15 @@ class Option:
     scores: np.ndarray        # (N,) exit score per request; a hit is score >= threshold
     errors: np.ndarray        # (N,) bool: the cache's answer differs from the base answer
     correct: np.ndarray       # (N,) bool: the cache's answer equals the label
-    lookup_s: float           # seconds one more lookup adds to a request that runs it
+    lookup_s: float           # seconds one more lookup adds to a request that passes it
     nbytes: int               # parameter bytes
     grid: np.ndarray          # candidate thresholds, ascending
+    exit_s: float | None = None  # ... to a request that exits at it (None: as lookup_s)
+
+    @property
+    def exit_cost(self) -> float:
+        """Seconds the lookup adds to a request that exits at it."""
+        return self.lookup_s if self.exit_s is None else self.exit_s
 
     @functools.cached_property
     def order(self) -> np.ndarray:
@@ -104,6 +111,10 @@ class Instance:
                     raise ValueError(f"option {o.key}: per-request arrays must have shape ({n},)")
                 if not np.all(np.isfinite(o.scores)):
                     raise ValueError(f"option {o.key}: exit scores contain NaN or Inf")
+                for name, cost in (("lookup", o.lookup_s), ("exit", o.exit_cost)):
+                    if not (np.isfinite(cost) and cost >= 0):
+                        raise ValueError(f"option {o.key}: {name} cost must be finite and "
+                                         f">= 0, got {cost}")
         max_errors(n, self.eps, self.confidence)  # validates eps
 
     @property
@@ -161,18 +172,18 @@ def simulate(instance: Instance, choices: Sequence[Choice], charge: bool = True)
     correct = instance.base_correct.copy()
     exit_index = np.full(n, p_count)
     remaining = np.ones(n, bool)
-    lookups = 0.0  # every request still in flight ran the same lookups
+    lookups = 0.0  # every request still in flight passed the same lookups
     for i, choice in enumerate(choices):
         if choice is None:
             continue
         option = instance.options[i][choice[0]]
-        lookups += option.lookup_s
         hit = remaining & (option.scores >= choice[1])
-        cost[hit] = instance.prefix_s[instance.positions[i]] + lookups
+        cost[hit] = instance.prefix_s[instance.positions[i]] + lookups + option.exit_cost
         errors[hit] = option.errors[hit]
         correct[hit] = option.correct[hit]
         exit_index[hit] = i
         remaining &= ~hit
+        lookups += option.lookup_s
     cost[remaining] = instance.full_s + lookups
     if charge and any(c is not None for c in choices):
         cost += instance.router_s

@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +58,9 @@ class Profile:
     confirmed: dict[str, int] = dataclasses.field(default_factory=dict)
     # Lookup kind -> the router's fixed charge (see measure_router_charge).
     router_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    # "kind/candidate key" -> seconds a request that exits at the lookup pays beyond the
+    # stages it ran (see measure_cache_cost); absent where no threshold forces an exit.
+    exit_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -72,6 +75,16 @@ class Profile:
         """Seconds entry ``key`` adds beside other lookups: its one-lookup router's cost
         less the router's fixed charge, which a deployment pays once."""
         return max(self.lookup_s[key] - self.charge(key.split("/", 1)[0]), 0.0)
+
+    def exit(self, policy: str, candidate: Candidate) -> float:
+        """Seconds a request that exits at ``candidate``'s lookup pays beyond its stages."""
+        return self.marginal_exit(f"{lookup_kind(policy)}/{candidate.key}")
+
+    def marginal_exit(self, key: str) -> float:
+        """:meth:`marginal` for a request that exits at the lookup (its miss cost where the
+        exit could not be timed)."""
+        seconds = self.exit_s.get(key, self.lookup_s[key])
+        return max(seconds - self.charge(key.split("/", 1)[0]), 0.0)
 
     def charge(self, kind: str) -> float:
         """The router's fixed charge for lookups of ``kind`` (0 where none was measured)."""
@@ -115,10 +128,20 @@ def measure_prefix_costs(model: BaseModel, stops: Sequence[int], group_size: int
     return {p: timed[str(p)] for p in stops}
 
 
-# Policies' thresholds that never hit (scores lie in [0, 1], entropies are >= 0).
+# Policies' thresholds that never hit (scores lie in [0, 1], entropies are >= 0), and that
+# always hit (kNN hits need agreeing neighbours and the oracle the base answer: no threshold
+# forces those).
 _NEVER = {"gati": 2.0, "confidence": 2.0, "apparate": 2.0, "oracle": 0.0, "entropy": -1.0,
           "knn": -1.0}
+_ALWAYS = {"gati": -1.0, "confidence": -1.0, "apparate": -1.0, "entropy": 1e9}
 _BLOCK = 10
+
+
+class LookupCost(NamedTuple):
+    """One lookup's measured costs (see :func:`measure_cache_cost`)."""
+
+    miss_s: float
+    exit_s: float | None
 
 
 def plain_program(model: BaseModel):
@@ -127,14 +150,20 @@ def plain_program(model: BaseModel):
 
 
 def measure_cache_cost(model: BaseModel, position: int, decide: Decide, params: Any,
-                       policy: str, group_size: int, repeats: int, plain: Any = None) -> float:
-    """Seconds a deployed cache adds to a request that runs its lookup and misses.
+                       policy: str, group_size: int, repeats: int, plain: Any = None,
+                       prefix: Any = None) -> LookupCost:
+    """What a deployed cache adds to a request that runs its lookup and misses, and to one
+    that exits there.
 
-    Measured as the router serves it: a router with only this cache, never hitting, minus
-    the plain compiled network, timed side by side in blocks. This counts the lookup, the
-    exit bookkeeping and the ``lax.cond``, and the dispatch of the cache's parameters; all
-    of these add up per deployed cache. ``plain``: :func:`plain_program`, compiled once for
-    many caches (compiling it per cache cost a third of a profiling run).
+    Measured as the router serves it: a router with only this cache, timed side by side in
+    blocks with the plain compiled network and the compiled stages through the position.
+    Miss: the router never hitting, minus the plain network (the lookup, the exit
+    bookkeeping, the ``lax.cond`` and the rest of the network inside it, the dispatch of the
+    cache's parameters). Exit: the router always hitting, minus the stages through the
+    position; the two differ (an exit at position 1 cost 0.36 ms over its stages where a
+    miss there cost 0.22 ms). ``exit_s`` is None for policies no threshold forces to hit.
+    ``plain`` and ``prefix``: :func:`plain_program` and the prefix through ``position``,
+    compiled once for many caches (compiling them per cache cost a third of a profiling run).
     """
     router = Router(model, (position,), (decide,), max_group=group_size)
     params = (jax.device_put(params),)
@@ -142,23 +171,38 @@ def measure_cache_cost(model: BaseModel, position: int, decide: Decide, params: 
     never = jnp.full(1, _NEVER[policy], jnp.float32)
     valid, base = jnp.ones(group_size, bool), jnp.zeros(group_size, jnp.int32)
     plain = plain or plain_program(model)
-    timed = measure_interleaved(
-        {"plain": lambda: plain(x),
-         "router": lambda: router.compiled(params, never, x, valid, base)},
-        max(repeats // _BLOCK, 3), block=_BLOCK)
-    # Noise can make the difference slightly negative for the cheapest lookups.
-    return max(timed["router"] - timed["plain"], 0.0)
+    fns = {"plain": lambda: plain(x),
+           "router": lambda: router.compiled(params, never, x, valid, base)}
+    if policy in _ALWAYS:
+        always = jnp.full(1, _ALWAYS[policy], jnp.float32)
+        prefix = prefix or jax.jit(_prefix_fn(model, position))
+        fns["prefix"] = lambda: prefix(x)
+        fns["exit"] = lambda: router.compiled(params, always, x, valid, base)
+    timed = measure_interleaved(fns, max(repeats // _BLOCK, 3), block=_BLOCK)
+    # Noise can make a difference slightly negative for the cheapest lookups.
+    exit_s = max(timed["exit"] - timed["prefix"], 0.0) if "exit" in timed else None
+    return LookupCost(max(timed["router"] - timed["plain"], 0.0), exit_s)
 
 
 def measure_lookups(model: BaseModel, lookups: dict[str, tuple[int, Decide, Any, str]],
-                    group_size: int, repeats: int) -> dict[str, float]:
+                    group_size: int, repeats: int) -> dict[str, LookupCost]:
     """:func:`measure_cache_cost` of every lookup (key -> (position, decide, params,
-    policy)), the plain network compiled once for all of them; with a progress bar."""
+    policy)), the plain network and each prefix compiled once for all of them; with a
+    progress bar."""
     plain = plain_program(model) if lookups else None
+    prefixes = {p: jax.jit(_prefix_fn(model, p)) for p in {v[0] for v in lookups.values()}}
     return {key: measure_cache_cost(model, position, decide, params, policy, group_size,
-                                    repeats, plain)
+                                    repeats, plain, prefixes[position])
             for key, (position, decide, params, policy)
             in tqdm(lookups.items(), desc="profiling lookups", disable=not lookups)}
+
+
+def record_lookups(profile: Profile, measured: dict[str, LookupCost]) -> None:
+    """Stores measurements in ``profile`` (replacing earlier ones)."""
+    for key, cost in measured.items():
+        profile.lookup_s[key] = cost.miss_s
+        if cost.exit_s is not None:
+            profile.exit_s[key] = cost.exit_s
 
 
 def measure_router_charge(model: BaseModel, lookups: dict[str, tuple[int, Decide, Any, str]],
@@ -196,10 +240,10 @@ def measure_router_charge(model: BaseModel, lookups: dict[str, tuple[int, Decide
 
 def confirm_lookups(model: BaseModel, profile: Profile,
                     lookups: dict[str, tuple[int, Decide, Any, str]], group_size: int,
-                    repeats: int) -> dict[str, float]:
-    """Measures lookups that plans chose once more; each entry becomes the mean of its
-    confirmation measurements (the first, pre-selection one is dropped). Returns the new
-    measurements.
+                    repeats: int) -> dict[str, LookupCost]:
+    """Measures lookups that plans chose once more; each entry (miss and exit) becomes the
+    mean of its confirmation measurements (the first, pre-selection one is dropped). Returns
+    the new measurements.
 
     A planner picks the caches whose costs look lowest, so the single measurement of a
     chosen cache is biased low (the winner's curse): a kNN store measured at 0.08 ms, where
@@ -207,10 +251,15 @@ def confirm_lookups(model: BaseModel, profile: Profile,
     0.87x of the plain network. A measurement taken after the choice carries no such bias.
     """
     fresh = measure_lookups(model, lookups, group_size, repeats)
-    for key, seconds in fresh.items():
+    for key, cost in fresh.items():
         n = profile.confirmed.get(key, 0)
-        previous = profile.lookup_s[key] if n else 0.0
-        profile.lookup_s[key] = (previous * n + seconds) / (n + 1)
+        profile.lookup_s[key] = ((profile.lookup_s[key] * n if n else 0.0)
+                                 + cost.miss_s) / (n + 1)
+        if cost.exit_s is not None:
+            if n and key in profile.exit_s:
+                profile.exit_s[key] = (profile.exit_s[key] * n + cost.exit_s) / (n + 1)
+            else:
+                profile.exit_s[key] = cost.exit_s
         profile.confirmed[key] = n + 1
     return fresh
 
@@ -266,8 +315,10 @@ def load_or_measure(path: str | Path, model: BaseModel,
         profile = Profile(**stored[profile.key])
     if not profile.prefix_s:
         profile.prefix_s = measure_prefixes(model, group_size, repeats)
-    missing = {k: v for k, v in lookups.items() if k not in profile.lookup_s}
-    profile.lookup_s.update(measure_lookups(model, missing, group_size, repeats))
+    # Profiles written before exits were timed lack them: those lookups are measured anew.
+    missing = {k: v for k, v in lookups.items() if k not in profile.lookup_s
+               or (v[3] in _ALWAYS and k not in profile.exit_s)}
+    record_lookups(profile, measure_lookups(model, missing, group_size, repeats))
     for kind in sorted({k.split("/", 1)[0] for k in lookups} - set(profile.router_s)):
         of_kind = {k: v for k, v in lookups.items() if k.split("/", 1)[0] == kind}
         profile.router_s[kind] = measure_router_charge(model, of_kind, profile.lookup_s,

@@ -58,7 +58,9 @@ def _position_table(instance: Instance, choices: Sequence[Choice], i: int) -> Ta
         # Requests that reach i, in the option's descending score order: a threshold's hits
         # are a prefix of this order, so cumulative sums score every threshold at once.
         order = option.order[reach[option.order]]
-        d_cost = np.concatenate([[0.0], np.cumsum(hit_cost - after.cost_s[order])])
+        # A hit pays its exit instead of the lookup every reaching request is charged.
+        exit_cost = hit_cost + option.exit_cost - option.lookup_s
+        d_cost = np.concatenate([[0.0], np.cumsum(exit_cost - after.cost_s[order])])
         d_err = np.concatenate([[0.0], np.cumsum(option.errors[order] - after_err[order])])
         hits = np.searchsorted(-option.scores[order], -option.grid, side="right")
         alternatives.extend((o, float(t)) for t in option.grid)
@@ -300,10 +302,9 @@ def exhaustive(instance: Instance, max_nodes: int = 5_000_000) -> list[Choice]:
             new_err = err + int(option.errors[hit].sum())
             if new_err > budget:
                 continue
-            step_lookups = lookups + option.lookup_s
             new_cost = cost + hit.sum() * (instance.prefix_s[instance.positions[i]]
-                                           + step_lookups)
-            visit(i + 1, remaining & ~hit, new_cost, new_err, step_lookups,
+                                           + lookups + option.exit_cost)
+            visit(i + 1, remaining & ~hit, new_cost, new_err, lookups + option.lookup_s,
                   memory + option.nbytes, plan + [choice])
 
     visit(0, np.ones(n, bool), 0.0, 0, 0.0, 0, [])
