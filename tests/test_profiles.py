@@ -58,7 +58,7 @@ def test_profile_measures_stores_and_reuses(mlp, tmp_path, monkeypatch):
     measured = []
     monkeypatch.setattr(profiles, "measure_cache_cost",
                         lambda *args, **kwargs: measured.append(args[1])
-                        or profiles.LookupCost(1e-4, 2e-4))
+                        or profiles.LookupCost(1e-4, 2e-4, profile.prefix_s[-1]))
     extra = dict(lookups)
     extra["gati/p1-other"] = lookups["gati/p1"]
     grown = load_or_measure(path, mlp, extra)
@@ -84,8 +84,9 @@ def test_confirmations_replace_the_choice_time_measurement_and_are_saved(mlp, tm
     lookups = _lookups(mlp)
     path = tmp_path / "profile.json"
     readings = iter([1e-3, 1e-3, 1e-3, 1e-3, 4e-4, 6e-4, 5e-4])
-    monkeypatch.setattr(profiles, "measure_cache_cost",
-                        lambda *a, **k: (lambda r: profiles.LookupCost(r, 2 * r))(next(readings)))
+    monkeypatch.setattr(profiles, "measure_prefixes", lambda model, g, r: [2e-3] * 3)
+    monkeypatch.setattr(profiles, "measure_cache_cost", lambda *a, **k: (
+        lambda r: profiles.LookupCost(r, 2 * r, 2e-3))(next(readings)))
     profile = load_or_measure(path, mlp, lookups, repeats=30)
     assert profile.lookup_s["gati/p0"] == 1e-3 and profile.confirmed == {}
     chosen = {k: lookups[k] for k in ("gati/p0",)}
@@ -113,7 +114,7 @@ def test_router_charge_is_what_lookups_cost_less_together_and_is_stored(mlp, tmp
 
     def timed(fns, *args, **kwargs):
         seen.append(sorted(fns))
-        return {"plain": 2e-3, "router": 2.6e-3}  # the joint router: 0.6 ms over plain
+        return {"plain": 1e-3, "router": 1.6e-3}  # the joint router: 0.6 ms over plain
 
     monkeypatch.setattr(profiles, "measure_interleaved", timed)
     one_cache = {"gati/p0": 3e-4, "gati/p1": 5e-4, "gati/p1-other": 9e-4}
@@ -125,7 +126,7 @@ def test_router_charge_is_what_lookups_cost_less_together_and_is_stored(mlp, tmp
     assert profiles.measure_router_charge(mlp, single, one_cache, 1, 30) == 0.0
 
     monkeypatch.setattr(profiles, "measure_cache_cost",
-                        lambda *a, **k: profiles.LookupCost(3e-4, 1e-4))
+                        lambda *a, **k: profiles.LookupCost(3e-4, 1e-4, 1e-3))
     monkeypatch.setattr(profiles, "measure_prefixes", lambda model, g, r: [1e-3] * 3)
     path = tmp_path / "profile.json"
     profile = load_or_measure(path, mlp, lookups)
@@ -141,3 +142,21 @@ def test_router_charge_is_what_lookups_cost_less_together_and_is_stored(mlp, tmp
     assert profile.marginal_exit("classifier/p1") == pytest.approx(1e-4)
     profiles.save_profile(path, profile)
     assert load_or_measure(path, mlp, lookups).router_s["gati"] == pytest.approx(2e-4)
+
+
+def test_costs_are_kept_at_the_scale_of_the_profiles_plain_network(mlp, monkeypatch):
+    cost = profiles.LookupCost(1e-4, 2e-4, 2e-3).scaled(3e-3)
+    assert cost == pytest.approx((1.5e-4, 3e-4, 3e-3))
+    assert profiles.LookupCost(1e-4, None, 2e-3).scaled(1e-3).exit_s is None
+    # Measured while the machine ran at half speed (plain 4 ms, profile 2 ms): halved.
+    profile = profiles.Profile("cpu", "cpu", 1, "m", [1e-3, 2e-3], {})
+    profiles.record_lookups(profile, {"gati/p0": profiles.LookupCost(4e-4, 6e-4, 4e-3)})
+    assert profile.lookup_s["gati/p0"] == pytest.approx(2e-4)
+    assert profile.exit_s["gati/p0"] == pytest.approx(3e-4)
+    monkeypatch.setattr(profiles, "measure_interleaved",
+                        lambda *a, **k: {"plain": 4e-3, "router": 4.4e-3})
+    lookups = {k: v for k, v in _lookups(mlp).items() if k.startswith("gati/")}
+    # Joint 0.4 ms at a 4 ms plain network is 0.2 ms at the profile's 2 ms.
+    charge = profiles.measure_router_charge(mlp, lookups, {"gati/p0": 2e-4, "gati/p1": 2e-4},
+                                            1, 30, plain_s=2e-3)
+    assert charge == pytest.approx(2e-4)

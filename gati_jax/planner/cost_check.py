@@ -36,7 +36,13 @@ def remeasured(model: BaseModel, instance: Instance, choices: Sequence[Choice],
     by_key = {c.key: c for c in bank.candidates}
     chosen = {instance.options[i][c[0]].key for i, c in enumerate(choices) if c is not None}
     lookups = candidate_lookups(bank, [by_key[k] for k in sorted(chosen)], (policy,))
-    costs = {key.split("/", 1)[1]: cost for key, cost
+    stops = sorted({instance.positions[i] for i, c in enumerate(choices) if c is not None}
+                   | {len(instance.prefix_s) - 1})
+    prefix_s = np.array(instance.prefix_s, np.float64)
+    for stop, seconds in measure_prefix_costs(model, stops, group_size, repeats).items():
+        prefix_s[stop] = seconds
+    # At the scale of the plain network just measured, as profiles scale theirs.
+    costs = {key.split("/", 1)[1]: cost.scaled(prefix_s[-1]) for key, cost
              in measure_lookups(model, lookups, group_size, repeats).items()}
 
     def marginal(seconds: float) -> float:
@@ -48,11 +54,6 @@ def remeasured(model: BaseModel, instance: Instance, choices: Sequence[Choice],
                             exit_s=o.exit_s if costs[o.key].exit_s is None
                             else marginal(costs[o.key].exit_s))
         if o.key in costs else o for o in opts) for opts in instance.options)
-    stops = sorted({instance.positions[i] for i, c in enumerate(choices) if c is not None}
-                   | {len(instance.prefix_s) - 1})
-    prefix_s = np.array(instance.prefix_s, np.float64)
-    for stop, seconds in measure_prefix_costs(model, stops, group_size, repeats).items():
-        prefix_s[stop] = seconds
     return dataclasses.replace(instance, options=options, prefix_s=prefix_s)
 
 

@@ -138,10 +138,25 @@ _BLOCK = 10
 
 
 class LookupCost(NamedTuple):
-    """One lookup's measured costs (see :func:`measure_cache_cost`)."""
+    """One lookup's measured costs (see :func:`measure_cache_cost`), and the plain network's
+    time measured in the same rounds, their scale."""
 
     miss_s: float
     exit_s: float | None
+    plain_s: float
+
+    def scaled(self, plain_s: float) -> "LookupCost":
+        """The costs as if measured when the plain network took ``plain_s``.
+
+        The machine's speed drifts by 10-40% within minutes here; a profile measured over
+        minutes mixes fast and slow moments, so every cost is brought to the scale of the
+        profile's own plain network through the plain network timed beside it (in one
+        planning run the prefixes were measured at a 3.5 ms plain network, the lookups at
+        about 2.5 ms, and the model missed by 25%).
+        """
+        k = plain_s / self.plain_s
+        return LookupCost(self.miss_s * k, None if self.exit_s is None else self.exit_s * k,
+                          plain_s)
 
 
 def plain_program(model: BaseModel):
@@ -181,7 +196,7 @@ def measure_cache_cost(model: BaseModel, position: int, decide: Decide, params: 
     timed = measure_interleaved(fns, max(repeats // _BLOCK, 3), block=_BLOCK)
     # Noise can make a difference slightly negative for the cheapest lookups.
     exit_s = max(timed["exit"] - timed["prefix"], 0.0) if "exit" in timed else None
-    return LookupCost(max(timed["router"] - timed["plain"], 0.0), exit_s)
+    return LookupCost(max(timed["router"] - timed["plain"], 0.0), exit_s, timed["plain"])
 
 
 def measure_lookups(model: BaseModel, lookups: dict[str, tuple[int, Decide, Any, str]],
@@ -198,15 +213,17 @@ def measure_lookups(model: BaseModel, lookups: dict[str, tuple[int, Decide, Any,
 
 
 def record_lookups(profile: Profile, measured: dict[str, LookupCost]) -> None:
-    """Stores measurements in ``profile`` (replacing earlier ones)."""
+    """Stores measurements in ``profile`` at its scale (replacing earlier ones)."""
     for key, cost in measured.items():
+        cost = cost.scaled(profile.prefix_s[-1])
         profile.lookup_s[key] = cost.miss_s
         if cost.exit_s is not None:
             profile.exit_s[key] = cost.exit_s
 
 
 def measure_router_charge(model: BaseModel, lookups: dict[str, tuple[int, Decide, Any, str]],
-                          lookup_s: dict[str, float], group_size: int, repeats: int) -> float:
+                          lookup_s: dict[str, float], group_size: int, repeats: int,
+                          plain_s: float | None = None) -> float:
     """The part of a one-lookup router's cost that a router pays once, not per lookup.
 
     Per-lookup costs (:func:`measure_cache_cost`) are not additive: nine one-cache routers
@@ -214,7 +231,8 @@ def measure_router_charge(model: BaseModel, lookups: dict[str, tuple[int, Decide
     and the sum of one-cache costs overcharged every exit after the first position by 8-25%.
     One lookup per position (the first key) goes into one router that never hits; with
     ``lookup_s`` its one-cache costs, the charge F solves ``joint = F + sum(one-cache - F)``.
-    Fewer than two positions: 0.
+    Fewer than two positions: 0. ``plain_s``: the scale of ``lookup_s`` (see
+    :meth:`LookupCost.scaled`); None: as measured.
     """
     first: dict[int, str] = {}
     for key in sorted(lookups):
@@ -235,6 +253,8 @@ def measure_router_charge(model: BaseModel, lookups: dict[str, tuple[int, Decide
          "router": lambda: router.compiled(params, never, x, valid, base)},
         max(3 * repeats // _BLOCK, 3), block=_BLOCK)
     joint = max(timed["router"] - timed["plain"], 0.0)
+    if plain_s is not None:
+        joint *= plain_s / timed["plain"]
     return max((sum(lookup_s[k] for k in keys) - joint) / (len(keys) - 1), 0.0)
 
 
@@ -252,6 +272,7 @@ def confirm_lookups(model: BaseModel, profile: Profile,
     """
     fresh = measure_lookups(model, lookups, group_size, repeats)
     for key, cost in fresh.items():
+        cost = cost.scaled(profile.prefix_s[-1])
         n = profile.confirmed.get(key, 0)
         profile.lookup_s[key] = ((profile.lookup_s[key] * n if n else 0.0)
                                  + cost.miss_s) / (n + 1)
@@ -322,6 +343,7 @@ def load_or_measure(path: str | Path, model: BaseModel,
     for kind in sorted({k.split("/", 1)[0] for k in lookups} - set(profile.router_s)):
         of_kind = {k: v for k, v in lookups.items() if k.split("/", 1)[0] == kind}
         profile.router_s[kind] = measure_router_charge(model, of_kind, profile.lookup_s,
-                                                       group_size, repeats)
+                                                       group_size, repeats,
+                                                       profile.prefix_s[-1])
     save_profile(path, profile)
     return profile

@@ -71,9 +71,10 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     prefix_s = measure_prefixes(model, 1, repeats)
     lookups = {str(p): (p, d, c.params, "gati") for p, d, c
                in zip(dep.positions, dep.decides(), best)}
-    measured = measure_lookups(model, lookups, 1, repeats)
+    measured = {k: c.scaled(prefix_s[-1])
+                for k, c in measure_lookups(model, lookups, 1, repeats).items()}
     charge = measure_router_charge(model, lookups, {k: c.miss_s for k, c in measured.items()},
-                                   1, repeats)
+                                   1, repeats, prefix_s[-1])
     cache_s = [max(measured[str(p)].miss_s - charge, 0.0) for p in dep.positions]
     exit_s = [max(measured[str(p)].exit_s - charge, 0.0) for p in dep.positions]
     out["router_charge_ms"] = 1e3 * charge
