@@ -160,3 +160,10 @@ def test_costs_are_kept_at_the_scale_of_the_profiles_plain_network(mlp, monkeypa
     charge = profiles.measure_router_charge(mlp, lookups, {"gati/p0": 2e-4, "gati/p1": 2e-4},
                                             1, 30, plain_s=2e-3)
     assert charge == pytest.approx(2e-4)
+
+
+def test_prefix_costs_are_made_non_decreasing():
+    assert profiles.monotone([1.0, 3.0, 2.0, 4.0]) == pytest.approx([1.0, 2.5, 2.5, 4.0])
+    assert profiles.monotone([5.0, 1.0, 0.0]) == pytest.approx([2.0, 2.0, 2.0])
+    assert profiles.monotone([0.2, 0.6, 0.8, 0.9]) == pytest.approx([0.2, 0.6, 0.8, 0.9])
+    assert profiles.monotone([]) == []

@@ -112,10 +112,30 @@ def _prefix_fn(model: BaseModel, stop: int):
 
 
 def measure_prefixes(model: BaseModel, group_size: int, repeats: int) -> list[float]:
-    """Median seconds of stages 0..p for every stage p, timed side by side in blocks."""
+    """Median seconds of stages 0..p for every stage p, timed side by side in blocks, three
+    times a lookup's repeats, made non-decreasing in p.
+
+    A planner exploits a prefix measured low as it does a lookup: one profile had stages
+    0..3 at 0.03 ms over stages 0..2 (other runs: 0.1-0.2 ms), its plan sent 39% of requests
+    out at position 3, and the cost model missed by 29%. Prefixes are few and cheap to time,
+    and a longer prefix never costs less than a shorter one: noise that says otherwise is
+    pooled away (isotonic regression).
+    """
     stages = range(model.network.num_stages)
-    timed = measure_prefix_costs(model, stages, group_size, repeats)
-    return [timed[p] for p in stages]
+    timed = measure_prefix_costs(model, stages, group_size, 3 * repeats)
+    return monotone([timed[p] for p in stages])
+
+
+def monotone(values: Sequence[float]) -> list[float]:
+    """The non-decreasing sequence closest to ``values`` in squared error (pool adjacent
+    violators)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return [m for m, n in blocks for _ in range(int(n))]
 
 
 def measure_prefix_costs(model: BaseModel, stops: Sequence[int], group_size: int,
