@@ -24,7 +24,22 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from gati_jax.planner.instance import Choice, Instance, simulate
+from gati_jax.planner.instance import Choice, Instance, Outcome, simulate
+
+def _simulate(instance: Instance, choices: Sequence[Choice], charge: bool = True) -> Outcome:
+    """:func:`simulate`, remembered per instance: a search asks for the same partial plans
+    again and again (every sweep rebuilds each position's table from the plans before and
+    after it), and simulating was half of a planning run's time. Outcomes are shared: read
+    them, never write them."""
+    memo = instance.__dict__.get("_search_memo")
+    if memo is None or len(memo) > 2048:  # about 45 kB per outcome of 2,500 requests
+        memo = {}
+        object.__setattr__(instance, "_search_memo", memo)  # frozen: the memo is not state
+    key = (tuple(choices), charge)
+    if key not in memo:
+        memo[key] = simulate(instance, choices, charge)
+    return memo[key]
+
 
 class Table(NamedTuple):
     """Every alternative at one position: choices, total seconds, disagreements, bytes."""
@@ -38,12 +53,12 @@ class Table(NamedTuple):
 def _position_table(instance: Instance, choices: Sequence[Choice], i: int) -> Table:
     """Every alternative at position ``i`` with the rest fixed, scored exactly."""
     before = list(choices[:i]) + [None] * (len(choices) - i)
-    out_before = simulate(instance, before, charge=False)
+    out_before = _simulate(instance, before, charge=False)
     reach = out_before.exit_index == len(choices)
     pre = sum(instance.options[j][c[0]].lookup_s for j, c in enumerate(choices[:i])
               if c is not None)
     # The outcome of a request that passes position i, from i + 1 on (its lookups included).
-    after = simulate(instance, [None] * (i + 1) + list(choices[i + 1:]), charge=False)
+    after = _simulate(instance, [None] * (i + 1) + list(choices[i + 1:]), charge=False)
     after_err = after.errors.astype(np.float64)
     n_reach = int(reach.sum())
     base_cost = (float(out_before.cost_s[~reach].sum()) + n_reach * pre
@@ -95,7 +110,7 @@ def _best(instance: Instance, choices: Sequence[Choice], i: int, table: Table,
 
 
 def _key(instance: Instance, choices: Sequence[Choice], lam: float | None) -> tuple:
-    out = simulate(instance, choices)
+    out = _simulate(instance, choices)
     cost, err = float(out.cost_s.sum()), float(out.num_errors)
     if lam is not None:
         return (cost + lam * err,)
