@@ -118,10 +118,11 @@ def _key(instance: Instance, choices: Sequence[Choice], lam: float | None) -> tu
 
 
 def _descend(instance: Instance, choices: list[Choice], lam: float | None,
-             max_sweeps: int = 30) -> list[Choice]:
-    """Coordinate descent: at each position take the best alternative given the others."""
+             max_sweeps: int = 30, frozen: Sequence[int] = ()) -> list[Choice]:
+    """Coordinate descent: at each position (but ``frozen`` ones) take the best alternative
+    given the others."""
     choices = list(choices)
-    order = list(range(len(choices)))
+    order = [i for i in range(len(choices)) if i not in frozen]
     for sweep in range(max_sweeps):
         changed = False
         for i in (order if sweep % 2 == 0 else order[::-1]):
@@ -192,7 +193,27 @@ def joint(instance: Instance, starts: Sequence[Sequence[Choice]] = (),
     candidates.extend(_descend(instance, list(s), None) for s in starts
                       if instance.memory(s) <= instance.budget_bytes)
     best = min(candidates, key=lambda c: _score(instance, c))
-    return _pair_polish(instance, best)
+    return _drop_polish(instance, _pair_polish(instance, best))
+
+
+def _drop_polish(instance: Instance, choices: list[Choice], max_passes: int = 2
+                 ) -> list[Choice]:
+    """Closes each deployed position in turn, descends over the others with it closed, then
+    over all: escapes optima that only a move at three positions leaves (a hypothesis
+    instance: ours kept positions 0, 2 and 3 at 4.2% above exhaustive search's 0 and 4)."""
+    best, best_key = list(choices), _score(instance, choices)
+    for _ in range(max_passes):
+        improved = False
+        for i in [i for i, c in enumerate(best) if c is not None]:
+            trial = list(best)
+            trial[i] = None
+            trial = _descend(instance, _descend(instance, trial, None, frozen=(i,)), None)
+            key = _score(instance, trial)
+            if key < best_key:
+                best, best_key, improved = trial, key, True
+        if not improved:
+            break
+    return best
 
 
 def single(instance: Instance) -> list[Choice]:
