@@ -8,7 +8,8 @@ bound (the empty plan always meets it). Methods:
   over every threshold of the grid given the rest of the plan (one sort per option), so an
   early exit's effect on who reaches later positions is always accounted for. It descends on
   ``cost + lambda * errors`` for a sweep of lambdas, then polishes each result and every
-  comparator's plan under the hard bound; the cheapest feasible plan wins.
+  comparator's plan under the hard bound; the cheapest feasible plan wins, polished by
+  two-position moves and by closing each deployed position in turn.
 - ``single``: the best plan with one deployed position.
 - ``independent``: every position deployed, each threshold tuned alone to precision 1 - eps on
   all tuning requests (how the GATI paper sets thresholds).
