@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from conftest import assert_config_rejects
 
@@ -178,6 +178,8 @@ def test_greedy_and_single_respect_the_bound():
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Found by hypothesis: only a three-position move left ours' optimum, 4.2% above exhaustive.
+@example(seed=130, positions=5, options=2, grid=4, eps=0.0, budget=100.0)
 @given(seed=st.integers(0, 10_000), positions=st.integers(2, 5), options=st.integers(1, 2),
        grid=st.integers(2, 4), eps=st.sampled_from([0.0, 0.01, 0.05, 0.1]),
        budget=st.sampled_from([1e9, 100.0, 40.0]))
