@@ -24,7 +24,8 @@ from gati_jax import data
 from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
 from gati_jax.planner.instance import Choice, Instance, simulate
-from gati_jax.planner.profiles import candidate_lookups, measure_lookups, measure_prefix_costs
+from gati_jax.planner.profiles import (candidate_lookups, marginal_cost, measure_lookups,
+                                      measure_prefix_costs)
 from gati_jax.runtime.deployment import Deployment
 
 
@@ -44,15 +45,12 @@ def remeasured(model: BaseModel, instance: Instance, choices: Sequence[Choice],
     # At the scale of the plain network just measured, as profiles scale theirs.
     costs = {key.split("/", 1)[1]: cost.scaled(prefix_s[-1]) for key, cost
              in measure_lookups(model, lookups, group_size, repeats).items()}
-
-    def marginal(seconds: float) -> float:
-        # One-lookup costs, made marginal as the profile's are (the router's charge stays).
-        return max(seconds - instance.router_s, 0.0)
-
+    # One-lookup costs, made marginal as the profile's are (the router's charge stays).
+    charge = instance.router_s
     options = tuple(tuple(
-        dataclasses.replace(o, lookup_s=marginal(costs[o.key].miss_s),
+        dataclasses.replace(o, lookup_s=marginal_cost(costs[o.key].miss_s, charge),
                             exit_s=o.exit_s if costs[o.key].exit_s is None
-                            else marginal(costs[o.key].exit_s))
+                            else marginal_cost(costs[o.key].exit_s, charge))
         if o.key in costs else o for o in opts) for opts in instance.options)
     return dataclasses.replace(instance, options=options, prefix_s=prefix_s)
 

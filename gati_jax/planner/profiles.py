@@ -74,7 +74,7 @@ class Profile:
     def marginal(self, key: str) -> float:
         """Seconds entry ``key`` adds beside other lookups: its one-lookup router's cost
         less the router's fixed charge, which a deployment pays once."""
-        return max(self.lookup_s[key] - self.charge(key.split("/", 1)[0]), 0.0)
+        return marginal_cost(self.lookup_s[key], self.charge(key.split("/", 1)[0]))
 
     def exit(self, policy: str, candidate: Candidate) -> float:
         """Seconds a request that exits at ``candidate``'s lookup pays beyond its stages."""
@@ -84,11 +84,16 @@ class Profile:
         """:meth:`marginal` for a request that exits at the lookup (its miss cost where the
         exit could not be timed)."""
         seconds = self.exit_s.get(key, self.lookup_s[key])
-        return max(seconds - self.charge(key.split("/", 1)[0]), 0.0)
+        return marginal_cost(seconds, self.charge(key.split("/", 1)[0]))
 
     def charge(self, kind: str) -> float:
         """The router's fixed charge for lookups of ``kind`` (0 where none was measured)."""
         return self.router_s.get(kind, 0.0)
+
+
+def marginal_cost(one_cache_s: float, charge_s: float) -> float:
+    """A one-cache cost less the router's charge, never negative."""
+    return max(one_cache_s - charge_s, 0.0)
 
 
 def model_fingerprint(model: BaseModel) -> str:
@@ -225,9 +230,11 @@ def measure_lookups(model: BaseModel, lookups: dict[str, tuple[int, Decide, Any,
     policy)), the plain network and each prefix compiled once for all of them; with a
     progress bar."""
     plain = plain_program(model) if lookups else None
-    prefixes = {p: jax.jit(_prefix_fn(model, p)) for p in {v[0] for v in lookups.values()}}
+    # Only exits that a threshold can force are timed, beside their prefix.
+    prefixes = {p: jax.jit(_prefix_fn(model, p))
+                for p, _, _, policy in lookups.values() if policy in _ALWAYS}
     return {key: measure_cache_cost(model, position, decide, params, policy, group_size,
-                                    repeats, plain, prefixes[position])
+                                    repeats, plain, prefixes.get(position))
             for key, (position, decide, params, policy)
             in tqdm(lookups.items(), desc="profiling lookups", disable=not lookups)}
 

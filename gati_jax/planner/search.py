@@ -27,6 +27,7 @@ import numpy as np
 
 from gati_jax.planner.instance import Choice, Instance, Outcome, simulate
 
+
 def _simulate(instance: Instance, choices: Sequence[Choice], charge: bool = True) -> Outcome:
     """:func:`simulate`, remembered per instance: a search asks for the same partial plans
     again and again (every sweep rebuilds each position's table from the plans before and

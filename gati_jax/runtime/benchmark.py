@@ -15,7 +15,8 @@ import numpy as np
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
-from gati_jax.planner.profiles import measure_lookups, measure_prefixes, measure_router_charge
+from gati_jax.planner.profiles import (marginal_cost, measure_lookups, measure_prefixes,
+                                      measure_router_charge)
 from gati_jax.profiling import measure_interleaved, stage_latencies
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
@@ -75,8 +76,8 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
                 for k, c in measure_lookups(model, lookups, 1, repeats).items()}
     charge = measure_router_charge(model, lookups, {k: c.miss_s for k, c in measured.items()},
                                    1, repeats, prefix_s[-1])
-    cache_s = [max(measured[str(p)].miss_s - charge, 0.0) for p in dep.positions]
-    exit_s = [max(measured[str(p)].exit_s - charge, 0.0) for p in dep.positions]
+    cache_s = [marginal_cost(measured[str(p)].miss_s, charge) for p in dep.positions]
+    exit_s = [marginal_cost(measured[str(p)].exit_s, charge) for p in dep.positions]
     out["router_charge_ms"] = 1e3 * charge
     rows = []
     scenarios = [("no exit", None)] + [(f"exit at {p}", k) for k, p in enumerate(dep.positions)]
