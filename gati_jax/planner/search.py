@@ -44,16 +44,41 @@ def _simulate(instance: Instance, choices: Sequence[Choice], charge: bool = True
 
 
 class Table(NamedTuple):
-    """Every alternative at one position: choices, total seconds, disagreements, bytes."""
+    """Every alternative at one position: option index (-1: closed) and threshold, total
+    seconds, disagreements, bytes."""
 
-    choices: list[Choice]
+    option: np.ndarray
+    threshold: np.ndarray
     costs: np.ndarray
     errors: np.ndarray
     nbytes: np.ndarray
 
+    def choice(self, k: int) -> Choice:
+        """Alternative ``k`` as a choice."""
+        return None if self.option[k] < 0 else (int(self.option[k]), float(self.threshold[k]))
+
+    @property
+    def choices(self) -> list[Choice]:
+        """Every alternative as a choice."""
+        return [self.choice(k) for k in range(len(self.option))]
+
 
 def _position_table(instance: Instance, choices: Sequence[Choice], i: int) -> Table:
-    """Every alternative at position ``i`` with the rest fixed, scored exactly."""
+    """Every alternative at position ``i`` with the rest fixed, scored exactly; remembered
+    per instance like :func:`_simulate` (a descent's last sweep, and every polish, rebuild
+    tables it built before: 166,000 tables per planning run, 2 ms each, were a third of it).
+    Tables are shared: read them, never write them."""
+    memo = instance.__dict__.get("_table_memo")
+    if memo is None or len(memo) > 4096:  # about 2 kB per table
+        memo = {}
+        object.__setattr__(instance, "_table_memo", memo)
+    key = (i, tuple(choices[:i]), tuple(choices[i + 1:]))
+    if key not in memo:
+        memo[key] = _build_table(instance, choices, i)
+    return memo[key]
+
+
+def _build_table(instance: Instance, choices: Sequence[Choice], i: int) -> Table:
     before = list(choices[:i]) + [None] * (len(choices) - i)
     out_before = _simulate(instance, before, charge=False)
     reach = out_before.exit_index == len(choices)
@@ -66,7 +91,7 @@ def _position_table(instance: Instance, choices: Sequence[Choice], i: int) -> Ta
     base_cost = (float(out_before.cost_s[~reach].sum()) + n_reach * pre
                  + float(after.cost_s[reach].sum()))
     base_err = float(out_before.errors[~reach].sum()) + float(after_err[reach].sum())
-    alternatives: list[Choice] = [None]
+    option_index, thresholds = [np.full(1, -1)], [np.full(1, np.nan)]
     costs, errs, nbytes = [np.array([base_cost])], [np.array([base_err])], [np.zeros(1)]
     hit_cost = instance.prefix_s[instance.positions[i]]
     others = any(c is not None for j, c in enumerate(choices) if j != i)
@@ -80,14 +105,17 @@ def _position_table(instance: Instance, choices: Sequence[Choice], i: int) -> Ta
         d_cost = np.concatenate([[0.0], np.cumsum(exit_cost - after.cost_s[order])])
         d_err = np.concatenate([[0.0], np.cumsum(option.errors[order] - after_err[order])])
         hits = np.searchsorted(-option.scores[order], -option.grid, side="right")
-        alternatives.extend((o, float(t)) for t in option.grid)
+        option_index.append(np.full(len(option.grid), o))
+        thresholds.append(np.asarray(option.grid, np.float64))
         costs.append(base_cost + n_reach * option.lookup_s + d_cost[hits])
         errs.append(base_err + d_err[hits])
         nbytes.append(np.full(len(option.grid), float(option.nbytes)))
     # The router's charge, once per request, for every alternative that deploys something.
-    charged = np.concatenate([np.full(len(c), k > 0 or others) for k, c in enumerate(costs)])
-    return Table(alternatives, np.concatenate(costs) + charged * charge,
-                 np.concatenate(errs), np.concatenate(nbytes))
+    option_index = np.concatenate(option_index)
+    charged = (option_index >= 0) | others
+    return Table(option_index, np.concatenate(thresholds),
+                 np.concatenate(costs) + charged * charge, np.concatenate(errs),
+                 np.concatenate(nbytes))
 
 
 def _best(instance: Instance, choices: Sequence[Choice], i: int, table: Table,
@@ -102,13 +130,13 @@ def _best(instance: Instance, choices: Sequence[Choice], i: int, table: Table,
     if lam is not None:
         value = np.where(fits, table.costs + lam * table.errors, np.inf)
         k = int(np.argmin(value))
-        return table.choices[k], (float(value[k]),)
+        return table.choice(k), (float(value[k]),)
     ok = fits & (table.errors <= instance.error_budget + 1e-9)
     if ok.any():
         k = int(np.argmin(np.where(ok, table.costs, np.inf)))
-        return table.choices[k], (0, float(table.costs[k]), float(table.errors[k]))
+        return table.choice(k), (0, float(table.costs[k]), float(table.errors[k]))
     k = int(np.lexsort((table.costs, np.where(fits, table.errors, np.inf)))[0])
-    return table.choices[k], (1, float(table.errors[k]), float(table.costs[k]))
+    return table.choice(k), (1, float(table.errors[k]), float(table.costs[k]))
 
 
 def _key(instance: Instance, choices: Sequence[Choice], lam: float | None) -> tuple:
