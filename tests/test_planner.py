@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 from conftest import assert_config_rejects
 
 from gati_jax.planner import search
+from gati_jax.planner.build import reprice
 from gati_jax.planner.instance import (Instance, Option, max_errors, simulate,
                                        summarize_outcome, threshold_grid)
+from gati_jax.planner.profiles import Profile
 
 
 def random_instance(seed: int, positions: int = 4, options: int = 2, grid: int = 4,
@@ -84,6 +86,35 @@ def test_simulate_charges_stages_up_to_the_exit_and_every_lookup_run():
     bad = dataclasses.replace(opt0, exit_s=float("nan"))
     with pytest.raises(ValueError, match="exit cost"):
         dataclasses.replace(inst, options=((bad,), (opt1,)))
+
+
+def test_reprice_reads_every_cost_from_the_profile_and_keeps_the_requests():
+    inst = random_instance(5)
+    rng = np.random.default_rng(1)
+    keys = [o.key for opts in inst.options for o in opts]
+    profile = Profile("cpu", "cpu", 1, "m", list(np.cumsum(rng.uniform(0.1, 1.0, 6))),
+                      {f"gati/{k}": float(rng.uniform(0.2, 0.5)) for k in keys},
+                      router_s={"gati": 0.1, "knn": 0.0},
+                      exit_s={f"gati/{k}": float(rng.uniform(0.2, 0.5)) for k in keys[::2]})
+    plan = search.joint(inst)  # fills the instance's memos, which must not carry over
+    new = reprice(inst, profile, "gati")
+    np.testing.assert_allclose(new.prefix_s, profile.prefix_s)
+    assert new.router_s == 0.1
+    for opts, new_opts in zip(inst.options, new.options):
+        for o, n in zip(opts, new_opts):
+            key = f"gati/{o.key}"
+            assert n.lookup_s == pytest.approx(profile.lookup_s[key] - 0.1)
+            if o.exit_s is None:
+                assert n.exit_s is None
+            else:
+                seconds = profile.exit_s.get(key, profile.lookup_s[key])
+                assert n.exit_s == pytest.approx(seconds - 0.1)
+            assert n.scores is o.scores and n.errors is o.errors and n.nbytes == o.nbytes
+            np.testing.assert_array_equal(n.grid, o.grid)
+    fresh = dataclasses.replace(new, options=tuple(tuple(dataclasses.replace(o) for o in opts)
+                                                   for opts in new.options))
+    assert search.joint(new) == search.joint(fresh)
+    assert simulate(new, plan).mean_cost_s != pytest.approx(simulate(inst, plan).mean_cost_s)
 
 
 def test_position_tables_are_exact():

@@ -8,6 +8,7 @@ classifier's max softmax, ``entropy`` the negated entropy (so its threshold is
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import jax
@@ -99,6 +100,19 @@ def build_instance(policy: str, bank: CacheBank, candidates: Sequence[Candidate]
     return Instance(positions, tuple(options), np.asarray(profile.prefix_s, np.float64),
                     base == recording.labels, float(eps), float(budget_bytes), float(confidence),
                     profile.charge(lookup_kind(policy)))
+
+
+def reprice(instance: Instance, profile: Profile, kind: str) -> Instance:
+    """``instance`` with its costs (prefixes, lookups, exits, the router's charge) read again
+    from ``profile`` for lookups of ``kind``; scores, grids and memory stay, so re-planning
+    after a profile changed does not score every request again."""
+    def option(o: Option) -> Option:
+        key = f"{kind}/{o.key}"
+        return dataclasses.replace(o, lookup_s=profile.marginal(key), exit_s=None
+                                   if o.exit_s is None else profile.marginal_exit(key))
+    return dataclasses.replace(
+        instance, options=tuple(tuple(option(o) for o in opts) for opts in instance.options),
+        prefix_s=np.asarray(profile.prefix_s, np.float64), router_s=profile.charge(kind))
 
 
 def knn_store_key(position: int, capacity: int, grid: int, neighbours: int) -> str:

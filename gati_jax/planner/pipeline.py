@@ -24,7 +24,7 @@ from gati_jax.evaluation import model_data_config
 from gati_jax.inference import BaseModel
 from gati_jax.planner import search
 from gati_jax.planner.build import (build_instance, build_knn_instance, knn_lookups, knn_stores,
-                                    plan_candidates, policy_threshold)
+                                    plan_candidates, policy_threshold, reprice)
 from gati_jax.planner.cost_check import check_cost_model, remeasured
 from gati_jax.planner.instance import Instance, simulate
 from gati_jax.planner.plan import Plan, plan_deployment, plan_from_choices, save_plan
@@ -191,9 +191,16 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
     profile = load_or_measure(profile_path, model, lookups, int(planner.group_size),
                               int(planner.latency_repeats), bool(planner.remeasure))
 
-    def plan_all():
-        instances = build_policy_instances(bank, candidates, planning, profile, planner)
-        instances["knn"] = knn_instances(stores, head, planning, profile, planner)
+    def plan_all(instances=None):
+        if instances is None:
+            instances = build_policy_instances(bank, candidates, planning, profile, planner)
+            instances["knn"] = knn_instances(stores, head, planning, profile, planner)
+        else:  # the profile changed, the requests did not
+            fresh: dict[int, tuple[Instance, Instance]] = {}  # apparate shares confidence's
+            for policy, pair in instances.items():
+                kind = "knn" if policy == "knn" else lookup_kind(policy)
+                fresh.setdefault(id(pair), tuple(reprice(i, profile, kind) for i in pair))
+            instances = {policy: fresh[id(pair)] for policy, pair in instances.items()}
         return instances, run_methods(instances, float(planner.eps))
     instances, plans = plan_all()
     # The winner's curse: plans favour lookups measured low. Until every lookup our plans
@@ -206,7 +213,7 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
         confirm_lookups(model, profile, todo, int(planner.group_size),
                         int(planner.latency_repeats))
         save_profile(profile_path, profile)
-        instances, plans = plan_all()
+        instances, plans = plan_all(instances)
     chosen = plans[0]
 
     # Ours against exhaustive search on a small instance: evenly spaced positions, each
