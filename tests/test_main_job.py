@@ -66,6 +66,13 @@ def test_plan_respects_bound_and_budget_and_loads(explored):
     assert check["remeasured_predicted_speedup"] == pytest.approx(
         check["remeasured_plain_ms"] / check["remeasured_predicted_mean_ms"])
     assert check["remeasured_within_10pct"] == (abs(check["remeasured_normalized_error"]) <= 0.1)
+    # Per exit position: fractions add up, and the rows average back to the whole.
+    rows = check["by_exit"]
+    assert sum(r["fraction"] for r in rows) == pytest.approx(1.0)
+    assert sum(r["fraction"] * r["measured"] for r in rows) == pytest.approx(
+        check["measured_mean_ms"] / check["plain_measured_ms"])
+    assert sum(r["fraction"] * r["predicted"] for r in rows) == pytest.approx(
+        check["predicted_mean_ms"] / check["plain_profiled_ms"])
     plan, bank = load_plan(workdir / "plan")
     deployment = plan_deployment(plan, bank)
     assert deployment.positions == plan.positions

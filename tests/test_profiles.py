@@ -54,7 +54,11 @@ def test_profile_measures_stores_and_reuses(mlp, tmp_path, monkeypatch):
     monkeypatch.setattr(profiles, "measure_prefixes", no_measuring)
     again = load_or_measure(path, mlp, lookups)
     assert again.lookup_s == profile.lookup_s and again.prefix_s == profile.prefix_s
-    # A lookup the profile lacks is measured, and only that one.
+    # A lookup the profile lacks is measured, and only that one; the prefixes get a session.
+    sessions = len(profile.prefix_sessions)
+    assert sessions == 3  # before, halfway through and after the lookups
+    monkeypatch.setattr(profiles, "measure_prefixes",
+                        lambda model, g, r, rotate=0: list(profile.prefix_s))
     measured = []
     monkeypatch.setattr(profiles, "measure_cache_cost",
                         lambda *args, **kwargs: measured.append(args[1])
@@ -63,6 +67,7 @@ def test_profile_measures_stores_and_reuses(mlp, tmp_path, monkeypatch):
     extra["gati/p1-other"] = lookups["gati/p1"]
     grown = load_or_measure(path, mlp, extra)
     assert measured == [1] and grown.lookup_s["gati/p1-other"] == 1e-4
+    assert len(grown.prefix_sessions) == sessions + 1
     assert grown.exit_s["gati/p1-other"] == 2e-4
     # A profile from before exits were timed measures its lookups again.
     del grown.exit_s["gati/p0"]
@@ -84,7 +89,7 @@ def test_confirmations_replace_the_choice_time_measurement_and_are_saved(mlp, tm
     lookups = _lookups(mlp)
     path = tmp_path / "profile.json"
     readings = iter([1e-3, 1e-3, 1e-3, 1e-3, 4e-4, 6e-4, 5e-4])
-    monkeypatch.setattr(profiles, "measure_prefixes", lambda model, g, r: [2e-3] * 3)
+    monkeypatch.setattr(profiles, "measure_prefixes", lambda model, g, r, rotate=0: [2e-3] * 3)
     monkeypatch.setattr(profiles, "measure_cache_cost", lambda *a, **k: (
         lambda r: profiles.LookupCost(r, 2 * r, 2e-3))(next(readings)))
     profile = load_or_measure(path, mlp, lookups, repeats=30)
@@ -127,7 +132,7 @@ def test_router_charge_is_what_lookups_cost_less_together_and_is_stored(mlp, tmp
 
     monkeypatch.setattr(profiles, "measure_cache_cost",
                         lambda *a, **k: profiles.LookupCost(3e-4, 1e-4, 1e-3))
-    monkeypatch.setattr(profiles, "measure_prefixes", lambda model, g, r: [1e-3] * 3)
+    monkeypatch.setattr(profiles, "measure_prefixes", lambda model, g, r, rotate=0: [1e-3] * 3)
     path = tmp_path / "profile.json"
     profile = load_or_measure(path, mlp, lookups)
     # Both kinds: (0.3 + 0.3 - 0.6) / 1 = 0 ms for these readings.
@@ -167,3 +172,42 @@ def test_prefix_costs_are_made_non_decreasing():
     assert profiles.monotone([5.0, 1.0, 0.0]) == pytest.approx([2.0, 2.0, 2.0])
     assert profiles.monotone([0.2, 0.6, 0.8, 0.9]) == pytest.approx([0.2, 0.6, 0.8, 0.9])
     assert profiles.monotone([]) == []
+
+
+def test_prefixes_pool_sessions_in_units_of_their_whole_network(mlp, tmp_path, monkeypatch):
+    # A slow session (every program 1.5x) agrees with the first in ratios; an outlier
+    # session's stage 1 is outvoted; the scale stays the first session's.
+    sessions = [[1.0, 2.0, 4.0], [1.5, 3.0, 6.0], [1.0, 3.9, 4.0]]
+    assert profiles.prefixes_from_sessions(sessions) == pytest.approx([1.0, 2.0, 4.0])
+    # Ratios above the whole network are capped: the last prefix keeps the scale.
+    assert profiles.prefixes_from_sessions([[1.0, 4.4, 4.0]]) == pytest.approx([1.0, 4.0, 4.0])
+    assert profiles.prefixes_from_sessions([[1.0, 3.0, 2.5, 4.0]]) == pytest.approx(
+        [1.0, 2.75, 2.75, 4.0])
+    with pytest.raises(ValueError, match="no prefix sessions"):
+        profiles.prefixes_from_sessions([])
+    # Sessions rotate the programs' order; a profile from before sessions is the first.
+    rotations = []
+    readings = iter([[2.0, 4.0], [3.0, 6.0]])
+    monkeypatch.setattr(profiles, "measure_prefixes", lambda model, g, r, rotate=0:
+                        rotations.append(rotate) or next(readings))
+    old = profiles.Profile("cpu", "cpu", 1, "m", [1.0, 4.0], {})
+    profiles.add_prefix_session(old, mlp, 30)
+    profiles.add_prefix_session(old, mlp, 30)
+    assert rotations == [1, 2] and len(old.prefix_sessions) == 3
+    assert old.prefix_s == pytest.approx([2.0, 4.0])  # median ratio 0.5 at scale 4
+    # A confirmation round adds a session.
+    monkeypatch.setattr(profiles, "measure_prefixes",
+                        lambda model, g, r, rotate=0: [1.0, 4.0])
+    monkeypatch.setattr(profiles, "measure_cache_cost",
+                        lambda *a, **k: profiles.LookupCost(1e-4, 2e-4, 4.0))
+    lookups = {k: v for k, v in _lookups(mlp).items() if k == "gati/p0"}
+    profiles.confirm_lookups(mlp, old, lookups, 1, 30)
+    assert len(old.prefix_sessions) == 4
+    # Rotation reorders the timed programs, never the result.
+    order = []
+    monkeypatch.undo()
+    monkeypatch.setattr(profiles, "measure_prefix_costs", lambda model, stops, g, r:
+                        order.append(list(stops)) or {p: float(p + 1) for p in stops})
+    n = mlp.network.num_stages
+    assert profiles.measure_prefixes(mlp, 1, 10, rotate=1) == [float(p + 1) for p in range(n)]
+    assert order == [list(range(1, n)) + [0]]

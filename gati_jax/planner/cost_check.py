@@ -112,7 +112,18 @@ def check_cost_model(model: BaseModel, deployment: Deployment, instance: Instanc
                "remeasured_predicted_speedup": fresh.full_s / predicted_now,
                "remeasured_normalized_error": error_now,
                "remeasured_within_10pct": bool(abs(error_now) <= 0.10)}
-    return {**now, "requests": n, "predicted_mean_ms": 1e3 * predicted,
+    # Where the model misses: per exit position, in units of each side's plain network.
+    fresh_cost = None if fresh is None else simulate(fresh, choices).cost_s[:n] / fresh.full_s
+    by_exit = []
+    for position in sorted(set(predicted_exit.tolist())):
+        mask = predicted_exit == position
+        row = {"position": int(position), "fraction": float(mask.mean()),
+               "predicted": float(outcome.cost_s[:n][mask].mean() / instance.full_s),
+               "measured": float(routed[mask].mean() / measured_plain)}
+        if fresh_cost is not None:
+            row["remeasured"] = float(fresh_cost[mask].mean())
+        by_exit.append(row)
+    return {**now, "requests": n, "by_exit": by_exit, "predicted_mean_ms": 1e3 * predicted,
             "measured_mean_ms": 1e3 * measured, "measured/predicted": measured / predicted,
             "plain_measured_ms": 1e3 * measured_plain,
             "plain_profiled_ms": 1e3 * instance.full_s,

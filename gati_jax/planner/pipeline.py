@@ -279,6 +279,8 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
           f"{check['remeasured_predicted_speedup']:.2f}x: error "
           f"{100 * check['remeasured_normalized_error']:+.1f}% "
           f"({'within' if check['remeasured_within_10pct'] else 'NOT within'} 10%)")
+    print("per predicted exit position, mean cost in units of the plain network:")
+    print(format_table(check["by_exit"]))
     print(f"wrote {workdir_path / 'plan.json'}, {workdir_path / 'plan'} and "
           f"{workdir_path / 'plan_tradeoff.png'} in {result['seconds']} s")
     return result

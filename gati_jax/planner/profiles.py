@@ -61,6 +61,9 @@ class Profile:
     # "kind/candidate key" -> seconds a request that exits at the lookup pays beyond the
     # stages it ran (see measure_cache_cost); absent where no threshold forces an exit.
     exit_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Each session's raw stage-prefix timings; prefix_s is made of them (see
+    # add_prefix_session). Empty in profiles written before sessions: prefix_s is one.
+    prefix_sessions: list[list[float]] = dataclasses.field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -116,19 +119,55 @@ def _prefix_fn(model: BaseModel, stop: int):
     return prefix
 
 
-def measure_prefixes(model: BaseModel, group_size: int, repeats: int) -> list[float]:
-    """Median seconds of stages 0..p for every stage p, timed side by side in blocks, three
-    times a lookup's repeats, made non-decreasing in p.
+def prefix_program(model: BaseModel, stop: int):
+    """Stages 0..``stop`` compiled as the profiles time them (base variables baked in); one
+    program per model and stop, shared by every measurement (compiling them anew for each
+    session and lookup cost seconds per planning run)."""
+    programs = model.__dict__.setdefault("_prefix_programs", {})
+    if stop not in programs:
+        programs[stop] = jax.jit(_prefix_fn(model, stop))
+    return programs[stop]
 
-    A planner exploits a prefix measured low as it does a lookup: one profile had stages
-    0..3 at 0.03 ms over stages 0..2 (other runs: 0.1-0.2 ms), its plan sent 39% of requests
-    out at position 3, and the cost model missed by 29%. Prefixes are few and cheap to time,
-    and a longer prefix never costs less than a shorter one: noise that says otherwise is
-    pooled away (isotonic regression).
+
+def measure_prefixes(model: BaseModel, group_size: int, repeats: int,
+                     rotate: int = 0) -> list[float]:
+    """Median seconds of stages 0..p for every stage p, timed side by side in blocks, three
+    times a lookup's repeats; ``rotate`` shifts the order the programs take in each round."""
+    stages = list(range(model.network.num_stages))
+    shift = rotate % len(stages)
+    timed = measure_prefix_costs(model, stages[shift:] + stages[:shift], group_size,
+                                 3 * repeats)
+    return [timed[p] for p in range(len(stages))]
+
+
+def prefixes_from_sessions(sessions: Sequence[Sequence[float]]) -> list[float]:
+    """Stage prefixes from several sessions' timings: per prefix, the median over sessions of
+    its time in units of the session's whole network, at the first session's scale, capped
+    at the whole network and made non-decreasing in p.
+
+    A planner exploits a prefix measured low as it does a lookup, and one session is not
+    enough: one profile timed the whole network 0.6 ms above stages 0..7 (0.28-0.39 ms in
+    other runs), every early exit looked cheap and the cost model missed by 29%; another had
+    stages 0..3 at 0.03 ms over stages 0..2, its plan sent 39% of requests out at position 3
+    and the model missed by 29%. A session's noise moves its prefixes together with its own
+    whole network, so ratios are pooled, not seconds. Whatever noise is left that says a
+    longer prefix costs less is pooled away (isotonic regression, :func:`monotone`). The
+    scale stays the first session's: lookups recorded earlier are at that scale.
     """
-    stages = range(model.network.num_stages)
-    timed = measure_prefix_costs(model, stages, group_size, 3 * repeats)
-    return monotone([timed[p] for p in stages])
+    if not sessions:
+        raise ValueError("no prefix sessions to pool")
+    ratios = np.median([np.asarray(t, np.float64) / t[-1] for t in sessions], axis=0)
+    return monotone(list(float(sessions[0][-1]) * np.minimum(ratios, 1.0)))
+
+
+def add_prefix_session(profile: "Profile", model: BaseModel, repeats: int) -> None:
+    """Times the stage prefixes once more (programs in an order rotated per session) and
+    rebuilds ``profile.prefix_s`` from every session."""
+    if not profile.prefix_sessions and profile.prefix_s:  # a profile from before sessions
+        profile.prefix_sessions = [list(profile.prefix_s)]
+    profile.prefix_sessions.append(measure_prefixes(model, profile.group_size, repeats,
+                                                    rotate=len(profile.prefix_sessions)))
+    profile.prefix_s = prefixes_from_sessions(profile.prefix_sessions)
 
 
 def monotone(values: Sequence[float]) -> list[float]:
@@ -147,7 +186,7 @@ def measure_prefix_costs(model: BaseModel, stops: Sequence[int], group_size: int
                          repeats: int) -> dict[int, float]:
     """Median seconds of stages 0..p for each p in ``stops``, timed side by side in blocks."""
     x = jnp.zeros((group_size, *model.network.input_shape), jnp.float32)
-    fns = {p: jax.jit(_prefix_fn(model, p)) for p in stops}
+    fns = {p: prefix_program(model, p) for p in stops}
     timed = measure_interleaved({str(p): (lambda f=f: f(x)) for p, f in fns.items()},
                                 max(repeats // _BLOCK, 3), block=_BLOCK)
     return {p: timed[str(p)] for p in stops}
@@ -186,7 +225,7 @@ class LookupCost(NamedTuple):
 
 def plain_program(model: BaseModel):
     """The plain network compiled as the profiles time it (base variables baked in)."""
-    return jax.jit(_prefix_fn(model, model.network.num_stages - 1))
+    return prefix_program(model, model.network.num_stages - 1)
 
 
 def measure_cache_cost(model: BaseModel, position: int, decide: Decide, params: Any,
@@ -215,7 +254,7 @@ def measure_cache_cost(model: BaseModel, position: int, decide: Decide, params: 
            "router": lambda: router.compiled(params, never, x, valid, base)}
     if policy in _ALWAYS:
         always = jnp.full(1, _ALWAYS[policy], jnp.float32)
-        prefix = prefix or jax.jit(_prefix_fn(model, position))
+        prefix = prefix or prefix_program(model, position)
         fns["prefix"] = lambda: prefix(x)
         fns["exit"] = lambda: router.compiled(params, always, x, valid, base)
     timed = measure_interleaved(fns, max(repeats // _BLOCK, 3), block=_BLOCK)
@@ -231,7 +270,7 @@ def measure_lookups(model: BaseModel, lookups: dict[str, tuple[int, Decide, Any,
     progress bar."""
     plain = plain_program(model) if lookups else None
     # Only exits that a threshold can force are timed, beside their prefix.
-    prefixes = {p: jax.jit(_prefix_fn(model, p))
+    prefixes = {p: prefix_program(model, p)
                 for p, _, _, policy in lookups.values() if policy in _ALWAYS}
     return {key: measure_cache_cost(model, position, decide, params, policy, group_size,
                                     repeats, plain, prefixes.get(position))
@@ -289,8 +328,8 @@ def confirm_lookups(model: BaseModel, profile: Profile,
                     lookups: dict[str, tuple[int, Decide, Any, str]], group_size: int,
                     repeats: int) -> dict[str, LookupCost]:
     """Measures lookups that plans chose once more; each entry (miss and exit) becomes the
-    mean of its confirmation measurements (the first, pre-selection one is dropped). Returns
-    the new measurements.
+    mean of its confirmation measurements (the first, pre-selection one is dropped), and the
+    stage prefixes get one more session. Returns the new lookup measurements.
 
     A planner picks the caches whose costs look lowest, so the single measurement of a
     chosen cache is biased low (the winner's curse): a kNN store measured at 0.08 ms, where
@@ -309,6 +348,8 @@ def confirm_lookups(model: BaseModel, profile: Profile,
             else:
                 profile.exit_s[key] = cost.exit_s
         profile.confirmed[key] = n + 1
+    # The prefixes the plans exit after are chosen on their measurements too: one more session.
+    add_prefix_session(profile, model, repeats)
     return fresh
 
 
@@ -362,11 +403,18 @@ def load_or_measure(path: str | Path, model: BaseModel,
     if profile.key in stored and not remeasure:
         profile = Profile(**stored[profile.key])
     if not profile.prefix_s:
-        profile.prefix_s = measure_prefixes(model, group_size, repeats)
+        add_prefix_session(profile, model, repeats)
     # Profiles written before exits were timed lack them: those lookups are measured anew.
     missing = {k: v for k, v in lookups.items() if k not in profile.lookup_s
                or (v[3] in _ALWAYS and k not in profile.exit_s)}
-    record_lookups(profile, measure_lookups(model, missing, group_size, repeats))
+    # The prefixes are timed again halfway through the lookups and after them: sessions
+    # spread over the minutes the lookups take, pooled (see prefixes_from_sessions).
+    keys = list(missing)
+    for part in (keys[:len(keys) // 2], keys[len(keys) // 2:]):
+        if part:
+            record_lookups(profile, measure_lookups(model, {k: missing[k] for k in part},
+                                                    group_size, repeats))
+            add_prefix_session(profile, model, repeats)
     for kind in sorted({k.split("/", 1)[0] for k in lookups} - set(profile.router_s)):
         of_kind = {k: v for k, v in lookups.items() if k.split("/", 1)[0] == kind}
         profile.router_s[kind] = measure_router_charge(model, of_kind, profile.lookup_s,

@@ -16,7 +16,7 @@ from gati_jax import data
 from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
 from gati_jax.planner.profiles import (marginal_cost, measure_lookups, measure_prefixes,
-                                      measure_router_charge)
+                                      measure_router_charge, prefixes_from_sessions)
 from gati_jax.profiling import measure_interleaved, stage_latencies
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
@@ -69,7 +69,7 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     lookup_s = [c.metrics["lookup_latency_s"] for c in best]
     # The planner's cost model: compiled prefixes, the router's fixed charge, and each
     # cache's marginal cost inside a router.
-    prefix_s = measure_prefixes(model, 1, repeats)
+    prefix_s = prefixes_from_sessions([measure_prefixes(model, 1, repeats)])
     lookups = {str(p): (p, d, c.params, "gati") for p, d, c
                in zip(dep.positions, dep.decides(), best)}
     measured = {k: c.scaled(prefix_s[-1])
