@@ -333,7 +333,7 @@ class OnlineLearner:
     def summary(self) -> dict[str, Any]:
         """Counts of updates (and of those that ran optimiser steps, "trained"), parameter
         swaps ("accepted"; "rejected": trained candidates that failed or did no better),
-        audits, guard switches and window memory."""
+        audits, guard switches, window memory, and every update's verdicts and thresholds."""
         verdicts = [v for u in self.updates if u.trained for v in u.verdicts
                     if v.reason != "waiting for data"]
         return {"updates": len(self.updates), "trained": sum(u.trained for u in self.updates),
@@ -346,4 +346,8 @@ class OnlineLearner:
                 "chunk_ms_p50": 1e3 * float(np.percentile(self.chunk_seconds, 50))
                 if self.chunk_seconds else 0.0,
                 "chunk_ms_max": 1e3 * max(self.chunk_seconds, default=0.0),
-                "final_thresholds": [float(t) for t in self.thresholds()]}
+                "final_thresholds": [float(t) for t in self.thresholds()],
+                "update_log": [{"scheduled": u.scheduled, "applied": u.applied,
+                                "trained": u.trained, "thresholds": u.thresholds,
+                                "verdicts": [dataclasses.asdict(v) for v in u.verdicts]}
+                               for u in self.updates]}

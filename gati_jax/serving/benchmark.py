@@ -221,6 +221,7 @@ def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[s
                              "chunk_ms_p50", "chunk_ms_max")})
     figures["guard_events"] = first["online"]["guard_events"]
     figures["window_bytes"] = first["online"]["window_bytes"]
+    figures["update_log"] = first["online"]["update_log"]
     return figures
 
 
