@@ -38,7 +38,9 @@ def random_instance(seed: int, positions: int = 4, options: int = 2, grid: int =
         per_position.append(tuple(opts))
     return Instance(tuple(range(positions)), tuple(per_position), prefix,
                     rng.random(requests) < 0.9, eps, budget,
-                    router_s=float(rng.choice([0.0, rng.uniform(0.0, 0.5)])))
+                    router_s=float(rng.choice([0.0, rng.uniform(0.0, 0.5)])),
+                    # Its own stream: the other draws (and hypothesis's examples) stay put.
+                    deploy_s=float(np.random.default_rng(seed + 1).choice([0.0, 0.0, 0.05])))
 
 
 def _mean_cost(instance, choices):
@@ -77,6 +79,16 @@ def test_simulate_charges_stages_up_to_the_exit_and_every_lookup_run():
     np.testing.assert_allclose(simulate(charged, [None, None]).cost_s, [6.0, 6.0, 6.0])
     with pytest.raises(ValueError, match="router charge"):
         dataclasses.replace(inst, router_s=-0.1)
+    # The per-cache charge: every request pays it for each deployed cache, even one that
+    # exits before reaching it (request 0 exits at position 0 and pays for both).
+    per_cache = dataclasses.replace(charged, deploy_s=0.0625)
+    np.testing.assert_allclose(simulate(per_cache, [(0, 0.5), (0, 0.5)]).cost_s,
+                               [1.75, 4.0, 7.0])
+    np.testing.assert_allclose(simulate(per_cache, [None, (0, 0.5)]).cost_s,
+                               [6.4375, 3.4375, 6.4375])
+    np.testing.assert_allclose(simulate(per_cache, [None, None]).cost_s, [6.0, 6.0, 6.0])
+    with pytest.raises(ValueError, match="per-cache charge"):
+        dataclasses.replace(inst, deploy_s=float("inf"))
     # An exit costs apart from a miss: request 0 exits at 0 (1 + 0.125), request 1 passes
     # position 0 (0.5) and exits at 1 (3 + 0.5 + 0.25), request 2 passes both.
     exits = dataclasses.replace(inst, options=((dataclasses.replace(opt0, exit_s=0.125),),
@@ -280,3 +292,22 @@ def test_an_empty_plan_saves_and_loads(tmp_path):
     loaded, bank = load_plan(tmp_path / "plan")
     assert loaded == plan and bank.candidates == []
     assert plan_deployment(loaded, bank).positions == ()
+
+
+def test_charges_are_confirmed_on_the_router_our_first_plan_of_each_kind_chose():
+    from gati_jax.planner.pipeline import charge_routers
+    from gati_jax.planner.plan import Plan
+
+    def plan(policy, method, *candidates):
+        return Plan(policy, method, tuple(range(len(candidates))), candidates,
+                    candidates, (0.5,) * len(candidates), {})
+
+    plans = [plan("gati", "single", "a"), plan("gati", "joint", "b", "a"),
+             plan("confidence", "joint", "c"), plan("entropy", "joint", "c", "d"),
+             plan("apparate", "greedy", "c", "d", "e"), plan("knn", "joint", "k")]
+    profile = Profile("cpu", "cpu", 1, "m", [1.0], {})
+    # gati: ours; classifier: the first of ours that deploys two (entropy's); kNN: one only.
+    assert charge_routers(plans, profile) == {"gati": ["gati/a", "gati/b"],
+                                              "classifier": ["classifier/c", "classifier/d"]}
+    profile.charge_from["gati"] = ["gati/a", "gati/b"]  # measured there already
+    assert charge_routers(plans, profile) == {"classifier": ["classifier/c", "classifier/d"]}

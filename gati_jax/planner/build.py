@@ -99,11 +99,11 @@ def build_instance(policy: str, bank: CacheBank, candidates: Sequence[Candidate]
         options.append(tuple(opts))
     return Instance(positions, tuple(options), np.asarray(profile.prefix_s, np.float64),
                     base == recording.labels, float(eps), float(budget_bytes), float(confidence),
-                    profile.charge(lookup_kind(policy)))
+                    profile.charge(lookup_kind(policy)), profile.per_cache(lookup_kind(policy)))
 
 
 def reprice(instance: Instance, profile: Profile, kind: str) -> Instance:
-    """``instance`` with its costs (prefixes, lookups, exits, the router's charge) read again
+    """``instance`` with its costs (prefixes, lookups, exits, the router's charges) read again
     from ``profile`` for lookups of ``kind``; scores, grids and memory stay, so re-planning
     after a profile changed does not score every request again."""
     def option(o: Option) -> Option:
@@ -112,7 +112,8 @@ def reprice(instance: Instance, profile: Profile, kind: str) -> Instance:
                                    if o.exit_s is None else profile.marginal_exit(key))
     return dataclasses.replace(
         instance, options=tuple(tuple(option(o) for o in opts) for opts in instance.options),
-        prefix_s=np.asarray(profile.prefix_s, np.float64), router_s=profile.charge(kind))
+        prefix_s=np.asarray(profile.prefix_s, np.float64), router_s=profile.charge(kind),
+        deploy_s=profile.per_cache(kind))
 
 
 def knn_store_key(position: int, capacity: int, grid: int, neighbours: int) -> str:
@@ -160,7 +161,7 @@ def build_knn_instance(stores: dict[int, dict[str, np.ndarray]], recording: Reco
                                np.asarray(levels, np.float64)),))
     return Instance(positions, tuple(options), np.asarray(profile.prefix_s, np.float64),
                     base == recording.labels, float(eps), float(budget_bytes), float(confidence),
-                    profile.charge("knn"))
+                    profile.charge("knn"), profile.per_cache("knn"))
 
 
 def knn_lookups(stores: dict[int, dict[str, np.ndarray]],

@@ -45,8 +45,8 @@ def remeasured(model: BaseModel, instance: Instance, choices: Sequence[Choice],
     # At the scale of the plain network just measured, as profiles scale theirs.
     costs = {key.split("/", 1)[1]: cost.scaled(prefix_s[-1]) for key, cost
              in measure_lookups(model, lookups, group_size, repeats).items()}
-    # One-lookup costs, made marginal as the profile's are (the router's charge stays).
-    charge = instance.router_s
+    # One-lookup costs, made marginal as the profile's are (the router's charges stay).
+    charge = instance.router_s + instance.deploy_s
     options = tuple(tuple(
         dataclasses.replace(o, lookup_s=marginal_cost(costs[o.key].miss_s, charge),
                             exit_s=o.exit_s if costs[o.key].exit_s is None

@@ -8,8 +8,10 @@ latency profile: the cost of running the stages through each position and of eac
 A plan chooses, per position, one option and a threshold, or nothing. A request exits at the
 first deployed position where it hits; it pays the stages up to its exit, every lookup it
 passed, the exit at the lookup it hit (costed apart: an exit and a miss cost differently),
-and the router's fixed charge once any cache is deployed; a request that never hits runs the
-whole network and gets the base answer.
+and the router's charge: a fixed part once any cache is deployed and a part per deployed cache,
+hit or passed or not (an exit at the first of five deployed positions cost 33% more than in a
+router with that cache alone); a request that never hits runs the whole network and gets the
+base answer.
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ class Instance:
     # alone (nine one-cache routers cost 2.5 ms over the plain network in all, one router
     # with the same nine 1.5 ms), so a lookup is charged its marginal cost plus this, once.
     router_s: float = 0.0
+    # Seconds every request pays per deployed cache, whether it reaches it or not: a larger
+    # router costs more per call even to a request that leaves it early.
+    deploy_s: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.options) != len(self.positions):
@@ -102,8 +107,10 @@ class Instance:
             raise ValueError(f"positions must be increasing and distinct: {self.positions}")
         if self.budget_bytes < 0:
             raise ValueError(f"the memory budget must be >= 0 bytes, got {self.budget_bytes}")
-        if not (np.isfinite(self.router_s) and self.router_s >= 0):
-            raise ValueError(f"the router charge must be finite and >= 0, got {self.router_s}")
+        for name, charge in (("router charge", self.router_s),
+                             ("per-cache charge", self.deploy_s)):
+            if not (np.isfinite(charge) and charge >= 0):
+                raise ValueError(f"the {name} must be finite and >= 0, got {charge}")
         n = self.num_requests
         for opts in self.options:
             for o in opts:
@@ -164,7 +171,7 @@ class Outcome:
 def simulate(instance: Instance, choices: Sequence[Choice], charge: bool = True) -> Outcome:
     """Routes every tuning request through a plan (numpy, vectorised over requests).
 
-    ``charge`` False leaves out the router's fixed charge (for composing partial plans).
+    ``charge`` False leaves out the router's charges (for composing partial plans).
     """
     n, p_count = instance.num_requests, len(instance.positions)
     cost = np.zeros(n)
@@ -185,8 +192,9 @@ def simulate(instance: Instance, choices: Sequence[Choice], charge: bool = True)
         remaining &= ~hit
         lookups += option.lookup_s
     cost[remaining] = instance.full_s + lookups
-    if charge and any(c is not None for c in choices):
-        cost += instance.router_s
+    deployed = sum(c is not None for c in choices)
+    if charge and deployed:
+        cost += instance.router_s + deployed * instance.deploy_s
     return Outcome(cost, errors, correct, exit_index)
 
 

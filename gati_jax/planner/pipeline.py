@@ -29,7 +29,8 @@ from gati_jax.planner.cost_check import check_cost_model, remeasured
 from gati_jax.planner.instance import Instance, simulate
 from gati_jax.planner.plan import Plan, plan_deployment, plan_from_choices, save_plan
 from gati_jax.planner.profiles import (Profile, candidate_lookups, confirm_lookups,
-                                      load_or_measure, lookup_kind, save_profile)
+                                      load_or_measure, lookup_kind, record_router_charge,
+                                      save_profile)
 from gati_jax.plotting import plot_plan_tradeoff
 from gati_jax.runtime.knn import KnnHead
 from gati_jax.tables import format_table
@@ -152,6 +153,19 @@ def chosen_lookups(plans: Sequence[Plan]) -> list[str]:
     return sorted(set(keys))
 
 
+def charge_routers(plans: Sequence[Plan], profile: Profile) -> dict[str, list[str]]:
+    """Per lookup kind, the lookups of the first of our (joint) plans of that kind that
+    deploys two or more, where the profile's charges were measured on other lookups."""
+    routers: dict[str, list[str]] = {}
+    for plan in plans:
+        kind = "knn" if plan.policy == "knn" else lookup_kind(plan.policy)
+        keys = sorted(f"{kind}/{candidate}" for candidate in plan.candidates)
+        if plan.method == "joint" and len(keys) >= 2 and kind not in routers:
+            routers[kind] = keys
+    return {kind: keys for kind, keys in routers.items()
+            if keys != sorted(profile.charge_from.get(kind, []))}
+
+
 def plan_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """What plans depend on besides the bank: a saved plan.json is reused only if these match."""
     return {"planner": {k: v for k, v in config.planner.to_dict().items()
@@ -204,14 +218,21 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
         return instances, run_methods(instances, float(planner.eps))
     instances, plans = plan_all()
     # The winner's curse: plans favour lookups measured low. Until every lookup our plans
-    # chose has a measurement taken after the choice, measure those again and plan again.
+    # chose has a measurement taken after the choice, measure those again, measure the
+    # router's charges on the router a plan chose (they depend on which caches share it),
+    # and plan again.
+    group, repeats = int(planner.group_size), int(planner.latency_repeats)
     for _ in range(int(planner.confirm_rounds)):
         todo = {key: lookups[key] for key in chosen_lookups(plans)
                 if not profile.confirmed.get(key)}
-        if not todo:
+        routers = charge_routers(plans, profile)
+        if not todo and not routers:
             break
-        confirm_lookups(model, profile, todo, int(planner.group_size),
-                        int(planner.latency_repeats))
+        if todo:
+            confirm_lookups(model, profile, todo, group, repeats)
+        for kind, keys in routers.items():
+            record_router_charge(profile, model, kind, {k: lookups[k] for k in keys}, group,
+                                 repeats)
         save_profile(profile_path, profile)
         instances, plans = plan_all(instances)
     chosen = plans[0]

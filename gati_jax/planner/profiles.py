@@ -64,6 +64,10 @@ class Profile:
     # Each session's raw stage-prefix timings; prefix_s is made of them (see
     # add_prefix_session). Empty in profiles written before sessions: prefix_s is one.
     prefix_sessions: list[list[float]] = dataclasses.field(default_factory=list)
+    # Lookup kind -> what every request pays per deployed lookup (see measure_router_charge).
+    deploy_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Lookup kind -> the lookups of the router the charges were last measured on.
+    charge_from: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -76,8 +80,13 @@ class Profile:
 
     def marginal(self, key: str) -> float:
         """Seconds entry ``key`` adds beside other lookups: its one-lookup router's cost
-        less the router's fixed charge, which a deployment pays once."""
-        return marginal_cost(self.lookup_s[key], self.charge(key.split("/", 1)[0]))
+        less the router's charges (the fixed one a deployment pays once, the per-cache one
+        every request pays for it)."""
+        return marginal_cost(self.lookup_s[key], self._charges(key))
+
+    def _charges(self, key: str) -> float:
+        kind = key.split("/", 1)[0]
+        return self.charge(kind) + self.per_cache(kind)
 
     def exit(self, policy: str, candidate: Candidate) -> float:
         """Seconds a request that exits at ``candidate``'s lookup pays beyond its stages."""
@@ -87,11 +96,15 @@ class Profile:
         """:meth:`marginal` for a request that exits at the lookup (its miss cost where the
         exit could not be timed)."""
         seconds = self.exit_s.get(key, self.lookup_s[key])
-        return marginal_cost(seconds, self.charge(key.split("/", 1)[0]))
+        return marginal_cost(seconds, self._charges(key))
 
     def charge(self, kind: str) -> float:
         """The router's fixed charge for lookups of ``kind`` (0 where none was measured)."""
         return self.router_s.get(kind, 0.0)
+
+    def per_cache(self, kind: str) -> float:
+        """What every request pays per deployed lookup of ``kind`` (0 where not measured)."""
+        return self.deploy_s.get(kind, 0.0)
 
 
 def marginal_cost(one_cache_s: float, charge_s: float) -> float:
@@ -287,41 +300,81 @@ def record_lookups(profile: Profile, measured: dict[str, LookupCost]) -> None:
             profile.exit_s[key] = cost.exit_s
 
 
+class RouterCharge(NamedTuple):
+    """The router's charges (see :func:`measure_router_charge`)."""
+
+    fixed_s: float      # once per request of a plan that deploys anything
+    per_cache_s: float  # per request, per deployed lookup, reached or not
+
+
 def measure_router_charge(model: BaseModel, lookups: dict[str, tuple[int, Decide, Any, str]],
                           lookup_s: dict[str, float], group_size: int, repeats: int,
-                          plain_s: float | None = None) -> float:
-    """The part of a one-lookup router's cost that a router pays once, not per lookup.
+                          plain_s: float | None = None,
+                          exit_s: dict[str, float] | None = None) -> RouterCharge:
+    """The parts of a one-lookup router's cost that do not belong to its lookup.
 
     Per-lookup costs (:func:`measure_cache_cost`) are not additive: nine one-cache routers
     cost 2.5 ms over the plain network in all, one router with the same nine caches 1.5 ms,
     and the sum of one-cache costs overcharged every exit after the first position by 8-25%.
-    One lookup per position (the first key) goes into one router that never hits; with
-    ``lookup_s`` its one-cache costs, the charge F solves ``joint = F + sum(one-cache - F)``.
-    Fewer than two positions: 0. ``plain_s``: the scale of ``lookup_s`` (see
+    Nor is a larger router free for a request that leaves it early: an exit at the first of
+    five deployed positions cost 33% more than the model without a per-cache charge said.
+    The model: a one-cache cost is ``fixed + per_cache + own``, a router of m lookups costs
+    ``fixed + m * per_cache + sum(own)`` to every request plus the lookups it passes. One
+    lookup per position (the first key) goes into one router, timed never hitting (then
+    ``fixed = (sum(one-cache) - joint) / (m - 1)``) and exiting at its first lookup beside
+    the stages through it (then ``per_cache = (exit - one-cache exit) / (m - 1)``; without
+    ``exit_s``, the one-cache exit costs, or where no threshold forces the exit: 0). Fewer
+    than two positions: zeros. ``plain_s``: the scale of ``lookup_s`` and ``exit_s`` (see
     :meth:`LookupCost.scaled`); None: as measured.
     """
-    first: dict[int, str] = {}
-    for key in sorted(lookups):
-        first.setdefault(lookups[key][0], key)
-    if len(first) < 2:
-        return 0.0
-    keys = [first[p] for p in sorted(first)]
-    router = Router(model, tuple(sorted(first)), tuple(lookups[k][1] for k in keys),
-                    max_group=group_size)
+    keys = _router_keys(lookups)
+    if len(keys) < 2:
+        return RouterCharge(0.0, 0.0)
+    positions = tuple(lookups[k][0] for k in keys)
+    router = Router(model, positions, tuple(lookups[k][1] for k in keys), max_group=group_size)
     params = tuple(jax.device_put(lookups[k][2]) for k in keys)
     never = jnp.asarray([_NEVER[lookups[k][3]] for k in keys], jnp.float32)
     x = jnp.zeros((group_size, *model.network.input_shape), jnp.float32)
     valid, base = jnp.ones(group_size, bool), jnp.zeros(group_size, jnp.int32)
     plain = plain_program(model)
+    fns = {"plain": lambda: plain(x),
+           "router": lambda: router.compiled(params, never, x, valid, base)}
+    head, policy = keys[0], lookups[keys[0]][3]
+    if exit_s is not None and head in exit_s and policy in _ALWAYS:
+        leave = never.at[0].set(_ALWAYS[policy])
+        prefix = prefix_program(model, positions[0])
+        fns["prefix"] = lambda: prefix(x)
+        fns["exit"] = lambda: router.compiled(params, leave, x, valid, base)
     # One measurement stands for every plan: three times a lookup's repeats.
-    timed = measure_interleaved(
-        {"plain": lambda: plain(x),
-         "router": lambda: router.compiled(params, never, x, valid, base)},
-        max(3 * repeats // _BLOCK, 3), block=_BLOCK)
-    joint = max(timed["router"] - timed["plain"], 0.0)
-    if plain_s is not None:
-        joint *= plain_s / timed["plain"]
-    return max((sum(lookup_s[k] for k in keys) - joint) / (len(keys) - 1), 0.0)
+    timed = measure_interleaved(fns, max(3 * repeats // _BLOCK, 3), block=_BLOCK)
+    scale = 1.0 if plain_s is None else plain_s / timed["plain"]
+    joint = max(timed["router"] - timed["plain"], 0.0) * scale
+    m = len(keys)
+    fixed = max((sum(lookup_s[k] for k in keys) - joint) / (m - 1), 0.0)
+    per_cache = 0.0
+    if "exit" in fns:
+        extra = (timed["exit"] - timed["prefix"]) * scale - exit_s[head]
+        per_cache = max(extra / (m - 1), 0.0)
+    return RouterCharge(fixed, per_cache)
+
+
+def _router_keys(lookups: dict[str, tuple[int, Decide, Any, str]]) -> list[str]:
+    """One lookup per position (the first key), by position: a charge router's lookups."""
+    first: dict[int, str] = {}
+    for key in sorted(lookups):
+        first.setdefault(lookups[key][0], key)
+    return [first[p] for p in sorted(first)]
+
+
+def record_router_charge(profile: Profile, model: BaseModel, kind: str,
+                         lookups: dict[str, tuple[int, Decide, Any, str]], group_size: int,
+                         repeats: int) -> None:
+    """Measures the router's charges for ``kind`` on ``lookups`` (all of that kind) and
+    stores them in ``profile`` at its scale, with the lookups they were measured on."""
+    charge = measure_router_charge(model, lookups, profile.lookup_s, group_size, repeats,
+                                   profile.prefix_s[-1], profile.exit_s)
+    profile.router_s[kind], profile.deploy_s[kind] = charge
+    profile.charge_from[kind] = _router_keys(lookups)
 
 
 def confirm_lookups(model: BaseModel, profile: Profile,
@@ -415,10 +468,9 @@ def load_or_measure(path: str | Path, model: BaseModel,
             record_lookups(profile, measure_lookups(model, {k: missing[k] for k in part},
                                                     group_size, repeats))
             add_prefix_session(profile, model, repeats)
-    for kind in sorted({k.split("/", 1)[0] for k in lookups} - set(profile.router_s)):
+    # Profiles from before the per-cache charge lack it: their charges are measured anew.
+    for kind in sorted({k.split("/", 1)[0] for k in lookups} - set(profile.deploy_s)):
         of_kind = {k: v for k, v in lookups.items() if k.split("/", 1)[0] == kind}
-        profile.router_s[kind] = measure_router_charge(model, of_kind, profile.lookup_s,
-                                                       group_size, repeats,
-                                                       profile.prefix_s[-1])
+        record_router_charge(profile, model, kind, of_kind, group_size, repeats)
     save_profile(path, profile)
     return profile

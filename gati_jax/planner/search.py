@@ -94,8 +94,8 @@ def _build_table(instance: Instance, choices: Sequence[Choice], i: int) -> Table
     option_index, thresholds = [np.full(1, -1)], [np.full(1, np.nan)]
     costs, errs, nbytes = [np.array([base_cost])], [np.array([base_err])], [np.zeros(1)]
     hit_cost = instance.prefix_s[instance.positions[i]]
-    others = any(c is not None for j, c in enumerate(choices) if j != i)
-    charge = instance.router_s * instance.num_requests
+    others = sum(c is not None for j, c in enumerate(choices) if j != i)
+    n = instance.num_requests
     for o, option in enumerate(instance.options[i]):
         # Requests that reach i, in the option's descending score order: a threshold's hits
         # are a prefix of this order, so cumulative sums score every threshold at once.
@@ -110,12 +110,13 @@ def _build_table(instance: Instance, choices: Sequence[Choice], i: int) -> Table
         costs.append(base_cost + n_reach * option.lookup_s + d_cost[hits])
         errs.append(base_err + d_err[hits])
         nbytes.append(np.full(len(option.grid), float(option.nbytes)))
-    # The router's charge, once per request, for every alternative that deploys something.
+    # The router's charges, per request: the fixed one for every alternative that leaves
+    # something deployed, the per-cache one for each cache it leaves deployed.
     option_index = np.concatenate(option_index)
-    charged = (option_index >= 0) | others
-    return Table(option_index, np.concatenate(thresholds),
-                 np.concatenate(costs) + charged * charge, np.concatenate(errs),
-                 np.concatenate(nbytes))
+    deployed = (option_index >= 0) + others
+    charges = n * ((deployed > 0) * instance.router_s + deployed * instance.deploy_s)
+    return Table(option_index, np.concatenate(thresholds), np.concatenate(costs) + charges,
+                 np.concatenate(errs), np.concatenate(nbytes))
 
 
 def _best(instance: Instance, choices: Sequence[Choice], i: int, table: Table,
@@ -352,8 +353,9 @@ def exhaustive(instance: Instance, max_nodes: int = 5_000_000) -> list[Choice]:
     def visit(i, remaining, cost, err, lookups, memory, plan):
         if i == len(alternatives):
             total = cost + remaining.sum() * (instance.full_s + lookups)
-            if any(c is not None for c in plan):
-                total += n * instance.router_s
+            deployed = sum(c is not None for c in plan)
+            if deployed:
+                total += n * (instance.router_s + deployed * instance.deploy_s)
             if (total, err) < (best["cost"], best["err"]):
                 best.update(cost=total, err=err, plan=list(plan))
             return

@@ -32,8 +32,9 @@ def run_router_benchmark(checkpoint: str, bank_dir: str, sparse_positions: tuple
               f"{row['router_all_miss_ms']:.3f} ms, overhead {100 * row['overhead']:+.1f}%")
     print("\nforced exits (router vs Python loop vs stage-cost models; stage_sum: separately "
           "jitted stages and lookups; profile: the planner's model, compiled prefixes + "
-          f"router charge {result['router_charge_ms']:.3f} ms + marginal lookups passed + "
-          "the exit):")
+          f"router charge {result['router_charge_ms']:.3f} ms + "
+          f"{result.get('router_per_cache_ms', 0.0):.3f} ms per deployed cache + marginal "
+          "lookups passed + the exit):")
     print(format_table(result["forced_exits"]))
     print("\ngroup sizes (best cache at every position, gati at its 99% thresholds):")
     print(format_table(result["group_sizes"]))

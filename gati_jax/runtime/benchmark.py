@@ -67,7 +67,7 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     reference = dep.reference(model)
     stage_s = stage_latencies(network, variables, 1, repeats)
     lookup_s = [c.metrics["lookup_latency_s"] for c in best]
-    # The planner's cost model: compiled prefixes, the router's fixed charge, and each
+    # The planner's cost model: compiled prefixes, the router's charges (fixed, per cache), each
     # cache's marginal cost inside a router.
     prefix_s = prefixes_from_sessions([measure_prefixes(model, 1, repeats)])
     lookups = {str(p): (p, d, c.params, "gati") for p, d, c
@@ -75,10 +75,14 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     measured = {k: c.scaled(prefix_s[-1])
                 for k, c in measure_lookups(model, lookups, 1, repeats).items()}
     charge = measure_router_charge(model, lookups, {k: c.miss_s for k, c in measured.items()},
-                                   1, repeats, prefix_s[-1])
-    cache_s = [marginal_cost(measured[str(p)].miss_s, charge) for p in dep.positions]
-    exit_s = [marginal_cost(measured[str(p)].exit_s, charge) for p in dep.positions]
-    out["router_charge_ms"] = 1e3 * charge
+                                   1, repeats, prefix_s[-1],
+                                   {k: c.exit_s for k, c in measured.items()})
+    own = charge.fixed_s + charge.per_cache_s
+    cache_s = [marginal_cost(measured[str(p)].miss_s, own) for p in dep.positions]
+    exit_s = [marginal_cost(measured[str(p)].exit_s, own) for p in dep.positions]
+    out["router_charge_ms"] = 1e3 * charge.fixed_s
+    out["router_per_cache_ms"] = 1e3 * charge.per_cache_s
+    every = charge.fixed_s + len(dep.positions) * charge.per_cache_s  # paid by every request
     rows = []
     scenarios = [("no exit", None)] + [(f"exit at {p}", k) for k, p in enumerate(dep.positions)]
     programs = {}
@@ -97,7 +101,7 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
         stop = network.num_stages if k is None else dep.positions[k] + 1
         looked = len(dep.positions) if k is None else k + 1
         model_s = sum(stage_s[:stop]) + sum(lookup_s[:looked])
-        profiled_s = prefix_s[stop - 1] + charge + sum(cache_s[:looked])
+        profiled_s = prefix_s[stop - 1] + every + sum(cache_s[:looked])
         if k is not None:  # the last lookup is an exit, not a miss
             profiled_s += exit_s[k] - cache_s[k]
         rows.append({"scenario": label, "router_ms": 1e3 * router_s, "loop_ms": 1e3 * loop_s,
