@@ -139,11 +139,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.planner.profile = ""
     config.planner.remeasure = False
     config.planner.latency_repeats = 20
-    # Rounds of "measure the lookups our plans chose once more, plan again" (0: off): a plan
-    # favours lookups whose one measurement came out low (the winner's curse). Each round
-    # costs a measurement per newly chosen lookup and a planning run: about 1 minute here
-    # (3 rounds made the main job's planning 366 s instead of about 200 s).
-    config.planner.confirm_rounds = 1
+    # Rounds of "measure the lookups our plans chose once more, and the router's charges on
+    # the router they chose, plan again" (0: off): a plan favours lookups whose one
+    # measurement came out low (the winner's curse), and the charges depend on which caches
+    # share a router. A round costs a measurement per newly chosen lookup (2 s), a charge
+    # router per changed plan (5 s), a prefix session and a re-plan (10-20 s); the second
+    # round measures the charges on the router the first round's re-plan chose.
+    config.planner.confirm_rounds = 2
     # Validation requests routed one by one to check predicted against measured latency.
     config.planner.check_requests = 1000
 
