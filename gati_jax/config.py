@@ -228,6 +228,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Labelled items a window needs (training / held out) before its cache updates.
     config.online.min_train = 32
     config.online.min_holdout = 16
+    # Held-out hits a verdict needs before new parameters, a new threshold or a new prior
+    # shift may serve: fewer is luck, not evidence (see OnlineTrainer.judge).
+    config.online.min_evidence = 50
     # The accuracy guard: off when the Wilson upper bound (guard_confidence) of the last
     # guard_window audited would-be hits falls below target (after guard_min_samples), back
     # on after guard_recover_samples fresh outcomes agree at the target.
@@ -429,6 +432,7 @@ def _validate_online(o: ml_collections.ConfigDict) -> None:
                 "guard_min_samples", "guard_recover_samples"):
         _require(int(o[key]) >= 1, f"online.{key}", o[key], ">= 1")
     _require(int(o.seed) >= 0, "online.seed", o.seed, ">= 0")
+    _require(int(o.min_evidence) >= 0, "online.min_evidence", o.min_evidence, ">= 0")
     _require(int(o.prior_window) >= 0, "online.prior_window", o.prior_window, ">= 0")
     _require(0 <= o.prior_strength <= 1, "online.prior_strength", o.prior_strength,
              "in [0, 1]")

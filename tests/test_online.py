@@ -116,6 +116,32 @@ def test_nan_gradients_are_rejected_and_parameters_stay(model):
     assert learner.nominal[0] == np.float32(0.99)
 
 
+def test_a_change_needs_enough_held_out_hits(model):
+    learner = OnlineLearner(model, _deployment(model), _settings(), max_group=8)
+    _fill(learner)
+    trainer = learner.trainer
+    window = learner.windows[0]
+    verdict = trainer.judge(0, learner.params[0], window)
+    assert verdict.accepted, verdict.reason
+    hits = round(verdict.holdout_hit_rate * verdict.holdout)
+    # The same candidate on the same slice, when a change needs one more hit than it has.
+    strict = dataclasses.replace(trainer.settings, min_evidence=hits + 1)
+    trainer.settings = strict
+    refused = trainer.judge(0, learner.params[0], window)
+    assert not refused.accepted and f"{hits} held-out hits" in refused.reason
+    # More hits than any slice holds: no update may change what serves.
+    impossible = dataclasses.replace(strict, min_evidence=window.holdout.y.size + 1)
+    trainer.settings = impossible
+    old = jax.tree.map(np.asarray, learner.params)
+    learner.schedule_update()
+    learner.drain()
+    for k, verdict in enumerate(learner.updates[-1].verdicts):
+        assert not verdict.accepted and not verdict.updated, verdict
+        for a, b in zip(jax.tree.leaves(old[k]), jax.tree.leaves(learner.params[k])):
+            np.testing.assert_array_equal(a, np.asarray(b))
+    assert_config_rejects("online", "min_evidence", -1)
+
+
 def test_poisoned_labels_are_rejected_and_parameters_stay(model):
     learner = OnlineLearner(model, _deployment(model), _settings(), max_group=8)
     _fill(learner)

@@ -114,6 +114,8 @@ class UpdateSettings:
     confidence: float = 0.0
     min_train: int = 64
     min_holdout: int = 16
+    # Held-out hits a verdict needs before anything that serves may change (0: no minimum).
+    min_evidence: int = 0
 
 
 @dataclasses.dataclass
@@ -284,6 +286,14 @@ class OnlineTrainer:
         hits = score >= threshold
         rate = float(hits.mean())
         agreement = float(agree[hits].mean()) if hits.any() else 1.0
+        # A perfect score on a dozen held-out hits is what a cache agreeing 85% of the time
+        # often shows, and every update draws another candidate against the same slice: on a
+        # 4,000-request stream, caches swapped in on 12-17 held-out hits at 100% then agreed
+        # 0.83-0.90 on the next slices, and the worst window fell to 0.976 (static: 0.986).
+        if int(hits.sum()) < s.min_evidence:
+            return Verdict(False, f"{int(hits.sum())} held-out hits, fewer than the "
+                           f"{s.min_evidence} a change needs", threshold, rate, agreement,
+                           len(y))
         if agreement < s.target:
             return Verdict(False, f"held-out agreement {agreement:.3f} of its {int(hits.sum())} "
                            f"hits is below the target {s.target}", threshold, rate, agreement,
