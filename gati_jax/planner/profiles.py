@@ -242,8 +242,7 @@ def plain_program(model: BaseModel):
 
 
 def measure_cache_cost(model: BaseModel, position: int, decide: Decide, params: Any,
-                       policy: str, group_size: int, repeats: int, plain: Any = None,
-                       prefix: Any = None) -> LookupCost:
+                       policy: str, group_size: int, repeats: int) -> LookupCost:
     """What a deployed cache adds to a request that runs its lookup and misses, and to one
     that exits there.
 
@@ -254,20 +253,18 @@ def measure_cache_cost(model: BaseModel, position: int, decide: Decide, params: 
     cache's parameters). Exit: the router always hitting, minus the stages through the
     position; the two differ (an exit at position 1 cost 0.36 ms over its stages where a
     miss there cost 0.22 ms). ``exit_s`` is None for policies no threshold forces to hit.
-    ``plain`` and ``prefix``: :func:`plain_program` and the prefix through ``position``,
-    compiled once for many caches (compiling them per cache cost a third of a profiling run).
     """
     router = Router(model, (position,), (decide,), max_group=group_size)
     params = (jax.device_put(params),)
     x = jnp.zeros((group_size, *model.network.input_shape), jnp.float32)
     never = jnp.full(1, _NEVER[policy], jnp.float32)
     valid, base = jnp.ones(group_size, bool), jnp.zeros(group_size, jnp.int32)
-    plain = plain or plain_program(model)
+    plain = plain_program(model)
     fns = {"plain": lambda: plain(x),
            "router": lambda: router.compiled(params, never, x, valid, base)}
     if policy in _ALWAYS:
         always = jnp.full(1, _ALWAYS[policy], jnp.float32)
-        prefix = prefix or prefix_program(model, position)
+        prefix = prefix_program(model, position)
         fns["prefix"] = lambda: prefix(x)
         fns["exit"] = lambda: router.compiled(params, always, x, valid, base)
     timed = measure_interleaved(fns, max(repeats // _BLOCK, 3), block=_BLOCK)
@@ -279,14 +276,9 @@ def measure_cache_cost(model: BaseModel, position: int, decide: Decide, params: 
 def measure_lookups(model: BaseModel, lookups: dict[str, tuple[int, Decide, Any, str]],
                     group_size: int, repeats: int) -> dict[str, LookupCost]:
     """:func:`measure_cache_cost` of every lookup (key -> (position, decide, params,
-    policy)), the plain network and each prefix compiled once for all of them; with a
-    progress bar."""
-    plain = plain_program(model) if lookups else None
-    # Only exits that a threshold can force are timed, beside their prefix.
-    prefixes = {p: prefix_program(model, p)
-                for p, _, _, policy in lookups.values() if policy in _ALWAYS}
+    policy)), with a progress bar."""
     return {key: measure_cache_cost(model, position, decide, params, policy, group_size,
-                                    repeats, plain, prefixes.get(position))
+                                    repeats)
             for key, (position, decide, params, policy)
             in tqdm(lookups.items(), desc="profiling lookups", disable=not lookups)}
 
