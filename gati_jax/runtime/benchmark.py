@@ -16,7 +16,8 @@ from gati_jax import data
 from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
 from gati_jax.planner.profiles import (marginal_cost, measure_lookups, measure_prefixes,
-                                      measure_router_charge, prefixes_from_sessions)
+                                      measure_router_charge, plain_program,
+                                      prefixes_from_sessions)
 from gati_jax.profiling import measure_interleaved, stage_latencies
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
@@ -93,9 +94,16 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
         programs[f"router {label}"] = compiled_call(router, dep.params, thresholds, one)
         programs[f"loop {label}"] = (lambda thr=thresholds:
                                      reference.route(dep.params, thr, images[:1]))
+    plain = plain_program(model)
+    x = jnp.zeros((1, *network.input_shape), jnp.float32)
+    programs["plain"] = lambda: plain(x)
     # Every scenario in the same rounds: drift hits them alike (timed one scenario after
-    # another, an exit at 6 once measured slower than exits at 7 and 8).
+    # another, an exit at 6 once measured slower than exits at 7 and 8). The profile model
+    # is brought to these rounds' speed through the plain network timed in them (its
+    # prefixes and lookups were measured minutes earlier; this machine drifts by 10-40%).
     timed = measure_interleaved(programs, repeats=max(4, repeats // 20), block=10)
+    scale = timed["plain"] / prefix_s[-1]
+    out["forced_exit_plain_ms"] = 1e3 * timed["plain"]
     for label, k in scenarios:
         router_s, loop_s = timed[f"router {label}"], timed[f"loop {label}"]
         stop = network.num_stages if k is None else dep.positions[k] + 1
@@ -104,6 +112,7 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
         profiled_s = prefix_s[stop - 1] + every + sum(cache_s[:looked])
         if k is not None:  # the last lookup is an exit, not a miss
             profiled_s += exit_s[k] - cache_s[k]
+        profiled_s *= scale
         rows.append({"scenario": label, "router_ms": 1e3 * router_s, "loop_ms": 1e3 * loop_s,
                      "loop/router": loop_s / router_s, "stage_sum_model_ms": 1e3 * model_s,
                      "router/stage_sum": router_s / model_s,
