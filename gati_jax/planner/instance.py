@@ -139,6 +139,11 @@ class Instance:
         """The most disagreements a feasible plan may make."""
         return max_errors(self.num_requests, self.eps, self.confidence)
 
+    def charge_s(self, deployed) -> np.ndarray:
+        """The router's charges per request for ``deployed`` caches (see
+        :func:`router_charge`)."""
+        return router_charge(self.router_s, self.deploy_s, deployed)
+
     def empty(self) -> list[Choice]:
         """The plan that deploys nothing."""
         return [None] * len(self.positions)
@@ -168,6 +173,13 @@ class Outcome:
         return int(self.errors.sum())
 
 
+def router_charge(fixed_s: float, per_cache_s: float, deployed) -> np.ndarray:
+    """Seconds every request pays to a router with ``deployed`` caches (an int or an array of
+    them): the fixed charge once any cache is deployed, the per-cache one for each."""
+    deployed = np.asarray(deployed)
+    return np.where(deployed > 0, fixed_s + deployed * per_cache_s, 0.0)
+
+
 def simulate(instance: Instance, choices: Sequence[Choice], charge: bool = True) -> Outcome:
     """Routes every tuning request through a plan (numpy, vectorised over requests).
 
@@ -192,9 +204,8 @@ def simulate(instance: Instance, choices: Sequence[Choice], charge: bool = True)
         remaining &= ~hit
         lookups += option.lookup_s
     cost[remaining] = instance.full_s + lookups
-    deployed = sum(c is not None for c in choices)
-    if charge and deployed:
-        cost += instance.router_s + deployed * instance.deploy_s
+    if charge:
+        cost += instance.charge_s(sum(c is not None for c in choices))
     return Outcome(cost, errors, correct, exit_index)
 
 

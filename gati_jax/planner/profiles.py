@@ -385,13 +385,12 @@ def confirm_lookups(model: BaseModel, profile: Profile,
     for key, cost in fresh.items():
         cost = cost.scaled(profile.prefix_s[-1])
         n = profile.confirmed.get(key, 0)
-        profile.lookup_s[key] = ((profile.lookup_s[key] * n if n else 0.0)
-                                 + cost.miss_s) / (n + 1)
-        if cost.exit_s is not None:
-            if n and key in profile.exit_s:
-                profile.exit_s[key] = (profile.exit_s[key] * n + cost.exit_s) / (n + 1)
-            else:
-                profile.exit_s[key] = cost.exit_s
+        for table, seconds in ((profile.lookup_s, cost.miss_s), (profile.exit_s, cost.exit_s)):
+            if seconds is None:
+                continue
+            # The mean of the confirmations so far (n, if the entry has them) and this one.
+            k = n if key in table else 0
+            table[key] = (table.get(key, 0.0) * k + seconds) / (k + 1)
         profile.confirmed[key] = n + 1
     # The prefixes the plans exit after are chosen on their measurements too: one more session.
     add_prefix_session(profile, model, repeats)

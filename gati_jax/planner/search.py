@@ -28,19 +28,25 @@ import numpy as np
 from gati_jax.planner.instance import Choice, Instance, Outcome, simulate
 
 
+def _remembered(instance: Instance, name: str, limit: int, key: tuple, compute: Callable):
+    """``compute()``, remembered per instance in the memo ``name`` (emptied past ``limit``
+    entries). Results are shared: read them, never write them."""
+    memo = instance.__dict__.get(name)
+    if memo is None or len(memo) > limit:
+        memo = {}
+        object.__setattr__(instance, name, memo)  # frozen: the memo is not state
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
+
+
 def _simulate(instance: Instance, choices: Sequence[Choice], charge: bool = True) -> Outcome:
     """:func:`simulate`, remembered per instance: a search asks for the same partial plans
     again and again (every sweep rebuilds each position's table from the plans before and
-    after it), and simulating was half of a planning run's time. Outcomes are shared: read
-    them, never write them."""
-    memo = instance.__dict__.get("_search_memo")
-    if memo is None or len(memo) > 2048:  # about 45 kB per outcome of 2,500 requests
-        memo = {}
-        object.__setattr__(instance, "_search_memo", memo)  # frozen: the memo is not state
-    key = (tuple(choices), charge)
-    if key not in memo:
-        memo[key] = simulate(instance, choices, charge)
-    return memo[key]
+    after it), and simulating was half of a planning run's time."""
+    # About 45 kB per outcome of 2,500 requests.
+    return _remembered(instance, "_search_memo", 2048, (tuple(choices), charge),
+                       lambda: simulate(instance, choices, charge))
 
 
 class Table(NamedTuple):
@@ -67,15 +73,11 @@ def _position_table(instance: Instance, choices: Sequence[Choice], i: int) -> Ta
     """Every alternative at position ``i`` with the rest fixed, scored exactly; remembered
     per instance like :func:`_simulate` (a descent's last sweep, and every polish, rebuild
     tables it built before: 166,000 tables per planning run, 2 ms each, were a third of it).
-    Tables are shared: read them, never write them."""
-    memo = instance.__dict__.get("_table_memo")
-    if memo is None or len(memo) > 4096:  # about 2 kB per table
-        memo = {}
-        object.__setattr__(instance, "_table_memo", memo)
-    key = (i, tuple(choices[:i]), tuple(choices[i + 1:]))
-    if key not in memo:
-        memo[key] = _build_table(instance, choices, i)
-    return memo[key]
+    """
+    # About 2 kB per table.
+    return _remembered(instance, "_table_memo", 4096,
+                       (i, tuple(choices[:i]), tuple(choices[i + 1:])),
+                       lambda: _build_table(instance, choices, i))
 
 
 def _build_table(instance: Instance, choices: Sequence[Choice], i: int) -> Table:
@@ -113,8 +115,7 @@ def _build_table(instance: Instance, choices: Sequence[Choice], i: int) -> Table
     # The router's charges, per request: the fixed one for every alternative that leaves
     # something deployed, the per-cache one for each cache it leaves deployed.
     option_index = np.concatenate(option_index)
-    deployed = (option_index >= 0) + others
-    charges = n * ((deployed > 0) * instance.router_s + deployed * instance.deploy_s)
+    charges = n * instance.charge_s((option_index >= 0) + others)
     return Table(option_index, np.concatenate(thresholds), np.concatenate(costs) + charges,
                  np.concatenate(errs), np.concatenate(nbytes))
 
@@ -353,9 +354,7 @@ def exhaustive(instance: Instance, max_nodes: int = 5_000_000) -> list[Choice]:
     def visit(i, remaining, cost, err, lookups, memory, plan):
         if i == len(alternatives):
             total = cost + remaining.sum() * (instance.full_s + lookups)
-            deployed = sum(c is not None for c in plan)
-            if deployed:
-                total += n * (instance.router_s + deployed * instance.deploy_s)
+            total += n * float(instance.charge_s(sum(c is not None for c in plan)))
             if (total, err) < (best["cost"], best["err"]):
                 best.update(cost=total, err=err, plan=list(plan))
             return

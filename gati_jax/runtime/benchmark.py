@@ -15,6 +15,7 @@ import numpy as np
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
+from gati_jax.planner.instance import router_charge
 from gati_jax.planner.profiles import (marginal_cost, measure_lookups, measure_prefixes,
                                       measure_router_charge, plain_program,
                                       prefixes_from_sessions)
@@ -83,7 +84,7 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     exit_s = [marginal_cost(measured[str(p)].exit_s, own) for p in dep.positions]
     out["router_charge_ms"] = 1e3 * charge.fixed_s
     out["router_per_cache_ms"] = 1e3 * charge.per_cache_s
-    every = charge.fixed_s + len(dep.positions) * charge.per_cache_s  # paid by every request
+    every = float(router_charge(*charge, len(dep.positions)))  # paid by every request
     rows = []
     scenarios = [("no exit", None)] + [(f"exit at {p}", k) for k, p in enumerate(dep.positions)]
     programs = {}
