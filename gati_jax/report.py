@@ -41,7 +41,8 @@ def _online_section(config: ml_collections.ConfigDict, online: dict[str, Any]) -
         f"Updates every {config.online.update_every} requests ({config.online.steps} optax "
         f"steps per cache in the `trained` ones: steps that swap no cache in wait up to "
         f"{config.online.max_backoff}x longer), audit sample "
-        f"{config.online.audit_fraction:g} of requests, "
+        f"{config.online.audit_fraction:g} of requests (drawn among the "
+        f"{config.online.tap_fraction:g} whose activations were tapped), "
         f"calibration target {config.online.target}; counts are from the first round. "
         "Worst-window agreement is over windows of "
         f"{config.workload.window} requests.", "",

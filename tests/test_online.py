@@ -14,6 +14,7 @@ from gati_jax import data
 from gati_jax.config import base_config
 from gati_jax.inference import BaseModel
 from gati_jax.models import build_network
+from gati_jax.caches.selector import wilson_lower_bound
 from gati_jax.online.guard import AccuracyGuard, wilson_upper_bound
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
 from gati_jax.online.updates import UpdateSettings, Verdict, shift_logits
@@ -142,6 +143,25 @@ def test_a_change_needs_enough_held_out_hits(model):
     assert_config_rejects("online", "min_evidence", -1)
 
 
+def test_a_change_needs_held_out_agreement_whose_lower_bound_meets_the_target(model):
+    learner = OnlineLearner(model, _deployment(model, (0.0, 0.0)), _settings(), max_group=8)
+    _fill(learner)
+    trainer, window = learner.trainer, learner.windows[0]
+    answer, _ = trainer.score(0, learner.params[0], window.holdout.x)
+    window.holdout.y[:] = answer  # every held-out request agrees: a point estimate of 1.0
+    n = window.holdout.size
+    target = trainer.settings.target
+    for confidence in (0.9, 0.999):
+        trainer.settings = dataclasses.replace(trainer.settings, confidence=confidence)
+        verdict = trainer.judge(0, learner.params[0], window, threshold_now=0.0)
+        bound = wilson_lower_bound(n, n, confidence)
+        assert verdict.holdout_agreement == 1.0 and verdict.holdout == n
+        assert verdict.accepted == (bound >= target), (confidence, bound, verdict)
+    # 64 of 64 agreeing: certain enough at 90%, not at 99.9% (the bound falls below 0.9).
+    assert wilson_lower_bound(n, n, 0.9) >= target > wilson_lower_bound(n, n, 0.999)
+    assert "lower bound at confidence 0.999" in verdict.reason
+
+
 def test_poisoned_labels_are_rejected_and_parameters_stay(model):
     learner = OnlineLearner(model, _deployment(model), _settings(), max_group=8)
     _fill(learner)
@@ -177,6 +197,48 @@ def test_serving_with_updates_swaps_parameters_without_recompiling(model):
                                           data.normalize(images, model.mean, model.std)))
     miss = ~result.hit
     np.testing.assert_array_equal(result.answer[miss], full.argmax(-1)[miss])
+
+
+def test_untapped_groups_serve_the_same_answers_and_only_tapped_ones_teach(model):
+    learner = OnlineLearner(model, _deployment(model, (0.6, 0.6)),
+                            _settings(tap_fraction=0.5, audit_fraction=0.0), max_group=8)
+    learner.warm_up()
+    compiled = learner.summary()["trace_count"]
+    tapped_misses = 0
+    for group in _images(160, seed=3).reshape(20, 8, *SHAPE):
+        result = learner.route(group)
+        expected, _ = learner.router.route_tapped(learner.params, learner.thresholds(), group)
+        for got, want in zip(result, expected):
+            np.testing.assert_array_equal(got, want)
+        if learner._served_groups[-1][2] is not None:
+            tapped_misses += int(np.sum(result.exit_stage == learner.last_stage))
+        learner.drain()
+    assert 0 < learner.tapped_groups < 20
+    assert 0 < tapped_misses
+    for window in learner.windows:  # every miss reached both positions; nobody else teaches
+        assert window.train.count + window.holdout.count == tapped_misses
+    assert learner.summary()["trace_count"] == compiled  # both programs were compiled ahead
+
+
+def test_audits_label_hits_with_the_base_network_and_keep_what_serving_tapped(model):
+    # Thresholds of 0: every request hits at position 0, so every request is audited.
+    learner = OnlineLearner(model, _deployment(model, (0.0, 0.0)),
+                            _settings(update_every=10 ** 6, guard=False), max_group=8)
+    images = _fill(learner, n=32)
+    assert learner.audited == 32
+    full = np.asarray(model.network.apply(model.variables,
+                                          data.normalize(images, model.mean, model.std)))
+    window = learner.windows[0]
+    # Audit-sample requests alternate held out (the 1st, 3rd, ...) and training.
+    np.testing.assert_array_equal(window.holdout.y[:16], full.argmax(-1)[0::2])
+    np.testing.assert_array_equal(window.train.y[:16], full.argmax(-1)[1::2])
+    # Position 1 was never reached: its window learnt nothing from hits at position 0.
+    assert learner.windows[1].train.count == learner.windows[1].holdout.count == 0
+    served = np.concatenate([learner.router.route_tapped(learner.params, np.full(2, np.inf),
+                                                         half)[1][0][0]
+                             for half in np.split(images[1::2], 2)])
+    np.testing.assert_allclose(window.train.x[:16].astype(np.float32), served,
+                               rtol=1e-3, atol=1e-3)
 
 
 def test_optimiser_steps_back_off_while_they_do_not_help_and_resume_when_they_do(model):
@@ -299,8 +361,13 @@ def test_background_work_runs_while_idle_and_delays_only_who_arrives_during_it()
     assert work.left == 0 and len(work.ran_at) == 6
 
 
-def test_online_config_is_validated():
+def test_online_config_is_validated(model):
     assert_config_rejects("online", "audit_fraction", 1.5)
+    assert_config_rejects("online", "tap_fraction", 0.0)
+    assert_config_rejects("online", "tap_fraction", 0.05)  # below the audit fraction
+    with pytest.raises(ValueError, match="drawn among the tapped"):
+        OnlineLearner(model, _deployment(model), OnlineSettings(audit_fraction=0.5,
+                                                                tap_fraction=0.2))
     assert_config_rejects("online", "guard_window", 5)
     settings = OnlineSettings.from_config(base_config().online)
     assert dataclasses.asdict(settings)["update"]["target"] == 0.99

@@ -1,14 +1,18 @@
 """The online learner: serves through a tapped router, learns from what serving yields, audits
 a sample of hits, and swaps better caches in while the stream runs.
 
-Per served group the learner reads, from the same compiled call that served it, every
-position's cache input, cache answer and selector score. Requests that ran to the end carry
-the base network's answer: their activations go into the training windows. A uniform random
-``audit_fraction`` of all requests is the audit sample: its requests that ran to the end are
-labelled already, its hits are queued for a shadow run of the full network (the same program
-with every threshold at +inf). Every other sampled request is held out: thresholds are
-calibrated on those, and the guard watches the sample's would-be hits; misses alone are the
-hard requests and would bias both.
+A random ``tap_fraction`` of request groups is served by the tapped router: the same compiled
+call that serves the group also returns every position's cache input, cache answer and
+selector score. The other groups go through the untapped router (the static caches' program,
+at the learner's current parameters and thresholds) and cost what static serving costs:
+tapping a request cost it 7-10% at batch 1, a price only the requests learnt from should pay.
+Tapped requests that ran to the end carry the base network's answer: their activations go
+into the training windows. A uniform random ``audit_fraction`` of all requests (drawn among
+the tapped ones) is the audit sample: its requests that ran to the end are labelled already,
+its hits are queued for a shadow run of the plain network (their activations were tapped
+when they were served, so the audit needs only the label). Every other sampled request is
+held out: thresholds are calibrated on those, and the guard watches the sample's would-be
+hits; misses alone are the hard requests and would bias both.
 
 Background work (audits, update steps, calibration) runs in chunks when the serving loop has
 nothing to serve (see ``serve_steps(background=...)``), so a request waits for at most the one
@@ -44,6 +48,7 @@ class OnlineSettings:
     update_every: int = 50
     max_backoff: int = 1
     audit_fraction: float = 0.05
+    tap_fraction: float = 1.0
     audit_group: int = 2
     window_bytes: int = 1 << 20
     window_items: int = 512
@@ -103,9 +108,19 @@ class OnlineLearner:
         self.last_stage = model.network.num_stages - 1
         taps = tuple(make_tap(h) for h in deployment.heads)
         decides = tuple(make_tapped_decide(h) for h in deployment.heads)
+        if not 0 < settings.tap_fraction <= 1:
+            raise ValueError(f"tap_fraction must be in (0, 1], got {settings.tap_fraction}")
+        if settings.audit_fraction > settings.tap_fraction:
+            raise ValueError(f"the audit sample ({settings.audit_fraction:g} of requests) is "
+                             f"drawn among the tapped ones ({settings.tap_fraction:g})")
         self.mesh = mesh
         self.router = Router(model, deployment.positions, decides, max_group, taps=taps,
                              mesh=mesh)
+        # Groups nobody learns from, and the audits' labels (no lookups, no taps): the
+        # programs static serving runs, taking the same parameters and thresholds.
+        self.untapped = Router(model, deployment.positions, deployment.decides(), max_group,
+                               mesh=mesh)
+        self.plain = Router(model, (), (), max_group, mesh=mesh)
         self._initial = (tuple(deployment.params),
                          np.asarray(deployment.thresholds, np.float32).copy())
         self.heads = deployment.heads
@@ -132,6 +147,9 @@ class OnlineLearner:
                                    s.guard_confidence, s.guard_min_samples,
                                    s.guard_recover_samples)
         self.rng = np.random.default_rng(s.seed)
+        # Which groups are tapped: drawn on the serving side, from a stream of its own.
+        self._tap_rng = np.random.default_rng([s.seed, 1])
+        self.tapped_groups = 0
         self.served = 0     # requests routed
         self.observed = 0   # requests the background has learnt from
         self._sampled = 0
@@ -159,11 +177,16 @@ class OnlineLearner:
         the middle of a stream would stall it for seconds."""
         network = self.model.network
         never = np.full(len(self.positions), np.inf, np.float32)
+        size_cap = self.router.max_group
         for size in self.router.buckets:
             # Every stage runs (no exit): the first run through a stage is slow (measured:
             # a first audit took 100 ms), so it must not be a served request's.
-            self.router.route_tapped(self.params, never,
-                                     np.zeros((size, *network.input_shape), np.uint8))
+            zeros = np.zeros((size, *network.input_shape), np.uint8)
+            self.router.route_tapped(self.params, never, zeros)
+            if self.settings.tap_fraction < 1:
+                self.untapped.route(self.params, never, zeros)
+            if size <= self.plain.bucket_for(min(self.settings.audit_group, size_cap)):
+                self.plain.route((), np.zeros(0, np.float32), zeros)
         self.trainer.warm_up(self.params, self.windows)
 
     def thresholds(self) -> np.ndarray:
@@ -174,29 +197,38 @@ class OnlineLearner:
 
     # ---- serving side -------------------------------------------------------------------
     def route(self, images: np.ndarray, index: np.ndarray | None = None) -> RouteResult:
-        """Serves one group (the serving loop's ``route_group``); what it yields is learnt
-        from in the background, so the request's latency is the router's alone."""
-        result, tapped = self.router.route_tapped(self.params, self.thresholds(), images)
+        """Serves one group (the serving loop's ``route_group``), tapped with probability
+        ``tap_fraction``; what it yields is learnt from in the background, so the request's
+        latency is the router's alone."""
+        if self._tap_rng.random() < self.settings.tap_fraction:
+            result, tapped = self.router.route_tapped(self.params, self.thresholds(), images)
+            self.tapped_groups += 1
+        else:
+            result, tapped = self.untapped.route(self.params, self.thresholds(), images), None
         self._served_groups.append((images, result, tapped))
         if self._oldest_pending is None:
             self._oldest_pending = self.served
         self.served += len(result.answer)
         return result
 
-    def _observe(self, images: np.ndarray, result: RouteResult, tapped: tuple) -> None:
+    def _observe(self, images: np.ndarray, result: RouteResult, tapped: tuple | None) -> None:
         """Learns from one served group: windows, audit queue, guard, update schedule."""
         n = len(result.answer)
-        miss = result.exit_stage == self.last_stage
-        sample = self.rng.random(n) < self.settings.audit_fraction
-        # Every other sampled request is held out (a uniform sample still), the rest train.
-        holdout = sample & ((self._sampled + np.cumsum(sample)) % 2 == 1)
-        self._sampled += int(sample.sum())
-        # Requests that ran to the end are labelled by the base network's answer.
-        self._learn(tapped, result.answer, miss, result.exit_stage, holdout)
-        audit = result.hit & sample
-        for i in np.flatnonzero(audit):
-            self._audits.append((np.asarray(images[i]), int(result.exit_stage[i]),
-                                 bool(holdout[i])))
+        if tapped is not None:
+            miss = result.exit_stage == self.last_stage
+            # The audit sample is audit_fraction of all requests, drawn among tapped ones.
+            fraction = self.settings.audit_fraction / self.settings.tap_fraction
+            sample = self.rng.random(n) < fraction
+            # Every other sampled request is held out (a uniform sample still), the rest train.
+            holdout = sample & ((self._sampled + np.cumsum(sample)) % 2 == 1)
+            self._sampled += int(sample.sum())
+            # Requests that ran to the end are labelled by the base network's answer.
+            self._learn(tapped, result.answer, miss, result.exit_stage, holdout)
+            for i in np.flatnonzero(result.hit & sample):
+                # What serving tapped comes along: the audit only has to find the label.
+                row = jax.tree.map(lambda a, i=i: a[i], tapped)
+                self._audits.append((np.asarray(images[i]), int(result.exit_stage[i]),
+                                     bool(holdout[i]), row))
         self.observed += n
         self._answers.extend(result.answer.tolist())
         if self._guard_events_seen != len(self.guard.events):
@@ -294,14 +326,15 @@ class OnlineLearner:
         images = np.stack([b[0] for b in batch])
         exits = np.array([b[1] for b in batch])
         holdout = np.array([b[2] for b in batch])
-        # The full network, as the same compiled program with no exit allowed.
-        never = np.full(len(self.positions), np.inf, np.float32)
-        result, tapped = self.router.route_tapped(self.params, never, images)
+        tapped = jax.tree.map(lambda *rows: np.stack(rows), *[b[3] for b in batch])
+        # The plain network's answer is the label: the same compiled network, no lookups
+        # (the tapped program with every threshold at +inf cost an audit 4.5 ms, this 3).
+        labels = self.plain.route((), np.zeros(0, np.float32), images).answer
         self.audited += len(batch)
         # Labelled now: the same bookkeeping as a sampled request that ran to the end, over
-        # the positions each request passed when it was served.
-        self._learn(tapped, result.answer, np.ones(len(batch), bool), exits, holdout,
-                    audited=True)
+        # the positions each request passed when it was served (its cache inputs, answers
+        # and scores as served).
+        self._learn(tapped, labels, np.ones(len(batch), bool), exits, holdout, audited=True)
 
     def _apply(self, scheduled: int, shifts: tuple, trained: bool, params: tuple[Any, ...],
                thresholds: list, verdicts: list[Verdict]) -> None:
@@ -333,16 +366,19 @@ class OnlineLearner:
     def summary(self) -> dict[str, Any]:
         """Counts of updates (and of those that ran optimiser steps, "trained"), parameter
         swaps ("accepted"; "rejected": trained candidates that failed or did no better),
-        audits, guard switches, window memory, and every update's verdicts and thresholds."""
+        audits, tapped groups, guard switches, window memory, and every update's verdicts and
+        thresholds."""
         verdicts = [v for u in self.updates if u.trained for v in u.verdicts
                     if v.reason != "waiting for data"]
         return {"updates": len(self.updates), "trained": sum(u.trained for u in self.updates),
                 "accepted": sum(v.updated for v in verdicts),
                 "rejected": sum(not v.updated for v in verdicts),
                 "audited": self.audited, "chunks": self.chunks,
+                "tapped_groups": self.tapped_groups,
                 "guard_events": [dataclasses.asdict(e) for e in self.guard.events],
                 "window_bytes": [w.nbytes for w in self.windows],
-                "trace_count": self.router.trace_count,
+                "trace_count": (self.router.trace_count + self.untapped.trace_count
+                                + self.plain.trace_count),
                 "chunk_ms_p50": 1e3 * float(np.percentile(self.chunk_seconds, 50))
                 if self.chunk_seconds else 0.0,
                 "chunk_ms_max": 1e3 * max(self.chunk_seconds, default=0.0),
