@@ -244,6 +244,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.online.guard_confidence = 0.95
     config.online.guard_min_samples = 30
     config.online.guard_recover_samples = 50
+    # While the guard's alarm is up (a cache on duty looks worse than the target, undecided
+    # yet: see gati_jax/online/guard.py) this fraction of requests is audited instead of
+    # audit_fraction, so a drifting cache is switched off sooner (0: no alarm audits).
+    config.online.alarm_audit_fraction = 0.5
     # Label-shift correction: each update adds log p_recent(c) - log p_train(c) to the
     # caches' output logits, p_recent from the last prior_window served answers (0: off).
     config.online.prior_window = 300
@@ -442,6 +446,8 @@ def _validate_online(o: ml_collections.ConfigDict) -> None:
     _require(0 <= o.prior_strength <= 1, "online.prior_strength", o.prior_strength,
              "in [0, 1]")
     _require(0 <= o.audit_fraction <= 1, "online.audit_fraction", o.audit_fraction, "in [0, 1]")
+    _require(0 <= o.alarm_audit_fraction <= 1, "online.alarm_audit_fraction",
+             o.alarm_audit_fraction, "in [0, 1]")
     _require(0 < o.tap_fraction <= 1 and o.tap_fraction >= o.audit_fraction,
              "online.tap_fraction", o.tap_fraction,
              "in (0, 1] and >= online.audit_fraction (the audit sample is drawn among tapped "

@@ -320,6 +320,42 @@ def test_guard_turns_a_cache_off_on_wrong_answers_and_back_on_after_recovery():
     assert wilson_upper_bound(29, 30, 0.95) > 0.99 > wilson_upper_bound(28, 30, 0.95)
 
 
+def test_guard_alarm_rises_on_errors_close_together_and_falls_on_agreement():
+    guard = AccuracyGuard((0, 3), target=0.99, window=200, confidence=0.95, min_samples=30,
+                          recover_samples=30)
+    guard.record(0, np.r_[np.zeros(1, bool), np.ones(150, bool)], served=150)
+    guard.record(0, np.zeros(1, bool), served=151)
+    assert not guard.alarmed()  # a good cache's errors, far apart, decay away
+    guard.record(1, np.array([False, True, True, False]), served=155)
+    assert guard.alarmed() and guard.on.all()  # two errors in four: undecided, suspicious
+    guard.record(1, np.ones(10, bool), served=165)
+    assert not guard.alarmed()
+    guard.record(1, np.array([False, False]), served=167)
+    assert guard.alarmed()
+    guard.record(1, np.r_[np.zeros(20, bool), np.ones(10, bool)], served=197)
+    assert not guard.on[1] and not guard.alarmed()  # decided: off, and no alarm for it
+
+
+def test_learner_taps_and_audits_more_while_the_guard_alarm_is_up(model):
+    # Thresholds of 0: every request hits at position 0, so every sampled request is audited.
+    settings = _settings(audit_fraction=0.1, tap_fraction=0.3, alarm_audit_fraction=1.0,
+                         update_every=10 ** 6)
+    learner = OnlineLearner(model, _deployment(model, (0.0, 0.0)), settings, max_group=8)
+    groups = _images(40, seed=4).reshape(5, 8, *SHAPE)
+    learner.guard.cusum[0] = learner.guard.alarm_level  # as after errors close together
+    for group in groups:
+        learner.route(group)
+    learner.drain()
+    assert learner.alarmed_groups == learner.tapped_groups == 5
+    assert learner.audited == 40
+    learner.reset()  # no alarm: about 30% of groups tapped, 10% of requests audited
+    for group in np.tile(groups, (10, 1, 1, 1, 1)).reshape(50, 8, *SHAPE):
+        learner.route(group)
+    learner.drain()
+    assert learner.alarmed_groups == 0 and 5 <= learner.tapped_groups <= 25
+    assert learner.audited <= 80
+
+
 def test_learner_guard_turns_off_a_cache_whose_hits_disagree(model):
     # Thresholds of 0 make every request hit at position 0 with an untrained cache.
     learner = OnlineLearner(model, _deployment(model, (0.0, 0.0)),
@@ -364,6 +400,7 @@ def test_background_work_runs_while_idle_and_delays_only_who_arrives_during_it()
 def test_online_config_is_validated(model):
     assert_config_rejects("online", "audit_fraction", 1.5)
     assert_config_rejects("online", "tap_fraction", 0.0)
+    assert_config_rejects("online", "alarm_audit_fraction", -0.1)
     assert_config_rejects("online", "tap_fraction", 0.05)  # below the audit fraction
     with pytest.raises(ValueError, match="drawn among the tapped"):
         OnlineLearner(model, _deployment(model), OnlineSettings(audit_fraction=0.5,

@@ -6,6 +6,15 @@ audits on a good cache do not switch it off. While off, the cache still runs its
 the outcomes of its would-be hits keep arriving (from requests that run to the end and from
 audits); it turns back on once ``recover_samples`` fresh outcomes agree at least at the
 target. Evidence is cleared at each switch, so each decision rests on data from after the last.
+
+The guard also raises an *alarm* while a position that is on looks worse than promised but
+the evidence does not yet decide it: a CUSUM test of the target agreement t against an error
+rate ``alarm_ratio`` times the promised one, a = 1 - ratio (1 - t) (an error adds
+log((1 - a) / (1 - t)), an agreement log(a / t), floored at zero; alarm at ``alarm_level``). A good cache's rare errors decay away; two errors close
+together, as a cache that stopped agreeing makes, raise it. The learner audits more while the
+alarm is up (``alarm_audit_fraction``), so the evidence that switches a drifting cache off
+arrives several times sooner: at a 10% audit the guard needed 900 requests to see 30 would-be
+hits of a cache agreeing 67% of the time on corrupted images.
 """
 
 from __future__ import annotations
@@ -39,9 +48,13 @@ class AccuracyGuard:
     """Keeps each position's hit agreement at ``target`` or turns the position off."""
 
     def __init__(self, positions: tuple[int, ...], target: float, window: int = 200,
-                 confidence: float = 0.95, min_samples: int = 10, recover_samples: int = 50):
+                 confidence: float = 0.95, min_samples: int = 10, recover_samples: int = 50,
+                 alarm_ratio: float = 5.0, alarm_level: float = 3.0):
         if not 0 < target <= 1:
             raise ValueError(f"guard target must be in (0, 1], got {target}")
+        if not alarm_ratio > 1 or not alarm_level > 0:
+            raise ValueError(f"guard alarm needs a ratio > 1 and a level > 0, got {alarm_ratio}, "
+                             f"{alarm_level}")
         if min_samples < 1 or recover_samples < 1 or window < max(min_samples, recover_samples):
             raise ValueError("guard needs window >= min_samples, recover_samples >= 1, got "
                              f"{window}, {min_samples}, {recover_samples}")
@@ -51,6 +64,16 @@ class AccuracyGuard:
         self.evidence = [collections.deque(maxlen=int(window)) for _ in self.positions]
         self.on = np.ones(len(self.positions), bool)
         self.events: list[GuardEvent] = []
+        self.alarm_level = float(alarm_level)
+        # CUSUM steps per outcome (agree, disagree); a target of 1 makes any error decisive.
+        t = min(self.target, 1 - 1e-6)
+        a = max(1 - alarm_ratio * (1 - t), t / 2)
+        self._step = (float(np.log(a / t)), float(np.log((1 - a) / (1 - t))))
+        self.cusum = np.zeros(len(self.positions))
+
+    def alarmed(self) -> bool:
+        """Whether a position that is on looks worse than the target, undecided yet."""
+        return bool(np.any(self.on & (self.cusum >= self.alarm_level)))
 
     def record(self, k: int, agree: np.ndarray, served: int) -> None:
         """Adds outcomes (cache answer == base answer) of would-be hits at deployed index ``k``."""
@@ -58,6 +81,9 @@ class AccuracyGuard:
         if not agree.size:
             return
         self.evidence[k].extend(agree.tolist())
+        up, down = self._step[1], self._step[0]
+        for outcome in agree.tolist():
+            self.cusum[k] = max(0.0, self.cusum[k] + (down if outcome else up))
         n, good = len(self.evidence[k]), int(sum(self.evidence[k]))
         if self.on[k] and n >= self.min_samples:
             if wilson_upper_bound(good, n, self.confidence) < self.target:
@@ -67,6 +93,7 @@ class AccuracyGuard:
 
     def _switch(self, k: int, on: bool, good: int, n: int, served: int) -> None:
         self.on[k] = on
+        self.cusum[k] = 0.0
         self.events.append(GuardEvent(served, self.positions[k], on, good / n, n))
         self.evidence[k].clear()
 

@@ -49,6 +49,7 @@ class OnlineSettings:
     max_backoff: int = 1
     audit_fraction: float = 0.05
     tap_fraction: float = 1.0
+    alarm_audit_fraction: float = 0.0
     audit_group: int = 2
     window_bytes: int = 1 << 20
     window_items: int = 512
@@ -149,7 +150,7 @@ class OnlineLearner:
         self.rng = np.random.default_rng(s.seed)
         # Which groups are tapped: drawn on the serving side, from a stream of its own.
         self._tap_rng = np.random.default_rng([s.seed, 1])
-        self.tapped_groups = 0
+        self.tapped_groups = self.alarmed_groups = 0
         self.served = 0     # requests routed
         self.observed = 0   # requests the background has learnt from
         self._sampled = 0
@@ -200,25 +201,32 @@ class OnlineLearner:
         """Serves one group (the serving loop's ``route_group``), tapped with probability
         ``tap_fraction``; what it yields is learnt from in the background, so the request's
         latency is the router's alone."""
-        if self._tap_rng.random() < self.settings.tap_fraction:
+        audit = self.settings.audit_fraction
+        if self.settings.guard and self.guard.alarmed():
+            # A cache looks worse than promised: more evidence, sooner (see guard.py).
+            audit = max(audit, self.settings.alarm_audit_fraction)
+            self.alarmed_groups += 1
+        tap = max(self.settings.tap_fraction, audit)
+        if self._tap_rng.random() < tap:
             result, tapped = self.router.route_tapped(self.params, self.thresholds(), images)
             self.tapped_groups += 1
         else:
             result, tapped = self.untapped.route(self.params, self.thresholds(), images), None
-        self._served_groups.append((images, result, tapped))
+        self._served_groups.append((images, result, tapped, audit / tap))
         if self._oldest_pending is None:
             self._oldest_pending = self.served
         self.served += len(result.answer)
         return result
 
-    def _observe(self, images: np.ndarray, result: RouteResult, tapped: tuple | None) -> None:
-        """Learns from one served group: windows, audit queue, guard, update schedule."""
+    def _observe(self, images: np.ndarray, result: RouteResult, tapped: tuple | None,
+                 sample_fraction: float) -> None:
+        """Learns from one served group: windows, audit queue, guard, update schedule.
+        ``sample_fraction`` of a tapped group is the audit sample (audit_fraction of all
+        requests, or alarm_audit_fraction while the guard's alarm is up)."""
         n = len(result.answer)
         if tapped is not None:
             miss = result.exit_stage == self.last_stage
-            # The audit sample is audit_fraction of all requests, drawn among tapped ones.
-            fraction = self.settings.audit_fraction / self.settings.tap_fraction
-            sample = self.rng.random(n) < fraction
+            sample = self.rng.random(n) < sample_fraction
             # Every other sampled request is held out (a uniform sample still), the rest train.
             holdout = sample & ((self._sampled + np.cumsum(sample)) % 2 == 1)
             self._sampled += int(sample.sum())
@@ -366,7 +374,7 @@ class OnlineLearner:
     def summary(self) -> dict[str, Any]:
         """Counts of updates (and of those that ran optimiser steps, "trained"), parameter
         swaps ("accepted"; "rejected": trained candidates that failed or did no better),
-        audits, tapped groups, guard switches, window memory, and every update's verdicts and
+        audits, tapped and alarmed groups, guard switches, window memory, and every update's verdicts and
         thresholds."""
         verdicts = [v for u in self.updates if u.trained for v in u.verdicts
                     if v.reason != "waiting for data"]
@@ -374,7 +382,7 @@ class OnlineLearner:
                 "accepted": sum(v.updated for v in verdicts),
                 "rejected": sum(not v.updated for v in verdicts),
                 "audited": self.audited, "chunks": self.chunks,
-                "tapped_groups": self.tapped_groups,
+                "tapped_groups": self.tapped_groups, "alarmed_groups": self.alarmed_groups,
                 "guard_events": [dataclasses.asdict(e) for e in self.guard.events],
                 "window_bytes": [w.nbytes for w in self.windows],
                 "trace_count": (self.router.trace_count + self.untapped.trace_count

@@ -217,8 +217,9 @@ def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[s
         "static_hit_rate": results["gati"][0]["hit_rate"],
     }
     figures.update({k: v for k, v in first["online"].items()
-                    if k in ("updates", "trained", "accepted", "rejected", "audited", "trace_count",
-                             "chunk_ms_p50", "chunk_ms_max")})
+                    if k in ("updates", "trained", "accepted", "rejected", "audited",
+                             "tapped_groups", "alarmed_groups", "trace_count", "chunk_ms_p50",
+                             "chunk_ms_max")})
     figures["guard_events"] = first["online"]["guard_events"]
     figures["window_bytes"] = first["online"]["window_bytes"]
     figures["update_log"] = first["online"]["update_log"]
