@@ -10,11 +10,12 @@ target. Evidence is cleared at each switch, so each decision rests on data from 
 The guard also raises an *alarm* while a position that is on looks worse than promised but
 the evidence does not yet decide it: a CUSUM test of the target agreement t against an error
 rate ``alarm_ratio`` times the promised one, a = 1 - ratio (1 - t) (an error adds
-log((1 - a) / (1 - t)), an agreement log(a / t), floored at zero; alarm at ``alarm_level``). A good cache's rare errors decay away; two errors close
-together, as a cache that stopped agreeing makes, raise it. The learner audits more while the
-alarm is up (``alarm_audit_fraction``), so the evidence that switches a drifting cache off
-arrives several times sooner: at a 10% audit the guard needed 900 requests to see 30 would-be
-hits of a cache agreeing 67% of the time on corrupted images.
+log((1 - a) / (1 - t)), an agreement log(a / t), floored at zero; alarm at ``alarm_level``).
+A good cache's rare errors decay away; two errors close together, as a cache that stopped
+agreeing makes, raise it. The learner audits more while the alarm is up
+(``alarm_audit_fraction``), so the evidence that switches a drifting cache off arrives
+sooner: on a long shift stream, at a 10% audit the guard needed 896 requests to see 30
+would-be hits of a cache agreeing 67% of the time on corrupted images, with the alarm 494.
 """
 
 from __future__ import annotations

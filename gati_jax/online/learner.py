@@ -5,7 +5,7 @@ A random ``tap_fraction`` of request groups is served by the tapped router: the 
 call that serves the group also returns every position's cache input, cache answer and
 selector score. The other groups go through the untapped router (the static caches' program,
 at the learner's current parameters and thresholds) and cost what static serving costs:
-tapping a request cost it 7-10% at batch 1, a price only the requests learnt from should pay.
+tapping a request cost it 5-8% at batch 1, a price only the requests learnt from should pay.
 Tapped requests that ran to the end carry the base network's answer: their activations go
 into the training windows. A uniform random ``audit_fraction`` of all requests (drawn among
 the tapped ones) is the audit sample: its requests that ran to the end are labelled already,
@@ -374,8 +374,8 @@ class OnlineLearner:
     def summary(self) -> dict[str, Any]:
         """Counts of updates (and of those that ran optimiser steps, "trained"), parameter
         swaps ("accepted"; "rejected": trained candidates that failed or did no better),
-        audits, tapped and alarmed groups, guard switches, window memory, and every update's verdicts and
-        thresholds."""
+        audits, tapped and alarmed groups, guard switches, window memory, and every update's
+        verdicts and thresholds."""
         verdicts = [v for u in self.updates if u.trained for v in u.verdicts
                     if v.reason != "waiting for data"]
         return {"updates": len(self.updates), "trained": sum(u.trained for u in self.updates),
