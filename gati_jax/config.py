@@ -248,6 +248,8 @@ def base_config() -> ml_collections.ConfigDict:
     # yet: see gati_jax/online/guard.py) this fraction of requests is audited instead of
     # audit_fraction, so a drifting cache is switched off sooner (0: no alarm audits).
     config.online.alarm_audit_fraction = 0.5
+    # And an alarmed position serves no hit until its alarm falls or the guard decides.
+    config.online.alarm_suspends = True
     # Label-shift correction: each update adds log p_recent(c) - log p_train(c) to the
     # caches' output logits, p_recent from the last prior_window served answers (0: off).
     config.online.prior_window = 300

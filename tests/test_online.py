@@ -334,6 +334,15 @@ def test_guard_alarm_rises_on_errors_close_together_and_falls_on_agreement():
     assert guard.alarmed()
     guard.record(1, np.r_[np.zeros(20, bool), np.ones(10, bool)], served=197)
     assert not guard.on[1] and not guard.alarmed()  # decided: off, and no alarm for it
+    # Suspending on the alarm: no hits from a cache under suspicion, until the alarm falls.
+    strict = AccuracyGuard((0,), target=0.99, window=200, min_samples=30, recover_samples=30,
+                           suspend_on_alarm=True)
+    nominal = np.array([0.5], np.float32)
+    strict.record(0, np.array([False, True, False]), served=3)
+    assert strict.on[0] and strict.alarmed() and np.isinf(strict.thresholds(nominal)[0])
+    assert guard.thresholds(np.array([0.5, 0.5], np.float32))[0] == 0.5  # not suspending
+    strict.record(0, np.ones(5, bool), served=8)
+    assert not strict.alarmed() and strict.thresholds(nominal)[0] == 0.5
 
 
 def test_learner_taps_and_audits_more_while_the_guard_alarm_is_up(model):

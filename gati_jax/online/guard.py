@@ -16,6 +16,8 @@ agreeing makes, raise it. The learner audits more while the alarm is up
 (``alarm_audit_fraction``), so the evidence that switches a drifting cache off arrives
 sooner: on a long shift stream, at a 10% audit the guard needed 896 requests to see 30
 would-be hits of a cache agreeing 67% of the time on corrupted images, with the alarm 494.
+With ``suspend_on_alarm`` an alarmed position also serves no hit until the alarm falls or the
+evidence decides: suspicion alone is reason enough not to answer from that cache.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class AccuracyGuard:
 
     def __init__(self, positions: tuple[int, ...], target: float, window: int = 200,
                  confidence: float = 0.95, min_samples: int = 10, recover_samples: int = 50,
-                 alarm_ratio: float = 5.0, alarm_level: float = 3.0):
+                 alarm_ratio: float = 5.0, alarm_level: float = 3.0,
+                 suspend_on_alarm: bool = False):
         if not 0 < target <= 1:
             raise ValueError(f"guard target must be in (0, 1], got {target}")
         if not alarm_ratio > 1 or not alarm_level > 0:
@@ -66,6 +69,7 @@ class AccuracyGuard:
         self.on = np.ones(len(self.positions), bool)
         self.events: list[GuardEvent] = []
         self.alarm_level = float(alarm_level)
+        self.suspend_on_alarm = bool(suspend_on_alarm)
         # CUSUM steps per outcome (agree, disagree); a target of 1 makes any error decisive.
         t = min(self.target, 1 - 1e-6)
         a = max(1 - alarm_ratio * (1 - t), t / 2)
@@ -74,7 +78,10 @@ class AccuracyGuard:
 
     def alarmed(self) -> bool:
         """Whether a position that is on looks worse than the target, undecided yet."""
-        return bool(np.any(self.on & (self.cusum >= self.alarm_level)))
+        return bool(np.any(self._alarmed()))
+
+    def _alarmed(self) -> np.ndarray:
+        return self.on & (self.cusum >= self.alarm_level)
 
     def record(self, k: int, agree: np.ndarray, served: int) -> None:
         """Adds outcomes (cache answer == base answer) of would-be hits at deployed index ``k``."""
@@ -99,5 +106,7 @@ class AccuracyGuard:
         self.evidence[k].clear()
 
     def thresholds(self, nominal: np.ndarray) -> np.ndarray:
-        """The thresholds to serve with: ``nominal`` where on, +inf where off."""
-        return np.where(self.on, np.asarray(nominal, np.float32), np.inf).astype(np.float32)
+        """The thresholds to serve with: ``nominal`` where on, +inf where off (and where
+        alarmed, with ``suspend_on_alarm``)."""
+        serving = self.on & ~self._alarmed() if self.suspend_on_alarm else self.on
+        return np.where(serving, np.asarray(nominal, np.float32), np.inf).astype(np.float32)

@@ -50,6 +50,7 @@ class OnlineSettings:
     audit_fraction: float = 0.05
     tap_fraction: float = 1.0
     alarm_audit_fraction: float = 0.0
+    alarm_suspends: bool = False
     audit_group: int = 2
     window_bytes: int = 1 << 20
     window_items: int = 512
@@ -146,7 +147,8 @@ class OnlineLearner:
         self.trainer = OnlineTrainer(self.heads, self.shapes, self.params, s.update, self.mesh)
         self.guard = AccuracyGuard(self.positions, s.update.target, s.guard_window,
                                    s.guard_confidence, s.guard_min_samples,
-                                   s.guard_recover_samples)
+                                   s.guard_recover_samples,
+                                   suspend_on_alarm=s.alarm_suspends)
         self.rng = np.random.default_rng(s.seed)
         # Which groups are tapped: drawn on the serving side, from a stream of its own.
         self._tap_rng = np.random.default_rng([s.seed, 1])
@@ -191,7 +193,8 @@ class OnlineLearner:
         self.trainer.warm_up(self.params, self.windows)
 
     def thresholds(self) -> np.ndarray:
-        """The thresholds serving uses now (the guard's off positions at +inf)."""
+        """The thresholds serving uses now (the guard's off and suspended positions at
+        +inf)."""
         if not self.settings.guard:
             return self.nominal.copy()
         return self.guard.thresholds(self.nominal)
