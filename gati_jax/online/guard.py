@@ -70,10 +70,11 @@ class AccuracyGuard:
         self.events: list[GuardEvent] = []
         self.alarm_level = float(alarm_level)
         self.suspend_on_alarm = bool(suspend_on_alarm)
-        # CUSUM steps per outcome (agree, disagree); a target of 1 makes any error decisive.
+        # CUSUM steps per outcome; a target of 1 makes any error decisive.
         t = min(self.target, 1 - 1e-6)
         a = max(1 - alarm_ratio * (1 - t), t / 2)
-        self._step = (float(np.log(a / t)), float(np.log((1 - a) / (1 - t))))
+        self._agree_step = float(np.log(a / t))
+        self._error_step = float(np.log((1 - a) / (1 - t)))
         self.cusum = np.zeros(len(self.positions))
 
     def alarmed(self) -> bool:
@@ -89,9 +90,9 @@ class AccuracyGuard:
         if not agree.size:
             return
         self.evidence[k].extend(agree.tolist())
-        up, down = self._step[1], self._step[0]
         for outcome in agree.tolist():
-            self.cusum[k] = max(0.0, self.cusum[k] + (down if outcome else up))
+            step = self._agree_step if outcome else self._error_step
+            self.cusum[k] = max(0.0, self.cusum[k] + step)
         n, good = len(self.evidence[k]), int(sum(self.evidence[k]))
         if self.on[k] and n >= self.min_samples:
             if wilson_upper_bound(good, n, self.confidence) < self.target:
