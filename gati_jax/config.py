@@ -252,6 +252,17 @@ def base_config() -> ml_collections.ConfigDict:
     # decides. Off: on the long shift stream it lifted the worst window (0.916 -> 0.972) but
     # kept fewer windows at >= 0.99 (5 of 8 against 7 of 8; one run each, README).
     config.online.alarm_suspends = False
+    # Label-free covariate-shift detection (gati_jax/online/shift.py): a CUSUM of tapped
+    # requests whose first cache input lies beyond the shift_quantile of its class in
+    # shift_reference validation images, the in-distribution 1 - shift_quantile against
+    # shift_rate, alarm at shift_level. While it is up no cache serves a hit until audited
+    # outcomes on the new inputs show it agrees (guard_recover_samples at the target), and
+    # alarm_audit_fraction of requests is tapped and audited. Needs guard.
+    config.online.shift_detect = True
+    config.online.shift_reference = 2000
+    config.online.shift_quantile = 0.95
+    config.online.shift_rate = 0.5
+    config.online.shift_level = 6.0
     # Label-shift correction: each update adds log p_recent(c) - log p_train(c) to the
     # caches' output logits, p_recent from the last prior_window served answers (0: off).
     config.online.prior_window = 300
@@ -456,6 +467,14 @@ def _validate_online(o: ml_collections.ConfigDict) -> None:
              "online.tap_fraction", o.tap_fraction,
              "in (0, 1] and >= online.audit_fraction (the audit sample is drawn among tapped "
              "requests)")
+    _require(not o.shift_detect or o.guard, "online.shift_detect", o.shift_detect,
+             "False unless online.guard (the guard acts on the alarm)")
+    _require(int(o.shift_reference) >= 20, "online.shift_reference", o.shift_reference,
+             ">= 20 (reference images)")
+    _require(0 < o.shift_quantile < 1, "online.shift_quantile", o.shift_quantile, "in (0, 1)")
+    _require(1 - o.shift_quantile < o.shift_rate < 1, "online.shift_rate", o.shift_rate,
+             "in (1 - shift_quantile, 1): the exceedance rate to detect")
+    _require(o.shift_level > 0, "online.shift_level", o.shift_level, "> 0")
     _require(int(o.window_bytes) > 0, "online.window_bytes", o.window_bytes, "> 0")
     _require(int(o.holdout_every) >= 2, "online.holdout_every", o.holdout_every, ">= 2")
     _require(o.learning_rate > 0, "online.learning_rate", o.learning_rate, "> 0")

@@ -35,7 +35,9 @@ def _online_section(config: ml_collections.ConfigDict, online: dict[str, Any]) -
                if not config.online.enabled else "the gati plan deploys no cache to learn")
         return [f"There are no gati-online rows: {why}.", ""]
     table = [{k: figures[k] for k in ONLINE_COLUMNS} for figures in online.values()]
-    switches = {w: len(f["guard_events"]) for w, f in online.items()}
+    switches = {w: sum(e.get("kind", "switch") == "switch" for e in f["guard_events"])
+                for w, f in online.items()}
+    shifts = {w: sum(e["on"] for e in f.get("shift_events", ())) for w, f in online.items()}
     return [
         "## Online learning (gati-online vs static gati, same streams)", "",
         f"Updates every {config.online.update_every} requests ({config.online.steps} optax "
@@ -48,7 +50,9 @@ def _online_section(config: ml_collections.ConfigDict, online: dict[str, Any]) -
         f"{config.workload.window} requests.", "",
         markdown_table(table), "",
         "Accuracy-guard switches (first round): "
-        + ", ".join(f"{w} {n}" for w, n in switches.items()) + ".", ""]
+        + ", ".join(f"{w} {n}" for w, n in switches.items()) + "; input-shift alarms "
+        f"(shift_detect {bool(config.online.shift_detect)}): "
+        + ", ".join(f"{w} {n}" for w, n in shifts.items()) + ".", ""]
 
 
 def _scaling_section(rows: list[dict[str, Any]]) -> list[str]:

@@ -11,12 +11,13 @@ import pytest
 
 from conftest import assert_config_rejects, fc_caches
 from gati_jax import data
-from gati_jax.config import base_config
+from gati_jax.config import ConfigError, base_config, validate_config
 from gati_jax.inference import BaseModel
 from gati_jax.models import build_network
 from gati_jax.caches.selector import wilson_lower_bound
 from gati_jax.online.guard import AccuracyGuard, wilson_upper_bound
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
+from gati_jax.online.shift import ShiftDetector, ShiftReference
 from gati_jax.online.updates import UpdateSettings, Verdict, shift_logits
 from gati_jax.online.window import ReplayWindow
 from gati_jax.runtime.deployment import Deployment
@@ -375,6 +376,107 @@ def test_learner_guard_turns_off_a_cache_whose_hits_disagree(model):
     assert learner.guard.events[0].agreement < 0.99
 
 
+def _clusters(n, classes=3, spread=(1.0, 1.0, 4.0), offset=0.0, seed=0):
+    """Gaussian inputs around one mean per class (class 2 four times as spread out)."""
+    rng = np.random.default_rng(seed)
+    answers = rng.integers(0, classes, n)
+    means = np.arange(classes)[:, None] * np.ones(8)
+    x = means[answers] + rng.normal(size=(n, 8)) * np.asarray(spread)[answers, None]
+    return (x + offset).reshape(n, 2, 4), answers
+
+
+def test_shift_reference_limits_hold_per_class_and_the_alarm_rises_and_falls():
+    reference = ShiftReference.fit(*_clusters(6000), num_classes=3, quantile=0.95)
+    x, answers = _clusters(6000, seed=1)
+    exceeds = reference.exceeds(x, answers)
+    # Every class exceeds its limit at about 5%, the wide class too (a segment of it alone
+    # is no shift); one limit for all would flag most of the wide class.
+    for c in range(3):
+        assert 0.03 < exceeds[answers == c].mean() < 0.07
+    assert reference.distance(x[answers == 2]).mean() > 4 * reference.limits[0]
+    shifted = reference.exceeds(*_clusters(1000, offset=3.0, seed=2))
+    assert shifted.mean() > 0.5
+    detector = ShiftDetector(reference, quantile=0.95, rate=0.5, level=8.0)
+    wide = answers == 2  # a long segment of the widest class only: in distribution
+    for start in range(0, int(wide.sum()), 8):
+        detector.record(x[wide][start:start + 8], answers[wide][start:start + 8], start)
+    assert not detector.alarmed() and not detector.events
+    xs, ans = _clusters(200, offset=3.0, seed=3)
+    for i in range(200):
+        detector.record(xs[i:i + 1], ans[i:i + 1], served=10_000 + i)
+        if detector.alarmed():
+            break
+    assert detector.alarmed() and detector.events[0].served <= 10_000 + 15
+    for i in range(200):  # back in distribution: the capped CUSUM falls within a few dozen
+        detector.record(x[i:i + 1], answers[i:i + 1], served=20_000 + i)
+        if not detector.alarmed():
+            break
+    assert not detector.alarmed() and detector.events[1].served <= 20_000 + 60
+    with pytest.raises(ValueError, match="NaN"):
+        ShiftReference.fit(np.full((30, 4), np.nan), np.zeros(30), 3, 0.95)
+    with pytest.raises(ValueError, match="rate"):
+        ShiftDetector(reference, quantile=0.95, rate=0.04, level=8.0)
+
+
+def test_guard_distrusts_every_position_on_a_shift_until_outcomes_on_new_inputs_agree():
+    guard = AccuracyGuard((0, 3), target=0.99, window=100, min_samples=30, recover_samples=30)
+    nominal = np.array([0.5, 0.5], np.float32)
+    guard.record(0, np.ones(40, bool), served=40)
+    guard.distrust(served=50)
+    assert np.isinf(guard.thresholds(nominal)).all() and guard.on.all()
+    assert not guard.evidence[0]  # outcomes on the old inputs speak for nothing now
+    guard.record(0, np.ones(29, bool), served=80)
+    assert not guard.trusted[0]
+    guard.record(0, np.ones(1, bool), served=81)
+    assert guard.trusted[0] and list(guard.thresholds(nominal)) == [0.5, np.inf]
+    guard.record(1, np.r_[np.ones(20, bool), np.zeros(10, bool)], served=90)
+    assert not guard.on[1] and not guard.trusted[1]
+    guard.record(1, np.ones(40, bool), served=95)
+    assert not guard.on[1]  # no recovery on the shifted inputs it failed on
+    guard.record(0, np.r_[np.zeros(1, bool), np.ones(20, bool)], served=95)
+    guard.trust_all(served=100)  # inputs back: position 3 stays off until it recovers
+    assert list(guard.thresholds(nominal)) == [0.5, np.inf]
+    assert not guard.evidence[0] and not guard.evidence[1]  # shifted-input outcomes cleared
+    guard.record(1, np.ones(30, bool), served=130)
+    assert guard.on[1]  # recovered on outcomes from after the shift alone
+    assert [(e.position, e.on, e.kind) for e in guard.events] == [
+        (0, False, "trust"), (3, False, "trust"), (0, True, "trust"), (3, False, "switch"),
+        (3, True, "switch")]
+
+
+def test_learner_stops_serving_hits_and_audits_more_while_the_inputs_look_shifted(model):
+    settings = _settings(audit_fraction=0.1, tap_fraction=1.0, alarm_audit_fraction=1.0,
+                         update_every=10 ** 6, shift_detect=True, guard_recover_samples=10 ** 3,
+                         guard_window=10 ** 3, guard_min_samples=10 ** 3)
+    with pytest.raises(ValueError, match="reference images"):
+        OnlineLearner(model, _deployment(model, (0.0, 0.0)), settings, max_group=8)
+    learner = OnlineLearner(model, _deployment(model, (0.0, 0.0)), settings, max_group=8,
+                            reference_images=_images(400, seed=5))
+    clean = _images(80, seed=6)
+    shifted = np.full((80, *SHAPE), 255, np.uint8)  # a saturated sensor, say
+    for images in (clean, shifted):
+        for start in range(0, 80, 8):
+            learner.route(images[start:start + 8])
+            learner.drain()
+        if images is clean:
+            assert not learner.shift.alarmed() and (learner.thresholds() == 0).all()
+            assert learner.shifted_groups == 0
+    assert learner.shift.alarmed() and np.isinf(learner.thresholds()).all()
+    served = learner.shift.events[0].served
+    assert 80 < served <= 104  # within three groups of the change
+    # From the alarm on nobody hits (no audit needed) and every tapped request is sampled.
+    audited = learner.audited
+    result = learner.route(shifted[:8])
+    learner.drain()
+    assert not result.hit.any() and (result.exit_stage == learner.last_stage).all()
+    assert learner.shifted_groups >= 7 and learner.audited == audited
+    for start in range(0, 80, 8):
+        learner.route(clean[start:start + 8])
+        learner.drain()
+    assert not learner.shift.alarmed() and (learner.thresholds() == 0).all()
+    assert learner.summary()["shift_events"][-1]["on"] is False
+
+
 def test_background_work_runs_while_idle_and_delays_only_who_arrives_during_it():
     class Work:
         def __init__(self, chunks):
@@ -415,5 +517,11 @@ def test_online_config_is_validated(model):
         OnlineLearner(model, _deployment(model), OnlineSettings(audit_fraction=0.5,
                                                                 tap_fraction=0.2))
     assert_config_rejects("online", "guard_window", 5)
+    assert_config_rejects("online", "shift_rate", 0.05)  # no more than in distribution
+    assert_config_rejects("online", "shift_quantile", 1.0)
+    config = base_config()
+    config.online.guard = False
+    with pytest.raises(ConfigError, match="online.shift_detect="):
+        validate_config(config)
     settings = OnlineSettings.from_config(base_config().online)
     assert dataclasses.asdict(settings)["update"]["target"] == 0.99

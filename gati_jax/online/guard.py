@@ -18,6 +18,13 @@ sooner: on a long shift stream, at a 10% audit the guard needed 896 requests to 
 would-be hits of a cache agreeing 67% of the time on corrupted images, with the alarm 494.
 With ``suspend_on_alarm`` an alarmed position also serves no hit until the alarm falls or the
 evidence decides: suspicion alone is reason enough not to answer from that cache.
+
+When the inputs themselves shift (``shift.py``), the learner calls ``distrust``: every position
+stops serving hits and its evidence is cleared (outcomes on the old inputs do not speak for
+the new ones); a position is trusted again once ``recover_samples`` outcomes on the new inputs
+agree at the target, or when the inputs look like the reference again (``trust_all``, which
+clears the evidence again). A position switched off meanwhile stays off while the shift lasts
+and recovers on outcomes from after it.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ class GuardEvent:
     on: bool
     agreement: float
     samples: int
+    kind: str = "switch"  # "switch": on/off; "trust": trusted (on) or distrusted (off)
 
 
 class AccuracyGuard:
@@ -67,6 +75,8 @@ class AccuracyGuard:
         self.min_samples, self.recover_samples = int(min_samples), int(recover_samples)
         self.evidence = [collections.deque(maxlen=int(window)) for _ in self.positions]
         self.on = np.ones(len(self.positions), bool)
+        self.trusted = np.ones(len(self.positions), bool)
+        self.shifted = False  # between distrust and trust_all
         self.events: list[GuardEvent] = []
         self.alarm_level = float(alarm_level)
         self.suspend_on_alarm = bool(suspend_on_alarm)
@@ -94,10 +104,20 @@ class AccuracyGuard:
             step = self._agree_step if outcome else self._error_step
             self.cusum[k] = max(0.0, self.cusum[k] + step)
         n, good = len(self.evidence[k]), int(sum(self.evidence[k]))
-        if self.on[k] and n >= self.min_samples:
-            if wilson_upper_bound(good, n, self.confidence) < self.target:
+        recovered = n >= self.recover_samples and good / n >= self.target
+        if self.on[k]:
+            if n >= self.min_samples and wilson_upper_bound(good, n,
+                                                            self.confidence) < self.target:
                 self._switch(k, False, good, n, served)
-        elif not self.on[k] and n >= self.recover_samples and good / n >= self.target:
+            elif recovered and not self.trusted[k]:
+                self.trusted[k] = True
+                self.events.append(GuardEvent(served, self.positions[k], True, good / n, n,
+                                              "trust"))
+        elif recovered and not self.shifted:
+            # Not while the inputs are still the shifted ones it failed on (measured on the
+            # long shift stream: a cache switched off on corrupted images came back on 50
+            # agreeing outcomes, a 97% cache passes that one time in five, and the window
+            # agreed 0.988).
             self._switch(k, True, good, n, served)
 
     def _switch(self, k: int, on: bool, good: int, n: int, served: int) -> None:
@@ -106,8 +126,35 @@ class AccuracyGuard:
         self.events.append(GuardEvent(served, self.positions[k], on, good / n, n))
         self.evidence[k].clear()
 
+    def distrust(self, served: int) -> None:
+        """The inputs shifted: no position serves a hit until outcomes on the new inputs
+        (evidence is cleared) show it agrees at the target."""
+        for k in range(len(self.positions)):
+            self.evidence[k].clear()
+            self.cusum[k] = 0.0
+            if self.trusted[k]:
+                self.events.append(GuardEvent(served, self.positions[k], False, float("nan"),
+                                              0, "trust"))
+        self.trusted[:] = False
+        self.shifted = True
+
+    def trust_all(self, served: int) -> None:
+        """The inputs look like the reference again: positions that are on serve again, and
+        evidence gathered on the shifted inputs is cleared (it does not speak for these
+        either: a cache that failed on them must prove itself again before it serves)."""
+        for k in range(len(self.positions)):
+            self.evidence[k].clear()
+            self.cusum[k] = 0.0
+            if self.on[k] and not self.trusted[k]:
+                self.events.append(GuardEvent(served, self.positions[k], True, float("nan"),
+                                              0, "trust"))
+        self.trusted[:] = True
+        self.shifted = False
+
     def thresholds(self, nominal: np.ndarray) -> np.ndarray:
-        """The thresholds to serve with: ``nominal`` where on, +inf where off (and where
-        alarmed, with ``suspend_on_alarm``)."""
-        serving = self.on & ~self._alarmed() if self.suspend_on_alarm else self.on
+        """The thresholds to serve with: ``nominal`` where on and trusted, +inf elsewhere (and
+        where alarmed, with ``suspend_on_alarm``)."""
+        serving = self.on & self.trusted
+        if self.suspend_on_alarm:
+            serving &= ~self._alarmed()
         return np.where(serving, np.asarray(nominal, np.float32), np.inf).astype(np.float32)

@@ -19,6 +19,13 @@ nothing to serve (see ``serve_steps(background=...)``), so a request waits for a
 chunk running when it arrives; work that waits longer than ``max_lag`` requests is forced in
 between groups. New parameters and thresholds replace the old ones in one assignment between
 groups; they are arguments of the compiled program, so nothing recompiles.
+
+With ``shift_detect``, the tapped requests' first cache inputs also feed a label-free
+covariate-shift detector (``shift.py``, fitted on in-distribution ``reference_images``): while
+its alarm is up every position that has not proved itself on the new inputs serves no hit
+(``AccuracyGuard.distrust``) and the learner taps and audits ``alarm_audit_fraction`` of the
+requests, so those proofs (or the evidence that switches a cache off) come within a few hundred
+requests instead of after the first wrong answers.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import numpy as np
 
 from gati_jax.inference import BaseModel
 from gati_jax.online.guard import AccuracyGuard
+from gati_jax.online.shift import ShiftDetector, ShiftReference
 from gati_jax.online.updates import (OnlineTrainer, UpdateSettings, Verdict, make_tap,
                                      make_tapped_decide, shift_logits)
 from gati_jax.online.window import ReplayWindow
@@ -63,6 +71,11 @@ class OnlineSettings:
     guard_recover_samples: int = 50
     prior_window: int = 0
     prior_strength: float = 0.5
+    shift_detect: bool = False
+    shift_reference: int = 2000
+    shift_quantile: float = 0.95
+    shift_rate: float = 0.5
+    shift_level: float = 6.0
     update: UpdateSettings = UpdateSettings()
     seed: int = 0
 
@@ -99,7 +112,7 @@ class OnlineLearner:
 
     def __init__(self, model: BaseModel, deployment: Deployment, settings: OnlineSettings,
                  max_group: int = 8, train_prior: np.ndarray | None = None,
-                 mesh: Any = None):
+                 mesh: Any = None, reference_images: np.ndarray | None = None):
         if deployment.policy != "gati":
             raise ValueError(f"online learning updates learned caches (policy 'gati'), got "
                              f"{deployment.policy!r}")
@@ -132,7 +145,29 @@ class OnlineLearner:
         self._log_train_prior = np.log(np.asarray(prior, np.float64))
         self.params = self._initial[0]
         self.shapes = self._input_shapes(taps)
+        self.shift_reference = self._fit_shift_reference(reference_images)
         self.reset()
+
+    def _fit_shift_reference(self, images: np.ndarray | None) -> ShiftReference | None:
+        """The shift detector's reference: the first cache's inputs and answers to
+        ``images`` (in-distribution requests), or None without shift detection."""
+        s = self.settings
+        if not s.shift_detect:
+            return None
+        if not s.guard:
+            raise ValueError("shift detection acts through the accuracy guard (online.guard)")
+        if images is None or len(images) == 0:
+            raise ValueError("shift detection needs in-distribution reference images "
+                             "(reference_images=...)")
+        never = np.full(len(self.positions), np.inf, np.float32)
+        inputs, answers = [], []
+        for start in range(0, len(images), self.router.max_group):
+            _, tapped = self.router.route_tapped(
+                self.params, never, images[start:start + self.router.max_group])
+            inputs.append(tapped[0][0])
+            answers.append(tapped[0][1])
+        return ShiftReference.fit(np.concatenate(inputs), np.concatenate(answers),
+                                  self.model.network.num_classes, s.shift_quantile)
 
     def reset(self) -> None:
         """Back to the deployed caches with empty windows, as before the first request (the
@@ -149,10 +184,13 @@ class OnlineLearner:
                                    s.guard_confidence, s.guard_min_samples,
                                    s.guard_recover_samples,
                                    suspend_on_alarm=s.alarm_suspends)
+        self.shift = (None if self.shift_reference is None else
+                      ShiftDetector(self.shift_reference, s.shift_quantile, s.shift_rate,
+                                    s.shift_level))
         self.rng = np.random.default_rng(s.seed)
         # Which groups are tapped: drawn on the serving side, from a stream of its own.
         self._tap_rng = np.random.default_rng([s.seed, 1])
-        self.tapped_groups = self.alarmed_groups = 0
+        self.tapped_groups = self.alarmed_groups = self.shifted_groups = 0
         self.served = 0     # requests routed
         self.observed = 0   # requests the background has learnt from
         self._sampled = 0
@@ -205,10 +243,13 @@ class OnlineLearner:
         ``tap_fraction``; what it yields is learnt from in the background, so the request's
         latency is the router's alone."""
         audit = self.settings.audit_fraction
-        if self.settings.guard and self.guard.alarmed():
-            # A cache looks worse than promised: more evidence, sooner (see guard.py).
+        shifted = self.shift is not None and self.shift.alarmed()
+        if self.settings.guard and (self.guard.alarmed() or shifted):
+            # A cache looks worse than promised, or the inputs moved: more evidence, sooner
+            # (see guard.py and shift.py).
             audit = max(audit, self.settings.alarm_audit_fraction)
             self.alarmed_groups += 1
+            self.shifted_groups += shifted
         tap = max(self.settings.tap_fraction, audit)
         if self._tap_rng.random() < tap:
             result, tapped = self.router.route_tapped(self.params, self.thresholds(), images)
@@ -233,8 +274,10 @@ class OnlineLearner:
             # Every other sampled request is held out (a uniform sample still), the rest train.
             holdout = sample & ((self._sampled + np.cumsum(sample)) % 2 == 1)
             self._sampled += int(sample.sum())
+            if self.shift is not None:
+                self._watch_inputs(tapped[0][0], tapped[0][1])
             # Requests that ran to the end are labelled by the base network's answer.
-            self._learn(tapped, result.answer, miss, result.exit_stage, holdout)
+            self._learn(tapped, result.answer, miss, result.exit_stage, holdout, sample)
             for i in np.flatnonzero(result.hit & sample):
                 # What serving tapped comes along: the audit only has to find the label.
                 row = jax.tree.map(lambda a, i=i: a[i], tapped)
@@ -248,6 +291,16 @@ class OnlineLearner:
         if (self._update is None
                 and self.observed - self._last_scheduled >= self.settings.update_every):
             self.schedule_update()
+
+    def _watch_inputs(self, inputs: np.ndarray, answers: np.ndarray) -> None:
+        """Feeds the shift detector; the guard distrusts every position when its alarm rises
+        and trusts them again when it falls."""
+        was, seen = self.shift.alarmed(), self.observed + len(answers)
+        self.shift.record(inputs, answers, seen)
+        if self.shift.alarmed() and not was:
+            self.guard.distrust(seen)
+        elif was and not self.shift.alarmed():
+            self.guard.trust_all(seen)
 
     def schedule_update(self) -> None:
         """Queues an update (optimiser steps, prior shift, calibration) as background work;
@@ -278,17 +331,17 @@ class OnlineLearner:
         return (shift,) * len(self.positions)
 
     def _learn(self, tapped: tuple, labels: np.ndarray, rows: np.ndarray,
-               reached: np.ndarray, holdout: np.ndarray, audited: bool = False) -> None:
+               reached: np.ndarray, holdout: np.ndarray, sample: np.ndarray) -> None:
         """Adds labelled ``rows`` to the windows of the positions they reached (``holdout``
-        ones held out) and the audit sample's would-be-hit outcomes to the guard: the held-out
-        rows, and audited hits (which are all in the sample)."""
+        ones held out) and the audit ``sample``'s would-be-hit outcomes to the guard (its
+        requests that ran to the end, and its hits once audited: the outcomes of a uniform
+        sample of the requests that reached each position)."""
         for k, (position, (x, answer, score)) in enumerate(zip(self.positions, tapped)):
             here = rows & (reached >= position)
             if not here.any():
                 continue
             self.windows[k].add(x[here], labels[here], holdout=holdout[here])
-            evidence = here if audited else here & holdout
-            would_hit = evidence & (score >= self.nominal[k])
+            would_hit = here & sample & (score >= self.nominal[k])
             self.guard.record(k, answer[would_hit] == labels[would_hit], self.served)
 
     # ---- background side ----------------------------------------------------------------
@@ -345,7 +398,8 @@ class OnlineLearner:
         # Labelled now: the same bookkeeping as a sampled request that ran to the end, over
         # the positions each request passed when it was served (its cache inputs, answers
         # and scores as served).
-        self._learn(tapped, labels, np.ones(len(batch), bool), exits, holdout, audited=True)
+        everyone = np.ones(len(batch), bool)
+        self._learn(tapped, labels, everyone, exits, holdout, everyone)
 
     def _apply(self, scheduled: int, shifts: tuple, trained: bool, params: tuple[Any, ...],
                thresholds: list, verdicts: list[Verdict]) -> None:
@@ -386,6 +440,11 @@ class OnlineLearner:
                 "rejected": sum(not v.updated for v in verdicts),
                 "audited": self.audited, "chunks": self.chunks,
                 "tapped_groups": self.tapped_groups, "alarmed_groups": self.alarmed_groups,
+                "shifted_groups": self.shifted_groups,
+                "shift_events": ([] if self.shift is None else
+                                 [dataclasses.asdict(e) for e in self.shift.events]),
+                "shift_exceeded": (None if self.shift is None or not self.shift.seen else
+                                   self.shift.exceeded / self.shift.seen),
                 "guard_events": [dataclasses.asdict(e) for e in self.guard.events],
                 "window_bytes": [w.nbytes for w in self.windows],
                 "trace_count": (self.router.trace_count + self.untapped.trace_count

@@ -218,9 +218,10 @@ def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[s
     }
     figures.update({k: v for k, v in first["online"].items()
                     if k in ("updates", "trained", "accepted", "rejected", "audited",
-                             "tapped_groups", "alarmed_groups", "trace_count", "chunk_ms_p50",
-                             "chunk_ms_max")})
+                             "tapped_groups", "alarmed_groups", "shifted_groups",
+                             "shift_exceeded", "trace_count", "chunk_ms_p50", "chunk_ms_max")})
     figures["guard_events"] = first["online"]["guard_events"]
+    figures["shift_events"] = first["online"]["shift_events"]
     figures["window_bytes"] = first["online"]["window_bytes"]
     figures["update_log"] = first["online"]["update_log"]
     return figures
@@ -244,9 +245,14 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
     contenders = {n: contenders[n] for n in names}
     learners = {}
     if ONLINE in contenders:
-        learners[ONLINE] = OnlineLearner(model, contenders[ONLINE].deployment,
-                                         OnlineSettings.from_config(config.online),
-                                         int(config.serving.max_group))
+        settings = OnlineSettings.from_config(config.online)
+        # In-distribution inputs for the shift detector: the selectors' calibration half of
+        # the validation split (clean images the caches were calibrated on).
+        reference = (dataset.validation.images[-settings.shift_reference:]
+                     if settings.shift_detect else None)
+        learners[ONLINE] = OnlineLearner(model, contenders[ONLINE].deployment, settings,
+                                         int(config.serving.max_group),
+                                         reference_images=reference)
     sweep = planned["sweep"]
     split = getattr(dataset, config.workload.split)
     rows, latencies, streams, windows, online = [], {}, {}, {}, {}
