@@ -159,16 +159,29 @@ def plot_position_hit_rates(table: Sequence[dict[str, Any]], plan: dict[str, Any
     _save(fig, path)
 
 
+# Shaded request ranges, in order of first appearance per panel.
+_SPAN_COLORS = ("tab:red", "tab:purple", "tab:gray")
+
+
 def plot_hit_rate_over_time(windows: dict[str, dict[str, Sequence[dict[str, Any]]]],
                             path: str | os.PathLike, metric: str = "hit_rate",
                             policies: Sequence[str] | None = None,
-                            floor: float | None = None) -> None:
+                            floor: float | None = None,
+                            spans: dict[str, Sequence[tuple[int, int, str]]] | None = None
+                            ) -> None:
     """Per workload, each policy's ``metric`` (hit_rate, agreement, ...) per window of requests
-    over the stream; ``floor`` draws a target line (e.g. the agreement bound)."""
+    over the stream; ``floor`` draws a target line (e.g. the agreement bound), ``spans`` shades
+    request ranges per workload, (start, end, label) (e.g. corrupted inputs, shift alarms)."""
     if not windows:
         return
     fig, axes = _workload_panels(len(windows), 4)
     for ax, (workload, per_policy) in zip(axes, windows.items()):
+        shades: dict[str, str] = {}
+        for start, end, label in (spans or {}).get(workload, ()):
+            first = label not in shades  # one legend entry per label
+            color = shades.setdefault(label, _SPAN_COLORS[len(shades) % len(_SPAN_COLORS)])
+            ax.axvspan(start, end, color=color, alpha=0.15, linewidth=0,
+                       label=label if first else None)
         for policy, rows in per_policy.items():
             if policy == "none" or (policies is not None and policy not in policies):
                 continue

@@ -126,7 +126,8 @@ def test_report_resume_and_loaded_system(explored):
         assert (workdir / name).stat().st_size > 0
     if report["online"]:
         assert "## Online learning" in text
-        assert (workdir / "agreement_over_time.png").stat().st_size > 0
+        for name in ("agreement_over_time.png", "online_hit_rate_over_time.png"):
+            assert (workdir / name).stat().st_size > 0
     else:
         assert "no gati-online rows" in text
     # Running again skips every finished phase (only the report is rewritten).

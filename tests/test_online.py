@@ -21,6 +21,7 @@ from gati_jax.online.shift import ShiftDetector, ShiftReference
 from gati_jax.online.updates import UpdateSettings, Verdict, shift_logits
 from gati_jax.online.window import ReplayWindow
 from gati_jax.runtime.deployment import Deployment
+from gati_jax.serving.benchmark import _alarm_spans, _runs
 from gati_jax.serving.clock import FakeClock
 from gati_jax.serving.loop import serve
 
@@ -475,6 +476,13 @@ def test_learner_stops_serving_hits_and_audits_more_while_the_inputs_look_shifte
         learner.drain()
     assert not learner.shift.alarmed() and (learner.thresholds() == 0).all()
     assert learner.summary()["shift_events"][-1]["on"] is False
+
+
+def test_benchmark_plots_shade_corrupted_runs_and_shift_alarms():
+    assert _runs(np.array([0, 1, 1, 0, 1], bool)) == [(1, 3), (4, 5)]
+    assert _runs(np.zeros(3, bool)) == []
+    events = [{"served": 5, "on": True}, {"served": 9, "on": False}, {"served": 12, "on": True}]
+    assert _alarm_spans(events, 20) == [(5, 9), (12, 20)]  # the last never fell
 
 
 def test_background_work_runs_while_idle_and_delays_only_who_arrives_during_it():

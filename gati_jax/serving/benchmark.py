@@ -227,6 +227,19 @@ def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[s
     return figures
 
 
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of every run of True in a boolean mask."""
+    edges = np.flatnonzero(np.diff(np.r_[0, np.asarray(mask, np.int8), 0]))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def _alarm_spans(events: list[dict[str, Any]], length: int) -> list[tuple[int, int]]:
+    """[rise, fall) of each input-shift alarm (to the stream's end if it never fell)."""
+    rises = [e["served"] for e in events if e["on"]]
+    falls = [e["served"] for e in events if not e["on"]]
+    return [(a, falls[i] if i < len(falls) else length) for i, a in enumerate(rises)]
+
+
 def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
                   bank_dir: str | None = None) -> list[dict[str, Any]]:
     """Plans every policy, serves every workload, writes benchmark.json and plots."""
@@ -255,7 +268,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
                                          reference_images=reference)
     sweep = planned["sweep"]
     split = getattr(dataset, config.workload.split)
-    rows, latencies, streams, windows, online = [], {}, {}, {}, {}
+    rows, latencies, streams, windows, online, corrupted = [], {}, {}, {}, {}, {}
     compiled: dict[str, Router] = {}
     for name in config.benchmark.workloads:
         section = ml_collections.ConfigDict(config.workload.to_dict())
@@ -263,6 +276,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
         workload = make_workload(section, split)
         if name == config.benchmark.workloads[0]:
             scaling_images = workload.images[:int(config.benchmark.scaling_requests)]
+        corrupted[name] = workload.corrupted
         streams[name] = workload_stats(workload, int(config.workload.window),
                                        model.network.num_classes)
         # The base network's answers to the requests as served (shift corrupts the images).
@@ -295,9 +309,16 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
     (out / "benchmark_details.json").write_text(json.dumps(report, indent=1) + "\n")
     plot_latency_cdf(latencies, out / "latency_cdf.png")
     if online:
+        spans = {w: [*((a, b, "corrupted inputs") for a, b in _runs(corrupted[w])),
+                     *((a, b, "input-shift alarm") for a, b in
+                       _alarm_spans(online[w]["shift_events"], corrupted[w].size))]
+                 for w in online}
         plot_hit_rate_over_time({w: windows[w] for w in online}, out / "agreement_over_time.png",
                                 metric="agreement", policies=("gati", ONLINE),
-                                floor=1 - float(config.planner.eps))
+                                floor=1 - float(config.planner.eps), spans=spans)
+        plot_hit_rate_over_time({w: windows[w] for w in online},
+                                out / "online_hit_rate_over_time.png",
+                                policies=("gati", ONLINE), spans=spans)
     plot_plan_tradeoff(sweep, out / "agreement_vs_speedup.png")
     for name, stats in streams.items():
         print(f"{name}: P(same label as previous) {stats['p_same_as_previous']:.3f}, "
@@ -311,5 +332,6 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
             for k, v in figures.items() if not isinstance(v, (list, dict))))
     print(f"wrote {out / 'benchmark.json'}, latency_cdf.png, agreement_vs_speedup.png"
-          f"{', agreement_over_time.png' if online else ''} in {report['seconds']} s")
+          f"{', agreement_over_time.png, online_hit_rate_over_time.png' if online else ''} in "
+          f"{report['seconds']} s")
     return rows
