@@ -408,6 +408,8 @@ def test_shift_reference_limits_hold_per_class_and_the_alarm_rises_and_falls():
         if detector.alarmed():
             break
     assert detector.alarmed() and detector.events[0].served <= 10_000 + 15
+    detector.record(x[:2], answers[:2], served=10_100)
+    assert detector.alarmed()  # no flapping: it falls only once the sum is back at zero
     for i in range(200):  # back in distribution: the capped CUSUM falls within a few dozen
         detector.record(x[i:i + 1], answers[i:i + 1], served=20_000 + i)
         if not detector.alarmed():

@@ -19,8 +19,10 @@ alone (7%).
 
 ``ShiftDetector`` runs a CUSUM of exceedances, the in-distribution rate against ``rate`` (an
 exceedance adds log(rate / p0), a request within its limit log((1 - rate) / (1 - p0)), floored
-at zero and capped at twice ``level`` so that the alarm falls within a few dozen requests once
-the inputs are back). Simulated median run lengths at p0 = 0.05, rate 0.5, level 6: 5 tapped
+at zero and capped at twice ``level``). The alarm rises when the sum reaches ``level`` and falls
+only when it is back at zero: without that dead band it flapped on a clean stream (up and down
+twice within 11 requests, each rise clearing the guard's evidence); with the cap it still falls
+within a few dozen requests once the inputs are back. Simulated median run lengths at p0 = 0.05, rate 0.5, level 6: 5 tapped
 requests at a 62% exceedance rate, 16 at 28%; 418 at 7.5% and 1,564 at 5%. Replayed on the long
 streams' first cache inputs (20 draws of which requests a 0.3 tap fraction taps): the alarm
 rose a median 10 requests (at most 34) after the contrast corruption began, with 0.68 false
@@ -118,9 +120,10 @@ class ShiftDetector:
         for outcome in exceeds.tolist():
             step = self._exceed_step if outcome else self._within_step
             self.cusum = min(2 * self.level, max(0.0, self.cusum + step))
-        # The alarm has no dead band: the cap bounds how long a fall takes.
-        if (self.cusum >= self.level) != self.alarmed():
-            self.events.append(ShiftEvent(served, not self.alarmed()))
+            if not self.alarmed() and self.cusum >= self.level:
+                self.events.append(ShiftEvent(served, True))
+            elif self.alarmed() and self.cusum == 0.0:
+                self.events.append(ShiftEvent(served, False))
 
 
 def _flat(inputs: np.ndarray) -> np.ndarray:
