@@ -25,8 +25,8 @@ twice within 11 requests, each rise clearing the guard's evidence); with the cap
 within a few dozen requests once the inputs are back. Simulated median run lengths at p0 = 0.05, rate 0.5, level 6: 5 tapped
 requests at a 62% exceedance rate, 16 at 28%; 418 at 7.5% and 1,564 at 5%. Replayed on the long
 streams' first cache inputs (20 draws of which requests a 0.3 tap fraction taps): the alarm
-rose a median 10 requests (at most 34) after the contrast corruption began, with 0.68 false
-alarms per 4,000 clean requests; at level 8, 18 (38) and 0.10. A false alarm costs little (the
+rose a median 10 requests (at most 34) after the contrast corruption began, with 0.57 false
+alarms per 4,000 clean requests; at level 8, 18 (38) and 0.07. A false alarm costs little (the
 caches serve again once it falls, a few dozen requests later); a late one costs wrong answers.
 """
 
