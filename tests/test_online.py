@@ -397,7 +397,7 @@ def test_shift_reference_limits_hold_per_class_and_the_alarm_rises_and_falls():
     assert reference.distance(x[answers == 2]).mean() > 4 * reference.limits[0]
     shifted = reference.exceeds(*_clusters(1000, offset=3.0, seed=2))
     assert shifted.mean() > 0.5
-    detector = ShiftDetector(reference, quantile=0.95, rate=0.5, level=8.0)
+    detector = ShiftDetector(reference, rate=0.5, level=8.0)
     wide = answers == 2  # a long segment of the widest class only: in distribution
     for start in range(0, int(wide.sum()), 8):
         detector.record(x[wide][start:start + 8], answers[wide][start:start + 8], start)
@@ -418,7 +418,7 @@ def test_shift_reference_limits_hold_per_class_and_the_alarm_rises_and_falls():
     with pytest.raises(ValueError, match="NaN"):
         ShiftReference.fit(np.full((30, 4), np.nan), np.zeros(30), 3, 0.95)
     with pytest.raises(ValueError, match="rate"):
-        ShiftDetector(reference, quantile=0.95, rate=0.04, level=8.0)
+        ShiftDetector(reference, rate=0.04, level=8.0)
 
 
 def test_guard_distrusts_every_position_on_a_shift_until_outcomes_on_new_inputs_agree():

@@ -122,16 +122,20 @@ class AccuracyGuard:
 
     def _switch(self, k: int, on: bool, good: int, n: int, served: int) -> None:
         self.on[k] = on
-        self.cusum[k] = 0.0
         self.events.append(GuardEvent(served, self.positions[k], on, good / n, n))
+        self._forget(k)
+
+    def _forget(self, k: int) -> None:
+        """Starts position ``k``'s evidence afresh: each decision rests on outcomes since the
+        last switch or shift."""
         self.evidence[k].clear()
+        self.cusum[k] = 0.0
 
     def distrust(self, served: int) -> None:
         """The inputs shifted: no position serves a hit until outcomes on the new inputs
         (evidence is cleared) show it agrees at the target."""
         for k in range(len(self.positions)):
-            self.evidence[k].clear()
-            self.cusum[k] = 0.0
+            self._forget(k)
             if self.trusted[k]:
                 self.events.append(GuardEvent(served, self.positions[k], False, float("nan"),
                                               0, "trust"))
@@ -143,8 +147,7 @@ class AccuracyGuard:
         evidence gathered on the shifted inputs is cleared (it does not speak for these
         either: a cache that failed on them must prove itself again before it serves)."""
         for k in range(len(self.positions)):
-            self.evidence[k].clear()
-            self.cusum[k] = 0.0
+            self._forget(k)
             if self.on[k] and not self.trusted[k]:
                 self.events.append(GuardEvent(served, self.positions[k], True, float("nan"),
                                               0, "trust"))

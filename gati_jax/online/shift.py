@@ -48,6 +48,7 @@ class ShiftReference:
     mean: np.ndarray    # (F,) per feature
     scale: np.ndarray   # (F,) per feature spread (std + a floor)
     limits: np.ndarray  # (classes,) the distance exceeded by 1 - quantile of each class
+    quantile: float     # so in distribution a request exceeds its limit at 1 - quantile
 
     @classmethod
     def fit(cls, inputs: np.ndarray, answers: np.ndarray, num_classes: int,
@@ -66,7 +67,7 @@ class ShiftReference:
         mean = x.mean(0)
         # The floor keeps features that never move (dead ReLUs) from dividing by zero.
         scale = x.std(0) + 1e-3 * (x.std() + 1e-12)
-        reference = cls(mean, scale, np.zeros(num_classes))
+        reference = cls(mean, scale, np.zeros(num_classes), float(quantile))
         distance = reference.distance(x)
         limits = np.full(num_classes, np.quantile(distance, quantile))
         for c in range(num_classes):
@@ -95,11 +96,11 @@ class ShiftEvent:
 class ShiftDetector:
     """A CUSUM over requests exceeding the reference: ``alarmed()`` while inputs look shifted."""
 
-    def __init__(self, reference: ShiftReference, quantile: float, rate: float, level: float):
-        p0 = 1 - float(quantile)
+    def __init__(self, reference: ShiftReference, rate: float, level: float):
+        p0 = 1 - reference.quantile  # the in-distribution exceedance rate
         if not p0 < rate < 1 or not level > 0:
             raise ValueError(f"shift detection needs 1 - quantile < rate < 1 and level > 0, got "
-                             f"quantile {quantile}, rate {rate}, level {level}")
+                             f"quantile {reference.quantile}, rate {rate}, level {level}")
         self.reference, self.level = reference, float(level)
         self._exceed_step = float(np.log(rate / p0))
         self._within_step = float(np.log((1 - rate) / (1 - p0)))
