@@ -139,6 +139,28 @@ def test_packing_round_trips_whole_and_one_item_at_a_time():
         packing.pack((tree[0], tree[1], {"w": np.zeros((1, 4), np.float32), "s": np.float32(1)}))
 
 
+def test_packing_gives_large_leaves_arrays_of_their_own():
+    # Sliced out of a shared array, a large kernel would be copied on every call.
+    rng = np.random.default_rng(1)
+    tree = ({"big": rng.normal(size=(64, 8)).astype(np.float32), "b": np.ones(8, np.float32)},
+            {"big": rng.normal(size=(8, 64)).astype(np.float32), "n": np.arange(3)})
+    packing = Packing.of(tree, own_array_min=512)
+    flats = packing.pack(tree)
+    assert [f.shape for f in flats] == [(8,), (3,), (512,), (512,)]
+    np.testing.assert_array_equal(np.asarray(flats[2]), tree[0]["big"].reshape(-1))
+    np.testing.assert_array_equal(np.asarray(flats[3]), tree[1]["big"].reshape(-1))
+    for k, item in enumerate(tree):
+        for got, want in zip(jax.tree.leaves(packing.unpack_item(flats, k)),
+                             jax.tree.leaves(item)):
+            np.testing.assert_array_equal(np.asarray(got), want)
+    # Inside the compiled program a large leaf is the argument itself, not a slice of it.
+    shared = Packing.of(tree, own_array_min=10**9)
+    for layout, slices in ((packing, 0), (shared, 1)):
+        hlo = jax.jit(lambda f, p=layout: p.unpack_item(f, 1)["big"]).lower(
+            layout.pack(tree)).as_text()
+        assert hlo.count("stablehlo.slice") == slices
+
+
 class CountingDense(nn.Module):
     """A stage that reports to the host each time it actually runs."""
 

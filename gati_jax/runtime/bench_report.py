@@ -29,7 +29,9 @@ def run_router_benchmark(checkpoint: str, bank_dir: str, sparse_positions: tuple
     print(f"plain compiled network: {result['plain_network_ms']:.3f} ms")
     for name, row in result["all_miss_overhead"].items():
         print(f"router, every lookup missing, {name} {row['positions']}: "
-              f"{row['router_all_miss_ms']:.3f} ms, overhead {100 * row['overhead']:+.1f}%")
+              f"{row['router_all_miss_ms']:.3f} ms, overhead {100 * row['overhead']:+.1f}% "
+              f"(alternating with the other programs call by call: "
+              f"{100 * row['overhead_alternating']:+.1f}%)")
     print("\nforced exits (router vs Python loop vs stage-cost models; stage_sum: separately "
           "jitted stages and lookups; profile: the planner's model, compiled prefixes + "
           f"router charge {result['router_charge_ms']:.3f} ms + "
