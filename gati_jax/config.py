@@ -257,12 +257,15 @@ def base_config() -> ml_collections.ConfigDict:
     # shift_reference validation images, the in-distribution 1 - shift_quantile against
     # shift_rate, alarm at shift_level. While it is up no cache serves a hit until audited
     # outcomes on the new inputs show it agrees (guard_recover_samples at the target), and
-    # alarm_audit_fraction of requests is tapped and audited. Needs guard.
+    # alarm_audit_fraction of requests is tapped and audited. Needs guard. Level 8, not 6:
+    # replayed on clean test requests, 6 raised 2.2 false alarms per 4,000 tapped requests
+    # (one cost the main job's uniform stream 3.5 points of hit rate), 8 raised 0.26, for an
+    # alarm 1 tapped request later on contrast, 8 on noise (shift.py).
     config.online.shift_detect = True
     config.online.shift_reference = 2000
     config.online.shift_quantile = 0.95
     config.online.shift_rate = 0.5
-    config.online.shift_level = 6.0
+    config.online.shift_level = 8.0
     # Label-shift correction: each update adds log p_recent(c) - log p_train(c) to the
     # caches' output logits, p_recent from the last prior_window served answers (0: off).
     config.online.prior_window = 300
