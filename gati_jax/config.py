@@ -211,6 +211,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Audited requests per background chunk: bigger groups are cheaper per request, but a
     # request arriving meanwhile waits for the whole group (full network, batch 1: ~3 ms).
     config.online.audit_group = 1
+    # An audit runs the plain network in this many segments of consecutive stages, one per
+    # background chunk, so a request arriving meanwhile waits for one segment, not the whole
+    # network (gati_jax/runtime/segments.py).
+    config.online.audit_segments = 3
     # Replay window per deployed position: at most this many bytes and this many items.
     config.online.window_bytes = 1 << 20
     config.online.window_items = 1024
@@ -455,8 +459,8 @@ def _validate_serving(s: ml_collections.ConfigDict) -> None:
 def _validate_online(o: ml_collections.ConfigDict) -> None:
     _require(int(o.steps) >= 0, "online.steps", o.steps, ">= 0 (0: no optimiser steps)")
     for key in ("update_every", "max_backoff", "window_items", "max_lag", "steps_per_chunk",
-                "audit_group", "batch_size", "min_train", "min_holdout", "guard_window",
-                "guard_min_samples", "guard_recover_samples"):
+                "audit_group", "audit_segments", "batch_size", "min_train", "min_holdout",
+                "guard_window", "guard_min_samples", "guard_recover_samples"):
         _require(int(o[key]) >= 1, f"online.{key}", o[key], ">= 1")
     _require(int(o.seed) >= 0, "online.seed", o.seed, ">= 0")
     _require(int(o.min_evidence) >= 0, "online.min_evidence", o.min_evidence, ">= 0")

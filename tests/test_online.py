@@ -21,6 +21,7 @@ from gati_jax.online.shift import ShiftDetector, ShiftReference
 from gati_jax.online.updates import UpdateSettings, Verdict, shift_logits
 from gati_jax.online.window import ReplayWindow
 from gati_jax.runtime.deployment import Deployment
+from gati_jax.runtime.segments import SegmentedNetwork
 from gati_jax.serving.benchmark import _alarm_spans, _runs
 from gati_jax.serving.clock import FakeClock
 from gati_jax.serving.loop import serve
@@ -61,7 +62,7 @@ def _fill(learner, n=320, seed=0):
     images = _images(n, seed)
     for start in range(0, n, 8):
         learner.route(images[start:start + 8])
-        while learner._served_groups or learner._audits:
+        while learner._served_groups or learner._audits or learner._audit_run:
             learner.run_chunk()
     learner._update = None
     return images
@@ -222,12 +223,16 @@ def test_untapped_groups_serve_the_same_answers_and_only_tapped_ones_teach(model
     assert learner.summary()["trace_count"] == compiled  # both programs were compiled ahead
 
 
-def test_audits_label_hits_with_the_base_network_and_keep_what_serving_tapped(model):
+@pytest.mark.parametrize("segments", [1, 3])
+def test_audits_label_hits_with_the_base_network_and_keep_what_serving_tapped(model, segments):
     # Thresholds of 0: every request hits at position 0, so every request is audited.
     learner = OnlineLearner(model, _deployment(model, (0.0, 0.0)),
-                            _settings(update_every=10 ** 6, guard=False), max_group=8)
+                            _settings(update_every=10 ** 6, guard=False,
+                                      audit_segments=segments), max_group=8)
     images = _fill(learner, n=32)
     assert learner.audited == 32
+    # 16 audit groups of 2, each run one segment per background chunk.
+    assert learner.chunk_kinds.count("audit") == 16 * segments
     full = np.asarray(model.network.apply(model.variables,
                                           data.normalize(images, model.mean, model.std)))
     window = learner.windows[0]
@@ -241,6 +246,27 @@ def test_audits_label_hits_with_the_base_network_and_keep_what_serving_tapped(mo
                              for half in np.split(images[1::2], 2)])
     np.testing.assert_allclose(window.train.x[:16].astype(np.float32), served,
                                rtol=1e-3, atol=1e-3)
+
+
+def test_segmented_network_answers_as_the_plain_network_one_segment_per_step(model):
+    images = _images(5, seed=3)
+    logits = model.network.apply(model.variables, data.normalize(images, model.mean, model.std))
+    stages = model.network.num_stages
+    for segments in (1, 2, stages):
+        network = SegmentedNetwork(model, segments)
+        assert network.bounds[0][0] == 0 and network.bounds[-1][1] == stages
+        assert all(a < b for a, b in network.bounds)
+        steps = network.run(images)
+        for _ in range(segments - 1):
+            assert next(steps) is None
+        with pytest.raises(StopIteration) as done:
+            next(steps)
+        np.testing.assert_array_equal(done.value.value, np.argmax(logits, -1))
+        assert network.trace_count == segments
+    with pytest.raises(ValueError, match="segments must be in"):
+        SegmentedNetwork(model, stages + 1)
+    with pytest.raises(ValueError, match="NaN|shape|dtype"):
+        SegmentedNetwork(model, 2).answers(np.zeros((2, 3, 3, 1), np.uint8))
 
 
 def test_optimiser_steps_back_off_while_they_do_not_help_and_resume_when_they_do(model):
@@ -527,6 +553,7 @@ def test_online_config_is_validated(model):
         OnlineLearner(model, _deployment(model), OnlineSettings(audit_fraction=0.5,
                                                                 tap_fraction=0.2))
     assert_config_rejects("online", "guard_window", 5)
+    assert_config_rejects("online", "audit_segments", 0)
     assert_config_rejects("online", "shift_rate", 0.05)  # no more than in distribution
     assert_config_rejects("online", "shift_quantile", 1.0)
     config = base_config()

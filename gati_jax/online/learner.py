@@ -47,6 +47,7 @@ from gati_jax.online.updates import (OnlineTrainer, UpdateSettings, Verdict, mak
 from gati_jax.online.window import ReplayWindow
 from gati_jax.runtime.deployment import Deployment
 from gati_jax.runtime.router import RouteResult, Router
+from gati_jax.runtime.segments import SegmentedNetwork
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,7 @@ class OnlineSettings:
     alarm_audit_fraction: float = 0.0
     alarm_suspends: bool = False
     audit_group: int = 2
+    audit_segments: int = 1
     window_bytes: int = 1 << 20
     window_items: int = 512
     holdout_every: int = 4
@@ -131,11 +133,13 @@ class OnlineLearner:
         self.mesh = mesh
         self.router = Router(model, deployment.positions, decides, max_group, taps=taps,
                              mesh=mesh)
-        # Groups nobody learns from, and the audits' labels (no lookups, no taps): the
-        # programs static serving runs, taking the same parameters and thresholds.
+        # Groups nobody learns from: the program static serving runs, taking the same
+        # parameters and thresholds.
         self.untapped = Router(model, deployment.positions, deployment.decides(), max_group,
                                mesh=mesh)
-        self.plain = Router(model, (), (), max_group, mesh=mesh)
+        # The audits' labels: the plain network, in segments that background chunks run one
+        # at a time (see runtime/segments.py).
+        self.audit_network = SegmentedNetwork(model, settings.audit_segments)
         self._initial = (tuple(deployment.params),
                          np.asarray(deployment.thresholds, np.float32).copy())
         self.heads = deployment.heads
@@ -200,6 +204,7 @@ class OnlineLearner:
         self.backoff = 1  # the update interval's multiplier, see _apply
         self._guard_events_seen = 0
         self._audits: collections.deque = collections.deque()
+        self._audit_run: tuple[list, Generator] | None = None  # the audit in progress
         self._update: tuple[int, Generator] | None = None
         self._oldest_pending: int | None = None
         self.updates: list[UpdateRecord] = []
@@ -228,8 +233,9 @@ class OnlineLearner:
             self.router.route_tapped(self.params, never, zeros)
             if self.settings.tap_fraction < 1:
                 self.untapped.route(self.params, never, zeros)
-            if size <= self.plain.bucket_for(min(self.settings.audit_group, size_cap)):
-                self.plain.route((), np.zeros(0, np.float32), zeros)
+        for size in range(1, min(self.settings.audit_group, size_cap) + 1):
+            # Audit groups are not padded: every size they come in.
+            self.audit_network.answers(np.zeros((size, *network.input_shape), np.uint8))
         self.trainer.warm_up(self.params, self.windows)
 
     def thresholds(self) -> np.ndarray:
@@ -349,7 +355,8 @@ class OnlineLearner:
     # ---- background side ----------------------------------------------------------------
     def pending(self) -> bool:
         """Whether background work is waiting."""
-        return bool(self._served_groups) or bool(self._audits) or self._update is not None
+        return (bool(self._served_groups) or bool(self._audits)
+                or self._audit_run is not None or self._update is not None)
 
     def overdue(self) -> bool:
         """Whether pending work has waited more than ``max_lag`` requests."""
@@ -358,7 +365,7 @@ class OnlineLearner:
 
     def run_chunk(self) -> None:
         """Runs one bounded piece of background work: the bookkeeping of the groups served
-        since the last chunk, an audit group, or a few update steps."""
+        since the last chunk, one segment of an audit, or a few update steps."""
         started = time.perf_counter()
         kind = self._run_chunk()
         # Lag counts from the last progress: overdue work gets one forced chunk per max_lag.
@@ -372,8 +379,8 @@ class OnlineLearner:
             while self._served_groups:
                 self._observe(*self._served_groups.popleft())
             return "observe"
-        if self._audits:
-            self._audit_group()
+        if self._audit_run is not None or self._audits:
+            self._audit_step()
             return "audit"
         if self._update is not None:
             scheduled, shifts, trained, steps = self._update
@@ -385,17 +392,26 @@ class OnlineLearner:
             return "update"
         return "idle"
 
-    def _audit_group(self) -> None:
-        batch = [self._audits.popleft()
-                 for _ in range(min(len(self._audits), self.settings.audit_group,
-                                    self.router.max_group))]
-        images = np.stack([b[0] for b in batch])
+    def _audit_step(self) -> None:
+        """Runs one segment of the audit in progress (first taking the next audit group);
+        the last segment's answers label the group."""
+        if self._audit_run is None:
+            batch = [self._audits.popleft()
+                     for _ in range(min(len(self._audits), self.settings.audit_group,
+                                        self.router.max_group))]
+            # The plain network's answer is the label: no lookups (the tapped program with
+            # every threshold at +inf cost an audit 4.5 ms, the plain network 3).
+            self._audit_run = (batch, self.audit_network.run(np.stack([b[0] for b in batch])))
+        batch, steps = self._audit_run
+        try:
+            next(steps)
+            return
+        except StopIteration as done:
+            labels = done.value
+        self._audit_run = None
         exits = np.array([b[1] for b in batch])
         holdout = np.array([b[2] for b in batch])
         tapped = jax.tree.map(lambda *rows: np.stack(rows), *[b[3] for b in batch])
-        # The plain network's answer is the label: the same compiled network, no lookups
-        # (the tapped program with every threshold at +inf cost an audit 4.5 ms, this 3).
-        labels = self.plain.route((), np.zeros(0, np.float32), images).answer
         self.audited += len(batch)
         # Labelled now: the same bookkeeping as a sampled request that ran to the end, over
         # the positions each request passed when it was served (its cache inputs, answers
@@ -450,7 +466,7 @@ class OnlineLearner:
                 "guard_events": [dataclasses.asdict(e) for e in self.guard.events],
                 "window_bytes": [w.nbytes for w in self.windows],
                 "trace_count": (self.router.trace_count + self.untapped.trace_count
-                                + self.plain.trace_count),
+                                + self.audit_network.trace_count),
                 "chunk_ms_p50": 1e3 * float(np.percentile(self.chunk_seconds, 50))
                 if self.chunk_seconds else 0.0,
                 "chunk_ms_max": 1e3 * max(self.chunk_seconds, default=0.0),
