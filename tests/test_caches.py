@@ -194,3 +194,17 @@ def test_frontier_keeps_only_undominated_candidates():
     assert [c.metrics["on_frontier"] for c in cands] == [True, False, True, False, True]
     bank = CacheBank(3, 16, cands, {})
     assert [c.metrics["lookup_latency_s"] for c in bank.frontier(0)] == [0.5, 1.0, 2.0]
+
+
+def test_adaptive_avg_pool_uses_pytorch_bins_and_leaves_a_grid_sized_map_alone():
+    from gati_jax.caches.variants import adaptive_avg_pool
+    x = np.random.default_rng(0).normal(size=(2, 7, 5, 3)).astype(np.float32)
+    pooled = np.asarray(adaptive_avg_pool(jnp.asarray(x), 3))
+    # PyTorch's adaptive bins: [floor(i * n / k), ceil((i + 1) * n / k)), overlapping here.
+    rows, cols = [(0, 3), (2, 5), (4, 7)], [(0, 2), (1, 4), (3, 5)]
+    for i, (r0, r1) in enumerate(rows):
+        for j, (c0, c1) in enumerate(cols):
+            np.testing.assert_allclose(pooled[:, i, j], x[:, r0:r1, c0:c1].mean((1, 2)),
+                                       rtol=1e-5, atol=1e-6)
+    grid = jnp.asarray(x[:, :3, :3])
+    assert adaptive_avg_pool(grid, 3) is grid
