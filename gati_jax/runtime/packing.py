@@ -3,12 +3,12 @@
 Each array argument of a compiled call costs a dispatch of its own (measured here: 32 cache
 parameter leaves added 0.1 ms to a 1.2 ms batch-1 request), so the small leaves share one flat
 array per dtype. A slice of an argument is a copy inside the compiled program, though (XLA's
-CPU buffers cannot alias part of an argument): for a predictor's first dense kernel (128-512
-KB) that copy took as long as the lookup reading it (measured on the shipped ResNet-18's
-three-cache plan: 29, 19 and 5 us a request). So leaves of at least ``OWN_ARRAY_MIN``
-elements travel as arrays of their own and are used unsliced: the router's overhead over the
-plain network fell from +15-19% to +11-15% (side by side, three runs, each program run ten
-times in a row as a server runs one program).
+CPU buffers cannot alias part of an argument): the copies of a predictor's first dense kernel
+(128, 256 and 512 KB on the shipped ResNet-18's three-cache plan) took 5, 19 and 29 us a
+request, about as long as a whole lookup. So leaves of at least ``OWN_ARRAY_MIN`` elements
+travel as arrays of their own and are used unsliced: the router's overhead over the plain
+network fell from +15-19% to +11-15% (side by side, two processes of three rounds, each
+program run ten times in a row as a server runs one program).
 """
 
 from __future__ import annotations
