@@ -23,7 +23,8 @@ def _read(path: Path) -> Any:
 
 
 ONLINE_COLUMNS = ("workload", "speedup_vs_none", "speedup_vs_static_gati",
-                  "p99_ratio_vs_static_gati", "agreement", "static_agreement",
+                  "p99_ratio_vs_static_gati", "p99_ratio_low90", "p99_ratio_high90",
+                  "agreement", "static_agreement",
                   "min_window_agreement", "static_min_window_agreement", "hit_rate",
                   "static_hit_rate", "updates", "trained", "accepted", "rejected", "audited")
 

@@ -319,3 +319,21 @@ def test_validate_config_checks_serving():
     for key, value in [("max_group", 0), ("concurrency", 0), ("max_wait_ms", -1.0),
                        ("mode", "poisson"), ("clock", "wall")]:
         assert_config_rejects("serving", key, value)
+
+
+def test_paired_p99_ratio_interval_holds_the_ratio_and_pairs_the_rounds():
+    from gati_jax.serving.summary import paired_quantile_ratio_interval
+    rng = np.random.default_rng(0)
+    static = [rng.lognormal(0.0, 0.5, 4000) for _ in range(2)]
+    # The same requests 1.3x slower: every resample gives exactly 1.3.
+    low, high = paired_quantile_ratio_interval([1.3 * s for s in static], static)
+    assert low == pytest.approx(1.3) and high == pytest.approx(1.3)
+    # Independent noise on top: the interval holds the point ratio and is not degenerate.
+    noisy = [1.3 * s * rng.lognormal(0.0, 0.2, s.size) for s in static]
+    point = np.percentile(np.concatenate(noisy), 99) / np.percentile(np.concatenate(static), 99)
+    low, high = paired_quantile_ratio_interval(noisy, static)
+    assert low < point < high and high - low > 0.02
+    with pytest.raises(ValueError, match="paired rounds"):
+        paired_quantile_ratio_interval([static[0][:10]], [static[0][:11]])
+    with pytest.raises(ValueError, match="one latency array per round"):
+        paired_quantile_ratio_interval(static, static[:1])

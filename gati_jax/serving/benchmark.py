@@ -35,7 +35,7 @@ from gati_jax.runtime.router import Router
 from gati_jax.serving.clock import make_clock
 from gati_jax.serving.loop import serve_interleaved, serve_steps
 from gati_jax.serving.scaling import device_scaling
-from gati_jax.serving.summary import summarize, windowed
+from gati_jax.serving.summary import paired_quantile_ratio_interval, summarize, windowed
 from gati_jax.tables import format_table
 from gati_jax.training.checkpointing import load_base_model
 
@@ -202,6 +202,9 @@ def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[s
         return float(np.median([r[key] for r in results[name]]))
 
     first = results[ONLINE][0]
+    # How far the p99 ratio could move by chance: a 90% paired block-bootstrap interval.
+    low, high = paired_quantile_ratio_interval([r["latencies_ms"] for r in results[ONLINE]],
+                                               [r["latencies_ms"] for r in results["gati"]])
     figures = {
         "workload": workload_name,
         "speedup_vs_none": median("none", "mean_latency_ms") / median(ONLINE, "mean_latency_ms"),
@@ -209,6 +212,7 @@ def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[s
                                    / median(ONLINE, "mean_latency_ms")),
         "p99_ratio_vs_static_gati": (median(ONLINE, "p99_latency_ms")
                                      / median("gati", "p99_latency_ms")),
+        "p99_ratio_low90": low, "p99_ratio_high90": high,
         "agreement": first["agreement"],
         "static_agreement": results["gati"][0]["agreement"],
         "min_window_agreement": min(w["agreement"] for w in first["windows"]),

@@ -76,3 +76,33 @@ def _per_request(values: np.ndarray, name: str, n: int) -> np.ndarray:
         raise ValueError(f"{name} must have shape ({n},), one per served request, "
                          f"got {values.shape}")
     return values
+
+
+def paired_quantile_ratio_interval(latencies: Sequence[np.ndarray],
+                                   reference: Sequence[np.ndarray], quantile: float = 99.0,
+                                   level: float = 0.9, block: int = 100, draws: int = 2000,
+                                   seed: int = 0) -> tuple[float, float]:
+    """A ``level`` interval of quantile(latencies) / quantile(reference), by a paired block
+    bootstrap: both lists hold one array per round, the same stream served in the same order,
+    so blocks of ``block`` consecutive requests are resampled together for both (a burst of
+    arrivals slows both, and a p99 over one stream is a few dozen requests)."""
+    if len(latencies) != len(reference) or not latencies:
+        raise ValueError("need one latency array per round for both, as many rounds each")
+    blocks_a, blocks_b = [], []
+    for a, b in zip(latencies, reference):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+            raise ValueError(f"paired rounds must be equal, non-empty 1-D arrays, got "
+                             f"{a.shape} and {b.shape}")
+        for start in range(0, a.size, block):
+            blocks_a.append(a[start:start + block])
+            blocks_b.append(b[start:start + block])
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(draws)
+    for i in range(draws):
+        pick = rng.integers(0, len(blocks_a), len(blocks_a))
+        ratios[i] = (np.percentile(np.concatenate([blocks_a[j] for j in pick]), quantile)
+                     / np.percentile(np.concatenate([blocks_b[j] for j in pick]), quantile))
+    tail = 50 * (1 - level)
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(low), float(high)
