@@ -124,7 +124,7 @@ class Router:
         # One compiled program per packing (which leaf sits where in the flat arrays): a new
         # structure of cache parameters compiles anew, new values never do.
         self._programs: dict[Packing, Callable] = {}
-        self._last_packed: tuple[Any, Packing, tuple[jax.Array, ...], Callable] | None = None
+        self._last_packed: tuple[Any, tuple[jax.Array, ...], Callable] | None = None
 
     def _program_for(self, packing: Packing) -> Callable:
         """The jitted route for one packing, the packing closed over rather than a static
@@ -141,9 +141,10 @@ class Router:
             self._programs[packing] = program
         return program
 
-    def pack(self, cache_params: tuple[Any, ...]) -> tuple[Packing, tuple[jax.Array, ...]]:
-        """The parameters as a few flat arrays (see runtime/packing.py); the last
-        packed object is remembered, so serving the same parameters packs them once."""
+    def _packed(self, cache_params: tuple[Any, ...]) -> tuple[tuple[jax.Array, ...], Callable]:
+        """The parameters as a few flat arrays (see runtime/packing.py) and the program for
+        their packing; the last parameters are remembered, so serving the same ones packs
+        them once."""
         last = self._last_packed
         if last is not None and last[0] is cache_params:
             return last[1], last[2]
@@ -151,8 +152,9 @@ class Router:
         flats = packing.pack(cache_params)
         if self.mesh is not None:
             flats = sharding.replicate(self.mesh, flats)
-        self._last_packed = (cache_params, packing, flats, self._program_for(packing))
-        return packing, flats
+        program = self._program_for(packing)
+        self._last_packed = (cache_params, flats, program)
+        return flats, program
 
     def _route(self, packing: Packing, variables: Variables, mean: jax.Array, std: jax.Array,
                flats: tuple[jax.Array, ...], thresholds: jax.Array, images: jax.Array,
@@ -302,8 +304,7 @@ class Router:
         Returns one int32 array (3, group): answers, exit stages and hits (0/1); with taps,
         one float32 array (group, 3 + tapped values) that :meth:`route_tapped` unpacks.
         """
-        self.pack(cache_params)
-        program, flats = self._last_packed[3], self._last_packed[2]
+        flats, program = self._packed(cache_params)
         return program(*self._base_args, flats, thresholds, images, valid, base_answer)
 
     def route(self, cache_params: tuple[Any, ...], thresholds: Any, images: np.ndarray,
