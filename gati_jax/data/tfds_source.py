@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 import tqdm
+
+try:
+    import tensorflow_datasets as tfds
+except ImportError:  # A serving-only install reads IDX files and never needs TFDS.
+    tfds = None
 
 from gati_jax.data.errors import DataNotFoundError
 from gati_jax.data.registry import register_dataset
@@ -14,6 +18,9 @@ from gati_jax.data.splits import Split
 
 def read_tfds_split(name: str, split: str, data_dir: str, label_key: str = "label") -> Split:
     """Reads a whole TFDS split into memory through `tfds.data_source` (downloads if allowed)."""
+    if tfds is None:
+        raise ImportError(f"reading {name}[{split}] needs tensorflow-datasets, which is not "
+                          f"installed: `pip install tensorflow-datasets array_record`")
     source = tfds.data_source(name, split=split, data_dir=data_dir or None)
     n = len(source)
     images, labels = None, np.empty((n,), np.int32)

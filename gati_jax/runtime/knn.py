@@ -80,7 +80,10 @@ def nearest(store: dict[str, jax.Array], query: jax.Array,
             neighbours: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """For query keys: the largest squared distance among the ``neighbours`` nearest valid
     entries, the nearest entry's answer, and whether those entries all agree."""
-    d2 = (jnp.sum(query ** 2, -1, keepdims=True) - 2 * query @ store["keys"].T
+    # Full float32 products: the expanded form cancels, and the GPU's default (TF32, about 10
+    # mantissa bits) left an exact match a distance of 1e-3 of its norm away, a miss.
+    cross = jnp.matmul(query, store["keys"].T, precision=jax.lax.Precision.HIGHEST)
+    d2 = (jnp.sum(query ** 2, -1, keepdims=True) - 2 * cross
           + jnp.sum(store["keys"] ** 2, -1)[None])
     # The expanded form can dip below zero by rounding for an exact match.
     d2 = jnp.where(store["valid"][None], jnp.maximum(d2, 0.0), jnp.inf)
