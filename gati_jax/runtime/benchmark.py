@@ -22,6 +22,8 @@ from gati_jax.planner.profiles import (marginal_cost, measure_lookups, measure_p
 from gati_jax.profiling import measure_interleaved, stage_latencies
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
+from gati_jax.serving.clock import VirtualClock
+from gati_jax.serving.loop import serve_interleaved, serve_steps
 
 NEVER, ALWAYS = 2.0, -1.0  # selector scores lie in [0, 1]
 
@@ -135,22 +137,7 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
                                                  images, group_sizes, repeats)
 
     # Batch 1 over a stream of distinct test images at the calibrated 99% thresholds.
-    plain_total = gati_total = 0.0
-    exits = []
-    for image in images:
-        batch = jnp.asarray(image[None])
-        timed = measure_interleaved(
-            {"plain": lambda b=batch: plain(b),
-             "gati": compiled_call(router, dep.params, calibrated, batch)},
-            repeats=5, warmup=1)
-        plain_total += timed["plain"]
-        gati_total += timed["gati"]
-        exits.append(int(compiled_call(router, dep.params, calibrated, batch)()[1][0]))
-    out["stream_batch1"] = {"requests": len(images),
-                            "plain_mean_ms": 1e3 * plain_total / len(images),
-                            "gati99_mean_ms": 1e3 * gati_total / len(images),
-                            "speedup": plain_total / gati_total,
-                            "exit_histogram": {str(p): exits.count(p) for p in sorted(set(exits))}}
+    out["stream_batch1"], out["serving_path"] = _stream_rows(model, plain, dep, router, images)
     return out
 
 
@@ -160,6 +147,52 @@ def compiled_call(router: Router, params: Any, thresholds: Any, batch: jax.Array
     base = jnp.zeros(len(batch), jnp.int32)
     thr = jnp.asarray(thresholds, jnp.float32)
     return lambda: router.compiled(params, thr, batch, valid, base)
+
+
+def _stream_rows(model: BaseModel, plain: Any, dep: Deployment, router: Router,
+                 images: np.ndarray) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Batch 1 over distinct test images: the compiled programs on device-resident images
+    (plain network, router at the deployment's thresholds) and, for the router with no cache
+    (policy none) and with these caches, what the serving path adds: ``route`` from a host
+    image (checks, padding, host-device transfers) and the serving loop around it."""
+    none = Router(model, (), (), max_group=1)
+    thresholds = np.asarray(dep.thresholds, np.float32)
+    routes = {"none": lambda h: none.route((), (), h),
+              "gati": lambda h: router.route(dep.params, thresholds, h)}
+    totals: dict[str, float] = {}
+    exits = []
+    for image in images:
+        host = image[None]
+        batch = jnp.asarray(host)
+        calls = {"plain": lambda b=batch: plain(b),
+                 "none compiled": compiled_call(none, (), (), batch),
+                 "gati compiled": compiled_call(router, dep.params, thresholds, batch),
+                 **{f"{name} route": lambda h=host, r=route: r(h)
+                    for name, route in routes.items()}}
+        for name, seconds in measure_interleaved(calls, repeats=5, warmup=1).items():
+            totals[name] = totals.get(name, 0.0) + seconds
+        exits.append(int(routes["gati"](host).exit_stage[0]))
+    # The serving loop over the same stream, one request at a time with no queueing (arrivals
+    # a second apart on a virtual clock): its compute is route() plus the loop's own work.
+    arrivals = np.arange(len(images), dtype=np.float64)
+    served = serve_interleaved({
+        name: serve_steps(lambda x, index, r=route: r(x), images, arrivals=arrivals,
+                          max_group=1, max_wait_s=0.0, clock=VirtualClock(), progress=False)
+        for name, route in routes.items()})
+    n = len(images)
+    stream = {"requests": n, "plain_mean_ms": 1e3 * totals["plain"] / n,
+              "gati99_mean_ms": 1e3 * totals["gati compiled"] / n,
+              "speedup": totals["plain"] / totals["gati compiled"],
+              "exit_histogram": {str(p): exits.count(p) for p in sorted(set(exits))}}
+    path = []
+    for name in routes:
+        compiled_s, route_s = totals[f"{name} compiled"] / n, totals[f"{name} route"] / n
+        served_s = float(np.mean(served[name].compute))
+        path.append({"policy": name, "compiled_ms": 1e3 * compiled_s, "route_ms": 1e3 * route_s,
+                     "served_ms": 1e3 * served_s, "route/compiled": route_s / compiled_s,
+                     "served/compiled": served_s / compiled_s,
+                     "served_vs_none": (float(np.mean(served["none"].compute)) / served_s)})
+    return stream, path
 
 
 def _group_rows(model: BaseModel, plain: Any, dep: Deployment, router: Router,
