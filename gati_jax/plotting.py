@@ -194,3 +194,40 @@ def plot_hit_rate_over_time(windows: dict[str, dict[str, Sequence[dict[str, Any]
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def plot_segment_headroom(result: dict[str, Sequence[dict[str, Any]]], target: float,
+                          path: str | os.PathLike) -> None:
+    """The bounds of gati_jax/online/headroom.py: per cache and hot-class set, hit rate and hit
+    agreement of the static, recalibrated and fine-tuned cache; per hot-class set, the speedup
+    of each cascade over the plain network."""
+    rows, cascade = result["caches"], result["cascade"]
+    kinds = ("static", "recalibrated", "tuned")
+    names = [f"p{r['position']}\n{{{r['hot']}}}" for r in rows]
+    x = np.arange(len(rows))
+    fig, (ax_rate, ax_agree, ax_speed) = plt.subplots(
+        3, 1, figsize=(max(7, 0.7 * len(rows)), 9),
+        gridspec_kw={"height_ratios": (1, 1, 0.8)})
+    for offset, kind in zip((-0.27, 0.0, 0.27), kinds):
+        ax_rate.bar(x + offset, [r[f"{kind}_hit_rate"] for r in rows], 0.27, label=kind)
+        ax_agree.bar(x + offset, [r[f"{kind}_agreement"] for r in rows], 0.27, label=kind)
+    ax_agree.axhline(target, color="k", ls="--", lw=1, label=f"target {target:g}")
+    ax_rate.set_ylabel("hit rate (cache alone)")
+    ax_agree.set_ylabel("agreement of its hits")
+    ax_agree.set_ylim(min(0.85, min(r["static_agreement"] for r in rows) - 0.01), 1.001)
+    for ax in (ax_rate, ax_agree):
+        ax.set_xticks(x, names, fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    ax_rate.legend(fontsize=8)
+    hot_sets = list(dict.fromkeys(r["hot"] for r in cascade))
+    xs = np.arange(len(hot_sets))
+    key = "speedup" if "speedup" in cascade[0] else "agreement"
+    for offset, kind in zip((-0.27, 0.0, 0.27), kinds):
+        values = {r["hot"]: r[key] for r in cascade if r["caches"] == kind}
+        ax_speed.bar(xs + offset, [values[h] for h in hot_sets], 0.27, label=kind)
+    ax_speed.set_xticks(xs, [f"{{{h}}}" for h in hot_sets])
+    ax_speed.set_xlabel("hot classes of the segment")
+    ax_speed.set_ylabel("cascade speedup over plain" if key == "speedup" else
+                        "cascade agreement")
+    ax_speed.grid(alpha=0.3, axis="y")
+    _save(fig, path)

@@ -100,6 +100,12 @@ def _group_fns(head: CacheHead, learning_rate: float) -> dict[str, Callable]:
             "score": jax.jit(score), "loss": jax.jit(loss_fn)}
 
 
+def cache_functions(head: CacheHead, learning_rate: float) -> dict[str, Callable]:
+    """The compiled functions the online trainer runs for caches of ``head``'s type: ``init``
+    and ``steps`` (vmapped over a leading cache axis), ``score`` and ``loss`` (one cache)."""
+    return _group_fns(head, learning_rate)
+
+
 MIN_CALIBRATION_HITS = 10
 
 
