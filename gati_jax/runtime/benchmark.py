@@ -130,7 +130,6 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     out["forced_exits"] = rows
     out["stage_latency_ms"] = [1e3 * s for s in stage_s]
 
-    calibrated = dep.thresholds
     out["group_sizes"] = _group_rows(model, plain, dep, router, images, group_sizes, repeats)
     if planned is not None and planned.positions:
         out["group_sizes_planned"] = _group_rows(model, plain, planned, routers["planned"][1],
