@@ -74,3 +74,9 @@ def test_headroom_rejects_what_it_cannot_bound(base):  # noqa: F811
         segment_headroom(model, _deployment(network), images, labels[:5], [(0,)], SETTINGS)
     with pytest.raises(ValueError, match="fewer than train"):
         segment_headroom(model, _deployment(network), images, labels, [(0,)], SETTINGS)
+    with pytest.raises(ValueError, match=r"hot classes \(0, 7\)"):
+        segment_headroom(model, _deployment(network), images, labels, [(0, 7)], SETTINGS)
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        HeadroomSettings(steps=-1)
+    with pytest.raises(ValueError, match="target"):
+        HeadroomSettings(target=1.0)

@@ -47,6 +47,16 @@ class HeadroomSettings:
     confidence: float = 0.9   # calibration on the Wilson lower bound, as the deployed caches
     seed: int = 0
 
+    def __post_init__(self):
+        for name in ("train", "calibrate", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"headroom {name} must be >= 1, got {getattr(self, name)}")
+        if self.steps < 0:
+            raise ValueError(f"headroom steps must be >= 0, got {self.steps}")
+        if not 0 < self.target < 1 or not 0 <= self.confidence < 1:
+            raise ValueError(f"headroom target must lie in (0, 1) and confidence in [0, 1), got "
+                             f"{self.target} and {self.confidence}")
+
 
 def cache_inputs(model: BaseModel, deployment: Deployment, images: np.ndarray,
                  batch_size: int = 500) -> list[np.ndarray]:
@@ -106,6 +116,11 @@ def segment_headroom(model: BaseModel, deployment: Deployment, images: np.ndarra
     labels = np.asarray(labels)
     if labels.shape != (len(images),):
         raise ValueError(f"labels have shape {labels.shape}, expected ({len(images)},)")
+    classes = model.network.num_classes
+    for hot in hot_sets:
+        if not hot or any(not 0 <= int(c) < classes for c in hot):
+            raise ValueError(f"hot classes {tuple(hot)} must be a non-empty set of classes in "
+                             f"[0, {classes})")
     base = np.argmax(predict_logits(model, images), -1)
     inputs = cache_inputs(model, deployment, images)
     s = settings
