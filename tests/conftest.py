@@ -76,6 +76,20 @@ def assert_config_rejects(section: str, key: str, value) -> None:
         validate_config(config)
 
 
+# The tiny staged network of the router tests (and of every test that routes through one).
+ROUTER_SHAPE = (6, 6, 1)
+ROUTER_CLASSES = 4
+
+
+@pytest.fixture(scope="module")
+def base():
+    """A tiny staged MLP (four hidden stages) and its initial variables."""
+    from gati_jax.models import build_network
+    config = ml_collections.ConfigDict(dict(name="mlp", width=1, hidden_sizes=(24, 16, 12, 8)))
+    network = build_network(config, ROUTER_SHAPE, ROUTER_CLASSES)
+    return network, network.init(jax.random.key(0))
+
+
 @pytest.fixture
 def tiny() -> ml_collections.ConfigDict:
     """A fresh tiny training config."""

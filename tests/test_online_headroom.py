@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_router import (CLASSES, _base_answers, _caches, _images, _model,  # noqa: F401
-                         base)
+from test_router import CLASSES, _base_answers, _caches, _images, _model
 
 from gati_jax.caches import CacheBank, Candidate
 from gati_jax.online.headroom import HeadroomSettings, exit_costs, segment_headroom
@@ -27,7 +26,7 @@ def _deployment(network, policy="gati"):
     return deploy(bank, cands, policy, thresholds)
 
 
-def test_static_cascade_exits_where_the_router_does_and_costs_add_up(base):  # noqa: F811
+def test_static_cascade_exits_where_the_router_does_and_costs_add_up(base):
     network, variables = base
     model, dep = _model(network, variables), _deployment(network)
     images = _images(160, seed=5)
@@ -56,14 +55,14 @@ def test_static_cascade_exits_where_the_router_does_and_costs_add_up(base):  # n
         assert row["speedup"] == pytest.approx(1.0 / row["mean_cost"])
 
 
-def test_exit_costs_rank_early_exits_cheaper_than_the_full_run(base):  # noqa: F811
+def test_exit_costs_rank_early_exits_cheaper_than_the_full_run(base):
     network, variables = base
     costs = exit_costs(_model(network, variables), _deployment(network), repeats=5)
     assert set(costs) == {"0", "2", "full"}
     assert all(np.isfinite(c) and c > 0 for c in costs.values())
 
 
-def test_headroom_rejects_what_it_cannot_bound(base):  # noqa: F811
+def test_headroom_rejects_what_it_cannot_bound(base):
     network, variables = base
     model = _model(network, variables)
     images, labels = _images(40), np.arange(40) % CLASSES

@@ -5,28 +5,19 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
-from conftest import fc_caches
+from conftest import ROUTER_CLASSES, ROUTER_SHAPE, fc_caches
 
-from gati_jax.models import StagedNetwork, build_network
+from gati_jax.models import StagedNetwork
 from gati_jax.models.mlp import DenseStage
 from gati_jax.models.resnet import Head
 from gati_jax.inference import BaseModel
 from gati_jax.runtime import ReferenceRouter, Router, bucket_sizes, policy_builder
 from gati_jax.runtime.packing import Packing
 
-SHAPE = (6, 6, 1)
-CLASSES = 4
+SHAPE, CLASSES = ROUTER_SHAPE, ROUTER_CLASSES  # the `base` fixture's network (conftest.py)
 MEAN, STD = np.array([0.5], np.float32), np.array([0.25], np.float32)
-
-
-@pytest.fixture(scope="module")
-def base():
-    config = ml_collections.ConfigDict(dict(name="mlp", width=1, hidden_sizes=(24, 16, 12, 8)))
-    network = build_network(config, SHAPE, CLASSES)
-    return network, network.init(jax.random.key(0))
 
 
 def _model(network, variables):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from test_router import CLASSES, _caches, _images, _model, base  # noqa: F401 (fixture)
+from test_router import CLASSES, _caches, _images, _model
 
 from gati_jax.caches import CacheBank, Candidate
 from gati_jax.runtime import deploy
@@ -23,7 +23,7 @@ def _numbers(tree):
         yield tree
 
 
-def test_router_benchmark_reports_every_figure(base):  # noqa: F811 (fixture)
+def test_router_benchmark_reports_every_figure(base):
     network, variables = base
     model = _model(network, variables)
     positions = (0, 1, 2)
