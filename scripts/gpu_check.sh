@@ -3,6 +3,8 @@
 # the GPU as JAX's default device, the router benchmark and the long temporal online stream.
 # Usage: bash scripts/gpu_check.sh OUTDIR BANK [PLAN]   (PLAN: a main job's WORKDIR/plan)
 # Every step has a time limit, so the script ends and OUTDIR/gpu_check.log says what finished.
+# On one H200 the steps took about 10 minutes in all (replanning for the online stream alone
+# about 2): give a shorter lease a shorter outer time limit and read the log.
 set -u
 out=${1:?usage: gpu_check.sh OUTDIR BANK [PLAN]}
 bank=${2:?usage: gpu_check.sh OUTDIR BANK [PLAN]}
@@ -28,17 +30,24 @@ print(jax.devices())'"
 step gpu_tests 120 "$python" -m pytest -q -m gpu tests/test_gpu.py
 plan_flag=()
 [ -n "$plan" ] && plan_flag=(--plan "$plan")
-step bench_router 200 "$python" scripts/bench_router.py --bank "$bank" "${plan_flag[@]}" \
+step bench_router 160 "$python" scripts/bench_router.py --bank "$bank" "${plan_flag[@]}" \
     --out "$out/bench_router_gpu.json"
+# The router's fixed charge on the GPU (0.054 ms on an H200, 0.006-0.019 ms on a CPU) may be one
+# host synchronisation per lax.cond; XLA can keep conditionals on the device as CUDA-graph
+# conditional nodes when its command buffers cover them. The same benchmark with that on:
+step bench_router_device_conditionals 120 env XLA_FLAGS="${XLA_FLAGS:-} \
+    --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE" \
+    "$python" scripts/bench_router.py --bank "$bank" "${plan_flag[@]}" --repeats 100 \
+    --stream 100 --out "$out/bench_router_gpu_conditionals.json"
 if [ -n "$plan" ]; then
     # The long temporal stream needs the main job's plan beside it (its WORKDIR, one level up).
     work="$out/online_temporal"
     mkdir -p "$work"
     cp -r "$plan" "$work/plan"
     for f in plan.json profile.json; do cp "$(dirname "$plan")/$f" "$work/" 2>/dev/null; done
-    step online_temporal 150 "$python" scripts/benchmark.py --config configs/online_long.py \
+    step online_temporal 200 "$python" scripts/benchmark.py --config configs/online_long.py \
         --config.planner.confirm_rounds=1 --workdir "$work" --bank "$bank"
 fi
-step router_and_online_tests_on_gpu 90 "$python" -m pytest -q tests/test_router.py \
+step router_and_online_tests_on_gpu 150 "$python" -m pytest -q tests/test_router.py \
     tests/test_online.py
 echo "gpu_check done: $log" | tee -a "$log"
