@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_router import CLASSES, _base_answers, _caches, _images, _model
+from test_router import CLASSES, _bank, _base_answers, _images, _model
 
-from gati_jax.caches import CacheBank, Candidate
 from gati_jax.online.headroom import HeadroomSettings, exit_costs, segment_headroom
 from gati_jax.runtime import deploy
 
@@ -15,13 +14,8 @@ SETTINGS = HeadroomSettings(train=10, calibrate=20, steps=5, batch_size=4, targe
 
 
 def _deployment(network, policy="gati"):
-    positions = (0, 2)
-    _, params = _caches(network, positions)
     # Thresholds inside the untrained selectors' narrow score ranges: exits at both positions.
-    cands = [Candidate(p, "fc-d1-h8", 0, 1e-3, 1, network.activation_shapes()[p][1:],
-                       params[k], {"0.99": (0.4445, 0.4545)[k]}, {})
-             for k, p in enumerate(positions)]
-    bank = CacheBank(CLASSES, 8, cands, {"positions": list(positions)})
+    cands, bank = _bank(network, (0, 2), (0.4445, 0.4545))
     thresholds = None if policy == "gati" else (0.5, 0.5)
     return deploy(bank, cands, policy, thresholds)
 

@@ -34,6 +34,17 @@ def _caches(network, positions, seed=0):
     return list(heads), params
 
 
+def _bank(network, positions, thresholds, metrics=None):
+    """Untrained ``fc-d1-h8`` caches at ``positions`` as bank candidates, each calibrated to
+    its threshold for 99% agreement; returns (candidates, bank)."""
+    from gati_jax.caches import CacheBank, Candidate
+    _, params = _caches(network, positions)
+    cands = [Candidate(p, "fc-d1-h8", 0, 1e-3, 1, network.activation_shapes()[p][1:],
+                       params[k], {"0.99": t}, dict(metrics or {}))
+             for k, (p, t) in enumerate(zip(positions, thresholds))]
+    return cands, CacheBank(CLASSES, 8, cands, {"positions": list(positions)})
+
+
 def _images(n, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, *SHAPE), dtype=np.uint8)
 
@@ -324,14 +335,10 @@ def test_oracle_is_never_worse_on_agreement(base):
 
 
 def test_deploy_takes_calibrated_thresholds_and_checks_its_arguments(base):
-    from gati_jax.caches import CacheBank, Candidate
     from gati_jax.runtime import deploy
     network, variables = base
-    heads, params = _caches(network, (0, 2))
-    cands = [Candidate(p, "fc-d1-h8", 0, 1e-3, 1, network.activation_shapes()[p][1:],
-                       params[k], {"0.99": 0.8 + k / 10}, {})
-             for k, p in enumerate((0, 2))][::-1]  # deploy sorts them by position
-    bank = CacheBank(CLASSES, 8, cands, {})
+    cands, bank = _bank(network, (0, 2), (0.8, 0.9))
+    cands = cands[::-1]  # deploy sorts them by position
     dep = deploy(bank, cands)
     assert dep.positions == (0, 2)
     np.testing.assert_allclose(dep.thresholds, [0.8, 0.9])
@@ -347,17 +354,14 @@ def test_deploy_takes_calibrated_thresholds_and_checks_its_arguments(base):
 
 
 def test_policies_are_chosen_by_name_in_the_config(base):
-    from gati_jax.caches import CacheBank, Candidate, record_activations
+    from gati_jax.caches import record_activations
     from gati_jax.config import ConfigError, base_config, validate_config
     from gati_jax.runtime import deployment_from_config
     network, variables = base
     model = _model(network, variables)
     positions = (0, 1, 2)
-    heads, params = _caches(network, positions)
-    cands = [Candidate(p, "fc-d1-h8", 0, 1e-3, 1, network.activation_shapes()[p][1:],
-                       params[k], {"0.99": 0.6}, {"hit_rate@0.99": 0.5, "lookup_latency_s": 1.0})
-             for k, p in enumerate(positions)]
-    bank = CacheBank(CLASSES, 8, cands, {"positions": list(positions)})
+    _, bank = _bank(network, positions, (0.6,) * 3,
+                    {"hit_rate@0.99": 0.5, "lookup_latency_s": 1.0})
     images = _images(16, seed=11)
     base_answers = _base_answers(network, variables, images)
     recording = record_activations(model, images, base_answers)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from test_router import CLASSES, _caches, _images, _model
+from test_router import _bank, _images, _model
 
-from gati_jax.caches import CacheBank, Candidate
 from gati_jax.runtime import deploy
 from gati_jax.runtime.benchmark import benchmark_router
 
@@ -26,12 +25,8 @@ def _numbers(tree):
 def test_router_benchmark_reports_every_figure(base):
     network, variables = base
     model = _model(network, variables)
-    positions = (0, 1, 2)
-    _, params = _caches(network, positions)
-    cands = [Candidate(p, "fc-d1-h8", 0, 1e-3, 1, network.activation_shapes()[p][1:],
-                       params[k], {"0.99": 0.5}, {"hit_rate@0.99": 0.5, "lookup_latency_s": 1e-5})
-             for k, p in enumerate(positions)]
-    bank = CacheBank(CLASSES, 8, cands, {"positions": list(positions)})
+    cands, bank = _bank(network, (0, 1, 2), (0.5,) * 3,
+                        {"hit_rate@0.99": 0.5, "lookup_latency_s": 1e-5})
     images = _images(6, seed=4)
     result = benchmark_router(model, bank, images, sparse_positions=(1,), repeats=4,
                               group_sizes=(1, 4), planned=deploy(bank, cands[1:]))
