@@ -22,13 +22,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gati_jax import data
-from gati_jax.caches.selector import calibrate_threshold
+from gati_jax.caches.selector import calibrate_threshold, hit_statistics
 from gati_jax.inference import BaseModel, predict_logits
 from gati_jax.input_checks import check_images
 from gati_jax.online.updates import cache_functions, cache_input
 from gati_jax.planner.profiles import plain_program
 from gati_jax.profiling import measure_interleaved
-from gati_jax.runtime.benchmark import ALWAYS, NEVER, compiled_call
+from gati_jax.runtime.benchmark import compiled_call, forced_exit_thresholds
 from gati_jax.runtime.deployment import Deployment
 
 KINDS = ("static", "recalibrated", "tuned")
@@ -82,11 +82,9 @@ def exit_costs(model: BaseModel, deployment: Deployment, repeats: int = 50) -> d
     calls = {"plain": lambda: plain(one)}
     m = len(deployment.positions)
     for k, position in enumerate(list(deployment.positions) + [None]):
-        thresholds = np.full(m, NEVER, np.float32)
-        if position is not None:
-            thresholds[k] = ALWAYS
         calls["full" if position is None else str(position)] = compiled_call(
-            router, deployment.params, thresholds, one)
+            router, deployment.params, forced_exit_thresholds(m, None if position is None else k),
+            one)
     timed = measure_interleaved(calls, repeats=repeats, block=10)
     return {name: seconds / timed["plain"] for name, seconds in timed.items() if name != "plain"}
 
@@ -125,6 +123,7 @@ def segment_headroom(model: BaseModel, deployment: Deployment, images: np.ndarra
     inputs = cache_inputs(model, deployment, images)
     s = settings
     fns = [cache_functions(head, s.learning_rate) for head in deployment.heads]
+    names = [str(p) for p in deployment.positions] + ["full"]  # exit places, in order
     caches, cascade = [], []
     for hot in tqdm(hot_sets, desc="hot-class sets", leave=False):
         rng = np.random.default_rng(s.seed)
@@ -154,17 +153,15 @@ def segment_headroom(model: BaseModel, deployment: Deployment, images: np.ndarra
                     threshold = calibrate_threshold(score, answer == base[calib], s.target,
                                                     s.confidence)
                 answer, score = (np.asarray(a) for a in fns[k]["score"](params, x[test]))
-                hit = score >= threshold
-                decisions[kind].append((answer, hit))
-                row[f"{kind}_hit_rate"] = float(hit.mean())
-                row[f"{kind}_agreement"] = (float((answer[hit] == base[test][hit]).mean())
-                                            if hit.any() else 1.0)
+                decisions[kind].append((answer, score >= threshold))
+                stats = hit_statistics(score, answer == base[test], threshold)
+                row[f"{kind}_hit_rate"] = stats["hit_rate"]
+                row[f"{kind}_agreement"] = stats["hit_agreement"]
                 if kind != "recalibrated":
                     row[f"{kind}_predictor_agreement"] = float((answer == base[test]).mean())
             caches.append(row)
         for kind in KINDS:
             exit_at, served = _cascade(decisions[kind], base[test])
-            names = [str(p) for p in deployment.positions] + ["full"]
             fractions = {name: float(np.mean(exit_at == k)) for k, name in enumerate(names)}
             row = {"hot": ",".join(map(str, hot)), "caches": kind,
                    **{f"exit_{name}": f for name, f in fractions.items()},

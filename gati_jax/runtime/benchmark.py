@@ -98,9 +98,7 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     scenarios = [("no exit", None)] + [(f"exit at {p}", k) for k, p in enumerate(dep.positions)]
     programs = {}
     for label, k in scenarios:
-        thresholds = np.full(len(dep.positions), NEVER)
-        if k is not None:
-            thresholds[k] = ALWAYS
+        thresholds = forced_exit_thresholds(len(dep.positions), k)
         programs[f"router {label}"] = compiled_call(router, dep.params, thresholds, one)
         programs[f"loop {label}"] = (lambda thr=thresholds:
                                      reference.route(dep.params, thr, images[:1]))
@@ -138,6 +136,15 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     # Batch 1 over a stream of distinct test images at the calibrated 99% thresholds.
     out["stream_batch1"], out["serving_path"] = _stream_rows(model, plain, dep, router, images)
     return out
+
+
+def forced_exit_thresholds(count: int, k: int | None) -> np.ndarray:
+    """gati thresholds for ``count`` deployed caches under which every request exits at the
+    ``k``-th (None: none exits)."""
+    thresholds = np.full(count, NEVER, np.float32)
+    if k is not None:
+        thresholds[k] = ALWAYS
+    return thresholds
 
 
 def compiled_call(router: Router, params: Any, thresholds: Any, batch: jax.Array):
