@@ -16,13 +16,14 @@ from test_router import CLASSES, MEAN, SHAPE, STD, _caches, _images
 POSITIONS = (0, 1)
 
 
-def _network_on(device):
-    """A tiny staged MLP, its variables on ``device`` and that device's BaseModel."""
+def _network_on(*devices):
+    """A tiny staged MLP and, per device, a BaseModel with its variables there."""
     config = ml_collections.ConfigDict(dict(name="mlp", width=1, hidden_sizes=(24, 16, 12)))
     network = build_network(config, SHAPE, CLASSES)
     with jax.default_device(jax.devices("cpu")[0]):
         variables = network.init(jax.random.key(0))
-    return network, BaseModel(network, jax.device_put(variables, device), MEAN, STD, {})
+    return network, *(BaseModel(network, jax.device_put(variables, d), MEAN, STD, {})
+                      for d in devices)
 
 
 @pytest.mark.gpu
@@ -30,8 +31,7 @@ def _network_on(device):
                                             ("confidence", False), ("oracle", True)])
 def test_router_on_gpu_matches_the_cpu_reference(policy, compact):
     cpu, gpu = jax.devices("cpu")[0], jax.devices("gpu")[0]
-    network, cpu_model = _network_on(cpu)
-    _, gpu_model = _network_on(gpu)
+    network, cpu_model, gpu_model = _network_on(cpu, gpu)
     with jax.default_device(cpu):
         heads, params = _caches(network, POSITIONS)
     decides = tuple(policy_builder(policy)(h) for h in heads)
