@@ -3,6 +3,7 @@
 # the GPU as JAX's default device, the router benchmark and the long temporal online stream.
 # Usage: bash scripts/gpu_check.sh OUTDIR BANK [PLAN]   (PLAN: a main job's WORKDIR/plan)
 # Every step has a time limit, so the script ends and OUTDIR/gpu_check.log says what finished.
+# GPU_CHECK_STEPS (names separated by spaces, e.g. "devices bench_router") runs only those.
 # On one H200 the steps took about 10 minutes in all (replanning for the online stream alone
 # about 2): give a shorter lease a shorter outer time limit and read the log.
 set -u
@@ -18,6 +19,10 @@ log="$out/gpu_check.log"
 step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a time limit, logging its output
     local name=$1 limit=$2
     shift 2
+    if [ -n "${GPU_CHECK_STEPS:-}" ] && [[ " $GPU_CHECK_STEPS " != *" $name "* ]]; then
+        echo "=== $name: skipped (not in GPU_CHECK_STEPS) ===" | tee -a "$log"
+        return
+    fi
     echo "=== $name (limit ${limit}s) ===" | tee -a "$log"
     local start=$SECONDS
     timeout "$limit" "$@" 2>&1 | tee -a "$log"
@@ -39,7 +44,14 @@ step bench_router_device_conditionals 120 env XLA_FLAGS="${XLA_FLAGS:-} \
     --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE" \
     "$python" scripts/bench_router.py --bank "$bank" "${plan_flag[@]}" --repeats 100 \
     --stream 100 --out "$out/bench_router_gpu_conditionals.json"
-if [ -n "$plan" ]; then
+# The same, with command buffers formed around even the smallest run of commands (XLA's default
+# leaves runs of fewer than a few kernels, as between two conds, outside any graph).
+step bench_router_device_conditionals_small_graphs 120 env XLA_FLAGS="${XLA_FLAGS:-} \
+    --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE \
+    --xla_gpu_graph_min_graph_size=1" \
+    "$python" scripts/bench_router.py --bank "$bank" "${plan_flag[@]}" --repeats 100 \
+    --stream 100 --out "$out/bench_router_gpu_small_graphs.json"
+if [ -n "$plan" ] && { [ -z "${GPU_CHECK_STEPS:-}" ] || [[ " $GPU_CHECK_STEPS " == *" online_temporal "* ]]; }; then
     # The long temporal stream needs the main job's plan beside it (its WORKDIR, one level up).
     work="$out/online_temporal"
     mkdir -p "$work"

@@ -122,6 +122,22 @@ def test_new_parameters_and_thresholds_never_recompile(base):
     assert router.trace_count == 2
 
 
+def test_thresholds_changed_in_place_take_effect(base):
+    # The router keeps the last thresholds on the device and sends them again only when their
+    # values change: an array the caller edits in place must not be mistaken for the old one.
+    network, variables = base
+    heads, params = _caches(network, (0, 2))
+    router = _router(network, variables, (0, 2), heads, 4)
+    images = _images(4)
+    thresholds = np.array([2.0, 2.0], np.float32)  # scores lie in [0, 1]: nobody exits
+    assert (router.route(params, thresholds, images).exit_stage == network.num_stages - 1).all()
+    thresholds[0] = -1.0  # everybody exits at the first position
+    assert (router.route(params, thresholds, images).exit_stage == 0).all()
+    thresholds[:] = [2.0, -1.0]
+    assert (router.route(params, thresholds, images).exit_stage == 2).all()
+    assert (router.route(params, [2.0, 2.0], images).exit_stage == network.num_stages - 1).all()
+
+
 def test_packing_round_trips_whole_and_one_item_at_a_time():
     rng = np.random.default_rng(0)
     tree = ({"w": rng.normal(size=(3, 4)).astype(np.float32), "n": np.arange(5, dtype=np.int32)},

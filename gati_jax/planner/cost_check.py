@@ -75,10 +75,9 @@ def check_cost_model(model: BaseModel, deployment: Deployment, instance: Instanc
     plain = jax.jit(lambda x: network.apply(variables, data.normalize(x, mean, std)))
     router = deployment.router(model, max_group=1)
     thresholds = jnp.asarray(deployment.thresholds, jnp.float32)
-    valid, base = jnp.ones(1, bool), jnp.zeros(1, jnp.int32)
+    rows = jnp.zeros(1, jnp.int32)  # one request
     requests = [jnp.asarray(image[None]) for image in images]
-    programs = {"router": lambda x: router.compiled(deployment.params, thresholds, x, valid,
-                                                    base),
+    programs = {"router": lambda x: router.compiled(deployment.params, thresholds, x, rows),
                 "plain": plain}
     times = {name: np.zeros((repeats, n)) for name in programs}
     for fn in programs.values():  # compile and warm up

@@ -258,15 +258,15 @@ def measure_cache_cost(model: BaseModel, position: int, decide: Decide, params: 
     params = (jax.device_put(params),)
     x = jnp.zeros((group_size, *model.network.input_shape), jnp.float32)
     never = jnp.full(1, _NEVER[policy], jnp.float32)
-    valid, base = jnp.ones(group_size, bool), jnp.zeros(group_size, jnp.int32)
+    rows = jnp.zeros(group_size, jnp.int32)  # every row a request
     plain = plain_program(model)
     fns = {"plain": lambda: plain(x),
-           "router": lambda: router.compiled(params, never, x, valid, base)}
+           "router": lambda: router.compiled(params, never, x, rows)}
     if policy in _ALWAYS:
         always = jnp.full(1, _ALWAYS[policy], jnp.float32)
         prefix = prefix_program(model, position)
         fns["prefix"] = lambda: prefix(x)
-        fns["exit"] = lambda: router.compiled(params, always, x, valid, base)
+        fns["exit"] = lambda: router.compiled(params, always, x, rows)
     timed = measure_interleaved(fns, max(repeats // _BLOCK, 3), block=_BLOCK)
     # Noise can make a difference slightly negative for the cheapest lookups.
     exit_s = max(timed["exit"] - timed["prefix"], 0.0) if "exit" in timed else None
@@ -327,16 +327,16 @@ def measure_router_charge(model: BaseModel, lookups: dict[str, tuple[int, Decide
     params = tuple(jax.device_put(lookups[k][2]) for k in keys)
     never = jnp.asarray([_NEVER[lookups[k][3]] for k in keys], jnp.float32)
     x = jnp.zeros((group_size, *model.network.input_shape), jnp.float32)
-    valid, base = jnp.ones(group_size, bool), jnp.zeros(group_size, jnp.int32)
+    rows = jnp.zeros(group_size, jnp.int32)  # every row a request
     plain = plain_program(model)
     fns = {"plain": lambda: plain(x),
-           "router": lambda: router.compiled(params, never, x, valid, base)}
+           "router": lambda: router.compiled(params, never, x, rows)}
     head, policy = keys[0], lookups[keys[0]][3]
     if exit_s is not None and head in exit_s and policy in _ALWAYS:
         leave = never.at[0].set(_ALWAYS[policy])
         prefix = prefix_program(model, positions[0])
         fns["prefix"] = lambda: prefix(x)
-        fns["exit"] = lambda: router.compiled(params, leave, x, valid, base)
+        fns["exit"] = lambda: router.compiled(params, leave, x, rows)
     # One measurement stands for every plan: three times a lookup's repeats.
     timed = measure_interleaved(fns, max(3 * repeats // _BLOCK, 3), block=_BLOCK)
     scale = 1.0 if plain_s is None else plain_s / timed["plain"]

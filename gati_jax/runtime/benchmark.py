@@ -149,10 +149,9 @@ def forced_exit_thresholds(count: int, k: int | None) -> np.ndarray:
 
 def compiled_call(router: Router, params: Any, thresholds: Any, batch: jax.Array):
     """A zero-argument call of the router's compiled program on a prepared batch."""
-    valid = jnp.ones(len(batch), bool)
-    base = jnp.zeros(len(batch), jnp.int32)
+    rows = jnp.zeros(len(batch), jnp.int32)  # every row a request
     thr = jnp.asarray(thresholds, jnp.float32)
-    return lambda: router.compiled(params, thr, batch, valid, base)
+    return lambda: router.compiled(params, thr, batch, rows)
 
 
 def _stream_rows(model: BaseModel, plain: Any, dep: Deployment, router: Router,

@@ -125,6 +125,7 @@ class Router:
         # structure of cache parameters compiles anew, new values never do.
         self._programs: dict[Packing, Callable] = {}
         self._last_packed: tuple[Any, tuple[jax.Array, ...], Callable] | None = None
+        self._last_thresholds: tuple[np.ndarray, jax.Array] | None = None
 
     def _program_for(self, packing: Packing) -> Callable:
         """The jitted route for one packing, the packing closed over rather than a static
@@ -158,8 +159,9 @@ class Router:
 
     def _route(self, packing: Packing, variables: Variables, mean: jax.Array, std: jax.Array,
                flats: tuple[jax.Array, ...], thresholds: jax.Array, images: jax.Array,
-               valid: jax.Array, base_answer: jax.Array):
+               rows: jax.Array):
         self.trace_count += 1  # runs only while tracing: counts compilations
+        valid, base_answer = rows >= 0, jnp.maximum(rows, 0)
         cache_params = _PackedItems(packing, flats)
         network, positions = self.network, self.positions
         starts, ends = self._segment_bounds()
@@ -298,14 +300,17 @@ class Router:
         raise ValueError(f"group of {n} exceeds max_group={self.max_group}")
 
     def compiled(self, cache_params: tuple[Any, ...], thresholds: jax.Array, images: jax.Array,
-                 valid: jax.Array, base_answer: jax.Array):
+                 rows: jax.Array):
         """The compiled program on prepared (padded) arguments: the benchmark's entry.
 
+        ``rows`` (int32, one per row of ``images``) is -1 for a padding row and otherwise the
+        base network's answer (read by the oracle only; any class, e.g. 0, for the others):
+        one small array to send instead of a validity mask and the answers (see :meth:`_call`).
         Returns one int32 array (3, group): answers, exit stages and hits (0/1); with taps,
         one float32 array (group, 3 + tapped values) that :meth:`route_tapped` unpacks.
         """
         flats, program = self._packed(cache_params)
-        return program(*self._base_args, flats, thresholds, images, valid, base_answer)
+        return program(*self._base_args, flats, thresholds, images, rows)
 
     def route(self, cache_params: tuple[Any, ...], thresholds: Any, images: np.ndarray,
               base_answer: np.ndarray | None = None) -> RouteResult:
@@ -342,15 +347,29 @@ class Router:
         size = self.bucket_for(n)
         padded = np.zeros((size, *images.shape[1:]), images.dtype)
         padded[:n] = images
-        valid = np.arange(size) < n
-        base = np.zeros(size, np.int32)
-        if base_answer is not None:
-            base[:n] = base_answer
-        # numpy, not jnp: a jnp conversion here would be one more dispatch per request.
-        thresholds = np.asarray(thresholds, np.float32).reshape(len(self.positions))
+        rows = np.full(size, -1, np.int32)
+        rows[:n] = 0 if base_answer is None else base_answer
+        thresholds = self._device_thresholds(thresholds)
         if self.mesh is not None:
             # Rows over the data axis; the compiled program is the same, jit partitions it.
-            padded, valid, base = (sharding.shard_batch(self.mesh, a)
-                                   for a in (padded, valid, base))
-            thresholds = sharding.replicate(self.mesh, thresholds)
-        return np.asarray(self.compiled(cache_params, thresholds, padded, valid, base))
+            padded, rows = (sharding.shard_batch(self.mesh, a) for a in (padded, rows))
+        # Two host arrays go to the device per group (images, rows), the thresholds only when
+        # they change, and the answer's copy back is queued behind the program at once rather
+        # than after the host sees it finish. On an H200 at batch 1 (route() 1.9-2.3x the
+        # compiled program): each further argument sent from the host cost 0.03-0.04 ms, the
+        # early copy saved 0.07 ms; the image's transfer (~0.2 ms) and the answer's (~0.15 ms)
+        # are what is left, the GPU runtime's latency per transfer.
+        out = self.compiled(cache_params, thresholds, padded, rows)
+        out.copy_to_host_async()
+        return np.asarray(out)
+
+    def _device_thresholds(self, thresholds: Any) -> jax.Array:
+        """The thresholds as a device array, sent again only when their values change."""
+        host = np.asarray(thresholds, np.float32).reshape(len(self.positions))
+        last = self._last_thresholds
+        if last is not None and np.array_equal(last[0], host):
+            return last[1]
+        device = (jax.device_put(host) if self.mesh is None
+                  else sharding.replicate(self.mesh, host))
+        self._last_thresholds = (host.copy(), device)
+        return device
