@@ -208,6 +208,14 @@ def base_config() -> ml_collections.ConfigDict:
     # the static caches (tapping cost a request 5-8% at batch 1; measured on the long
     # stream: gati-online's compute 1.19-1.20x the static caches' at 1.0, 1.11-1.15x at 0.3).
     config.online.tap_fraction = 0.3
+    # True: the groups not learnt from run the tapped program too (their taps dropped), so
+    # serving keeps one program hot instead of switching between two that evict each other's
+    # weights; False: they run the static caches' untapped program. Measured on the long
+    # temporal stream (two runs each, alternating): gati-online's mean latency 1.15-1.17x the
+    # static caches' with one program, 1.19-1.20x with two, its p99 unchanged (2.68-2.74 ms
+    # both ways); each tapped request costs ~5% more warm, and with one program every request
+    # pays it. Too small a gain to change the default.
+    config.online.single_program = False
     # Audited requests per background chunk: bigger groups are cheaper per request, but a
     # request arriving meanwhile waits for the whole group (full network, batch 1: ~3 ms).
     config.online.audit_group = 1

@@ -102,11 +102,13 @@ def test_benchmark_rows_are_consistent(explored):
             online = details["online"][workload]
             assert online["speedup_vs_static_gati"] == pytest.approx(
                 mine["gati"]["mean_latency_ms"] / mine["gati-online"]["mean_latency_ms"])
-            # One program per bucket for the tapped and the untapped router, one per audit
-            # segment and audit group size; all compiled in the warm-up, never again.
+            # One program per bucket for the tapped router (and the untapped one, unless
+            # online.single_program), one per audit segment and audit group size; all
+            # compiled in the warm-up, never again.
             group = int(config.serving.max_group)
+            routers = 1 if config.online.single_program else 2
             assert online["trace_count"] == (
-                2 * len(bucket_sizes(group))
+                routers * len(bucket_sizes(group))
                 + config.online.audit_segments * min(config.online.audit_group, group))
         none = mine["none"]
         assert none["agreement"] == 1.0 and none["hit_rate"] == 0.0

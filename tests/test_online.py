@@ -202,9 +202,14 @@ def test_serving_with_updates_swaps_parameters_without_recompiling(model):
     np.testing.assert_array_equal(result.answer[miss], full.argmax(-1)[miss])
 
 
-def test_untapped_groups_serve_the_same_answers_and_only_tapped_ones_teach(model):
+@pytest.mark.parametrize("single_program", [False, True])
+def test_untapped_groups_serve_the_same_answers_and_only_tapped_ones_teach(model,
+                                                                          single_program):
     learner = OnlineLearner(model, _deployment(model, (0.6, 0.6)),
-                            _settings(tap_fraction=0.5, audit_fraction=0.0), max_group=8)
+                            _settings(tap_fraction=0.5, audit_fraction=0.0,
+                                      single_program=single_program), max_group=8)
+    # With one program, the groups nobody learns from run the tapped one too.
+    assert (learner.untapped is None) == single_program
     learner.warm_up()
     compiled = learner.summary()["trace_count"]
     tapped_misses = 0
@@ -220,7 +225,10 @@ def test_untapped_groups_serve_the_same_answers_and_only_tapped_ones_teach(model
     assert 0 < tapped_misses
     for window in learner.windows:  # every miss reached both positions; nobody else teaches
         assert window.train.count + window.holdout.count == tapped_misses
-    assert learner.summary()["trace_count"] == compiled  # both programs were compiled ahead
+    assert learner.summary()["trace_count"] == compiled  # every program was compiled ahead
+    programs = learner.router.trace_count + (0 if single_program else
+                                             learner.untapped.trace_count)
+    assert programs == (1 if single_program else 2) * len(learner.router.buckets)
 
 
 @pytest.mark.parametrize("segments", [1, 3])

@@ -58,6 +58,7 @@ class OnlineSettings:
     max_backoff: int = 1
     audit_fraction: float = 0.05
     tap_fraction: float = 1.0
+    single_program: bool = False
     alarm_audit_fraction: float = 0.0
     alarm_suspends: bool = False
     audit_group: int = 2
@@ -134,9 +135,12 @@ class OnlineLearner:
         self.router = Router(model, deployment.positions, decides, max_group, taps=taps,
                              mesh=mesh)
         # Groups nobody learns from: the program static serving runs, taking the same
-        # parameters and thresholds.
-        self.untapped = Router(model, deployment.positions, deployment.decides(), max_group,
-                               mesh=mesh)
+        # parameters and thresholds; with ``single_program`` they too run the tapped program
+        # and their taps are dropped (one program's weights stay in the caches instead of
+        # two programs' evicting each other).
+        self.untapped = (None if settings.single_program or settings.tap_fraction >= 1 else
+                         Router(model, deployment.positions, deployment.decides(), max_group,
+                                mesh=mesh))
         # The audits' labels: the plain network, in segments that background chunks run one
         # at a time (see runtime/segments.py).
         self.audit_network = SegmentedNetwork(model, settings.audit_segments)
@@ -231,7 +235,7 @@ class OnlineLearner:
             # a first audit took 100 ms), so it must not be a served request's.
             zeros = np.zeros((size, *network.input_shape), np.uint8)
             self.router.route_tapped(self.params, never, zeros)
-            if self.settings.tap_fraction < 1:
+            if self.untapped is not None:
                 self.untapped.route(self.params, never, zeros)
         for size in range(1, min(self.settings.audit_group, size_cap) + 1):
             # Audit groups are not padded: every size they come in.
@@ -262,6 +266,9 @@ class OnlineLearner:
         if self._tap_rng.random() < tap:
             result, tapped = self.router.route_tapped(self.params, self.thresholds(), images)
             self.tapped_groups += 1
+        elif self.untapped is None:
+            result = self.router.route_tapped(self.params, self.thresholds(), images)[0]
+            tapped = None
         else:
             result, tapped = self.untapped.route(self.params, self.thresholds(), images), None
         self._served_groups.append((images, result, tapped, audit / tap))
@@ -465,7 +472,8 @@ class OnlineLearner:
                                    self.shift.exceeded / self.shift.seen),
                 "guard_events": [dataclasses.asdict(e) for e in self.guard.events],
                 "window_bytes": [w.nbytes for w in self.windows],
-                "trace_count": (self.router.trace_count + self.untapped.trace_count
+                "trace_count": (self.router.trace_count
+                                + (0 if self.untapped is None else self.untapped.trace_count)
                                 + self.audit_network.trace_count),
                 "chunk_ms_p50": 1e3 * float(np.percentile(self.chunk_seconds, 50))
                 if self.chunk_seconds else 0.0,
