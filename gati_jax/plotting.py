@@ -94,7 +94,8 @@ def plot_router_benchmark(result: dict[str, Any], path: str | os.PathLike) -> No
     right.legend(fontsize=8)
     for key, label in (("router_ms", "compiled router"), ("loop_ms", "Python-loop reference"),
                        ("stage_sum_model_ms", "sum of separately compiled stages"),
-                       ("profile_model_ms", "planner's profile (in-router costs)")):
+                       ("profile_model_ms", "planner's profile (in-router costs)"),
+                       ("same_round_model_ms", "same, stages timed in these rounds")):
         ax.plot(x, [r[key] for r in rows], "o-", label=label)
     ax.axhline(result["plain_network_ms"], color="gray", ls="--", label="plain network")
     ax.set_xticks(list(x), labels)

@@ -47,6 +47,11 @@ def test_router_benchmark_reports_every_figure(base):
     assert set(path) == {"none", "gati"} and path["none"]["served_vs_none"] == 1.0
     for row in path.values():
         assert math.isclose(row["route/compiled"], row["route_ms"] / row["compiled_ms"])
+    for row in result["forced_exits"]:
+        assert math.isclose(row["router/same_round"],
+                            row["router_ms"] / row["same_round_model_ms"])
+        # The same model, its stage prefixes timed now instead of scaled from the profile.
+        assert row["same_round_model_ms"] > 0 and row["profile_model_ms"] > 0
     assert all(math.isfinite(x) for x in _numbers(result))
     assert all(r[k] > 0 for r in result["serving_path"] for k in ("compiled_ms", "route_ms",
                                                                   "served_ms"))

@@ -37,7 +37,8 @@ def run_router_benchmark(checkpoint: str, bank_dir: str, sparse_positions: tuple
           f"router charge {result['router_charge_ms']:.3f} ms + "
           f"{result.get('router_per_cache_ms', 0.0):.3f} ms per deployed cache + marginal "
           "lookups passed + the exit, brought to the speed of the plain network timed in the "
-          f"same rounds, {result.get('forced_exit_plain_ms', float('nan')):.3f} ms):")
+          f"same rounds, {result.get('forced_exit_plain_ms', float('nan')):.3f} ms; "
+          "same_round: that model with its stage prefixes timed in these rounds):")
     print(format_table(result["forced_exits"]))
     print("\ngroup sizes (best cache at every position, gati at its 99% thresholds):")
     print(format_table(result["group_sizes"]))
