@@ -53,5 +53,5 @@ def test_router_benchmark_reports_every_figure(base):
         # The same model, its stage prefixes timed now instead of scaled from the profile.
         assert row["same_round_model_ms"] > 0 and row["profile_model_ms"] > 0
     assert all(math.isfinite(x) for x in _numbers(result))
-    assert all(r[k] > 0 for r in result["serving_path"] for k in ("compiled_ms", "route_ms",
-                                                                  "served_ms"))
+    assert all(r[k] > 0 for r in result["serving_path"]
+               for k in ("compiled_ms", "fetched_ms", "sent_ms", "route_ms", "served_ms"))

@@ -50,7 +50,8 @@ def run_router_benchmark(checkpoint: str, bank_dir: str, sparse_positions: tuple
           f"{s['plain_mean_ms']:.3f} ms, router {s['gati99_mean_ms']:.3f} ms, speedup "
           f"{s['speedup']:.2f}x; exits per stage {s['exit_histogram']}")
     print("\nthe serving path on that stream (compiled: the program on an image already on the "
-          "device; route: from a host image, checks, padding and transfers included; served: "
+          "device; fetched: and its answer copied to the host; sent: and the image sent from "
+          "the host; route: route() from a host image, checks and padding included; served: "
           "the serving loop's compute per request, one at a time):")
     print(format_table(result["serving_path"]))
     return result

@@ -164,26 +164,38 @@ def compiled_call(router: Router, params: Any, thresholds: Any, batch: jax.Array
     return lambda: router.compiled(params, thr, batch, rows)
 
 
+def _fetched(call: Any) -> Any:
+    """``call`` with its answer copied back to the host, as ``Router.route`` does it."""
+    def fetched():
+        out = call()
+        out.copy_to_host_async()
+        return np.asarray(out)
+    return fetched
+
+
 def _stream_rows(model: BaseModel, plain: Any, dep: Deployment, router: Router,
                  images: np.ndarray) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Batch 1 over distinct test images: the compiled programs on device-resident images
     (plain network, router at the deployment's thresholds) and, for the router with no cache
-    (policy none) and with these caches, what the serving path adds: ``route`` from a host
-    image (checks, padding, host-device transfers) and the serving loop around it."""
+    (policy none) and with these caches, what the serving path adds, step by step: the
+    answer copied back to the host (fetched), the image sent from the host too (sent),
+    ``route`` (checks, padding, both transfers) and the serving loop around it."""
     none = Router(model, (), (), max_group=1)
     thresholds = np.asarray(dep.thresholds, np.float32)
     routes = {"none": lambda h: none.route((), (), h),
               "gati": lambda h: router.route(dep.params, thresholds, h)}
+    programs = {"none": (none, (), ()), "gati": (router, dep.params, thresholds)}
     totals: dict[str, float] = {}
     exits = []
     for image in images:
         host = image[None]
         batch = jnp.asarray(host)
-        calls = {"plain": lambda b=batch: plain(b),
-                 "none compiled": compiled_call(none, (), (), batch),
-                 "gati compiled": compiled_call(router, dep.params, thresholds, batch),
-                 **{f"{name} route": lambda h=host, r=route: r(h)
-                    for name, route in routes.items()}}
+        calls = {"plain": lambda b=batch: plain(b)}
+        for name, (r, params, thr) in programs.items():
+            calls[f"{name} compiled"] = compiled_call(r, params, thr, batch)
+            calls[f"{name} fetched"] = _fetched(compiled_call(r, params, thr, batch))
+            calls[f"{name} sent"] = _fetched(compiled_call(r, params, thr, host))
+            calls[f"{name} route"] = lambda h=host, route=routes[name]: route(h)
         for name, seconds in measure_interleaved(calls, repeats=5, warmup=1).items():
             totals[name] = totals.get(name, 0.0) + seconds
         exits.append(int(routes["gati"](host).exit_stage[0]))
@@ -203,7 +215,9 @@ def _stream_rows(model: BaseModel, plain: Any, dep: Deployment, router: Router,
     for name in routes:
         compiled_s, route_s = totals[f"{name} compiled"] / n, totals[f"{name} route"] / n
         served_s = float(np.mean(served[name].compute))
-        path.append({"policy": name, "compiled_ms": 1e3 * compiled_s, "route_ms": 1e3 * route_s,
+        path.append({"policy": name, "compiled_ms": 1e3 * compiled_s,
+                     "fetched_ms": 1e3 * totals[f"{name} fetched"] / n,
+                     "sent_ms": 1e3 * totals[f"{name} sent"] / n, "route_ms": 1e3 * route_s,
                      "served_ms": 1e3 * served_s, "route/compiled": route_s / compiled_s,
                      "served/compiled": served_s / compiled_s,
                      "served_vs_none": (float(np.mean(served["none"].compute)) / served_s)})
