@@ -137,8 +137,11 @@ def test_a_change_needs_enough_held_out_hits(model):
     impossible = dataclasses.replace(strict, min_evidence=window.holdout.y.size + 1)
     trainer.settings = impossible
     old = jax.tree.map(np.asarray, learner.params)
+    before = learner.params
     learner.schedule_update()
     learner.drain()
+    # Nothing swapped in: the very same parameters serve on, already packed on the device.
+    assert learner.params is before
     for k, verdict in enumerate(learner.updates[-1].verdicts):
         assert not verdict.accepted and not verdict.updated, verdict
         for a, b in zip(jax.tree.leaves(old[k]), jax.tree.leaves(learner.params[k])):
@@ -172,8 +175,11 @@ def test_poisoned_labels_are_rejected_and_parameters_stay(model):
     for window in learner.windows:  # training labels no cache can learn to agree with
         window.train.y[:] = rng.integers(0, CLASSES, window.train.y.shape)
     old = jax.tree.map(np.asarray, learner.params)
+    before = learner.params
     learner.schedule_update()
     learner.drain()
+    # Nothing swapped in: the very same parameters serve on, already packed on the device.
+    assert learner.params is before
     for k, verdict in enumerate(learner.updates[-1].verdicts):
         assert not verdict.updated, verdict
         assert "below the target" in verdict.reason or "kept the current" in verdict.reason
@@ -190,11 +196,16 @@ def test_serving_with_updates_swaps_parameters_without_recompiling(model):
     arrivals = np.arange(600) * 0.01
     clock = FakeClock(lambda n: 0.002 if n else 0.001)
     first = learner.params
+    prepared = []
+    prepare = learner.router.prepare
+    learner.router.prepare = lambda params: (prepared.append(params), prepare(params))
     result = serve(learner.route, images, arrivals=arrivals, max_group=8, max_wait_s=0.0,
                    clock=clock, progress=False, background=learner)
     assert learner.summary()["accepted"] >= 1
     assert learner.params is not first
     assert learner.router.trace_count == traces  # new values, no new program
+    # The swapped-in parameters were packed and sent in the background, not by a request.
+    assert any(p is learner.params for p in prepared)
     # Misses are the base network's answers, whatever the caches learned.
     full = np.asarray(model.network.apply(model.variables,
                                           data.normalize(images, model.mean, model.std)))

@@ -138,6 +138,27 @@ def test_thresholds_changed_in_place_take_effect(base):
     assert (router.route(params, [2.0, 2.0], images).exit_stage == network.num_stages - 1).all()
 
 
+def test_prepared_parameters_are_not_packed_again_by_the_next_group(base, monkeypatch):
+    network, variables = base
+    heads, params = _caches(network, (0, 2))
+    router = _router(network, variables, (0, 2), heads, 4)
+    images = _images(4)
+    router.route(params, [0.5, 0.5], images)
+    _, new_params = _caches(network, (0, 2), seed=1)
+    want = _router(network, variables, (0, 2), heads, 4).route(new_params, [0.5, 0.5], images)
+    router.prepare(new_params)
+
+    def fail(*args):
+        raise AssertionError("packed on the serving path")
+    monkeypatch.setattr(Packing, "pack", fail)
+    got = router.route(new_params, [0.5, 0.5], images)  # served from the prepared copy
+    assert router.trace_count == 1
+    with pytest.raises(AssertionError, match="packed on the serving path"):
+        router.route(params, [0.5, 0.5], images)  # the old ones are no longer held
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_packing_round_trips_whole_and_one_item_at_a_time():
     rng = np.random.default_rng(0)
     tree = ({"w": rng.normal(size=(3, 4)).astype(np.float32), "n": np.arange(5, dtype=np.int32)},
