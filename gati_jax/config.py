@@ -211,7 +211,8 @@ def base_config() -> ml_collections.ConfigDict:
     # True: the groups not learnt from run the tapped program too (their taps dropped), so
     # serving keeps one program hot instead of switching between two that evict each other's
     # weights; False: they run the static caches' untapped program. Measured on the long
-    # temporal stream (two runs each, alternating): gati-online's mean latency 1.15-1.17x the
+    # temporal stream (two runs each, alternating, before updates stopped costing the next
+    # requests a packing of the parameters): gati-online's mean latency 1.15-1.17x the
     # static caches' with one program, 1.19-1.20x with two, its p99 unchanged (2.68-2.74 ms
     # both ways); each tapped request costs ~5% more warm, and with one program every request
     # pays it. Too small a gain to change the default.
