@@ -337,3 +337,32 @@ def test_paired_p99_ratio_interval_holds_the_ratio_and_pairs_the_rounds():
         paired_quantile_ratio_interval([static[0][:10]], [static[0][:11]])
     with pytest.raises(ValueError, match="one latency array per round"):
         paired_quantile_ratio_interval(static, static[:1])
+
+
+def test_online_p99_ratio_pools_every_round_like_its_interval():
+    from gati_jax.serving.benchmark import ONLINE, online_figures
+    rng = np.random.default_rng(3)
+    online_stats = {"updates": 1, "guard_events": [], "shift_events": [], "window_bytes": [0],
+                    "update_log": []}
+
+    def rounds(latencies, online=False):
+        return [{"mean_latency_ms": float(np.mean(l)), "latencies_ms": l, "agreement": 1.0,
+                 "windows": [{"agreement": 1.0}], "hit_rate": 0.5,
+                 "p99_latency_ms": float(np.percentile(l, 99)),
+                 **({"online": online_stats} if online else {})} for l in latencies]
+    # Two rounds whose tails differ: the ratio of the rounds' median p99s is not the
+    # pooled one, and falls outside the pooled interval.
+    static = [rng.lognormal(0.0, 0.3, 2000), rng.lognormal(0.0, 0.3, 2000)]
+    slow = [static[0] * 1.1, static[1] * 1.1]
+    slow[1][:40] = 50.0  # one round with a heavy tail
+    figures = online_figures({"none": rounds(static), "gati": rounds(static),
+                              ONLINE: rounds(slow, online=True)}, "temporal")
+    pooled = (np.percentile(np.concatenate(slow), 99)
+              / np.percentile(np.concatenate(static), 99))
+    assert figures["p99_ratio_vs_static_gati"] == pytest.approx(pooled)
+    assert figures["p99_ratio_low90"] <= pooled <= figures["p99_ratio_high90"]
+    medians = (np.median([np.percentile(l, 99) for l in slow])
+               / np.median([np.percentile(l, 99) for l in static]))
+    assert abs(medians - pooled) > 0.5
+    assert figures["speedup_vs_static_gati"] == pytest.approx(
+        np.median([np.mean(l) for l in static]) / np.median([np.mean(l) for l in slow]))

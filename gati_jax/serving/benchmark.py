@@ -196,10 +196,15 @@ def benchmark_rows(workload_name: str, results: dict[str, list[dict]],
 
 def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[str, Any]:
     """gati-online against static gati and none on one workload: speedups (ratios of median
-    round means), p99 ratio, whole-stream and worst-window agreement, and what the learner did
+    round means), p99 ratio (every request of every round pooled, with its 90% interval),
+    whole-stream and worst-window agreement, and what the learner did
     (first round's updates, audits and guard switches)."""
     def median(name, key):
         return float(np.median([r[key] for r in results[name]]))
+
+    def pooled_p99(name):
+        return float(np.percentile(np.concatenate([r["latencies_ms"] for r in results[name]]),
+                                   99))
 
     first = results[ONLINE][0]
     # How far the p99 ratio could move by chance: a 90% paired block-bootstrap interval.
@@ -210,8 +215,9 @@ def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[s
         "speedup_vs_none": median("none", "mean_latency_ms") / median(ONLINE, "mean_latency_ms"),
         "speedup_vs_static_gati": (median("gati", "mean_latency_ms")
                                    / median(ONLINE, "mean_latency_ms")),
-        "p99_ratio_vs_static_gati": (median(ONLINE, "p99_latency_ms")
-                                     / median("gati", "p99_latency_ms")),
+        # Over every request of every round, as the rows' p99 and the interval's draws: a
+        # ratio of the rounds' median p99s could fall outside its own interval.
+        "p99_ratio_vs_static_gati": pooled_p99(ONLINE) / pooled_p99("gati"),
         "p99_ratio_low90": low, "p99_ratio_high90": high,
         "agreement": first["agreement"],
         "static_agreement": results["gati"][0]["agreement"],
