@@ -203,7 +203,7 @@ def plot_segment_headroom(result: dict[str, Sequence[dict[str, Any]]], target: f
     agreement of the static, recalibrated and fine-tuned cache; per hot-class set, the speedup
     of each cascade over the plain network."""
     rows, cascade = result["caches"], result["cascade"]
-    kinds = ("static", "recalibrated", "tuned")
+    kinds = list(dict.fromkeys(r["caches"] for r in cascade))  # static, recalibrated, tuned
     names = [f"p{r['position']}\n{{{r['hot']}}}" for r in rows]
     x = np.arange(len(rows))
     fig, (ax_rate, ax_agree, ax_speed) = plt.subplots(

@@ -145,14 +145,18 @@ def segment_headroom(model: BaseModel, deployment: Deployment, images: np.ndarra
                                           x[train][batches][None], base[train][batches][None])
             row = {"position": position, "hot": ",".join(map(str, hot)),
                    "test_requests": len(test)}
+            tuned = jax.tree.map(lambda v: v[0], tuned)
+            # The static and recalibrated caches share parameters: their test scores once.
+            scored = {id(p): tuple(np.asarray(a) for a in fns[k]["score"](p, x[test]))
+                      for p in (static, tuned)}
             for kind, params in (("static", static), ("recalibrated", static),
-                                 ("tuned", jax.tree.map(lambda v: v[0], tuned))):
+                                 ("tuned", tuned)):
                 threshold = float(deployment.thresholds[k])
                 if kind != "static":
                     answer, score = (np.asarray(a) for a in fns[k]["score"](params, x[calib]))
                     threshold = calibrate_threshold(score, answer == base[calib], s.target,
                                                     s.confidence)
-                answer, score = (np.asarray(a) for a in fns[k]["score"](params, x[test]))
+                answer, score = scored[id(params)]
                 decisions[kind].append((answer, score >= threshold))
                 stats = hit_statistics(score, answer == base[test], threshold)
                 row[f"{kind}_hit_rate"] = stats["hit_rate"]

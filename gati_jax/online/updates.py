@@ -68,8 +68,10 @@ def make_tapped_decide(head: CacheHead) -> Callable[..., tuple[jax.Array, jax.Ar
 
 
 @functools.lru_cache(maxsize=None)
-def _group_fns(head: CacheHead, learning_rate: float) -> dict[str, Callable]:
-    """Compiled init/steps/score functions for caches of one head type (cached per type)."""
+def cache_functions(head: CacheHead, learning_rate: float) -> dict[str, Callable]:
+    """The compiled functions the online trainer runs for caches of ``head``'s type (cached
+    per type): ``init`` and ``steps`` (vmapped over a leading cache axis), ``score`` and
+    ``loss`` (one cache)."""
     predictor, selector = Predictor(head.spec, head.num_classes), Selector(head.selector_hidden)
     tx = optax.adam(learning_rate)
 
@@ -98,12 +100,6 @@ def _group_fns(head: CacheHead, learning_rate: float) -> dict[str, Callable]:
 
     return {"init": jax.jit(jax.vmap(tx.init)), "steps": jax.jit(jax.vmap(steps)),
             "score": jax.jit(score), "loss": jax.jit(loss_fn)}
-
-
-def cache_functions(head: CacheHead, learning_rate: float) -> dict[str, Callable]:
-    """The compiled functions the online trainer runs for caches of ``head``'s type: ``init``
-    and ``steps`` (vmapped over a leading cache axis), ``score`` and ``loss`` (one cache)."""
-    return _group_fns(head, learning_rate)
 
 
 MIN_CALIBRATION_HITS = 10
@@ -154,7 +150,7 @@ class OnlineTrainer:
         self.groups = list(groups.values())
         self.opt_states: list[Any] = []
         for members in self.groups:
-            fns = _group_fns(heads[members[0]], settings.learning_rate)
+            fns = cache_functions(heads[members[0]], settings.learning_rate)
             self.opt_states.append(fns["init"](_stack([params[k] for k in members])))
 
     def update(self, params: tuple[Any, ...], windows, rng: np.random.Generator,
@@ -180,7 +176,7 @@ class OnlineTrainer:
         for g, members in enumerate(self.groups):
             if not train or s.steps == 0 or not all(ready[k] for k in members):
                 continue  # a group trains together or not at all
-            fns = _group_fns(self.heads[members[0]], s.learning_rate)
+            fns = cache_functions(self.heads[members[0]], s.learning_rate)
             stacked, opt = _stack([params[k] for k in members]), self.opt_states[g]
             # Batches drawn up front (host side): each member from its own window.
             draws = [rng.integers(0, windows[k].train.size, (s.steps, s.batch_size))
@@ -255,7 +251,7 @@ class OnlineTrainer:
         lengths = {min(s.steps_per_chunk, s.steps - start)
                    for start in range(0, s.steps, s.steps_per_chunk)}
         for g, members in enumerate(self.groups):
-            fns = _group_fns(self.heads[members[0]], s.learning_rate)
+            fns = cache_functions(self.heads[members[0]], s.learning_rate)
             stacked = _stack([params[k] for k in members])
             for length in lengths:
                 x = np.zeros((len(members), length, s.batch_size, *windows[members[0]].item_shape),
@@ -278,8 +274,8 @@ class OnlineTrainer:
         if not all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(params)):
             return Verdict(False, "non-finite parameters", float("nan"), 0.0, 0.0, len(y))
         # Scored over the whole ring (a fixed shape, one compilation), filled rows kept.
-        answer, score = _group_fns(self.heads[k], s.learning_rate)["score"](params,
-                                                                          window.holdout.x)
+        fns = cache_functions(self.heads[k], s.learning_rate)
+        answer, score = fns["score"](params, window.holdout.x)
         answer = np.asarray(answer)[:len(y)]
         score = np.asarray(score, np.float64)[:len(y)]
         if not np.all(np.isfinite(score)):
@@ -319,13 +315,15 @@ class OnlineTrainer:
 
     def score(self, k: int, params: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cache ``k``'s answers and selector scores on cache inputs ``x``."""
-        answer, score = _group_fns(self.heads[k], self.settings.learning_rate)["score"](params, x)
+        fns = cache_functions(self.heads[k], self.settings.learning_rate)
+        answer, score = fns["score"](params, x)
         return np.asarray(answer), np.asarray(score)
 
     def window_loss(self, k: int, params: Any, window) -> float:
         """The training loss of position ``k``'s cache on its whole training ring."""
         x, y = window.train.arrays()
-        return float(_group_fns(self.heads[k], self.settings.learning_rate)["loss"](params, x, y))
+        fns = cache_functions(self.heads[k], self.settings.learning_rate)
+        return float(fns["loss"](params, x, y))
 
 
 def shift_logits(params: Any, shift: np.ndarray | None) -> Any:

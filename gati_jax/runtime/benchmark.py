@@ -181,10 +181,10 @@ def _stream_rows(model: BaseModel, plain: Any, dep: Deployment, router: Router,
     answer copied back to the host (fetched), the image sent from the host too (sent),
     ``route`` (checks, padding, both transfers) and the serving loop around it."""
     none = Router(model, (), (), max_group=1)
-    thresholds = np.asarray(dep.thresholds, np.float32)
-    routes = {"none": lambda h: none.route((), (), h),
-              "gati": lambda h: router.route(dep.params, thresholds, h)}
-    programs = {"none": (none, (), ()), "gati": (router, dep.params, thresholds)}
+    programs = {"none": (none, (), ()),
+                "gati": (router, dep.params, np.asarray(dep.thresholds, np.float32))}
+    routes = {name: (lambda h, r=r, params=params, thr=thr: r.route(params, thr, h))
+              for name, (r, params, thr) in programs.items()}
     totals: dict[str, float] = {}
     exits = []
     for image in images:
