@@ -56,6 +56,19 @@ def _online_section(config: ml_collections.ConfigDict, online: dict[str, Any]) -
         + ", ".join(f"{w} {n}" for w, n in shifts.items()) + ".", ""]
 
 
+def _miss_lines(check: dict[str, Any] | None) -> list[str]:
+    """The chosen plan's all-miss overhead, predicted and measured, and the miss bound."""
+    if not check:  # plans written before the miss check
+        return []
+    bound = ("no miss bound" if check["bound"] is None else
+             f"miss bound {100 * check['bound']:.1f}% "
+             f"{'held' if check['within_bound'] else 'NOT held'} after "
+             f"{len(check['rounds'])} measured plan(s)")
+    return [f"A request missing every lookup of the plan: predicted "
+            f"{100 * check['predicted']:+.1f}%, measured {100 * check['measured']:+.1f}% over "
+            f"the plain network ({bound}).", ""]
+
+
 def _scaling_section(rows: list[dict[str, Any]]) -> list[str]:
     """Serving throughput against device count (batch-sharded router, closed loop)."""
     if not rows:
@@ -106,6 +119,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: Path,
         f"{100 * check['normalized_error']:+.1f}%; with the plan's costs measured again "
         f"just before the check: predicted {check['remeasured_predicted_mean_ms']:.3f} ms, "
         f"error {100 * check['remeasured_normalized_error']:+.1f}%).", "",
+        *_miss_lines(plan.get("miss_check")),
         "## Exploration (best candidate per position)", "",
         markdown_table(exploration["table"]), "",
         "## Workloads", "",

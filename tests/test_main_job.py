@@ -75,6 +75,12 @@ def test_plan_respects_bound_and_budget_and_loads(explored):
     assert sum(r["fraction"] * r["predicted"] for r in rows) == pytest.approx(
         check["predicted_mean_ms"] / check["plain_profiled_ms"])
     plan, bank = load_plan(workdir / "plan")
+    # No miss bound: the chosen plan's all-miss request measured once, as planned.
+    misses = result["miss_check"]
+    assert misses["bound"] is None and misses["within_bound"]
+    assert [r["positions"] for r in misses["rounds"]] == [list(plan.positions)]
+    assert misses["predicted"] == pytest.approx(result["chosen"]["tuning"]["miss_overhead"])
+    assert np.isfinite(misses["measured"]) and (misses["measured"] == 0) == (not plan.positions)
     deployment = plan_deployment(plan, bank)
     assert deployment.positions == plan.positions
     model = load_base_model(config.caches.checkpoint)
@@ -129,6 +135,10 @@ def test_report_resume_and_loaded_system(explored):
     report = json.loads((workdir / "report.json").read_text())
     text = (workdir / "report.md").read_text()
     assert "| workload | policy | speedup_vs_none |" in text
+    misses = report["plan"]["miss_check"]
+    assert (f"A request missing every lookup of the plan: predicted "
+            f"{100 * misses['predicted']:+.1f}%, measured {100 * misses['measured']:+.1f}% "
+            "over the plain network (no miss bound)") in text
     assert report["benchmark"] == json.loads((workdir / "benchmark.json").read_text())
     for name in ("position_hit_rates.png", "hit_rate_over_time.png"):
         assert (workdir / name).stat().st_size > 0

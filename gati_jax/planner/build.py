@@ -77,12 +77,13 @@ def plan_candidates(bank: CacheBank, which: str = "frontier",
 def build_instance(policy: str, bank: CacheBank, candidates: Sequence[Candidate],
                    recording: Recording, profile: Profile, *, eps: float, budget_bytes: float,
                    grid: int | dict[str, np.ndarray], confidence: float = 0.0,
-                   logits_cache: dict | None = None) -> Instance:
+                   logits_cache: dict | None = None,
+                   max_miss_overhead: float = float("inf")) -> Instance:
     """The instance for ``policy`` over ``candidates`` on ``recording``'s requests.
 
     ``grid`` is a number of levels (quantiles of each option's scores here), or the grids of
     another instance by candidate key, so a test-split instance shares the tuned thresholds.
-    ``logits_cache``: see :func:`exit_scores`.
+    ``logits_cache``: see :func:`exit_scores`; ``max_miss_overhead``: see :class:`Instance`.
     """
     base = recording.base_predictions
     positions = tuple(sorted({c.position for c in candidates}))
@@ -99,7 +100,8 @@ def build_instance(policy: str, bank: CacheBank, candidates: Sequence[Candidate]
         options.append(tuple(opts))
     return Instance(positions, tuple(options), np.asarray(profile.prefix_s, np.float64),
                     base == recording.labels, float(eps), float(budget_bytes), float(confidence),
-                    profile.charge(lookup_kind(policy)), profile.per_cache(lookup_kind(policy)))
+                    profile.charge(lookup_kind(policy)), profile.per_cache(lookup_kind(policy)),
+                    float(max_miss_overhead))
 
 
 def reprice(instance: Instance, profile: Profile, kind: str) -> Instance:
@@ -130,7 +132,8 @@ def knn_stores(store_data: Recording, positions: Sequence[int], capacity: int,
 
 def build_knn_instance(stores: dict[int, dict[str, np.ndarray]], recording: Recording,
                        profile: Profile, head: KnnHead, *, eps: float, budget_bytes: float,
-                       grid: int | dict[str, np.ndarray], confidence: float = 0.0) -> Instance:
+                       grid: int | dict[str, np.ndarray], confidence: float = 0.0,
+                       max_miss_overhead: float = float("inf")) -> Instance:
     """The instance of the kNN policy: one store per position, radius thresholds.
 
     Score: minus the distance to the farthest of the nearest neighbours when they agree, a
@@ -161,7 +164,7 @@ def build_knn_instance(stores: dict[int, dict[str, np.ndarray]], recording: Reco
                                np.asarray(levels, np.float64)),))
     return Instance(positions, tuple(options), np.asarray(profile.prefix_s, np.float64),
                     base == recording.labels, float(eps), float(budget_bytes), float(confidence),
-                    profile.charge("knn"), profile.per_cache("knn"))
+                    profile.charge("knn"), profile.per_cache("knn"), float(max_miss_overhead))
 
 
 def knn_lookups(stores: dict[int, dict[str, np.ndarray]],

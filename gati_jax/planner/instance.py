@@ -99,6 +99,14 @@ class Instance:
     # Seconds every request pays per deployed cache, whether it reaches it or not: a larger
     # router costs more per call even to a request that leaves it early.
     deploy_s: float = 0.0
+    # The most a request that misses every lookup may pay over the plain network, as a
+    # fraction of it (Apparate's ramp budget: the worst case stays bounded, not only the
+    # mean); inf: no bound.
+    max_miss_overhead: float = float("inf")
+    # The least seconds each deployed lookup is charged under that bound: a floor set from
+    # measuring a plan, where the profile's marginal costs (noisy differences of two times
+    # of ~1 ms) said its lookups were nearly free and the router measured +12% over three.
+    miss_floor_s: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.options) != len(self.positions):
@@ -107,8 +115,12 @@ class Instance:
             raise ValueError(f"positions must be increasing and distinct: {self.positions}")
         if self.budget_bytes < 0:
             raise ValueError(f"the memory budget must be >= 0 bytes, got {self.budget_bytes}")
+        if not self.max_miss_overhead >= 0:
+            raise ValueError(f"the miss overhead bound must be >= 0, got "
+                             f"{self.max_miss_overhead}")
         for name, charge in (("router charge", self.router_s),
-                             ("per-cache charge", self.deploy_s)):
+                             ("per-cache charge", self.deploy_s),
+                             ("lookup floor", self.miss_floor_s)):
             if not (np.isfinite(charge) and charge >= 0):
                 raise ValueError(f"the {name} must be finite and >= 0, got {charge}")
         n = self.num_requests
@@ -151,6 +163,27 @@ class Instance:
     def memory(self, choices: Sequence[Choice]) -> int:
         """Parameter bytes of a plan."""
         return sum(self.options[i][c[0]].nbytes for i, c in enumerate(choices) if c is not None)
+
+    def miss_lookup_s(self, option: Option) -> float:
+        """Seconds one deployed lookup counts for under the miss bound."""
+        return max(option.lookup_s, self.miss_floor_s)
+
+    def miss_s(self, choices: Sequence[Choice]) -> float:
+        """Seconds a request that misses every lookup of a plan pays over the plain network,
+        as the miss bound counts them (the floor applied)."""
+        looked = [self.miss_lookup_s(self.options[i][c[0]]) for i, c in enumerate(choices)
+                  if c is not None]
+        return float(sum(looked) + self.charge_s(len(looked)))
+
+    @property
+    def miss_budget_s(self) -> float:
+        """The most seconds a plan's all-miss request may pay over the plain network."""
+        return self.max_miss_overhead * self.full_s
+
+    def fits(self, choices: Sequence[Choice]) -> bool:
+        """Whether a plan respects the memory budget and the miss bound."""
+        return (self.memory(choices) <= self.budget_bytes
+                and self.miss_s(choices) <= self.miss_budget_s * (1 + 1e-12))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,8 +255,9 @@ def summarize_outcome(instance: Instance, choices: Sequence[Choice]) -> dict[str
         "base_accuracy": float(instance.base_correct.mean()),
         "accuracy_drop": float(instance.base_correct.mean() - out.correct.mean()),
         "memory_bytes": instance.memory(choices),
-        "feasible": bool(out.num_errors <= instance.error_budget
-                         and instance.memory(choices) <= instance.budget_bytes),
+        # What a request that misses every lookup pays over the plain network, predicted.
+        "miss_overhead": instance.miss_s(choices) / instance.full_s,
+        "feasible": bool(out.num_errors <= instance.error_budget and instance.fits(choices)),
         "exit_fractions": {str(p): float(f) for p, f in zip(instance.positions, fractions)}
         | {"full": float(fractions[-1])},
     }

@@ -27,10 +27,11 @@ from gati_jax.planner.build import (build_instance, build_knn_instance, knn_look
                                     plan_candidates, policy_threshold, reprice)
 from gati_jax.planner.cost_check import check_cost_model, remeasured
 from gati_jax.planner.instance import Instance, simulate
+from gati_jax.planner.miss_bound import hold_miss_bound
 from gati_jax.planner.plan import Plan, plan_deployment, plan_from_choices, save_plan
 from gati_jax.planner.profiles import (Profile, candidate_lookups, confirm_lookups,
-                                      load_or_measure, lookup_kind, record_router_charge,
-                                      save_profile)
+                                      load_or_measure, lookup_kind, measure_miss_overhead,
+                                      record_router_charge, save_profile)
 from gati_jax.plotting import plot_plan_tradeoff
 from gati_jax.runtime.knn import KnnHead
 from gati_jax.tables import format_table
@@ -73,7 +74,8 @@ def _instances(policy: str, bank: CacheBank, candidates, planning: PlanningData,
                profile: Profile, planner: ml_collections.ConfigDict, grid: int,
                logits_cache: dict | None = None) -> tuple[Instance, Instance]:
     kw = dict(eps=float(planner.eps), budget_bytes=float(planner.memory_budget_bytes),
-              confidence=float(planner.confidence), logits_cache=logits_cache)
+              confidence=float(planner.confidence), logits_cache=logits_cache,
+              max_miss_overhead=miss_bound_of(planner))
     tuning = build_instance(policy, bank, candidates, planning.tuning, profile, grid=grid, **kw)
     grids = {o.key: o.grid for opts in tuning.options for o in opts}
     test = build_instance(policy, bank, candidates, planning.test, profile, grid=grids, **kw)
@@ -113,11 +115,17 @@ def knn_instances(stores: dict[int, dict[str, np.ndarray]], head: KnnHead,
                   planner: ml_collections.ConfigDict) -> tuple[Instance, Instance]:
     """(tuning, test) instances of the kNN policy; the test one shares the tuned grids."""
     kw = dict(eps=float(planner.eps), budget_bytes=float(planner.memory_budget_bytes),
-              confidence=float(planner.confidence))
+              confidence=float(planner.confidence), max_miss_overhead=miss_bound_of(planner))
     tuning = build_knn_instance(stores, planning.tuning, profile, head,
                                 grid=int(planner.grid), **kw)
     grids = {o.key: o.grid for opts in tuning.options for o in opts}
     return tuning, build_knn_instance(stores, planning.test, profile, head, grid=grids, **kw)
+
+
+def miss_bound_of(planner: ml_collections.ConfigDict) -> float:
+    """``planner.max_miss_overhead`` as an instance takes it (negative: none, inf)."""
+    bound = float(planner.max_miss_overhead)
+    return bound if bound >= 0 else float("inf")
 
 
 def _search(method: str, instance: Instance, starts: list) -> list:
@@ -181,6 +189,7 @@ def _row(plan: Plan) -> dict[str, Any]:
             "pred_ms": t["mean_latency_ms"], "speedup": t["speedup"],
             "agreement": t["agreement"], "test_agreement": s["agreement"],
             "test_acc_drop": s["accuracy_drop"], "memory_kb": t["memory_bytes"] / 1024,
+            "miss_overhead": t["miss_overhead"],
             "feasible": t["feasible"]}
 
 
@@ -235,6 +244,30 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
                                  repeats)
         save_profile(profile_path, profile)
         instances, plans = plan_all(instances)
+
+    # The miss bound, held by measuring the chosen plan (planner/miss_bound.py); without a
+    # bound the chosen plan's all-miss overhead is measured once, for the record.
+    def plan_with_floor(floor: float) -> tuple[Instance, list]:
+        nonlocal instances, plans
+        if floor != instances["gati"][0].miss_floor_s:
+            # Every policy's lookups get the floor measured on ours: the comparators' plans
+            # are held to the same bound (their one-lookup costs were profiled alike).
+            fresh: dict[int, tuple[Instance, Instance]] = {}  # apparate shares confidence's
+            instances = {policy: fresh.setdefault(id(pair), tuple(
+                dataclasses.replace(i, miss_floor_s=floor) for i in pair))
+                for policy, pair in instances.items()}
+            plans = run_methods(instances, float(planner.eps))
+        return instances["gati"][0], _choices_of(plans[0], instances["gati"][0])
+
+    def measure_misses(instance: Instance, choices: list) -> float:
+        plan = plan_from_choices(instance, choices, "gati", "joint")
+        return measure_miss_overhead(model, plan_deployment(plan, bank), group, 5 * repeats)
+    bound = miss_bound_of(planner)
+    miss_rounds, within = hold_miss_bound(plan_with_floor, measure_misses, bound,
+                                          int(planner.miss_rounds) if np.isfinite(bound) else 0)
+    miss_check = {"bound": bound if np.isfinite(bound) else None, "within_bound": within,
+                  "predicted": miss_rounds[-1].predicted, "measured": miss_rounds[-1].measured,
+                  "rounds": [r.to_json() for r in miss_rounds]}
     chosen = plans[0]
 
     # Ours against exhaustive search on a small instance: evenly spaced positions, each
@@ -270,7 +303,8 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
     result = {"settings": plan_settings(config), "chosen": chosen.to_json(),
               "methods": [p.to_json() for p in plans],
               "table": [_row(p) for p in plans], "exhaustive_check": small,
-              "cost_check": check, "sweep": sweep, "profile": profile.key,
+              "cost_check": check, "miss_check": miss_check, "sweep": sweep,
+              "profile": profile.key,
               "seconds": round(time.time() - started, 1)}
     (workdir_path / "plan.json").write_text(json.dumps(result, indent=1) + "\n")
     plot_plan_tradeoff(sweep, workdir_path / "plan_tradeoff.png")
@@ -300,6 +334,14 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
           f"{check['remeasured_predicted_speedup']:.2f}x: error "
           f"{100 * check['remeasured_normalized_error']:+.1f}% "
           f"({'within' if check['remeasured_within_10pct'] else 'NOT within'} 10%)")
+    for r in miss_rounds:
+        print(f"a request missing every lookup of positions {r.positions or '(none)'} "
+              f"(each lookup charged >= {1e6 * r.floor_s:.0f} us): predicted "
+              f"{100 * r.predicted:+.1f}%, measured {100 * r.measured:+.1f}% over the plain "
+              "network")
+    if np.isfinite(bound):
+        print(f"miss bound {100 * bound:.1f}%: {'held' if within else 'NOT held'} by the "
+              f"deployed plan ({len(miss_rounds)} plan(s) measured)")
     print("per predicted exit position, mean cost in units of the plain network:")
     print(format_table(check["by_exit"]))
     print(f"wrote {workdir_path / 'plan.json'}, {workdir_path / 'plan'} and "

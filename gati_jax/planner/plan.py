@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -65,6 +66,10 @@ def plan_from_choices(instance: Instance, choices: Sequence[Choice], policy: str
         tuning=summarize_outcome(instance, choices),
         test=summarize_outcome(test, choices) if test is not None else {},
         settings={"eps": instance.eps, "memory_budget_bytes": instance.budget_bytes,
+                  # None: no bound (JSON has no infinity).
+                  "max_miss_overhead": instance.max_miss_overhead
+                  if math.isfinite(instance.max_miss_overhead) else None,
+                  "miss_floor_s": instance.miss_floor_s,
                   "confidence": instance.confidence, "tuning_requests": instance.num_requests})
 
 

@@ -29,6 +29,7 @@ from gati_jax.caches.bank import CacheBank, Candidate
 from gati_jax.inference import BaseModel
 from gati_jax.profiling import measure_interleaved
 from gati_jax.runtime.policies import CacheHead, Decide, policy_builder
+from gati_jax.runtime.deployment import Deployment
 from gati_jax.runtime.router import Router
 
 # Policies whose lookups cost the same share one measurement.
@@ -271,6 +272,25 @@ def measure_cache_cost(model: BaseModel, position: int, decide: Decide, params: 
     # Noise can make a difference slightly negative for the cheapest lookups.
     exit_s = max(timed["exit"] - timed["prefix"], 0.0) if "exit" in timed else None
     return LookupCost(max(timed["router"] - timed["plain"], 0.0), exit_s, timed["plain"])
+
+
+def measure_miss_overhead(model: BaseModel, deployment: Deployment, group_size: int,
+                          rounds: int) -> float:
+    """What a request that misses every lookup of ``deployment`` pays over the plain network,
+    as a fraction of it: the router at thresholds no score reaches, timed in ``rounds``
+    alternating blocks with the plain compiled network (0 for a deployment of nothing)."""
+    if not deployment.positions:
+        return 0.0
+    router = deployment.router(model, max_group=group_size)
+    never = jnp.full(len(deployment.positions), _NEVER[deployment.policy], jnp.float32)
+    x = jnp.zeros((group_size, *model.network.input_shape), jnp.float32)
+    rows = jnp.zeros(group_size, jnp.int32)  # every row a request
+    plain = plain_program(model)
+    timed = measure_interleaved(
+        {"plain": lambda: plain(x),
+         "router": lambda: router.compiled(deployment.params, never, x, rows)},
+        max(rounds, 3), block=_BLOCK)
+    return timed["router"] / timed["plain"] - 1.0
 
 
 def measure_lookups(model: BaseModel, lookups: dict[str, tuple[int, Decide, Any, str]],

@@ -1,8 +1,9 @@
 """Plan search: ours (joint) and the comparators, all over the same options and threshold grids.
 
 Every method returns a list of choices (see :mod:`gati_jax.planner.instance`) and never a
-plan that breaks the memory budget; ``joint`` and ``exhaustive`` also never break the accuracy
-bound (the empty plan always meets it). Methods:
+plan that breaks the memory budget or the miss bound (what a request that misses every lookup
+may pay); ``joint`` and ``exhaustive`` also never break the accuracy bound (the empty plan
+always meets all three). Methods:
 
 - ``joint`` (ours): coordinate descent over (option, threshold) per position, each step exact
   over every threshold of the grid given the rest of the plan (one sort per option), so an
@@ -51,13 +52,14 @@ def _simulate(instance: Instance, choices: Sequence[Choice], charge: bool = True
 
 class Table(NamedTuple):
     """Every alternative at one position: option index (-1: closed) and threshold, total
-    seconds, disagreements, bytes."""
+    seconds, disagreements, bytes, and seconds it adds under the miss bound."""
 
     option: np.ndarray
     threshold: np.ndarray
     costs: np.ndarray
     errors: np.ndarray
     nbytes: np.ndarray
+    looked: np.ndarray
 
     def choice(self, k: int) -> Choice:
         """Alternative ``k`` as a choice."""
@@ -95,6 +97,7 @@ def _build_table(instance: Instance, choices: Sequence[Choice], i: int) -> Table
     base_err = float(out_before.errors[~reach].sum()) + float(after_err[reach].sum())
     option_index, thresholds = [np.full(1, -1)], [np.full(1, np.nan)]
     costs, errs, nbytes = [np.array([base_cost])], [np.array([base_err])], [np.zeros(1)]
+    looked = [np.zeros(1)]
     hit_cost = instance.prefix_s[instance.positions[i]]
     others = sum(c is not None for j, c in enumerate(choices) if j != i)
     n = instance.num_requests
@@ -112,23 +115,37 @@ def _build_table(instance: Instance, choices: Sequence[Choice], i: int) -> Table
         costs.append(base_cost + n_reach * option.lookup_s + d_cost[hits])
         errs.append(base_err + d_err[hits])
         nbytes.append(np.full(len(option.grid), float(option.nbytes)))
+        looked.append(np.full(len(option.grid), instance.miss_lookup_s(option)))
     # The router's charges, per request: the fixed one for every alternative that leaves
     # something deployed, the per-cache one for each cache it leaves deployed.
     option_index = np.concatenate(option_index)
     charges = n * instance.charge_s((option_index >= 0) + others)
     return Table(option_index, np.concatenate(thresholds), np.concatenate(costs) + charges,
-                 np.concatenate(errs), np.concatenate(nbytes))
+                 np.concatenate(errs), np.concatenate(nbytes), np.concatenate(looked))
+
+
+def _fitting(instance: Instance, choices: Sequence[Choice], i: int, table: Table
+             ) -> np.ndarray:
+    """Which of the table's alternatives keep the plan within the memory budget and the
+    miss bound, the other positions as they are."""
+    rest = [c if j != i else None for j, c in enumerate(choices)]
+    fits = instance.memory(rest) + table.nbytes <= instance.budget_bytes
+    if np.isfinite(instance.max_miss_overhead):
+        count = sum(c is not None for c in rest)
+        others = instance.miss_s(rest) - float(instance.charge_s(count))
+        miss = others + table.looked + instance.charge_s(count + (table.option >= 0))
+        fits &= miss <= instance.miss_budget_s * (1 + 1e-12)
+    return fits
 
 
 def _best(instance: Instance, choices: Sequence[Choice], i: int, table: Table,
           lam: float | None) -> tuple[Choice, tuple]:
-    """The table's best alternative that fits the memory budget, and its key.
+    """The table's best alternative that fits the memory budget and miss bound, and its key.
 
     ``lam`` None: the hard bound (infeasible alternatives rank after every feasible one,
     fewest errors first); otherwise the Lagrangian cost + lam * errors.
     """
-    others = instance.memory([c if j != i else None for j, c in enumerate(choices)])
-    fits = others + table.nbytes <= instance.budget_bytes
+    fits = _fitting(instance, choices, i, table)
     if lam is not None:
         value = np.where(fits, table.costs + lam * table.errors, np.inf)
         k = int(np.argmin(value))
@@ -189,7 +206,7 @@ def _pair_polish(instance: Instance, choices: list[Choice], max_passes: int = 2,
             for alt in alternatives:
                 trial = list(choices)
                 trial[i] = alt
-                if alt == choices[i] or instance.memory(trial) > instance.budget_bytes:
+                if alt == choices[i] or not instance.fits(trial):
                     continue
                 for j in range(len(choices)):
                     if j == i:
@@ -222,8 +239,7 @@ def joint(instance: Instance, starts: Sequence[Sequence[Choice]] = (),
         start = instance.empty()
         start[i] = _best(instance, start, i, _position_table(instance, start, i), None)[0]
         candidates.append(_descend(instance, start, None))
-    candidates.extend(_descend(instance, list(s), None) for s in starts
-                      if instance.memory(s) <= instance.budget_bytes)
+    candidates.extend(_descend(instance, list(s), None) for s in starts if instance.fits(s))
     best = min(candidates, key=lambda c: _score(instance, c))
     return _drop_polish(instance, _pair_polish(instance, best))
 
@@ -271,11 +287,12 @@ def _individual_threshold(option, target: float) -> tuple[float, float]:
 
 
 def independent(instance: Instance) -> list[Choice]:
-    """Every position, each threshold tuned alone; drops the least useful caches to fit memory.
+    """Every position, each threshold tuned alone; drops the least useful caches to fit.
 
     Per position the option with the highest individual hit rate is kept; a cache's value is
-    its hit rate times the stages it saves, and while the plan is over budget the cache with
-    the least value per byte goes.
+    its hit rate times the stages it saves, and while the plan is over the memory budget the
+    cache with the least value per byte goes, then while it breaks the miss bound the one
+    with the least value per second of lookup.
     """
     target = 1.0 - instance.eps
     choices: list[Choice] = []
@@ -289,11 +306,15 @@ def independent(instance: Instance) -> list[Choice]:
             continue
         o, t, rate = max(picks, key=lambda p: p[2])
         choices.append((o, float(t)))
-        saved = instance.full_s - instance.prefix_s[instance.positions[i]]
-        value.append(rate * saved / max(options[o].nbytes, 1))
-    while instance.memory(choices) > instance.budget_bytes:
-        worst = min((i for i, c in enumerate(choices) if c is not None), key=lambda i: value[i])
-        choices[worst] = None
+        value.append(rate * (instance.full_s - instance.prefix_s[instance.positions[i]]))
+    while not instance.fits(choices):
+        over_memory = instance.memory(choices) > instance.budget_bytes
+
+        def worth(i: int) -> float:
+            option = instance.options[i][choices[i][0]]
+            spent = option.nbytes if over_memory else instance.miss_lookup_s(option)
+            return value[i] / max(spent, 1e-12)
+        choices[min((i for i, c in enumerate(choices) if c is not None), key=worth)] = None
     return choices
 
 
@@ -351,7 +372,9 @@ def exhaustive(instance: Instance, max_nodes: int = 5_000_000) -> list[Choice]:
     n = instance.num_requests
     best = {"cost": float("inf"), "err": float("inf"), "plan": instance.empty()}
 
-    def visit(i, remaining, cost, err, lookups, memory, plan):
+    miss_budget = instance.miss_budget_s * (1 + 1e-12)
+
+    def visit(i, remaining, cost, err, lookups, memory, plan, missed=0.0):
         if i == len(alternatives):
             total = cost + remaining.sum() * (instance.full_s + lookups)
             total += n * float(instance.charge_s(sum(c is not None for c in plan)))
@@ -360,10 +383,15 @@ def exhaustive(instance: Instance, max_nodes: int = 5_000_000) -> list[Choice]:
             return
         for choice in alternatives[i]:
             if choice is None:
-                visit(i + 1, remaining, cost, err, lookups, memory, plan + [None])
+                visit(i + 1, remaining, cost, err, lookups, memory, plan + [None], missed)
                 continue
             option = instance.options[i][choice[0]]
             if memory + option.nbytes > instance.budget_bytes:
+                continue
+            # The router's charges only grow with more caches: a plan over the bound here
+            # stays over it.
+            now_missed = missed + instance.miss_lookup_s(option)
+            if now_missed + instance.charge_s(len(plan) - plan.count(None) + 1) > miss_budget:
                 continue
             hit = remaining & (option.scores >= choice[1])
             new_err = err + int(option.errors[hit].sum())
@@ -372,7 +400,7 @@ def exhaustive(instance: Instance, max_nodes: int = 5_000_000) -> list[Choice]:
             new_cost = cost + hit.sum() * (instance.prefix_s[instance.positions[i]]
                                            + lookups + option.exit_cost)
             visit(i + 1, remaining & ~hit, new_cost, new_err, lookups + option.lookup_s,
-                  memory + option.nbytes, plan + [choice])
+                  memory + option.nbytes, plan + [choice], now_missed)
 
     visit(0, np.ones(n, bool), 0.0, 0, 0.0, 0, [])
     return best["plan"]
