@@ -19,7 +19,7 @@ from gati_jax.training.checkpointing import load_base_model
 ROOT = Path(__file__).resolve().parents[1]
 ROW_KEYS = {"workload", "policy", "accuracy", "agreement", "mean_latency_ms", "p50_latency_ms",
             "p99_latency_ms", "throughput_rps", "speedup_vs_none", "oracle_fraction",
-            "hit_rate", "cache_bytes"}
+            "hit_rate", "cache_bytes", "miss_overhead"}
 
 
 def smoke_config():
@@ -119,6 +119,12 @@ def test_benchmark_rows_are_consistent(explored):
         none = mine["none"]
         assert none["agreement"] == 1.0 and none["hit_rate"] == 0.0
         assert none["speedup_vs_none"] == pytest.approx(1.0)
+        # The worst case's price: nothing for none; one measurement per router, so
+        # gati-online's (the planned gati caches) is gati's.
+        assert none["miss_overhead"] == 0.0
+        assert all(np.isfinite(r["miss_overhead"]) for r in mine.values())
+        if online_served:
+            assert mine["gati-online"]["miss_overhead"] == mine["gati"]["miss_overhead"]
         for row in mine.values():
             assert set(row) == ROW_KEYS
             assert row["speedup_vs_none"] == pytest.approx(

@@ -228,3 +228,30 @@ def test_prefixes_pool_sessions_in_units_of_their_whole_network(mlp, tmp_path, m
     n = mlp.network.num_stages
     assert profiles.measure_prefixes(mlp, 1, 10, rotate=1) == [float(p + 1) for p in range(n)]
     assert order == [list(range(1, n)) + [0]]
+
+
+@pytest.mark.parametrize("policy", ["gati", "confidence", "entropy", "apparate", "oracle"])
+def test_all_miss_inputs_make_every_request_miss_every_lookup(mlp, policy):
+    """The inputs the miss bound and the benchmark time a worst case with: the same caches
+    at permissive thresholds (or, for the oracle, with the true base answers) do hit."""
+    import jax.numpy as jnp
+
+    from gati_jax.runtime.deployment import Deployment
+
+    heads, params = fc_caches(mlp.network, (0, 1), mlp.network.num_classes)
+    permissive = {"gati": -1.0, "confidence": 0.0, "apparate": 0.0, "entropy": 1e9,
+                  "oracle": 0.0}[policy]
+    dep = Deployment(policy, (0, 1), heads, params, np.full(2, permissive, np.float32))
+    router = dep.router(mlp, max_group=4)
+    never, x, rows = profiles.all_miss_inputs(mlp, dep, 4)
+    x = x + jnp.asarray(np.random.default_rng(0).normal(size=x.shape), jnp.float32)
+    answer, exit_stage, hit = np.asarray(router.compiled(params, never, x, rows))
+    assert not hit.any() and (exit_stage == mlp.network.num_stages - 1).all()
+    if policy == "oracle":  # a base answer no prediction can equal, whatever the inputs
+        assert (np.asarray(rows) >= mlp.network.num_classes).all()
+    # Permissive thresholds (the oracle: some base answer, every class tried) do hit.
+    loose = jnp.asarray(dep.thresholds)
+    assert any(np.asarray(router.compiled(params, loose, x, jnp.full(4, c, jnp.int32)))[2].any()
+               for c in range(mlp.network.num_classes))
+    assert profiles.measure_miss_overhead(mlp, Deployment("none", (), (), (), np.zeros(0)),
+                                          1, 3) == 0.0

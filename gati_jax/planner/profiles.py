@@ -274,17 +274,28 @@ def measure_cache_cost(model: BaseModel, position: int, decide: Decide, params: 
     return LookupCost(max(timed["router"] - timed["plain"], 0.0), exit_s, timed["plain"])
 
 
+def all_miss_inputs(model: BaseModel, deployment: Deployment, group_size: int
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(thresholds, images, rows) for ``Router.compiled`` under which no request of a group
+    hits any lookup of ``deployment``: thresholds no score reaches, and for the oracle, which
+    has none, a base answer no prediction equals."""
+    never = jnp.full(len(deployment.positions), _NEVER[deployment.policy], jnp.float32)
+    x = jnp.zeros((group_size, *model.network.input_shape), jnp.float32)
+    # Every row a request; the oracle hits where its answer equals the row's base answer.
+    answer = model.network.num_classes if deployment.policy == "oracle" else 0
+    return never, x, jnp.full(group_size, answer, jnp.int32)
+
+
 def measure_miss_overhead(model: BaseModel, deployment: Deployment, group_size: int,
                           rounds: int) -> float:
     """What a request that misses every lookup of ``deployment`` pays over the plain network,
-    as a fraction of it: the router at thresholds no score reaches, timed in ``rounds``
-    alternating blocks with the plain compiled network (0 for a deployment of nothing)."""
+    as a fraction of it: the router with no lookup hitting (:func:`all_miss_inputs`), timed
+    in ``rounds`` alternating blocks with the plain compiled network (0 for a deployment of
+    nothing)."""
     if not deployment.positions:
         return 0.0
     router = deployment.router(model, max_group=group_size)
-    never = jnp.full(len(deployment.positions), _NEVER[deployment.policy], jnp.float32)
-    x = jnp.zeros((group_size, *model.network.input_shape), jnp.float32)
-    rows = jnp.zeros(group_size, jnp.int32)  # every row a request
+    never, x, rows = all_miss_inputs(model, deployment, group_size)
     plain = plain_program(model)
     timed = measure_interleaved(
         {"plain": lambda: plain(x),

@@ -29,6 +29,7 @@ from gati_jax.inference import BaseModel, predict_logits
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
 from gati_jax.planner.pipeline import knn_setup, plan_settings, run_planning
 from gati_jax.planner.plan import Plan, plan_deployment
+from gati_jax.planner.profiles import measure_miss_overhead
 from gati_jax.plotting import plot_hit_rate_over_time, plot_latency_cdf, plot_plan_tradeoff
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
@@ -169,11 +170,26 @@ def serve_rounds(model: BaseModel, contenders: dict[str, Contender], workload, b
     return results
 
 
+def miss_overheads(model: BaseModel, contenders: dict[str, Contender], rounds: int
+                   ) -> dict[str, float]:
+    """Per policy, what a request that exits nowhere pays over the plain network (batch 1, a
+    fraction of it): the price of its worst case beside its mean speedup. gati-online serves
+    the planned gati caches: the same router, one measurement."""
+    measured = {name: measure_miss_overhead(model, c.deployment, 1, rounds)
+                for name, c in tqdm(contenders.items(), desc="timing all-miss requests",
+                                    leave=False) if name != ONLINE}
+    if ONLINE in contenders:  # served only beside gati (see run_benchmark)
+        measured[ONLINE] = measured["gati"]
+    return measured
+
+
 def benchmark_rows(workload_name: str, results: dict[str, list[dict]],
-                   contenders: dict[str, Contender]) -> list[dict[str, Any]]:
+                   contenders: dict[str, Contender],
+                   misses: dict[str, float]) -> list[dict[str, Any]]:
     """One row per policy. mean latency and throughput: medians over rounds of each round's
     figure (a noise burst on the machine hits one policy's round, and the median drops it);
-    p50/p99: over every request of every round; speedup: none's mean latency / the policy's."""
+    p50/p99: over every request of every round; speedup: none's mean latency / the policy's;
+    miss overhead: see :func:`miss_overheads`."""
     means = {name: float(np.median([r["mean_latency_ms"] for r in rounds]))
              for name, rounds in results.items()}
     speedups = {name: means["none"] / m for name, m in means.items()}
@@ -188,7 +204,7 @@ def benchmark_rows(workload_name: str, results: dict[str, list[dict]],
             "p50_latency_ms": float(np.percentile(pooled, 50)),
             "p99_latency_ms": float(np.percentile(pooled, 99)),
             "throughput_rps": float(np.median([r["throughput_rps"] for r in rounds])),
-            "speedup_vs_none": s,
+            "speedup_vs_none": s, "miss_overhead": misses[name],
             "oracle_fraction": (s - 1) / (oracle - 1) if oracle > 1 else float("nan"),
             "hit_rate": first["hit_rate"], "cache_bytes": contenders[name].cache_bytes})
     return rows
@@ -276,6 +292,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
         learners[ONLINE] = OnlineLearner(model, contenders[ONLINE].deployment, settings,
                                          int(config.serving.max_group),
                                          reference_images=reference)
+    misses = miss_overheads(model, contenders, 5 * int(config.planner.latency_repeats))
     sweep = planned["sweep"]
     split = getattr(dataset, config.workload.split)
     rows, latencies, streams, windows, online, corrupted = [], {}, {}, {}, {}, {}
@@ -297,7 +314,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
         if ONLINE in results:
             online[name] = online_figures(results, name)
         windows[name] = {p: rs[0]["windows"] for p, rs in results.items()}
-        rows.extend(benchmark_rows(name, results, contenders))
+        rows.extend(benchmark_rows(name, results, contenders, misses))
         latencies[name] = {p: np.concatenate([r["latencies_ms"] for r in rs])
                            for p, rs in results.items()}
     scaling_dep = contenders["gati"].deployment if "gati" in contenders else \
