@@ -97,3 +97,22 @@ def test_predict_logits_validates_and_matches_network():
     nan_images[0, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         predict_logits(model, nan_images)
+
+
+def test_every_shipped_config_loads_and_validates():
+    import importlib.util
+
+    names = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
+    assert "bounded_miss.py" in names and "default.py" in names
+    for name in names:
+        spec = importlib.util.spec_from_file_location(name[:-3], ROOT / "configs" / name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        validate_config(module.get_config())
+    spec = importlib.util.spec_from_file_location("bounded", ROOT / "configs/bounded_miss.py")
+    bounded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bounded)
+    assert bounded.get_config().planner.max_miss_overhead == pytest.approx(0.10)
+    assert bounded.get_config("0.15").planner.max_miss_overhead == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="fraction"):
+        bounded.get_config("ten")
