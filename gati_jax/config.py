@@ -123,9 +123,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.planner.memory_budget_bytes = 2 * 1024**2
     # The most a request that exits nowhere may pay over the plain network, as a fraction of
     # it (Apparate's ramp budget; < 0: no bound, plans minimise the mean alone). Held by
-    # measurement: the chosen plan's all-miss request is timed, and while it breaks the bound
-    # every lookup is charged at least its measured share and the planner plans again, at
-    # most miss_rounds times (gati_jax/planner/miss_bound.py).
+    # measurement: the chosen plan's all-miss request is timed (at planner.group_size), and
+    # while it breaks the bound every lookup is charged at least its measured share and the
+    # planner plans again, at most miss_rounds times; if none held it, our plan deploys
+    # nothing (gati_jax/planner/miss_bound.py).
     config.planner.max_miss_overhead = -1.0
     config.planner.miss_rounds = 3
     # Which explored candidates the planner may deploy: "frontier" (Pareto) or "all".
@@ -436,7 +437,8 @@ def _validate_planner(p: ml_collections.ConfigDict) -> None:
         _require(int(p[key]) >= 1, f"planner.{key}", p[key], ">= 1")
     _require(int(p.confirm_rounds) >= 0, "planner.confirm_rounds", p.confirm_rounds, ">= 0")
     _require(int(p.miss_rounds) >= 0, "planner.miss_rounds", p.miss_rounds, ">= 0")
-    _require(math.isfinite(p.max_miss_overhead), "planner.max_miss_overhead",
+    _require(isinstance(p.max_miss_overhead, (int, float))
+             and math.isfinite(p.max_miss_overhead), "planner.max_miss_overhead",
              p.max_miss_overhead, "a finite fraction (negative: no bound)")
 
 

@@ -71,6 +71,8 @@ def check_cost_model(model: BaseModel, deployment: Deployment, instance: Instanc
     (:func:`remeasured`), checked the same way.
     """
     n = len(images)
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
     if n == 0 or n > instance.num_requests:
         raise ValueError(f"need 1..{instance.num_requests} check requests, got {n}")
     network, variables = model.network, model.variables
@@ -86,8 +88,6 @@ def check_cost_model(model: BaseModel, deployment: Deployment, instance: Instanc
     for fn in programs.values():  # compile and warm up
         for x in requests[:5]:
             jax.block_until_ready(fn(x))
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
     order = list(programs)
     for r in tqdm(range(repeats), desc="routing check requests", leave=False):
         for c, begin in enumerate(range(0, n, chunk)):

@@ -23,7 +23,9 @@ class MissRound:
 
     positions: tuple[int, ...]
     floor_s: float        # the least seconds each lookup was charged when it was planned
-    predicted: float      # all-miss overhead, fraction of the plain network, by the model
+    # All-miss overhead, a fraction of the plain network, by the model with this round's
+    # floor (from round 1 on, the floor itself comes from the last round's measurement).
+    predicted: float
     measured: float       # ... timed beside the plain network
 
     def to_json(self) -> dict[str, Any]:
@@ -45,27 +47,39 @@ def next_floor(instance: Instance, choices: Sequence[Choice], measured: float) -
 
 def hold_miss_bound(plan: Callable[[float], tuple[Instance, list[Choice]]],
                     measure: Callable[[Instance, list[Choice]], float], bound: float,
-                    rounds: int) -> tuple[list[MissRound], bool]:
+                    rounds: int,
+                    fallback: Callable[[], tuple[Instance, list[Choice]]] | None = None,
+                    ) -> tuple[list[MissRound], bool]:
     """Plans with a per-lookup floor of 0, then while the plan measures over ``bound`` (at
     most ``rounds`` times) raises the floor to its measured share and plans again.
 
     ``plan(floor)`` plans (and keeps) the deployment and returns its instance and choices;
-    ``measure`` times a plan's all-miss overhead. Returns every round and whether the last
+    ``measure`` times a plan's all-miss overhead. If the last plan still measures over the
+    bound, ``fallback()`` (when given) deploys its plan instead (deploying nothing holds
+    any bound), measured as one more round. Returns every round and whether the deployed
     plan measured within the bound. With ``bound`` inf the one plan is measured and kept.
     """
     if not bound >= 0:
         raise ValueError(f"the miss bound must be >= 0, got {bound}")
     history: list[MissRound] = []
-    floor = 0.0
-    for round_ in range(rounds + 1):
-        instance, choices = plan(floor)
+
+    def record(instance: Instance, choices: list[Choice], floor: float) -> bool:
         measured = measure(instance, choices)
         if not math.isfinite(measured):
             raise ValueError(f"the all-miss overhead measured {measured}")
         history.append(MissRound(
             tuple(instance.positions[i] for i, c in enumerate(choices) if c is not None),
             floor, instance.miss_s(choices) / instance.full_s, measured))
-        if measured <= bound or round_ == rounds:
-            break
-        floor = next_floor(instance, choices, measured)
-    return history, history[-1].measured <= bound
+        return measured <= bound
+
+    floor = 0.0
+    for round_ in range(rounds + 1):
+        instance, choices = plan(floor)
+        if record(instance, choices, floor):
+            return history, True
+        if round_ < rounds:
+            floor = next_floor(instance, choices, measured=history[-1].measured)
+    if fallback is None:
+        return history, False
+    instance, choices = fallback()
+    return history, record(instance, choices, floor)

@@ -287,14 +287,15 @@ def all_miss_inputs(model: BaseModel, deployment: Deployment, group_size: int
 
 
 def measure_miss_overhead(model: BaseModel, deployment: Deployment, group_size: int,
-                          rounds: int) -> float:
+                          rounds: int, router: Router | None = None) -> float:
     """What a request that misses every lookup of ``deployment`` pays over the plain network,
     as a fraction of it: the router with no lookup hitting (:func:`all_miss_inputs`), timed
     in ``rounds`` alternating blocks with the plain compiled network (0 for a deployment of
-    nothing)."""
+    nothing). ``router``: another program serving the deployment (online learning's tapped
+    one); default: the deployment's own."""
     if not deployment.positions:
         return 0.0
-    router = deployment.router(model, max_group=group_size)
+    router = router or deployment.router(model, max_group=group_size)
     never, x, rows = all_miss_inputs(model, deployment, group_size)
     plain = plain_program(model)
     timed = measure_interleaved(

@@ -170,17 +170,18 @@ def serve_rounds(model: BaseModel, contenders: dict[str, Contender], workload, b
     return results
 
 
-def miss_overheads(model: BaseModel, contenders: dict[str, Contender], rounds: int
-                   ) -> dict[str, float]:
+def miss_overheads(model: BaseModel, contenders: dict[str, Contender], rounds: int,
+                   learners: dict[str, OnlineLearner] | None = None) -> dict[str, float]:
     """Per policy, what a request that exits nowhere pays over the plain network (batch 1, a
-    fraction of it): the price of its worst case beside its mean speedup. gati-online serves
-    the planned gati caches: the same router, one measurement."""
-    measured = {name: measure_miss_overhead(model, c.deployment, 1, rounds)
-                for name, c in tqdm(contenders.items(), desc="timing all-miss requests",
-                                    leave=False) if name != ONLINE}
-    if ONLINE in contenders:  # served only beside gati (see run_benchmark)
-        measured[ONLINE] = measured["gati"]
-    return measured
+    fraction of it): the price of its worst case beside its mean speedup. A policy served by
+    an online learner is measured on its tapped program, the costlier of the two it serves
+    with."""
+    learners = learners or {}
+    return {name: measure_miss_overhead(
+                model, c.deployment, 1, rounds,
+                learners[name].tapped_router(1) if name in learners else None)
+            for name, c in tqdm(contenders.items(), desc="timing all-miss requests",
+                                leave=False)}
 
 
 def benchmark_rows(workload_name: str, results: dict[str, list[dict]],
@@ -292,7 +293,8 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
         learners[ONLINE] = OnlineLearner(model, contenders[ONLINE].deployment, settings,
                                          int(config.serving.max_group),
                                          reference_images=reference)
-    misses = miss_overheads(model, contenders, 5 * int(config.planner.latency_repeats))
+    misses = miss_overheads(model, contenders, 5 * int(config.planner.latency_repeats),
+                            learners)
     sweep = planned["sweep"]
     split = getattr(dataset, config.workload.split)
     rows, latencies, streams, windows, online, corrupted = [], {}, {}, {}, {}, {}
