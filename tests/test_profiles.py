@@ -243,7 +243,7 @@ def test_all_miss_inputs_make_every_request_miss_every_lookup(mlp, policy):
                   "oracle": 0.0}[policy]
     dep = Deployment(policy, (0, 1), heads, params, np.full(2, permissive, np.float32))
     router = dep.router(mlp, max_group=4)
-    never, x, rows = profiles.all_miss_inputs(mlp, dep, 4)
+    never, x, rows = profiles.all_miss_inputs(mlp, [policy] * 2, 4)
     x = x + jnp.asarray(np.random.default_rng(0).normal(size=x.shape), jnp.float32)
     answer, exit_stage, hit = np.asarray(router.compiled(params, never, x, rows))
     assert not hit.any() and (exit_stage == mlp.network.num_stages - 1).all()

@@ -132,7 +132,7 @@ class OnlineLearner:
             raise ValueError(f"the audit sample ({settings.audit_fraction:g} of requests) is "
                              f"drawn among the tapped ones ({settings.tap_fraction:g})")
         self.mesh = mesh
-        self._tapped = (taps, decides)
+        self._taps, self._tapped_decides = taps, decides
         self.router = Router(model, deployment.positions, decides, max_group, taps=taps,
                              mesh=mesh)
         # Groups nobody learns from: the program static serving runs, taking the same
@@ -160,8 +160,8 @@ class OnlineLearner:
     def tapped_router(self, max_group: int = 1) -> Router:
         """A new router running the tapped program (the costlier of the two this learner
         serves with), for measurements that must not count against its compilations."""
-        return Router(self.model, self.positions, self._tapped[1], max_group,
-                      taps=self._tapped[0])
+        return Router(self.model, self.positions, self._tapped_decides, max_group,
+                      taps=self._taps)
 
     def _fit_shift_reference(self, images: np.ndarray | None) -> ShiftReference | None:
         """The shift detector's reference: the first cache's inputs and answers to

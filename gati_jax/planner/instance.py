@@ -168,12 +168,16 @@ class Instance:
         """Seconds one deployed lookup counts for under the miss bound."""
         return max(option.lookup_s, self.miss_floor_s)
 
+    def miss_lookups_s(self, choices: Sequence[Choice]) -> float:
+        """The lookups' part of :meth:`miss_s` (the router's charges left out)."""
+        return float(sum(self.miss_lookup_s(self.options[i][c[0]])
+                         for i, c in enumerate(choices) if c is not None))
+
     def miss_s(self, choices: Sequence[Choice]) -> float:
         """Seconds a request that misses every lookup of a plan pays over the plain network,
         as the miss bound counts them (the floor applied)."""
-        looked = [self.miss_lookup_s(self.options[i][c[0]]) for i, c in enumerate(choices)
-                  if c is not None]
-        return float(sum(looked) + self.charge_s(len(looked)))
+        deployed = sum(c is not None for c in choices)
+        return self.miss_lookups_s(choices) + float(self.charge_s(deployed))
 
     @property
     def miss_budget_s(self) -> float:

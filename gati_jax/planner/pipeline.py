@@ -11,7 +11,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -122,6 +122,17 @@ def knn_instances(stores: dict[int, dict[str, np.ndarray]], head: KnnHead,
     return tuning, build_knn_instance(stores, planning.test, profile, head, grid=grids, **kw)
 
 
+def _per_pair(instances: dict[str, tuple[Instance, Instance]],
+              fn: Callable[[str, Instance], Instance]) -> dict[str, tuple[Instance, Instance]]:
+    """``fn(policy, instance)`` on every (tuning, test) pair, once per pair: policies that
+    share a pair (apparate shares confidence's) share the new one too."""
+    fresh: dict[int, tuple[Instance, Instance]] = {}
+    for policy, pair in instances.items():
+        if id(pair) not in fresh:
+            fresh[id(pair)] = (fn(policy, pair[0]), fn(policy, pair[1]))
+    return {policy: fresh[id(pair)] for policy, pair in instances.items()}
+
+
 def miss_bound_of(planner: ml_collections.ConfigDict) -> float:
     """``planner.max_miss_overhead`` as an instance takes it (negative: none, inf)."""
     bound = float(planner.max_miss_overhead)
@@ -219,11 +230,8 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
             instances = build_policy_instances(bank, candidates, planning, profile, planner)
             instances["knn"] = knn_instances(stores, head, planning, profile, planner)
         else:  # the profile changed, the requests did not
-            fresh: dict[int, tuple[Instance, Instance]] = {}  # apparate shares confidence's
-            for policy, pair in instances.items():
-                kind = "knn" if policy == "knn" else lookup_kind(policy)
-                fresh.setdefault(id(pair), tuple(reprice(i, profile, kind) for i in pair))
-            instances = {policy: fresh[id(pair)] for policy, pair in instances.items()}
+            instances = _per_pair(instances, lambda policy, i: reprice(
+                i, profile, "knn" if policy == "knn" else lookup_kind(policy)))
         return instances, run_methods(instances, float(planner.eps))
     instances, plans = plan_all()
     # The winner's curse: plans favour lookups measured low. Until every lookup our plans
@@ -252,12 +260,8 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
         if floor != instances["gati"][0].miss_floor_s:
             # Every policy's lookups get the floor measured on ours: the comparators' plans
             # are held to the same bound (their one-lookup costs were profiled alike).
-            fresh: dict[int, tuple[Instance, Instance]] = {}  # apparate shares confidence's
-            for pair in instances.values():
-                if id(pair) not in fresh:
-                    fresh[id(pair)] = tuple(dataclasses.replace(i, miss_floor_s=floor)
-                                            for i in pair)
-            instances = {policy: fresh[id(pair)] for policy, pair in instances.items()}
+            instances = _per_pair(instances, lambda policy, i: dataclasses.replace(
+                i, miss_floor_s=floor))
             plans = run_methods(instances, float(planner.eps))
         return instances["gati"][0], _choices_of(plans[0], instances["gati"][0])
 

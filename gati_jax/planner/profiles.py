@@ -28,8 +28,8 @@ from gati_jax import data
 from gati_jax.caches.bank import CacheBank, Candidate
 from gati_jax.inference import BaseModel
 from gati_jax.profiling import measure_interleaved
-from gati_jax.runtime.policies import CacheHead, Decide, policy_builder
 from gati_jax.runtime.deployment import Deployment
+from gati_jax.runtime.policies import CacheHead, Decide, policy_builder
 from gati_jax.runtime.router import Router
 
 # Policies whose lookups cost the same share one measurement.
@@ -257,9 +257,7 @@ def measure_cache_cost(model: BaseModel, position: int, decide: Decide, params: 
     """
     router = Router(model, (position,), (decide,), max_group=group_size)
     params = (jax.device_put(params),)
-    x = jnp.zeros((group_size, *model.network.input_shape), jnp.float32)
-    never = jnp.full(1, _NEVER[policy], jnp.float32)
-    rows = jnp.zeros(group_size, jnp.int32)  # every row a request
+    never, x, rows = all_miss_inputs(model, (policy,), group_size)
     plain = plain_program(model)
     fns = {"plain": lambda: plain(x),
            "router": lambda: router.compiled(params, never, x, rows)}
@@ -274,15 +272,15 @@ def measure_cache_cost(model: BaseModel, position: int, decide: Decide, params: 
     return LookupCost(max(timed["router"] - timed["plain"], 0.0), exit_s, timed["plain"])
 
 
-def all_miss_inputs(model: BaseModel, deployment: Deployment, group_size: int
+def all_miss_inputs(model: BaseModel, policies: Sequence[str], group_size: int
                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(thresholds, images, rows) for ``Router.compiled`` under which no request of a group
-    hits any lookup of ``deployment``: thresholds no score reaches, and for the oracle, which
-    has none, a base answer no prediction equals."""
-    never = jnp.full(len(deployment.positions), _NEVER[deployment.policy], jnp.float32)
+    hits a lookup, one per policy in ``policies``: thresholds no score reaches, and for the
+    oracle, which has none, a base answer no prediction equals."""
+    never = jnp.asarray([_NEVER[p] for p in policies], jnp.float32)
     x = jnp.zeros((group_size, *model.network.input_shape), jnp.float32)
     # Every row a request; the oracle hits where its answer equals the row's base answer.
-    answer = model.network.num_classes if deployment.policy == "oracle" else 0
+    answer = model.network.num_classes if "oracle" in policies else 0
     return never, x, jnp.full(group_size, answer, jnp.int32)
 
 
@@ -291,12 +289,13 @@ def measure_miss_overhead(model: BaseModel, deployment: Deployment, group_size: 
     """What a request that misses every lookup of ``deployment`` pays over the plain network,
     as a fraction of it: the router with no lookup hitting (:func:`all_miss_inputs`), timed
     in ``rounds`` alternating blocks with the plain compiled network, split in three
-    sessions (0 for a deployment of nothing). ``router``: another program serving the deployment (online learning's tapped
-    one); default: the deployment's own."""
+    sessions (0 for a deployment of nothing). ``router``: another program serving the
+    deployment (online learning's tapped one); default: the deployment's own."""
     if not deployment.positions:
         return 0.0
     router = router or deployment.router(model, max_group=group_size)
-    never, x, rows = all_miss_inputs(model, deployment, group_size)
+    never, x, rows = all_miss_inputs(model, [deployment.policy] * len(deployment.positions),
+                                     group_size)
     plain = plain_program(model)
     fns = {"plain": lambda: plain(x),
            "router": lambda: router.compiled(deployment.params, never, x, rows)}
@@ -362,9 +361,7 @@ def measure_router_charge(model: BaseModel, lookups: dict[str, tuple[int, Decide
     positions = tuple(lookups[k][0] for k in keys)
     router = Router(model, positions, tuple(lookups[k][1] for k in keys), max_group=group_size)
     params = tuple(jax.device_put(lookups[k][2]) for k in keys)
-    never = jnp.asarray([_NEVER[lookups[k][3]] for k in keys], jnp.float32)
-    x = jnp.zeros((group_size, *model.network.input_shape), jnp.float32)
-    rows = jnp.zeros(group_size, jnp.int32)  # every row a request
+    never, x, rows = all_miss_inputs(model, [lookups[k][3] for k in keys], group_size)
     plain = plain_program(model)
     fns = {"plain": lambda: plain(x),
            "router": lambda: router.compiled(params, never, x, rows)}

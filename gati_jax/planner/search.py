@@ -132,8 +132,8 @@ def _fitting(instance: Instance, choices: Sequence[Choice], i: int, table: Table
     fits = instance.memory(rest) + table.nbytes <= instance.budget_bytes
     if np.isfinite(instance.max_miss_overhead):
         count = sum(c is not None for c in rest)
-        others = instance.miss_s(rest) - float(instance.charge_s(count))
-        miss = others + table.looked + instance.charge_s(count + (table.option >= 0))
+        miss = (instance.miss_lookups_s(rest) + table.looked
+                + instance.charge_s(count + (table.option >= 0)))
         fits &= miss <= instance.miss_budget_s * (1 + 1e-12)
     return fits
 
