@@ -197,7 +197,7 @@ def test_frontier_keeps_only_undominated_candidates():
 
 
 def test_adaptive_avg_pool_uses_pytorch_bins_and_leaves_a_grid_sized_map_alone():
-    from gati_jax.caches.variants import adaptive_avg_pool
+    from gati_jax.caches.pooling import adaptive_avg_pool
     x = np.random.default_rng(0).normal(size=(2, 7, 5, 3)).astype(np.float32)
     pooled = np.asarray(adaptive_avg_pool(jnp.asarray(x), 3))
     # PyTorch's adaptive bins: [floor(i * n / k), ceil((i + 1) * n / k)), overlapping here.
@@ -208,3 +208,43 @@ def test_adaptive_avg_pool_uses_pytorch_bins_and_leaves_a_grid_sized_map_alone()
                                        rtol=1e-5, atol=1e-6)
     grid = jnp.asarray(x[:, :3, :3])
     assert adaptive_avg_pool(grid, 3) is grid
+
+
+@pytest.mark.parametrize("size,factor,grid", [(28, 2, 4), (28, 2, 1), (28, 2, 14), (28, 4, 2),
+                                              (14, 1, 4), (12, 3, 3), (8, 2, 3), (7, 1, 7)])
+def test_pooling_by_slices_equals_the_pooling_matrices(size, factor, grid):
+    """pool_map, adaptive pooling and the one-step pooled_grid (written as slices, see
+    caches/pooling.py) average exactly the values the pooling matrices weigh."""
+    from gati_jax.caches.pooling import (adaptive_avg_pool, adaptive_pool_matrix, pool_map,
+                                         pooled_grid)
+    x = np.random.default_rng(size + grid).normal(size=(2, size, size + factor, 3))
+    x = x.astype(np.float32)
+    blocks = np.asarray(x.reshape(2, size // factor, factor, (size + factor) // factor, factor,
+                                  3).mean((2, 4)))
+    np.testing.assert_allclose(pool_map(jnp.asarray(x), factor), blocks, rtol=1e-5, atol=1e-6)
+    rows = adaptive_pool_matrix(blocks.shape[1], grid)
+    cols = adaptive_pool_matrix(blocks.shape[2], grid)
+    want = np.einsum("ih,jw,nhwc->nijc", rows, cols, blocks)
+    np.testing.assert_allclose(adaptive_avg_pool(jnp.asarray(blocks), grid), want,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(pooled_grid, static_argnums=(1, 2))(
+        jnp.asarray(x), factor, grid), want, rtol=1e-5, atol=1e-6)
+
+
+def test_pool_map_names_a_factor_that_does_not_divide_the_map():
+    from gati_jax.caches.pooling import pool_map
+    with pytest.raises(ValueError, match="cannot be pooled by 3"):
+        pool_map(jnp.zeros((1, 8, 8, 2)), 3)
+
+
+@pytest.mark.parametrize("variant", ["pool-k4-h8", "fc-d2-h8", "conv3-c4-s2-k2", "pool-k1"])
+def test_a_predictor_on_the_raw_map_equals_it_on_the_recorded_one(variant):
+    """Served lookups hand the predictor the raw activation (pre_pool = the recording's
+    factor); it must answer as on the pooled activation the cache was trained on."""
+    from gati_jax.caches.pooling import pool_map
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 16, 16, 4)), jnp.float32)
+    spec = parse_variant(variant)
+    params = Predictor(spec, 5).init(jax.random.key(0), pool_map(x, 2))
+    recorded = Predictor(spec, 5).apply(params, pool_map(x, 2))
+    raw = Predictor(spec, 5, pre_pool=2).apply(params, x)
+    np.testing.assert_allclose(raw, recorded, rtol=1e-5, atol=1e-5)

@@ -8,7 +8,6 @@ import jax
 import jax.nn
 import jax.numpy as jnp
 
-from gati_jax.caches.recording import pool_map
 from gati_jax.caches.selector import Selector, selector_features
 from gati_jax.caches.variants import Predictor, VariantSpec
 
@@ -18,10 +17,13 @@ def make_lookup(spec: VariantSpec, num_classes: int, pool_factor: int,
                                                   tuple[jax.Array, jax.Array]]:
     """Returns ``lookup(params, activation) -> (answer, score)``; params are an argument, so new
     values never force a recompile."""
-    predictor, selector = Predictor(spec, num_classes), Selector(selector_hidden)
+    # The raw activation goes in: the predictor pools it as the recording did (one step for
+    # pool and fc heads, see caches/pooling.py).
+    predictor = Predictor(spec, num_classes, pre_pool=pool_factor)
+    selector = Selector(selector_hidden)
 
     def lookup(params, activation):
-        logits = predictor.apply({"params": params["predictor"]}, pool_map(activation, pool_factor))
+        logits = predictor.apply({"params": params["predictor"]}, activation)
         score = jax.nn.sigmoid(selector.apply({"params": params["selector"]},
                                               selector_features(logits)))
         return jnp.argmax(logits, -1), score

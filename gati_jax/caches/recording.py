@@ -16,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gati_jax import data, sharding
+from gati_jax.caches.pooling import pool_map
 from gati_jax.inference import BaseModel, padded_batches
 from gati_jax.input_checks import check_images
 from gati_jax.models import StagedNetwork, Variables
@@ -46,14 +47,6 @@ class Recording:
         return dataclasses.replace(
             self, features={p: f[index] for p, f in self.features.items()},
             logits=self.logits[index], labels=self.labels[index])
-
-
-def pool_map(x: jax.Array, factor: int) -> jax.Array:
-    """Average-pools an NHWC map by ``factor`` (identity for 1 or for vector activations)."""
-    if factor == 1 or x.ndim != 4:
-        return x
-    n, h, w, c = x.shape
-    return x.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
 
 
 def choose_pool_factors(shapes: dict[int, tuple[int, ...]], num_examples: int,

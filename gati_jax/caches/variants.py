@@ -13,7 +13,8 @@ import re
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from gati_jax.caches.pooling import adaptive_avg_pool, pool_map, pooled_grid
 
 KINDS = ("pool", "conv", "fc")
 _TOKEN = re.compile(r"^(?P<key>[a-z]+)(?P<value>\d+)$")
@@ -93,29 +94,15 @@ def parse_variant(text: str) -> VariantSpec:
     return VariantSpec(**fields)
 
 
-def adaptive_pool_matrix(size: int, grid: int) -> np.ndarray:
-    """(grid, size) averaging weights with PyTorch's adaptive-average-pool bins."""
-    matrix = np.zeros((grid, size), np.float32)
-    for i in range(grid):
-        start, stop = (i * size) // grid, -(-((i + 1) * size) // grid)
-        matrix[i, start:stop] = 1.0 / (stop - start)
-    return matrix
-
-
-def adaptive_avg_pool(x: jax.Array, grid: int) -> jax.Array:
-    """Averages an NHWC map down to (N, grid, grid, C) for any H, W >= grid."""
-    if x.shape[1] == x.shape[2] == grid:
-        return x  # the identity, not two matrix products by identity matrices
-    rows = adaptive_pool_matrix(x.shape[1], grid)
-    cols = adaptive_pool_matrix(x.shape[2], grid)
-    return jnp.einsum("ih,jw,nhwc->nijc", rows, cols, x)
-
-
 class Predictor(nn.Module):
-    """A cache's predictor: activation at a position -> logits over the base network's classes."""
+    """A cache's predictor: activation at a position -> logits over the base network's classes.
+
+    ``pre_pool`` > 1: the input is the raw activation, which the predictor first pools as the
+    recording did (``pool_map``); pool and fc heads do both poolings in one step."""
 
     spec: VariantSpec
     num_classes: int
+    pre_pool: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -124,8 +111,11 @@ class Predictor(nn.Module):
             if self.spec.kind == "conv":
                 stride = (self.spec.conv_stride, self.spec.conv_stride)
                 kernel = (self.spec.conv_kernel, self.spec.conv_kernel)
+                x = pool_map(x, self.pre_pool)
                 x = nn.relu(nn.Conv(self.spec.conv_channels, kernel, stride)(x))
-            x = adaptive_avg_pool(x, self.spec.grid)
+                x = adaptive_avg_pool(x, self.spec.grid)
+            else:
+                x = pooled_grid(x, self.pre_pool, self.spec.grid)
         x = x.reshape((x.shape[0], -1))
         for width in self.spec.hidden:
             x = nn.relu(nn.Dense(width)(x))

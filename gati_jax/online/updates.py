@@ -20,10 +20,10 @@ import numpy as np
 import optax
 
 from gati_jax import sharding
-from gati_jax.caches.recording import pool_map
 from gati_jax.caches.selector import (Selector, calibrate_threshold, selector_features,
                                       wilson_lower_bound)
-from gati_jax.caches.variants import Predictor, adaptive_avg_pool
+from gati_jax.caches.pooling import pool_map, pooled_grid
+from gati_jax.caches.variants import Predictor
 from gati_jax.runtime.policies import CacheHead
 
 
@@ -31,10 +31,9 @@ def cache_input(head: CacheHead, x: jax.Array) -> jax.Array:
     """The part of a raw activation the predictor reads: pooled by the recording's factor and,
     for pool and fc heads, by the parameter-free pooling the predictor would apply anyway
     (pooling an already ``grid``-sized map to ``grid`` is the identity), so windows stay small."""
-    x = pool_map(x, head.pool_factor)
     if x.ndim == 4 and head.spec.kind != "conv":
-        x = adaptive_avg_pool(x, head.spec.grid)
-    return x
+        return pooled_grid(x, head.pool_factor, head.spec.grid)
+    return pool_map(x, head.pool_factor)
 
 
 def make_tap(head: CacheHead) -> Callable[[Any, jax.Array], tuple[jax.Array, ...]]:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gati_jax.caches.variants import adaptive_avg_pool
+from gati_jax.caches.pooling import adaptive_avg_pool
 from gati_jax.runtime.policies import register_policy
 
 

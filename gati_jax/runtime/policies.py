@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 
 from gati_jax.caches.lookup import make_lookup
-from gati_jax.caches.recording import pool_map
 from gati_jax.caches.variants import Predictor, VariantSpec
 from gati_jax.registry import Registry
 
@@ -32,9 +31,8 @@ class CacheHead:
 
 
 def _predictor_logits(head: CacheHead) -> Callable[[Any, jax.Array], jax.Array]:
-    predictor = Predictor(head.spec, head.num_classes)
-    return lambda params, x: predictor.apply({"params": params["predictor"]},
-                                             pool_map(x, head.pool_factor))
+    predictor = Predictor(head.spec, head.num_classes, pre_pool=head.pool_factor)
+    return lambda params, x: predictor.apply({"params": params["predictor"]}, x)
 
 
 _POLICIES: Registry[Callable[[Any], Decide]] = Registry("exit policy", "deploy(policy=...)")
