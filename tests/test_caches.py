@@ -237,7 +237,8 @@ def test_pool_map_names_a_factor_that_does_not_divide_the_map():
         pool_map(jnp.zeros((1, 8, 8, 2)), 3)
 
 
-@pytest.mark.parametrize("variant", ["pool-k4-h8", "fc-d2-h8", "conv3-c4-s2-k2", "pool-k1"])
+@pytest.mark.parametrize("variant", ["pool-k4-h8", "fc-d2-h8", "conv3-c4-s2-k2", "pool-k1",
+                                     "fc-d3-h8"])
 def test_a_predictor_on_the_raw_map_equals_it_on_the_recorded_one(variant):
     """Served lookups hand the predictor the raw activation (pre_pool = the recording's
     factor); it must answer as on the pooled activation the cache was trained on."""
@@ -248,3 +249,6 @@ def test_a_predictor_on_the_raw_map_equals_it_on_the_recorded_one(variant):
     recorded = Predictor(spec, 5).apply(params, pool_map(x, 2))
     raw = Predictor(spec, 5, pre_pool=2).apply(params, x)
     np.testing.assert_allclose(raw, recorded, rtol=1e-5, atol=1e-5)
+    # The former pooling (block reshape, pooling matrices), which bench_lookup compares with.
+    matrices = Predictor(spec, 5, pre_pool=2, pooling="matrices").apply(params, x)
+    np.testing.assert_allclose(matrices, recorded, rtol=1e-5, atol=1e-5)

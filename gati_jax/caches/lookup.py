@@ -12,14 +12,14 @@ from gati_jax.caches.selector import Selector, selector_features
 from gati_jax.caches.variants import Predictor, VariantSpec
 
 
-def make_lookup(spec: VariantSpec, num_classes: int, pool_factor: int,
-                selector_hidden: int) -> Callable[[dict[str, Any], jax.Array],
-                                                  tuple[jax.Array, jax.Array]]:
+def make_lookup(spec: VariantSpec, num_classes: int, pool_factor: int, selector_hidden: int,
+                pooling: str = "slices") -> Callable[[dict[str, Any], jax.Array],
+                                                     tuple[jax.Array, jax.Array]]:
     """Returns ``lookup(params, activation) -> (answer, score)``; params are an argument, so new
-    values never force a recompile."""
+    values never force a recompile. ``pooling``: see caches/pooling.py."""
     # The raw activation goes in: the predictor pools it as the recording did (one step for
     # pool and fc heads, see caches/pooling.py).
-    predictor = Predictor(spec, num_classes, pre_pool=pool_factor)
+    predictor = Predictor(spec, num_classes, pool_factor, pooling)
     selector = Selector(selector_hidden)
 
     def lookup(params, activation):

@@ -11,6 +11,8 @@ of 20 lookups inside one program, the block reshape and the two matrix products 
 lookup, these slices 10 us, the whole lookup 34 us before. ``pooled_grid`` goes from the raw
 map to the grid in one step: a bin of the ``factor``-pooled map is a bin of the raw one,
 ``factor`` times larger, since every block averages the same number of raw values.
+``pooled_grid_by_matrices`` is the form the caches used before: the tests' reference and the
+lookup benchmark's comparison (``scripts/bench_lookup.py``).
 """
 
 from __future__ import annotations
@@ -90,3 +92,25 @@ def pooled_grid(x: jax.Array, factor: int, grid: int) -> jax.Array:
     def raw(size):
         return tuple((factor * a, factor * b) for a, b in adaptive_bins(size // factor, grid))
     return _pool(x, raw(h), raw(w))
+
+
+def pool_map_by_blocks(x: jax.Array, factor: int) -> jax.Array:
+    """What ``pool_map`` computes, as a reshape into blocks and a mean over them."""
+    if factor == 1 or x.ndim != 4:
+        return x
+    n, h, w, c = x.shape
+    return x.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+
+
+def pooled_grid_by_matrices(x: jax.Array, factor: int, grid: int) -> jax.Array:
+    """What ``pooled_grid`` computes, as a block reshape and two pooling-matrix products."""
+    x = pool_map_by_blocks(x, factor)
+    if x.shape[1] == x.shape[2] == grid:
+        return x
+    return jnp.einsum("ih,jw,nhwc->nijc", adaptive_pool_matrix(x.shape[1], grid),
+                      adaptive_pool_matrix(x.shape[2], grid), x)
+
+
+# name -> (pool_map, pooled_grid) in that form
+POOLINGS = {"slices": (pool_map, pooled_grid),
+            "matrices": (pool_map_by_blocks, pooled_grid_by_matrices)}

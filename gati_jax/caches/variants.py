@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gati_jax.caches.pooling import adaptive_avg_pool, pool_map, pooled_grid
+from gati_jax.caches.pooling import POOLINGS
 
 KINDS = ("pool", "conv", "fc")
 _TOKEN = re.compile(r"^(?P<key>[a-z]+)(?P<value>\d+)$")
@@ -98,22 +98,26 @@ class Predictor(nn.Module):
     """A cache's predictor: activation at a position -> logits over the base network's classes.
 
     ``pre_pool`` > 1: the input is the raw activation, which the predictor first pools as the
-    recording did (``pool_map``); pool and fc heads do both poolings in one step."""
+    recording did (``pool_map``); pool and fc heads do both poolings in one step.
+    ``pooling`` names how (caches/pooling.py): the same averages, computed by slices (served)
+    or by pooling matrices (the former form, kept for the lookup benchmark)."""
 
     spec: VariantSpec
     num_classes: int
     pre_pool: int = 1
+    pooling: str = "slices"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(jnp.float32)
         if x.ndim == 4:
+            pool_map, pooled_grid = POOLINGS[self.pooling]
             if self.spec.kind == "conv":
                 stride = (self.spec.conv_stride, self.spec.conv_stride)
                 kernel = (self.spec.conv_kernel, self.spec.conv_kernel)
-                x = pool_map(x, self.pre_pool)
-                x = nn.relu(nn.Conv(self.spec.conv_channels, kernel, stride)(x))
-                x = adaptive_avg_pool(x, self.spec.grid)
+                x = nn.relu(nn.Conv(self.spec.conv_channels, kernel, stride)(
+                    pool_map(x, self.pre_pool)))
+                x = pooled_grid(x, 1, self.spec.grid)
             else:
                 x = pooled_grid(x, self.pre_pool, self.spec.grid)
         x = x.reshape((x.shape[0], -1))

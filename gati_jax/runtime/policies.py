@@ -28,10 +28,11 @@ class CacheHead:
     num_classes: int
     pool_factor: int
     selector_hidden: int
+    pooling: str = "slices"   # how the predictor pools (caches/pooling.py)
 
 
 def _predictor_logits(head: CacheHead) -> Callable[[Any, jax.Array], jax.Array]:
-    predictor = Predictor(head.spec, head.num_classes, pre_pool=head.pool_factor)
+    predictor = Predictor(head.spec, head.num_classes, head.pool_factor, head.pooling)
     return lambda params, x: predictor.apply({"params": params["predictor"]}, x)
 
 
@@ -44,7 +45,8 @@ policy_builder = _POLICIES.get
 @register_policy("gati")
 def gati(head: CacheHead) -> Decide:
     """Learned cache: hit when the selector's agreement probability reaches the threshold."""
-    lookup = make_lookup(head.spec, head.num_classes, head.pool_factor, head.selector_hidden)
+    lookup = make_lookup(head.spec, head.num_classes, head.pool_factor, head.selector_hidden,
+                         head.pooling)
 
     def decide(params, threshold, x, base_answer):
         del base_answer
