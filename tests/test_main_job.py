@@ -177,8 +177,9 @@ def test_report_resume_and_loaded_system(explored):
 def test_a_miss_bound_is_held_by_planning_again_and_else_nothing_deploys(explored, tmp_path,
                                                                         monkeypatch):
     """The planning job under a bound, on a stand-in machine where every lookup costs half
-    the plain network: the first plan breaks a 30% bound, the floor rises to that share,
-    and the next plan deploys nothing; with no rounds left the fallback deploys nothing."""
+    the plain network: the first plan breaks a 30% bound, its lookups are timed alone and
+    charged that, and the next plan deploys nothing; with no rounds left the fallback deploys
+    nothing."""
     from gati_jax.planner import pipeline
 
     _, workdir, _ = explored
@@ -201,6 +202,7 @@ def test_a_miss_bound_is_held_by_planning_again_and_else_nothing_deploys(explore
     monkeypatch.setattr(pipeline, "load_or_measure", profile)
     monkeypatch.setattr(pipeline, "measure_miss_overhead", machine)
     for rounds, out in ((3, tmp_path / "replanned"), (0, tmp_path / "fallback")):
+        measured.clear()
         config = smoke_config()
         config.planner.confirm_rounds = 0  # keep the stand-in profile's costs
         config.planner.max_miss_overhead = 0.3
@@ -213,6 +215,9 @@ def test_a_miss_bound_is_held_by_planning_again_and_else_nothing_deploys(explore
         assert [r["positions"] for r in check["rounds"]] == [first, []]
         assert [r["measured"] for r in check["rounds"]] == [0.5 * len(first), 0.0]
         assert result["chosen"]["positions"] == [] and load_plan(out / "plan")[0].positions == ()
-        floors = [r["floor_us"] for r in check["rounds"]]
-        assert floors[0] == 0 and (floors[1] > 0) == (rounds > 0)
-        assert measured[-2:] == [tuple(first), ()]
+        assert check["rounds"][0]["floors_us"] == [0.0] * len(first)
+        keys = check["rounds"][0]["keys"]
+        assert [int(k.split("/")[0][1:]) for k in keys] == first
+        # Timed alone (each once) only when a round is left to plan again with the floors.
+        assert check["rounds"][0]["alone"] == ({k: 0.5 for k in keys} if rounds else {})
+        assert measured == [tuple(first), *([(p,) for p in first] if rounds else []), ()]

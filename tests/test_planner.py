@@ -14,7 +14,7 @@ from gati_jax.planner import search
 from gati_jax.planner.build import reprice
 from gati_jax.planner.instance import (Instance, Option, max_errors, simulate,
                                        summarize_outcome, threshold_grid)
-from gati_jax.planner.miss_bound import hold_miss_bound, next_floor
+from gati_jax.planner.miss_bound import hold_miss_bound, next_floors
 from gati_jax.planner.profiles import Profile
 
 
@@ -172,8 +172,8 @@ def test_error_budget_and_bad_settings():
     assert_config_rejects("planner", "max_miss_overhead", float("nan"))
     with pytest.raises(ValueError, match="miss overhead"):
         dataclasses.replace(inst, max_miss_overhead=-0.1)
-    with pytest.raises(ValueError, match="lookup floor"):
-        dataclasses.replace(inst, miss_floor_s=float("nan"))
+    with pytest.raises(ValueError, match="lookup floor of p0"):
+        dataclasses.replace(inst, miss_floors_s={"p0": float("nan")})
 
 
 def test_impossible_bound_gives_the_empty_plan():
@@ -345,48 +345,101 @@ def test_every_method_keeps_the_miss_bound_and_the_bound_costs_what_it_must(seed
     assert summary["miss_overhead"] == pytest.approx(inst.miss_s(plans["joint"]) / inst.full_s)
     assert summary["feasible"]
     # A floor above the whole bound leaves no lookup deployable.
-    floored = dataclasses.replace(inst, router_s=0.0, deploy_s=0.0,
-                                  miss_floor_s=1.01 * bound * inst.full_s)
+    floored = dataclasses.replace(inst, router_s=0.0, deploy_s=0.0, miss_floors_s={
+        o.key: 1.01 * bound * inst.full_s for opts in inst.options for o in opts})
     for name, plan in search.plan_all(floored).items():
         assert plan == floored.empty(), name
     assert search.exhaustive(floored) == floored.empty()
 
 
-def test_the_miss_bound_is_held_by_measurement_where_the_model_says_lookups_are_free():
-    """The profile says every lookup is free; the machine charges 4% of the plain network
-    per lookup and 1% for the router: the bound of 6% allows one lookup, found by raising
-    the floor from what the first plan measured."""
-    base = random_instance(5, positions=5, eps=0.05)
-    free = dataclasses.replace(
-        base, router_s=0.0, deploy_s=0.0, max_miss_overhead=0.06,
+def _free_lookups(inst, bound):
+    """``inst`` with a miss bound and the profile saying every lookup and charge is free."""
+    return dataclasses.replace(
+        inst, router_s=0.0, deploy_s=0.0, max_miss_overhead=bound,
         options=tuple(tuple(dataclasses.replace(o, lookup_s=0.0) for o in opts)
-                      for opts in base.options))
-    planned = []
+                      for opts in inst.options))
 
-    def plan(floor):
-        instance = dataclasses.replace(free, miss_floor_s=floor)
+
+def _keys(instance, choices):
+    return [instance.options[i][c[0]].key for i, c in enumerate(choices) if c is not None]
+
+
+def test_the_miss_bound_is_held_by_measurement_where_the_model_says_lookups_are_free():
+    """The profile says every lookup is free; the machine charges 1% for the router and each
+    lookup its own price, 8% at odd positions and 1% at even ones: a 6% bound is held by
+    timing the first plan's lookups alone and charging each what it measured, which keeps
+    the cheap lookups deployable (one floor for all, from the plan's share, ruled them out)."""
+    free = _free_lookups(random_instance(5, positions=5, eps=0.05), 0.06)
+    price = {o.key: 0.08 if free.positions[i] % 2 else 0.01
+             for i, opts in enumerate(free.options) for o in opts}
+    planned, alone = [], []
+
+    def plan(floors):
+        instance = dataclasses.replace(free, miss_floors_s=floors)
         planned.append(search.joint(instance))
         return instance, planned[-1]
 
     def measure(instance, choices):
-        count = sum(c is not None for c in choices)
-        return 0.04 * count + (0.01 if count else 0.0)
+        keys = _keys(instance, choices)
+        return 0.01 * bool(keys) + sum(price[k] for k in keys)
 
-    rounds, held = hold_miss_bound(plan, measure, 0.06, rounds=3)
+    def measure_alone(instance, i, choice):
+        alone.append(instance.options[i][choice[0]].key)
+        return 0.01 + price[alone[-1]]
+
+    rounds, held = hold_miss_bound(plan, measure, measure_alone, 0.06, rounds=3)
     assert held and rounds[-1].measured <= 0.06
-    assert sum(c is not None for c in planned[-1]) == 1
-    assert len(planned[0]) - planned[0].count(None) >= 2  # the model alone deployed more
-    assert rounds[0].floor_s == 0 and rounds[0].predicted == 0
-    assert rounds[1].floor_s > 0 and all(a.floor_s <= b.floor_s for a, b in zip(rounds, rounds[1:]))
+    first, last = _keys(free, planned[0]), _keys(free, planned[-1])
+    assert len(first) >= 2 and any(price[k] > 0.05 for k in first)  # the model alone erred
+    assert last and all(price[k] == 0.01 for k in last)  # cheap lookups stay deployable
+    assert rounds[0].predicted == 0 and rounds[0].floors_s == (0.0,) * len(first)
+    # Each lookup of a plan over the bound is timed alone, once, and charged what it added.
+    assert sorted(alone) == sorted(set(alone)) and set(first) <= set(alone)
+    assert rounds[0].alone == {k: 0.01 + price[k] for k in first}
+    for j, r in enumerate(rounds):
+        timed_before = {k for earlier in rounds[:j] for k in earlier.alone}
+        for key, floor in zip(r.keys, r.floors_s):
+            assert floor == (pytest.approx((0.01 + price[key]) * free.full_s)
+                             if key in timed_before else 0.0)
     assert [r.positions for r in rounds][-1] == tuple(
         free.positions[i] for i, c in enumerate(planned[-1]) if c is not None)
     # No rounds left to re-plan: the first plan stays, reported as over the bound...
-    rounds, held = hold_miss_bound(plan, measure, 0.06, rounds=0)
-    assert not held and len(rounds) == 1 and rounds[0].measured > 0.06
+    rounds, held = hold_miss_bound(plan, measure, measure_alone, 0.06, rounds=0)
+    assert not held and len(rounds) == 1 and rounds[0].measured > 0.06 and not rounds[0].alone
     # ... unless a fallback deploys something that holds it (nothing, in the pipeline).
-    rounds, held = hold_miss_bound(plan, measure, 0.06, rounds=0,
+    rounds, held = hold_miss_bound(plan, measure, measure_alone, 0.06, rounds=0,
                                    fallback=lambda: (free, free.empty()))
     assert held and [r.positions for r in rounds][1:] == [()] and rounds[1].measured == 0
     with pytest.raises(ValueError, match="measured"):
-        hold_miss_bound(plan, lambda i, c: float("nan"), 0.06, rounds=1)
-    assert next_floor(free, free.empty(), 0.5) == 0.0
+        hold_miss_bound(plan, lambda i, c: float("nan"), measure_alone, 0.06, rounds=1)
+    with pytest.raises(ValueError, match="measured"):
+        hold_miss_bound(plan, measure, lambda i, k, c: float("inf"), 0.06, rounds=1)
+    assert next_floors(free, free.empty(), 0.5, {}, set()) == {}
+
+
+def test_lookups_that_cost_more_together_get_a_share_of_what_their_plan_measured():
+    """Every lookup measures 2% alone, but n together cost 2% * n^2: once all of a plan's
+    lookups were timed alone before it was chosen, each is charged an equal share of what the
+    plan measured, so the search cannot choose it again; the bound of 5% ends at one lookup."""
+    free = _free_lookups(random_instance(7, positions=5, options=1, eps=0.05), 0.05)
+    planned = []
+
+    def plan(floors):
+        instance = dataclasses.replace(free, miss_floors_s=floors)
+        planned.append(search.joint(instance))
+        return instance, planned[-1]
+
+    def measure(instance, choices):
+        return 0.02 * len(_keys(instance, choices)) ** 2
+
+    rounds, held = hold_miss_bound(plan, measure, lambda i, k, c: 0.02, 0.05, rounds=8)
+    assert held and len(_keys(free, planned[-1])) == 1
+    assert len(_keys(free, planned[0])) >= 2
+    # The share rule, directly: a plan of timed lookups gets floors that reproduce its
+    # measurement, one with a lookup not timed before only the floors of those timed alone.
+    choices = planned[0]
+    keys = _keys(free, choices)
+    floors = next_floors(free, choices, 0.3, {}, set(keys))
+    assert sum(floors[k] for k in keys) == pytest.approx(0.3 * free.full_s)
+    assert next_floors(free, choices, 0.3, {keys[0]: 0.02}, set(keys[1:])) == {
+        keys[0]: pytest.approx(0.02 * free.full_s)}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -103,10 +103,11 @@ class Instance:
     # fraction of it (Apparate's ramp budget: the worst case stays bounded, not only the
     # mean); inf: no bound.
     max_miss_overhead: float = float("inf")
-    # The least seconds each deployed lookup is charged under that bound: a floor set from
-    # measuring a plan, where the profile's marginal costs (noisy differences of two times
-    # of ~1 ms) said its lookups were nearly free and the router measured +12% over three.
-    miss_floor_s: float = 0.0
+    # Per lookup (option key), the least seconds it is charged under that bound: floors set
+    # by measuring plans and their lookups alone (planner/miss_bound.py), where the profile's
+    # marginal costs (noisy differences of two times of ~1 ms) said the lookups were nearly
+    # free and the router measured +12% over three.
+    miss_floors_s: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.options) != len(self.positions):
@@ -118,9 +119,9 @@ class Instance:
         if not self.max_miss_overhead >= 0:
             raise ValueError(f"the miss overhead bound must be >= 0, got "
                              f"{self.max_miss_overhead}")
+        floors = [(f"lookup floor of {key}", s) for key, s in self.miss_floors_s.items()]
         for name, charge in (("router charge", self.router_s),
-                             ("per-cache charge", self.deploy_s),
-                             ("lookup floor", self.miss_floor_s)):
+                             ("per-cache charge", self.deploy_s), *floors):
             if not (np.isfinite(charge) and charge >= 0):
                 raise ValueError(f"the {name} must be finite and >= 0, got {charge}")
         n = self.num_requests
@@ -166,7 +167,7 @@ class Instance:
 
     def miss_lookup_s(self, option: Option) -> float:
         """Seconds one deployed lookup counts for under the miss bound."""
-        return max(option.lookup_s, self.miss_floor_s)
+        return max(option.lookup_s, self.miss_floors_s.get(option.key, 0.0))
 
     def miss_lookups_s(self, choices: Sequence[Choice]) -> float:
         """The lookups' part of :meth:`miss_s` (the router's charges left out)."""

@@ -255,13 +255,13 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
 
     # The miss bound, held by measuring the chosen plan (planner/miss_bound.py); without a
     # bound the chosen plan's all-miss overhead is measured once, for the record.
-    def plan_with_floor(floor: float) -> tuple[Instance, list]:
+    def plan_with_floors(floors: dict[str, float]) -> tuple[Instance, list]:
         nonlocal instances, plans
-        if floor != instances["gati"][0].miss_floor_s:
-            # Every policy's lookups get the floor measured on ours: the comparators' plans
+        if floors != dict(instances["gati"][0].miss_floors_s):
+            # Every policy's lookups get the floors measured on ours: the comparators' plans
             # are held to the same bound (their one-lookup costs were profiled alike).
             instances = _per_pair(instances, lambda policy, i: dataclasses.replace(
-                i, miss_floor_s=floor))
+                i, miss_floors_s=dict(floors)))
             plans = run_methods(instances, float(planner.eps))
         return instances["gati"][0], _choices_of(plans[0], instances["gati"][0])
 
@@ -274,8 +274,12 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
     def measure_misses(instance: Instance, choices: list) -> float:
         plan = plan_from_choices(instance, choices, "gati", "joint")
         return measure_miss_overhead(model, plan_deployment(plan, bank), group, 5 * repeats)
+
+    def measure_alone(instance: Instance, i: int, choice) -> float:
+        only = [choice if j == i else None for j in range(len(instance.positions))]
+        return measure_misses(instance, only)
     bound = miss_bound_of(planner)
-    miss_rounds, within = hold_miss_bound(plan_with_floor, measure_misses, bound,
+    miss_rounds, within = hold_miss_bound(plan_with_floors, measure_misses, measure_alone, bound,
                                           int(planner.miss_rounds) if np.isfinite(bound) else 0,
                                           deploy_nothing)
     miss_check = {"bound": bound if np.isfinite(bound) else None, "within_bound": within,
@@ -348,10 +352,12 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
           f"{100 * check['remeasured_normalized_error']:+.1f}% "
           f"({'within' if check['remeasured_within_10pct'] else 'NOT within'} 10%)")
     for r in miss_rounds:
+        floors = ", ".join(f"{p}: {1e6 * f:.0f} us" for p, f in zip(r.positions, r.floors_s))
+        alone = ", ".join(f"{k.split('/')[0]} {100 * v:+.1f}%" for k, v in r.alone.items())
         print(f"a request missing every lookup of positions {r.positions or '(none)'} "
-              f"(each lookup charged >= {1e6 * r.floor_s:.0f} us): predicted "
-              f"{100 * r.predicted:+.1f}%, measured {100 * r.measured:+.1f}% over the plain "
-              "network")
+              f"(floors {floors or 'none'}): predicted {100 * r.predicted:+.1f}%, measured "
+              f"{100 * r.measured:+.1f}% over the plain network"
+              + (f"; its lookups alone: {alone}" if alone else ""))
     if np.isfinite(bound):
         print(f"miss bound {100 * bound:.1f}%: {'held' if within else 'NOT held'} by the "
               f"deployed plan ({len(miss_rounds)} plan(s) measured)")

@@ -69,7 +69,9 @@ def plan_from_choices(instance: Instance, choices: Sequence[Choice], policy: str
                   # None: no bound (JSON has no infinity).
                   "max_miss_overhead": instance.max_miss_overhead
                   if math.isfinite(instance.max_miss_overhead) else None,
-                  "miss_floor_s": instance.miss_floor_s,
+                  # the floors its own lookups were charged at (planner/miss_bound.py)
+                  "miss_floors_s": {o.key: instance.miss_floors_s[o.key] for o in options
+                                    if o.key in instance.miss_floors_s},
                   "confidence": instance.confidence, "tuning_requests": instance.num_requests})
 
 
