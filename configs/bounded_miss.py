@@ -4,8 +4,10 @@ at most ``bound`` (a fraction, default 0.10) over the plain network.
 ``--config configs/bounded_miss.py`` plans under a 10% bound; ``configs/bounded_miss.py:0.15``
 under 15%. The planner holds the bound by timing its chosen plan (see "Miss bound" in the
 README); the policy benchmark's ``miss_overhead`` column shows what every policy's router
-measured. On this 2-core CPU one gati lookup with its router costs 5-9% of the plain
-network, so a bound under that deploys no gati cache.
+measured. On this 2-core CPU one gati lookup with its router costs +1.4-8.7% of the plain
+network alone, the plan of three +13% (``bench_lookup.py`` on ``runs/main_v28``): a 5% bound
+leaves one lookup (``runs/plan_v28_miss5b``) or none (``runs/main_v29_miss5``, where the
+fresh profile charged the router alone over 5%).
 """
 
 from gati_jax.config import base_config

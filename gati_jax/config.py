@@ -124,9 +124,9 @@ def base_config() -> ml_collections.ConfigDict:
     # The most a request that exits nowhere may pay over the plain network, as a fraction of
     # it (Apparate's ramp budget; < 0: no bound, plans minimise the mean alone). Held by
     # measurement: the chosen plan's all-miss request is timed (at planner.group_size), and
-    # while it breaks the bound every lookup is charged at least its measured share and the
-    # planner plans again, at most miss_rounds times; if none held it, our plan deploys
-    # nothing (gati_jax/planner/miss_bound.py).
+    # while it breaks the bound its lookups are timed alone, each is charged at least what it
+    # measured, and the planner plans again, at most miss_rounds times; if none held it, our
+    # plan deploys nothing (gati_jax/planner/miss_bound.py).
     config.planner.max_miss_overhead = -1.0
     config.planner.miss_rounds = 3
     # Which explored candidates the planner may deploy: "frontier" (Pareto) or "all".

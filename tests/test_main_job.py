@@ -177,9 +177,9 @@ def test_report_resume_and_loaded_system(explored):
 def test_a_miss_bound_is_held_by_planning_again_and_else_nothing_deploys(explored, tmp_path,
                                                                         monkeypatch):
     """The planning job under a bound, on a stand-in machine where every lookup costs half
-    the plain network: the first plan breaks a 30% bound, its lookups are timed alone and
-    charged that, and the next plan deploys nothing; with no rounds left the fallback deploys
-    nothing."""
+    the plain network: the plan without the bound (the scout) measures over a 30% bound, its
+    lookups are timed alone and charged that, and the first plan deploys nothing; with no
+    rounds to plan again, the plan breaks the bound and the fallback deploys nothing."""
     from gati_jax.planner import pipeline
 
     _, workdir, _ = explored
@@ -218,6 +218,8 @@ def test_a_miss_bound_is_held_by_planning_again_and_else_nothing_deploys(explore
         assert check["rounds"][0]["floors_us"] == [0.0] * len(first)
         keys = check["rounds"][0]["keys"]
         assert [int(k.split("/")[0][1:]) for k in keys] == first
-        # Timed alone (each once) only when a round is left to plan again with the floors.
+        # With rounds to plan again, the first is the scout (the plan without the bound,
+        # its lookups timed alone, each once); with none, the plan stands or falls alone.
+        assert check["rounds"][0]["scout"] == (rounds > 0)
         assert check["rounds"][0]["alone"] == ({k: 0.5 for k in keys} if rounds else {})
         assert measured == [tuple(first), *([(p,) for p in first] if rounds else []), ()]

@@ -12,7 +12,7 @@ from conftest import assert_config_rejects
 
 from gati_jax.planner import search
 from gati_jax.planner.build import reprice
-from gati_jax.planner.instance import (Instance, Option, max_errors, simulate,
+from gati_jax.planner.instance import (Instance, MissFloors, Option, max_errors, simulate,
                                        summarize_outcome, threshold_grid)
 from gati_jax.planner.miss_bound import hold_miss_bound, next_floors
 from gati_jax.planner.profiles import Profile
@@ -173,7 +173,9 @@ def test_error_budget_and_bad_settings():
     with pytest.raises(ValueError, match="miss overhead"):
         dataclasses.replace(inst, max_miss_overhead=-0.1)
     with pytest.raises(ValueError, match="lookup floor of p0"):
-        dataclasses.replace(inst, miss_floors_s={"p0": float("nan")})
+        MissFloors({"p0": float("nan")})
+    with pytest.raises(ValueError, match="untimed"):
+        MissFloors(untimed_s=-1.0)
 
 
 def test_impossible_bound_gives_the_empty_plan():
@@ -345,8 +347,8 @@ def test_every_method_keeps_the_miss_bound_and_the_bound_costs_what_it_must(seed
     assert summary["miss_overhead"] == pytest.approx(inst.miss_s(plans["joint"]) / inst.full_s)
     assert summary["feasible"]
     # A floor above the whole bound leaves no lookup deployable.
-    floored = dataclasses.replace(inst, router_s=0.0, deploy_s=0.0, miss_floors_s={
-        o.key: 1.01 * bound * inst.full_s for opts in inst.options for o in opts})
+    floored = dataclasses.replace(inst, router_s=0.0, deploy_s=0.0, miss_floors=MissFloors(
+        untimed_s=1.01 * bound * inst.full_s))
     for name, plan in search.plan_all(floored).items():
         assert plan == floored.empty(), name
     assert search.exhaustive(floored) == floored.empty()
@@ -367,15 +369,16 @@ def _keys(instance, choices):
 def test_the_miss_bound_is_held_by_measurement_where_the_model_says_lookups_are_free():
     """The profile says every lookup is free; the machine charges 1% for the router and each
     lookup its own price, 8% at odd positions and 1% at even ones: a 6% bound is held by
-    timing the first plan's lookups alone and charging each what it measured, which keeps
-    the cheap lookups deployable (one floor for all, from the plan's share, ruled them out)."""
+    timing the first plan's lookups alone and charging each what it measured (and lookups
+    never timed the cheapest of those), which keeps the cheap lookups deployable (one floor
+    for all, from the plan's share, ruled them out)."""
     free = _free_lookups(random_instance(5, positions=5, eps=0.05), 0.06)
     price = {o.key: 0.08 if free.positions[i] % 2 else 0.01
              for i, opts in enumerate(free.options) for o in opts}
     planned, alone = [], []
 
     def plan(floors):
-        instance = dataclasses.replace(free, miss_floors_s=floors)
+        instance = dataclasses.replace(free, miss_floors=floors)
         planned.append(search.joint(instance))
         return instance, planned[-1]
 
@@ -398,9 +401,10 @@ def test_the_miss_bound_is_held_by_measurement_where_the_model_says_lookups_are_
     assert rounds[0].alone == {k: 0.01 + price[k] for k in first}
     for j, r in enumerate(rounds):
         timed_before = {k for earlier in rounds[:j] for k in earlier.alone}
+        cheapest = min((0.01 + price[k] for k in timed_before), default=0.0)
         for key, floor in zip(r.keys, r.floors_s):
-            assert floor == (pytest.approx((0.01 + price[key]) * free.full_s)
-                             if key in timed_before else 0.0)
+            assert floor == pytest.approx(
+                (0.01 + price[key] if key in timed_before else cheapest) * free.full_s)
     assert [r.positions for r in rounds][-1] == tuple(
         free.positions[i] for i, c in enumerate(planned[-1]) if c is not None)
     # No rounds left to re-plan: the first plan stays, reported as over the bound...
@@ -414,18 +418,19 @@ def test_the_miss_bound_is_held_by_measurement_where_the_model_says_lookups_are_
         hold_miss_bound(plan, lambda i, c: float("nan"), measure_alone, 0.06, rounds=1)
     with pytest.raises(ValueError, match="measured"):
         hold_miss_bound(plan, measure, lambda i, k, c: float("inf"), 0.06, rounds=1)
-    assert next_floors(free, free.empty(), 0.5, {}, set()) == {}
+    assert next_floors(MissFloors(), free, free.empty(), 0.5, {}, set()) == (MissFloors(),
+                                                                            None)
 
 
 def test_lookups_that_cost_more_together_get_a_share_of_what_their_plan_measured():
     """Every lookup measures 2% alone, but n together cost 2% * n^2: once all of a plan's
-    lookups were timed alone before it was chosen, each is charged an equal share of what the
-    plan measured, so the search cannot choose it again; the bound of 5% ends at one lookup."""
+    lookups were timed alone before it was chosen, what it measured beyond their floors alone
+    is split among them, so the search cannot choose it again; a 5% bound ends at one lookup."""
     free = _free_lookups(random_instance(7, positions=5, options=1, eps=0.05), 0.05)
     planned = []
 
     def plan(floors):
-        instance = dataclasses.replace(free, miss_floors_s=floors)
+        instance = dataclasses.replace(free, miss_floors=floors)
         planned.append(search.joint(instance))
         return instance, planned[-1]
 
@@ -435,11 +440,50 @@ def test_lookups_that_cost_more_together_get_a_share_of_what_their_plan_measured
     rounds, held = hold_miss_bound(plan, measure, lambda i, k, c: 0.02, 0.05, rounds=8)
     assert held and len(_keys(free, planned[-1])) == 1
     assert len(_keys(free, planned[0])) >= 2
-    # The share rule, directly: a plan of timed lookups gets floors that reproduce its
-    # measurement, one with a lookup not timed before only the floors of those timed alone.
+    assert any(r.shared_s for r in rounds)  # the share rule took part
+    # The share rule, directly: a plan of lookups timed before gets floors that reproduce
+    # its measurement; one with a lookup not timed before only the floors timed alone.
     choices = planned[0]
     keys = _keys(free, choices)
-    floors = next_floors(free, choices, 0.3, {}, set(keys))
-    assert sum(floors[k] for k in keys) == pytest.approx(0.3 * free.full_s)
-    assert next_floors(free, choices, 0.3, {keys[0]: 0.02}, set(keys[1:])) == {
-        keys[0]: pytest.approx(0.02 * free.full_s)}
+    floors, shared = next_floors(MissFloors(), free, choices, 0.3, {k: 0.02 for k in keys},
+                                 set(keys))
+    assert sum(floors.of(k) for k in keys) == pytest.approx(0.3 * free.full_s)
+    assert shared == pytest.approx((0.3 - 0.02 * len(keys)) * free.full_s / len(keys))
+    floors, shared = next_floors(MissFloors(), free, choices, 0.3, {keys[0]: 0.02}, set())
+    assert shared is None and floors.per_lookup == {keys[0]: pytest.approx(0.02 * free.full_s)}
+    assert floors.untimed_s == pytest.approx(0.02 * free.full_s)
+
+
+def test_a_scout_corrects_a_profile_that_overcharges_the_router():
+    """The profile charges the router 10% of the plain network for one cache, so under a 6%
+    bound the model deploys nothing; the machine charges 1% for the router and 1% a lookup.
+    The scout (the plan without the bound, its lookups timed alone) caps the charges at the
+    cheapest one-cache router measured, and the plan deploys lookups within the bound."""
+    base = _free_lookups(random_instance(5, positions=5, eps=0.05), 0.06)
+    dear = dataclasses.replace(base, router_s=0.1 * base.full_s)
+    planned = []
+
+    def plan(floors):
+        instance = dataclasses.replace(dear, miss_floors=floors)
+        planned.append(search.joint(instance))
+        return instance, planned[-1]
+
+    def measure(instance, choices):
+        keys = _keys(instance, choices)
+        return 0.01 * bool(keys) + 0.01 * len(keys)
+
+    def scout():
+        unbounded = dataclasses.replace(dear, max_miss_overhead=float("inf"))
+        return unbounded, search.joint(unbounded)
+
+    alone = lambda instance, i, choice: 0.02  # noqa: E731
+    rounds, held = hold_miss_bound(plan, measure, alone, 0.06, rounds=2)
+    assert held and rounds[-1].positions == () and len(rounds) == 1  # the model alone
+    rounds, held = hold_miss_bound(plan, measure, alone, 0.06, rounds=2, scout=scout)
+    assert rounds[0].scout and rounds[0].alone and not any(r.scout for r in rounds[1:])
+    assert held and rounds[-1].positions and rounds[-1].measured <= 0.06
+    capped = dataclasses.replace(dear, miss_floors=MissFloors(charge_cap_s=0.02 * dear.full_s))
+    assert float(capped.miss_charge_s(1)) == pytest.approx(0.02 * dear.full_s)
+    assert float(capped.miss_charge_s(3)) == pytest.approx(0.02 * dear.full_s)  # no per-cache
+    assert float(dear.miss_charge_s(1)) == pytest.approx(0.1 * dear.full_s)
+

@@ -82,6 +82,34 @@ def _max_errors(num_requests: int, eps: float, confidence: float) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
+class MissFloors:
+    """The least seconds deployed lookups are charged under a miss bound, set by measurement
+    (planner/miss_bound.py) where the profile's marginal costs (noisy differences of two
+    times of ~1 ms) said lookups were nearly free and the router measured +12% over three."""
+
+    per_lookup: Mapping[str, float] = dataclasses.field(default_factory=dict)  # option key
+    # A lookup never timed alone: the cheapest floor of one that was (no lookup is taken to
+    # cost less than the cheapest measured; 0 before any was measured).
+    untimed_s: float = 0.0
+    # The most the router's charges for one cache may be: the cheapest one-cache router
+    # measured all missing (the profile's charges are differences of differences of ~1 ms
+    # times; one read 58 us, 5% of the plain network, where the next read 8).
+    charge_cap_s: float = float("inf")
+
+    def __post_init__(self) -> None:
+        for name, floor in (*((f"lookup floor of {k}", v) for k, v in self.per_lookup.items()),
+                            ("floor of untimed lookups", self.untimed_s)):
+            if not (np.isfinite(floor) and floor >= 0):
+                raise ValueError(f"the {name} must be finite and >= 0, got {floor}")
+        if not self.charge_cap_s >= 0:
+            raise ValueError(f"the router charge cap must be >= 0, got {self.charge_cap_s}")
+
+    def of(self, key: str) -> float:
+        """The floor of the lookup ``key``."""
+        return self.per_lookup.get(key, self.untimed_s)
+
+
+@dataclasses.dataclass(frozen=True)
 class Instance:
     """Options per position, stage costs, and the bound and budget a plan must respect."""
 
@@ -103,11 +131,8 @@ class Instance:
     # fraction of it (Apparate's ramp budget: the worst case stays bounded, not only the
     # mean); inf: no bound.
     max_miss_overhead: float = float("inf")
-    # Per lookup (option key), the least seconds it is charged under that bound: floors set
-    # by measuring plans and their lookups alone (planner/miss_bound.py), where the profile's
-    # marginal costs (noisy differences of two times of ~1 ms) said the lookups were nearly
-    # free and the router measured +12% over three.
-    miss_floors_s: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    # The least seconds each lookup is charged under that bound.
+    miss_floors: MissFloors = MissFloors()
 
     def __post_init__(self) -> None:
         if len(self.options) != len(self.positions):
@@ -119,9 +144,8 @@ class Instance:
         if not self.max_miss_overhead >= 0:
             raise ValueError(f"the miss overhead bound must be >= 0, got "
                              f"{self.max_miss_overhead}")
-        floors = [(f"lookup floor of {key}", s) for key, s in self.miss_floors_s.items()]
         for name, charge in (("router charge", self.router_s),
-                             ("per-cache charge", self.deploy_s), *floors):
+                             ("per-cache charge", self.deploy_s)):
             if not (np.isfinite(charge) and charge >= 0):
                 raise ValueError(f"the {name} must be finite and >= 0, got {charge}")
         n = self.num_requests
@@ -165,9 +189,16 @@ class Instance:
         """Parameter bytes of a plan."""
         return sum(self.options[i][c[0]].nbytes for i, c in enumerate(choices) if c is not None)
 
+    def miss_charge_s(self, deployed) -> np.ndarray:
+        """The router's charges as the miss bound counts them: scaled down, where the profile
+        put one cache's above ``miss_floors.charge_cap_s``, to that cap."""
+        one = float(self.charge_s(1))
+        scale = min(1.0, self.miss_floors.charge_cap_s / one) if one > 0 else 1.0
+        return scale * self.charge_s(deployed)
+
     def miss_lookup_s(self, option: Option) -> float:
         """Seconds one deployed lookup counts for under the miss bound."""
-        return max(option.lookup_s, self.miss_floors_s.get(option.key, 0.0))
+        return max(option.lookup_s, self.miss_floors.of(option.key))
 
     def miss_lookups_s(self, choices: Sequence[Choice]) -> float:
         """The lookups' part of :meth:`miss_s` (the router's charges left out)."""
@@ -176,9 +207,9 @@ class Instance:
 
     def miss_s(self, choices: Sequence[Choice]) -> float:
         """Seconds a request that misses every lookup of a plan pays over the plain network,
-        as the miss bound counts them (the floor applied)."""
+        as the miss bound counts them (the floors applied)."""
         deployed = sum(c is not None for c in choices)
-        return self.miss_lookups_s(choices) + float(self.charge_s(deployed))
+        return self.miss_lookups_s(choices) + float(self.miss_charge_s(deployed))
 
     @property
     def miss_budget_s(self) -> float:

@@ -10,9 +10,11 @@ same three lookups here); a plan the profile said cost +5.4% on a miss measured 
 
 The floors are per lookup. A plan over the bound has each of its lookups timed alone (a
 router with that cache only, never hitting); a lookup is then charged at least what it added
-alone, beyond the router's own charges. Only when every lookup of a plan had been timed alone
-before it was chosen, and the plan still broke the bound (lookups that cost more together than
-apart), does each get at least an equal share of what the plan measured. A uniform floor for
+alone, beyond the router's own charges, and a lookup never timed alone at least the cheapest of
+those (kNN's and the comparators' lookups included). Only when every lookup of a plan had been
+timed alone before it was chosen, and the plan still broke the bound (lookups that cost more
+together than apart), does each get an equal part of what the plan measured beyond their
+floors alone, so the search cannot choose it again. A uniform floor for
 every lookup, as this module once set, ruled out cheap lookups with dear ones: with a 5% bound
 on ``runs/main_v28`` a plan of positions 0, 4 and 6 measured +16.1%, and at its 58 us share no
 lookup fitted, where the one at position 8 measures +1.4% alone (``bench_lookup.py``).
@@ -24,7 +26,7 @@ import dataclasses
 import math
 from typing import Any, Callable, Sequence
 
-from gati_jax.planner.instance import Choice, Instance
+from gati_jax.planner.instance import Choice, Instance, MissFloors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,50 +39,74 @@ class MissRound:
     # All-miss overhead, a fraction of the plain network, by the model with those floors.
     predicted: float
     measured: float                   # ... timed beside the plain network
-    alone: dict[str, float]           # lookups timed alone after it broke the bound (overheads)
+    # After it broke the bound: its lookups timed alone this round (key -> overhead), and
+    # the seconds each of its lookups got over its floor alone when the share rule applied.
+    alone: dict[str, float] = dataclasses.field(default_factory=dict)
+    shared_s: float | None = None
+    scout: bool = False               # the plan without the bound, timed but never deployed
 
     def to_json(self) -> dict[str, Any]:
         """The round as plain values."""
         return {"positions": list(self.positions), "keys": list(self.keys),
                 "floors_us": [1e6 * f for f in self.floors_s], "predicted": self.predicted,
-                "measured": self.measured, "alone": dict(self.alone)}
+                "measured": self.measured, "alone": dict(self.alone),
+                "shared_us": None if self.shared_s is None else 1e6 * self.shared_s,
+                "scout": self.scout}
 
 
-def _deployed(instance: Instance, choices: Sequence[Choice]) -> list[tuple[int, str]]:
-    return [(instance.positions[i], instance.options[i][c[0]].key)
+def _deployed(instance: Instance, choices: Sequence[Choice]) -> list[tuple[int, int, str]]:
+    """(index, position, option key) of every deployed lookup."""
+    return [(i, instance.positions[i], instance.options[i][c[0]].key)
             for i, c in enumerate(choices) if c is not None]
 
 
-def next_floors(instance: Instance, choices: Sequence[Choice], measured: float,
-                alone: dict[str, float], timed_before: set[str]) -> dict[str, float]:
-    """The per-lookup floors after ``choices`` measured ``measured`` over the plain network.
+def next_floors(floors: MissFloors, instance: Instance, choices: Sequence[Choice],
+                measured: float, timed: dict[str, float],
+                timed_before: set[str]) -> tuple[MissFloors, float | None]:
+    """The floors after ``choices`` measured ``measured`` over the plain network, with the
+    lookups in ``timed`` (key -> overhead alone) timed alone so far.
 
-    Each lookup timed alone (``alone``: key -> overhead) is charged at least what it added
-    beyond the router's charges for one cache. If every lookup of the plan had been timed
-    alone before the plan was made (``timed_before``), each is also charged at least an equal
-    share of the measured overhead: the plan then breaks the bound in the model too, and the
-    search cannot choose it again.
+    The router's charges for one cache are capped at the cheapest one-cache overhead timed
+    (it holds them and a lookup); a lookup timed alone is charged at least what it added
+    beyond the (capped) charges, one never timed at least the cheapest of those. If every
+    lookup of the plan had been timed before it was made (``timed_before``), the part of the
+    measurement their floors alone do not explain is split equally among them (returned per
+    lookup, else None): the plan then breaks the bound in the model too. Floors never fall.
     """
-    floors = dict(instance.miss_floors_s)
-    keys = [key for _, key in _deployed(instance, choices)]
-    one = float(instance.charge_s(1))
-    for key, overhead in alone.items():
-        floors[key] = max(floors.get(key, 0.0), overhead * instance.full_s - one, 0.0)
+    cap = min([floors.charge_cap_s, *(o * instance.full_s for o in timed.values())])
+    capped = dataclasses.replace(instance, miss_floors=MissFloors(charge_cap_s=cap))
+    one = float(capped.miss_charge_s(1))
+    alone = {key: max(overhead * instance.full_s - one, 0.0) for key, overhead in timed.items()}
+    per = dict(floors.per_lookup)
+    for key, floor in alone.items():
+        per[key] = max(per.get(key, 0.0), floor)
+    keys = [key for _, _, key in _deployed(instance, choices)]
+    shared = None
     if keys and set(keys) <= timed_before:
-        share = (measured * instance.full_s - float(instance.charge_s(len(keys)))) / len(keys)
+        excess = (measured * instance.full_s - float(capped.miss_charge_s(len(keys)))
+                  - sum(alone[k] for k in keys))
+        shared = max(excess, 0.0) / len(keys)
         for key in keys:
-            floors[key] = max(floors.get(key, 0.0), share)
-    return floors
+            per[key] = max(per[key], alone[key] + shared)
+    untimed = max(floors.untimed_s, min(alone.values())) if alone else floors.untimed_s
+    return MissFloors(per, untimed, cap), shared
 
 
-def hold_miss_bound(plan: Callable[[dict[str, float]], tuple[Instance, list[Choice]]],
+def hold_miss_bound(plan: Callable[[MissFloors], tuple[Instance, list[Choice]]],
                     measure: Callable[[Instance, list[Choice]], float],
                     measure_alone: Callable[[Instance, int, Choice], float], bound: float,
                     rounds: int,
                     fallback: Callable[[], tuple[Instance, list[Choice]]] | None = None,
+                    scout: Callable[[], tuple[Instance, list[Choice]]] | None = None,
                     ) -> tuple[list[MissRound], bool]:
     """Plans with no floors, then while the plan measures over ``bound`` (at most ``rounds``
-    times) times its lookups alone, raises their floors (:func:`next_floors`) and plans again.
+    times) times its lookups alone, raises the floors (:func:`next_floors`) and plans again.
+
+    ``scout()`` (with a finite bound): a plan made without the bound, measured and its
+    lookups timed alone before the first plan, so the floors and the charge cap start from
+    the lookups the bound would rule out (the cap corrects a profile that overcharges the
+    router, which floors, only ever raising costs, cannot); recorded as a round, not deployed.
+    With ``rounds`` 0 (no planning again) there is no scout either.
 
     ``plan(floors)`` plans (and keeps) the deployment and returns its instance and choices;
     ``measure`` times a plan's all-miss overhead, ``measure_alone(instance, i, choice)`` that of
@@ -93,37 +119,46 @@ def hold_miss_bound(plan: Callable[[dict[str, float]], tuple[Instance, list[Choi
     if not bound >= 0:
         raise ValueError(f"the miss bound must be >= 0, got {bound}")
     history: list[MissRound] = []
-    timed: dict[str, float] = {}  # every lookup timed alone so far
+    timed: dict[str, float] = {}  # every lookup timed alone so far: key -> overhead
 
     def checked(value: float) -> float:
         if not math.isfinite(value):
             raise ValueError(f"the all-miss overhead measured {value}")
         return value
 
-    def record(instance: Instance, choices: list[Choice]) -> bool:
+    def planned(instance: Instance, choices: list[Choice], floors: MissFloors) -> MissRound:
         deployed = _deployed(instance, choices)
-        history.append(MissRound(
-            tuple(p for p, _ in deployed), tuple(k for _, k in deployed),
-            tuple(instance.miss_floors_s.get(k, 0.0) for _, k in deployed),
-            instance.miss_s(choices) / instance.full_s, checked(measure(instance, choices)),
-            {}))
-        return history[-1].measured <= bound
+        return MissRound(tuple(p for _, p, _ in deployed), tuple(k for _, _, k in deployed),
+                         tuple(floors.of(k) for _, _, k in deployed),
+                         instance.miss_s(choices) / instance.full_s,
+                         checked(measure(instance, choices)))
 
-    floors: dict[str, float] = {}
+    floors = MissFloors()
+    if scout is not None and math.isfinite(bound) and rounds > 0:
+        instance, choices = scout()
+        tried = planned(instance, choices, floors)
+        alone = {key: checked(measure_alone(instance, i, choices[i]))
+                 for i, _, key in _deployed(instance, choices)}
+        timed.update(alone)
+        floors, _ = next_floors(floors, instance, choices, tried.measured, timed, set())
+        history.append(dataclasses.replace(tried, alone=alone, scout=True))
     for round_ in range(rounds + 1):
         instance, choices = plan(floors)
-        if record(instance, choices):
-            return history, True
-        if round_ < rounds:
-            before = set(timed)
-            for i, c in enumerate(choices):
-                key = instance.options[i][c[0]].key if c is not None else None
-                if key is not None and key not in timed:
-                    timed[key] = checked(measure_alone(instance, i, c))
-                    history[-1].alone[key] = timed[key]
-            floors = next_floors(instance, choices, history[-1].measured,
-                                 {k: timed[k] for k in history[-1].alone}, before)
+        tried = planned(instance, choices, floors)
+        if tried.measured <= bound or round_ == rounds:
+            history.append(tried)
+            if tried.measured <= bound:
+                return history, True
+            break
+        before = set(timed)
+        alone = {key: checked(measure_alone(instance, i, choices[i]))
+                 for i, _, key in _deployed(instance, choices) if key not in timed}
+        timed.update(alone)
+        floors, shared = next_floors(floors, instance, choices, tried.measured, timed, before)
+        history.append(dataclasses.replace(tried, alone=alone, shared_s=shared))
     if fallback is None:
         return history, False
     instance, choices = fallback()
-    return history, record(instance, choices)
+    tried = planned(instance, choices, floors)
+    history.append(tried)
+    return history, tried.measured <= bound

@@ -26,7 +26,7 @@ from gati_jax.planner import search
 from gati_jax.planner.build import (build_instance, build_knn_instance, knn_lookups, knn_stores,
                                     plan_candidates, policy_threshold, reprice)
 from gati_jax.planner.cost_check import check_cost_model, remeasured
-from gati_jax.planner.instance import Instance, simulate
+from gati_jax.planner.instance import Instance, MissFloors, simulate
 from gati_jax.planner.miss_bound import hold_miss_bound
 from gati_jax.planner.plan import Plan, plan_deployment, plan_from_choices, save_plan
 from gati_jax.planner.profiles import (Profile, candidate_lookups, confirm_lookups,
@@ -255,13 +255,14 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
 
     # The miss bound, held by measuring the chosen plan (planner/miss_bound.py); without a
     # bound the chosen plan's all-miss overhead is measured once, for the record.
-    def plan_with_floors(floors: dict[str, float]) -> tuple[Instance, list]:
+    def plan_with_floors(floors: MissFloors) -> tuple[Instance, list]:
         nonlocal instances, plans
-        if floors != dict(instances["gati"][0].miss_floors_s):
-            # Every policy's lookups get the floors measured on ours: the comparators' plans
-            # are held to the same bound (their one-lookup costs were profiled alike).
+        if floors != instances["gati"][0].miss_floors:
+            # Every policy's lookups get the floors measured on ours (those of the same
+            # candidate, and the untimed floor for the rest): the comparators' plans are held
+            # to the same bound (their one-lookup costs were profiled alike).
             instances = _per_pair(instances, lambda policy, i: dataclasses.replace(
-                i, miss_floors_s=dict(floors)))
+                i, miss_floors=floors))
             plans = run_methods(instances, float(planner.eps))
         return instances["gati"][0], _choices_of(plans[0], instances["gati"][0])
 
@@ -278,10 +279,14 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
     def measure_alone(instance: Instance, i: int, choice) -> float:
         only = [choice if j == i else None for j in range(len(instance.positions))]
         return measure_misses(instance, only)
+
+    def unbounded() -> tuple[Instance, list]:
+        tuning = dataclasses.replace(instances["gati"][0], max_miss_overhead=float("inf"))
+        return tuning, search.joint(tuning)
     bound = miss_bound_of(planner)
     miss_rounds, within = hold_miss_bound(plan_with_floors, measure_misses, measure_alone, bound,
                                           int(planner.miss_rounds) if np.isfinite(bound) else 0,
-                                          deploy_nothing)
+                                          deploy_nothing, scout=unbounded)
     miss_check = {"bound": bound if np.isfinite(bound) else None, "within_bound": within,
                   "predicted": miss_rounds[-1].predicted, "measured": miss_rounds[-1].measured,
                   "rounds": [r.to_json() for r in miss_rounds]}
@@ -354,10 +359,13 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
     for r in miss_rounds:
         floors = ", ".join(f"{p}: {1e6 * f:.0f} us" for p, f in zip(r.positions, r.floors_s))
         alone = ", ".join(f"{k.split('/')[0]} {100 * v:+.1f}%" for k, v in r.alone.items())
-        print(f"a request missing every lookup of positions {r.positions or '(none)'} "
+        print(("without the bound (not deployed): " if r.scout else "")
+              + f"a request missing every lookup of positions {r.positions or '(none)'} "
               f"(floors {floors or 'none'}): predicted {100 * r.predicted:+.1f}%, measured "
               f"{100 * r.measured:+.1f}% over the plain network"
-              + (f"; its lookups alone: {alone}" if alone else ""))
+              + (f"; its lookups alone: {alone}" if alone else "")
+              + (f"; they cost more together: +{1e6 * r.shared_s:.0f} us each"
+                 if r.shared_s else ""))
     if np.isfinite(bound):
         print(f"miss bound {100 * bound:.1f}%: {'held' if within else 'NOT held'} by the "
               f"deployed plan ({len(miss_rounds)} plan(s) measured)")

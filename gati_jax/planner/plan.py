@@ -70,8 +70,7 @@ def plan_from_choices(instance: Instance, choices: Sequence[Choice], policy: str
                   "max_miss_overhead": instance.max_miss_overhead
                   if math.isfinite(instance.max_miss_overhead) else None,
                   # the floors its own lookups were charged at (planner/miss_bound.py)
-                  "miss_floors_s": {o.key: instance.miss_floors_s[o.key] for o in options
-                                    if o.key in instance.miss_floors_s},
+                  "miss_floors_s": {o.key: instance.miss_floors.of(o.key) for o in options},
                   "confidence": instance.confidence, "tuning_requests": instance.num_requests})
 
 

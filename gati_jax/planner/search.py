@@ -133,7 +133,7 @@ def _fitting(instance: Instance, choices: Sequence[Choice], i: int, table: Table
     if np.isfinite(instance.max_miss_overhead):
         count = sum(c is not None for c in rest)
         miss = (instance.miss_lookups_s(rest) + table.looked
-                + instance.charge_s(count + (table.option >= 0)))
+                + instance.miss_charge_s(count + (table.option >= 0)))
         fits &= miss <= instance.miss_budget_s * (1 + 1e-12)
     return fits
 
@@ -391,7 +391,8 @@ def exhaustive(instance: Instance, max_nodes: int = 5_000_000) -> list[Choice]:
             # The router's charges only grow with more caches: a plan over the bound here
             # stays over it.
             now_missed = missed + instance.miss_lookup_s(option)
-            if now_missed + instance.charge_s(len(plan) - plan.count(None) + 1) > miss_budget:
+            if (now_missed + instance.miss_charge_s(len(plan) - plan.count(None) + 1)
+                    > miss_budget):
                 continue
             hit = remaining & (option.scores >= choice[1])
             new_err = err + int(option.errors[hit].sum())

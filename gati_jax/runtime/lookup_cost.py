@@ -53,6 +53,7 @@ def chained_lookup_seconds(model: BaseModel, deployments: dict[str, Deployment],
     shapes = model.network.activation_shapes(1)
     rng = np.random.default_rng(0)
     calls, eps = {}, jnp.zeros((), jnp.float32)
+    decides = {name: dep.decides() for name, dep in deployments.items()}
     for position in sorted({p for dep in deployments.values() for p in dep.positions}):
         x = jnp.asarray(rng.normal(size=shapes[position]), jnp.float32)
         empty = _chain(lambda p, t, a, b: (b, b > 0), links)
@@ -60,7 +61,7 @@ def chained_lookup_seconds(model: BaseModel, deployments: dict[str, Deployment],
         for name, dep in deployments.items():
             if position in dep.positions:
                 k = dep.positions.index(position)
-                chain = _chain(dep.decides()[k], links)
+                chain = _chain(decides[name][k], links)
                 calls[(name, position)] = lambda f=chain, p=dep.params[k], x=x: f(p, x, eps)
     timed = measure_interleaved(calls, repeats=repeats)
     return {name: [(timed[(name, p)] - timed[("none", p)]) / links for p in dep.positions]
@@ -80,16 +81,19 @@ def all_miss_overheads(model: BaseModel, routed: dict[str, tuple[Deployment, Rou
 
 
 def benchmark_lookups(model: BaseModel, bank: CacheBank, plan: Deployment | None = None,
-                      sessions: int = 3) -> dict[str, Any]:
-    """Both views for the best cache at every position (and a plan's caches), in each
-    pooling form; the routers' overheads in ``sessions`` sessions (this machine drifts)."""
-    best = deploy(bank, best_per_position(bank))
-    sets = {"all_positions": best, **{f"[{p}]": deploy(bank, [c])
-                                      for p, c in zip(best.positions, best_per_position(bank))}}
+                      sessions: int = 3, links: int = 20, repeats: int = 100,
+                      router_repeats: int = 60) -> dict[str, Any]:
+    """For the best cache at every position, in each pooling form: a lookup on its own and
+    as served (routers of every cache, of each alone and of a gati ``plan``'s caches, all
+    missing); the routers' overheads in ``sessions`` sessions (this machine drifts)."""
+    chosen = best_per_position(bank)
+    best = deploy(bank, chosen)
+    sets = {"all_positions": best,
+            **{f"[{c.position}]": deploy(bank, [c]) for c in chosen}}
     if plan is not None and plan.positions and plan.policy == "gati":
         sets["planned"] = plan
     chained = chained_lookup_seconds(
-        model, {form: with_pooling(best, form) for form in POOLING_FORMS})
+        model, {form: with_pooling(best, form) for form in POOLING_FORMS}, links, repeats)
     out: dict[str, Any] = {
         "backend": jax.default_backend(), "positions": list(best.positions),
         "variants": [h.spec.name for h in best.heads],
@@ -99,7 +103,7 @@ def benchmark_lookups(model: BaseModel, bank: CacheBank, plan: Deployment | None
         for form in POOLING_FORMS:
             shaped = with_pooling(dep, form)
             routed[f"{name} {form}"] = (shaped, shaped.router(model, max_group=1))
-    rounds = [all_miss_overheads(model, routed) for _ in range(sessions)]
+    rounds = [all_miss_overheads(model, routed, router_repeats) for _ in range(sessions)]
     out["all_miss_overhead"] = {
         name: {"positions": list(dep.positions),
                **{form: [r[f"{name} {form}"] for r in rounds] for form in POOLING_FORMS}}
@@ -114,7 +118,9 @@ def print_lookup_benchmark(result: dict[str, Any]) -> None:
           f"lookups, us):")
     print(format_table([{"position": p, "variant": v,
                          **{form: chained[form][i] for form in POOLING_FORMS},
-                         "matrices/slices": chained["matrices"][i] / chained["slices"][i]}
+                         # A difference of two medians: at or below 0 it says nothing.
+                         "matrices/slices": (chained["matrices"][i] / chained["slices"][i]
+                                             if chained["slices"][i] > 0 else float("nan"))}
                         for i, (p, v) in enumerate(zip(result["positions"],
                                                        result["variants"]))]))
     print("\nrouters with every lookup missing, over the plain network (one column per "

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from gati_jax.caches.lookup import make_lookup
+from gati_jax.caches.pooling import POOLINGS
 from gati_jax.caches.variants import Predictor, VariantSpec
 from gati_jax.registry import Registry
 
@@ -28,7 +29,11 @@ class CacheHead:
     num_classes: int
     pool_factor: int
     selector_hidden: int
-    pooling: str = "slices"   # how the predictor pools (caches/pooling.py)
+    pooling: str = "slices"  # how the predictor pools (caches/pooling.py)
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling '{self.pooling}': one of {sorted(POOLINGS)}")
 
 
 def _predictor_logits(head: CacheHead) -> Callable[[Any, jax.Array], jax.Array]:
