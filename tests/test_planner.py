@@ -366,6 +366,18 @@ def _keys(instance, choices):
     return [instance.options[i][c[0]].key for i, c in enumerate(choices) if c is not None]
 
 
+def _joint_planner(instance):
+    """``plan(floors)`` for hold_miss_bound: our search on ``instance`` with the floors; and
+    the list of every plan it made."""
+    planned = []
+
+    def plan(floors):
+        floored = dataclasses.replace(instance, miss_floors=floors)
+        planned.append(search.joint(floored))
+        return floored, planned[-1]
+    return plan, planned
+
+
 def test_the_miss_bound_is_held_by_measurement_where_the_model_says_lookups_are_free():
     """The profile says every lookup is free; the machine charges 1% for the router and each
     lookup its own price, 8% at odd positions and 1% at even ones: a 6% bound is held by
@@ -375,12 +387,8 @@ def test_the_miss_bound_is_held_by_measurement_where_the_model_says_lookups_are_
     free = _free_lookups(random_instance(5, positions=5, eps=0.05), 0.06)
     price = {o.key: 0.08 if free.positions[i] % 2 else 0.01
              for i, opts in enumerate(free.options) for o in opts}
-    planned, alone = [], []
-
-    def plan(floors):
-        instance = dataclasses.replace(free, miss_floors=floors)
-        planned.append(search.joint(instance))
-        return instance, planned[-1]
+    plan, planned = _joint_planner(free)
+    alone = []
 
     def measure(instance, choices):
         keys = _keys(instance, choices)
@@ -427,12 +435,7 @@ def test_lookups_that_cost_more_together_get_a_share_of_what_their_plan_measured
     lookups were timed alone before it was chosen, what it measured beyond their floors alone
     is split among them, so the search cannot choose it again; a 5% bound ends at one lookup."""
     free = _free_lookups(random_instance(7, positions=5, options=1, eps=0.05), 0.05)
-    planned = []
-
-    def plan(floors):
-        instance = dataclasses.replace(free, miss_floors=floors)
-        planned.append(search.joint(instance))
-        return instance, planned[-1]
+    plan, planned = _joint_planner(free)
 
     def measure(instance, choices):
         return 0.02 * len(_keys(instance, choices)) ** 2
@@ -461,12 +464,7 @@ def test_a_scout_corrects_a_profile_that_overcharges_the_router():
     cheapest one-cache router measured, and the plan deploys lookups within the bound."""
     base = _free_lookups(random_instance(5, positions=5, eps=0.05), 0.06)
     dear = dataclasses.replace(base, router_s=0.1 * base.full_s)
-    planned = []
-
-    def plan(floors):
-        instance = dataclasses.replace(dear, miss_floors=floors)
-        planned.append(search.joint(instance))
-        return instance, planned[-1]
+    plan, planned = _joint_planner(dear)
 
     def measure(instance, choices):
         keys = _keys(instance, choices)
