@@ -472,13 +472,16 @@ def test_a_scout_corrects_a_profile_that_overcharges_the_router():
 
     def scout():
         unbounded = dataclasses.replace(dear, max_miss_overhead=float("inf"))
-        return unbounded, search.joint(unbounded)
+        others = [(0, float(opts[0].grid[0])) for opts in unbounded.options]
+        return unbounded, search.joint(unbounded), others
 
     alone = lambda instance, i, choice: 0.02  # noqa: E731
     rounds, held = hold_miss_bound(plan, measure, alone, 0.06, rounds=2)
     assert held and rounds[-1].positions == () and len(rounds) == 1  # the model alone
     rounds, held = hold_miss_bound(plan, measure, alone, 0.06, rounds=2, scout=scout)
-    assert rounds[0].scout and rounds[0].alone and not any(r.scout for r in rounds[1:])
+    assert rounds[0].scout and not any(r.scout for r in rounds[1:])
+    # Timed alone: the unbounded plan's lookups and each position's first option, once each.
+    assert set(rounds[0].alone) == set(rounds[0].keys) | {opts[0].key for opts in dear.options}
     assert held and rounds[-1].positions and rounds[-1].measured <= 0.06
     capped = dataclasses.replace(dear, miss_floors=MissFloors(charge_cap_s=0.02 * dear.full_s))
     assert float(capped.miss_charge_s(1)) == pytest.approx(0.02 * dear.full_s)

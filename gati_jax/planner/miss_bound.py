@@ -97,15 +97,18 @@ def hold_miss_bound(plan: Callable[[MissFloors], tuple[Instance, list[Choice]]],
                     measure_alone: Callable[[Instance, int, Choice], float], bound: float,
                     rounds: int,
                     fallback: Callable[[], tuple[Instance, list[Choice]]] | None = None,
-                    scout: Callable[[], tuple[Instance, list[Choice]]] | None = None,
+                    scout: Callable[[], tuple[Instance, list[Choice], list[Choice]]]
+                    | None = None,
                     ) -> tuple[list[MissRound], bool]:
     """Plans with no floors, then while the plan measures over ``bound`` (at most ``rounds``
     times) times its lookups alone, raises the floors (:func:`next_floors`) and plans again.
 
-    ``scout()`` (with a finite bound): a plan made without the bound, measured and its
-    lookups timed alone before the first plan, so the floors and the charge cap start from
-    the lookups the bound would rule out (the cap corrects a profile that overcharges the
-    router, which floors, only ever raising costs, cannot); recorded as a round, not deployed.
+    ``scout()`` (with a finite bound) returns an instance, a plan made without the bound and
+    more lookups (a choice per position, None for none): the plan is measured and its lookups
+    and the others timed alone before the first plan, so the floors and the charge cap start
+    from the lookups the bound would rule out and from cheap ones (the cap corrects a profile
+    that overcharges the router, which floors, only ever raising costs, cannot); recorded as
+    a round, not deployed.
     With ``rounds`` 0 (no planning again) there is no scout either.
 
     ``plan(floors)`` plans (and keeps) the deployment and returns its instance and choices;
@@ -135,10 +138,13 @@ def hold_miss_bound(plan: Callable[[MissFloors], tuple[Instance, list[Choice]]],
 
     floors = MissFloors()
     if scout is not None and math.isfinite(bound) and rounds > 0:
-        instance, choices = scout()
+        instance, choices, others = scout()
         tried = planned(instance, choices, floors)
-        alone = {key: checked(measure_alone(instance, i, choices[i]))
-                 for i, _, key in _deployed(instance, choices)}
+        alone = {}
+        for picked in (choices, others):
+            for i, _, key in _deployed(instance, picked):
+                if key not in alone:
+                    alone[key] = checked(measure_alone(instance, i, picked[i]))
         timed.update(alone)
         floors, _ = next_floors(floors, instance, choices, tried.measured, timed, set())
         history.append(dataclasses.replace(tried, alone=alone, scout=True))

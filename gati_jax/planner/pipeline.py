@@ -280,9 +280,16 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
         only = [choice if j == i else None for j in range(len(instance.positions))]
         return measure_misses(instance, only)
 
-    def unbounded() -> tuple[Instance, list]:
+    def unbounded() -> tuple[Instance, list, list]:
+        # The plan without the bound, and at every position the option with the fewest
+        # parameter bytes (the cheap lookups a bound would keep, whose timings also cap the
+        # router's charges): about 4 s of timing each.
         tuning = dataclasses.replace(instances["gati"][0], max_miss_overhead=float("inf"))
-        return tuning, search.joint(tuning)
+        smallest = [min(range(len(opts)), key=lambda o: opts[o].nbytes) if opts else None
+                    for opts in tuning.options]
+        return tuning, search.joint(tuning), [
+            None if o is None else (o, float(tuning.options[i][o].grid[0]))
+            for i, o in enumerate(smallest)]
     bound = miss_bound_of(planner)
     miss_rounds, within = hold_miss_bound(plan_with_floors, measure_misses, measure_alone, bound,
                                           int(planner.miss_rounds) if np.isfinite(bound) else 0,
@@ -358,7 +365,8 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
           f"({'within' if check['remeasured_within_10pct'] else 'NOT within'} 10%)")
     for r in miss_rounds:
         floors = ", ".join(f"{p}: {1e6 * f:.0f} us" for p, f in zip(r.positions, r.floors_s))
-        alone = ", ".join(f"{k.split('/')[0]} {100 * v:+.1f}%" for k, v in r.alone.items())
+        alone = ", ".join(f"{'/'.join(k.split('/')[:2])} {100 * v:+.1f}%"
+                          for k, v in r.alone.items())
         print(("without the bound (not deployed): " if r.scout else "")
               + f"a request missing every lookup of positions {r.positions or '(none)'} "
               f"(floors {floors or 'none'}): predicted {100 * r.predicted:+.1f}%, measured "
