@@ -5,9 +5,10 @@ at most ``bound`` (a fraction, default 0.10) over the plain network.
 under 15%. The planner holds the bound by timing its chosen plan (see "Miss bound" in the
 README); the policy benchmark's ``miss_overhead`` column shows what every policy's router
 measured. On this 2-core CPU one gati lookup with its router costs +1.4-8.7% of the plain
-network alone, the plan of three +13% (``bench_lookup.py`` on ``runs/main_v28``): a 5% bound
-leaves one lookup (``runs/plan_v28_miss5b``) or none (``runs/main_v29_miss5``, where the
-fresh profile charged the router alone over 5%).
+network alone, the plan of three +13% (``bench_lookup.py`` on ``runs/main_v28``), and two
+timings of one router a minute apart differ by up to 3 points: a 5% bound leaves one lookup
+(``runs/plan_v28_miss5e``) or none (``runs/plan_v31_miss5f``). Only our plan is held by
+measurement; the comparators' get its floors.
 """
 
 from gati_jax.config import base_config

@@ -88,8 +88,9 @@ class MissFloors:
     times of ~1 ms) said lookups were nearly free and the router measured +12% over three."""
 
     per_lookup: Mapping[str, float] = dataclasses.field(default_factory=dict)  # option key
-    # A lookup never timed alone: the cheapest floor of one that was (no lookup is taken to
-    # cost less than the cheapest measured; 0 before any was measured).
+    # A lookup never timed alone: 0 before any lookup was timed, then inf (only timed lookups
+    # may be deployed: priced at the profile's near-zero costs, untimed variants of the same
+    # positions drew the search from one to the next until its rounds ran out).
     untimed_s: float = 0.0
     # The most the router's charges for one cache may be: the cheapest one-cache router
     # measured all missing (the profile's charges are differences of differences of ~1 ms
@@ -97,12 +98,14 @@ class MissFloors:
     charge_cap_s: float = float("inf")
 
     def __post_init__(self) -> None:
-        for name, floor in (*((f"lookup floor of {k}", v) for k, v in self.per_lookup.items()),
-                            ("floor of untimed lookups", self.untimed_s)):
+        for key, floor in self.per_lookup.items():
             if not (np.isfinite(floor) and floor >= 0):
-                raise ValueError(f"the {name} must be finite and >= 0, got {floor}")
-        if not self.charge_cap_s >= 0:
-            raise ValueError(f"the router charge cap must be >= 0, got {self.charge_cap_s}")
+                raise ValueError(f"the lookup floor of {key} must be finite and >= 0, got "
+                                 f"{floor}")
+        for name, value in (("floor of untimed lookups", self.untimed_s),
+                            ("router charge cap", self.charge_cap_s)):
+            if not value >= 0:  # inf allowed: no lookup untimed / no cap
+                raise ValueError(f"the {name} must be >= 0, got {value}")
 
     def of(self, key: str) -> float:
         """The floor of the lookup ``key``."""

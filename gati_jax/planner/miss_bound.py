@@ -10,8 +10,8 @@ same three lookups here); a plan the profile said cost +5.4% on a miss measured 
 
 The floors are per lookup. A plan over the bound has each of its lookups timed alone (a
 router with that cache only, never hitting); a lookup is then charged at least what it added
-alone, beyond the router's own charges, and a lookup never timed alone at least the cheapest of
-those (kNN's and the comparators' lookups included). Only when every lookup of a plan had been
+alone, beyond the router's own charges, and a lookup never timed alone is not deployed any
+more (kNN's and the comparators' lookups included). Only when every lookup of a plan had been
 timed alone before it was chosen, and the plan still broke the bound (lookups that cost more
 together than apart), does each get an equal part of what the plan measured beyond their
 floors alone, so the search cannot choose it again. A uniform floor for
@@ -68,7 +68,7 @@ def next_floors(floors: MissFloors, instance: Instance, choices: Sequence[Choice
 
     The router's charges for one cache are capped at the cheapest one-cache overhead timed
     (it holds them and a lookup); a lookup timed alone is charged at least what it added
-    beyond the (capped) charges, one never timed at least the cheapest of those. If every
+    beyond the (capped) charges; one never timed may no longer be deployed. If every
     lookup of the plan had been timed before it was made (``timed_before``), the part of the
     measurement their floors alone do not explain is split equally among them (returned per
     lookup, else None): the plan then breaks the bound in the model too. Floors never fall.
@@ -88,7 +88,7 @@ def next_floors(floors: MissFloors, instance: Instance, choices: Sequence[Choice
         shared = max(excess, 0.0) / len(keys)
         for key in keys:
             per[key] = max(per[key], alone[key] + shared)
-    untimed = max(floors.untimed_s, min(alone.values())) if alone else floors.untimed_s
+    untimed = float("inf") if alone else floors.untimed_s
     return MissFloors(per, untimed, cap), shared
 
 

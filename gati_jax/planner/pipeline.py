@@ -259,7 +259,7 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
         nonlocal instances, plans
         if floors != instances["gati"][0].miss_floors:
             # Every policy's lookups get the floors measured on ours (those of the same
-            # candidate, and the untimed floor for the rest): the comparators' plans are held
+            # candidate; the rest are untimed): the comparators' plans are held
             # to the same bound (their one-lookup costs were profiled alike).
             instances = _per_pair(instances, lambda policy, i: dataclasses.replace(
                 i, miss_floors=floors))
