@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one go: what JAX sees, the GPU-marked tests, the router and online tests with
-# the GPU as JAX's default device, the router benchmark and the long temporal online stream.
+# the GPU as JAX's default device, the router and lookup benchmarks and the long temporal
+# online stream.
 # Usage: bash scripts/gpu_check.sh OUTDIR BANK [PLAN]   (PLAN: a main job's WORKDIR/plan)
 # Every step has a time limit, so the script ends and OUTDIR/gpu_check.log says what finished.
 # GPU_CHECK_STEPS (names separated by spaces, e.g. "devices bench_router") runs only those.
@@ -37,6 +38,10 @@ plan_flag=()
 [ -n "$plan" ] && plan_flag=(--plan "$plan")
 step bench_router 160 "$python" scripts/bench_router.py --bank "$bank" "${plan_flag[@]}" \
     --out "$out/bench_router_gpu.json"
+# The lookups' pooling on the GPU: slices (as served since session 14) against the former
+# pooling matrices, side by side (measured on the CPU only so far).
+step bench_lookup 150 "$python" scripts/bench_lookup.py --bank "$bank" "${plan_flag[@]}" \
+    --out "$out/bench_lookup_gpu.json"
 # The router's fixed charge on the GPU (0.054 ms on an H200, 0.006-0.019 ms on a CPU) may be one
 # host synchronisation per lax.cond; XLA can keep conditionals on the device as CUDA-graph
 # conditional nodes when its command buffers cover them. The same benchmark with that on:
