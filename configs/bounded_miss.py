@@ -7,8 +7,8 @@ README); the policy benchmark's ``miss_overhead`` column shows what every policy
 measured. On this 2-core CPU one gati lookup with its router costs +1.4-8.7% of the plain
 network alone, the plan of three +13% (``bench_lookup.py`` on ``runs/main_v28``), and two
 timings of one router a minute apart differ by up to 3 points: a 5% bound leaves one lookup
-(``runs/plan_v28_miss5e``) or none (``runs/plan_v31_miss5f``). Only our plan is held by
-measurement; the comparators' get its floors.
+(``runs/plan_v28_miss5g``: position 0, +2.0%, 1.48x) or none (``runs/plan_v31_miss5f``).
+Only our plan is held by measurement; the comparators' get its floors and are timed once.
 """
 
 from gati_jax.config import base_config

@@ -64,9 +64,15 @@ def _miss_lines(check: dict[str, Any] | None) -> list[str]:
              f"miss bound {100 * check['bound']:.1f}% "
              f"{'held' if check['within_bound'] else 'NOT held'} after "
              f"{len(check['rounds'])} measured plan(s)")
+    comparators = "".join(
+        f" {policy}: {100 * c['measured']:+.1f}% measured ({100 * c['predicted']:+.1f}% "
+        f"predicted)." for policy, c in check.get("comparators", {}).items())
+    if comparators:
+        comparators = (" The comparators' plans, given our floors but not held by measurement:"
+                       + comparators)
     return [f"A request missing every lookup of the plan: predicted "
             f"{100 * check['predicted']:+.1f}%, measured {100 * check['measured']:+.1f}% over "
-            f"the plain network ({bound}).", ""]
+            f"the plain network ({bound}).{comparators}", ""]
 
 
 def _scaling_section(rows: list[dict[str, Any]]) -> list[str]:

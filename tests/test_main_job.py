@@ -225,6 +225,12 @@ def test_a_miss_bound_is_held_by_planning_again_and_else_nothing_deploys(explore
         alone = check["rounds"][0]["alone"]
         assert set(alone) >= set(keys) if rounds else not alone
         assert set(alone.values()) <= {0.5}
+        # Then each comparator's plan, timed once for the record (not held).
+        comparators = check["comparators"]
+        assert set(comparators) == {"confidence", "entropy", "apparate"}
+        assert [tuple(c["positions"]) for c in comparators.values()] == measured[-3:]
+        assert all(c["measured"] == 0.5 * len(c["positions"]) for c in comparators.values())
+        measured = measured[:-3]
         singles = measured[1:-1]
         assert measured[0] == tuple(first) and measured[-1] == ()
         assert len(singles) == len(alone) and all(len(m) == 1 for m in singles)
