@@ -192,11 +192,13 @@ class Instance:
         """Parameter bytes of a plan."""
         return sum(self.options[i][c[0]].nbytes for i, c in enumerate(choices) if c is not None)
 
-    def miss_charge_s(self, deployed) -> np.ndarray:
+    def miss_charge_s(self, deployed, cap_s: float | None = None) -> np.ndarray:
         """The router's charges as the miss bound counts them: scaled down, where the profile
-        put one cache's above ``miss_floors.charge_cap_s``, to that cap."""
+        put one cache's above the cap (``cap_s``, default ``miss_floors.charge_cap_s``), to
+        that cap."""
+        cap = self.miss_floors.charge_cap_s if cap_s is None else cap_s
         one = float(self.charge_s(1))
-        scale = min(1.0, self.miss_floors.charge_cap_s / one) if one > 0 else 1.0
+        scale = min(1.0, cap / one) if one > 0 else 1.0
         return scale * self.charge_s(deployed)
 
     def miss_lookup_s(self, option: Option) -> float:

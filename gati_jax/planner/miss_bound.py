@@ -74,8 +74,7 @@ def next_floors(floors: MissFloors, instance: Instance, choices: Sequence[Choice
     lookup, else None): the plan then breaks the bound in the model too. Floors never fall.
     """
     cap = min([floors.charge_cap_s, *(o * instance.full_s for o in timed.values())])
-    capped = dataclasses.replace(instance, miss_floors=MissFloors(charge_cap_s=cap))
-    one = float(capped.miss_charge_s(1))
+    one = float(instance.miss_charge_s(1, cap))
     alone = {key: max(overhead * instance.full_s - one, 0.0) for key, overhead in timed.items()}
     per = dict(floors.per_lookup)
     for key, floor in alone.items():
@@ -83,7 +82,7 @@ def next_floors(floors: MissFloors, instance: Instance, choices: Sequence[Choice
     keys = [key for _, _, key in _deployed(instance, choices)]
     shared = None
     if keys and set(keys) <= timed_before:
-        excess = (measured * instance.full_s - float(capped.miss_charge_s(len(keys)))
+        excess = (measured * instance.full_s - float(instance.miss_charge_s(len(keys), cap))
                   - sum(alone[k] for k in keys))
         shared = max(excess, 0.0) / len(keys)
         for key in keys:
@@ -129,6 +128,14 @@ def hold_miss_bound(plan: Callable[[MissFloors], tuple[Instance, list[Choice]]],
             raise ValueError(f"the all-miss overhead measured {value}")
         return value
 
+    def time_alone(instance: Instance, choices: Sequence[Choice]) -> dict[str, float]:
+        """Times alone each lookup of ``choices`` not timed before; returns the new ones."""
+        new = {}
+        for i, _, key in _deployed(instance, choices):
+            if key not in timed:
+                timed[key] = new[key] = checked(measure_alone(instance, i, choices[i]))
+        return new
+
     def planned(instance: Instance, choices: list[Choice], floors: MissFloors) -> MissRound:
         deployed = _deployed(instance, choices)
         return MissRound(tuple(p for _, p, _ in deployed), tuple(k for _, _, k in deployed),
@@ -140,12 +147,7 @@ def hold_miss_bound(plan: Callable[[MissFloors], tuple[Instance, list[Choice]]],
     if scout is not None and math.isfinite(bound) and rounds > 0:
         instance, choices, others = scout()
         tried = planned(instance, choices, floors)
-        alone = {}
-        for picked in (choices, others):
-            for i, _, key in _deployed(instance, picked):
-                if key not in alone:
-                    alone[key] = checked(measure_alone(instance, i, picked[i]))
-        timed.update(alone)
+        alone = {**time_alone(instance, choices), **time_alone(instance, others)}
         floors, _ = next_floors(floors, instance, choices, tried.measured, timed, set())
         history.append(dataclasses.replace(tried, alone=alone, scout=True))
     for round_ in range(rounds + 1):
@@ -157,9 +159,7 @@ def hold_miss_bound(plan: Callable[[MissFloors], tuple[Instance, list[Choice]]],
                 return history, True
             break
         before = set(timed)
-        alone = {key: checked(measure_alone(instance, i, choices[i]))
-                 for i, _, key in _deployed(instance, choices) if key not in timed}
-        timed.update(alone)
+        alone = time_alone(instance, choices)
         floors, shared = next_floors(floors, instance, choices, tried.measured, timed, before)
         history.append(dataclasses.replace(tried, alone=alone, shared_s=shared))
     if fallback is None:

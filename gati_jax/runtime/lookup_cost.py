@@ -18,9 +18,8 @@ import numpy as np
 
 from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
-from gati_jax.planner.profiles import plain_program
+from gati_jax.planner.profiles import all_miss_inputs, plain_program
 from gati_jax.profiling import measure_interleaved
-from gati_jax.runtime.benchmark import NEVER, compiled_call
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
 from gati_jax.tables import format_table
@@ -34,12 +33,13 @@ def with_pooling(dep: Deployment, pooling: str) -> Deployment:
     return dataclasses.replace(dep, heads=heads)
 
 
-def _chain(decide: Any, links: int):
-    """``links`` lookups in a row, each on the activation the previous one left: ``eps`` is 0
-    at run time, but XLA cannot know it, so no lookup is dropped or run beside another."""
+def _chain(decide: Any, never: jax.Array, links: int):
+    """``links`` lookups in a row (thresholds ``never``: all miss), each on the activation
+    the previous one left: ``eps`` is 0 at run time, but XLA cannot know it, so no lookup is
+    dropped or run beside another."""
     def run(params, x, eps):
         for _ in range(links):
-            answer, hit = decide(params, jnp.float32(NEVER), x, jnp.zeros(x.shape[0], jnp.int32))
+            answer, hit = decide(params, never, x, jnp.zeros(x.shape[0], jnp.int32))
             step = eps * (hit.astype(jnp.float32) + answer.astype(jnp.float32))
             x = x + step.reshape(-1, *([1] * (x.ndim - 1)))
         return x.reshape(-1)[:1]
@@ -56,12 +56,13 @@ def chained_lookup_seconds(model: BaseModel, deployments: dict[str, Deployment],
     decides = {name: dep.decides() for name, dep in deployments.items()}
     for position in sorted({p for dep in deployments.values() for p in dep.positions}):
         x = jnp.asarray(rng.normal(size=shapes[position]), jnp.float32)
-        empty = _chain(lambda p, t, a, b: (b, b > 0), links)
+        empty = _chain(lambda p, t, a, b: (b, b > 0), jnp.float32(0), links)
         calls[("none", position)] = lambda f=empty, x=x: f((), x, eps)
         for name, dep in deployments.items():
             if position in dep.positions:
                 k = dep.positions.index(position)
-                chain = _chain(decides[name][k], links)
+                never = all_miss_inputs(model, (dep.policy,), 1)[0][0]
+                chain = _chain(decides[name][k], never, links)
                 calls[(name, position)] = lambda f=chain, p=dep.params[k], x=x: f(p, x, eps)
     timed = measure_interleaved(calls, repeats=repeats)
     return {name: [(timed[(name, p)] - timed[("none", p)]) / links for p in dep.positions]
@@ -72,10 +73,12 @@ def all_miss_overheads(model: BaseModel, routed: dict[str, tuple[Deployment, Rou
                        repeats: int = 60, block: int = 10) -> dict[str, float]:
     """Per router: its latency with every lookup missing over the plain network's, minus 1."""
     plain = plain_program(model)
-    x = jnp.zeros((1, *model.network.input_shape), jnp.float32)
+    x = jnp.zeros((1, *model.network.input_shape), jnp.float32)  # as all_miss_inputs's
     calls = {"plain": lambda: plain(x)}
     for name, (dep, router) in routed.items():
-        calls[name] = compiled_call(router, dep.params, np.full(len(dep.positions), NEVER), x)
+        never, images, rows = all_miss_inputs(model, [dep.policy] * len(dep.positions), 1)
+        calls[name] = (lambda r=router, p=dep.params, t=never, i=images, rows=rows:
+                       r.compiled(p, t, i, rows))
     timed = measure_interleaved(calls, repeats=repeats, block=block)
     return {name: timed[name] / timed["plain"] - 1 for name in routed}
 
