@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from test_router import _bank, _images, _model
 
+from gati_jax.profiling import convolution_kernels
 from gati_jax.runtime import deploy
 from gati_jax.runtime.benchmark import benchmark_router
 
@@ -53,5 +56,41 @@ def test_router_benchmark_reports_every_figure(base):
         # The same model, its stage prefixes timed now instead of scaled from the profile.
         assert row["same_round_model_ms"] > 0 and row["profile_model_ms"] > 0
     assert all(math.isfinite(x) for x in _numbers(result))
+    # An MLP: no convolution in any program, and every compared program is reported.
+    assert result["convolution_kernels"] == {
+        name: {"library_fusions": 0, "library": 0, "total": 0}
+        for name in ("plain", "all_positions", "sparse_positions", "planned")}
     assert all(r[k] > 0 for r in result["serving_path"]
                for k in ("compiled_ms", "fetched_ms", "sent_ms", "route_ms", "served_ms"))
+
+
+_HLO = """HloModule jit_f
+
+%fused_computation (param_0: f32[1,8,8,4], param_1: f32[3,3,4,4]) -> f32[1,8,8,4] {
+  %param_0 = f32[1,8,8,4]{3,2,1,0} parameter(0)
+  %a = f32[1,8,8,4]{3,2,1,0} convolution(%param_0, %param_1), window={size=3x3}
+  ROOT %b = f32[1,8,8,4]{3,2,1,0} convolution(%a, %param_1), window={size=3x3}
+}
+
+ENTRY %main.1 (x: f32[1,8,8,4]) -> f32[1,8,8,4] {
+  %x = f32[1,8,8,4]{3,2,1,0} parameter(0)
+  %k = f32[3,3,4,4]{3,2,1,0} constant({...})
+  %ynn_fusion = f32[1,8,8,4]{3,2,1,0} fusion(%x, %k), kind=kCustom, calls=%fused_computation, backend_config={"fusion_config":{"kind":"__ynn_fusion"}}
+  ROOT %c = f32[1,8,8,4]{3,2,1,0} convolution(%ynn_fusion, %k), window={size=3x3}
+}
+"""
+
+
+def test_convolution_kernels_counts_library_fusions_and_all_convolutions():
+    assert convolution_kernels(_HLO) == {"library_fusions": 1, "library": 2, "total": 3}
+
+    def two_convs(x, k):
+        def conv(a):
+            return jax.lax.conv_general_dilated(a, k, (1, 1), "SAME",
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return conv(jax.nn.relu(conv(x)))
+    x, k = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
+    counts = convolution_kernels(jax.jit(two_convs).lower(x, k).compile().as_text())
+    assert counts["total"] == 2
+    assert counts["library_fusions"] <= counts["library"] <= 2
+    assert convolution_kernels(jax.jit(jnp.tanh).lower(x).compile().as_text())["total"] == 0

@@ -32,6 +32,14 @@ def run_router_benchmark(checkpoint: str, bank_dir: str, sparse_positions: tuple
               f"{row['router_all_miss_ms']:.3f} ms, overhead {100 * row['overhead']:+.1f}% "
               f"(alternating with the other programs call by call: "
               f"{100 * row['overhead_alternating']:+.1f}%)")
+    kernels = result.get("convolution_kernels")
+    if kernels:
+        print("convolutions in library (YNNPACK) fusions, as fusions/convolutions/all: "
+              + ", ".join(f"{name} {k['library_fusions']}/{k['library']}/{k['total']}"
+                          for name, k in kernels.items()))
+        if len({tuple(k.values()) for k in kernels.values()}) > 1:
+            print("WARNING: XLA compiled the convolutions of these programs differently; "
+                  "their overheads measure that choice too (see profiling.convolution_kernels)")
     print("\nforced exits (router vs Python loop vs stage-cost models; stage_sum: separately "
           "jitted stages and lookups; profile: the planner's model, compiled prefixes + "
           f"router charge {result['router_charge_ms']:.3f} ms + "

@@ -19,7 +19,7 @@ from gati_jax.planner.instance import router_charge
 from gati_jax.planner.profiles import (marginal_cost, measure_lookups, measure_prefixes,
                                       measure_router_charge, plain_program, prefix_program,
                                       prefixes_from_sessions)
-from gati_jax.profiling import measure_interleaved, stage_latencies
+from gati_jax.profiling import convolution_kernels, measure_interleaved, stage_latencies
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
 from gati_jax.serving.clock import VirtualClock
@@ -64,6 +64,12 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     alternating = measure_interleaved(overhead_calls, repeats=repeats)
     plain_s = timed["plain"]
     out["plain_network_ms"] = 1e3 * plain_s
+    if jax.default_backend() == "cpu":
+        out["convolution_kernels"] = {
+            "plain": convolution_kernels(plain.lower(one).compile().as_text()),
+            **{name: convolution_kernels(router.hlo_text(
+                dep.params, jnp.full(len(dep.positions), NEVER, jnp.float32), one,
+                jnp.zeros(1, jnp.int32))) for name, (dep, router) in routers.items()}}
     out["plain_network_variables_as_arguments_ms"] = 1e3 * timed["as_args"]
     out["all_miss_overhead"] = {
         name: {"positions": list(dep.positions), "router_all_miss_ms": 1e3 * timed[name],

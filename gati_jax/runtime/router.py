@@ -320,6 +320,14 @@ class Router:
         flats, program = self._packed(cache_params)
         return program(*self._base_args, flats, thresholds, images, rows)
 
+    def hlo_text(self, cache_params: tuple[Any, ...], thresholds: jax.Array, images: jax.Array,
+                 rows: jax.Array) -> str:
+        """The optimized HLO of the program :meth:`compiled` runs on these arguments (to see
+        which kernels XLA chose, ``profiling.convolution_kernels``)."""
+        flats, program = self._packed(cache_params)
+        return program.lower(*self._base_args, flats, thresholds, images, rows).compile(
+            ).as_text()
+
     def route(self, cache_params: tuple[Any, ...], thresholds: Any, images: np.ndarray,
               base_answer: np.ndarray | None = None) -> RouteResult:
         """Routes one request group of raw images (validated, padded to its bucket)."""
