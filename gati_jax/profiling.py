@@ -80,6 +80,21 @@ def convolution_kernels(hlo_text: str) -> dict[str, int]:
             "total": sum(count.values())}
 
 
+def describe_kernels(kernels: dict[str, dict[str, int]] | None) -> list[str]:
+    """Lines saying how each compared program ran its convolutions (name -> the counts of
+    :func:`convolution_kernels`), and a warning when the programs differ; none without
+    counts or without convolutions."""
+    if not kernels or not any(k["total"] for k in kernels.values()):
+        return []
+    lines = ["convolutions in library (YNNPACK) fusions, as fusions/convolutions/all: "
+             + ", ".join(f"{name} {k['library_fusions']}/{k['library']}/{k['total']}"
+                         for name, k in kernels.items())]
+    if len({tuple(sorted(k.items())) for k in kernels.values()}) > 1:
+        lines.append("WARNING: XLA compiled the convolutions of these programs differently; "
+                     "their ratios measure that choice too (see profiling.convolution_kernels)")
+    return lines
+
+
 def tree_bytes(tree: Any) -> int:
     """Bytes held by the arrays of a pytree."""
     return int(sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(tree)))

@@ -13,6 +13,7 @@ from typing import Any
 import ml_collections
 
 from gati_jax.plotting import plot_hit_rate_over_time, plot_position_hit_rates
+from gati_jax.profiling import describe_kernels
 from gati_jax.tables import format_table, markdown_table
 
 
@@ -117,7 +118,10 @@ def write_report(config: ml_collections.ConfigDict, workdir: Path,
         "miss_overhead is what a request that exits nowhere pays over the plain network "
         "(batch 1, its router timed beside the plain network).", "",
         markdown_table(main), "",
-        *online_lines, *_scaling_section(bench.get("device_scaling", [])), "## Plan (tuned on validation, figures on test)", "",
+        *[line for text in describe_kernels(bench.get("convolution_kernels"))
+          for line in (text + ".", "")],
+        *online_lines, *_scaling_section(bench.get("device_scaling", [])),
+        "## Plan (tuned on validation, figures on test)", "",
         markdown_table(plan["table"]), "",
         f"Ours vs exhaustive search on positions {small['positions']} (grid "
         f"{small['grid']}): {small['ours_ms']:.4f} ms vs {small['exhaustive_ms']:.4f} ms.", "",

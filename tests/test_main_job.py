@@ -101,6 +101,11 @@ def test_benchmark_rows_are_consistent(explored):
     for name in ("latency_cdf.png", "agreement_vs_speedup.png"):
         assert (workdir / name).stat().st_size > 0
     details = json.loads((workdir / "benchmark_details.json").read_text())
+    # How XLA compiled the convolutions of each timed program (the MLP has none): the plain
+    # network and every policy that deploys a cache.
+    kernels = details["convolution_kernels"]
+    assert "plain" in kernels and set(kernels) - {"plain"} <= policies - {"none"}
+    assert all(k == {"library_fusions": 0, "library": 0, "total": 0} for k in kernels.values())
     for workload in config.benchmark.workloads:
         mine = {r["policy"]: r for r in saved if r["workload"] == workload}
         assert set(mine) == policies

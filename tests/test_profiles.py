@@ -255,3 +255,16 @@ def test_all_miss_inputs_make_every_request_miss_every_lookup(mlp, policy):
                for c in range(mlp.network.num_classes))
     assert profiles.measure_miss_overhead(mlp, Deployment("none", (), (), (), np.zeros(0)),
                                           1, 3) == 0.0
+
+
+def test_charges_from_recovers_the_charges_of_a_linear_router():
+    """Timings made by the model itself (fixed charge F, per-cache charge P, lookups c_k, exit
+    e_0) give back F and P; too few caches or no exit timing give zeros."""
+    fixed, per_cache, c, e0 = 2e-5, 7e-6, np.array([3e-5, 1e-5, 4e-5, 2e-5]), 5e-5
+    m = len(c)
+    charge = profiles.charges_from(list(fixed + per_cache + c), fixed + m * per_cache + c.sum(),
+                                   fixed + per_cache + e0, fixed + m * per_cache + e0)
+    assert np.allclose(charge, (fixed, per_cache), rtol=0, atol=1e-12)
+    assert profiles.charges_from([1e-5], 1e-5, 1e-5, 1e-5) == (0.0, 0.0)
+    no_exit = profiles.charges_from(list(fixed + per_cache + c), fixed + m * per_cache + c.sum())
+    assert no_exit.per_cache_s == 0.0 and no_exit.fixed_s > 0

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from test_router import _bank, _images, _model
 
-from gati_jax.profiling import convolution_kernels
+from gati_jax.profiling import convolution_kernels, describe_kernels
 from gati_jax.runtime import deploy
 from gati_jax.runtime.benchmark import benchmark_router
 
@@ -53,8 +53,14 @@ def test_router_benchmark_reports_every_figure(base):
     for row in result["forced_exits"]:
         assert math.isclose(row["router/same_round"],
                             row["router_ms"] / row["same_round_model_ms"])
-        # The same model, its stage prefixes timed now instead of scaled from the profile.
-        assert row["same_round_model_ms"] > 0 and row["profile_model_ms"] > 0
+        assert math.isclose(row["router/all_same_round"],
+                            row["router_ms"] / row["all_same_round_model_ms"])
+        # The same model, its stage prefixes (or every term) timed now instead of scaled from
+        # the profile.
+        assert min(row["same_round_model_ms"], row["profile_model_ms"],
+                   row["all_same_round_model_ms"]) > 0
+    assert len(result["same_round_charges_ms"]) == 2
+    assert min(result["same_round_charges_ms"]) >= 0
     assert all(math.isfinite(x) for x in _numbers(result))
     # An MLP: no convolution in any program, and every compared program is reported.
     assert result["convolution_kernels"] == {
@@ -75,7 +81,8 @@ _HLO = """HloModule jit_f
 ENTRY %main.1 (x: f32[1,8,8,4]) -> f32[1,8,8,4] {
   %x = f32[1,8,8,4]{3,2,1,0} parameter(0)
   %k = f32[3,3,4,4]{3,2,1,0} constant({...})
-  %ynn_fusion = f32[1,8,8,4]{3,2,1,0} fusion(%x, %k), kind=kCustom, calls=%fused_computation, backend_config={"fusion_config":{"kind":"__ynn_fusion"}}
+  %ynn_fusion = f32[1,8,8,4]{3,2,1,0} fusion(%x, %k), kind=kCustom, calls=%fused_computation, \
+backend_config={"fusion_config":{"kind":"__ynn_fusion"}}
   ROOT %c = f32[1,8,8,4]{3,2,1,0} convolution(%ynn_fusion, %k), window={size=3x3}
 }
 """
@@ -94,3 +101,14 @@ def test_convolution_kernels_counts_library_fusions_and_all_convolutions():
     assert counts["total"] == 2
     assert counts["library_fusions"] <= counts["library"] <= 2
     assert convolution_kernels(jax.jit(jnp.tanh).lower(x).compile().as_text())["total"] == 0
+
+
+def test_describe_kernels_warns_only_when_programs_differ():
+    same = {"library_fusions": 15, "library": 15, "total": 20}
+    lines = describe_kernels({"plain": same, "gati": dict(same)})
+    assert lines == ["convolutions in library (YNNPACK) fusions, as fusions/convolutions/all: "
+                     "plain 15/15/20, gati 15/15/20"]
+    one_graph = {"library_fusions": 1, "library": 20, "total": 20}
+    assert describe_kernels({"plain": one_graph, "gati": same})[1].startswith("WARNING")
+    assert describe_kernels({"plain": {"library_fusions": 0, "library": 0, "total": 0}}) == []
+    assert describe_kernels(None) == []

@@ -374,13 +374,24 @@ def measure_router_charge(model: BaseModel, lookups: dict[str, tuple[int, Decide
     # One measurement stands for every plan: three times a lookup's repeats.
     timed = measure_interleaved(fns, max(3 * repeats // _BLOCK, 3), block=_BLOCK)
     scale = 1.0 if plain_s is None else plain_s / timed["plain"]
-    joint = max(timed["router"] - timed["plain"], 0.0) * scale
-    m = len(keys)
-    fixed = max((sum(lookup_s[k] for k in keys) - joint) / (m - 1), 0.0)
+    joint_exit = (timed["exit"] - timed["prefix"]) * scale if "exit" in fns else None
+    return charges_from([lookup_s[k] for k in keys], (timed["router"] - timed["plain"]) * scale,
+                        exit_s[head] if "exit" in fns else None, joint_exit)
+
+
+def charges_from(one_cache_s: Sequence[float], joint_s: float, first_exit_s: float | None = None,
+                 joint_first_exit_s: float | None = None) -> RouterCharge:
+    """The router's charges (see :func:`measure_router_charge`) from timings taken: each
+    one-cache router's miss cost and the joint router's (over the plain network), and the
+    exit at the first lookup alone and in the joint router (beyond the stages through it;
+    None: no per-cache charge)."""
+    m = len(one_cache_s)
+    if m < 2:
+        return RouterCharge(0.0, 0.0)
+    fixed = max((sum(one_cache_s) - max(joint_s, 0.0)) / (m - 1), 0.0)
     per_cache = 0.0
-    if "exit" in fns:
-        extra = (timed["exit"] - timed["prefix"]) * scale - exit_s[head]
-        per_cache = max(extra / (m - 1), 0.0)
+    if first_exit_s is not None and joint_first_exit_s is not None:
+        per_cache = max((joint_first_exit_s - first_exit_s) / (m - 1), 0.0)
     return RouterCharge(fixed, per_cache)
 
 

@@ -8,6 +8,7 @@ from gati_jax import data
 from gati_jax.caches.bank import load_bank
 from gati_jax.evaluation import model_data_config
 from gati_jax.planner.plan import load_plan, plan_deployment
+from gati_jax.profiling import describe_kernels
 from gati_jax.runtime.benchmark import benchmark_router
 from gati_jax.tables import format_table
 from gati_jax.training.checkpointing import load_base_model
@@ -32,21 +33,20 @@ def run_router_benchmark(checkpoint: str, bank_dir: str, sparse_positions: tuple
               f"{row['router_all_miss_ms']:.3f} ms, overhead {100 * row['overhead']:+.1f}% "
               f"(alternating with the other programs call by call: "
               f"{100 * row['overhead_alternating']:+.1f}%)")
-    kernels = result.get("convolution_kernels")
-    if kernels:
-        print("convolutions in library (YNNPACK) fusions, as fusions/convolutions/all: "
-              + ", ".join(f"{name} {k['library_fusions']}/{k['library']}/{k['total']}"
-                          for name, k in kernels.items()))
-        if len({tuple(k.values()) for k in kernels.values()}) > 1:
-            print("WARNING: XLA compiled the convolutions of these programs differently; "
-                  "their overheads measure that choice too (see profiling.convolution_kernels)")
+    for line in describe_kernels(result.get("convolution_kernels")):
+        print(line)
     print("\nforced exits (router vs Python loop vs stage-cost models; stage_sum: separately "
           "jitted stages and lookups; profile: the planner's model, compiled prefixes + "
           f"router charge {result['router_charge_ms']:.3f} ms + "
           f"{result.get('router_per_cache_ms', 0.0):.3f} ms per deployed cache + marginal "
           "lookups passed + the exit, brought to the speed of the plain network timed in the "
           f"same rounds, {result.get('forced_exit_plain_ms', float('nan')):.3f} ms; "
-          "same_round: that model with its stage prefixes timed in these rounds):")
+          "same_round: that model with its stage prefixes timed in these rounds; "
+          "all_same_round: with every term timed in these rounds, its two charges "
+          f"({result['same_round_charges_ms'][0]:.3f} and "
+          f"{result['same_round_charges_ms'][1]:.3f} ms) fitted to the rows 'no exit' and "
+          "the first exit, which it matches unless a charge fitted below 0 and was "
+          "clamped):")
     print(format_table(result["forced_exits"]))
     print("\ngroup sizes (best cache at every position, gati at its 99% thresholds):")
     print(format_table(result["group_sizes"]))

@@ -16,9 +16,9 @@ from gati_jax import data
 from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
 from gati_jax.planner.instance import router_charge
-from gati_jax.planner.profiles import (marginal_cost, measure_lookups, measure_prefixes,
-                                      measure_router_charge, plain_program, prefix_program,
-                                      prefixes_from_sessions)
+from gati_jax.planner.profiles import (LookupCost, RouterCharge, charges_from, marginal_cost,
+                                      measure_lookups, measure_prefixes, measure_router_charge,
+                                      plain_program, prefix_program, prefixes_from_sessions)
 from gati_jax.profiling import convolution_kernels, measure_interleaved, stage_latencies
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
@@ -94,13 +94,9 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     charge = measure_router_charge(model, lookups, {k: c.miss_s for k, c in measured.items()},
                                    1, repeats, prefix_s[-1],
                                    {k: c.exit_s for k, c in measured.items()})
-    own = charge.fixed_s + charge.per_cache_s
-    cache_s = [marginal_cost(measured[str(p)].miss_s, own) for p in dep.positions]
-    exit_s = [marginal_cost(measured[str(p)].exit_s, own) for p in dep.positions]
+    cache_s, exit_s = _marginals(charge, [measured[str(p)] for p in dep.positions])
     out["router_charge_ms"] = 1e3 * charge.fixed_s
     out["router_per_cache_ms"] = 1e3 * charge.per_cache_s
-    every = float(router_charge(*charge, len(dep.positions)))  # paid by every request
-    rows = []
     scenarios = [("no exit", None)] + [(f"exit at {p}", k) for k, p in enumerate(dep.positions)]
     programs = {}
     for label, k in scenarios:
@@ -111,10 +107,14 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     plain = plain_program(model)
     x = jnp.zeros((1, *network.input_shape), jnp.float32)
     programs["plain"] = lambda: plain(x)
-    # The stages through each exit as the profiles compile them, timed in the same rounds:
-    # the model with its largest term measured beside the router (see below).
-    for k in range(len(dep.positions)):
+    # The stages through each exit as the profiles compile them, and each cache's one-cache
+    # router missing and exiting, timed in the same rounds: the model with every term
+    # measured beside the router (see below).
+    for k, c in enumerate(best):
         programs[f"prefix {k}"] = (lambda p=prefix_program(model, dep.positions[k]): p(x))
+        alone = deploy(bank, [c]).router(model, max_group=1)
+        for name, thr in (("miss", NEVER), ("exit", ALWAYS)):
+            programs[f"alone {k} {name}"] = compiled_call(alone, (dep.params[k],), [thr], one)
     # Every scenario in the same rounds: drift hits them alike (timed one scenario after
     # another, an exit at 6 once measured slower than exits at 7 and 8). The profile model
     # is brought to these rounds' speed through the plain network timed in them (its
@@ -122,25 +122,38 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     timed = measure_interleaved(programs, repeats=max(4, repeats // 20), block=10)
     scale = timed["plain"] / prefix_s[-1]
     out["forced_exit_plain_ms"] = 1e3 * timed["plain"]
+    # The profile model again, every term timed in these rounds: its charges fitted to two
+    # of the rows (no exit, exit at the first position), so those two match (unless a
+    # charge fitted below 0 and was clamped) and the other rows test the model, not the
+    # machine's drift since profiling.
+    # Noise can make a difference slightly negative for the cheapest lookups.
+    now = [LookupCost(max(timed[f"alone {k} miss"] - timed["plain"], 0.0),
+                      max(timed[f"alone {k} exit"] - timed[f"prefix {k}"], 0.0), timed["plain"])
+           for k in range(len(best))]
+    charge_now = charges_from([c.miss_s for c in now], timed["router no exit"] - timed["plain"],
+                              now[0].exit_s, timed["router exit at 0"] - timed["prefix 0"])
+    cache_now, exit_now = _marginals(charge_now, now)
+    out["same_round_charges_ms"] = [1e3 * charge_now.fixed_s, 1e3 * charge_now.per_cache_s]
+    rows = []
     for label, k in scenarios:
         router_s, loop_s = timed[f"router {label}"], timed[f"loop {label}"]
         stop = network.num_stages if k is None else dep.positions[k] + 1
         looked = len(dep.positions) if k is None else k + 1
         model_s = sum(stage_s[:stop]) + sum(lookup_s[:looked])
-        router_part = every + sum(cache_s[:looked])  # what the router adds to the stages
-        if k is not None:  # the last lookup is an exit, not a miss
-            router_part += exit_s[k] - cache_s[k]
-        profiled_s = scale * (prefix_s[stop - 1] + router_part)
+        profiled_s = scale * (prefix_s[stop - 1] + _router_part(charge, cache_s, exit_s, k))
         # The same model with the stages timed in these rounds: what is left of its error is
         # the model's (charges, marginal lookups), not the machine's drift since profiling.
         prefix_now = timed["plain"] if k is None else timed[f"prefix {k}"]
-        same_round_s = prefix_now + scale * router_part
+        same_round_s = prefix_now + scale * _router_part(charge, cache_s, exit_s, k)
+        all_now_s = prefix_now + _router_part(charge_now, cache_now, exit_now, k)
         rows.append({"scenario": label, "router_ms": 1e3 * router_s, "loop_ms": 1e3 * loop_s,
                      "loop/router": loop_s / router_s, "stage_sum_model_ms": 1e3 * model_s,
                      "router/stage_sum": router_s / model_s,
                      "profile_model_ms": 1e3 * profiled_s, "router/profile": router_s / profiled_s,
                      "same_round_model_ms": 1e3 * same_round_s,
-                     "router/same_round": router_s / same_round_s})
+                     "router/same_round": router_s / same_round_s,
+                     "all_same_round_model_ms": 1e3 * all_now_s,
+                     "router/all_same_round": router_s / all_now_s})
     out["forced_exits"] = rows
     out["stage_latency_ms"] = [1e3 * s for s in stage_s]
 
@@ -152,6 +165,27 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     # Batch 1 over a stream of distinct test images at the calibrated 99% thresholds.
     out["stream_batch1"], out["serving_path"] = _stream_rows(model, plain, dep, router, images)
     return out
+
+
+def _marginals(charge: RouterCharge, costs: list[LookupCost]) -> tuple[list[float], list[float]]:
+    """Each cache's marginal miss and exit cost beside others (one-cache costs less the
+    charges that router paid)."""
+    own = charge.fixed_s + charge.per_cache_s
+    return ([marginal_cost(c.miss_s, own) for c in costs],
+            [marginal_cost(c.exit_s, own) for c in costs])
+
+
+def _router_part(charge: RouterCharge, cache_s: list[float], exit_s: list[float],
+                 k: int | None) -> float:
+    """What the model says a router adds to the stages a request runs when it exits at the
+    ``k``-th deployed cache (None: runs to the end): the charges every request pays, the
+    lookups it passes, the exit instead of the last one's miss."""
+    m = len(cache_s)
+    part = float(router_charge(*charge, m))
+    part += sum(cache_s[:m if k is None else k + 1])
+    if k is not None:
+        part += exit_s[k] - cache_s[k]
+    return part
 
 
 def forced_exit_thresholds(count: int, k: int | None) -> np.ndarray:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
@@ -29,8 +30,9 @@ from gati_jax.inference import BaseModel, predict_logits
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
 from gati_jax.planner.pipeline import knn_setup, plan_settings, run_planning
 from gati_jax.planner.plan import Plan, plan_deployment
-from gati_jax.planner.profiles import measure_miss_overhead
+from gati_jax.planner.profiles import all_miss_inputs, measure_miss_overhead, plain_program
 from gati_jax.plotting import plot_hit_rate_over_time, plot_latency_cdf, plot_plan_tradeoff
+from gati_jax.profiling import convolution_kernels, describe_kernels
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
 from gati_jax.serving.clock import make_clock
@@ -267,6 +269,29 @@ def _alarm_spans(events: list[dict[str, Any]], length: int) -> list[tuple[int, i
     return [(a, falls[i] if i < len(falls) else length) for i, a in enumerate(rises)]
 
 
+def convolution_kernel_counts(model: BaseModel, contenders: dict[str, Contender],
+                              learners: dict[str, OnlineLearner] | None = None
+                              ) -> dict[str, dict[str, int]] | None:
+    """How XLA compiled the convolutions of the plain network and of each policy's program
+    at batch 1 (the programs :func:`miss_overheads` times; see
+    ``profiling.convolution_kernels``); None off the CPU."""
+    if jax.default_backend() != "cpu":
+        return None
+    learners = learners or {}
+    plain = plain_program(model)
+    kernels = {"plain": convolution_kernels(plain.lower(
+        jnp.zeros((1, *model.network.input_shape), jnp.float32)).compile().as_text())}
+    for name, c in contenders.items():
+        dep = c.deployment
+        if not dep.positions:
+            continue  # the plain network's own program
+        router = (learners[name].tapped_router(1) if name in learners
+                  else dep.router(model, max_group=1))
+        never, x, rows = all_miss_inputs(model, [dep.policy] * len(dep.positions), 1)
+        kernels[name] = convolution_kernels(router.hlo_text(dep.params, never, x, rows))
+    return kernels
+
+
 def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
                   bank_dir: str | None = None) -> list[dict[str, Any]]:
     """Plans every policy, serves every workload, writes benchmark.json and plots."""
@@ -295,6 +320,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
                                          reference_images=reference)
     misses = miss_overheads(model, contenders, 5 * int(config.planner.latency_repeats),
                             learners)
+    kernels = convolution_kernel_counts(model, contenders, learners)
     sweep = planned["sweep"]
     split = getattr(dataset, config.workload.split)
     rows, latencies, streams, windows, online, corrupted = [], {}, {}, {}, {}, {}
@@ -326,7 +352,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
                              int(config.benchmark.scaling_group))
     report = {"rows": rows, "workloads": streams, "sweep": sweep, "windows": windows,
               "device_scaling": scaling,
-              "online": online,
+              "online": online, "convolution_kernels": kernels,
               "plans": {n: c.plan.to_json() for n, c in contenders.items() if c.plan},
               "settings": {"eps": float(config.planner.eps),
                            "memory_budget_bytes": float(config.planner.memory_budget_bytes),
@@ -353,6 +379,8 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
         print(f"{name}: P(same label as previous) {stats['p_same_as_previous']:.3f}, "
               f"window entropy {stats['mean_window_entropy_bits']:.2f} bits")
     print(format_table([{k: v for k, v in r.items()} for r in rows]))
+    for line in describe_kernels(kernels):
+        print(line)
     print(f"serving throughput vs devices ({scaling_dep.policy}, closed loop, "
           f"{jax.devices()[0].platform}):")
     print(format_table(scaling))
