@@ -48,12 +48,16 @@ def compiled_flops(fn: Callable[..., Any], *args: Any) -> float:
 
 
 _LIBRARY_FUSION = re.compile(r'calls=%([\w.\-]+).*"kind":"__(?:ynn|xnn|onednn)_fusion"')
+_CALLED = re.compile(r"(?:calls|to_apply)=%([\w.\-]+)")
 
 
-def convolution_kernels(hlo_text: str) -> dict[str, int]:
+def convolution_kernels(hlo_text: str, skip_scope: str | None = "Predictor"
+                        ) -> dict[str, int]:
     """How a compiled CPU program (``compiled.as_text()``) runs its convolutions: in how many
     library fusions (YNNPACK, XNNPACK, oneDNN), how many convolutions inside them, how many
-    in all.
+    in all. Convolutions whose op name lies in module ``skip_scope`` (the caches'
+    predictors) are not counted, so programs with and without conv caches compare on the
+    base network's.
 
     XLA's CPU backend chooses per program, and not alike for the same convolutions in two
     programs: on a ResNet-18 of width 64 at batch 1 the plain network became one YNNPACK
@@ -61,7 +65,8 @@ def convolution_kernels(hlo_text: str) -> dict[str, int]:
     their ratio then measured XLA's choice, not the lookups. Benchmarks report these counts
     beside the ratios they compare.
     """
-    computations, name = {}, None
+    computations: dict[str, list[str]] = {}
+    name = None
     for line in hlo_text.splitlines():
         head = re.match(r"^(?:ENTRY )?%([\w.\-]+) ", line)
         if head and line.rstrip().endswith("{"):
@@ -71,11 +76,26 @@ def convolution_kernels(hlo_text: str) -> dict[str, int]:
             name = None
         elif name is not None:
             computations[name].append(line)
-    library = [m.group(1) for lines in computations.values() for line in lines
-               if (m := _LIBRARY_FUSION.search(line))]
-    count = {c: sum(" convolution(" in line for line in lines)
-             for c, lines in computations.items()}
-    inside = [count.get(c, 0) for c in library]
+    if " convolution(" in hlo_text and not computations:
+        raise ValueError("convolution_kernels: no computation found in the HLO text")
+    skip = None if skip_scope is None else f"/{skip_scope}/"
+
+    def counted(line: str) -> bool:
+        return " convolution(" in line and (skip is None or skip not in line)
+
+    count = {c: sum(map(counted, lines)) for c, lines in computations.items()}
+    inside = []
+    for fusion in (m.group(1) for lines in computations.values() for line in lines
+                   if (m := _LIBRARY_FUSION.search(line))):
+        # The fusion's computation and whatever it calls in turn.
+        seen, todo = set(), [fusion]
+        while todo:
+            c = todo.pop()
+            if c in seen or c not in computations:
+                continue
+            seen.add(c)
+            todo.extend(m.group(1) for line in computations[c] for m in _CALLED.finditer(line))
+        inside.append(sum(count[c] for c in seen))
     return {"library_fusions": sum(n > 0 for n in inside), "library": sum(inside),
             "total": sum(count.values())}
 
@@ -86,7 +106,8 @@ def describe_kernels(kernels: dict[str, dict[str, int]] | None) -> list[str]:
     counts or without convolutions."""
     if not kernels or not any(k["total"] for k in kernels.values()):
         return []
-    lines = ["convolutions in library (YNNPACK) fusions, as fusions/convolutions/all: "
+    lines = ["base-network convolutions in library (YNNPACK, XNNPACK, oneDNN) fusions, as "
+             "fusions/convolutions/all: "
              + ", ".join(f"{name} {k['library_fusions']}/{k['library']}/{k['total']}"
                          for name, k in kernels.items())]
     if len({tuple(sorted(k.items())) for k in kernels.values()}) > 1:

@@ -119,7 +119,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: Path,
         "(batch 1, its router timed beside the plain network).", "",
         markdown_table(main), "",
         *[line for text in describe_kernels(bench.get("convolution_kernels"))
-          for line in (text + ".", "")],
+          for line in (f"Batch-1 programs as miss_overhead times them: {text}.", "")],
         *online_lines, *_scaling_section(bench.get("device_scaling", [])),
         "## Plan (tuned on validation, figures on test)", "",
         markdown_table(plan["table"]), "",

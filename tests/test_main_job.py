@@ -7,6 +7,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -103,9 +104,12 @@ def test_benchmark_rows_are_consistent(explored):
     details = json.loads((workdir / "benchmark_details.json").read_text())
     # How XLA compiled the convolutions of each timed program (the MLP has none): the plain
     # network and every policy that deploys a cache.
-    kernels = details["convolution_kernels"]
-    assert "plain" in kernels and set(kernels) - {"plain"} <= policies - {"none"}
-    assert all(k == {"library_fusions": 0, "library": 0, "total": 0} for k in kernels.values())
+    if jax.default_backend() == "cpu":
+        # A policy that deploys nothing has no program of its own and no miss overhead.
+        deploying = {r["policy"] for r in saved if r["miss_overhead"] != 0.0}
+        assert set(details["convolution_kernels"]) == {"plain"} | deploying
+        assert all(k == {"library_fusions": 0, "library": 0, "total": 0}
+                   for k in details["convolution_kernels"].values())
     for workload in config.benchmark.workloads:
         mine = {r["policy"]: r for r in saved if r["workload"] == workload}
         assert set(mine) == policies

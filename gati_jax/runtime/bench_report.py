@@ -45,8 +45,8 @@ def run_router_benchmark(checkpoint: str, bank_dir: str, sparse_positions: tuple
           "all_same_round: with every term timed in these rounds, its two charges "
           f"({result['same_round_charges_ms'][0]:.3f} and "
           f"{result['same_round_charges_ms'][1]:.3f} ms) fitted to the rows 'no exit' and "
-          "the first exit, which it matches unless a charge fitted below 0 and was "
-          "clamped):")
+          "the first exit, which it matches unless a charge or a marginal cost came out "
+          "below 0 and was clamped):")
     print(format_table(result["forced_exits"]))
     print("\ngroup sizes (best cache at every position, gati at its 99% thresholds):")
     print(format_table(result["group_sizes"]))

@@ -112,9 +112,11 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     # measured beside the router (see below).
     for k, c in enumerate(best):
         programs[f"prefix {k}"] = (lambda p=prefix_program(model, dep.positions[k]): p(x))
-        alone = deploy(bank, [c]).router(model, max_group=1)
+        single = deploy(bank, [c])
+        alone = single.router(model, max_group=1)
         for name, thr in (("miss", NEVER), ("exit", ALWAYS)):
-            programs[f"alone {k} {name}"] = compiled_call(alone, (dep.params[k],), [thr], one)
+            # The same parameters object for both: the router packs a new one on its call.
+            programs[f"alone {k} {name}"] = compiled_call(alone, single.params, [thr], one)
     # Every scenario in the same rounds: drift hits them alike (timed one scenario after
     # another, an exit at 6 once measured slower than exits at 7 and 8). The profile model
     # is brought to these rounds' speed through the plain network timed in them (its
@@ -124,8 +126,8 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     out["forced_exit_plain_ms"] = 1e3 * timed["plain"]
     # The profile model again, every term timed in these rounds: its charges fitted to two
     # of the rows (no exit, exit at the first position), so those two match (unless a
-    # charge fitted below 0 and was clamped) and the other rows test the model, not the
-    # machine's drift since profiling.
+    # charge or a marginal cost came out below 0 and was clamped) and the other rows test
+    # the model, not the machine's drift since profiling.
     # Noise can make a difference slightly negative for the cheapest lookups.
     now = [LookupCost(max(timed[f"alone {k} miss"] - timed["plain"], 0.0),
                       max(timed[f"alone {k} exit"] - timed[f"prefix {k}"], 0.0), timed["plain"])

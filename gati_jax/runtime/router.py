@@ -325,8 +325,8 @@ class Router:
         """The optimized HLO of the program :meth:`compiled` runs on these arguments (to see
         which kernels XLA chose, ``profiling.convolution_kernels``)."""
         flats, program = self._packed(cache_params)
-        return program.lower(*self._base_args, flats, thresholds, images, rows).compile(
-            ).as_text()
+        lowered = program.lower(*self._base_args, flats, thresholds, images, rows)
+        return lowered.compile().as_text()
 
     def route(self, cache_params: tuple[Any, ...], thresholds: Any, images: np.ndarray,
               base_answer: np.ndarray | None = None) -> RouteResult:

@@ -172,16 +172,22 @@ def serve_rounds(model: BaseModel, contenders: dict[str, Contender], workload, b
     return results
 
 
-def miss_overheads(model: BaseModel, contenders: dict[str, Contender], rounds: int,
-                   learners: dict[str, OnlineLearner] | None = None) -> dict[str, float]:
-    """Per policy, what a request that exits nowhere pays over the plain network (batch 1, a
-    fraction of it): the price of its worst case beside its mean speedup. A policy served by
-    an online learner is measured on its tapped program, the costlier of the two it serves
-    with."""
+def batch1_programs(model: BaseModel, contenders: dict[str, Contender],
+                    learners: dict[str, OnlineLearner] | None = None) -> dict[str, Router]:
+    """Each policy's program at batch 1 where it deploys a cache: a policy served by an
+    online learner by its tapped program, the costlier of the two it serves with."""
     learners = learners or {}
-    return {name: measure_miss_overhead(
-                model, c.deployment, 1, rounds,
-                learners[name].tapped_router(1) if name in learners else None)
+    return {name: (learners[name].tapped_router(1) if name in learners
+                   else c.deployment.router(model, max_group=1))
+            for name, c in contenders.items() if c.deployment.positions}
+
+
+def miss_overheads(model: BaseModel, contenders: dict[str, Contender], rounds: int,
+                   programs: dict[str, Router]) -> dict[str, float]:
+    """Per policy, what a request that exits nowhere pays over the plain network (batch 1, a
+    fraction of it), on its program in ``programs`` (:func:`batch1_programs`): the price of
+    its worst case beside its mean speedup."""
+    return {name: measure_miss_overhead(model, c.deployment, 1, rounds, programs.get(name))
             for name, c in tqdm(contenders.items(), desc="timing all-miss requests",
                                 leave=False)}
 
@@ -270,23 +276,17 @@ def _alarm_spans(events: list[dict[str, Any]], length: int) -> list[tuple[int, i
 
 
 def convolution_kernel_counts(model: BaseModel, contenders: dict[str, Contender],
-                              learners: dict[str, OnlineLearner] | None = None
-                              ) -> dict[str, dict[str, int]] | None:
+                              programs: dict[str, Router]) -> dict[str, dict[str, int]] | None:
     """How XLA compiled the convolutions of the plain network and of each policy's program
-    at batch 1 (the programs :func:`miss_overheads` times; see
-    ``profiling.convolution_kernels``); None off the CPU."""
+    in ``programs`` (those :func:`miss_overheads` timed, already compiled: their programs are
+    reused; see ``profiling.convolution_kernels``); None off the CPU."""
     if jax.default_backend() != "cpu":
         return None
-    learners = learners or {}
     plain = plain_program(model)
     kernels = {"plain": convolution_kernels(plain.lower(
         jnp.zeros((1, *model.network.input_shape), jnp.float32)).compile().as_text())}
-    for name, c in contenders.items():
-        dep = c.deployment
-        if not dep.positions:
-            continue  # the plain network's own program
-        router = (learners[name].tapped_router(1) if name in learners
-                  else dep.router(model, max_group=1))
+    for name, router in programs.items():
+        dep = contenders[name].deployment
         never, x, rows = all_miss_inputs(model, [dep.policy] * len(dep.positions), 1)
         kernels[name] = convolution_kernels(router.hlo_text(dep.params, never, x, rows))
     return kernels
@@ -318,9 +318,10 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
         learners[ONLINE] = OnlineLearner(model, contenders[ONLINE].deployment, settings,
                                          int(config.serving.max_group),
                                          reference_images=reference)
+    programs = batch1_programs(model, contenders, learners)
     misses = miss_overheads(model, contenders, 5 * int(config.planner.latency_repeats),
-                            learners)
-    kernels = convolution_kernel_counts(model, contenders, learners)
+                            programs)
+    kernels = convolution_kernel_counts(model, contenders, programs)
     sweep = planned["sweep"]
     split = getattr(dataset, config.workload.split)
     rows, latencies, streams, windows, online, corrupted = [], {}, {}, {}, {}, {}
