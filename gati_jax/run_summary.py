@@ -130,9 +130,14 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
-    """Config keys whose values differ between the runs (key -> run -> value; a run without
-    the key, or without a config, shows None)."""
-    flat = {run.name: _flat(run.config) for run in runs}
+    """Config keys whose values differ between the runs that have a config (key -> run ->
+    value; a run without the key shows None). Runs without one: :func:`without_config`."""
+    flat = {run.name: _flat(run.config) for run in runs if run.config}
     keys = sorted({k for f in flat.values() for k in f})
     return {k: {name: f.get(k) for name, f in flat.items()} for k in keys
             if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1}
+
+
+def without_config(runs: Sequence[Run]) -> list[str]:
+    """The runs that recorded no config (written before benchmark runs saved theirs)."""
+    return [run.name for run in runs if not run.config]

@@ -13,7 +13,7 @@ from absl import app, flags, logging
 
 from gati_jax.plotting import plot_run_spread
 from gati_jax.run_summary import (compact_online, config_differences, load_run,
-                                  online_spread, spread)
+                                  online_spread, spread, without_config)
 from gati_jax.tables import format_table
 
 _METRIC = flags.DEFINE_string("metric", "speedup_vs_none", "Column of benchmark.json.")
@@ -39,11 +39,15 @@ def main(argv: list[str]) -> None:
         print(format_table(compact_online(online)))
     print("\nconfig keys the runs did not share: "
           + (", ".join(differences) if differences else "none"))
+    unknown = without_config(runs)
+    if unknown:
+        print(f"runs without config.json, not compared: {', '.join(unknown)}")
     out = Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs_summary.json").write_text(json.dumps(
         {"runs": [r.name for r in runs], "metric": _METRIC.value, "spread": rows,
-         "online": online, "config_differences": differences}, indent=1) + "\n")
+         "online": online, "config_differences": differences,
+         "without_config": unknown}, indent=1) + "\n")
     plot_run_spread(rows, [r.name for r in runs], _METRIC.value, out / "runs_summary.png")
     print(f"wrote {out / 'runs_summary.json'} and {out / 'runs_summary.png'}")
 

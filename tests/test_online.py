@@ -237,6 +237,11 @@ def test_untapped_groups_serve_the_same_answers_and_only_tapped_ones_teach(model
     for window in learner.windows:  # every miss reached both positions; nobody else teaches
         assert window.train.count + window.holdout.count == tapped_misses
     assert learner.summary()["trace_count"] == compiled  # every program was compiled ahead
+    # Every chunk is timed under its kind: the waits a request can meet, kind by kind.
+    kinds = learner.summary()["chunk_ms_by_kind"]
+    assert sum(k["count"] for k in kinds.values()) == learner.chunks
+    assert "observe" in kinds and set(kinds) <= {"observe", "audit", "update", "idle"}
+    assert all(0 <= k["p50"] <= k["p99"] <= k["max"] for k in kinds.values())
     programs = learner.router.trace_count + (0 if single_program else
                                              learner.untapped.trace_count)
     assert programs == (1 if single_program else 2) * len(learner.router.buckets)

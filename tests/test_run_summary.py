@@ -9,7 +9,7 @@ import pytest
 
 from gati_jax.plotting import plot_run_spread
 from gati_jax.run_summary import (compact_online, config_differences, load_run,
-                                  online_spread, spread)
+                                  online_spread, spread, without_config)
 
 
 def _run(directory, speedups, p99=None, config=None):
@@ -52,11 +52,9 @@ def test_spread_online_and_config_differences(tmp_path):
     assert compact_online([temporal])[0]["p99_ratio"] == "1.175 [1.100, 1.250]"
     assert online_spread(runs, p99_target=1.3)[0]["p99_interval_within_target"] == 2
 
-    # c has no config: every key differs for it; seed is shared by a and b only.
-    differences = config_differences(runs)
-    assert differences["planner.eps"] == {"a": 0.01, "b": 0.02, "c": None}
-    assert differences["seed"] == {"a": 0, "b": 0, "c": None}
-    assert config_differences(runs[:2]) == {"planner.eps": {"a": 0.01, "b": 0.02}}
+    # c recorded no config: named apart, not compared.
+    assert config_differences(runs) == {"planner.eps": {"a": 0.01, "b": 0.02}}
+    assert without_config(runs) == ["c"]
 
     path = tmp_path / "spread.png"
     plot_run_spread(spread(runs), [r.name for r in runs], "speedup_vs_none", path)

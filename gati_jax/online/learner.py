@@ -474,6 +474,18 @@ class OnlineLearner:
         while self.pending():
             self.run_chunk()
 
+    def _chunks_by_kind(self) -> dict[str, dict[str, float]]:
+        """Per kind of background chunk (observe, audit, update): how many ran, and their
+        median, p99 and longest duration in ms (a request that arrives during a chunk waits
+        for it)."""
+        out = {}
+        for kind in dict.fromkeys(self.chunk_kinds):
+            ms = 1e3 * np.array([t for t, k in zip(self.chunk_seconds, self.chunk_kinds)
+                                 if k == kind])
+            out[kind] = {"count": int(ms.size), "p50": float(np.percentile(ms, 50)),
+                         "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}
+        return out
+
     def summary(self) -> dict[str, Any]:
         """Counts of updates (and of those that ran optimiser steps, "trained"), parameter
         swaps ("accepted"; "rejected": trained candidates that failed or did no better),
@@ -499,6 +511,7 @@ class OnlineLearner:
                 "chunk_ms_p50": 1e3 * float(np.percentile(self.chunk_seconds, 50))
                 if self.chunk_seconds else 0.0,
                 "chunk_ms_max": 1e3 * max(self.chunk_seconds, default=0.0),
+                "chunk_ms_by_kind": self._chunks_by_kind(),
                 "final_thresholds": [float(t) for t in self.thresholds()],
                 "update_log": [{"scheduled": u.scheduled, "applied": u.applied,
                                 "trained": u.trained, "thresholds": u.thresholds,

@@ -259,6 +259,7 @@ def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[s
     figures["shift_events"] = first["online"]["shift_events"]
     figures["window_bytes"] = first["online"]["window_bytes"]
     figures["update_log"] = first["online"]["update_log"]
+    figures["chunk_ms_by_kind"] = first["online"].get("chunk_ms_by_kind", {})
     return figures
 
 
@@ -299,6 +300,9 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
     started = time.time()
     out = Path(workdir).absolute()
     out.mkdir(parents=True, exist_ok=True)
+    # The settings this run served under, beside its results (scripts/summarize_runs.py
+    # compares them across runs).
+    (out / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
     model = load_base_model(config.caches.checkpoint)
     dataset = data.load_dataset(model_data_config(model, config.data.data_dir))
     bank = load_bank(bank_dir or out / "cache_bank")
