@@ -234,18 +234,20 @@ def plot_segment_headroom(result: dict[str, Sequence[dict[str, Any]]], target: f
     _save(fig, path)
 
 
-def plot_run_spread(rows: Sequence[dict[str, Any]], runs: Sequence[str], metric: str,
+def plot_run_spread(rows: Sequence[dict[str, Any]], metric: str,
                     path: str | os.PathLike) -> None:
-    """One panel per workload: each policy's ``metric`` in every run (dots), median marked."""
+    """One panel per workload: each policy's ``metric`` in every run (dots), median marked
+    (the rows of ``run_summary.spread``)."""
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
-    fig, axes = _workload_panels(len(workloads), 4)
+    runs = len(rows[0]["values"]) if rows else 0
+    fig, axes = _workload_panels(max(len(workloads), 1), 4)
     for ax, workload in zip(axes, workloads):
         mine = [r for r in rows if r["workload"] == workload]
         for i, row in enumerate(mine):
-            values = [row[name] for name in runs if np.isfinite(row.get(name, np.nan))]
+            values = [v for v in row["values"].values() if np.isfinite(v)]
             ax.scatter([i] * len(values), values, s=14, alpha=0.7, color="tab:blue")
             ax.plot([i - 0.3, i + 0.3], [row["median"]] * 2, color="black")
         ax.set_xticks(range(len(mine)), [r["policy"] for r in mine], rotation=45, ha="right")
-        ax.set_title(f"{workload}: {metric} over {len(runs)} runs")
+        ax.set_title(f"{workload}: {metric} over {runs} runs")
         ax.grid(alpha=0.3)
     _save(fig, path)

@@ -12,8 +12,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from gati_jax.plotting import plot_run_spread
-from gati_jax.run_summary import (compact_online, config_differences, load_run,
-                                  online_spread, spread, without_config)
+from gati_jax.run_summary import load_runs, summarize, summary_lines, summary_tables
 from gati_jax.tables import format_table
 
 _METRIC = flags.DEFINE_string("metric", "speedup_vs_none", "Column of benchmark.json.")
@@ -27,28 +26,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("give one or more run directories (workdirs of train_caches.py "
                              "or benchmark.py)")
     logging.set_verbosity(logging.WARNING)
-    runs = [load_run(d) for d in argv[1:]]
-    rows, online = spread(runs, _METRIC.value), online_spread(runs, _P99_TARGET.value)
-    differences = config_differences(runs)
-    print(f"{_METRIC.value} over {len(runs)} runs:")
-    print(format_table(rows))
-    if online:
-        print("\ngati-online against static gati (median [min, max]; p99_ok, interval_ok: "
-              "runs whose p99 ratio, and its whole 90% interval, stayed within "
-              f"{_P99_TARGET.value:g}x):")
-        print(format_table(compact_online(online)))
-    print("\nconfig keys the runs did not share: "
-          + (", ".join(differences) if differences else "none"))
-    unknown = without_config(runs)
-    if unknown:
-        print(f"runs without config.json, not compared: {', '.join(unknown)}")
+    summary = summarize(load_runs(argv[1:]), _METRIC.value, _P99_TARGET.value)
+    for title, rows in summary_tables(summary):
+        print(f"{title}\n{format_table(rows)}\n")
+    print("\n".join(summary_lines(summary)))
     out = Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "runs_summary.json").write_text(json.dumps(
-        {"runs": [r.name for r in runs], "metric": _METRIC.value, "spread": rows,
-         "online": online, "config_differences": differences,
-         "without_config": unknown}, indent=1) + "\n")
-    plot_run_spread(rows, [r.name for r in runs], _METRIC.value, out / "runs_summary.png")
+    (out / "runs_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot_run_spread(summary["spread"], summary["metric"], out / "runs_summary.png")
     print(f"wrote {out / 'runs_summary.json'} and {out / 'runs_summary.png'}")
 
 

@@ -102,6 +102,9 @@ def test_benchmark_rows_are_consistent(explored):
     for name in ("latency_cdf.png", "agreement_vs_speedup.png"):
         assert (workdir / name).stat().st_size > 0
     details = json.loads((workdir / "benchmark_details.json").read_text())
+    # The config the benchmark served under is saved with its results.
+    assert details["config"]["caches"]["checkpoint"] == config.caches.checkpoint
+    assert details["config"]["benchmark"]["rounds"] == config.benchmark.rounds
     # How XLA compiled the convolutions of each timed program (the MLP has none): the plain
     # network and every policy that deploys a cache.
     if jax.default_backend() == "cpu":

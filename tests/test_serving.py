@@ -342,8 +342,9 @@ def test_paired_p99_ratio_interval_holds_the_ratio_and_pairs_the_rounds():
 def test_online_p99_ratio_pools_every_round_like_its_interval():
     from gati_jax.serving.benchmark import ONLINE, online_figures
     rng = np.random.default_rng(3)
+    chunks = {"audit": {"count": 3, "p50": 0.5, "p99": 1.0, "max": 1.1}}
     online_stats = {"updates": 1, "guard_events": [], "shift_events": [], "window_bytes": [0],
-                    "update_log": []}
+                    "update_log": [], "chunk_ms_by_kind": chunks}
 
     def rounds(latencies, online=False):
         return [{"mean_latency_ms": float(np.mean(l)), "latencies_ms": l, "agreement": 1.0,
@@ -360,6 +361,7 @@ def test_online_p99_ratio_pools_every_round_like_its_interval():
     pooled = (np.percentile(np.concatenate(slow), 99)
               / np.percentile(np.concatenate(static), 99))
     assert figures["p99_ratio_vs_static_gati"] == pytest.approx(pooled)
+    assert figures["chunk_ms_by_kind"] == chunks  # the learner's chunk timings come along
     assert figures["p99_ratio_low90"] <= pooled <= figures["p99_ratio_high90"]
     medians = (np.median([np.percentile(l, 99) for l in slow])
                / np.median([np.percentile(l, 99) for l in static]))

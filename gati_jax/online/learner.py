@@ -475,13 +475,13 @@ class OnlineLearner:
             self.run_chunk()
 
     def _chunks_by_kind(self) -> dict[str, dict[str, float]]:
-        """Per kind of background chunk (observe, audit, update): how many ran, and their
-        median, p99 and longest duration in ms (a request that arrives during a chunk waits
-        for it)."""
+        """Per kind of background chunk (observe, audit, update, idle): how many ran, and
+        their median, p99 and longest duration in ms (a request that arrives during a chunk
+        waits for it)."""
         out = {}
+        seconds, kinds = np.asarray(self.chunk_seconds), np.asarray(self.chunk_kinds)
         for kind in dict.fromkeys(self.chunk_kinds):
-            ms = 1e3 * np.array([t for t, k in zip(self.chunk_seconds, self.chunk_kinds)
-                                 if k == kind])
+            ms = 1e3 * seconds[kinds == kind]
             out[kind] = {"count": int(ms.size), "p50": float(np.percentile(ms, 50)),
                          "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}
         return out

@@ -259,7 +259,7 @@ def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[s
     figures["shift_events"] = first["online"]["shift_events"]
     figures["window_bytes"] = first["online"]["window_bytes"]
     figures["update_log"] = first["online"]["update_log"]
-    figures["chunk_ms_by_kind"] = first["online"].get("chunk_ms_by_kind", {})
+    figures["chunk_ms_by_kind"] = first["online"]["chunk_ms_by_kind"]
     return figures
 
 
@@ -300,9 +300,6 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
     started = time.time()
     out = Path(workdir).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    # The settings this run served under, beside its results (scripts/summarize_runs.py
-    # compares them across runs).
-    (out / "config.json").write_text(config.to_json_best_effort(indent=1) + "\n")
     model = load_base_model(config.caches.checkpoint)
     dataset = data.load_dataset(model_data_config(model, config.data.data_dir))
     bank = load_bank(bank_dir or out / "cache_bank")
@@ -364,7 +361,10 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
                            "serving": config.serving.to_dict(),
                            "rounds": int(config.benchmark.rounds),
                            "backend": jax.default_backend()},
-              "seconds": round(time.time() - started, 1)}
+              "seconds": round(time.time() - started, 1),
+              # The settings these results were served under, written with them
+              # (scripts/summarize_runs.py compares them across runs).
+              "config": json.loads(config.to_json_best_effort())}
     (out / "benchmark.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / "benchmark_details.json").write_text(json.dumps(report, indent=1) + "\n")
     plot_latency_cdf(latencies, out / "latency_cdf.png")
