@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank, Candidate
 from gati_jax.inference import BaseModel
-from gati_jax.profiling import measure_interleaved
+from gati_jax.profiling import convolution_kernels, measure_interleaved
 from gati_jax.runtime.deployment import Deployment
 from gati_jax.runtime.policies import CacheHead, Decide, policy_builder
 from gati_jax.runtime.router import Router
@@ -223,6 +223,17 @@ class LookupCost(NamedTuple):
     exit_s: float | None
     plain_s: float
 
+    @classmethod
+    def from_timings(cls, router_s: float, plain_s: float, exit_router_s: float | None = None,
+                     prefix_s: float | None = None) -> "LookupCost":
+        """A one-cache router's costs from times taken side by side: never hitting over the
+        plain network, and (where timed) always hitting over the stages through its
+        position. Noise can make either difference slightly negative for the cheapest
+        lookups: they count as 0."""
+        exit_s = (None if exit_router_s is None or prefix_s is None
+                  else max(exit_router_s - prefix_s, 0.0))
+        return cls(max(router_s - plain_s, 0.0), exit_s, plain_s)
+
     def scaled(self, plain_s: float) -> "LookupCost":
         """The costs as if measured when the plain network took ``plain_s``.
 
@@ -267,9 +278,8 @@ def measure_cache_cost(model: BaseModel, position: int, decide: Decide, params: 
         fns["prefix"] = lambda: prefix(x)
         fns["exit"] = lambda: router.compiled(params, always, x, rows)
     timed = measure_interleaved(fns, max(repeats // _BLOCK, 3), block=_BLOCK)
-    # Noise can make a difference slightly negative for the cheapest lookups.
-    exit_s = max(timed["exit"] - timed["prefix"], 0.0) if "exit" in timed else None
-    return LookupCost(max(timed["router"] - timed["plain"], 0.0), exit_s, timed["plain"])
+    return LookupCost.from_timings(timed["router"], timed["plain"], timed.get("exit"),
+                                   timed.get("prefix"))
 
 
 def all_miss_inputs(model: BaseModel, policies: Sequence[str], group_size: int
@@ -282,6 +292,22 @@ def all_miss_inputs(model: BaseModel, policies: Sequence[str], group_size: int
     # Every row a request; the oracle hits where its answer equals the row's base answer.
     answer = model.network.num_classes if "oracle" in policies else 0
     return never, x, jnp.full(group_size, answer, jnp.int32)
+
+
+def all_miss_kernels(model: BaseModel, routed: dict[str, tuple[Deployment, Router]],
+                     plain: Any, images: jax.Array) -> dict[str, dict[str, int]] | None:
+    """How XLA compiled the convolutions of the plain program ``plain`` and of each router
+    (name -> (deployment, router)) as timed on ``images`` with every lookup missing (see
+    ``profiling.convolution_kernels``; programs already called are not compiled again);
+    None off the CPU, whose kernel choice it is."""
+    if jax.default_backend() != "cpu":
+        return None
+    kernels = {"plain": convolution_kernels(plain.lower(images).compile().as_text())}
+    for name, (dep, router) in routed.items():
+        never, _, rows = all_miss_inputs(model, [dep.policy] * len(dep.positions),
+                                         len(images))
+        kernels[name] = convolution_kernels(router.hlo_text(dep.params, never, images, rows))
+    return kernels
 
 
 def measure_miss_overhead(model: BaseModel, deployment: Deployment, group_size: int,

@@ -16,10 +16,11 @@ from gati_jax import data
 from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
 from gati_jax.planner.instance import router_charge
-from gati_jax.planner.profiles import (LookupCost, RouterCharge, charges_from, marginal_cost,
-                                      measure_lookups, measure_prefixes, measure_router_charge,
-                                      plain_program, prefix_program, prefixes_from_sessions)
-from gati_jax.profiling import convolution_kernels, measure_interleaved, stage_latencies
+from gati_jax.planner.profiles import (LookupCost, RouterCharge, all_miss_kernels, charges_from,
+                                      marginal_cost, measure_lookups, measure_prefixes,
+                                      measure_router_charge, plain_program, prefix_program,
+                                      prefixes_from_sessions)
+from gati_jax.profiling import measure_interleaved, stage_latencies
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
 from gati_jax.serving.clock import VirtualClock
@@ -64,12 +65,9 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     alternating = measure_interleaved(overhead_calls, repeats=repeats)
     plain_s = timed["plain"]
     out["plain_network_ms"] = 1e3 * plain_s
-    if jax.default_backend() == "cpu":
-        out["convolution_kernels"] = {
-            "plain": convolution_kernels(plain.lower(one).compile().as_text()),
-            **{name: convolution_kernels(router.hlo_text(
-                dep.params, jnp.full(len(dep.positions), NEVER, jnp.float32), one,
-                jnp.zeros(1, jnp.int32))) for name, (dep, router) in routers.items()}}
+    kernels = all_miss_kernels(model, routers, plain, one)
+    if kernels is not None:
+        out["convolution_kernels"] = kernels
     out["plain_network_variables_as_arguments_ms"] = 1e3 * timed["as_args"]
     out["all_miss_overhead"] = {
         name: {"positions": list(dep.positions), "router_all_miss_ms": 1e3 * timed[name],
@@ -128,9 +126,8 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     # of the rows (no exit, exit at the first position), so those two match (unless a
     # charge or a marginal cost came out below 0 and was clamped) and the other rows test
     # the model, not the machine's drift since profiling.
-    # Noise can make a difference slightly negative for the cheapest lookups.
-    now = [LookupCost(max(timed[f"alone {k} miss"] - timed["plain"], 0.0),
-                      max(timed[f"alone {k} exit"] - timed[f"prefix {k}"], 0.0), timed["plain"])
+    now = [LookupCost.from_timings(timed[f"alone {k} miss"], timed["plain"],
+                                   timed[f"alone {k} exit"], timed[f"prefix {k}"])
            for k in range(len(best))]
     charge_now = charges_from([c.miss_s for c in now], timed["router no exit"] - timed["plain"],
                               now[0].exit_s, timed["router exit at 0"] - timed["prefix 0"])

@@ -30,9 +30,9 @@ from gati_jax.inference import BaseModel, predict_logits
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
 from gati_jax.planner.pipeline import knn_setup, plan_settings, run_planning
 from gati_jax.planner.plan import Plan, plan_deployment
-from gati_jax.planner.profiles import all_miss_inputs, measure_miss_overhead, plain_program
+from gati_jax.planner.profiles import all_miss_kernels, measure_miss_overhead, plain_program
 from gati_jax.plotting import plot_hit_rate_over_time, plot_latency_cdf, plot_plan_tradeoff
-from gati_jax.profiling import convolution_kernels, describe_kernels
+from gati_jax.profiling import describe_kernels
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
 from gati_jax.serving.clock import make_clock
@@ -276,23 +276,6 @@ def _alarm_spans(events: list[dict[str, Any]], length: int) -> list[tuple[int, i
     return [(a, falls[i] if i < len(falls) else length) for i, a in enumerate(rises)]
 
 
-def convolution_kernel_counts(model: BaseModel, contenders: dict[str, Contender],
-                              programs: dict[str, Router]) -> dict[str, dict[str, int]] | None:
-    """How XLA compiled the convolutions of the plain network and of each policy's program
-    in ``programs`` (those :func:`miss_overheads` timed, already compiled: their programs are
-    reused; see ``profiling.convolution_kernels``); None off the CPU."""
-    if jax.default_backend() != "cpu":
-        return None
-    plain = plain_program(model)
-    kernels = {"plain": convolution_kernels(plain.lower(
-        jnp.zeros((1, *model.network.input_shape), jnp.float32)).compile().as_text())}
-    for name, router in programs.items():
-        dep = contenders[name].deployment
-        never, x, rows = all_miss_inputs(model, [dep.policy] * len(dep.positions), 1)
-        kernels[name] = convolution_kernels(router.hlo_text(dep.params, never, x, rows))
-    return kernels
-
-
 def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
                   bank_dir: str | None = None) -> list[dict[str, Any]]:
     """Plans every policy, serves every workload, writes benchmark.json and plots."""
@@ -322,7 +305,9 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
     programs = batch1_programs(model, contenders, learners)
     misses = miss_overheads(model, contenders, 5 * int(config.planner.latency_repeats),
                             programs)
-    kernels = convolution_kernel_counts(model, contenders, programs)
+    kernels = all_miss_kernels(
+        model, {name: (contenders[name].deployment, r) for name, r in programs.items()},
+        plain_program(model), jnp.zeros((1, *model.network.input_shape), jnp.float32))
     sweep = planned["sweep"]
     split = getattr(dataset, config.workload.split)
     rows, latencies, streams, windows, online, corrupted = [], {}, {}, {}, {}, {}
