@@ -71,12 +71,17 @@ def plot_exploration(bank: Any, path: str | os.PathLike) -> None:
 
 def plot_router_benchmark(result: dict[str, Any], path: str | os.PathLike) -> None:
     """Left: latency when every request exits at each position (router, Python loop, cost
-    models). Right: throughput per group size, plain network vs router vs compacted router."""
+    models). Middle: throughput per group size, plain network vs router vs compacted router.
+    Right (with a kernel profile): each all-miss program's kernel time in parts."""
     rows = result["forced_exits"]
     labels = [r["scenario"].replace("exit at ", "") for r in rows]
     x = range(len(rows))
-    fig, (ax, right) = plt.subplots(1, 2, figsize=(12, 3.8),
-                                    gridspec_kw={"width_ratios": [3, 2]})
+    profile = result.get("kernel_profile_ms")
+    fig, axes = plt.subplots(1, 3 if profile else 2, figsize=(17 if profile else 12, 3.8),
+                             gridspec_kw={"width_ratios": [3, 2, 2] if profile else [3, 2]})
+    ax, right = axes[0], axes[1]
+    if profile:
+        _kernel_parts(axes[2], profile)
     groups = result["group_sizes"]
     for key, label in (("plain_rps", "plain network"), ("router_rps", "router"),
                        ("compacted_rps", "router, compacted")):
@@ -104,6 +109,22 @@ def plot_router_benchmark(result: dict[str, Any], path: str | os.PathLike) -> No
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def _kernel_parts(ax: Any, profile: dict[str, dict[str, float]]) -> None:
+    """Stacked bars: each program's kernel time (XLA's profile) as stages, lookups, other."""
+    names = list(profile)
+    left = np.zeros(len(names))
+    for prefix, label in (("stage ", "base-network stages"), ("lookup at ", "lookups"),
+                          ("other", "other (exit records, conditions)")):
+        us = np.array([1e3 * sum(v for k, v in profile[n].items() if k.startswith(prefix))
+                       for n in names])
+        ax.barh(names, us, left=left, label=label)
+        left += us
+    ax.invert_yaxis()
+    ax.set_xlabel("kernel time per call, all missing (us, profiled)")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8, loc="lower right")
 
 
 def plot_plan_tradeoff(sweep: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:

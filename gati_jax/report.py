@@ -12,6 +12,8 @@ from typing import Any
 
 import ml_collections
 
+from gati_jax.kernel_profile import (KERNEL_PROFILE_NOTE, kernel_profile_rows,
+                                     kernel_profile_summaries)
 from gati_jax.plotting import plot_hit_rate_over_time, plot_position_hit_rates
 from gati_jax.profiling import describe_kernels
 from gati_jax.tables import format_table, markdown_table
@@ -86,6 +88,20 @@ def _scaling_section(rows: list[dict[str, Any]]) -> list[str]:
             "three streams.", "", markdown_table(rows), ""]
 
 
+def _kernel_section(profile: dict[str, dict[str, float]] | None,
+                    rows: list[dict[str, Any]]) -> list[str]:
+    """Where each policy's batch-1 program spends its kernel time, every lookup missing."""
+    if not profile:
+        return []
+    overhead = {r["policy"]: r.get("miss_overhead", float("nan")) for r in rows}
+    summaries = kernel_profile_summaries(
+        profile, {name: (None, overhead.get(name, float("nan"))) for name in profile
+                  if name != "plain"})
+    return [f"The same programs inside, every lookup missing ({KERNEL_PROFILE_NOTE}):", "",
+            markdown_table(kernel_profile_rows(profile)), "",
+            *[f"- {line}" for line in summaries], ""]
+
+
 def write_report(config: ml_collections.ConfigDict, workdir: Path,
                  phases: dict[str, Any]) -> dict[str, Any]:
     """Writes report.md, report.json and the report's plots from the phases' outputs."""
@@ -120,6 +136,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: Path,
         markdown_table(main), "",
         *[line for text in describe_kernels(bench.get("convolution_kernels"))
           for line in (f"Batch-1 programs as miss_overhead times them: {text}.", "")],
+        *_kernel_section(bench.get("kernel_profile_ms"), rows),
         *online_lines, *_scaling_section(bench.get("device_scaling", [])),
         "## Plan (tuned on validation, figures on test)", "",
         markdown_table(plan["table"]), "",

@@ -113,6 +113,12 @@ def test_benchmark_rows_are_consistent(explored):
         assert set(details["convolution_kernels"]) == {"plain"} | deploying
         assert all(k == {"library_fusions": 0, "library": 0, "total": 0}
                    for k in details["convolution_kernels"].values())
+        # The same programs' kernel times in parts: each program's own lookups.
+        profile = details["kernel_profile_ms"]
+        assert set(profile) == {"plain"} | deploying
+        assert not any(k.startswith("lookup at ") for k in profile["plain"])
+        for name in deploying:
+            assert any(k.startswith("lookup at ") and v > 0 for k, v in profile[name].items())
     for workload in config.benchmark.workloads:
         mine = {r["policy"]: r for r in saved if r["workload"] == workload}
         assert set(mine) == policies
@@ -159,6 +165,13 @@ def test_report_resume_and_loaded_system(explored):
             f"{100 * misses['predicted']:+.1f}%, measured {100 * misses['measured']:+.1f}% "
             "over the plain network (no miss bound)") in text
     assert report["benchmark"] == json.loads((workdir / "benchmark.json").read_text())
+    if jax.default_backend() == "cpu":
+        assert "The same programs inside, every lookup missing" in text
+        assert "| part | plain | " in text
+        profile = json.loads((workdir / "benchmark_details.json").read_text())[
+            "kernel_profile_ms"]
+        for name in set(profile) - {"plain"}:
+            assert f"\n- {name}: its lookups' kernels " in text
     for name in ("position_hit_rates.png", "hit_rate_over_time.png"):
         assert (workdir / name).stat().st_size > 0
     if report["online"]:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from test_router import _bank, _images, _model
 
+from gati_jax.kernel_profile import describe_kernel_profile
 from gati_jax.profiling import convolution_kernels, describe_kernels
 from gati_jax.runtime import deploy
 from gati_jax.planner.profiles import LookupCost, charges_from
@@ -70,6 +71,22 @@ def test_router_benchmark_reports_every_figure(base):
             for name in ("plain", "all_positions", "sparse_positions", "planned")}
     assert all(r[k] > 0 for r in result["serving_path"]
                for k in ("compiled_ms", "fetched_ms", "sent_ms", "route_ms", "served_ms"))
+    # The same programs in parts: every stage, each router's own lookups and nothing else.
+    if jax.default_backend() == "cpu":
+        profile = result["kernel_profile_ms"]
+        assert set(profile) == {"plain", "all_positions", "sparse_positions", "planned"}
+        for name, positions in (("plain", []), *((n, r["positions"]) for n, r
+                                                 in result["all_miss_overhead"].items())):
+            lookups = {k for k in profile[name] if k.startswith("lookup at ")}
+            assert lookups == {f"lookup at {p}" for p in positions}
+            assert all(profile[name][f"lookup at {p}"] > 0 for p in positions)
+            assert profile[name]["kernels"] > 0 and profile[name]["call"] > 0
+        routers = {n: (r["positions"], r["overhead"])
+                   for n, r in result["all_miss_overhead"].items()}
+        lines = describe_kernel_profile(profile, routers)
+        assert lines[-1].startswith("planned [1, 2]: its lookups' kernels ")
+        assert len(lines) == 2 + 3
+    assert describe_kernel_profile(None, {}) == []
 
 
 _HLO = """HloModule jit_f

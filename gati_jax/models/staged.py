@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gati_jax.kernel_profile import stage_scope
+
 Variables = dict[str, tuple[Any, ...]]
 
 
@@ -66,11 +68,13 @@ class StagedNetwork:
         """Runs stage ``index``; with ``train=True`` returns ``(output, new_batch_stats)``."""
         stage_vars = {"params": variables["params"][index],
                       "batch_stats": variables["batch_stats"][index]}
-        if train:
-            y, updates = self.stages[index].apply(
-                stage_vars, x, train=True, mutable=["batch_stats"])
-            return y, updates.get("batch_stats", {})
-        return self.stages[index].apply(stage_vars, x, train=False)
+        # Named so that a kernel profile (gati_jax.kernel_profile) can attribute its time.
+        with jax.named_scope(stage_scope(index)):
+            if train:
+                y, updates = self.stages[index].apply(
+                    stage_vars, x, train=True, mutable=["batch_stats"])
+                return y, updates.get("batch_stats", {})
+            return self.stages[index].apply(stage_vars, x, train=False)
 
     def apply_range(self, variables: Variables, x: jax.Array, start: int, stop: int) -> jax.Array:
         """Runs stages ``start`` .. ``stop - 1`` at inference (running batch-norm statistics)."""

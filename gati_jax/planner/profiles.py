@@ -14,10 +14,11 @@ when present, and re-measured on request or for lookups they lack.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -294,20 +295,29 @@ def all_miss_inputs(model: BaseModel, policies: Sequence[str], group_size: int
     return never, x, jnp.full(group_size, answer, jnp.int32)
 
 
-def all_miss_kernels(model: BaseModel, routed: dict[str, tuple[Deployment, Router]],
-                     plain: Any, images: jax.Array) -> dict[str, dict[str, int]] | None:
-    """How XLA compiled the convolutions of the plain program ``plain`` and of each router
-    (name -> (deployment, router)) as timed on ``images`` with every lookup missing (see
-    ``profiling.convolution_kernels``; programs already called are not compiled again);
-    None off the CPU, whose kernel choice it is."""
-    if jax.default_backend() != "cpu":
-        return None
-    kernels = {"plain": convolution_kernels(plain.lower(images).compile().as_text())}
+def all_miss_programs(model: BaseModel, routed: dict[str, tuple[Deployment, Router]],
+                      plain: Any, images: jax.Array
+                      ) -> dict[str, tuple[Callable[[], Any], str]]:
+    """The plain program ``plain`` and each router (name -> (deployment, router)) on
+    ``images`` with every lookup missing, as timed: a zero-argument call of each and its
+    optimized HLO (programs already called are not compiled again)."""
+    programs = {"plain": (functools.partial(plain, images),
+                          plain.lower(images).compile().as_text())}
     for name, (dep, router) in routed.items():
         never, _, rows = all_miss_inputs(model, [dep.policy] * len(dep.positions),
                                          len(images))
-        kernels[name] = convolution_kernels(router.hlo_text(dep.params, never, images, rows))
-    return kernels
+        programs[name] = (functools.partial(router.compiled, dep.params, never, images, rows),
+                          router.hlo_text(dep.params, never, images, rows))
+    return programs
+
+
+def all_miss_kernels(programs: dict[str, tuple[Callable[[], Any], str]]
+                     ) -> dict[str, dict[str, int]] | None:
+    """How XLA compiled the convolutions of each program of :func:`all_miss_programs` (see
+    ``profiling.convolution_kernels``); None off the CPU, whose kernel choice it is."""
+    if jax.default_backend() != "cpu":
+        return None
+    return {name: convolution_kernels(hlo) for name, (_, hlo) in programs.items()}
 
 
 def measure_miss_overhead(model: BaseModel, deployment: Deployment, group_size: int,

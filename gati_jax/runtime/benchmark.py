@@ -15,11 +15,12 @@ import numpy as np
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
+from gati_jax.kernel_profile import kernel_breakdown
 from gati_jax.planner.instance import router_charge
-from gati_jax.planner.profiles import (LookupCost, RouterCharge, all_miss_kernels, charges_from,
-                                      marginal_cost, measure_lookups, measure_prefixes,
-                                      measure_router_charge, plain_program, prefix_program,
-                                      prefixes_from_sessions)
+from gati_jax.planner.profiles import (LookupCost, RouterCharge, all_miss_kernels,
+                                       all_miss_programs, charges_from, marginal_cost,
+                                       measure_lookups, measure_prefixes, measure_router_charge,
+                                       plain_program, prefix_program, prefixes_from_sessions)
 from gati_jax.profiling import measure_interleaved, stage_latencies
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
@@ -65,9 +66,15 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     alternating = measure_interleaved(overhead_calls, repeats=repeats)
     plain_s = timed["plain"]
     out["plain_network_ms"] = 1e3 * plain_s
-    kernels = all_miss_kernels(model, routers, plain, one)
+    programs = all_miss_programs(model, routers, plain, one)
+    kernels = all_miss_kernels(programs)
     if kernels is not None:
         out["convolution_kernels"] = kernels
+    # The same programs in parts, each kernel timed by XLA inside the program.
+    parts = kernel_breakdown(programs, rounds=max(4, repeats // 20), block=10)
+    if parts is not None:
+        out["kernel_profile_ms"] = {name: {part: 1e3 * s for part, s in p.items()}
+                                    for name, p in parts.items()}
     out["plain_network_variables_as_arguments_ms"] = 1e3 * timed["as_args"]
     out["all_miss_overhead"] = {
         name: {"positions": list(dep.positions), "router_all_miss_ms": 1e3 * timed[name],

@@ -38,6 +38,7 @@ from jax import lax
 
 from gati_jax import data, sharding
 from gati_jax.inference import BaseModel
+from gati_jax.kernel_profile import lookup_scope
 from gati_jax.input_checks import check_images
 from gati_jax.models import Variables
 from gati_jax.runtime.packing import Packing
@@ -194,10 +195,12 @@ class Router:
             if k == len(positions):
                 final = jnp.where(hit, answer, jnp.argmax(x, -1).astype(jnp.int32))
                 return final, exit_stage, hit, tapped
-            if taps:
-                tapped = (*tapped[:k], taps[k](cache_params[k], x), *tapped[k + 1:])
-            cache_answer, cache_hit = self.decides[k](cache_params[k], thresholds[k], x,
-                                                      base_answer)
+            # Named so that a kernel profile can tell the lookup from the stages around it.
+            with jax.named_scope(lookup_scope(positions[k])):
+                if taps:
+                    tapped = (*tapped[:k], taps[k](cache_params[k], x), *tapped[k + 1:])
+                cache_answer, cache_hit = self.decides[k](cache_params[k], thresholds[k], x,
+                                                          base_answer)
             state = (*_record_exits(positions[k], cache_answer, cache_hit, answer, exit_stage,
                                     hit, done), tapped)
             return lax.cond(jnp.all(state[3]), lambda op: finish(op[1]),
@@ -257,8 +260,9 @@ class Router:
             if k == len(positions):
                 answer = jnp.where(done, answer, jnp.argmax(x, -1).astype(jnp.int32))
             else:
-                cache_answer, cache_hit = self.decides[k](cache_params[k], thresholds[k], x,
-                                                          take(base_answer))
+                with jax.named_scope(lookup_scope(positions[k])):
+                    cache_answer, cache_hit = self.decides[k](cache_params[k], thresholds[k],
+                                                              x, take(base_answer))
                 answer, exit_stage, hit, done = _record_exits(
                     positions[k], cache_answer, cache_hit, answer, exit_stage, hit, done)
             if rows is None:

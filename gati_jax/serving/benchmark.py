@@ -27,10 +27,12 @@ from gati_jax.config import validate_config
 from gati_jax.data.workloads import make_workload, workload_stats
 from gati_jax.evaluation import model_data_config
 from gati_jax.inference import BaseModel, predict_logits
+from gati_jax.kernel_profile import describe_kernel_profile, kernel_breakdown
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
 from gati_jax.planner.pipeline import knn_setup, plan_settings, run_planning
 from gati_jax.planner.plan import Plan, plan_deployment
-from gati_jax.planner.profiles import all_miss_kernels, measure_miss_overhead, plain_program
+from gati_jax.planner.profiles import (all_miss_kernels, all_miss_programs, measure_miss_overhead,
+                                       plain_program)
 from gati_jax.plotting import plot_hit_rate_over_time, plot_latency_cdf, plot_plan_tradeoff
 from gati_jax.profiling import describe_kernels
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
@@ -305,9 +307,17 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
     programs = batch1_programs(model, contenders, learners)
     misses = miss_overheads(model, contenders, 5 * int(config.planner.latency_repeats),
                             programs)
-    kernels = all_miss_kernels(
+    miss_programs = all_miss_programs(
         model, {name: (contenders[name].deployment, r) for name, r in programs.items()},
         plain_program(model), jnp.zeros((1, *model.network.input_shape), jnp.float32))
+    kernels = all_miss_kernels(miss_programs)
+    # The same programs in parts (their stages, lookups and the rest, as XLA's kernels).
+    parts = kernel_breakdown(miss_programs, rounds=max(4, int(config.planner.latency_repeats)
+                                                       // 4), block=10)
+    kernel_profile = None if parts is None else {
+        name: {part: 1e3 * s for part, s in p.items()} for name, p in parts.items()}
+    miss_figures = {name: (list(contenders[name].deployment.positions), misses[name])
+                      for name in programs}
     sweep = planned["sweep"]
     split = getattr(dataset, config.workload.split)
     rows, latencies, streams, windows, online, corrupted = [], {}, {}, {}, {}, {}
@@ -340,6 +350,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
     report = {"rows": rows, "workloads": streams, "sweep": sweep, "windows": windows,
               "device_scaling": scaling,
               "online": online, "convolution_kernels": kernels,
+              "kernel_profile_ms": kernel_profile,
               "plans": {n: c.plan.to_json() for n, c in contenders.items() if c.plan},
               "settings": {"eps": float(config.planner.eps),
                            "memory_budget_bytes": float(config.planner.memory_budget_bytes),
@@ -370,6 +381,8 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
               f"window entropy {stats['mean_window_entropy_bits']:.2f} bits")
     print(format_table([{k: v for k, v in r.items()} for r in rows]))
     for line in describe_kernels(kernels):
+        print(line)
+    for line in describe_kernel_profile(kernel_profile, miss_figures):
         print(line)
     print(f"serving throughput vs devices ({scaling_dep.policy}, closed loop, "
           f"{jax.devices()[0].platform}):")
