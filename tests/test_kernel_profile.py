@@ -134,3 +134,14 @@ def test_router_programs_name_every_stage_and_deployed_lookup(base):
         assert {f"lookup at {p}" for p in deployed} <= found
         assert not found - expected - {OTHER}
         assert len(found & expected) >= network.num_stages - 1
+
+
+def test_kernel_breakdown_gives_none_while_another_trace_runs(tmp_path):
+    square = jax.jit(lambda v: v * v)
+    x = jnp.ones(4)
+    jax.profiler.start_trace(str(tmp_path))
+    try:
+        assert kernel_breakdown({"f": (lambda: square(x),
+                                       square.lower(x).compile().as_text())}) is None
+    finally:
+        jax.profiler.stop_trace()
