@@ -6,8 +6,8 @@ bookkeeping or from what the call costs outside its kernels (dispatch, the runti
 scheduling between kernels), and programs compiled separately (a stage prefix, a one-cache
 router) need not run their shared stages alike. The profiler times every kernel (XLA CPU:
 every thunk) inside the one program, so the parts of one call can be read side by side.
-The profiler slows the calls (by 10-27% on the shipped network here), so the parts are read
-against each other, not against wall times taken without it.
+The profiler slows the calls (by 5-41% on the shipped network here, 1-3 us per kernel), so
+the parts are read against each other, not against wall times taken without it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from typing import Any, Callable, Sequence
 
 import jax
@@ -29,32 +30,27 @@ from gati_jax.tables import format_table
 _CONTROL_FLOW = frozenset({"conditional", "while", "call"})
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s.*?\s([a-z][\w\-]*)\(")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+# The scopes of gati_jax.scopes, as whole components of an op name's path.
 _SCOPE = re.compile(r"(?:^|/)(stage|lookup_at)_(\d+)(?=/|$)")
 _NAME = re.compile(r"%([\w.\-]+)")
 _MODULE = re.compile(r"^HloModule ([\w.\-]+)", re.MULTILINE)
+STAGE, LOOKUP = "stage ", "lookup at "  # part names: "stage 3", "lookup at 4"
 OTHER = "other"
-_TOTALS = ("kernels", "call", "outside kernels")
-
-
-def stage_scope(index: int) -> str:
-    """The named scope a base network's stage ``index`` runs in (see :func:`part_of`)."""
-    return f"stage_{index}"
-
-
-def lookup_scope(position: int) -> str:
-    """The named scope a router's lookup at ``position`` runs in."""
-    return f"lookup_at_{position}"
+# Kernels the profile cannot place: the trace names an op the HLO text lacks, or XLA made an
+# instruction without an op name whose operands have none either.
+UNATTRIBUTED = "unattributed"
+_TOTALS = ("kernels", "call")
 
 
 def part_of(op_name: str) -> str:
     """The part an instruction belongs to, from its op name: the innermost stage or lookup
-    scope ('stage 3', 'lookup at 4'), else 'other' (input normalisation, exit records,
-    outputs)."""
+    scope ('stage 3', 'lookup at 4'), else 'other' (input normalisation, exit records and
+    early-exit conditions, outputs)."""
     found = _SCOPE.findall(op_name)
     if not found:
         return OTHER
     kind, number = found[-1]
-    return f"stage {number}" if kind == "stage" else f"lookup at {number}"
+    return f"{STAGE}{number}" if kind == "stage" else f"{LOOKUP}{number}"
 
 
 def instruction_parts(hlo_text: str) -> tuple[str | None, dict[str, tuple[str, str]]]:
@@ -62,7 +58,8 @@ def instruction_parts(hlo_text: str) -> tuple[str | None, dict[str, tuple[str, s
 
     Instructions XLA made without an op name (the dense layers of the caches' heads became
     metadata-less ``dot``s, 5-29 us each on the shipped network) take the part of their
-    operands, followed back until one has an op name.
+    nearest operands that have one, a lookup's before a stage's: a lookup reads its stage's
+    output, a stage never reads a lookup's.
     """
     module = _MODULE.search(hlo_text)
     opcode, named, operands = {}, {}, {}
@@ -77,16 +74,24 @@ def instruction_parts(hlo_text: str) -> tuple[str | None, dict[str, tuple[str, s
             named[name] = part_of(op.group(1))
         operands[name] = _NAME.findall(_arguments(line, m.end() - 1))
 
+    resolved: dict[str, str] = {}
+
     def resolve(name: str) -> str:
-        seen, todo = set(), [name]
-        while todo:  # breadth first: the nearest named operand decides
-            current = todo.pop(0)
-            if current in named:
-                return named[current]
-            if current not in seen:
-                seen.add(current)
-                todo.extend(operands.get(current, ()))
-        return OTHER
+        if name in named:
+            return named[name]
+        if name not in resolved:
+            seen, level = {name}, [name]
+            resolved[name] = UNATTRIBUTED
+            while level:  # one level of operands at a time: the nearest named ones decide
+                level = [o for n in level for o in operands.get(n, ()) if o not in seen]
+                seen.update(level)
+                found = [named[o] for o in level if o in named]
+                if found:
+                    lookups = [f for f in found if f.startswith(LOOKUP)]
+                    resolved[name] = (lookups or found)[0]
+                    break
+                level = [o for o in level if o not in named]
+        return resolved[name]
     parts = {name: (opcode[name], resolve(name)) for name in opcode}
     return (module.group(1) if module else None), parts
 
@@ -164,7 +169,7 @@ def attribute(times: list[dict[str, float]], parts: dict[str, tuple[str, str]]
     for call in times:
         acc: dict[str, float] = collections.defaultdict(float)
         for op, seconds in call.items():
-            opcode, part = parts.get(op, ("", OTHER))
+            opcode, part = parts.get(op, ("", UNATTRIBUTED))
             if opcode not in _CONTROL_FLOW:
                 acc[part] += seconds
         per_call.append(acc)
@@ -178,26 +183,47 @@ def kernel_breakdown(programs: dict[str, tuple[Callable[[], Any], str]], rounds:
                      block: int = 5) -> dict[str, dict[str, float]] | None:
     """Each program (name -> a zero-argument call and its optimized HLO) in parts, median
     seconds per call, profiled side by side (:func:`kernel_times`): each stage and lookup,
-    'other', 'kernels' (their sum), 'call' (the call's wall time under the profiler) and
-    'outside kernels' (the call less its kernels: dispatch, and the runtime between
-    kernels). None where the profiler recorded no kernel (a backend whose trace names no
-    HLO ops, or a profiler already running in this process)."""
+    'other', 'unattributed', 'kernels' (their sum) and 'call' (the call's median wall time
+    under the profiler). None, with a warning, off the CPU (the attribution reads XLA CPU's
+    trace), where the profiler cannot run or recorded no kernel, or where its runs cannot be
+    matched to the calls: a benchmark goes on without its profile."""
+    if jax.default_backend() != "cpu":
+        return None
     parsed = {name: instruction_parts(hlo) for name, (_, hlo) in programs.items()}
     try:
         times = kernel_times({name: fn for name, (fn, _) in programs.items()},
                              {module for module, _ in parsed.values()}, rounds, block)
+    except (ImportError, ValueError) as err:
+        warnings.warn(f"no kernel profile: {err}", stacklevel=2)
+        return None
     except RuntimeError as err:  # one trace at a time: someone is already tracing
         if "profil" not in str(err).lower():
             raise
+        warnings.warn(f"no kernel profile: {err}", stacklevel=2)
         return None
     if not times:
+        warnings.warn("no kernel profile: the trace names no kernel of these programs",
+                      stacklevel=2)
         return None
     out = {}
     for name, (calls, call_s) in times.items():
         out[name] = attribute(calls, parsed[name][1])
         out[name]["call"] = call_s
-        out[name]["outside kernels"] = call_s - out[name]["kernels"]
     return out
+
+
+def kernel_profile_ms(programs: dict[str, tuple[Callable[[], Any], str]], rounds: int
+                      ) -> dict[str, dict[str, float]] | None:
+    """:func:`kernel_breakdown` in blocks of ten calls, in milliseconds, as the benchmarks
+    save it (JSON)."""
+    parts = kernel_breakdown(programs, rounds, block=10)
+    return None if parts is None else {
+        name: {part: 1e3 * seconds for part, seconds in p.items()} for name, p in parts.items()}
+
+
+def part_total(parts: dict[str, float], prefix: str) -> float:
+    """The sum of the parts whose names start with ``prefix`` (STAGE, LOOKUP)."""
+    return sum(v for k, v in parts.items() if k.startswith(prefix))
 
 
 def part_order(name: str) -> tuple[int, int]:
@@ -205,18 +231,16 @@ def part_order(name: str) -> tuple[int, int]:
     m = re.fullmatch(r"(stage|lookup at) (\d+)", name)
     if m:
         return int(m.group(2)), 0 if m.group(1) == "stage" else 1
-    return 10**9, 0 if name == OTHER else 1
+    return 10**9, {OTHER: 0, UNATTRIBUTED: 1}.get(name, 2)
 
 
 def added_kernels(program: dict[str, float], plain: dict[str, float]) -> dict[str, float]:
     """What a router's kernels add to the plain network's, from two breakdowns (seconds):
     its lookups, its other kernels (exit records, the early-exit conditions) and its stages
     over the plain network's; 'plain' is the plain network's kernel time."""
-    def total(parts: dict[str, float], prefix: str) -> float:
-        return sum(v for k, v in parts.items() if k.startswith(prefix))
-    return {"lookups": total(program, "lookup at "),
+    return {"lookups": part_total(program, LOOKUP),
             "other": program.get(OTHER, 0.0) - plain.get(OTHER, 0.0),
-            "stages": total(program, "stage ") - total(plain, "stage "),
+            "stages": part_total(program, STAGE) - part_total(plain, STAGE),
             "plain": plain["kernels"]}
 
 

@@ -11,6 +11,7 @@ import numpy as np
 matplotlib.use("Agg")  # headless machines and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from gati_jax.kernel_profile import LOOKUP, OTHER, STAGE, UNATTRIBUTED, part_total  # noqa: E402
 
 
 def _save(fig: Any, path: str | os.PathLike) -> None:
@@ -115,10 +116,12 @@ def _kernel_parts(ax: Any, profile: dict[str, dict[str, float]]) -> None:
     """Stacked bars: each program's kernel time (XLA's profile) as stages, lookups, other."""
     names = list(profile)
     left = np.zeros(len(names))
-    for prefix, label in (("stage ", "base-network stages"), ("lookup at ", "lookups"),
-                          ("other", "other (exit records, conditions)")):
-        us = np.array([1e3 * sum(v for k, v in profile[n].items() if k.startswith(prefix))
-                       for n in names])
+    for prefix, label in ((STAGE, "base-network stages"), (LOOKUP, "lookups"),
+                          (OTHER, "other (outside stages and lookups)"),
+                          (UNATTRIBUTED, "unattributed")):
+        us = np.array([1e3 * part_total(profile[n], prefix) for n in names])
+        if prefix == UNATTRIBUTED and not us.any():
+            continue
         ax.barh(names, us, left=left, label=label)
         left += us
     ax.invert_yaxis()

@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 from test_router import _bank, _model
 
-from gati_jax.kernel_profile import (OTHER, added_kernels, attribute, instruction_parts,
-                                     kernel_breakdown, lookup_scope, part_of, part_order,
-                                     stage_scope)
+from gati_jax import kernel_profile
+from gati_jax.kernel_profile import (OTHER, UNATTRIBUTED, added_kernels, attribute,
+                                     describe_kernel_profile, instruction_parts,
+                                     kernel_breakdown, kernel_profile_summaries, part_of,
+                                     part_order)
 from gati_jax.planner.profiles import all_miss_programs
 from gati_jax.runtime import deploy
+from gati_jax.scopes import lookup_scope, stage_scope
 
 _HLO = """HloModule jit_route, entry_computation_layout={(f32[1,8]{1,0})->f32[1,4]{1,0}}
 
@@ -28,6 +31,10 @@ ENTRY %main (x: f32[1,8]) -> f32[1,4] {
   %pool = f32[1,4]{1,0} fusion(%fusion.1), kind=kLoop, calls=%g, metadata={op_name="jit(route)/lookup_at_0/Predictor/reduce"}
   %dot.3 = f32[1,4]{1,0} dot(%pool, %w2), lhs_contracting_dims={1}, rhs_contracting_dims={0}
   %done = pred[] fusion(%dot.3), kind=kLoop, calls=%h, metadata={op_name="jit(route)/and"}
+  %head = f32[1,4]{1,0} dot(%fusion.1, %w3), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %w3 = f32[8,4]{1,0} fusion(%x), kind=kLoop, calls=%s, metadata={op_name="jit(route)/lookup_at_0/slice"}
+  %loop = (s32[], f32[1,8]{1,0}) while(%init), condition=%c, body=%b, metadata={op_name="jit(route)/while"}
+  %copy.2 = f32[1,8]{1,0} copy(%x)
   %cond.5 = (f32[1,4]{1,0}, pred[]) conditional(%done, %t, %t), branch_computations={%branch, %branch}, metadata={op_name="jit(route)/cond"}
   ROOT %out = f32[1,4]{1,0} get-tuple-element(%cond.5), index=0
 }
@@ -40,10 +47,11 @@ def test_part_of_takes_the_innermost_stage_or_lookup_scope():
     assert part_of("jit(f)/stage_1/lookup_at_4/x") == "lookup at 4"
     assert part_of("jit(f)/Stage_3/my_stage_3x/add") == OTHER  # whole path components only
     assert part_of("") == OTHER
-    assert stage_scope(3) == "stage_3" and lookup_scope(4) == "lookup_at_4"
-    assert sorted([OTHER, "lookup at 1", "stage 10", "stage 1", "stage 0", "kernels"],
-                  key=part_order) == ["stage 0", "stage 1", "lookup at 1", "stage 10", OTHER,
-                                      "kernels"]
+    assert part_of(f"jit(f)/{stage_scope(3)}/x") == "stage 3"
+    assert part_of(f"jit(f)/{lookup_scope(4)}/x") == "lookup at 4"
+    assert sorted([OTHER, "lookup at 1", UNATTRIBUTED, "stage 10", "stage 1", "stage 0",
+                   "kernels"], key=part_order) == ["stage 0", "stage 1", "lookup at 1",
+                                                   "stage 10", OTHER, UNATTRIBUTED, "kernels"]
 
 
 def test_instruction_parts_reads_opcodes_scopes_and_unnamed_operands():
@@ -56,22 +64,31 @@ def test_instruction_parts_reads_opcodes_scopes_and_unnamed_operands():
     assert parts["dot.7"] == ("dot", "stage 2")
     assert parts["done"] == ("fusion", OTHER)
     assert parts["cond.5"] == ("conditional", OTHER)
-    assert parts["gte"] == ("get-tuple-element", OTHER)  # nothing named upstream
+    assert parts["gte"] == ("get-tuple-element", UNATTRIBUTED)  # nothing named upstream
+    assert parts["copy.2"] == ("copy", UNATTRIBUTED)  # only a parameter upstream
+    # A head's dot reading the stage's output and the head's weights is the lookup's: a
+    # stage never reads a lookup's output.
+    assert parts["head"] == ("dot", "lookup at 0")
+    assert parts["loop"] == ("while", OTHER)
 
 
 def test_attribute_sums_leaf_kernels_per_part_and_takes_medians():
     _, parts = instruction_parts(_HLO)
-    calls = [{"fusion.1": 3.0, "pool": 1.0, "dot.3": 1.0, "done": 0.5, "cond.5": 9.0},
+    calls = [{"fusion.1": 3.0, "pool": 1.0, "dot.3": 1.0, "done": 0.5, "cond.5": 9.0,
+              "loop": 7.0},
              {"fusion.1": 5.0, "pool": 2.0, "dot.3": 2.0, "done": 0.5, "dot.7": 4.0,
-              "cond.5": 9.0, "unknown_op": 1.0},
-             {"fusion.1": 4.0, "pool": 1.0, "dot.3": 1.0, "done": 0.5, "cond.5": 9.0}]
+              "cond.5": 9.0, "unknown_op": 1.0, "loop": 7.0},
+             {"fusion.1": 4.0, "pool": 1.0, "dot.3": 1.0, "done": 0.5, "cond.5": 9.0,
+              "unknown_op": 2.0, "loop": 7.0}]
     out = attribute(calls, parts)
     assert out["stage 0"] == 4.0
     assert out["lookup at 0"] == 2.0  # pool + dot.3 per call: 2, 4, 2
     assert out["stage 2"] == 0.0  # ran in one call of three
-    assert out[OTHER] == 0.5  # done, and the unknown op in the second call: 0.5, 1.5, 0.5
-    # The conditional's 9.0 holds its branch's kernels: never counted.
-    assert out["kernels"] == 6.5  # the parts' medians summed
+    assert out[OTHER] == 0.5
+    assert out[UNATTRIBUTED] == 1.0  # an op the HLO text lacks: 0, 1, 2
+    # The conditional's and the loop's times hold their branches' and bodies' kernels:
+    # never counted.
+    assert out["kernels"] == 7.5  # the parts' medians summed
     with pytest.raises(ValueError, match="no kernel timings"):
         attribute([], parts)
 
@@ -97,21 +114,23 @@ def test_kernel_breakdown_of_a_compiled_program_names_its_scopes():
         return jax.lax.cond(score > 1e9, lambda v: v, lambda v: jnp.sin(v), x)
 
     x = jnp.full((192, 192), 0.01, jnp.float32)
-    compiled, other = jax.jit(program), jax.jit(lambda v: jnp.tanh(v) + 1.0)
+    # Both lambdas: one module name for two programs, told apart by the order of the calls.
+    compiled, other = jax.jit(lambda v: program(v)), jax.jit(lambda v: jnp.tanh(v) + 1.0)
     programs = {"program": (lambda: compiled(x), compiled.lower(x).compile().as_text()),
                 "other": (lambda: other(x), other.lower(x).compile().as_text())}
+    modules = {instruction_parts(hlo)[0] for _, hlo in programs.values()}
+    assert len(modules) == 1
     both = kernel_breakdown(programs, rounds=3, block=4)
     assert both is not None and set(both) == {"program", "other"}
     out = both["program"]
-    assert {"stage 0", "lookup at 0", OTHER, "kernels", "call", "outside kernels"} <= set(out)
+    assert {"stage 0", "lookup at 0", OTHER, "kernels", "call"} <= set(out)
     # Four 192x192 matrix products against one 4x192x4.
     assert out["stage 0"] > 10 * out["lookup at 0"] > 0
     assert out["kernels"] == pytest.approx(
-        sum(v for k, v in out.items() if k not in ("kernels", "call", "outside kernels")))
+        sum(v for k, v in out.items() if k not in ("kernels", "call")))
     assert out["call"] >= out["stage 0"]
-    assert out["outside kernels"] == pytest.approx(out["call"] - out["kernels"])
     # The other program's kernels are its own: no stage, no lookup, far less time.
-    assert set(both["other"]) == {OTHER, "kernels", "call", "outside kernels"}
+    assert set(both["other"]) == {OTHER, "kernels", "call"}
     assert both["other"]["kernels"] < out["stage 0"]
 
 
@@ -132,7 +151,9 @@ def test_router_programs_name_every_stage_and_deployed_lookup(base):
         expected |= {f"lookup at {p}" for p in deployed}
         # Stages whose work XLA folded into a neighbour's kernel may name no instruction.
         assert {f"lookup at {p}" for p in deployed} <= found
-        assert not found - expected - {OTHER}
+        # Parameters and constants have no op name and nothing upstream: unattributed, but
+        # they are not kernels.
+        assert not found - expected - {OTHER, UNATTRIBUTED}
         assert len(found & expected) >= network.num_stages - 1
 
 
@@ -141,7 +162,37 @@ def test_kernel_breakdown_gives_none_while_another_trace_runs(tmp_path):
     x = jnp.ones(4)
     jax.profiler.start_trace(str(tmp_path))
     try:
-        assert kernel_breakdown({"f": (lambda: square(x),
-                                       square.lower(x).compile().as_text())}) is None
+        with pytest.warns(UserWarning, match="no kernel profile: Profile has already"):
+            assert kernel_breakdown({"f": (lambda: square(x),
+                                           square.lower(x).compile().as_text())}) is None
     finally:
         jax.profiler.stop_trace()
+
+
+def test_summaries_say_what_a_router_adds():
+    profile = {"plain": {"stage 0": 0.4, "stage 1": 0.6, OTHER: 0.0, "kernels": 1.0,
+                         "call": 1.2},
+               "router": {"stage 0": 0.42, "lookup at 0": 0.05, "stage 1": 0.6, OTHER: 0.01,
+                          "kernels": 1.08, "call": 1.3}}
+    assert kernel_profile_summaries(profile, {"router": ([0], 0.07), "absent": ([1], 0.1)}) == [
+        "router [0]: its lookups' kernels 50 us (5.0% of the plain network's kernels), its "
+        "other kernels +10 us (+1.0%), its stages' kernels +20 us (+2.0%); all-miss overhead "
+        "timed without the profiler +7.0%"]
+    lines = describe_kernel_profile(profile, {"router": (None, 0.07)})
+    assert lines[0].startswith("inside the programs, every lookup missing (XLA's kernel")
+    table = lines[1].splitlines()
+    assert table[0].split() == ["part", "plain", "router"]
+    assert [row.split()[0] for row in table[1:]] == ["stage", "lookup", "stage", "other",
+                                                     "kernels", "call"]
+    assert lines[2].startswith("router: its lookups' kernels 50 us")
+
+
+def test_a_profile_that_cannot_be_matched_is_left_out_with_a_warning(monkeypatch):
+    def mismatched(*args, **kwargs):
+        raise ValueError("kernel_times: the trace holds 3 program runs for 4 calls")
+    monkeypatch.setattr(kernel_profile, "kernel_times", mismatched)
+    square = jax.jit(lambda v: v * v)
+    x = jnp.ones(4)
+    with pytest.warns(UserWarning, match="no kernel profile: kernel_times: the trace"):
+        assert kernel_breakdown({"f": (lambda: square(x),
+                                       square.lower(x).compile().as_text())}) is None

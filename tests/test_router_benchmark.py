@@ -12,6 +12,7 @@ import pytest
 from test_router import _bank, _images, _model
 
 from gati_jax.kernel_profile import describe_kernel_profile
+from gati_jax.plotting import plot_router_benchmark
 from gati_jax.profiling import convolution_kernels, describe_kernels
 from gati_jax.runtime import deploy
 from gati_jax.planner.profiles import LookupCost, charges_from
@@ -29,7 +30,7 @@ def _numbers(tree):
         yield tree
 
 
-def test_router_benchmark_reports_every_figure(base):
+def test_router_benchmark_reports_every_figure(base, tmp_path):
     network, variables = base
     model = _model(network, variables)
     cands, bank = _bank(network, (0, 1, 2), (0.5,) * 3,
@@ -87,6 +88,12 @@ def test_router_benchmark_reports_every_figure(base):
         assert lines[-1].startswith("planned [1, 2]: its lookups' kernels ")
         assert len(lines) == 2 + 3
     assert describe_kernel_profile(None, {}) == []
+    # The plot: three panels with the profile, two without.
+    for name, figures in (("with.png", result),
+                          ("without.png", {k: v for k, v in result.items()
+                                           if k != "kernel_profile_ms"})):
+        plot_router_benchmark(figures, tmp_path / name)
+        assert (tmp_path / name).stat().st_size > 0
 
 
 _HLO = """HloModule jit_f

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gati_jax.kernel_profile import stage_scope
+from gati_jax.scopes import stage_scope
 
 Variables = dict[str, tuple[Any, ...]]
 

@@ -7,8 +7,8 @@ from typing import Any
 from gati_jax import data
 from gati_jax.caches.bank import load_bank
 from gati_jax.evaluation import model_data_config
-from gati_jax.planner.plan import load_plan, plan_deployment
 from gati_jax.kernel_profile import describe_kernel_profile
+from gati_jax.planner.plan import load_plan, plan_deployment
 from gati_jax.profiling import describe_kernels
 from gati_jax.runtime.benchmark import benchmark_router
 from gati_jax.tables import format_table
@@ -36,10 +36,11 @@ def run_router_benchmark(checkpoint: str, bank_dir: str, sparse_positions: tuple
               f"{100 * row['overhead_alternating']:+.1f}%)")
     for line in describe_kernels(result.get("convolution_kernels")):
         print(line)
-    for line in describe_kernel_profile(
-            result.get("kernel_profile_ms"),
-            {n: (r["positions"], r["overhead"]) for n, r in result["all_miss_overhead"].items()}):
-        print(("\n" if line.startswith("inside") else "") + line)
+    inside = describe_kernel_profile(
+        result.get("kernel_profile_ms"),
+        {n: (r["positions"], r["overhead"]) for n, r in result["all_miss_overhead"].items()})
+    if inside:
+        print("\n" + "\n".join(inside))
     print("\nforced exits (router vs Python loop vs stage-cost models; stage_sum: separately "
           "jitted stages and lookups; profile: the planner's model, compiled prefixes + "
           f"router charge {result['router_charge_ms']:.3f} ms + "
@@ -68,4 +69,3 @@ def run_router_benchmark(checkpoint: str, bank_dir: str, sparse_positions: tuple
           "the serving loop's compute per request, one at a time):")
     print(format_table(result["serving_path"]))
     return result
-

@@ -15,7 +15,7 @@ import numpy as np
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
-from gati_jax.kernel_profile import kernel_breakdown
+from gati_jax.kernel_profile import kernel_profile_ms
 from gati_jax.planner.instance import router_charge
 from gati_jax.planner.profiles import (LookupCost, RouterCharge, all_miss_kernels,
                                        all_miss_programs, charges_from, marginal_cost,
@@ -71,10 +71,9 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     if kernels is not None:
         out["convolution_kernels"] = kernels
     # The same programs in parts, each kernel timed by XLA inside the program.
-    parts = kernel_breakdown(programs, rounds=max(4, repeats // 20), block=10)
-    if parts is not None:
-        out["kernel_profile_ms"] = {name: {part: 1e3 * s for part, s in p.items()}
-                                    for name, p in parts.items()}
+    profile = kernel_profile_ms(programs, rounds=max(4, repeats // 20))
+    if profile is not None:
+        out["kernel_profile_ms"] = profile
     out["plain_network_variables_as_arguments_ms"] = 1e3 * timed["as_args"]
     out["all_miss_overhead"] = {
         name: {"positions": list(dep.positions), "router_all_miss_ms": 1e3 * timed[name],

@@ -38,11 +38,11 @@ from jax import lax
 
 from gati_jax import data, sharding
 from gati_jax.inference import BaseModel
-from gati_jax.kernel_profile import lookup_scope
 from gati_jax.input_checks import check_images
 from gati_jax.models import Variables
 from gati_jax.runtime.packing import Packing
 from gati_jax.runtime.policies import Decide
+from gati_jax.scopes import lookup_scope
 
 
 def _record_exits(position: int, cache_answer: jax.Array, cache_hit: jax.Array,

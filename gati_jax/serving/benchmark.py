@@ -27,7 +27,7 @@ from gati_jax.config import validate_config
 from gati_jax.data.workloads import make_workload, workload_stats
 from gati_jax.evaluation import model_data_config
 from gati_jax.inference import BaseModel, predict_logits
-from gati_jax.kernel_profile import describe_kernel_profile, kernel_breakdown
+from gati_jax.kernel_profile import describe_kernel_profile, kernel_profile_ms
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
 from gati_jax.planner.pipeline import knn_setup, plan_settings, run_planning
 from gati_jax.planner.plan import Plan, plan_deployment
@@ -312,12 +312,10 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
         plain_program(model), jnp.zeros((1, *model.network.input_shape), jnp.float32))
     kernels = all_miss_kernels(miss_programs)
     # The same programs in parts (their stages, lookups and the rest, as XLA's kernels).
-    parts = kernel_breakdown(miss_programs, rounds=max(4, int(config.planner.latency_repeats)
-                                                       // 4), block=10)
-    kernel_profile = None if parts is None else {
-        name: {part: 1e3 * s for part, s in p.items()} for name, p in parts.items()}
+    kernel_profile = kernel_profile_ms(
+        miss_programs, rounds=max(4, int(config.planner.latency_repeats) // 4))
     miss_figures = {name: (list(contenders[name].deployment.positions), misses[name])
-                      for name in programs}
+                    for name in programs}
     sweep = planned["sweep"]
     split = getattr(dataset, config.workload.split)
     rows, latencies, streams, windows, online, corrupted = [], {}, {}, {}, {}, {}
