@@ -6,8 +6,8 @@ bookkeeping or from what the call costs outside its kernels (dispatch, the runti
 scheduling between kernels), and programs compiled separately (a stage prefix, a one-cache
 router) need not run their shared stages alike. The profiler times every kernel (XLA CPU:
 every thunk) inside the one program, so the parts of one call can be read side by side.
-The profiler slows the calls (by 5-41% on the shipped network here, 1-3 us per kernel), so
-the parts are read against each other, not against wall times taken without it.
+The profiler slows the calls (by 5-41% on the shipped network here), so the parts are read
+against each other, not against wall times taken without it.
 """
 
 from __future__ import annotations
