@@ -184,9 +184,9 @@ def kernel_breakdown(programs: dict[str, tuple[Callable[[], Any], str]], rounds:
     """Each program (name -> a zero-argument call and its optimized HLO) in parts, median
     seconds per call, profiled side by side (:func:`kernel_times`): each stage and lookup,
     'other', 'unattributed', 'kernels' (their sum) and 'call' (the call's median wall time
-    under the profiler). None, with a warning, off the CPU (the attribution reads XLA CPU's
-    trace), where the profiler cannot run or recorded no kernel, or where its runs cannot be
-    matched to the calls: a benchmark goes on without its profile."""
+    under the profiler). None off the CPU (the attribution reads XLA CPU's trace), and None
+    with a warning where the profiler cannot run or recorded no kernel, or where its runs
+    cannot be matched to the calls: a benchmark goes on without its profile."""
     if jax.default_backend() != "cpu":
         return None
     parsed = {name: instruction_parts(hlo) for name, (_, hlo) in programs.items()}
