@@ -17,13 +17,13 @@ import glob
 import os
 import re
 import tempfile
-import time
 import warnings
 from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 
+from gati_jax.profiling import interleaved_times
 from gati_jax.tables import format_table
 
 # Control-flow kernels: their recorded time contains the kernels of their branches or bodies.
@@ -80,17 +80,15 @@ def instruction_parts(hlo_text: str) -> tuple[str | None, dict[str, tuple[str, s
         if name in named:
             return named[name]
         if name not in resolved:
-            seen, level = {name}, [name]
-            resolved[name] = UNATTRIBUTED
+            part, seen, level = UNATTRIBUTED, {name}, [name]
             while level:  # one level of operands at a time: the nearest named ones decide
                 level = [o for n in level for o in operands.get(n, ()) if o not in seen]
                 seen.update(level)
                 found = [named[o] for o in level if o in named]
                 if found:
-                    lookups = [f for f in found if f.startswith(LOOKUP)]
-                    resolved[name] = (lookups or found)[0]
+                    part = ([f for f in found if f.startswith(LOOKUP)] or found)[0]
                     break
-                level = [o for o in level if o not in named]
+            resolved[name] = part
         return resolved[name]
     parts = {name: (opcode[name], resolve(name)) for name in opcode}
     return (module.group(1) if module else None), parts
@@ -120,16 +118,9 @@ def kernel_times(fns: dict[str, Callable[[], Any]], modules: set[str | None],
         for _ in range(warmup):
             jax.block_until_ready(fn())
     from jax.profiler import ProfileData  # noqa: PLC0415 (only the profile needs it)
-    order, walls = [], {name: [] for name in fns}
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir):
-            for _ in range(rounds):
-                for name, fn in fns.items():
-                    for _ in range(block):
-                        start = time.perf_counter()
-                        jax.block_until_ready(fn())
-                        walls[name].append(time.perf_counter() - start)
-                        order.append(name)
+            walls = interleaved_times(fns, rounds, block)
         files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
         profile = ProfileData.from_file(files[0]) if files else None
     runs: dict[Any, dict[str, float]] = collections.defaultdict(
@@ -148,6 +139,7 @@ def kernel_times(fns: dict[str, Callable[[], Any]], modules: set[str | None],
                 first[run] = min(first.get(run, event.start_ns), event.start_ns)
     if not runs:
         return {}
+    order = [name for _ in range(rounds) for name in fns for _ in range(block)]
     if len(runs) != len(order):
         raise ValueError(f"kernel_times: the trace holds {len(runs)} program runs for "
                          f"{len(order)} calls; cannot tell which run was which call")

@@ -29,6 +29,14 @@ def measure_interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 50,
     for fn in fns.values():
         for _ in range(warmup):
             jax.block_until_ready(fn())
+    return {name: float(np.median(t)) for name, t in interleaved_times(fns, repeats,
+                                                                        block).items()}
+
+
+def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, block: int = 1
+                      ) -> dict[str, list[float]]:
+    """Every call's seconds, in the order of :func:`measure_interleaved` (``repeats`` rounds,
+    each calling every function ``block`` times in a row, in ``fns``' order), no warm-up."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -36,7 +44,7 @@ def measure_interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 50,
                 start = time.perf_counter()
                 jax.block_until_ready(fn())
                 times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return times
 
 
 def compiled_flops(fn: Callable[..., Any], *args: Any) -> float:
