@@ -312,7 +312,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.benchmark.rounds = 3
     # With the virtual clock, policies serve interleaved, this many groups per turn.
     config.benchmark.turn = 25
-    # Serving throughput vs device count (gati_jax/serving/scaling.py): these counts, empty
+    # Serving throughput vs device count (gati_jax/experiments/device_scaling.py): these counts, empty
     # = 1, 2, 4, ... up to the visible devices; group = closed-loop clients per count.
     config.benchmark.device_counts = ()
     config.benchmark.scaling_group = 32

@@ -1,6 +1,6 @@
 """The named scopes compiled programs run their parts in: each base-network stage and each
 cache lookup. XLA keeps them in every instruction's op name, which is how a kernel profile
-(``gati_jax.kernel_profile``) tells a stage's kernels from a lookup's."""
+(``gati_jax.experiments.kernel_profile``) tells a stage's kernels from a lookup's."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from absl import app, flags, logging
 
 from gati_jax.caches.bank import load_bank
 from gati_jax.planner.plan import load_plan, plan_deployment
-from gati_jax.runtime.lookup_cost import benchmark_lookups, print_lookup_benchmark
+from gati_jax.experiments.lookup_benchmark import benchmark_lookups, print_lookup_benchmark
 from gati_jax.training.checkpointing import load_base_model
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "checkpoints/fashion_mnist_resnet18",

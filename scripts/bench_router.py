@@ -7,8 +7,8 @@ import json
 
 from absl import app, flags, logging
 
-from gati_jax.plotting import plot_router_benchmark
-from gati_jax.runtime.bench_report import run_router_benchmark
+from gati_jax.experiments.plots import plot_router_benchmark
+from gati_jax.experiments.router_report import run_router_benchmark
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "checkpoints/fashion_mnist_resnet18",
                                   "Exported base model.")

@@ -10,7 +10,7 @@ four devices (sharing the same cores: this checks the code path, it cannot speed
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gati_jax.serving.scaling import run_device_scaling
+from gati_jax.experiments.device_scaling import run_device_scaling
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.",
                                           lock_config=True)

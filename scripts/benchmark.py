@@ -15,8 +15,8 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gati_jax.caches.pipeline import run_exploration
-from gati_jax.serving.benchmark import run_benchmark
+from gati_jax.jobs.exploration import run_exploration
+from gati_jax.jobs.benchmark import run_benchmark
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/benchmark.py", "Experiment config.",
                                           lock_config=True)

@@ -10,8 +10,8 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gati_jax.caches.benchmark import benchmark_vmap_vs_loop
-from gati_jax.caches.pipeline import run_exploration
+from gati_jax.experiments.vmap_benchmark import benchmark_vmap_vs_loop
+from gati_jax.jobs.exploration import run_exploration
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.",
                                           lock_config=True)

@@ -11,9 +11,9 @@ from absl import app, flags, logging
 
 from gati_jax import data
 from gati_jax.evaluation import model_data_config
-from gati_jax.online.headroom import HeadroomSettings, exit_costs, segment_headroom
+from gati_jax.experiments.online_headroom import HeadroomSettings, exit_costs, segment_headroom
 from gati_jax.planner.plan import load_plan, plan_deployment
-from gati_jax.plotting import plot_segment_headroom
+from gati_jax.experiments.plots import plot_segment_headroom
 from gati_jax.tables import format_table
 from gati_jax.training.checkpointing import load_base_model
 

@@ -10,7 +10,7 @@ DIR/plan (orbax caches + plan.json).
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gati_jax.planner.pipeline import run_planning
+from gati_jax.jobs.planning import run_planning
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.",
                                           lock_config=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from gati_jax.plotting import plot_run_spread
-from gati_jax.run_summary import load_runs, summarize, summary_lines, summary_tables
+from gati_jax.experiments.plots import plot_run_spread
+from gati_jax.experiments.run_summary import load_runs, summarize, summary_lines, summary_tables
 from gati_jax.tables import format_table
 
 _METRIC = flags.DEFINE_string("metric", "speedup_vs_none", "Column of benchmark.json.")

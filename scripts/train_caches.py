@@ -10,7 +10,7 @@ DIR/report.json and the plots.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gati_jax.main_job import run_main_job
+from gati_jax.jobs.main_job import run_main_job
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.",
                                           lock_config=True)

@@ -23,7 +23,7 @@ from gati_jax.online.window import ReplayWindow
 from gati_jax.runtime import Router, policy_builder
 from gati_jax.runtime.deployment import Deployment
 from gati_jax.online.updates import make_tap, make_tapped_decide
-from gati_jax.serving.scaling import device_scaling
+from gati_jax.experiments.device_scaling import device_scaling
 from gati_jax.training.checkpointing import TrainCheckpointer
 from gati_jax.training.optim import make_optimizer
 from gati_jax.training.steps import create_train_state, train_step

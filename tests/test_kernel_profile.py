@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from test_router import _bank, _model
 
-from gati_jax import kernel_profile
-from gati_jax.kernel_profile import (OTHER, UNATTRIBUTED, added_kernels, attribute,
+from gati_jax.experiments import kernel_profile
+from gati_jax.experiments.kernel_profile import (OTHER, UNATTRIBUTED, added_kernels, attribute,
                                      describe_kernel_profile, instruction_parts,
                                      kernel_breakdown, kernel_profile_summaries, part_of,
                                      part_order)
-from gati_jax.planner.profiles import all_miss_programs
+from gati_jax.planner.costs import all_miss_programs
 from gati_jax.runtime import deploy
 from gati_jax.scopes import lookup_scope, stage_scope
 

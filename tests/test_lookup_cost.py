@@ -12,7 +12,7 @@ from gati_jax.caches.selector import NUM_FEATURES, Selector
 from gati_jax.inference import BaseModel
 from gati_jax.models import build_network
 from gati_jax.runtime.deployment import deploy
-from gati_jax.runtime.lookup_cost import (benchmark_lookups, chained_lookup_seconds,
+from gati_jax.experiments.lookup_benchmark import (benchmark_lookups, chained_lookup_seconds,
                                           with_pooling)
 
 SHAPE, CLASSES, FACTOR = (12, 12, 1), 5, 2

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from gati_jax.main_job import run_main_job
+from gati_jax.jobs.main_job import run_main_job
 from gati_jax.planner.plan import load_plan, plan_deployment
 from gati_jax.system import load_system
 from gati_jax.runtime.router import bucket_sizes
@@ -205,10 +205,10 @@ def test_a_miss_bound_is_held_by_planning_again_and_else_nothing_deploys(explore
     the plain network: the plan without the bound (the scout) measures over a 30% bound, its
     lookups are timed alone and charged that, and the first plan deploys nothing; with no
     rounds to plan again, the plan breaks the bound and the fallback deploys nothing."""
-    from gati_jax.planner import pipeline
+    from gati_jax.jobs import planning
 
     _, workdir, _ = explored
-    real_profile = pipeline.load_or_measure
+    real_profile = planning.load_or_measure
 
     def profile(*args, **kwargs):
         # This MLP's stages cost less than a lookup (no plan deploys a cache); a profile
@@ -224,15 +224,15 @@ def test_a_miss_bound_is_held_by_planning_again_and_else_nothing_deploys(explore
     def machine(model, deployment, group_size, rounds):
         measured.append(tuple(deployment.positions))
         return 0.5 * len(deployment.positions)
-    monkeypatch.setattr(pipeline, "load_or_measure", profile)
-    monkeypatch.setattr(pipeline, "measure_miss_overhead", machine)
+    monkeypatch.setattr(planning, "load_or_measure", profile)
+    monkeypatch.setattr(planning, "measure_miss_overhead", machine)
     for rounds, out in ((3, tmp_path / "replanned"), (0, tmp_path / "fallback")):
         measured.clear()
         config = smoke_config()
         config.planner.confirm_rounds = 0  # keep the stand-in profile's costs
         config.planner.max_miss_overhead = 0.3
         config.planner.miss_rounds = rounds
-        result = pipeline.run_planning(config, str(out), str(workdir / "cache_bank"))
+        result = planning.run_planning(config, str(out), str(workdir / "cache_bank"))
         check = result["miss_check"]
         first = check["rounds"][0]["positions"]
         assert first, "the first plan deploys a cache: the bound has something to act on"

@@ -11,7 +11,10 @@ import pytest
 from gati_jax.models import available_networks, build_network
 
 # Tiny widths keep every family's test to about a second on two cores.
-FAMILIES = [("resnet18", 4), ("resnet34", 2), ("resnet50", 2), ("vgg11", 4), ("mlp", 0)]
+FAMILIES = [("resnet18", 4), ("resnet34", 2), ("resnet50", 2), ("resnet20", 2), ("vgg11", 4),
+            ("vgg16", 2), ("mlp", 0)]
+# Registered but too deep to run in every test; their shapes and sizes are checked abstractly.
+DEEP = ["resnet32", "resnet44", "resnet56", "resnet110", "resnet101", "resnet152"]
 INPUT_SHAPE = (12, 12, 3)
 
 
@@ -34,7 +37,7 @@ def trained_like_variables(network, seed=0):
 
 
 def test_registry_lists_every_family():
-    assert set(available_networks()) == {name for name, _ in FAMILIES}
+    assert set(available_networks()) == {name for name, _ in FAMILIES} | set(DEEP)
 
 
 @pytest.mark.parametrize("name,width", FAMILIES)
@@ -103,3 +106,40 @@ def test_bad_input_is_named():
         build("resnet19", 4)
     with pytest.raises(ValueError, match="outside"):
         network.apply_range(variables, jnp.zeros((1, 12, 12, 3)), 3, 99)
+
+
+def _param_count(name: str, width: int, input_shape=(32, 32, 3), classes=10) -> int:
+    network = build_network(ml_collections.ConfigDict(dict(name=name, width=width)),
+                            input_shape, classes)
+    abstract = jax.eval_shape(network.init, jax.random.key(0))
+    return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(abstract["params"]))
+
+
+@pytest.mark.parametrize("name,published_millions", [
+    # He et al. 2016, table 6 (CIFAR-10, width 16). Our shortcuts are 1x1 projections where
+    # the shape changes (option B), which adds about 3 k parameters to each.
+    ("resnet20", 0.27), ("resnet32", 0.46), ("resnet44", 0.66), ("resnet56", 0.85),
+    ("resnet110", 1.7)])
+def test_cifar_resnet_parameter_counts_match_the_paper(name, published_millions):
+    assert _param_count(name, 16) / 1e6 == pytest.approx(published_millions, rel=0.03)
+
+
+@pytest.mark.parametrize("name,published_millions", [
+    # ImageNet figures less the 1000-way classifier (2048 x 1000 + 1000 for bottlenecks);
+    # VGG-16's convolutions alone are 14.7 M (its FC layers are replaced by the pooled head).
+    ("resnet101", 44.5 - 2.05), ("resnet152", 60.2 - 2.05), ("vgg16", 14.7)])
+def test_imagenet_style_parameter_counts_match_published_figures(name, published_millions):
+    assert _param_count(name, 64) / 1e6 == pytest.approx(published_millions, rel=0.03)
+
+
+@pytest.mark.parametrize("name,stages,last_map", [
+    ("resnet20", 11, (1, 7, 7, 64)), ("resnet56", 29, (1, 7, 7, 64)),
+    ("resnet110", 56, (1, 7, 7, 64)), ("resnet101", 35, (1, 4, 4, 512)),
+    ("resnet152", 52, (1, 4, 4, 512)), ("vgg16", 6, (1, 1, 1, 128))])
+def test_deep_networks_have_one_stage_per_block(name, stages, last_map):
+    network = build_network(ml_collections.ConfigDict(dict(name=name, width=16)), (28, 28, 1), 10)
+    shapes = network.activation_shapes()
+    assert network.num_stages == stages
+    assert shapes[0][1] == (14 if name.startswith("vgg") else 28)  # VGG pools after a block
+    assert shapes[-2] == last_map
+    assert shapes[-1] == (1, 10)

@@ -22,7 +22,7 @@ from gati_jax.online.updates import UpdateSettings, Verdict, shift_logits
 from gati_jax.online.window import ReplayWindow
 from gati_jax.runtime.deployment import Deployment
 from gati_jax.runtime.segments import SegmentedNetwork
-from gati_jax.serving.benchmark import _alarm_spans, _runs
+from gati_jax.jobs.benchmark import _alarm_spans, _runs
 from gati_jax.serving.clock import FakeClock
 from gati_jax.serving.loop import serve
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from test_router import CLASSES, _bank, _base_answers, _images, _model
 
-from gati_jax.online.headroom import HeadroomSettings, exit_costs, segment_headroom
+from gati_jax.experiments.online_headroom import HeadroomSettings, exit_costs, segment_headroom
 from gati_jax.runtime import deploy
 
 SETTINGS = HeadroomSettings(train=10, calibrate=20, steps=5, batch_size=4, target=0.9,

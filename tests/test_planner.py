@@ -15,7 +15,7 @@ from gati_jax.planner.build import reprice
 from gati_jax.planner.instance import (Instance, MissFloors, Option, max_errors, simulate,
                                        summarize_outcome, threshold_grid)
 from gati_jax.planner.miss_bound import hold_miss_bound, next_floors
-from gati_jax.planner.profiles import Profile
+from gati_jax.planner.costs import Profile
 
 
 def random_instance(seed: int, positions: int = 4, options: int = 2, grid: int = 4,
@@ -309,7 +309,7 @@ def test_an_empty_plan_saves_and_loads(tmp_path):
 
 
 def test_charges_are_confirmed_on_the_router_our_first_plan_of_each_kind_chose():
-    from gati_jax.planner.pipeline import charge_routers
+    from gati_jax.jobs.planning import charge_routers
     from gati_jax.planner.plan import Plan
 
     def plan(policy, method, *candidates):

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from test_router import _bank, _images, _model
 
-from gati_jax.kernel_profile import describe_kernel_profile
-from gati_jax.plotting import plot_router_benchmark
-from gati_jax.profiling import convolution_kernels, describe_kernels
+from gati_jax.experiments.kernel_profile import describe_kernel_profile
+from gati_jax.experiments.plots import plot_router_benchmark
+from gati_jax.measure import convolution_kernels, describe_kernels
 from gati_jax.runtime import deploy
-from gati_jax.planner.profiles import LookupCost, charges_from
-from gati_jax.runtime.benchmark import _marginals, _router_part, benchmark_router
+from gati_jax.planner.costs import LookupCost, charges_from
+from gati_jax.experiments.router_benchmark import _marginals, _router_part, benchmark_router
 
 
 def _numbers(tree):

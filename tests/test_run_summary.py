@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from gati_jax.plotting import plot_run_spread
-from gati_jax.run_summary import (compact_online, config_differences, load_run, load_runs,
+from gati_jax.experiments.plots import plot_run_spread
+from gati_jax.experiments.run_summary import (compact_online, config_differences, load_run, load_runs,
                                   online_spread, spread, spread_table, summarize,
                                   summary_lines, without_config)
 

@@ -340,7 +340,7 @@ def test_paired_p99_ratio_interval_holds_the_ratio_and_pairs_the_rounds():
 
 
 def test_online_p99_ratio_pools_every_round_like_its_interval():
-    from gati_jax.serving.benchmark import ONLINE, online_figures
+    from gati_jax.jobs.benchmark import ONLINE, online_figures
     rng = np.random.default_rng(3)
     chunks = {"audit": {"count": 3, "p50": 0.5, "p99": 1.0, "max": 1.1}}
     online_stats = {"updates": 1, "guard_events": [], "shift_events": [], "window_bytes": [0],

@@ -27,7 +27,7 @@ from gati_jax.caches.training import (HeadTraining, predictor_logits, selector_s
                                       train_predictors, train_selectors)
 from gati_jax.caches.variants import VariantSpec, parse_variant
 from gati_jax.inference import BaseModel
-from gati_jax.profiling import compiled_flops, measure_latency, stage_latencies, tree_bytes
+from gati_jax.measure import compiled_flops, measure_latency, stage_latencies, tree_bytes
 
 
 @dataclasses.dataclass(frozen=True)

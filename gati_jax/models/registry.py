@@ -28,8 +28,18 @@ def _resnet_builder(name: str, block, blocks_per_group) -> Builder:
         name, block, blocks_per_group, int(cfg.width), shape, classes)
 
 
+# ImageNet-style layouts (four groups, widths w..8w), stem without max-pool for small images.
 register_network("resnet18")(_resnet_builder("resnet18", resnet.BasicBlock, (2, 2, 2, 2)))
 register_network("resnet34")(_resnet_builder("resnet34", resnet.BasicBlock, (3, 4, 6, 3)))
 register_network("resnet50")(_resnet_builder("resnet50", resnet.Bottleneck, (3, 4, 6, 3)))
+register_network("resnet101")(_resnet_builder("resnet101", resnet.Bottleneck, (3, 4, 23, 3)))
+register_network("resnet152")(_resnet_builder("resnet152", resnet.Bottleneck, (3, 8, 36, 3)))
+# CIFAR-style ResNets of depth 6n+2 (He et al. 2016, section 4.2): three groups of n basic
+# blocks, widths w, 2w, 4w; one stage per block, so ResNet-56 has 1 + 27 + 1 = 29 stages.
+for _depth in (20, 32, 44, 56, 110):
+    _n = (_depth - 2) // 6
+    register_network(f"resnet{_depth}")(
+        _resnet_builder(f"resnet{_depth}", resnet.BasicBlock, (_n, _n, _n)))
 register_network("vgg11")(lambda cfg, shape, classes: vgg.vgg11(int(cfg.width), shape, classes))
+register_network("vgg16")(lambda cfg, shape, classes: vgg.vgg16(int(cfg.width), shape, classes))
 register_network("mlp")(lambda cfg, shape, classes: mlp.mlp(cfg.hidden_sizes, shape, classes))

@@ -68,7 +68,7 @@ class StagedNetwork:
         """Runs stage ``index``; with ``train=True`` returns ``(output, new_batch_stats)``."""
         stage_vars = {"params": variables["params"][index],
                       "batch_stats": variables["batch_stats"][index]}
-        # Named so that a kernel profile (gati_jax.kernel_profile) can attribute its time.
+        # Named so that a kernel profile (gati_jax.experiments.kernel_profile) can attribute its time.
         with jax.named_scope(stage_scope(index)):
             if train:
                 y, updates = self.stages[index].apply(

@@ -10,6 +10,8 @@ from gati_jax.models.staged import StagedNetwork
 
 # Convolutions per block and the block's width relative to the first block (VGG-11 layout).
 VGG11_BLOCKS = ((1, 1), (1, 2), (2, 4), (2, 8), (2, 8))
+# VGG-16 (configuration D of Simonyan & Zisserman) with batch norm: 13 convolutions.
+VGG16_BLOCKS = ((2, 1), (2, 2), (3, 4), (3, 8), (3, 8))
 
 
 class ConvBlock(nn.Module):
@@ -30,7 +32,18 @@ class ConvBlock(nn.Module):
         return x
 
 
+def vgg(name: str, blocks: tuple[tuple[int, int], ...], width: int,
+        input_shape: tuple[int, int, int], num_classes: int) -> StagedNetwork:
+    """Builds a VGG-style network, one stage per block, whose first block has ``width`` channels."""
+    stages = [ConvBlock(width * multiple, convs) for convs, multiple in blocks]
+    return StagedNetwork(name, (*stages, Head(num_classes)), tuple(input_shape), num_classes)
+
+
 def vgg11(width: int, input_shape: tuple[int, int, int], num_classes: int) -> StagedNetwork:
     """Builds a VGG-11-style network whose first block has ``width`` channels."""
-    stages = [ConvBlock(width * multiple, convs) for convs, multiple in VGG11_BLOCKS]
-    return StagedNetwork("vgg11", (*stages, Head(num_classes)), tuple(input_shape), num_classes)
+    return vgg("vgg11", VGG11_BLOCKS, width, input_shape, num_classes)
+
+
+def vgg16(width: int, input_shape: tuple[int, int, int], num_classes: int) -> StagedNetwork:
+    """Builds a VGG-16-style network (batch norm) whose first block has ``width`` channels."""
+    return vgg("vgg16", VGG16_BLOCKS, width, input_shape, num_classes)

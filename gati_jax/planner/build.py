@@ -19,7 +19,7 @@ from gati_jax.caches.bank import CacheBank, Candidate
 from gati_jax.caches.recording import Recording
 from gati_jax.caches.training import HeadTraining, predictor_logits, selector_scores
 from gati_jax.planner.instance import Instance, Option, threshold_grid
-from gati_jax.planner.profiles import Profile, lookup_kind
+from gati_jax.planner.costs import Profile, lookup_kind
 from gati_jax.runtime.knn import KnnHead, knn_key, nearest, store_bytes, store_from_activations
 from gati_jax.runtime.policies import policy_builder
 

@@ -24,7 +24,7 @@ from gati_jax import data
 from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
 from gati_jax.planner.instance import Choice, Instance, simulate
-from gati_jax.planner.profiles import (candidate_lookups, marginal_cost, measure_lookups,
+from gati_jax.planner.costs import (candidate_lookups, marginal_cost, measure_lookups,
                                       measure_prefix_costs)
 from gati_jax.runtime.deployment import Deployment
 
@@ -33,7 +33,7 @@ def remeasured(model: BaseModel, instance: Instance, choices: Sequence[Choice],
                bank: CacheBank, policy: str, group_size: int, repeats: int) -> Instance:
     """``instance`` with the chosen caches' lookup costs and the stage prefixes the plan's
     requests pay (through each deployed position, and the whole network) measured again
-    now, by the profile's own method (gati_jax/planner/profiles.py)."""
+    now, by the profile's own method (gati_jax/planner/costs.py)."""
     by_key = {c.key: c for c in bank.candidates}
     chosen = {instance.options[i][c[0]].key for i, c in enumerate(choices) if c is not None}
     lookups = candidate_lookups(bank, [by_key[k] for k in sorted(chosen)], (policy,))

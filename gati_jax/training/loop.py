@@ -17,7 +17,7 @@ from gati_jax import data, sharding
 from gati_jax.config import ConfigError, validate_config
 from gati_jax.inference import BaseModel, evaluate
 from gati_jax.models import build_network
-from gati_jax.plotting import plot_training_history
+from gati_jax.training.plots import plot_training_history
 from gati_jax.training.checkpointing import TrainCheckpointer, save_base_model
 from gati_jax.training.optim import make_optimizer, make_schedule
 from gati_jax.training.steps import create_train_state, train_step

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from gati_jax.profiling import interleaved_times
+from gati_jax.measure import interleaved_times
 from gati_jax.tables import format_table
 
 # Control-flow kernels: their recorded time contains the kernels of their branches or bodies.

@@ -26,9 +26,9 @@ from gati_jax.caches.selector import calibrate_threshold, hit_statistics
 from gati_jax.inference import BaseModel, predict_logits
 from gati_jax.input_checks import check_images
 from gati_jax.online.updates import cache_functions, cache_input
-from gati_jax.planner.profiles import plain_program
-from gati_jax.profiling import measure_interleaved
-from gati_jax.runtime.benchmark import compiled_call, forced_exit_thresholds
+from gati_jax.planner.costs import plain_program
+from gati_jax.measure import measure_interleaved
+from gati_jax.experiments.router_benchmark import compiled_call, forced_exit_thresholds
 from gati_jax.runtime.deployment import Deployment
 
 KINDS = ("static", "recalibrated", "tuned")

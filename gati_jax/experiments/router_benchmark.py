@@ -15,13 +15,13 @@ import numpy as np
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
-from gati_jax.kernel_profile import kernel_profile_ms
+from gati_jax.experiments.kernel_profile import kernel_profile_ms
 from gati_jax.planner.instance import router_charge
-from gati_jax.planner.profiles import (LookupCost, RouterCharge, all_miss_kernels,
+from gati_jax.planner.costs import (LookupCost, RouterCharge, all_miss_kernels,
                                        all_miss_programs, charges_from, marginal_cost,
                                        measure_lookups, measure_prefixes, measure_router_charge,
                                        plain_program, prefix_program, prefixes_from_sessions)
-from gati_jax.profiling import measure_interleaved, stage_latencies
+from gati_jax.measure import measure_interleaved, stage_latencies
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
 from gati_jax.serving.clock import VirtualClock

@@ -29,10 +29,10 @@ from gati_jax.planner.cost_check import check_cost_model, remeasured
 from gati_jax.planner.instance import Instance, MissFloors, simulate
 from gati_jax.planner.miss_bound import hold_miss_bound
 from gati_jax.planner.plan import Plan, plan_deployment, plan_from_choices, save_plan
-from gati_jax.planner.profiles import (Profile, candidate_lookups, confirm_lookups,
+from gati_jax.planner.costs import (Profile, candidate_lookups, confirm_lookups,
                                       load_or_measure, lookup_kind, measure_miss_overhead,
                                       record_router_charge, save_profile)
-from gati_jax.plotting import plot_plan_tradeoff
+from gati_jax.experiments.plots import plot_plan_tradeoff
 from gati_jax.runtime.knn import KnnHead
 from gati_jax.tables import format_table
 from gati_jax.training.checkpointing import load_base_model

@@ -7,10 +7,10 @@ from typing import Any
 from gati_jax import data
 from gati_jax.caches.bank import load_bank
 from gati_jax.evaluation import model_data_config
-from gati_jax.kernel_profile import describe_kernel_profile
+from gati_jax.experiments.kernel_profile import describe_kernel_profile
 from gati_jax.planner.plan import load_plan, plan_deployment
-from gati_jax.profiling import describe_kernels
-from gati_jax.runtime.benchmark import benchmark_router
+from gati_jax.measure import describe_kernels
+from gati_jax.experiments.router_benchmark import benchmark_router
 from gati_jax.tables import format_table
 from gati_jax.training.checkpointing import load_base_model
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import ml_collections
 
-from gati_jax.kernel_profile import (KERNEL_PROFILE_NOTE, kernel_profile_rows,
+from gati_jax.experiments.kernel_profile import (KERNEL_PROFILE_NOTE, kernel_profile_rows,
                                      kernel_profile_summaries)
-from gati_jax.plotting import plot_hit_rate_over_time, plot_position_hit_rates
-from gati_jax.profiling import describe_kernels
+from gati_jax.experiments.plots import plot_hit_rate_over_time, plot_position_hit_rates
+from gati_jax.measure import describe_kernels
 from gati_jax.tables import format_table, markdown_table
 
 

@@ -11,7 +11,7 @@ import numpy as np
 matplotlib.use("Agg")  # headless machines and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from gati_jax.kernel_profile import LOOKUP, OTHER, STAGE, UNATTRIBUTED, part_total  # noqa: E402
+from gati_jax.experiments.kernel_profile import LOOKUP, OTHER, STAGE, UNATTRIBUTED, part_total  # noqa: E402
 
 
 def _save(fig: Any, path: str | os.PathLike) -> None:
@@ -24,22 +24,6 @@ def _workload_panels(count: int, height: float) -> tuple[Any, Any]:
     """One axes per workload, side by side."""
     fig, axes = plt.subplots(1, count, figsize=(6 * count, height), squeeze=False)
     return fig, axes[0]
-
-def plot_training_history(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
-    """Train/validation loss and accuracy per epoch."""
-    epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
-    ax_loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="validation")
-    ax_acc.plot(epochs, [r["train_accuracy"] for r in history], "o-", label="train")
-    ax_acc.plot(epochs, [r["val_accuracy"] for r in history], "o-", label="validation")
-    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    _save(fig, path)
-
 
 def plot_exploration(bank: Any, path: str | os.PathLike) -> None:
     """Hit rate at the strictest target vs lookup latency, one panel per position, frontier marked."""
@@ -223,7 +207,7 @@ def plot_hit_rate_over_time(windows: dict[str, dict[str, Sequence[dict[str, Any]
 
 def plot_segment_headroom(result: dict[str, Sequence[dict[str, Any]]], target: float,
                           path: str | os.PathLike) -> None:
-    """The bounds of gati_jax/online/headroom.py: per cache and hot-class set, hit rate and hit
+    """The bounds of gati_jax/experiments/online_headroom.py: per cache and hot-class set, hit rate and hit
     agreement of the static, recalibrated and fine-tuned cache; per hot-class set, the speedup
     of each cascade over the plain network."""
     rows, cascade = result["caches"], result["cascade"]

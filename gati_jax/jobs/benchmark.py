@@ -27,19 +27,19 @@ from gati_jax.config import validate_config
 from gati_jax.data.workloads import make_workload, workload_stats
 from gati_jax.evaluation import model_data_config
 from gati_jax.inference import BaseModel, predict_logits
-from gati_jax.kernel_profile import describe_kernel_profile, kernel_profile_ms
+from gati_jax.experiments.kernel_profile import describe_kernel_profile, kernel_profile_ms
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
-from gati_jax.planner.pipeline import knn_setup, plan_settings, run_planning
+from gati_jax.jobs.planning import knn_setup, plan_settings, run_planning
 from gati_jax.planner.plan import Plan, plan_deployment
-from gati_jax.planner.profiles import (all_miss_kernels, all_miss_programs, measure_miss_overhead,
+from gati_jax.planner.costs import (all_miss_kernels, all_miss_programs, measure_miss_overhead,
                                        plain_program)
-from gati_jax.plotting import plot_hit_rate_over_time, plot_latency_cdf, plot_plan_tradeoff
-from gati_jax.profiling import describe_kernels
+from gati_jax.experiments.plots import plot_hit_rate_over_time, plot_latency_cdf, plot_plan_tradeoff
+from gati_jax.measure import describe_kernels
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
 from gati_jax.serving.clock import make_clock
 from gati_jax.serving.loop import serve_interleaved, serve_steps
-from gati_jax.serving.scaling import device_scaling
+from gati_jax.experiments.device_scaling import device_scaling
 from gati_jax.serving.summary import paired_quantile_ratio_interval, summarize, windowed
 from gati_jax.tables import format_table
 from gati_jax.training.checkpointing import load_base_model

@@ -17,7 +17,7 @@ from gati_jax.caches.variants import parse_variant
 from gati_jax.config import validate_config
 from gati_jax.evaluation import model_data_config
 from gati_jax.inference import BaseModel
-from gati_jax.plotting import plot_exploration
+from gati_jax.experiments.plots import plot_exploration
 from gati_jax.tables import format_table
 from gati_jax.training.checkpointing import load_base_model
 

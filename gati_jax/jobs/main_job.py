@@ -17,11 +17,11 @@ from typing import Any, Callable, Sequence
 import ml_collections
 
 from gati_jax import sharding
-from gati_jax.caches.pipeline import run_exploration
+from gati_jax.jobs.exploration import run_exploration
 from gati_jax.config import validate_config
-from gati_jax.report import write_report
-from gati_jax.planner.pipeline import run_planning
-from gati_jax.serving.benchmark import run_benchmark
+from gati_jax.jobs.report import write_report
+from gati_jax.jobs.planning import run_planning
+from gati_jax.jobs.benchmark import run_benchmark
 from gati_jax.training.loop import train_and_evaluate
 
 PHASES = ("base", "explore", "plan", "benchmark", "report")

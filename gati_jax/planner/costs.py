@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank, Candidate
 from gati_jax.inference import BaseModel
-from gati_jax.profiling import convolution_kernels, measure_interleaved
+from gati_jax.measure import convolution_kernels, measure_interleaved
 from gati_jax.runtime.deployment import Deployment
 from gati_jax.runtime.policies import CacheHead, Decide, policy_builder
 from gati_jax.runtime.router import Router

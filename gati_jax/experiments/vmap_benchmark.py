@@ -12,7 +12,7 @@ from gati_jax.caches.training import train_predictors
 from gati_jax.caches.variants import parse_variant
 from gati_jax.config import validate_config
 from gati_jax.evaluation import model_data_config
-from gati_jax.profiling import measure_interleaved
+from gati_jax.measure import measure_interleaved
 from gati_jax.training.checkpointing import load_base_model
 
 

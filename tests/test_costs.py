@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import fc_caches
 
-from gati_jax.planner import profiles
-from gati_jax.planner.profiles import load_or_measure
+from gati_jax.planner import costs
+from gati_jax.planner.costs import load_or_measure
 from gati_jax.runtime import policy_builder
 from gati_jax.training.checkpointing import load_base_model
 
@@ -62,7 +62,7 @@ def test_profile_measures_stores_and_reuses(mlp, tmp_path, monkeypatch):
     measured = []
     monkeypatch.setattr(profiles, "measure_cache_cost",
                         lambda *args, **kwargs: measured.append(args[1])
-                        or profiles.LookupCost(1e-4, 2e-4, profile.prefix_s[-1]))
+                        or costs.LookupCost(1e-4, 2e-4, profile.prefix_s[-1]))
     extra = dict(lookups)
     extra["gati/p1-other"] = lookups["gati/p1"]
     grown = load_or_measure(path, mlp, extra)
@@ -71,7 +71,7 @@ def test_profile_measures_stores_and_reuses(mlp, tmp_path, monkeypatch):
     assert grown.exit_s["gati/p1-other"] == 2e-4
     # A profile from before exits were timed measures its lookups again.
     del grown.exit_s["gati/p0"]
-    profiles.save_profile(path, grown)
+    costs.save_profile(path, grown)
     measured.clear()
     assert load_or_measure(path, mlp, extra).exit_s["gati/p0"] == 2e-4 and measured == [0]
 
@@ -91,21 +91,21 @@ def test_confirmations_replace_the_choice_time_measurement_and_are_saved(mlp, tm
     readings = iter([1e-3, 1e-3, 1e-3, 1e-3, 4e-4, 6e-4, 5e-4])
     monkeypatch.setattr(profiles, "measure_prefixes", lambda model, g, r, rotate=0: [2e-3] * 3)
     monkeypatch.setattr(profiles, "measure_cache_cost", lambda *a, **k: (
-        lambda r: profiles.LookupCost(r, 2 * r, 2e-3))(next(readings)))
+        lambda r: costs.LookupCost(r, 2 * r, 2e-3))(next(readings)))
     profile = load_or_measure(path, mlp, lookups, repeats=30)
     assert profile.lookup_s["gati/p0"] == 1e-3 and profile.confirmed == {}
     chosen = {k: lookups[k] for k in ("gati/p0",)}
-    profiles.confirm_lookups(mlp, profile, chosen, 1, 30)
+    costs.confirm_lookups(mlp, profile, chosen, 1, 30)
     # The first confirmation replaces the measurement the choice was made on...
     assert profile.lookup_s["gati/p0"] == pytest.approx(4e-4) and profile.confirmed == {
         "gati/p0": 1}
-    profiles.confirm_lookups(mlp, profile, chosen, 1, 30)
-    profiles.confirm_lookups(mlp, profile, chosen, 1, 30)
+    costs.confirm_lookups(mlp, profile, chosen, 1, 30)
+    costs.confirm_lookups(mlp, profile, chosen, 1, 30)
     # ...and later ones are averaged with it; lookups nobody chose keep their one reading.
     assert profile.lookup_s["gati/p0"] == pytest.approx(5e-4)
     assert profile.exit_s["gati/p0"] == pytest.approx(1e-3)  # exits are averaged alike
     assert profile.confirmed == {"gati/p0": 3} and profile.lookup_s["gati/p1"] == 1e-3
-    profiles.save_profile(path, profile)
+    costs.save_profile(path, profile)
     again = load_or_measure(path, mlp, lookups)
     assert again.confirmed == {"gati/p0": 3}
     assert again.lookup_s["gati/p0"] == pytest.approx(5e-4)
@@ -127,19 +127,19 @@ def test_router_charge_is_what_lookups_cost_less_together_and_is_stored(mlp, tmp
     one_cache = {"gati/p0": 3e-4, "gati/p1": 5e-4, "gati/p1-other": 9e-4}
     gati = {k: v for k, v in lookups.items() if k.startswith("gati/")}
     # (0.3 + 0.5 - 0.6) ms over the one lookup beyond the first; p1-other is not in the router.
-    charge = profiles.measure_router_charge(mlp, gati, one_cache, 1, 30)
+    charge = costs.measure_router_charge(mlp, gati, one_cache, 1, 30)
     assert charge == pytest.approx((2e-4, 0.0)) and seen == [["plain", "router"]]
     # The exit at the first lookup cost 0.45 ms in the joint router, 0.4 ms alone: the other
     # lookup adds 0.05 ms to a request that never reaches it.
-    charge = profiles.measure_router_charge(mlp, gati, one_cache, 1, 30,
+    charge = costs.measure_router_charge(mlp, gati, one_cache, 1, 30,
                                             exit_s={"gati/p0": 4e-4})
     assert charge == pytest.approx((2e-4, 5e-5))
     assert seen[-1] == ["exit", "plain", "prefix", "router"]
     single = {"gati/p0": lookups["gati/p0"]}
-    assert profiles.measure_router_charge(mlp, single, one_cache, 1, 30) == (0.0, 0.0)
+    assert costs.measure_router_charge(mlp, single, one_cache, 1, 30) == (0.0, 0.0)
 
     monkeypatch.setattr(profiles, "measure_cache_cost",
-                        lambda *a, **k: profiles.LookupCost(3e-4, 1e-4, 1e-3))
+                        lambda *a, **k: costs.LookupCost(3e-4, 1e-4, 1e-3))
     monkeypatch.setattr(profiles, "measure_prefixes", lambda model, g, r, rotate=0: [1e-3] * 3)
     path = tmp_path / "profile.json"
     profile = load_or_measure(path, mlp, lookups)
@@ -157,68 +157,68 @@ def test_router_charge_is_what_lookups_cost_less_together_and_is_stored(mlp, tmp
     assert profile.marginal("classifier/p0") == pytest.approx(3e-4)
     assert profile.marginal_exit("gati/p1") == 0.0  # 0.1 ms exit, 0.2 ms of charges
     assert profile.marginal_exit("classifier/p1") == pytest.approx(1e-4)
-    profiles.save_profile(path, profile)
+    costs.save_profile(path, profile)
     again = load_or_measure(path, mlp, lookups)
     assert (again.router_s["gati"], again.deploy_s["gati"]) == pytest.approx((1.5e-4, 5e-5))
     # A profile from before the per-cache charge measures its charges anew.
     del again.deploy_s["gati"]
-    profiles.save_profile(path, again)
+    costs.save_profile(path, again)
     assert load_or_measure(path, mlp, lookups).deploy_s["gati"] == pytest.approx(3.5e-4)
 
 
 def test_costs_are_kept_at_the_scale_of_the_profiles_plain_network(mlp, monkeypatch):
-    cost = profiles.LookupCost(1e-4, 2e-4, 2e-3).scaled(3e-3)
+    cost = costs.LookupCost(1e-4, 2e-4, 2e-3).scaled(3e-3)
     assert cost == pytest.approx((1.5e-4, 3e-4, 3e-3))
-    assert profiles.LookupCost(1e-4, None, 2e-3).scaled(1e-3).exit_s is None
+    assert costs.LookupCost(1e-4, None, 2e-3).scaled(1e-3).exit_s is None
     # Measured while the machine ran at half speed (plain 4 ms, profile 2 ms): halved.
-    profile = profiles.Profile("cpu", "cpu", 1, "m", [1e-3, 2e-3], {})
-    profiles.record_lookups(profile, {"gati/p0": profiles.LookupCost(4e-4, 6e-4, 4e-3)})
+    profile = costs.Profile("cpu", "cpu", 1, "m", [1e-3, 2e-3], {})
+    costs.record_lookups(profile, {"gati/p0": costs.LookupCost(4e-4, 6e-4, 4e-3)})
     assert profile.lookup_s["gati/p0"] == pytest.approx(2e-4)
     assert profile.exit_s["gati/p0"] == pytest.approx(3e-4)
     monkeypatch.setattr(profiles, "measure_interleaved",
                         lambda *a, **k: {"plain": 4e-3, "router": 4.4e-3})
     lookups = {k: v for k, v in _lookups(mlp).items() if k.startswith("gati/")}
     # Joint 0.4 ms at a 4 ms plain network is 0.2 ms at the profile's 2 ms.
-    charge = profiles.measure_router_charge(mlp, lookups, {"gati/p0": 2e-4, "gati/p1": 2e-4},
+    charge = costs.measure_router_charge(mlp, lookups, {"gati/p0": 2e-4, "gati/p1": 2e-4},
                                             1, 30, plain_s=2e-3)
     assert charge.fixed_s == pytest.approx(2e-4)
 
 
 def test_prefix_costs_are_made_non_decreasing():
-    assert profiles.monotone([1.0, 3.0, 2.0, 4.0]) == pytest.approx([1.0, 2.5, 2.5, 4.0])
-    assert profiles.monotone([5.0, 1.0, 0.0]) == pytest.approx([2.0, 2.0, 2.0])
-    assert profiles.monotone([0.2, 0.6, 0.8, 0.9]) == pytest.approx([0.2, 0.6, 0.8, 0.9])
-    assert profiles.monotone([]) == []
+    assert costs.monotone([1.0, 3.0, 2.0, 4.0]) == pytest.approx([1.0, 2.5, 2.5, 4.0])
+    assert costs.monotone([5.0, 1.0, 0.0]) == pytest.approx([2.0, 2.0, 2.0])
+    assert costs.monotone([0.2, 0.6, 0.8, 0.9]) == pytest.approx([0.2, 0.6, 0.8, 0.9])
+    assert costs.monotone([]) == []
 
 
 def test_prefixes_pool_sessions_in_units_of_their_whole_network(mlp, tmp_path, monkeypatch):
     # A slow session (every program 1.5x) agrees with the first in ratios; an outlier
     # session's stage 1 is outvoted; the scale stays the first session's.
     sessions = [[1.0, 2.0, 4.0], [1.5, 3.0, 6.0], [1.0, 3.9, 4.0]]
-    assert profiles.prefixes_from_sessions(sessions) == pytest.approx([1.0, 2.0, 4.0])
+    assert costs.prefixes_from_sessions(sessions) == pytest.approx([1.0, 2.0, 4.0])
     # Ratios above the whole network are capped: the last prefix keeps the scale.
-    assert profiles.prefixes_from_sessions([[1.0, 4.4, 4.0]]) == pytest.approx([1.0, 4.0, 4.0])
-    assert profiles.prefixes_from_sessions([[1.0, 3.0, 2.5, 4.0]]) == pytest.approx(
+    assert costs.prefixes_from_sessions([[1.0, 4.4, 4.0]]) == pytest.approx([1.0, 4.0, 4.0])
+    assert costs.prefixes_from_sessions([[1.0, 3.0, 2.5, 4.0]]) == pytest.approx(
         [1.0, 2.75, 2.75, 4.0])
     with pytest.raises(ValueError, match="no prefix sessions"):
-        profiles.prefixes_from_sessions([])
+        costs.prefixes_from_sessions([])
     # Sessions rotate the programs' order; a profile from before sessions is the first.
     rotations = []
     readings = iter([[2.0, 4.0], [3.0, 6.0]])
     monkeypatch.setattr(profiles, "measure_prefixes", lambda model, g, r, rotate=0:
                         rotations.append(rotate) or next(readings))
-    old = profiles.Profile("cpu", "cpu", 1, "m", [1.0, 4.0], {})
-    profiles.add_prefix_session(old, mlp, 30)
-    profiles.add_prefix_session(old, mlp, 30)
+    old = costs.Profile("cpu", "cpu", 1, "m", [1.0, 4.0], {})
+    costs.add_prefix_session(old, mlp, 30)
+    costs.add_prefix_session(old, mlp, 30)
     assert rotations == [1, 2] and len(old.prefix_sessions) == 3
     assert old.prefix_s == pytest.approx([2.0, 4.0])  # median ratio 0.5 at scale 4
     # A confirmation round adds a session.
     monkeypatch.setattr(profiles, "measure_prefixes",
                         lambda model, g, r, rotate=0: [1.0, 4.0])
     monkeypatch.setattr(profiles, "measure_cache_cost",
-                        lambda *a, **k: profiles.LookupCost(1e-4, 2e-4, 4.0))
+                        lambda *a, **k: costs.LookupCost(1e-4, 2e-4, 4.0))
     lookups = {k: v for k, v in _lookups(mlp).items() if k == "gati/p0"}
-    profiles.confirm_lookups(mlp, old, lookups, 1, 30)
+    costs.confirm_lookups(mlp, old, lookups, 1, 30)
     assert len(old.prefix_sessions) == 4
     # Rotation reorders the timed programs, never the result.
     order = []
@@ -226,7 +226,7 @@ def test_prefixes_pool_sessions_in_units_of_their_whole_network(mlp, tmp_path, m
     monkeypatch.setattr(profiles, "measure_prefix_costs", lambda model, stops, g, r:
                         order.append(list(stops)) or {p: float(p + 1) for p in stops})
     n = mlp.network.num_stages
-    assert profiles.measure_prefixes(mlp, 1, 10, rotate=1) == [float(p + 1) for p in range(n)]
+    assert costs.measure_prefixes(mlp, 1, 10, rotate=1) == [float(p + 1) for p in range(n)]
     assert order == [list(range(1, n)) + [0]]
 
 
@@ -243,7 +243,7 @@ def test_all_miss_inputs_make_every_request_miss_every_lookup(mlp, policy):
                   "oracle": 0.0}[policy]
     dep = Deployment(policy, (0, 1), heads, params, np.full(2, permissive, np.float32))
     router = dep.router(mlp, max_group=4)
-    never, x, rows = profiles.all_miss_inputs(mlp, [policy] * 2, 4)
+    never, x, rows = costs.all_miss_inputs(mlp, [policy] * 2, 4)
     x = x + jnp.asarray(np.random.default_rng(0).normal(size=x.shape), jnp.float32)
     answer, exit_stage, hit = np.asarray(router.compiled(params, never, x, rows))
     assert not hit.any() and (exit_stage == mlp.network.num_stages - 1).all()
@@ -253,7 +253,7 @@ def test_all_miss_inputs_make_every_request_miss_every_lookup(mlp, policy):
     loose = jnp.asarray(dep.thresholds)
     assert any(np.asarray(router.compiled(params, loose, x, jnp.full(4, c, jnp.int32)))[2].any()
                for c in range(mlp.network.num_classes))
-    assert profiles.measure_miss_overhead(mlp, Deployment("none", (), (), (), np.zeros(0)),
+    assert costs.measure_miss_overhead(mlp, Deployment("none", (), (), (), np.zeros(0)),
                                           1, 3) == 0.0
 
 
@@ -262,9 +262,9 @@ def test_charges_from_recovers_the_charges_of_a_linear_router():
     e_0) give back F and P; too few caches or no exit timing give zeros."""
     fixed, per_cache, c, e0 = 2e-5, 7e-6, np.array([3e-5, 1e-5, 4e-5, 2e-5]), 5e-5
     m = len(c)
-    charge = profiles.charges_from(list(fixed + per_cache + c), fixed + m * per_cache + c.sum(),
+    charge = costs.charges_from(list(fixed + per_cache + c), fixed + m * per_cache + c.sum(),
                                    fixed + per_cache + e0, fixed + m * per_cache + e0)
     assert np.allclose(charge, (fixed, per_cache), rtol=0, atol=1e-12)
-    assert profiles.charges_from([1e-5], 1e-5, 1e-5, 1e-5) == (0.0, 0.0)
-    no_exit = profiles.charges_from(list(fixed + per_cache + c), fixed + m * per_cache + c.sum())
+    assert costs.charges_from([1e-5], 1e-5, 1e-5, 1e-5) == (0.0, 0.0)
+    no_exit = costs.charges_from(list(fixed + per_cache + c), fixed + m * per_cache + c.sum())
     assert no_exit.per_cache_s == 0.0 and no_exit.fixed_s > 0

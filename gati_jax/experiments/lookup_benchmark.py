@@ -18,8 +18,8 @@ import numpy as np
 
 from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
-from gati_jax.planner.profiles import all_miss_inputs, plain_program
-from gati_jax.profiling import measure_interleaved
+from gati_jax.planner.costs import all_miss_inputs, plain_program
+from gati_jax.measure import measure_interleaved
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
 from gati_jax.tables import format_table

@@ -1,0 +1,18 @@
+"""The shipped deep base network: CIFAR-style ResNet-56 of width 16 on Fashion-MNIST (29 stages).
+
+checkpoints/fashion_mnist_resnet56 was produced by
+  python scripts/train_base.py --config configs/fashion_mnist_resnet56.py --workdir runs/fm_r56
+"""
+
+from gati_jax.config import base_config
+
+
+def get_config():
+    """Returns the config of the shipped Fashion-MNIST ResNet-56."""
+    config = base_config()
+    config.data.name = "fashion_mnist"
+    config.model.name = "resnet56"
+    config.model.width = 16
+    config.train.epochs = 10
+    config.train.export_dir = "checkpoints/fashion_mnist_resnet56"
+    return config

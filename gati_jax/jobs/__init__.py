@@ -1,0 +1,1 @@
+"""The main job and its phases (train, explore, plan, benchmark, report), one module per phase."""
