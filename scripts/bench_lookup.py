@@ -7,8 +7,9 @@ by side in one process; writes them as JSON (``--out``).
 
 import json
 
-from absl import app, flags, logging
+from absl import flags
 
+from gati_jax import cli
 from gati_jax.caches.bank import load_bank
 from gati_jax.planner.plan import load_plan, plan_deployment
 from gati_jax.experiments.lookup_benchmark import benchmark_lookups, print_lookup_benchmark
@@ -25,7 +26,6 @@ _OUT = flags.DEFINE_string("out", "runs/bench_lookup.json", "Where to write the 
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(logging.WARNING)
     plan = plan_deployment(*load_plan(_PLAN.value)) if _PLAN.value else None
     result = benchmark_lookups(load_base_model(_CHECKPOINT.value), load_bank(_BANK.value), plan,
                                _SESSIONS.value)
@@ -36,4 +36,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

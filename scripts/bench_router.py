@@ -5,8 +5,9 @@ Prints the figures and writes them as JSON (``--out``) and a plot beside it.
 
 import json
 
-from absl import app, flags, logging
+from absl import flags
 
+from gati_jax import cli
 from gati_jax.experiments.plots import plot_router_benchmark
 from gati_jax.experiments.router_report import run_router_benchmark
 
@@ -24,7 +25,6 @@ _STREAM = flags.DEFINE_integer("stream", 300, "Test images in the batch-1 stream
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(logging.WARNING)
     result = run_router_benchmark(_CHECKPOINT.value, _BANK.value,
                                   tuple(int(p) for p in _SPARSE.value), _REPEATS.value,
                                   _STREAM.value, _PLAN.value)
@@ -36,4 +36,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -7,9 +7,10 @@ DIR/device_scaling.json. On a CPU, XLA_FLAGS=--xla_force_host_platform_device_co
 four devices (sharing the same cores: this checks the code path, it cannot speed anything up).
 """
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
+from gati_jax import cli
 from gati_jax.experiments.device_scaling import run_device_scaling
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.",
@@ -19,9 +20,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory holding plan/.",
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(logging.WARNING)
     run_device_scaling(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -12,9 +12,10 @@ DIR/cache_bank) it explores first.
 
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+from gati_jax import cli
 from gati_jax.jobs.exploration import run_exploration
 from gati_jax.jobs.benchmark import run_benchmark
 
@@ -26,7 +27,6 @@ _BANK = flags.DEFINE_string("bank", None, "Cache bank directory (default: WORKDI
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(logging.WARNING)
     bank = _BANK.value or str(Path(_WORKDIR.value) / "cache_bank")
     if not (Path(bank) / "bank.json").is_file():
         if _BANK.value:
@@ -36,4 +36,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

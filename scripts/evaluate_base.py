@@ -2,8 +2,9 @@
 
 import json
 
-from absl import app, flags, logging
+from absl import flags
 
+from gati_jax import cli
 from gati_jax.evaluation import evaluate_checkpoint
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "checkpoints/fashion_mnist_resnet18",
@@ -14,7 +15,6 @@ _DATA_DIR = flags.DEFINE_string("data_dir", "", "Where the data set's files are,
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(logging.WARNING)
     result = evaluate_checkpoint(_CHECKPOINT.value, _SPLIT.value, _DATA_DIR.value)
     print(json.dumps(result, indent=2))
     print(f"{result['network']} on {result['data_set']} {result['split']}: accuracy "
@@ -23,4 +23,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -7,9 +7,10 @@ and the bank (DIR/cache_bank). ``--benchmark`` instead times vmap against a Pyth
 
 import json
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+from gati_jax import cli
 from gati_jax.experiments.vmap_benchmark import benchmark_vmap_vs_loop
 from gati_jax.jobs.exploration import run_exploration
 
@@ -22,7 +23,6 @@ _MEMBERS = flags.DEFINE_integer("members", 8, "Same-shape candidates in the benc
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(logging.WARNING)
     if _BENCHMARK.value:
         result = benchmark_vmap_vs_loop(_CONFIG.value, members=_MEMBERS.value)
         print(json.dumps(result, indent=2))
@@ -37,4 +37,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -7,8 +7,9 @@ Prints the table and writes it as JSON (``--out``) with a plot beside it.
 import dataclasses
 import json
 
-from absl import app, flags, logging
+from absl import flags
 
+from gati_jax import cli
 from gati_jax import data
 from gati_jax.evaluation import model_data_config
 from gati_jax.experiments.online_headroom import HeadroomSettings, exit_costs, segment_headroom
@@ -29,7 +30,6 @@ _OUT = flags.DEFINE_string("out", "runs/headroom.json", "Where to write the JSON
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(logging.WARNING)
     model = load_base_model(_CHECKPOINT.value)
     test = data.load_dataset(model_data_config(model)).test
     hot_sets = [tuple(int(c) for c in hot.split(",")) for hot in _HOT.value]
@@ -53,4 +53,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

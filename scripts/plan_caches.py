@@ -7,9 +7,10 @@ reads the exploration's bank (default DIR/cache_bank), measures or reuses the la
 DIR/plan (orbax caches + plan.json).
 """
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
+from gati_jax import cli
 from gati_jax.jobs.planning import run_planning
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.",
@@ -20,9 +21,8 @@ _BANK = flags.DEFINE_string("bank", None, "Cache bank directory (default: WORKDI
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(logging.WARNING)
     run_planning(_CONFIG.value, _WORKDIR.value, _BANK.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -9,8 +9,9 @@ gati over the runs that served it; and the config keys the runs did not share. W
 import json
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from gati_jax import cli
 from gati_jax.experiments.plots import plot_run_spread
 from gati_jax.experiments.run_summary import load_runs, summarize, summary_lines, summary_tables
 from gati_jax.tables import format_table
@@ -25,7 +26,6 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2:
         raise app.UsageError("give one or more run directories (workdirs of train_caches.py "
                              "or benchmark.py)")
-    logging.set_verbosity(logging.WARNING)
     summary = summarize(load_runs(argv[1:]), _METRIC.value, _P99_TARGET.value)
     for title, rows in summary_tables(summary):
         print(f"{title}\n{format_table(rows)}\n")
@@ -38,4 +38,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -4,10 +4,11 @@ Fields are overridable as ``--config.train.epochs=3``. Re-running with the same 
 from the last checkpoint.
 """
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from gati_jax.training import train_and_evaluate
+from gati_jax import cli
+from gati_jax.training.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -17,9 +18,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -7,9 +7,10 @@ names phases to run again (base, explore, plan, benchmark, report). Writes DIR/r
 DIR/report.json and the plots.
 """
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
+from gati_jax import cli
 from gati_jax.jobs.main_job import run_main_job
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.",
@@ -21,9 +22,8 @@ _TRAIN_BASE = flags.DEFINE_boolean("train_base", False, "Train the base network 
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(logging.WARNING)
     run_main_job(_CONFIG.value, _WORKDIR.value, _REDO.value, _TRAIN_BASE.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -18,6 +18,7 @@ from gati_jax.caches.training import HeadTraining, train_predictors
 from gati_jax.caches.variants import parse_variant
 from gati_jax.inference import BaseModel
 from gati_jax.models import build_network
+from gati_jax.online.config import online_config
 from gati_jax.online.updates import OnlineTrainer, UpdateSettings
 from gati_jax.online.window import ReplayWindow
 from gati_jax.runtime import Router, policy_builder
@@ -114,8 +115,11 @@ def _heads_and_params(network, positions=(0, 1)):
 def test_sharded_online_update_equals_the_single_device_update():
     network = _network()
     heads, params = _heads_and_params(network)
-    settings = UpdateSettings(steps=6, steps_per_chunk=3, batch_size=32, target=0.5,
-                              min_train=8, min_holdout=4)
+    section = online_config()
+    section.update(dict(learning_rate=1e-3, steps=6, steps_per_chunk=3, batch_size=32,
+                        target=0.5, calibration_confidence=0.0, min_train=8, min_holdout=4,
+                        min_evidence=0))
+    settings = UpdateSettings.from_config(section)
     rng = np.random.default_rng(0)
     windows = []
     for _ in heads:

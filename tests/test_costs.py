@@ -50,17 +50,17 @@ def test_profile_measures_stores_and_reuses(mlp, tmp_path, monkeypatch):
     def no_measuring(*args, **kwargs):
         raise AssertionError("a stored profile was measured again")
 
-    monkeypatch.setattr(profiles, "measure_cache_cost", no_measuring)
-    monkeypatch.setattr(profiles, "measure_prefixes", no_measuring)
+    monkeypatch.setattr(costs, "measure_cache_cost", no_measuring)
+    monkeypatch.setattr(costs, "measure_prefixes", no_measuring)
     again = load_or_measure(path, mlp, lookups)
     assert again.lookup_s == profile.lookup_s and again.prefix_s == profile.prefix_s
     # A lookup the profile lacks is measured, and only that one; the prefixes get a session.
     sessions = len(profile.prefix_sessions)
     assert sessions == 3  # before, halfway through and after the lookups
-    monkeypatch.setattr(profiles, "measure_prefixes",
+    monkeypatch.setattr(costs, "measure_prefixes",
                         lambda model, g, r, rotate=0: list(profile.prefix_s))
     measured = []
-    monkeypatch.setattr(profiles, "measure_cache_cost",
+    monkeypatch.setattr(costs, "measure_cache_cost",
                         lambda *args, **kwargs: measured.append(args[1])
                         or costs.LookupCost(1e-4, 2e-4, profile.prefix_s[-1]))
     extra = dict(lookups)
@@ -89,8 +89,8 @@ def test_confirmations_replace_the_choice_time_measurement_and_are_saved(mlp, tm
     lookups = _lookups(mlp)
     path = tmp_path / "profile.json"
     readings = iter([1e-3, 1e-3, 1e-3, 1e-3, 4e-4, 6e-4, 5e-4])
-    monkeypatch.setattr(profiles, "measure_prefixes", lambda model, g, r, rotate=0: [2e-3] * 3)
-    monkeypatch.setattr(profiles, "measure_cache_cost", lambda *a, **k: (
+    monkeypatch.setattr(costs, "measure_prefixes", lambda model, g, r, rotate=0: [2e-3] * 3)
+    monkeypatch.setattr(costs, "measure_cache_cost", lambda *a, **k: (
         lambda r: costs.LookupCost(r, 2 * r, 2e-3))(next(readings)))
     profile = load_or_measure(path, mlp, lookups, repeats=30)
     assert profile.lookup_s["gati/p0"] == 1e-3 and profile.confirmed == {}
@@ -123,7 +123,7 @@ def test_router_charge_is_what_lookups_cost_less_together_and_is_stored(mlp, tmp
         # stages through it.
         return {"plain": 1e-3, "router": 1.6e-3, "prefix": 5e-4, "exit": 9.5e-4}
 
-    monkeypatch.setattr(profiles, "measure_interleaved", timed)
+    monkeypatch.setattr(costs, "measure_interleaved", timed)
     one_cache = {"gati/p0": 3e-4, "gati/p1": 5e-4, "gati/p1-other": 9e-4}
     gati = {k: v for k, v in lookups.items() if k.startswith("gati/")}
     # (0.3 + 0.5 - 0.6) ms over the one lookup beyond the first; p1-other is not in the router.
@@ -138,9 +138,9 @@ def test_router_charge_is_what_lookups_cost_less_together_and_is_stored(mlp, tmp
     single = {"gati/p0": lookups["gati/p0"]}
     assert costs.measure_router_charge(mlp, single, one_cache, 1, 30) == (0.0, 0.0)
 
-    monkeypatch.setattr(profiles, "measure_cache_cost",
+    monkeypatch.setattr(costs, "measure_cache_cost",
                         lambda *a, **k: costs.LookupCost(3e-4, 1e-4, 1e-3))
-    monkeypatch.setattr(profiles, "measure_prefixes", lambda model, g, r, rotate=0: [1e-3] * 3)
+    monkeypatch.setattr(costs, "measure_prefixes", lambda model, g, r, rotate=0: [1e-3] * 3)
     path = tmp_path / "profile.json"
     profile = load_or_measure(path, mlp, lookups)
     # Both kinds: (0.3 + 0.3 - 0.6) / 1 = 0 ms fixed; the exit at the first lookup 0.45 ms
@@ -175,7 +175,7 @@ def test_costs_are_kept_at_the_scale_of_the_profiles_plain_network(mlp, monkeypa
     costs.record_lookups(profile, {"gati/p0": costs.LookupCost(4e-4, 6e-4, 4e-3)})
     assert profile.lookup_s["gati/p0"] == pytest.approx(2e-4)
     assert profile.exit_s["gati/p0"] == pytest.approx(3e-4)
-    monkeypatch.setattr(profiles, "measure_interleaved",
+    monkeypatch.setattr(costs, "measure_interleaved",
                         lambda *a, **k: {"plain": 4e-3, "router": 4.4e-3})
     lookups = {k: v for k, v in _lookups(mlp).items() if k.startswith("gati/")}
     # Joint 0.4 ms at a 4 ms plain network is 0.2 ms at the profile's 2 ms.
@@ -205,7 +205,7 @@ def test_prefixes_pool_sessions_in_units_of_their_whole_network(mlp, tmp_path, m
     # Sessions rotate the programs' order; a profile from before sessions is the first.
     rotations = []
     readings = iter([[2.0, 4.0], [3.0, 6.0]])
-    monkeypatch.setattr(profiles, "measure_prefixes", lambda model, g, r, rotate=0:
+    monkeypatch.setattr(costs, "measure_prefixes", lambda model, g, r, rotate=0:
                         rotations.append(rotate) or next(readings))
     old = costs.Profile("cpu", "cpu", 1, "m", [1.0, 4.0], {})
     costs.add_prefix_session(old, mlp, 30)
@@ -213,9 +213,9 @@ def test_prefixes_pool_sessions_in_units_of_their_whole_network(mlp, tmp_path, m
     assert rotations == [1, 2] and len(old.prefix_sessions) == 3
     assert old.prefix_s == pytest.approx([2.0, 4.0])  # median ratio 0.5 at scale 4
     # A confirmation round adds a session.
-    monkeypatch.setattr(profiles, "measure_prefixes",
+    monkeypatch.setattr(costs, "measure_prefixes",
                         lambda model, g, r, rotate=0: [1.0, 4.0])
-    monkeypatch.setattr(profiles, "measure_cache_cost",
+    monkeypatch.setattr(costs, "measure_cache_cost",
                         lambda *a, **k: costs.LookupCost(1e-4, 2e-4, 4.0))
     lookups = {k: v for k, v in _lookups(mlp).items() if k == "gati/p0"}
     costs.confirm_lookups(mlp, old, lookups, 1, 30)
@@ -223,7 +223,7 @@ def test_prefixes_pool_sessions_in_units_of_their_whole_network(mlp, tmp_path, m
     # Rotation reorders the timed programs, never the result.
     order = []
     monkeypatch.undo()
-    monkeypatch.setattr(profiles, "measure_prefix_costs", lambda model, stops, g, r:
+    monkeypatch.setattr(costs, "measure_prefix_costs", lambda model, stops, g, r:
                         order.append(list(stops)) or {p: float(p + 1) for p in stops})
     n = mlp.network.num_stages
     assert costs.measure_prefixes(mlp, 1, 10, rotate=1) == [float(p + 1) for p in range(n)]

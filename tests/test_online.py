@@ -12,6 +12,7 @@ import pytest
 from conftest import assert_config_rejects, fc_caches
 from gati_jax import data
 from gati_jax.config import ConfigError, base_config, validate_config
+from gati_jax.online.config import online_config
 from gati_jax.inference import BaseModel
 from gati_jax.models import build_network
 from gati_jax.caches.selector import wilson_lower_bound
@@ -45,12 +46,17 @@ def _deployment(model, thresholds=(0.99, 0.99)):
 
 
 def _settings(**changes):
-    update = UpdateSettings(learning_rate=1e-2, steps=30, steps_per_chunk=10, batch_size=32,
-                            target=0.9, confidence=0.0, min_train=32, min_holdout=16)
-    fields = dict(update_every=40, audit_fraction=1.0, window_bytes=1 << 16,
-                  window_items=256, holdout_every=4, update=update)
-    fields.update(changes)
-    return OnlineSettings(**fields)
+    """Small, fast settings for the tiny test model: the config section with test values."""
+    section = online_config()
+    section.update(dict(
+        update_every=40, max_backoff=1, audit_fraction=1.0, tap_fraction=1.0,
+        alarm_audit_fraction=0.0, audit_group=2, audit_segments=1, window_bytes=1 << 16,
+        window_items=256, holdout_every=4, prior_window=0, shift_detect=False,
+        shift_level=6.0, learning_rate=1e-2, steps=30, steps_per_chunk=10, batch_size=32,
+        target=0.9, calibration_confidence=0.0, min_train=32, min_holdout=16,
+        min_evidence=0))
+    section.update(changes)
+    return OnlineSettings.from_config(section)
 
 
 def _images(n, seed=0):
@@ -574,8 +580,8 @@ def test_online_config_is_validated(model):
     assert_config_rejects("online", "alarm_audit_fraction", -0.1)
     assert_config_rejects("online", "tap_fraction", 0.05)  # below the audit fraction
     with pytest.raises(ValueError, match="drawn among the tapped"):
-        OnlineLearner(model, _deployment(model), OnlineSettings(audit_fraction=0.5,
-                                                                tap_fraction=0.2))
+        OnlineLearner(model, _deployment(model), _settings(audit_fraction=0.5,
+                                                           tap_fraction=0.2))
     assert_config_rejects("online", "guard_window", 5)
     assert_config_rejects("online", "audit_segments", 0)
     assert_config_rejects("online", "shift_rate", 0.05)  # no more than in distribution

@@ -17,7 +17,8 @@ import pytest
 
 from conftest import tiny_config
 from gati_jax.config import ConfigError
-from gati_jax.training import load_base_model, train_and_evaluate
+from gati_jax.training import load_base_model
+from gati_jax.training.loop import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -91,7 +92,7 @@ def run_device_scaling(config: ml_collections.ConfigDict, workdir: str) -> list[
     for row in rows:
         row["platform"] = jax.devices()[0].platform
     (out / "device_scaling.json").write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"{deployment.policy} plan at positions {list(deployment.positions)}, "
+    logging.info(f"{deployment.policy} plan at positions {list(deployment.positions)}, "
           f"{section.name} stream, closed loop:")
-    print(format_table(rows))
+    logging.info(format_table(rows))
     return rows

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,16 +118,16 @@ def benchmark_lookups(model: BaseModel, bank: CacheBank, plan: Deployment | None
 def print_lookup_benchmark(result: dict[str, Any]) -> None:
     """Prints :func:`benchmark_lookups`'s two tables."""
     chained = result["chained_lookup_us"]
-    print(f"backend {result['backend']}, batch 1; one lookup inside a program (chains of "
+    logging.info(f"backend {result['backend']}, batch 1; one lookup inside a program (chains of "
           f"lookups, us):")
-    print(format_table([{"position": p, "variant": v,
+    logging.info(format_table([{"position": p, "variant": v,
                          **{form: chained[form][i] for form in POOLING_FORMS},
                          # A difference of two medians: at or below 0 it says nothing.
                          "matrices/slices": (chained["matrices"][i] / chained["slices"][i]
                                              if chained["slices"][i] > 0 else float("nan"))}
                         for i, (p, v) in enumerate(zip(result["positions"],
                                                        result["variants"]))]))
-    print("\nrouters with every lookup missing, over the plain network (one column per "
+    logging.info("\nrouters with every lookup missing, over the plain network (one column per "
           "session, the median last):")
     rows = []
     for name, row in result["all_miss_overhead"].items():
@@ -135,4 +136,4 @@ def print_lookup_benchmark(result: dict[str, Any]) -> None:
             rows.append({"deployment": name, "pooling": form,
                          **{f"s{i + 1}": f"{100 * v:+.1f}%" for i, v in enumerate(values)},
                          "median": f"{100 * float(np.median(values)):+.1f}%"})
-    print(format_table(rows))
+    logging.info(format_table(rows))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from absl import logging
+
 from gati_jax import data
 from gati_jax.caches.bank import load_bank
 from gati_jax.evaluation import model_data_config
@@ -27,21 +29,21 @@ def run_router_benchmark(checkpoint: str, bank_dir: str, sparse_positions: tuple
         planned = plan_deployment(*load_plan(plan_dir))
     result = benchmark_router(model, bank, dataset.test.images[:stream], sparse_positions,
                               repeats, planned=planned)
-    print(f"backend {result['backend']} ({result['device_kind']}), batch 1 unless stated")
-    print(f"plain compiled network: {result['plain_network_ms']:.3f} ms")
+    logging.info(f"backend {result['backend']} ({result['device_kind']}), batch 1 unless stated")
+    logging.info(f"plain compiled network: {result['plain_network_ms']:.3f} ms")
     for name, row in result["all_miss_overhead"].items():
-        print(f"router, every lookup missing, {name} {row['positions']}: "
+        logging.info(f"router, every lookup missing, {name} {row['positions']}: "
               f"{row['router_all_miss_ms']:.3f} ms, overhead {100 * row['overhead']:+.1f}% "
               f"(alternating with the other programs call by call: "
               f"{100 * row['overhead_alternating']:+.1f}%)")
     for line in describe_kernels(result.get("convolution_kernels")):
-        print(line)
+        logging.info(line)
     inside = describe_kernel_profile(
         result.get("kernel_profile_ms"),
         {n: (r["positions"], r["overhead"]) for n, r in result["all_miss_overhead"].items()})
     if inside:
-        print("\n" + "\n".join(inside))
-    print("\nforced exits (router vs Python loop vs stage-cost models; stage_sum: separately "
+        logging.info("\n" + "\n".join(inside))
+    logging.info("\nforced exits (router vs Python loop vs stage-cost models; stage_sum: separately "
           "jitted stages and lookups; profile: the planner's model, compiled prefixes + "
           f"router charge {result['router_charge_ms']:.3f} ms + "
           f"{result.get('router_per_cache_ms', 0.0):.3f} ms per deployed cache + marginal "
@@ -53,19 +55,19 @@ def run_router_benchmark(checkpoint: str, bank_dir: str, sparse_positions: tuple
           f"{result['same_round_charges_ms'][1]:.3f} ms) fitted to the rows 'no exit' and "
           "the first exit, which it matches unless a charge or a marginal cost came out "
           "below 0 and was clamped):")
-    print(format_table(result["forced_exits"]))
-    print("\ngroup sizes (best cache at every position, gati at its 99% thresholds):")
-    print(format_table(result["group_sizes"]))
+    logging.info(format_table(result["forced_exits"]))
+    logging.info("\ngroup sizes (best cache at every position, gati at its 99% thresholds):")
+    logging.info(format_table(result["group_sizes"]))
     if "group_sizes_planned" in result:
-        print("\ngroup sizes (the plan's caches at the plan's thresholds):")
-        print(format_table(result["group_sizes_planned"]))
+        logging.info("\ngroup sizes (the plan's caches at the plan's thresholds):")
+        logging.info(format_table(result["group_sizes_planned"]))
     s = result["stream_batch1"]
-    print(f"\nbatch-1 stream of {s['requests']} test images at the 99% thresholds: plain "
+    logging.info(f"\nbatch-1 stream of {s['requests']} test images at the 99% thresholds: plain "
           f"{s['plain_mean_ms']:.3f} ms, router {s['gati99_mean_ms']:.3f} ms, speedup "
           f"{s['speedup']:.2f}x; exits per stage {s['exit_histogram']}")
-    print("\nthe serving path on that stream (compiled: the program on an image already on the "
+    logging.info("\nthe serving path on that stream (compiled: the program on an image already on the "
           "device; fetched: and its answer copied to the host; sent: and the image sent from "
           "the host; route: route() from a host image, checks and padding included; served: "
           "the serving loop's compute per request, one at a time):")
-    print(format_table(result["serving_path"]))
+    logging.info(format_table(result["serving_path"]))
     return result

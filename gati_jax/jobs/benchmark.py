@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -70,7 +71,7 @@ def load_or_plan(config: ml_collections.ConfigDict, workdir: Path,
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("settings") == json.loads(json.dumps(plan_settings(config))):
-            print(f"using the plans in {path}")
+            logging.info(f"using the plans in {path}")
             return saved
     return run_planning(config, str(workdir), None if bank_dir is None else str(bank_dir))
 
@@ -375,21 +376,21 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
                                 policies=("gati", ONLINE), spans=spans)
     plot_plan_tradeoff(sweep, out / "agreement_vs_speedup.png")
     for name, stats in streams.items():
-        print(f"{name}: P(same label as previous) {stats['p_same_as_previous']:.3f}, "
+        logging.info(f"{name}: P(same label as previous) {stats['p_same_as_previous']:.3f}, "
               f"window entropy {stats['mean_window_entropy_bits']:.2f} bits")
-    print(format_table([{k: v for k, v in r.items()} for r in rows]))
+    logging.info(format_table([{k: v for k, v in r.items()} for r in rows]))
     for line in describe_kernels(kernels):
-        print(line)
+        logging.info(line)
     for line in describe_kernel_profile(kernel_profile, miss_figures):
-        print(line)
-    print(f"serving throughput vs devices ({scaling_dep.policy}, closed loop, "
+        logging.info(line)
+    logging.info(f"serving throughput vs devices ({scaling_dep.policy}, closed loop, "
           f"{jax.devices()[0].platform}):")
-    print(format_table(scaling))
+    logging.info(format_table(scaling))
     for name, figures in online.items():
-        print(f"online learning on {name}: " + ", ".join(
+        logging.info(f"online learning on {name}: " + ", ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
             for k, v in figures.items() if not isinstance(v, (list, dict))))
-    print(f"wrote {out / 'benchmark.json'}, latency_cdf.png, agreement_vs_speedup.png"
+    logging.info(f"wrote {out / 'benchmark.json'}, latency_cdf.png, agreement_vs_speedup.png"
           f"{', agreement_over_time.png, online_hit_rate_over_time.png' if online else ''} in "
           f"{report['seconds']} s")
     return rows

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from absl import logging
 import ml_collections
 import numpy as np
 
@@ -346,18 +347,18 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
               "seconds": round(time.time() - started, 1)}
     (workdir_path / "plan.json").write_text(json.dumps(result, indent=1) + "\n")
     plot_plan_tradeoff(sweep, workdir_path / "plan_tradeoff.png")
-    print(f"eps={planner.eps}, memory budget {planner.memory_budget_bytes} bytes, tuned on "
+    logging.info(f"eps={planner.eps}, memory budget {planner.memory_budget_bytes} bytes, tuned on "
           f"{tuning_gati.num_requests} validation requests, tested on "
           f"{instances['gati'][1].num_requests} test requests ({profile.key})")
-    print(format_table(result["table"]))
+    logging.info(format_table(result["table"]))
     for eps in sorted({r["eps"] for r in sweep} - {float(planner.eps)}):
-        print(f"\neps={eps}:")
-        print(format_table([{k: v for k, v in r.items() if k != "eps"}
+        logging.info(f"\neps={eps}:")
+        logging.info(format_table([{k: v for k, v in r.items() if k != "eps"}
                             for r in sweep if r["eps"] == eps]))
-    print(f"\nours vs exhaustive on positions {subset}, grid {small['grid']}: "
+    logging.info(f"\nours vs exhaustive on positions {subset}, grid {small['grid']}: "
           f"{small['ours_ms']:.4f} ms vs {small['exhaustive_ms']:.4f} ms "
           f"(ratio {small['ours/exhaustive']:.4f})")
-    print(f"cost model on {check['requests']} validation requests routed one by one: "
+    logging.info(f"cost model on {check['requests']} validation requests routed one by one: "
           f"predicted {check['predicted_mean_ms']:.3f} ms, measured "
           f"{check['measured_mean_ms']:.3f} ms (plain network: profiled "
           f"{check['plain_profiled_ms']:.3f} ms, measured now {check['plain_measured_ms']:.3f} "
@@ -366,7 +367,7 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
           f"{100 * check['normalized_error']:+.1f}% "
           f"({'within' if check['within_10pct'] else 'NOT within'} 10%); same exit as "
           f"predicted for {100 * check['same_exit_fraction']:.1f}% of requests")
-    print(f"the same model with the plan's costs measured again just before the check: "
+    logging.info(f"the same model with the plan's costs measured again just before the check: "
           f"predicted {check['remeasured_predicted_mean_ms']:.3f} ms (plain "
           f"{check['remeasured_plain_ms']:.3f} ms), speedup "
           f"{check['remeasured_predicted_speedup']:.2f}x: error "
@@ -376,7 +377,7 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
         floors = ", ".join(f"{p}: {1e6 * f:.0f} us" for p, f in zip(r.positions, r.floors_s))
         alone = ", ".join(f"{'/'.join(k.split('/')[:2])} {100 * v:+.1f}%"
                           for k, v in r.alone.items())
-        print(("without the bound (not deployed): " if r.scout else "")
+        logging.info(("without the bound (not deployed): " if r.scout else "")
               + f"a request missing every lookup of positions {r.positions or '(none)'} "
               f"(floors {floors or 'none'}): predicted {100 * r.predicted:+.1f}%, measured "
               f"{100 * r.measured:+.1f}% over the plain network"
@@ -384,15 +385,15 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
               + (f"; they cost more together: +{1e6 * r.shared_s:.0f} us each"
                  if r.shared_s else ""))
     if np.isfinite(bound):
-        print(f"miss bound {100 * bound:.1f}%: {'held' if within else 'NOT held'} by the "
+        logging.info(f"miss bound {100 * bound:.1f}%: {'held' if within else 'NOT held'} by the "
               f"deployed plan ({len(miss_rounds)} plan(s) measured)")
         for policy, c in miss_check.get("comparators", {}).items():
-            print(f"{policy} (our floors, not held by measurement): positions "
+            logging.info(f"{policy} (our floors, not held by measurement): positions "
                   f"{tuple(c['positions']) or '(none)'}, predicted {100 * c['predicted']:+.1f}%, "
                   f"measured {100 * c['measured']:+.1f}% on a miss")
-    print("per predicted exit position, mean cost in units of the plain network:")
-    print(format_table(check["by_exit"]))
-    print(f"wrote {workdir_path / 'plan.json'}, {workdir_path / 'plan'} and "
+    logging.info("per predicted exit position, mean cost in units of the plain network:")
+    logging.info(format_table(check["by_exit"]))
+    logging.info(f"wrote {workdir_path / 'plan.json'}, {workdir_path / 'plan'} and "
           f"{workdir_path / 'plan_tradeoff.png'} in {result['seconds']} s")
     return result
 

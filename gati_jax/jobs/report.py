@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from absl import logging
 import ml_collections
 
 from gati_jax.experiments.kernel_profile import (KERNEL_PROFILE_NOTE, kernel_profile_rows,
@@ -167,6 +168,6 @@ def write_report(config: ml_collections.ConfigDict, workdir: Path,
               "workloads": bench["workloads"], "online": online,
               "device_scaling": bench.get("device_scaling", []), "phases": phases}
     (workdir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(format_table(main))
-    print(f"wrote {workdir / 'report.md'} and {workdir / 'report.json'}")
+    logging.info(format_table(main))
+    logging.info(f"wrote {workdir / 'report.md'} and {workdir / 'report.json'}")
     return report

@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
+import typing
 from typing import Any, Generator
 
 import jax
@@ -52,50 +53,48 @@ from gati_jax.runtime.segments import SegmentedNetwork
 
 @dataclasses.dataclass(frozen=True)
 class OnlineSettings:
-    """The ``online`` config section as plain values."""
+    """The ``online`` config section as plain values; its defaults live only in the config
+    (gati_jax/online/config.py), so build it with :meth:`from_config`."""
 
-    update_every: int = 50
-    max_backoff: int = 1
-    audit_fraction: float = 0.05
-    tap_fraction: float = 1.0
-    single_program: bool = False
-    alarm_audit_fraction: float = 0.0
-    alarm_suspends: bool = False
-    audit_group: int = 2
-    audit_segments: int = 1
-    window_bytes: int = 1 << 20
-    window_items: int = 512
-    holdout_every: int = 4
-    max_lag: int = 200
-    guard: bool = True
-    guard_window: int = 200
-    guard_confidence: float = 0.95
-    guard_min_samples: int = 30
-    guard_recover_samples: int = 50
-    prior_window: int = 0
-    prior_strength: float = 0.5
-    shift_detect: bool = False
-    shift_reference: int = 2000
-    shift_quantile: float = 0.95
-    shift_rate: float = 0.5
-    shift_level: float = 6.0
-    update: UpdateSettings = UpdateSettings()
-    seed: int = 0
+    update_every: int
+    max_backoff: int
+    audit_fraction: float
+    tap_fraction: float
+    single_program: bool
+    alarm_audit_fraction: float
+    alarm_suspends: bool
+    audit_group: int
+    audit_segments: int
+    window_bytes: int
+    window_items: int
+    holdout_every: int
+    max_lag: int
+    guard: bool
+    guard_window: int
+    guard_confidence: float
+    guard_min_samples: int
+    guard_recover_samples: int
+    prior_window: int
+    prior_strength: float
+    shift_detect: bool
+    shift_reference: int
+    shift_quantile: float
+    shift_rate: float
+    shift_level: float
+    update: UpdateSettings
+    seed: int
 
     @classmethod
     def from_config(cls, section: ml_collections.ConfigDict) -> "OnlineSettings":
         """Reads ``config.online`` (each field from the key of its name, cast to its type)."""
-        update = _read_fields(UpdateSettings, section, {"confidence": "calibration_confidence"})
-        return cls(**_read_fields(cls, section), update=UpdateSettings(**update))
+        return cls(**_read_fields(cls, section), update=UpdateSettings.from_config(section))
 
 
-def _read_fields(settings: type, section: ml_collections.ConfigDict,
-                 keys: dict[str, str] | None = None) -> dict[str, Any]:
-    """The plain fields of a settings dataclass from a config section, typed like their
-    defaults; ``keys`` renames fields whose config key differs."""
-    keys = keys or {}
-    return {f.name: type(f.default)(section[keys.get(f.name, f.name)])
-            for f in dataclasses.fields(settings) if not dataclasses.is_dataclass(f.default)}
+def _read_fields(settings: type, section: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The plain (int, float, bool) fields of a settings dataclass from a config section."""
+    hints = typing.get_type_hints(settings)
+    return {f.name: hints[f.name](section[f.name]) for f in dataclasses.fields(settings)
+            if hints[f.name] in (int, float, bool)}
 
 
 @dataclasses.dataclass

@@ -15,6 +15,7 @@ import functools
 from typing import Any, Callable
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -106,18 +107,30 @@ MIN_CALIBRATION_HITS = 10
 
 @dataclasses.dataclass(frozen=True)
 class UpdateSettings:
-    """Hyper-parameters of one online update."""
+    """Hyper-parameters of one online update; defaults live only in the ``online`` config
+    section (gati_jax/online/config.py), so build it with :meth:`from_config`."""
 
-    learning_rate: float = 1e-3
-    steps: int = 20
-    steps_per_chunk: int = 5
-    batch_size: int = 64
-    target: float = 0.99
-    confidence: float = 0.0
-    min_train: int = 64
-    min_holdout: int = 16
+    learning_rate: float
+    steps: int
+    steps_per_chunk: int
+    batch_size: int
+    target: float
+    # The Wilson confidence of threshold calibration (config key calibration_confidence).
+    confidence: float
+    min_train: int
+    min_holdout: int
     # Held-out hits a verdict needs before anything that serves may change (0: no minimum).
-    min_evidence: int = 0
+    min_evidence: int
+
+    @classmethod
+    def from_config(cls, section: ml_collections.ConfigDict) -> "UpdateSettings":
+        """Reads the update's fields from ``config.online``."""
+        return cls(learning_rate=float(section.learning_rate), steps=int(section.steps),
+                   steps_per_chunk=int(section.steps_per_chunk),
+                   batch_size=int(section.batch_size), target=float(section.target),
+                   confidence=float(section.calibration_confidence),
+                   min_train=int(section.min_train), min_holdout=int(section.min_holdout),
+                   min_evidence=int(section.min_evidence))
 
 
 @dataclasses.dataclass

@@ -1,9 +1,9 @@
-"""Base-network training: optimiser, steps, checkpoints and the resumable loop."""
+"""Base-network training: optimiser, steps, checkpoints (the resumable loop is
+``gati_jax.training.loop.train_and_evaluate``, which reads the whole config)."""
 
 from gati_jax.training.checkpointing import (CheckpointError, TrainCheckpointer,
                                              load_base_model, save_base_model)
-from gati_jax.training.loop import train_and_evaluate
 from gati_jax.training.steps import TrainState, create_train_state, train_step
 
 __all__ = ["CheckpointError", "TrainCheckpointer", "TrainState", "create_train_state",
-           "load_base_model", "save_base_model", "train_and_evaluate", "train_step"]
+           "load_base_model", "save_base_model", "train_step"]

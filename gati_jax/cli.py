@@ -1,0 +1,59 @@
+"""What every entry point in scripts/ shares: absl flags, logging that honours --verbosity,
+and errors a user can fix printed as one line (exit status 2), never as a traceback."""
+
+from __future__ import annotations
+
+import logging as py_logging
+import sys
+from typing import Callable, Sequence
+
+from absl import app, flags, logging
+
+from gati_jax.config_checks import ConfigError
+from gati_jax.data.errors import DataNotFoundError
+from gati_jax.training.checkpointing import CheckpointError
+
+# Problems in the user's command, config, data or artefacts: the message names the cause.
+# OSError covers a config file that cannot be loaded, a missing folder, a full disk.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, DataNotFoundError,
+                                                OSError)
+
+
+class _LibraryInfoFilter(py_logging.Filter):
+    """Drops other libraries' INFO records (orbax logs every file it writes) below
+    --verbosity=1, so the default INFO level shows gati_jax's progress alone."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        if record.levelno >= py_logging.WARNING or logging.get_verbosity() >= 1:
+            return True
+        return "/gati_jax/" in record.pathname or "/scripts/" in record.pathname
+
+
+def _fail(message: str) -> None:
+    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    sys.stderr.write(f"error: {one_line}\n")
+    sys.exit(2)
+
+
+def _parse(argv: Sequence[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except Exception as error:  # a bad flag, a missing config file, an unknown config key
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if isinstance(error, AttributeError):
+            first = f"unknown config key {first} (see gati_jax/config.py for the schema)"
+        _fail(first)
+        raise  # unreachable: _fail exits
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """``app.run(main)`` with one-line errors for bad flags, configs, data and artefacts."""
+
+    def wrapped(argv: list[str]) -> None:
+        py_logging.getLogger("absl").addFilter(_LibraryInfoFilter())
+        try:
+            main(argv)
+        except USER_ERRORS as error:
+            _fail(str(error))
+
+    app.run(wrapped, flags_parser=_parse)

@@ -1,0 +1,133 @@
+"""Config section ``online``: how the planned gati caches keep learning from the stream, and
+the guard that defends their agreement; the only place its defaults live."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from gati_jax.config_checks import require, require_at_least
+
+
+def online_config() -> ml_collections.ConfigDict:
+    """The ``online`` section (gati_jax/online)."""
+    c = ml_collections.ConfigDict()
+    # enabled: the benchmark also serves `gati-online` beside static `gati` on every workload.
+    c.enabled = True
+    # An update (`steps` optax steps per cache, then calibration) every this many requests.
+    c.update_every = 100
+    # After an update that swapped no cache in, the next waits twice as long, up to this
+    # many times update_every (1: a fixed pace); an accepted update or a guard switch resets.
+    c.max_backoff = 8
+    # Fraction of hits also run through the full network off the critical path (shadow
+    # audit): labels for the windows and unbiased evidence for the accuracy guard.
+    c.audit_fraction = 0.1
+    # Fraction of request groups served by the tapped program (>= audit_fraction): only
+    # these yield activations to learn from; the rest run the untapped program, as fast as
+    # the static caches, because tapping costs every tapped request a few percent.
+    c.tap_fraction = 0.3
+    # True: the groups not learnt from run the tapped program too (their taps dropped), so
+    # serving keeps one program hot instead of two that evict each other's weights.
+    c.single_program = False
+    # Audited requests per background chunk: bigger groups are cheaper per request, but a
+    # request arriving meanwhile waits for the whole group.
+    c.audit_group = 1
+    # An audit runs the plain network in this many segments of consecutive stages, one per
+    # background chunk, so a request arriving meanwhile waits for one segment, not the whole
+    # network (gati_jax/runtime/segments.py).
+    c.audit_segments = 3
+    # Replay window per deployed position: at most this many bytes and this many items.
+    c.window_bytes = 1 << 20
+    c.window_items = 1024
+    # The held-out ring (threshold calibration) is 1/holdout_every of a window; it takes
+    # every other request of the audit sample (a uniform sample of the stream).
+    c.holdout_every = 4
+    # Background work that has waited this many requests runs between groups anyway.
+    c.max_lag = 200
+    c.learning_rate = 3e-3
+    c.steps = 20
+    # Optimiser steps per background chunk: a request waits for at most one chunk.
+    c.steps_per_chunk = 1
+    c.batch_size = 32
+    # Hit agreement the calibration keeps on the held-out slice and the guard defends.
+    c.target = 0.99
+    # 0: calibrate on the held-out point estimate; > 0: on its Wilson lower bound. Held-out
+    # slices are small, so on the point estimate thresholds swing and agreement slips.
+    c.calibration_confidence = 0.9
+    # Labelled items a window needs (training / held out) before its cache updates.
+    c.min_train = 32
+    c.min_holdout = 16
+    # Held-out hits a verdict needs before new parameters, a new threshold or a new prior
+    # shift may serve: fewer is luck, not evidence (see OnlineTrainer.judge).
+    c.min_evidence = 50
+    # The accuracy guard: off when the Wilson upper bound (guard_confidence) of the last
+    # guard_window audited would-be hits falls below target (after guard_min_samples), back
+    # on after guard_recover_samples fresh outcomes agree at the target.
+    c.guard = True
+    c.guard_window = 200
+    c.guard_confidence = 0.95
+    c.guard_min_samples = 30
+    c.guard_recover_samples = 50
+    # While the guard's alarm is up (a cache on duty looks worse than the target, undecided
+    # yet: see gati_jax/online/guard.py) this fraction of requests is audited instead of
+    # audit_fraction, so a drifting cache is switched off sooner (0: no alarm audits).
+    c.alarm_audit_fraction = 0.5
+    # True: an alarmed position also serves no hit until its alarm falls or the guard
+    # decides; it trades hit rate in every alarm for a better worst window.
+    c.alarm_suspends = False
+    # Label-free covariate-shift detection (gati_jax/online/shift.py): a CUSUM of tapped
+    # requests whose first cache input lies beyond the shift_quantile of its class in
+    # shift_reference validation images, the in-distribution 1 - shift_quantile against
+    # shift_rate, alarm at shift_level. While it is up no cache serves a hit until audited
+    # outcomes on the new inputs show it agrees (guard_recover_samples at the target), and
+    # alarm_audit_fraction of requests is tapped and audited. Needs guard. A higher level
+    # raises fewer false alarms on clean streams for a few more requests of delay on shifts.
+    c.shift_detect = True
+    c.shift_reference = 2000
+    c.shift_quantile = 0.95
+    c.shift_rate = 0.5
+    c.shift_level = 8.0
+    # Label-shift correction: each update adds log p_recent(c) - log p_train(c) to the
+    # caches' output logits, p_recent from the last prior_window served answers (0: off).
+    c.prior_window = 300
+    # The shift is multiplied by this (1: the full Bayes correction, which costs agreement).
+    c.prior_strength = 0.5
+    c.seed = 0
+    return c
+
+
+def validate_online(o: ml_collections.ConfigDict) -> None:
+    """Checks the ``online`` section."""
+    require(int(o.steps) >= 0, "online.steps", o.steps, ">= 0 (0: no optimiser steps)")
+    require_at_least(o, "online", (
+        "update_every", "max_backoff", "window_items", "max_lag", "steps_per_chunk",
+        "audit_group", "audit_segments", "batch_size", "min_train", "min_holdout",
+        "guard_window", "guard_min_samples", "guard_recover_samples"), 1)
+    require_at_least(o, "online", ("seed", "min_evidence", "prior_window"), 0)
+    require(0 <= o.prior_strength <= 1, "online.prior_strength", o.prior_strength,
+            "in [0, 1]")
+    require(0 <= o.audit_fraction <= 1, "online.audit_fraction", o.audit_fraction, "in [0, 1]")
+    require(0 <= o.alarm_audit_fraction <= 1, "online.alarm_audit_fraction",
+            o.alarm_audit_fraction, "in [0, 1]")
+    require(0 < o.tap_fraction <= 1 and o.tap_fraction >= o.audit_fraction,
+            "online.tap_fraction", o.tap_fraction,
+            "in (0, 1] and >= online.audit_fraction (the audit sample is drawn among tapped "
+            "requests)")
+    require(not o.shift_detect or o.guard, "online.shift_detect", o.shift_detect,
+            "False unless online.guard (the guard acts on the alarm)")
+    require(int(o.shift_reference) >= 20, "online.shift_reference", o.shift_reference,
+            ">= 20 (reference images)")
+    require(0 < o.shift_quantile < 1, "online.shift_quantile", o.shift_quantile, "in (0, 1)")
+    require(1 - o.shift_quantile < o.shift_rate < 1, "online.shift_rate", o.shift_rate,
+            "in (1 - shift_quantile, 1): the exceedance rate to detect")
+    require(o.shift_level > 0, "online.shift_level", o.shift_level, "> 0")
+    require(int(o.window_bytes) > 0, "online.window_bytes", o.window_bytes, "> 0")
+    require(int(o.holdout_every) >= 2, "online.holdout_every", o.holdout_every, ">= 2")
+    require(o.learning_rate > 0, "online.learning_rate", o.learning_rate, "> 0")
+    require(0 < o.target <= 1, "online.target", o.target, "in (0, 1]")
+    require(0 <= o.calibration_confidence < 1, "online.calibration_confidence",
+            o.calibration_confidence, "in [0, 1)")
+    require(0 <= o.guard_confidence < 1, "online.guard_confidence", o.guard_confidence,
+            "in [0, 1)")
+    require(int(o.guard_window) >= max(int(o.guard_min_samples), int(o.guard_recover_samples)),
+            "online.guard_window", o.guard_window,
+            ">= guard_min_samples and guard_recover_samples")

@@ -1,0 +1,67 @@
+"""Config section ``planner``: the accuracy bound, memory budget, search and latency profile."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from gati_jax.config_checks import require, require_at_least
+
+
+def planner_config() -> ml_collections.ConfigDict:
+    """The ``planner`` section (gati_jax/planner, gati_jax/jobs/planning.py)."""
+    c = ml_collections.ConfigDict()
+    # Plans keep agreement with the base network >= 1 - eps on the tuning data.
+    c.eps = 0.01
+    # Total bytes of all deployed cache parameters.
+    c.memory_budget_bytes = 2 * 1024**2
+    # The most a request that exits nowhere may pay over the plain network, as a fraction of
+    # it (Apparate's ramp budget; < 0: no bound, plans minimise the mean alone). Held by
+    # measurement: the chosen plan's all-miss request is timed (at group_size), and while it
+    # breaks the bound its lookups are timed alone, each is charged at least what it
+    # measured, and the planner plans again, at most miss_rounds times; if none held it, the
+    # plan deploys nothing (gati_jax/planner/miss_bound.py).
+    c.max_miss_overhead = -1.0
+    c.miss_rounds = 3
+    # Which explored candidates the planner may deploy: "frontier" (Pareto) or "all".
+    c.candidates = "frontier"
+    # Threshold levels per candidate (score quantiles on the tuning data).
+    c.grid = 48
+    # Agreement must hold for the one-sided Wilson lower bound at this confidence (0: the
+    # point estimate on the tuning data, which over-fits it and misses the bound on test data).
+    c.confidence = 0.95
+    # The exhaustive comparator runs on this many evenly spaced positions with a coarse grid.
+    c.exhaustive_positions = 6
+    c.exhaustive_grid = 4
+    # Further bounds planned for the latency/agreement trade-off plot and table.
+    c.sweep_eps = (0.02,)
+    # Latency profiles: requests per group, where the JSON lives (empty: WORKDIR/profile.json)
+    # and whether to measure again even when a profile for this backend exists.
+    c.group_size = 1
+    c.profile = ""
+    c.remeasure = False
+    c.latency_repeats = 20
+    # Rounds of "measure the lookups our plans chose once more, and the router's charges on
+    # the router they chose, plan again" (0: off): a plan favours lookups whose one
+    # measurement came out low (the winner's curse), and the charges depend on which caches
+    # share a router.
+    c.confirm_rounds = 2
+    # Validation requests routed one by one to check predicted against measured latency.
+    c.check_requests = 1000
+    return c
+
+
+def validate_planner(p: ml_collections.ConfigDict) -> None:
+    """Checks the ``planner`` section."""
+    require(0 <= p.eps < 1, "planner.eps", p.eps, "in [0, 1)")
+    require(p.memory_budget_bytes >= 0, "planner.memory_budget_bytes", p.memory_budget_bytes,
+            ">= 0")
+    require(p.candidates in ("frontier", "all"), "planner.candidates", p.candidates,
+            "'frontier' or 'all'")
+    require(0 <= p.confidence < 1, "planner.confidence", p.confidence, "in [0, 1)")
+    require(all(0 <= e < 1 for e in p.sweep_eps), "planner.sweep_eps", p.sweep_eps,
+            "bounds in [0, 1)")
+    require_at_least(p, "planner", ("grid", "exhaustive_positions", "exhaustive_grid",
+                                    "group_size", "latency_repeats", "check_requests"), 1)
+    require_at_least(p, "planner", ("confirm_rounds", "miss_rounds"), 0)
+    require(isinstance(p.max_miss_overhead, (int, float)), "planner.max_miss_overhead",
+            p.max_miss_overhead, "a fraction (negative: no bound)")
