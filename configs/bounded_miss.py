@@ -2,13 +2,11 @@
 at most ``bound`` (a fraction, default 0.10) over the plain network.
 
 ``--config configs/bounded_miss.py`` plans under a 10% bound; ``configs/bounded_miss.py:0.15``
-under 15%. The planner holds the bound by timing its chosen plan (see "Miss bound" in the
-README); the policy benchmark's ``miss_overhead`` column shows what every policy's router
-measured. On this 2-core CPU one gati lookup with its router costs +1.4-8.7% of the plain
-network alone, the plan of three +13% (``bench_lookup.py`` on ``runs/main_v28``), and two
-timings of one router a minute apart differ by up to 3 points: a 5% bound leaves one lookup
-(``runs/plan_v28_miss5g``: position 0, +2.0%, 1.48x) or none (``runs/plan_v31_miss5f``).
-Only our plan is held by measurement; the comparators' get its floors and are timed once.
+under 15%. The planner holds the bound by timing its chosen plan (gati_jax/planner/
+miss_bound.py, docs/planning.md); the policy benchmark's ``miss_overhead`` column shows what
+every policy's router measured. Two timings of one router a minute apart can differ by a few
+points of the plain network, so a tight bound (5%) may leave one lookup or none. Only our plan
+is held by measurement; the comparators' get its floors and are timed once.
 """
 
 from gati_jax.config import base_config

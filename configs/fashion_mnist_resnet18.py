@@ -1,7 +1,7 @@
 """The shipped base network: ResNet-18 of width 16 on Fashion-MNIST.
 
 checkpoints/fashion_mnist_resnet18 was produced by
-  python scripts/train_base.py --config configs/fashion_mnist_resnet18.py --workdir runs/fm_r18 \
+  python scripts/train_base.py --config configs/fashion_mnist_resnet18.py --workdir DIR \
       --config.train.export_dir=checkpoints/fashion_mnist_resnet18
 """
 

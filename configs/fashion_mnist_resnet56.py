@@ -1,7 +1,9 @@
-"""The shipped deep base network: CIFAR-style ResNet-56 of width 16 on Fashion-MNIST (29 stages).
+"""The deep base network: CIFAR-style ResNet-56 of width 16 on Fashion-MNIST (29 stages).
 
-checkpoints/fashion_mnist_resnet56 was produced by
-  python scripts/train_base.py --config configs/fashion_mnist_resnet56.py --workdir runs/fm_r56
+Trains checkpoints/fashion_mnist_resnet56 with
+  python scripts/train_base.py --config configs/fashion_mnist_resnet56.py --workdir DIR
+and runs the main job on it with
+  python scripts/train_caches.py --config configs/fashion_mnist_resnet56.py --workdir DIR
 """
 
 from gati_jax.config import base_config
@@ -15,4 +17,5 @@ def get_config():
     config.model.width = 16
     config.train.epochs = 10
     config.train.export_dir = "checkpoints/fashion_mnist_resnet56"
+    config.caches.checkpoint = "checkpoints/fashion_mnist_resnet56"
     return config

@@ -11,7 +11,7 @@ set -u
 out=${1:?usage: gpu_check.sh OUTDIR BANK [PLAN]}
 bank=${2:?usage: gpu_check.sh OUTDIR BANK [PLAN]}
 plan=${3:-}
-python=${PYTHON:-python3}
+python=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHONUNBUFFERED=1
 mkdir -p "$out"
 log="$out/gpu_check.log"
@@ -38,8 +38,7 @@ plan_flag=()
 [ -n "$plan" ] && plan_flag=(--plan "$plan")
 step bench_router 160 "$python" scripts/bench_router.py --bank "$bank" "${plan_flag[@]}" \
     --out "$out/bench_router_gpu.json"
-# The lookups' pooling on the GPU: slices (as served since session 14) against the former
-# pooling matrices, side by side (measured on the CPU only so far).
+# The lookups' pooling on the GPU: slices (as served) against pooling matrices, side by side.
 step bench_lookup 150 "$python" scripts/bench_lookup.py --bank "$bank" "${plan_flag[@]}" \
     --out "$out/bench_lookup_gpu.json"
 # The router's fixed charge on the GPU (0.054 ms on an H200, 0.006-0.019 ms on a CPU) may be one

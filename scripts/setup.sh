@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian machine with Python >= 3.11: the Fashion-MNIST package
 # (where apt is available), a virtual environment in .venv, and gati_jax with its dev extra.
+# GATI_CUDA=1 installs the cuda12 extra as well (JAX with CUDA 12, for an NVIDIA GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,13 +16,20 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
   fi
 fi
 
+extras="dev"
+if [ "${GATI_CUDA:-0}" = 1 ]; then extras="dev,cuda12"; fi
+
 python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-# Reinstall only when the package definition changed since the last set-up.
+# Reinstall only when the package definition or the extras changed since the last set-up.
 stamp=.venv/.gati_jax-installed
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) extras=$extras"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  if [ "$extras" = dev ] && [ -f "$stamp" ] && grep -q cuda12 "$stamp"; then
+    # Back from CUDA to the CPU: without its plugin JAX no longer looks for a GPU.
+    .venv/bin/python -m pip uninstall -q -y jax-cuda12-plugin jax-cuda12-pjrt
+  fi
+  .venv/bin/python -m pip install -q -e ".[$extras]"
   echo "$want" > "$stamp"
 fi

@@ -55,9 +55,10 @@ def validate_augment(a: ml_collections.ConfigDict) -> None:
 def workload_config() -> ml_collections.ConfigDict:
     """The ``workload`` section: the request stream served (gati_jax/data/workloads.py)."""
     c = ml_collections.ConfigDict()
-    # uniform | temporal | drift | shift (gati_jax/data/workloads.py).
+    # uniform | temporal | drift | shift | video | trace (gati_jax/data/workloads.py).
     c.name = "temporal"
     c.split = "test"
+    # Requests per stream (a trace has its own length: see trace.limit).
     c.length = 600
     c.seed = 0
     # Open-loop arrivals: a Poisson process at this many requests per second.
@@ -76,6 +77,57 @@ def workload_config() -> ml_collections.ConfigDict:
     c.severity = 0.5
     # Requests per window for locality statistics and per-window reports.
     c.window = 100
+    c.video = _video_config()
+    c.trace = _trace_config()
+    return c
+
+
+def _video_config() -> ml_collections.ConfigDict:
+    """``workload.video``: a camera's stream of scenes of object instances (video workload)."""
+    c = ml_collections.ConfigDict()
+    # Scenes last a geometric number of frames with this mean; a cut switches to new instances.
+    c.mean_scene = 300.0
+    # A scene shows instances[0]..instances[1] split images, in turn (round robin), each in
+    # view for a geometric number of frames of mean mean_turn before the next.
+    c.instances = (1, 3)
+    c.mean_turn = 60.0
+    # Camera motion, a smooth random walk per scene (stationary standard deviations):
+    # translation in pixels, rotation in degrees, scale as log-scale (0.05: about 5%);
+    # correlated over about motion_time frames.
+    c.translate = 2.0
+    c.rotate = 5.0
+    c.scale = 0.05
+    c.motion_time = 30.0
+    # Lighting, drifting more slowly (over about lighting_time frames): a brightness offset
+    # (standard deviation, 0..255 pixel units) and contrast about the frame's mean (log-scale).
+    c.brightness = 12.0
+    c.contrast = 0.1
+    c.lighting_time = 200.0
+    # Per-frame sensor noise: Gaussian, this standard deviation in 0..255 pixel units.
+    c.noise = 4.0
+    # Partial occlusion: episodes of mean occlusion_length frames covering about
+    # occlusion_fraction of the stream; each a rectangle of one grey level whose sides are
+    # occlusion_size[0]..occlusion_size[1] of the image's.
+    c.occlusion_fraction = 0.1
+    c.occlusion_length = 20.0
+    c.occlusion_size = (0.25, 0.5)
+    # This fraction of frames shows a random split image (any class) instead: a distractor.
+    c.distractor_fraction = 0.05
+    return c
+
+
+def _trace_config() -> ml_collections.ConfigDict:
+    """``workload.trace``: a stream the user brings (trace workload)."""
+    c = ml_collections.ConfigDict()
+    # An .npz of uint8 frames (N, H, W, C) with optional labels and arrivals, or split
+    # indices (.npy, .txt, .json, or .npz 'indices') with optional arrivals; formats in
+    # gati_jax/data/workloads.py.
+    c.path = ""
+    # Serve only the trace's first `limit` requests; 0: all of them.
+    c.limit = 0
+    # Replay the trace's own arrival times (seconds) when it has them; else, or when False,
+    # Poisson arrivals at workload.rate.
+    c.use_arrivals = True
     return c
 
 
@@ -103,3 +155,31 @@ def validate_workload(w: ml_collections.ConfigDict) -> None:
             "in [0, 1]")
     require(0 < w.severity <= 1, "workload.severity", w.severity, "in (0, 1]")
     require(int(w.window) >= 2, "workload.window", w.window, ">= 2")
+    _validate_video(w.video)
+    _validate_trace(w.trace, w.name)
+
+
+def _validate_video(v: ml_collections.ConfigDict) -> None:
+    for key in ("mean_scene", "mean_turn", "motion_time", "lighting_time", "occlusion_length"):
+        require(v[key] >= 1, f"workload.video.{key}", v[key], ">= 1 (frames)")
+    require(len(v.instances) == 2 and 1 <= int(v.instances[0]) <= int(v.instances[1]),
+            "workload.video.instances", v.instances, "(low, high) with 1 <= low <= high")
+    for key in ("translate", "rotate", "scale", "brightness", "contrast", "noise"):
+        require(v[key] >= 0, f"workload.video.{key}", v[key], ">= 0")
+    require(0 <= v.occlusion_fraction < 1, "workload.video.occlusion_fraction",
+            v.occlusion_fraction, "in [0, 1)")
+    require(len(v.occlusion_size) == 2 and 0 < v.occlusion_size[0] <= v.occlusion_size[1] <= 1,
+            "workload.video.occlusion_size", v.occlusion_size,
+            "(low, high) with 0 < low <= high <= 1")
+    require(0 <= v.distractor_fraction <= 1, "workload.video.distractor_fraction",
+            v.distractor_fraction, "in [0, 1]")
+
+
+def _validate_trace(t: ml_collections.ConfigDict, workload_name: str) -> None:
+    from gati_jax.data.workloads import TRACE_SUFFIXES
+
+    require(workload_name != "trace" or bool(t.path), "workload.trace.path", t.path,
+            "a trace file when workload.name is 'trace'")
+    require(not t.path or str(t.path).lower().endswith(TRACE_SUFFIXES), "workload.trace.path",
+            t.path, f"a file ending in one of {TRACE_SUFFIXES}")
+    require(int(t.limit) >= 0, "workload.trace.limit", t.limit, ">= 0 (0: the whole trace)")

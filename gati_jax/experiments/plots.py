@@ -259,3 +259,53 @@ def plot_run_spread(rows: Sequence[dict[str, Any]], metric: str,
         ax.set_title(f"{workload}: {metric} over {runs} runs")
         ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def _stream_field(stream: Any, name: str) -> Any:
+    """A field of a stream given as a Workload or as a dict of per-request lists."""
+    value = stream.get(name) if isinstance(stream, dict) else getattr(stream, name, None)
+    return None if value is None else np.asarray(value)
+
+
+def plot_stream_structure(streams: dict[str, Any], path: str | os.PathLike,
+                          max_cuts: int = 400) -> None:
+    """Per stream, one panel over request index: each request's label (distractor frames
+    apart), segment boundaries (video: scene cuts) as vertical lines, corrupted requests
+    shaded. A stream is a Workload (gati_jax/data/workloads.py) or a dict with ``labels`` and
+    optionally ``segments``, ``distractor`` and ``corrupted`` (per-request lists). Unlabelled
+    requests (label -1, a trace's) are left out; over ``max_cuts`` boundaries are not drawn."""
+    if not streams:
+        return
+    fig, axes = plt.subplots(len(streams), 1, figsize=(12, 2.6 * len(streams)), squeeze=False)
+    for ax, (name, stream) in zip(axes[:, 0], streams.items()):
+        labels = _stream_field(stream, "labels")
+        index = np.arange(labels.size)
+        segments = _stream_field(stream, "segments")
+        distractor = _stream_field(stream, "distractor")
+        corrupted = _stream_field(stream, "corrupted")
+        distractor = np.zeros(labels.size, bool) if distractor is None else distractor.astype(bool)
+        if corrupted is not None and corrupted.any():
+            edges = np.diff(np.concatenate([[0], corrupted.astype(np.int8), [0]]))
+            for i, (start, end) in enumerate(zip(np.flatnonzero(edges == 1),
+                                                 np.flatnonzero(edges == -1))):
+                ax.axvspan(start, end, color="tab:red", alpha=0.12, linewidth=0,
+                           label="corrupted" if i == 0 else None)
+        if segments is not None:
+            cuts = np.flatnonzero(np.diff(segments) != 0) + 1
+            if 0 < cuts.size <= max_cuts:
+                ax.vlines(cuts, -0.5, max(int(labels.max()), 0) + 0.5, color="black",
+                          linewidth=0.6, alpha=0.5, label=f"segment boundary / scene cut ({cuts.size})")
+        keep = (labels >= 0) & ~distractor
+        ax.scatter(index[keep], labels[keep], s=2, color="tab:blue", rasterized=True,
+                   label="request label")
+        shown = (labels >= 0) & distractor
+        if shown.any():
+            ax.scatter(index[shown], labels[shown], s=6, marker="x", color="tab:gray",
+                       linewidths=0.6, rasterized=True, label="distractor")
+        ax.set_xlim(0, max(labels.size, 1))
+        ax.set_xlabel("request index")
+        ax.set_ylabel("label")
+        ax.set_title(f"stream: {name}")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7, loc="upper right", markerscale=3)
+    _save(fig, path)

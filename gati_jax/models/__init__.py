@@ -1,4 +1,5 @@
-"""Staged base networks (ResNet-18/34/50, VGG-11, MLP) chosen by name."""
+"""Staged base networks chosen by name: ImageNet-style ResNet-18/34/50/101/152, CIFAR-style
+ResNet-20/32/44/56/110, VGG-11/16 (batch norm) and an MLP (gati_jax/models/registry.py)."""
 
 from gati_jax.models.registry import available_networks, build_network, register_network
 from gati_jax.models.staged import StagedNetwork, Variables

@@ -34,6 +34,10 @@ def planner_config() -> ml_collections.ConfigDict:
     c.exhaustive_grid = 4
     # Further bounds planned for the latency/agreement trade-off plot and table.
     c.sweep_eps = (0.02,)
+    # False: a bound the tuning set cannot certify (too few validation requests for eps at
+    # this confidence) stops planning with a message saying what to change; True: plan
+    # anyway, every plan then reported infeasible (gati_jax/planner/feasibility.py).
+    c.allow_infeasible = False
     # Latency profiles: requests per group, where the JSON lives (empty: WORKDIR/profile.json)
     # and whether to measure again even when a profile for this backend exists.
     c.group_size = 1

@@ -15,9 +15,8 @@ more (kNN's and the comparators' lookups included). Only when every lookup of a 
 timed alone before it was chosen, and the plan still broke the bound (lookups that cost more
 together than apart), does each get an equal part of what the plan measured beyond their
 floors alone, so the search cannot choose it again. A uniform floor for
-every lookup, as this module once set, ruled out cheap lookups with dear ones: with a 5% bound
-on ``runs/main_v28`` a plan of positions 0, 4 and 6 measured +16.1%, and at its 58 us share no
-lookup fitted, where the one at position 8 measures +1.4% alone (``bench_lookup.py``).
+every lookup would rule out cheap lookups along with dear ones (a dear plan's equal share can
+exceed what a cheap lookup costs alone, so nothing fits).
 """
 
 from __future__ import annotations
