@@ -11,12 +11,14 @@ from absl import app, flags, logging
 
 from gati_jax.config_checks import ConfigError
 from gati_jax.data.errors import DataNotFoundError
+from gati_jax.integrity import IntegrityError
+from gati_jax.jobs.train_base import TrainingError
 from gati_jax.training.checkpointing import CheckpointError
 
 # Problems in the user's command, config, data or artefacts: the message names the cause.
 # OSError covers a config file that cannot be loaded, a missing folder, a full disk.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, DataNotFoundError,
-                                                OSError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, IntegrityError,
+                                                DataNotFoundError, TrainingError, OSError)
 
 
 class _LibraryInfoFilter(py_logging.Filter):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from typing import Any, Iterator
 
 import jax
@@ -13,7 +15,7 @@ from tqdm.auto import tqdm
 
 from gati_jax import data
 from gati_jax.data import Split
-from gati_jax.input_checks import check_images
+from gati_jax.input_checks import PIXEL_RANGE, check_images
 from gati_jax.models import StagedNetwork, Variables
 
 
@@ -32,13 +34,35 @@ _eval_step = jax.jit(eval_step, static_argnums=0)
 
 @dataclasses.dataclass(frozen=True)
 class BaseModel:
-    """A staged network, its variables and the normalisation statistics it was trained with."""
+    """A staged network, its variables, the normalisation statistics it was trained with and
+    the range of raw input values it was trained on."""
 
     network: StagedNetwork
     variables: Variables
     mean: np.ndarray
     std: np.ndarray
     metadata: dict[str, Any]
+    input_range: tuple[float, float] = PIXEL_RANGE
+    source: str = ""        # the directory it was loaded from ("" when built in memory)
+
+
+def model_fingerprint(model: BaseModel) -> str:
+    """A short hash of what decides the base network's answers: its architecture, input
+    shape, classes, normalisation, input range and every byte of its variables (not where it
+    was loaded from, nor metadata such as its metrics)."""
+    digest = hashlib.sha256(json.dumps({
+        "network": model.network.name, "model": model.metadata.get("model"),
+        "input_shape": list(model.network.input_shape),
+        "num_classes": int(model.network.num_classes),
+        "mean": np.asarray(model.mean, np.float32).tolist(),
+        "std": np.asarray(model.std, np.float32).tolist(),
+        "input_range": [float(v) for v in model.input_range]},
+        sort_keys=True, default=str).encode())
+    for path, leaf in jax.tree_util.tree_flatten_with_path(model.variables)[0]:
+        array = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:12]
 
 
 def padded_batches(images: np.ndarray, labels: np.ndarray,
@@ -73,8 +97,9 @@ def evaluate(network: StagedNetwork, variables: Variables, mean: np.ndarray, std
 
 
 def predict_logits(model: BaseModel, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """Logits of the base network for raw images (uint8, or float in [0, 255]), validated first."""
-    images = check_images(images, model.network.input_shape)
+    """Logits of the base network for raw images (uint8, or float in the model's input range,
+    [0, 255]), validated first."""
+    images = check_images(images, model.network.input_shape, model.input_range)
     batch_size = min(batch_size, len(images))
     labels = np.zeros((len(images),), np.int32)
     out = []

@@ -8,7 +8,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from gati_jax import cli
-from gati_jax.training.loop import train_and_evaluate
+from gati_jax.jobs.train_base import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)

@@ -19,7 +19,7 @@ from gati_jax.caches.training import HeadTraining, train_predictors
 from gati_jax.config import ConfigError, base_config, validate_config
 from gati_jax.inference import BaseModel
 from gati_jax.models import build_network
-from gati_jax.training.loop import train_and_evaluate
+from gati_jax.jobs.train_base import train_and_evaluate
 
 VARIANTS = ["pool-k1", "pool-k2-h16", "pool-k4-h16-h8", "conv1-c4-s1-k2", "conv3-c4-s2-k2-h8",
             "fc-d2", "fc-d4-h16"]

@@ -9,13 +9,20 @@ import jax
 import numpy as np
 import optax
 import pytest
-
 from conftest import tiny_config
+
 from gati_jax import data
 from gati_jax.inference import BaseModel
+from gati_jax.integrity import write_manifest
 from gati_jax.models import build_network
-from gati_jax.training import (CheckpointError, TrainCheckpointer, create_train_state,
-                               load_base_model, save_base_model, train_step)
+from gati_jax.training import (
+    CheckpointError,
+    TrainCheckpointer,
+    create_train_state,
+    load_base_model,
+    save_base_model,
+    train_step,
+)
 
 
 def _trained_state(config, steps=3):
@@ -82,17 +89,20 @@ def test_missing_and_corrupt_base_models_are_clear_errors(tmp_path):
     meta = tmp_path / "model" / "model.json"
     good = meta.read_text()
     meta.write_text(good[: len(good) // 2])
-    with pytest.raises(CheckpointError, match="model.json is corrupt"):
+    with pytest.raises(CheckpointError, match="model.json is truncated or altered"):
         load_base_model(tmp_path / "model")
-    # Metadata that names a different network than the stored variables.
+    # Metadata that names a different network than the stored variables, with a manifest
+    # that vouches for it (made consistent): the variables do not restore into it.
     wrong = json.loads(good)
     wrong["model"]["hidden_sizes"] = [7, 3]
     meta.write_text(json.dumps(wrong))
+    write_manifest(tmp_path / "model", "base_model", 1)
     with pytest.raises(CheckpointError, match="do not match"):
         load_base_model(tmp_path / "model")
     meta.write_text(good)
+    write_manifest(tmp_path / "model", "base_model", 1)
     for path in (tmp_path / "model" / "variables").rglob("*"):
         if path.is_file() and path.stat().st_size > 0:
             path.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="missing, corrupt or do not match"):
+    with pytest.raises(CheckpointError, match="variables/.* is truncated or altered"):
         load_base_model(tmp_path / "model")

@@ -43,7 +43,7 @@ def test_profile_measures_stores_and_reuses(mlp, tmp_path, monkeypatch):
     # Both policies here can be forced to exit: every lookup's exit is timed too.
     assert set(profile.exit_s) == set(lookups)
     assert all(v >= 0 for v in profile.exit_s.values())
-    stored = json.loads(path.read_text())[profile.key]
+    stored = json.loads(path.read_text())["profiles"][profile.key]
     assert stored["lookup_s"] == profile.lookup_s and stored["prefix_s"] == profile.prefix_s
     assert stored["exit_s"] == profile.exit_s
 

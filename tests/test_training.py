@@ -17,8 +17,8 @@ import pytest
 
 from conftest import tiny_config
 from gati_jax.config import ConfigError
-from gati_jax.training import load_base_model
-from gati_jax.training.loop import train_and_evaluate
+from gati_jax.training import TrainCheckpointer, load_base_model
+from gati_jax.jobs.train_base import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,10 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     deadline = time.time() + 300
     ckpt_dir = workdir / "checkpoints"
     while time.time() < deadline:
-        done = [p for p in ckpt_dir.glob("*") if p.name.isdigit()] if ckpt_dir.exists() else []
+        # A sealed checkpoint (its manifest written, gati_jax/integrity.py): the resume
+        # below then restores a verified mid-run step, not a fresh start.
+        done = ([p for p in ckpt_dir.glob("*") if p.name.isdigit()
+                 and (p / "manifest.json").is_file()] if ckpt_dir.exists() else [])
         if done:
             break
         if proc.poll() is not None:
@@ -84,6 +87,10 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     proc.wait()
     # The kill must have interrupted the run, or this test would prove nothing.
     assert not (workdir / "final_metrics.json").exists()
+    # The resume starts from a verified mid-run step (a newer, unsealed one is set aside).
+    probe = TrainCheckpointer(ckpt_dir, 2)
+    assert probe.latest_step() is not None and probe.latest_step() > 0
+    probe.close()
 
     resumed = train_and_evaluate(reference_config, str(workdir))
     assert int(resumed["state"].step) == int(reference["state"].step)

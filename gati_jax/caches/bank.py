@@ -1,7 +1,9 @@
 """The explored cache bank: every candidate's spec, parameters and metrics; saved with orbax.
 
 Parameters go to an orbax checkpoint, everything else to ``bank.json`` beside it (also what a
-person or a plotting script reads).
+person or a plotting script reads), and ``manifest.json`` (gati_jax/integrity.py) records
+every file's hash and the fingerprint of the base network the caches were trained on: a bank
+loads only when every file checks, and only for that network.
 """
 
 from __future__ import annotations
@@ -14,14 +16,24 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from gati_jax.atomic_dir import atomic_directory
 from gati_jax.caches.selector import NUM_FEATURES, Selector
 from gati_jax.caches.variants import Predictor, VariantSpec, parse_variant
+from gati_jax.inference import BaseModel, model_fingerprint
+from gati_jax.integrity import (
+    MANIFEST,
+    IntegrityError,
+    check_same_network,
+    verify_manifest,
+    write_manifest,
+)
 
 _JSON = "bank.json"
 _PARAMS = "params"
+CACHE_BANK, CACHE_BANK_VERSION = "cache_bank", 1
 
 
 @dataclasses.dataclass
@@ -57,6 +69,15 @@ class CacheBank:
     selector_hidden: int
     candidates: list[Candidate]
     info: dict[str, Any]                  # backend, stage latencies, splits used, targets...
+    # The base network the caches read (gati_jax.inference.model_fingerprint) and where it
+    # was loaded from; "" when unknown (a bank built in memory by a test).
+    model_fingerprint: str = ""
+    model_path: str = ""
+
+    def made_for(self, model: BaseModel) -> CacheBank:
+        """Records ``model`` as the base network these caches were made for; returns self."""
+        self.model_fingerprint, self.model_path = model_fingerprint(model), model.source
+        return self
 
     def at(self, position: int) -> list[Candidate]:
         """Candidates at one position."""
@@ -99,13 +120,15 @@ def bank_to_json(bank: CacheBank) -> dict[str, Any]:
     """Everything but the parameters, as plain JSON."""
     return _json_ready({
         "num_classes": bank.num_classes, "selector_hidden": bank.selector_hidden,
+        "model_fingerprint": bank.model_fingerprint, "model_path": bank.model_path,
         "info": bank.info,
         "candidates": [{f.name: getattr(c, f.name) for f in dataclasses.fields(c)
                         if f.name != "params"} | {"key": c.key} for c in bank.candidates]})
 
 
 def save_bank(directory: str | os.PathLike, bank: CacheBank) -> Path:
-    """Writes the bank atomically: parameters via orbax, the rest as bank.json."""
+    """Writes the bank atomically: parameters via orbax, the rest as bank.json, then the
+    manifest. ``directory`` must be absent, empty or a bank this project wrote."""
     directory = Path(directory).absolute()
     with atomic_directory(directory) as staging:
         if bank.candidates:  # orbax refuses an empty tree; an empty bank (an empty plan) has none
@@ -114,16 +137,42 @@ def save_bank(directory: str | os.PathLike, bank: CacheBank) -> Path:
                                                   for i, c in enumerate(bank.candidates)})
             checkpointer.wait_until_finished()
         (staging / _JSON).write_text(json.dumps(bank_to_json(bank), indent=1) + "\n")
+        write_manifest(staging, CACHE_BANK, CACHE_BANK_VERSION,
+                       model_fingerprint=bank.model_fingerprint, model_path=bank.model_path)
     return directory
 
 
-def load_bank(directory: str | os.PathLike) -> CacheBank:
-    """Loads a bank written by :func:`save_bank`."""
+def add_bank_manifest(directory: str | os.PathLike, model: BaseModel) -> dict[str, Any]:
+    """Writes manifest.json into a bank saved before banks carried one, recording ``model``
+    (the base network you know it was made for) in it and in bank.json; parameters are
+    untouched. Only for a bank you trust: its parameters must restore and be finite."""
+    directory = Path(directory).absolute()
+    if (directory / MANIFEST).exists():
+        load_bank(directory, model)
+        return verify_manifest(directory, CACHE_BANK, CACHE_BANK_VERSION)
+    bank = load_bank(directory, verify=False)
+    bank.made_for(model)
+    meta = json.loads((directory / _JSON).read_text())
+    meta.update(model_fingerprint=bank.model_fingerprint, model_path=bank.model_path)
+    (directory / _JSON).write_text(json.dumps(meta, indent=1) + "\n")
+    return write_manifest(directory, CACHE_BANK, CACHE_BANK_VERSION,
+                          model_fingerprint=bank.model_fingerprint, model_path=bank.model_path)
+
+
+def load_bank(directory: str | os.PathLike, model: BaseModel | None = None,
+              verify: bool = True) -> CacheBank:
+    """Loads a bank written by :func:`save_bank`, every file checked against its manifest
+    first (``verify=False`` skips that: only :func:`add_bank_manifest` does). Given the base
+    ``model``, a bank made for another network is refused, naming both."""
     directory = Path(directory).absolute()
     meta_path = directory / _JSON
-    if not meta_path.is_file():
+    if not meta_path.is_file() and not (directory / MANIFEST).is_file():
         raise FileNotFoundError(f"no cache bank at {directory} (missing {_JSON}); run "
                                 "scripts/explore_caches.py first")
+    if verify:
+        verify_manifest(directory, CACHE_BANK, CACHE_BANK_VERSION,
+                        "add one with `python scripts/add_manifest.py DIR --checkpoint BASE` "
+                        "(gati_jax.caches.bank.add_bank_manifest), or explore again")
     try:
         meta = json.loads(meta_path.read_text())
         candidates = []
@@ -132,9 +181,13 @@ def load_bank(directory: str | os.PathLike) -> CacheBank:
                       if f.name != "params"}
             fields["input_shape"] = tuple(fields["input_shape"])
             candidates.append(Candidate(params={}, **fields))
-        bank = CacheBank(meta["num_classes"], meta["selector_hidden"], candidates, meta["info"])
+        bank = CacheBank(meta["num_classes"], meta["selector_hidden"], candidates, meta["info"],
+                         meta.get("model_fingerprint") or "", meta.get("model_path") or "")
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{meta_path} is corrupt: {type(error).__name__}: {error}") from error
+        raise IntegrityError(f"{meta_path} is corrupt: {type(error).__name__}: {error}") from error
+    if model is not None:
+        check_same_network("cache bank", directory, bank.model_fingerprint, bank.model_path,
+                           model_fingerprint(model), model.source)
     if not bank.candidates:
         return bank
     template = {f"c{i:04d}": _template(c, bank.num_classes, bank.selector_hidden)
@@ -142,8 +195,14 @@ def load_bank(directory: str | os.PathLike) -> CacheBank:
     try:
         params = ocp.StandardCheckpointer().restore(directory / _PARAMS, template)
     except Exception as error:  # orbax raises many types; the user needs the path
-        raise ValueError(f"cache parameters in {directory / _PARAMS} are missing or corrupt "
-                         f"({type(error).__name__}: {error})") from error
+        raise IntegrityError(f"cache parameters in {directory / _PARAMS} are missing or corrupt "
+                             f"({type(error).__name__}: {error})") from error
+    bad = [jax.tree_util.keystr(path) for path, leaf in
+           jax.tree_util.tree_flatten_with_path(params)[0]
+           if not np.all(np.isfinite(np.asarray(leaf)))]
+    if bad:
+        raise IntegrityError(f"cache parameters in {directory / _PARAMS} hold NaN or Inf "
+                             f"values ({', '.join(bad[:3])})")
     for i, candidate in enumerate(bank.candidates):
         candidate.params = params[f"c{i:04d}"]
     return bank

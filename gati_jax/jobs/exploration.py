@@ -16,8 +16,8 @@ from gati_jax.caches.recording import record_activations
 from gati_jax.caches.variants import parse_variant
 from gati_jax.config import validate_config
 from gati_jax.evaluation import model_data_config
-from gati_jax.inference import BaseModel
 from gati_jax.experiments.plots import plot_exploration
+from gati_jax.inference import BaseModel
 from gati_jax.tables import format_table
 from gati_jax.training.checkpointing import load_base_model
 
@@ -83,7 +83,7 @@ def run_exploration(config: ml_collections.ConfigDict, workdir: str) -> CacheBan
     mesh = sharding.make_mesh(config.mesh)
     mesh = mesh if mesh.size > 1 else None  # one device: the plain path, no placement
     recorded = record_for_exploration(model, dataset, config.caches, int(config.seed), mesh)
-    bank = explore(model, recorded, config.caches, int(config.seed), mesh)
+    bank = explore(model, recorded, config.caches, int(config.seed), mesh).made_for(model)
     save_bank(workdir_path / "cache_bank", bank)
     rows = exploration_table(bank)
     summary = bank_to_json(bank) | {"table": rows}

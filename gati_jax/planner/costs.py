@@ -8,14 +8,14 @@ each and miss the fusion the router gets: summing per-stage times misjudged the 
 30-100% here.)
 
 Profiles are saved as JSON keyed by backend, device kind, group size and base model, reused
-when present, and re-measured on request or for lookups they lack.
+when present, and re-measured on request or for lookups they lack. The file records its
+format version and the checksum of its profiles; a file that fails it is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank, Candidate
-from gati_jax.inference import BaseModel
+from gati_jax.inference import BaseModel, model_fingerprint
+from gati_jax.integrity import IntegrityError, json_sha256
 from gati_jax.measure import convolution_kernels, measure_interleaved
 from gati_jax.runtime.deployment import Deployment
 from gati_jax.runtime.policies import CacheHead, Decide, policy_builder
@@ -112,14 +113,6 @@ class Profile:
 def marginal_cost(one_cache_s: float, charge_s: float) -> float:
     """A one-cache cost less the router's charge, never negative."""
     return max(one_cache_s - charge_s, 0.0)
-
-
-def model_fingerprint(model: BaseModel) -> str:
-    """A short hash of the base network's name, shapes and variables."""
-    digest = hashlib.sha256(json.dumps(model.metadata, sort_keys=True, default=str).encode())
-    for leaf in jax.tree.leaves(model.variables):
-        digest.update(np.asarray(leaf).tobytes()[:4096])
-    return digest.hexdigest()[:12]
 
 
 def _prefix_fn(model: BaseModel, stop: int):
@@ -478,26 +471,75 @@ def confirm_lookups(model: BaseModel, profile: Profile,
     return fresh
 
 
+# A profile file: {"format": PROFILE_FORMAT, "version": ..., "sha256": of the profiles,
+# "profiles": {key: profile}}.
+PROFILE_FORMAT = "gati_jax.latency_profile"
+PROFILE_VERSION = 1
+
+
 def save_profile(path: str | Path, profile: Profile) -> None:
     """Writes ``profile`` into the JSON file at ``path`` (other profiles there are kept),
-    atomically."""
+    atomically, with the file's format version and the checksum of its profiles."""
     path = Path(path)
     stored: dict[str, Any] = {}
     if path.is_file():
         stored = _read_profiles(path)
     stored[profile.key] = dataclasses.asdict(profile)
+    _write_profiles(path, stored)
+
+
+def _write_profiles(path: Path, profiles: dict[str, Any]) -> None:
+    # Through JSON first, so the checksum is of exactly what a reader parses back.
+    profiles = json.loads(json.dumps(profiles))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(stored, indent=1) + "\n")
+    tmp.write_text(json.dumps({"format": PROFILE_FORMAT, "version": PROFILE_VERSION,
+                               "sha256": json_sha256(profiles), "profiles": profiles},
+                              indent=1) + "\n")
     tmp.replace(path)
 
 
 def _read_profiles(path: Path) -> dict[str, Any]:
+    """The profiles stored at ``path``, verified against the file's checksum."""
+    remedy = "move it away: the profile is then measured anew"
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"latency profile {path} is corrupt ({error}); delete it or "
-                         "set planner.remeasure=True") from error
+        stored = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise IntegrityError(f"latency profile {path} is corrupt or truncated ({error}); "
+                             f"{remedy}") from error
+    if not isinstance(stored, dict) or stored.get("format") != PROFILE_FORMAT:
+        raise IntegrityError(
+            f"latency profile {path} has no format version or checksum (written before "
+            "profiles carried them, or not a profile), so it cannot be checked; if you trust "
+            "it, add them with gati_jax.planner.costs.upgrade_profile (python "
+            f"scripts/add_manifest.py {path}), else move it away (it is measured anew)")
+    if not isinstance(stored.get("version"), int) or stored["version"] > PROFILE_VERSION:
+        raise IntegrityError(f"latency profile {path}: format version "
+                             f"{stored.get('version')!r} is newer than this gati_jax reads "
+                             f"({PROFILE_VERSION})")
+    profiles = stored.get("profiles")
+    if not isinstance(profiles, dict) or json_sha256(profiles) != stored.get("sha256"):
+        raise IntegrityError(f"latency profile {path} is corrupt: its profiles do not match "
+                             f"the checksum it records; {remedy}")
+    return profiles
+
+
+def upgrade_profile(path: str | Path) -> None:
+    """Adds the format version and checksum to a profile file written before they existed
+    (its contents are kept as they are; a file that has them already is left alone)."""
+    path = Path(path)
+    try:
+        stored = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise IntegrityError(f"latency profile {path} is not JSON ({error}); it cannot be "
+                             "upgraded") from error
+    if isinstance(stored, dict) and stored.get("format") == PROFILE_FORMAT:
+        _read_profiles(path)  # already upgraded: it must verify
+        return
+    if not isinstance(stored, dict) or not all(
+            isinstance(v, dict) and "prefix_s" in v for v in stored.values()):
+        raise IntegrityError(f"{path} does not look like a latency profile")
+    _write_profiles(path, stored)
 
 
 def candidate_lookups(bank: CacheBank, candidates: Sequence[Candidate],

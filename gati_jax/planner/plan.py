@@ -3,7 +3,9 @@
 A saved plan is a directory: ``plan.json`` (positions, variants, thresholds in the policy's
 own units, predicted and test figures) and ``caches/`` (the deployed candidates as a small
 cache bank: orbax parameters plus bank.json), so it loads back into a router without the
-exploration's bank.
+exploration's bank. ``manifest.json`` (gati_jax/integrity.py) records every file's hash and
+the base network the plan was made for; a plan loads only when every file checks, and only
+for that network.
 """
 
 from __future__ import annotations
@@ -16,13 +18,22 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from gati_jax.atomic_dir import atomic_directory
-from gati_jax.caches.bank import CacheBank, _json_ready, load_bank, save_bank
+from gati_jax.caches.bank import CacheBank, _json_ready, add_bank_manifest, load_bank, save_bank
+from gati_jax.inference import BaseModel, model_fingerprint
+from gati_jax.integrity import (
+    MANIFEST,
+    IntegrityError,
+    check_same_network,
+    verify_manifest,
+    write_manifest,
+)
 from gati_jax.planner.build import policy_threshold
 from gati_jax.planner.instance import Choice, Instance, summarize_outcome
 from gati_jax.runtime.deployment import Deployment, deploy
 
 _JSON = "plan.json"
 _CACHES = "caches"
+PLAN, PLAN_VERSION = "plan", 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,26 +95,65 @@ def plan_deployment(plan: Plan, bank: CacheBank) -> Deployment:
 
 
 def save_plan(directory: str | os.PathLike, plan: Plan, bank: CacheBank) -> Path:
-    """Writes plan.json and the deployed caches (orbax) to ``directory``, atomically."""
+    """Writes plan.json, the deployed caches (orbax) and the manifest to ``directory``,
+    atomically; the plan is recorded as made for the base network ``bank`` was made for.
+    ``directory`` must be absent, empty or a plan this project wrote."""
     directory = Path(directory).absolute()
     with atomic_directory(directory) as staging:
         by_key = {c.key: c for c in bank.candidates}
         chosen = [by_key[k] for k in plan.candidates]
         save_bank(staging / _CACHES, CacheBank(bank.num_classes, bank.selector_hidden, chosen,
-                                               bank.info))
-        (staging / _JSON).write_text(json.dumps(plan.to_json(), indent=1) + "\n")
+                                               bank.info, bank.model_fingerprint,
+                                               bank.model_path))
+        (staging / _JSON).write_text(json.dumps(
+            plan.to_json() | {"model_fingerprint": bank.model_fingerprint,
+                              "model_path": bank.model_path}, indent=1) + "\n")
+        write_manifest(staging, PLAN, PLAN_VERSION, model_fingerprint=bank.model_fingerprint,
+                       model_path=bank.model_path)
     return directory
 
 
-def load_plan(directory: str | os.PathLike) -> tuple[Plan, CacheBank]:
-    """Loads a plan saved by :func:`save_plan` and the caches it deploys."""
+def load_plan(directory: str | os.PathLike,
+              model: BaseModel | None = None) -> tuple[Plan, CacheBank]:
+    """Loads a plan saved by :func:`save_plan` and the caches it deploys, every file checked
+    against the plan's manifest first. Given the base ``model``, a plan made for another
+    network is refused, naming both."""
     directory = Path(directory).absolute()
     path = directory / _JSON
-    if not path.is_file():
+    if not path.is_file() and not (directory / MANIFEST).is_file():
         raise FileNotFoundError(f"no plan at {directory} (missing {_JSON}); run "
                                 "scripts/plan_caches.py first")
+    manifest = verify_manifest(directory, PLAN, PLAN_VERSION,
+                               "add one with `python scripts/add_manifest.py DIR --checkpoint "
+                               "BASE` (gati_jax.planner.plan.add_plan_manifest), or plan again")
     try:
         plan = Plan.from_json(json.loads(path.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is corrupt: {type(error).__name__}: {error}") from error
-    return plan, load_bank(directory / _CACHES)
+        raise IntegrityError(f"{path} is corrupt: {type(error).__name__}: {error}") from error
+    if model is not None:
+        check_same_network("plan", directory, manifest.get("model_fingerprint"),
+                           manifest.get("model_path"), model_fingerprint(model), model.source)
+    return plan, load_bank(directory / _CACHES, model)
+
+
+def add_plan_manifest(directory: str | os.PathLike, model: BaseModel) -> dict[str, Any]:
+    """Writes manifests into a plan (and its caches) saved before plans carried them,
+    recording ``model`` (the base network you know it was made for); the parameters are
+    untouched. Only for a plan you trust. A plan that has a manifest is verified and left
+    alone."""
+    directory = Path(directory).absolute()
+    if (directory / MANIFEST).exists():
+        load_plan(directory, model)
+        return verify_manifest(directory, PLAN, PLAN_VERSION)
+    add_bank_manifest(directory / _CACHES, model)
+    fingerprint = model_fingerprint(model)
+    path = directory / _JSON
+    try:
+        row = json.loads(path.read_text())
+        Plan.from_json(row)
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise IntegrityError(f"{path} is corrupt: {type(error).__name__}: {error}") from error
+    path.write_text(json.dumps(row | {"model_fingerprint": fingerprint,
+                                      "model_path": model.source}, indent=1) + "\n")
+    return write_manifest(directory, PLAN, PLAN_VERSION, model_fingerprint=fingerprint,
+                          model_path=model.source)

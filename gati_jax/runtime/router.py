@@ -97,6 +97,9 @@ class Router:
     taps: tuple[Callable[[Any, jax.Array], Any], ...] | None = None
     mesh: Any = None              # a jax.sharding Mesh: groups split over its data axis
     compact: bool = False         # gather the rows still running into smaller buckets
+    # Float images outside the base network's input range (model.input_range, raw pixels)
+    # are an error; True clips them into it instead.
+    clip_inputs: bool = False
     trace_count: int = 0          # how many times the program was traced (== compilations)
 
     def __post_init__(self):
@@ -334,7 +337,8 @@ class Router:
 
     def route(self, cache_params: tuple[Any, ...], thresholds: Any, images: np.ndarray,
               base_answer: np.ndarray | None = None) -> RouteResult:
-        """Routes one request group of raw images (validated, padded to its bucket)."""
+        """Routes one request group of raw images (validated, padded to its bucket): uint8,
+        or float within the base network's input range (after the cast to float32)."""
         if self.taps:
             return self.route_tapped(cache_params, thresholds, images, base_answer)[0]
         out = self._call(cache_params, thresholds, images, base_answer)
@@ -362,7 +366,8 @@ class Router:
 
     def _call(self, cache_params: tuple[Any, ...], thresholds: Any, images: np.ndarray,
               base_answer: np.ndarray | None) -> Any:
-        images = check_images(images, self.network.input_shape)
+        images = check_images(images, self.network.input_shape, self.model.input_range,
+                              self.clip_inputs)
         n = len(images)
         size = self.bucket_for(n)
         padded = np.zeros((size, *images.shape[1:]), images.dtype)

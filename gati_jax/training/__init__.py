@@ -1,5 +1,5 @@
 """Base-network training: optimiser, steps, checkpoints (the resumable loop is
-``gati_jax.training.loop.train_and_evaluate``, which reads the whole config)."""
+``gati_jax.jobs.train_base.train_and_evaluate``, which reads the whole config)."""
 
 from gati_jax.training.checkpointing import (CheckpointError, TrainCheckpointer,
                                              load_base_model, save_base_model)

@@ -14,14 +14,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gati_jax import data, sharding
+from gati_jax.atomic_dir import check_replaceable
 from gati_jax.config import ConfigError, validate_config
 from gati_jax.inference import BaseModel, evaluate
 from gati_jax.models import build_network
-from gati_jax.training.plots import plot_training_history
 from gati_jax.training.checkpointing import TrainCheckpointer, save_base_model
 from gati_jax.training.optim import make_optimizer, make_schedule
+from gati_jax.training.plots import plot_training_history
 from gati_jax.training.steps import create_train_state, train_step
-
 
 _TRAINING_SECTIONS = ("seed", "data", "augment", "model", "train")
 
@@ -51,6 +51,41 @@ def _check_same_config(workdir: Path, config: ml_collections.ConfigDict) -> None
                           "use another --workdir or restore the original values")
 
 
+class TrainingError(RuntimeError):
+    """A run ended without a usable network (non-finite loss, chance-level accuracy); nothing
+    was exported."""
+
+
+def chance_accuracy(labels: np.ndarray) -> float:
+    """The accuracy of always answering the most common class of ``labels``."""
+    return float(np.bincount(np.asarray(labels)).max() / len(labels))
+
+
+def check_learned(history: list[dict[str, Any]], validation_labels: np.ndarray,
+                  variables: Any) -> None:
+    """Raises :class:`TrainingError` unless the run ended with finite losses and parameters
+    and a validation accuracy above chance by more than three standard errors."""
+    if not history:
+        raise TrainingError("the run trained no epoch; nothing was exported")
+    last = history[-1]
+    losses = {k: last[k] for k in ("train_loss", "val_loss")}
+    if not all(np.isfinite(v) for v in losses.values()) or not all(
+            np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree.leaves(variables)):
+        raise TrainingError(
+            f"training diverged: epoch {last['epoch']} ended with train loss "
+            f"{losses['train_loss']}, validation loss {losses['val_loss']} and non-finite "
+            "values in the network; nothing was exported (lower train.learning_rate)")
+    chance = chance_accuracy(validation_labels)
+    n = len(validation_labels)
+    floor = chance + 3 * float(np.sqrt(chance * (1 - chance) / n))
+    if last["val_accuracy"] <= floor:
+        raise TrainingError(
+            f"the network did not learn: validation accuracy {last['val_accuracy']:.4f} after "
+            f"epoch {last['epoch']} is at chance level (always answering the most common class "
+            f"scores {chance:.4f}; the floor is {floor:.4f} on {n} examples); nothing was "
+            "exported (check train.learning_rate, train.epochs and the data)")
+
+
 def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     """The example order of one epoch, a pure function of (seed, epoch), so resumes replay it."""
     return np.random.default_rng([seed, epoch]).permutation(num_examples)
@@ -64,6 +99,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir_path.mkdir(parents=True, exist_ok=True)
     _check_same_config(workdir_path, config)
     tc = config.train
+    export_dir = Path(tc.export_dir).absolute() if tc.export_dir else workdir_path / "model"
+    check_replaceable(export_dir)  # before the run, not after it: only our own is replaced
 
     dataset = data.load_dataset(config.data)
     network = build_network(config.model, dataset.image_shape, dataset.num_classes)
@@ -130,6 +167,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                             "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                             "learning_rate": float(schedule(step)),
                             "seconds": round(time.time() - started, 2)})
+            if not (np.isfinite(history[-1]["train_loss"]) and np.isfinite(val["loss"])):
+                # Diverged: fail now, before a checkpoint of the broken state is written.
+                _write_history(workdir_path, history)
+                check_learned(history, dataset.validation.labels, state.variables)
             checkpointer.save(state, history)
             _write_history(workdir_path, history)
             print(f"epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f} "
@@ -137,6 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                   f"acc {val['accuracy']:.4f}")
     finally:
         checkpointer.close()
+    check_learned(history, dataset.validation.labels, state.variables)
 
     test = evaluate(network, state.variables, mean, std, dataset.test,
                     int(tc.eval_batch_size), desc="test")
@@ -147,7 +189,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     metadata = {"model": config.model.to_dict(), "data": {"name": config.data.name},
                 "metrics": final, "config": json.loads(config.to_json())}
     model = BaseModel(network, jax.device_get(state.variables), mean, std, metadata)
-    export_dir = Path(tc.export_dir) if tc.export_dir else workdir_path / "model"
     save_base_model(export_dir, model)
     (workdir_path / "final_metrics.json").write_text(json.dumps(final, indent=2) + "\n")
     print(f"exported the model to {export_dir}")
