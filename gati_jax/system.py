@@ -13,7 +13,8 @@ from gati_jax.planner.costs import upgrade_profile
 from gati_jax.planner.plan import Plan, add_plan_manifest, load_plan, plan_deployment
 from gati_jax.runtime.deployment import Deployment
 from gati_jax.runtime.router import Router
-from gati_jax.training.checkpointing import add_base_model_manifest, load_base_model
+from gati_jax.training.checkpointing import (add_base_model_manifest, load_base_model,
+                                             seal_training_checkpoints)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,11 +82,15 @@ def add_manifest(path: str | Path, checkpoint: str | Path | None = None) -> str:
     """Adds a manifest to an artefact saved before artefacts carried one, leaving its other
     files as they are; returns what was done. Only for an artefact you trust.
 
-    ``path`` is a base model (model.json), a cache bank (bank.json), a plan (plan.json) or a
-    latency profile (a .json file); a bank or plan needs the base ``checkpoint`` it was made
+    ``path`` is a base model (model.json), a cache bank (bank.json), a plan (plan.json), a
+    latency profile (a .json file) or a folder of training checkpoints (WORKDIR/checkpoints); a bank or plan needs the base ``checkpoint`` it was made
     for, whose fingerprint it then records.
     """
     path = Path(path).absolute()
+    if path.is_dir() and any(p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists()
+                             for p in path.iterdir()):
+        steps = seal_training_checkpoints(path)
+        return f"training checkpoints {path}: sealed steps {steps or '(none: all were sealed)'}"
     if path.is_file():
         upgrade_profile(path)
         return f"latency profile {path}: format version and checksum added (or verified)"

@@ -245,3 +245,21 @@ def add_base_model_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     return write_manifest(directory, BASE_MODEL, BASE_MODEL_VERSION,
                           model_fingerprint=model_fingerprint(model),
                           input_range=[float(v) for v in model.input_range])
+
+
+def seal_training_checkpoints(directory: str | os.PathLike) -> list[int]:
+    """Seals the finished steps of a training-checkpoint folder written before steps carried
+    manifests, so a resume uses them instead of setting them aside; returns the steps sealed.
+    Only for a run you trust: orbax renames a step into place once it is complete, so a step
+    folder with orbax's commit marker holds a whole checkpoint."""
+    directory = Path(directory).absolute()
+    sealed = []
+    for path in sorted(directory.iterdir()) if directory.is_dir() else []:
+        if (path.is_dir() and path.name.isdigit() and not (path / MANIFEST).exists()
+                and (path / "_CHECKPOINT_METADATA").exists()):
+            write_manifest(path, TRAIN_CHECKPOINT, TRAIN_CHECKPOINT_VERSION, step=int(path.name))
+            sealed.append(int(path.name))
+    if not sealed and not any(p.name.isdigit() for p in directory.glob("*")):
+        raise FileNotFoundError(f"{directory} holds no training checkpoint steps")
+    return sealed
+
