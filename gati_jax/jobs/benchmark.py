@@ -29,8 +29,10 @@ from gati_jax.data.workloads import make_workload, workload_stats
 from gati_jax.evaluation import model_data_config
 from gati_jax.inference import BaseModel, predict_logits
 from gati_jax.experiments.kernel_profile import describe_kernel_profile, kernel_profile_ms
+from gati_jax.online import apparate as apparate_online
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
 from gati_jax.jobs.planning import knn_setup, plan_settings, run_planning
+from gati_jax.planner.apparate import RampSet
 from gati_jax.planner.plan import Plan, plan_deployment
 from gati_jax.planner.costs import (all_miss_kernels, all_miss_programs, measure_miss_overhead,
                                        plain_program)
@@ -47,10 +49,11 @@ from gati_jax.training.checkpointing import load_base_model
 
 POLICIES = ("none", "gati", "confidence", "entropy", "apparate", "knn", "oracle")
 ONLINE = "gati-online"  # the planned gati caches, learning online (config.online.enabled)
+APPARATE_ONLINE = apparate_online.NAME  # Apparate re-tuning while it serves (when listed)
 _WARMUP = 20  # requests routed untimed before each timed stream
 # Which planned (policy, method) serves each policy.
 _PLANNED = {"gati": ("gati", "joint"), "confidence": ("confidence", "joint"),
-            "entropy": ("entropy", "joint"), "apparate": ("apparate", "greedy")}
+            "entropy": ("entropy", "joint"), "apparate": ("apparate", "apparate")}
 # (the kNN baseline is planned too, ("knn", "joint"); its stores are rebuilt, not saved)
 
 
@@ -103,6 +106,17 @@ def contenders_from_plans(config: ml_collections.ConfigDict, model: BaseModel,
         window = int(config.online.window_bytes) * len(gati.deployment.positions)
         contenders[ONLINE] = dataclasses.replace(gati, name=ONLINE,
                                                  cache_bytes=gati.cache_bytes + window)
+    # --- apparate-online: every candidate ramp deployed (the planned ones active), its
+    # memory all of them and its window of audited scores.
+    if planned.get("apparate_ramps") is not None:
+        ramps = RampSet.from_json(planned["apparate_ramps"])
+        plan = contenders["apparate"].plan
+        deployment = apparate_online.ramp_deployment(bank, ramps, plan.positions,
+                                                     plan.thresholds)
+        window = int(config.online.apparate_window) * (9 * len(ramps.positions) + 1)
+        contenders[APPARATE_ONLINE] = Contender(APPARATE_ONLINE, deployment, plan,
+                                                int(sum(ramps.nbytes)) + window)
+    # --- end apparate-online
     return contenders
 
 
@@ -294,6 +308,9 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
     names = [*config.benchmark.policies]
     if ONLINE in contenders and "gati" in names:
         names.insert(names.index("gati") + 1, ONLINE)
+    if APPARATE_ONLINE in names and APPARATE_ONLINE not in contenders:  # an old plan.json
+        logging.warning(f"{APPARATE_ONLINE} not served: the plans hold no candidate ramps")
+        names.remove(APPARATE_ONLINE)
     contenders = {n: contenders[n] for n in names}
     learners = {}
     if ONLINE in contenders:
@@ -305,6 +322,11 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
         learners[ONLINE] = OnlineLearner(model, contenders[ONLINE].deployment, settings,
                                          int(config.serving.max_group),
                                          reference_images=reference)
+    if APPARATE_ONLINE in contenders:  # the same audit budget as gati-online
+        learners[APPARATE_ONLINE] = apparate_online.ApparateOnline(
+            model, contenders[APPARATE_ONLINE].deployment,
+            RampSet.from_json(planned["apparate_ramps"]),
+            apparate_online.ApparateSettings.from_config(config), int(config.serving.max_group))
     programs = batch1_programs(model, contenders, learners)
     misses = miss_overheads(model, contenders, 5 * int(config.planner.latency_repeats),
                             programs)
@@ -320,6 +342,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
     sweep = planned["sweep"]
     split = getattr(dataset, config.workload.split)
     rows, latencies, streams, windows, online, corrupted = [], {}, {}, {}, {}, {}
+    apparate_tunings: dict[str, Any] = {}
     compiled: dict[str, Router] = {}
     for name in config.benchmark.workloads:
         section = ml_collections.ConfigDict(config.workload.to_dict())
@@ -337,6 +360,8 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
                                int(config.benchmark.turn), learners, compiled)
         if ONLINE in results:
             online[name] = online_figures(results, name)
+        if APPARATE_ONLINE in results:  # what it tuned, first round
+            apparate_tunings[name] = results[APPARATE_ONLINE][0]["online"]
         windows[name] = {p: rs[0]["windows"] for p, rs in results.items()}
         rows.extend(benchmark_rows(name, results, contenders, misses))
         latencies[name] = {p: np.concatenate([r["latencies_ms"] for r in rs])
@@ -348,7 +373,8 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
                              int(config.benchmark.scaling_group))
     report = {"rows": rows, "workloads": streams, "sweep": sweep, "windows": windows,
               "device_scaling": scaling,
-              "online": online, "convolution_kernels": kernels,
+              "online": online, "apparate_online": apparate_tunings,
+              "convolution_kernels": kernels,
               "kernel_profile_ms": kernel_profile,
               "plans": {n: c.plan.to_json() for n, c in contenders.items() if c.plan},
               "settings": {"eps": float(config.planner.eps),
@@ -386,6 +412,11 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
     logging.info(f"serving throughput vs devices ({scaling_dep.policy}, closed loop, "
           f"{jax.devices()[0].platform}):")
     logging.info(format_table(scaling))
+    for name, summary in apparate_tunings.items():
+        logging.info(f"{APPARATE_ONLINE} on {name}: {summary['audited']} audited, "
+                     f"{summary['tunings']} tunings {summary['tuning_reasons']}, "
+                     f"{summary['ramp_changes']} ramp changes, ends at positions "
+                     f"{summary['final_positions']}")
     for name, figures in online.items():
         logging.info(f"online learning on {name}: " + ", ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"

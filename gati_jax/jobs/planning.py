@@ -23,7 +23,7 @@ from gati_jax.caches.recording import Recording, record_activations
 from gati_jax.config import validate_config
 from gati_jax.evaluation import model_data_config
 from gati_jax.inference import BaseModel
-from gati_jax.planner import search
+from gati_jax.planner import apparate, search
 from gati_jax.planner.build import (build_instance, build_knn_instance, knn_lookups, knn_stores,
                                     plan_candidates, policy_threshold, reprice)
 from gati_jax.planner.cost_check import check_cost_model, remeasured
@@ -38,10 +38,11 @@ from gati_jax.runtime.knn import KnnHead
 from gati_jax.tables import format_table
 from gati_jax.training.checkpointing import load_base_model
 
-# (policy, method): the instance's policy and the search; apparate is confidence ramps
-# tuned by Apparate's greedy search.
+# (policy, method): the instance's policy and the search; apparate is confidence ramps placed
+# and tuned as Apparate does (gati_jax/planner/apparate.py; the former all-ramps variant,
+# search.greedy on every position, is no longer planned).
 METHODS = (("gati", "joint"), ("gati", "single"), ("gati", "independent"), ("gati", "greedy"),
-           ("confidence", "joint"), ("entropy", "joint"), ("apparate", "greedy"),
+           ("confidence", "joint"), ("entropy", "joint"), ("apparate", "apparate"),
            ("knn", "joint"))
 
 
@@ -140,14 +141,20 @@ def miss_bound_of(planner: ml_collections.ConfigDict) -> float:
     return bound if bound >= 0 else float("inf")
 
 
-def _search(method: str, instance: Instance, starts: list) -> list:
+def _search(method: str, instance: Instance, starts: list,
+            planner: ml_collections.ConfigDict) -> list:
     if method == "joint":
         return search.joint(instance, starts=starts)
+    if method == "apparate":
+        return apparate.plan(instance, int(planner.apparate_ramps),
+                             float(planner.apparate_tail_budget))
     return search.METHODS[method](instance)
 
 
-def run_methods(instances: dict[str, tuple[Instance, Instance]], eps: float) -> list[Plan]:
-    """Every (policy, method) at one eps; ours is seeded with the comparators' gati plans."""
+def run_methods(instances: dict[str, tuple[Instance, Instance]], eps: float,
+                planner: ml_collections.ConfigDict) -> list[Plan]:
+    """Every (policy, method) at one eps; ours is seeded with the comparators' gati plans.
+    ``planner``: the config section (Apparate's ramp and tail budgets)."""
     plans: dict[tuple[str, str], Plan] = {}
     choices: dict[tuple[str, str], list] = {}
     order = sorted(METHODS, key=lambda m: m[1] == "joint")  # comparators first
@@ -157,7 +164,7 @@ def run_methods(instances: dict[str, tuple[Instance, Instance]], eps: float) -> 
         same = {policy, *(("confidence", "apparate") if policy in ("confidence", "apparate")
                           else ())}
         starts = [c for (p, m), c in choices.items() if p in same] if method == "joint" else []
-        found = _search(method, tuning, starts)
+        found = _search(method, tuning, starts, planner)
         choices[(policy, method)] = found
         plans[(policy, method)] = plan_from_choices(tuning, found, policy, method, test)
     return [plans[m] for m in METHODS]
@@ -213,8 +220,8 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
     started = time.time()
     workdir_path = Path(workdir).absolute()
     workdir_path.mkdir(parents=True, exist_ok=True)
-    bank = load_bank(bank_dir or workdir_path / "cache_bank")
     model = load_base_model(config.caches.checkpoint)
+    bank = load_bank(bank_dir or workdir_path / "cache_bank", model)  # made for this network
     dataset = data.load_dataset(model_data_config(model, config.data.data_dir))
     planning = record_planning_data(model, dataset, bank, int(config.caches.test_examples),
                                     int(config.caches.record_batch_size))
@@ -233,7 +240,7 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
         else:  # the profile changed, the requests did not
             instances = _per_pair(instances, lambda policy, i: reprice(
                 i, profile, "knn" if policy == "knn" else lookup_kind(policy)))
-        return instances, run_methods(instances, float(planner.eps))
+        return instances, run_methods(instances, float(planner.eps), planner)
     instances, plans = plan_all()
     # The winner's curse: plans favour lookups measured low. Until every lookup our plans
     # chose has a measurement taken after the choice, measure those again, measure the
@@ -264,7 +271,7 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
             # to the same bound (their one-lookup costs were profiled alike).
             instances = _per_pair(instances, lambda policy, i: dataclasses.replace(
                 i, miss_floors=floors))
-            plans = run_methods(instances, float(planner.eps))
+            plans = run_methods(instances, float(planner.eps), planner)
         return instances["gati"][0], _choices_of(plans[0], instances["gati"][0])
 
     def deploy_nothing() -> tuple[Instance, list]:
@@ -335,7 +342,8 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
 
     sweep = []
     for eps in sorted(set(float(e) for e in planner.sweep_eps) | {float(planner.eps)}):
-        for plan in (plans if eps == float(planner.eps) else run_methods(instances, eps)):
+        for plan in (plans if eps == float(planner.eps)
+                     else run_methods(instances, eps, planner)):
             sweep.append({"eps": eps, **_row(plan)})
 
     save_plan(workdir_path / "plan", chosen, bank)
@@ -344,6 +352,10 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
               "table": [_row(p) for p in plans], "exhaustive_check": small,
               "cost_check": check, "miss_check": miss_check, "sweep": sweep,
               "profile": profile.key,
+              # apparate-online's candidate ramps and their costs (gati_jax/online/apparate.py)
+              "apparate_ramps": apparate.RampSet.from_instance(
+                  instances["apparate"][0], int(planner.apparate_ramps),
+                  float(planner.apparate_tail_budget)).to_json(),
               "seconds": round(time.time() - started, 1)}
     (workdir_path / "plan.json").write_text(json.dumps(result, indent=1) + "\n")
     plot_plan_tradeoff(sweep, workdir_path / "plan_tradeoff.png")

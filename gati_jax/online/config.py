@@ -91,6 +91,40 @@ def online_config() -> ml_collections.ConfigDict:
     c.prior_window = 300
     # The shift is multiplied by this (1: the full Bayes correction, which costs agreement).
     c.prior_strength = 0.5
+    # apparate-online (gati_jax/online/apparate.py): Apparate re-tuning while it serves, fed
+    # by the same audit sample (audit_fraction, audit_group, audit_segments). In audited
+    # requests: the sliding window it tunes on (a tuning meets planner.eps on it at
+    # calibration_confidence, so it waits for a window that can certify that: 163 requests
+    # for eps 0.01 at 0.9), the fewest it tunes on, how often it checks the served agreement
+    # (a violation re-tunes; a repeated one closes the failing ramps), re-tunes anyway, and
+    # adjusts its ramps.
+    c.apparate_window = 300
+    c.apparate_min_window = 100
+    c.apparate_check = 10
+    c.apparate_retune_every = 50
+    c.apparate_ramp_every = 100
+    # Recency memory (gati_jax/online/recency.py): the first recency_positions deployed
+    # positions (0: none) also keep the keys of recently labelled requests (their activation
+    # pooled to recency_grid x recency_grid, unit length) with the base answers, at most
+    # recency_capacity of them (the oldest overwritten first); a lookup hits when its
+    # recency_neighbours nearest keys agree and the farthest of them is similar enough.
+    c.recency_positions = 1
+    c.recency_capacity = 256
+    c.recency_grid = 4
+    c.recency_neighbours = 8
+    # A label whose base answer had a top softmax probability below this is stored as
+    # unsure and vetoes hits near it (the base network's answer flickers there).
+    c.recency_min_base_prob = 0.8
+    # The memory's similarity threshold is the lowest whose would-be hits, over its last
+    # recency_outcomes labelled outcomes (weighted by the inverse of the probability that
+    # each was labelled), agree at recency_target on the Wilson lower bound at
+    # calibration_confidence, with at least min_evidence of them; its own accuracy guard
+    # defends the same target.
+    c.recency_target = 0.98
+    c.recency_outcomes = 1000
+    # New memory contents and thresholds are published to serving (packed and sent to the
+    # device in a background chunk) at most once per this many requests.
+    c.recency_publish_every = 4
     c.seed = 0
     return c
 
@@ -101,8 +135,19 @@ def validate_online(o: ml_collections.ConfigDict) -> None:
     require_at_least(o, "online", (
         "update_every", "max_backoff", "window_items", "max_lag", "steps_per_chunk",
         "audit_group", "audit_segments", "batch_size", "min_train", "min_holdout",
-        "guard_window", "guard_min_samples", "guard_recover_samples"), 1)
-    require_at_least(o, "online", ("seed", "min_evidence", "prior_window"), 0)
+        "guard_window", "guard_min_samples", "guard_recover_samples", "apparate_window",
+        "apparate_min_window", "apparate_check", "apparate_retune_every",
+        "apparate_ramp_every", "recency_capacity", "recency_grid", "recency_neighbours",
+        "recency_outcomes", "recency_publish_every"), 1)
+    require(int(o.apparate_min_window) <= int(o.apparate_window), "online.apparate_min_window",
+            o.apparate_min_window, "<= online.apparate_window")
+    require_at_least(o, "online", ("seed", "min_evidence", "prior_window", "recency_positions"),
+                     0)
+    require(int(o.recency_neighbours) <= int(o.recency_capacity), "online.recency_neighbours",
+            o.recency_neighbours, "<= online.recency_capacity")
+    require(0 <= o.recency_min_base_prob <= 1, "online.recency_min_base_prob",
+            o.recency_min_base_prob, "in [0, 1]")
+    require(0 < o.recency_target <= 1, "online.recency_target", o.recency_target, "in (0, 1]")
     require(0 <= o.prior_strength <= 1, "online.prior_strength", o.prior_strength,
             "in [0, 1]")
     require(0 <= o.audit_fraction <= 1, "online.audit_fraction", o.audit_fraction, "in [0, 1]")

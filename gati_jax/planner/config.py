@@ -22,6 +22,11 @@ def planner_config() -> ml_collections.ConfigDict:
     # plan deploys nothing (gati_jax/planner/miss_bound.py).
     c.max_miss_overhead = -1.0
     c.miss_rounds = 3
+    # Apparate (gati_jax/planner/apparate.py): the most ramps it deploys, and its tail
+    # budget, the most a request that exits nowhere may pay over the plain network as a
+    # fraction of it (max_miss_overhead, when set, holds as well).
+    c.apparate_ramps = 3
+    c.apparate_tail_budget = 0.05
     # Which explored candidates the planner may deploy: "frontier" (Pareto) or "all".
     c.candidates = "frontier"
     # Threshold levels per candidate (score quantiles on the tuning data).
@@ -67,5 +72,8 @@ def validate_planner(p: ml_collections.ConfigDict) -> None:
     require_at_least(p, "planner", ("grid", "exhaustive_positions", "exhaustive_grid",
                                     "group_size", "latency_repeats", "check_requests"), 1)
     require_at_least(p, "planner", ("confirm_rounds", "miss_rounds"), 0)
+    require_at_least(p, "planner", ("apparate_ramps",), 1)
+    require(p.apparate_tail_budget >= 0, "planner.apparate_tail_budget",
+            p.apparate_tail_budget, ">= 0")
     require(isinstance(p.max_miss_overhead, (int, float)), "planner.max_miss_overhead",
             p.max_miss_overhead, "a fraction (negative: no bound)")

@@ -14,9 +14,11 @@ always meets all three). Methods:
 - ``single``: the best plan with one deployed position.
 - ``independent``: every position deployed, each threshold tuned alone to precision 1 - eps on
   all tuning requests (how the GATI paper sets thresholds).
-- ``greedy``: Apparate's (SOSP'24) threshold tuning: every ramp deployed and closed, then
-  repeatedly open the ramp with the largest latency gain per accuracy loss by a step, halving
-  the step when no move fits the bound, until the step is below one grid level.
+- ``greedy``: a simplified Apparate-style (SOSP'24) threshold tuning: every ramp deployed
+  and closed, then repeatedly open the ramp with the largest latency gain per accuracy loss
+  by a step, halving the step when no move fits the bound, until the step is below one grid
+  level. Apparate itself (its placement, ramp budget and step search) is
+  gati_jax/planner/apparate.py.
 - ``exhaustive``: every combination (small instances only).
 """
 
@@ -319,7 +321,8 @@ def independent(instance: Instance) -> list[Choice]:
 
 
 def greedy(instance: Instance, ramps: Sequence[Choice] | None = None) -> list[Choice]:
-    """Apparate's greedy joint threshold search over deployed, initially closed, ramps.
+    """A simplified Apparate-style greedy threshold search over deployed, initially closed,
+    ramps (the faithful one: gati_jax/planner/apparate.py).
 
     ``ramps`` fixes which option serves at each position (default: ``independent``'s).
     Levels index each option's grid from the strictest threshold (level 1) to the most

@@ -32,6 +32,17 @@ def policy_names() -> tuple[str, ...]:
     return ("none", *available_policies())
 
 
+# What the benchmark serves besides the registered policies (benchmark.policies): Apparate
+# re-tuning while it serves (gati_jax/online/apparate.py). gati-online serves beside gati
+# whenever online.enabled.
+SERVED_VARIANTS = ("apparate-online",)
+
+
+def served_policy_names() -> tuple[str, ...]:
+    """Every name ``benchmark.policies`` may take: :func:`policy_names` and the variants."""
+    return (*policy_names(), *SERVED_VARIANTS)
+
+
 def validate_policy(p: ml_collections.ConfigDict, targets: tuple[float, ...]) -> None:
     """Checks the ``policy`` section against the calibrated ``caches.targets``."""
     names = policy_names()

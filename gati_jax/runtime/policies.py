@@ -80,8 +80,8 @@ def confidence(head: CacheHead) -> Decide:
 
 @register_policy("apparate")
 def apparate(head: CacheHead) -> Decide:
-    """Apparate's ramps: a max-softmax exit like ``confidence``; its thresholds come from
-    Apparate's greedy joint search (gati_jax/planner/search.py)."""
+    """Apparate's ramps: a max-softmax exit like ``confidence``; its ramps and thresholds come
+    from Apparate's placement and step search (gati_jax/planner/apparate.py)."""
     return confidence(head)
 
 

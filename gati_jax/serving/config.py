@@ -46,7 +46,8 @@ def benchmark_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # Every policy on every workload, each planned for planner.eps.
     c.workloads = ("uniform", "temporal", "shift")
-    c.policies = ("none", "gati", "confidence", "entropy", "apparate", "knn", "oracle")
+    c.policies = ("none", "gati", "confidence", "entropy", "apparate", "apparate-online", "knn",
+                  "oracle")
     # Rounds per (workload, policy), in rotating policy order; figures are medians over rounds.
     c.rounds = 3
     # With the virtual clock, policies serve interleaved, this many groups per turn.
@@ -62,9 +63,9 @@ def benchmark_config() -> ml_collections.ConfigDict:
 def validate_benchmark(b: ml_collections.ConfigDict) -> None:
     """Checks the ``benchmark`` section against the registered workloads and policies."""
     from gati_jax.data.workloads import available_workloads
-    from gati_jax.runtime.config import policy_names
+    from gati_jax.runtime.config import served_policy_names
 
-    known = policy_names()
+    known = served_policy_names()
     require(len(b.workloads) > 0 and all(w in available_workloads() for w in b.workloads),
             "benchmark.workloads", b.workloads, f"workloads among {available_workloads()}")
     require(len(b.policies) > 0 and all(p in known for p in b.policies) and "none" in b.policies,
