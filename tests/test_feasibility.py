@@ -39,3 +39,26 @@ def test_infeasible_message_names_the_minimum_and_the_remedies():
                    "planner.allow_infeasible"):
         assert remedy in text
     assert check_feasibility(5000, 0.01, 0.95).feasible
+
+
+def test_an_unreachable_bound_stops_the_main_job_before_any_work(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from gati_jax.config import ConfigError
+    from gati_jax.jobs.main_job import run_main_job
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("smoke", root / "configs/smoke.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.caches.checkpoint = str(root / "checkpoints/synthetic_mlp")
+    config.planner.eps = 0.01  # 250 tuning requests certify at best 0.0107 at 95%
+    with pytest.raises(ConfigError, match="needs at least 268 agreeing tuning requests"):
+        run_main_job(config, str(tmp_path / "run"))
+    # Nothing that would lock the work directory to this config was written.
+    assert not (tmp_path / "run" / "config.json").exists()
+    config.planner.allow_infeasible = True
+    from gati_jax.jobs.planning import check_bound_reachable
+    assert not check_bound_reachable(config.planner, 500).feasible

@@ -20,7 +20,7 @@ from gati_jax.training.checkpointing import load_base_model
 ROOT = Path(__file__).resolve().parents[1]
 ROW_KEYS = {"workload", "policy", "accuracy", "agreement", "mean_latency_ms", "p50_latency_ms",
             "p99_latency_ms", "throughput_rps", "speedup_vs_none", "oracle_fraction",
-            "hit_rate", "cache_bytes", "miss_overhead"}
+            "hit_rate", "cache_bytes", "miss_overhead", "feasible"}
 
 
 def smoke_config():

@@ -209,6 +209,11 @@ def miss_overheads(model: BaseModel, contenders: dict[str, Contender], rounds: i
                                 leave=False)}
 
 
+def _feasible(contender: Contender) -> bool:
+    plan = contender.plan
+    return True if plan is None else bool(plan.tuning.get("feasible", True))
+
+
 def benchmark_rows(workload_name: str, results: dict[str, list[dict]],
                    contenders: dict[str, Contender],
                    misses: dict[str, float]) -> list[dict[str, Any]]:
@@ -232,7 +237,9 @@ def benchmark_rows(workload_name: str, results: dict[str, list[dict]],
             "throughput_rps": float(np.median([r["throughput_rps"] for r in rounds])),
             "speedup_vs_none": s, "miss_overhead": misses[name],
             "oracle_fraction": (s - 1) / (oracle - 1) if oracle > 1 else float("nan"),
-            "hit_rate": first["hit_rate"], "cache_bytes": contenders[name].cache_bytes})
+            "hit_rate": first["hit_rate"], "cache_bytes": contenders[name].cache_bytes,
+            # Did its plan meet the bound on the tuning data? (none: nothing to meet)
+            "feasible": _feasible(contenders[name])})
     return rows
 
 

@@ -29,13 +29,13 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from gati_jax import sharding
+from gati_jax import data, sharding
 from gati_jax.atomic_dir import check_replaceable
 from gati_jax.config import ConfigError, validate_config
 from gati_jax.integrity import MANIFEST, file_sha256
 from gati_jax.jobs.benchmark import run_benchmark
 from gati_jax.jobs.exploration import run_exploration
-from gati_jax.jobs.planning import run_planning
+from gati_jax.jobs.planning import check_bound_reachable, run_planning
 from gati_jax.jobs.report import write_report
 from gati_jax.training.checkpointing import CheckpointError, base_model_fingerprint
 from gati_jax.jobs.train_base import train_and_evaluate
@@ -228,6 +228,10 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str,
                 f"the finished phases in {out} were made for the base network {made_for}, but "
                 f"{checkpoint} now holds the base network {now}; rerun with --redo=explore "
                 "(redo=['explore']) to make them again for it, or restore the original")
+    if start <= PHASES.index("plan"):
+        # Before minutes of exploration: can the tuning set certify the bound at all?
+        validation = data.load_dataset(config.data).validation
+        check_bound_reachable(config.planner, len(validation.labels))
     # The config a later load_system(workdir) reads the base checkpoint from.
     (out / "config.json").write_text(json.dumps(current, indent=1) + "\n")
 

@@ -20,13 +20,14 @@ import numpy as np
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank, load_bank
 from gati_jax.caches.recording import Recording, record_activations
-from gati_jax.config import validate_config
+from gati_jax.config import ConfigError, validate_config
 from gati_jax.evaluation import model_data_config
 from gati_jax.inference import BaseModel
 from gati_jax.planner import apparate, search
 from gati_jax.planner.build import (build_instance, build_knn_instance, knn_lookups, knn_stores,
                                     plan_candidates, policy_threshold, reprice)
 from gati_jax.planner.cost_check import check_cost_model, remeasured
+from gati_jax.planner.feasibility import Feasibility, check_feasibility
 from gati_jax.planner.instance import Instance, MissFloors, simulate
 from gati_jax.planner.miss_bound import hold_miss_bound
 from gati_jax.planner.plan import Plan, plan_deployment, plan_from_choices, save_plan
@@ -212,6 +213,25 @@ def _row(plan: Plan) -> dict[str, Any]:
             "feasible": t["feasible"]}
 
 
+def tuning_size(validation_size: int) -> int:
+    """Tuning requests the planner gets from a validation split of this size (its second
+    half; the first trains the selectors)."""
+    return validation_size - validation_size // 2
+
+
+def check_bound_reachable(planner: ml_collections.ConfigDict, validation_size: int
+                          ) -> Feasibility:
+    """Stops with one clear message when the tuning set cannot certify the bound (unless
+    ``planner.allow_infeasible``): planning on it would deploy nothing, silently."""
+    feasibility = check_feasibility(tuning_size(validation_size), float(planner.eps),
+                                    float(planner.confidence))
+    if not feasibility.feasible:
+        if not planner.allow_infeasible:
+            raise ConfigError(feasibility.message())
+        logging.warning(feasibility.message())
+    return feasibility
+
+
 def run_planning(config: ml_collections.ConfigDict, workdir: str,
                  bank_dir: str | None = None) -> dict[str, Any]:
     """Plans caches for every method, checks the cost model, saves the plan, prints tables."""
@@ -223,6 +243,7 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
     model = load_base_model(config.caches.checkpoint)
     bank = load_bank(bank_dir or workdir_path / "cache_bank", model)  # made for this network
     dataset = data.load_dataset(model_data_config(model, config.data.data_dir))
+    feasibility = check_bound_reachable(planner, len(dataset.validation.labels))
     planning = record_planning_data(model, dataset, bank, int(config.caches.test_examples),
                                     int(config.caches.record_batch_size))
     candidates = plan_candidates(bank, planner.candidates)
@@ -352,6 +373,8 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
               "table": [_row(p) for p in plans], "exhaustive_check": small,
               "cost_check": check, "miss_check": miss_check, "sweep": sweep,
               "profile": profile.key,
+              # What the tuning set can certify (gati_jax/planner/feasibility.py).
+              "feasibility": dataclasses.asdict(feasibility),
               # apparate-online's candidate ramps and their costs (gati_jax/online/apparate.py)
               "apparate_ramps": apparate.RampSet.from_instance(
                   instances["apparate"][0], int(planner.apparate_ramps),
