@@ -20,7 +20,7 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", "checkpoints/fashion_mnist_resne
 _BANK = flags.DEFINE_string("bank", "runs/explore/cache_bank", "Cache bank from explore_caches.")
 _PLAN = flags.DEFINE_string("plan", None, "A saved plan (plan_caches.py's WORKDIR/plan): its "
                             "caches too.")
-_SESSIONS = flags.DEFINE_integer("sessions", 3, "Measurement sessions of the routers.")
+_TRIALS = flags.DEFINE_integer("trials", 3, "Measurement trials of the routers.")
 _OUT = flags.DEFINE_string("out", "runs/bench_lookup.json", "Where to write the JSON.")
 
 
@@ -28,7 +28,7 @@ def main(argv: list[str]) -> None:
     del argv
     plan = plan_deployment(*load_plan(_PLAN.value)) if _PLAN.value else None
     result = benchmark_lookups(load_base_model(_CHECKPOINT.value), load_bank(_BANK.value), plan,
-                               _SESSIONS.value)
+                               _TRIALS.value)
     print_lookup_benchmark(result)
     with open(_OUT.value, "w") as f:
         json.dump(result, f, indent=1)

@@ -54,9 +54,9 @@ def test_profile_measures_stores_and_reuses(mlp, tmp_path, monkeypatch):
     monkeypatch.setattr(costs, "measure_prefixes", no_measuring)
     again = load_or_measure(path, mlp, lookups)
     assert again.lookup_s == profile.lookup_s and again.prefix_s == profile.prefix_s
-    # A lookup the profile lacks is measured, and only that one; the prefixes get a session.
-    sessions = len(profile.prefix_sessions)
-    assert sessions == 3  # before, halfway through and after the lookups
+    # A lookup the profile lacks is measured, and only that one; the prefixes get a trial.
+    trials = len(profile.prefix_trials)
+    assert trials == 3  # before, halfway through and after the lookups
     monkeypatch.setattr(costs, "measure_prefixes",
                         lambda model, g, r, rotate=0: list(profile.prefix_s))
     measured = []
@@ -67,7 +67,7 @@ def test_profile_measures_stores_and_reuses(mlp, tmp_path, monkeypatch):
     extra["gati/p1-other"] = lookups["gati/p1"]
     grown = load_or_measure(path, mlp, extra)
     assert measured == [1] and grown.lookup_s["gati/p1-other"] == 1e-4
-    assert len(grown.prefix_sessions) == sessions + 1
+    assert len(grown.prefix_trials) == trials + 1
     assert grown.exit_s["gati/p1-other"] == 2e-4
     # A profile from before exits were timed measures its lookups again.
     del grown.exit_s["gati/p0"]
@@ -192,34 +192,34 @@ def test_prefix_costs_are_made_non_decreasing():
 
 
 def test_prefixes_pool_sessions_in_units_of_their_whole_network(mlp, tmp_path, monkeypatch):
-    # A slow session (every program 1.5x) agrees with the first in ratios; an outlier
-    # session's stage 1 is outvoted; the scale stays the first session's.
-    sessions = [[1.0, 2.0, 4.0], [1.5, 3.0, 6.0], [1.0, 3.9, 4.0]]
-    assert costs.prefixes_from_sessions(sessions) == pytest.approx([1.0, 2.0, 4.0])
+    # A slow trial (every program 1.5x) agrees with the first in ratios; an outlier
+    # trial's stage 1 is outvoted; the scale stays the first trial's.
+    trials = [[1.0, 2.0, 4.0], [1.5, 3.0, 6.0], [1.0, 3.9, 4.0]]
+    assert costs.prefixes_from_trials(trials) == pytest.approx([1.0, 2.0, 4.0])
     # Ratios above the whole network are capped: the last prefix keeps the scale.
-    assert costs.prefixes_from_sessions([[1.0, 4.4, 4.0]]) == pytest.approx([1.0, 4.0, 4.0])
-    assert costs.prefixes_from_sessions([[1.0, 3.0, 2.5, 4.0]]) == pytest.approx(
+    assert costs.prefixes_from_trials([[1.0, 4.4, 4.0]]) == pytest.approx([1.0, 4.0, 4.0])
+    assert costs.prefixes_from_trials([[1.0, 3.0, 2.5, 4.0]]) == pytest.approx(
         [1.0, 2.75, 2.75, 4.0])
-    with pytest.raises(ValueError, match="no prefix sessions"):
-        costs.prefixes_from_sessions([])
-    # Sessions rotate the programs' order; a profile from before sessions is the first.
+    with pytest.raises(ValueError, match="no prefix trials"):
+        costs.prefixes_from_trials([])
+    # Trials rotate the programs' order; a profile from before trials is the first.
     rotations = []
     readings = iter([[2.0, 4.0], [3.0, 6.0]])
     monkeypatch.setattr(costs, "measure_prefixes", lambda model, g, r, rotate=0:
                         rotations.append(rotate) or next(readings))
     old = costs.Profile("cpu", "cpu", 1, "m", [1.0, 4.0], {})
-    costs.add_prefix_session(old, mlp, 30)
-    costs.add_prefix_session(old, mlp, 30)
-    assert rotations == [1, 2] and len(old.prefix_sessions) == 3
+    costs.add_prefix_trial(old, mlp, 30)
+    costs.add_prefix_trial(old, mlp, 30)
+    assert rotations == [1, 2] and len(old.prefix_trials) == 3
     assert old.prefix_s == pytest.approx([2.0, 4.0])  # median ratio 0.5 at scale 4
-    # A confirmation round adds a session.
+    # A confirmation round adds a trial.
     monkeypatch.setattr(costs, "measure_prefixes",
                         lambda model, g, r, rotate=0: [1.0, 4.0])
     monkeypatch.setattr(costs, "measure_cache_cost",
                         lambda *a, **k: costs.LookupCost(1e-4, 2e-4, 4.0))
     lookups = {k: v for k, v in _lookups(mlp).items() if k == "gati/p0"}
     costs.confirm_lookups(mlp, old, lookups, 1, 30)
-    assert len(old.prefix_sessions) == 4
+    assert len(old.prefix_trials) == 4
     # Rotation reorders the timed programs, never the result.
     order = []
     monkeypatch.undo()

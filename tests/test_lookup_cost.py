@@ -60,7 +60,7 @@ def test_both_pooling_forms_route_alike_and_every_cache_gets_figures():
     assert set(chained) == {"slices", "matrices"}
     assert all(len(v) == len(VARIANTS) and np.isfinite(v).all() for v in chained.values())
 
-    result = benchmark_lookups(model, bank, sessions=1, links=2, repeats=3, router_repeats=3)
+    result = benchmark_lookups(model, bank, trials=1, links=2, repeats=3, router_repeats=3)
     assert result["positions"] == list(VARIANTS)
     assert result["variants"] == list(VARIANTS.values())
     assert set(result["all_miss_overhead"]) == {"all_positions", "[0]", "[2]", "[3]"}

@@ -85,11 +85,11 @@ def all_miss_overheads(model: BaseModel, routed: dict[str, tuple[Deployment, Rou
 
 
 def benchmark_lookups(model: BaseModel, bank: CacheBank, plan: Deployment | None = None,
-                      sessions: int = 3, links: int = 20, repeats: int = 100,
+                      trials: int = 3, links: int = 20, repeats: int = 100,
                       router_repeats: int = 60) -> dict[str, Any]:
     """For the best cache at every position, in each pooling form: a lookup on its own and
     as served (routers of every cache, of each alone and of a gati ``plan``'s caches, all
-    missing); the routers' overheads in ``sessions`` sessions (this machine drifts)."""
+    missing); the routers' overheads in ``trials`` trials (this machine drifts)."""
     chosen = best_per_position(bank)
     best = deploy(bank, chosen)
     sets = {"all_positions": best,
@@ -107,7 +107,7 @@ def benchmark_lookups(model: BaseModel, bank: CacheBank, plan: Deployment | None
         for form in POOLING_FORMS:
             shaped = with_pooling(dep, form)
             routed[f"{name} {form}"] = (shaped, shaped.router(model, max_group=1))
-    rounds = [all_miss_overheads(model, routed, router_repeats) for _ in range(sessions)]
+    rounds = [all_miss_overheads(model, routed, router_repeats) for _ in range(trials)]
     out["all_miss_overhead"] = {
         name: {"positions": list(dep.positions),
                **{form: [r[f"{name} {form}"] for r in rounds] for form in POOLING_FORMS}}
@@ -128,7 +128,7 @@ def print_lookup_benchmark(result: dict[str, Any]) -> None:
                         for i, (p, v) in enumerate(zip(result["positions"],
                                                        result["variants"]))]))
     logging.info("\nrouters with every lookup missing, over the plain network (one column per "
-          "session, the median last):")
+          "trial, the median last):")
     rows = []
     for name, row in result["all_miss_overhead"].items():
         for form in POOLING_FORMS:

@@ -20,7 +20,7 @@ from gati_jax.planner.instance import router_charge
 from gati_jax.planner.costs import (LookupCost, RouterCharge, all_miss_kernels,
                                        all_miss_programs, charges_from, marginal_cost,
                                        measure_lookups, measure_prefixes, measure_router_charge,
-                                       plain_program, prefix_program, prefixes_from_sessions)
+                                       plain_program, prefix_program, prefixes_from_trials)
 from gati_jax.measure import measure_interleaved, stage_latencies
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
@@ -90,7 +90,7 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     lookup_s = [c.metrics["lookup_latency_s"] for c in best]
     # The planner's cost model: compiled prefixes, the router's charges (fixed, per cache), each
     # cache's marginal cost inside a router.
-    prefix_s = prefixes_from_sessions([measure_prefixes(model, 1, repeats)])
+    prefix_s = prefixes_from_trials([measure_prefixes(model, 1, repeats)])
     lookups = {str(p): (p, d, c.params, "gati") for p, d, c
                in zip(dep.positions, dep.decides(), best)}
     measured = {k: c.scaled(prefix_s[-1])

@@ -64,9 +64,9 @@ class Profile:
     # "kind/candidate key" -> seconds a request that exits at the lookup pays beyond the
     # stages it ran (see measure_cache_cost); absent where no threshold forces an exit.
     exit_s: dict[str, float] = dataclasses.field(default_factory=dict)
-    # Each session's raw stage-prefix timings; prefix_s is made of them (see
-    # add_prefix_session). Empty in profiles written before sessions: prefix_s is one.
-    prefix_sessions: list[list[float]] = dataclasses.field(default_factory=list)
+    # Each trial's raw stage-prefix timings; prefix_s is made of them (see
+    # add_prefix_trial). Empty in profiles written before trials: prefix_s is one.
+    prefix_trials: list[list[float]] = dataclasses.field(default_factory=list)
     # Lookup kind -> what every request pays per deployed lookup (see measure_router_charge).
     deploy_s: dict[str, float] = dataclasses.field(default_factory=dict)
     # Lookup kind -> the lookups of the router the charges were last measured on.
@@ -130,7 +130,7 @@ def _prefix_fn(model: BaseModel, stop: int):
 def prefix_program(model: BaseModel, stop: int):
     """Stages 0..``stop`` compiled as the profiles time them (base variables baked in); one
     program per model and stop, shared by every measurement (compiling them anew for each
-    session and lookup cost seconds per planning run)."""
+    trial and lookup cost seconds per planning run)."""
     programs = model.__dict__.setdefault("_prefix_programs", {})
     if stop not in programs:
         programs[stop] = jax.jit(_prefix_fn(model, stop))
@@ -148,34 +148,34 @@ def measure_prefixes(model: BaseModel, group_size: int, repeats: int,
     return [timed[p] for p in range(len(stages))]
 
 
-def prefixes_from_sessions(sessions: Sequence[Sequence[float]]) -> list[float]:
-    """Stage prefixes from several sessions' timings: per prefix, the median over sessions of
-    its time in units of the session's whole network, at the first session's scale, capped
+def prefixes_from_trials(trials: Sequence[Sequence[float]]) -> list[float]:
+    """Stage prefixes from several trials' timings: per prefix, the median over trials of
+    its time in units of the trial's whole network, at the first trial's scale, capped
     at the whole network and made non-decreasing in p.
 
-    A planner exploits a prefix measured low as it does a lookup, and one session is not
+    A planner exploits a prefix measured low as it does a lookup, and one trial is not
     enough: one profile timed the whole network 0.6 ms above stages 0..7 (0.28-0.39 ms in
     other runs), every early exit looked cheap and the cost model missed by 29%; another had
     stages 0..3 at 0.03 ms over stages 0..2, its plan sent 39% of requests out at position 3
-    and the model missed by 29%. A session's noise moves its prefixes together with its own
+    and the model missed by 29%. A trial's noise moves its prefixes together with its own
     whole network, so ratios are pooled, not seconds. Whatever noise is left that says a
     longer prefix costs less is pooled away (isotonic regression, :func:`monotone`). The
-    scale stays the first session's: lookups recorded earlier are at that scale.
+    scale stays the first trial's: lookups recorded earlier are at that scale.
     """
-    if not sessions:
-        raise ValueError("no prefix sessions to pool")
-    ratios = np.median([np.asarray(t, np.float64) / t[-1] for t in sessions], axis=0)
-    return monotone(list(float(sessions[0][-1]) * np.minimum(ratios, 1.0)))
+    if not trials:
+        raise ValueError("no prefix trials to pool")
+    ratios = np.median([np.asarray(t, np.float64) / t[-1] for t in trials], axis=0)
+    return monotone(list(float(trials[0][-1]) * np.minimum(ratios, 1.0)))
 
 
-def add_prefix_session(profile: "Profile", model: BaseModel, repeats: int) -> None:
-    """Times the stage prefixes once more (programs in an order rotated per session) and
-    rebuilds ``profile.prefix_s`` from every session."""
-    if not profile.prefix_sessions and profile.prefix_s:  # a profile from before sessions
-        profile.prefix_sessions = [list(profile.prefix_s)]
-    profile.prefix_sessions.append(measure_prefixes(model, profile.group_size, repeats,
-                                                    rotate=len(profile.prefix_sessions)))
-    profile.prefix_s = prefixes_from_sessions(profile.prefix_sessions)
+def add_prefix_trial(profile: "Profile", model: BaseModel, repeats: int) -> None:
+    """Times the stage prefixes once more (programs in an order rotated per trial) and
+    rebuilds ``profile.prefix_s`` from every trial."""
+    if not profile.prefix_trials and profile.prefix_s:  # a profile from before trials
+        profile.prefix_trials = [list(profile.prefix_s)]
+    profile.prefix_trials.append(measure_prefixes(model, profile.group_size, repeats,
+                                                    rotate=len(profile.prefix_trials)))
+    profile.prefix_s = prefixes_from_trials(profile.prefix_trials)
 
 
 def monotone(values: Sequence[float]) -> list[float]:
@@ -318,7 +318,7 @@ def measure_miss_overhead(model: BaseModel, deployment: Deployment, group_size: 
     """What a request that misses every lookup of ``deployment`` pays over the plain network,
     as a fraction of it: the router with no lookup hitting (:func:`all_miss_inputs`), timed
     in ``rounds`` alternating blocks with the plain compiled network, split in three
-    sessions (0 for a deployment of nothing). ``router``: another program serving the
+    trials (0 for a deployment of nothing). ``router``: another program serving the
     deployment (online learning's tapped one); default: the deployment's own."""
     if not deployment.positions:
         return 0.0
@@ -328,8 +328,8 @@ def measure_miss_overhead(model: BaseModel, deployment: Deployment, group_size: 
     plain = plain_program(model)
     fns = {"plain": lambda: plain(x),
            "router": lambda: router.compiled(deployment.params, never, x, rows)}
-    # Three sessions, the median of their ratios: a burst of noise that slows one program
-    # in one session (one plan read +19.9% after a larger one had read +17.9%) moves one
+    # Three trials, the median of their ratios: a burst of noise that slows one program
+    # in one trial (one plan read +19.9% after a larger one had read +17.9%) moves one
     # ratio, not the result.
     ratios = []
     for _ in range(3):
@@ -448,7 +448,7 @@ def confirm_lookups(model: BaseModel, profile: Profile,
                     repeats: int) -> dict[str, LookupCost]:
     """Measures lookups that plans chose once more; each entry (miss and exit) becomes the
     mean of its confirmation measurements (the first, pre-selection one is dropped), and the
-    stage prefixes get one more session. Returns the new lookup measurements.
+    stage prefixes get one more trial. Returns the new lookup measurements.
 
     A planner picks the caches whose costs look lowest, so the single measurement of a
     chosen cache is biased low (the winner's curse): a kNN store measured at 0.08 ms, where
@@ -466,8 +466,8 @@ def confirm_lookups(model: BaseModel, profile: Profile,
             k = n if key in table else 0
             table[key] = (table.get(key, 0.0) * k + seconds) / (k + 1)
         profile.confirmed[key] = n + 1
-    # The prefixes the plans exit after are chosen on their measurements too: one more session.
-    add_prefix_session(profile, model, repeats)
+    # The prefixes the plans exit after are chosen on their measurements too: one more trial.
+    add_prefix_trial(profile, model, repeats)
     return fresh
 
 
@@ -568,20 +568,23 @@ def load_or_measure(path: str | Path, model: BaseModel,
     profile = Profile(jax.default_backend(), jax.devices()[0].device_kind, int(group_size),
                       model_fingerprint(model), [], {})
     if profile.key in stored and not remeasure:
-        profile = Profile(**stored[profile.key])
+        entry = dict(stored[profile.key])
+        if "prefix_sessions" in entry:  # the field's earlier name
+            entry["prefix_trials"] = entry.pop("prefix_sessions")
+        profile = Profile(**entry)
     if not profile.prefix_s:
-        add_prefix_session(profile, model, repeats)
+        add_prefix_trial(profile, model, repeats)
     # Profiles written before exits were timed lack them: those lookups are measured anew.
     missing = {k: v for k, v in lookups.items() if k not in profile.lookup_s
                or (v[3] in _ALWAYS and k not in profile.exit_s)}
-    # The prefixes are timed again halfway through the lookups and after them: sessions
-    # spread over the minutes the lookups take, pooled (see prefixes_from_sessions).
+    # The prefixes are timed again halfway through the lookups and after them: trials
+    # spread over the minutes the lookups take, pooled (see prefixes_from_trials).
     keys = list(missing)
     for part in (keys[:len(keys) // 2], keys[len(keys) // 2:]):
         if part:
             record_lookups(profile, measure_lookups(model, {k: missing[k] for k in part},
                                                     group_size, repeats))
-            add_prefix_session(profile, model, repeats)
+            add_prefix_trial(profile, model, repeats)
     # Profiles from before the per-cache charge lack it: their charges are measured anew.
     for kind in sorted({k.split("/", 1)[0] for k in lookups} - set(profile.deploy_s)):
         of_kind = {k: v for k, v in lookups.items() if k.split("/", 1)[0] == kind}
