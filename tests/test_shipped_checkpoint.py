@@ -31,3 +31,23 @@ def test_shipped_checkpoint_reaches_92_percent_on_real_test_set():
     # The figure recorded at export time is the one we reproduce.
     assert result["accuracy"] == pytest.approx(model.metadata["metrics"]["test_accuracy"],
                                                abs=1e-3)
+
+
+def test_shipped_system_routes_out_of_the_box_from_any_directory(tmp_path, monkeypatch):
+    import numpy as np
+
+    import gati_jax
+    from gati_jax.inference import predict_logits
+
+    monkeypatch.chdir(tmp_path)  # paths must not depend on the current directory
+    system = gati_jax.load_system(CHECKPOINT, max_group=64)
+    dataset = data.load_dataset(base_config().data)
+    images = dataset.test.images[:64]
+    result = system.route(images.astype(np.float32))
+    base = np.argmax(predict_logits(system.model, images), -1)
+    last = system.model.network.num_stages - 1
+    assert set(np.unique(result.exit_stage)) <= {*system.plan.positions, last}
+    assert np.all(result.exit_stage[~result.hit] == last)
+    # Misses run the whole network and answer as it does; hits agree at the planned bound.
+    np.testing.assert_array_equal(result.answer[~result.hit], base[~result.hit])
+    assert result.hit.mean() > 0.3 and (result.answer == base).mean() >= 62 / 64
