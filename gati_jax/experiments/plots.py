@@ -309,3 +309,71 @@ def plot_stream_structure(streams: dict[str, Any], path: str | os.PathLike,
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=7, loc="upper right", markerscale=3)
     _save(fig, path)
+
+
+def plot_measured_tradeoff(rows: Sequence[dict[str, Any]], eps: float,
+                           path: str | os.PathLike) -> None:
+    """The headline: measured speedup over the plain network against agreement with it, one
+    point per policy and workload; the oracle's speedup is the bound (dashed), the planned
+    bound 1 - eps a line, and a plan that did not meet it on the tuning data a hollow point."""
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    policies = list(dict.fromkeys(r["policy"] for r in rows if r["policy"] != "oracle"))
+    fig, axes = _workload_panels(len(workloads), 4.2)
+    colors = {p: plt.cm.tab10(i % 10) for i, p in enumerate(policies)}
+    for ax, workload in zip(axes, workloads):
+        mine = [r for r in rows if r["workload"] == workload]
+        for row in mine:
+            if row["policy"] == "oracle":
+                ax.axvline(row["speedup_vs_none"], color="grey", ls="--", lw=1,
+                           label=f"oracle {row['speedup_vs_none']:.2f}x (bound)")
+                continue
+            feasible = bool(row.get("feasible", True))
+            color = colors[row["policy"]]
+            ax.scatter(row["speedup_vs_none"], row["agreement"], s=55, zorder=3,
+                       facecolors=color if feasible else "none", edgecolors=color,
+                       label=row["policy"] + ("" if feasible else " (infeasible plan)"))
+        ax.axhline(1 - eps, color="black", lw=0.8, alpha=0.6, label=f"bound 1 - eps = {1 - eps:g}")
+        ax.set_title(workload)
+        ax.set_xlabel("measured speedup over the plain network")
+        ax.set_ylabel("agreement with the base network")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    _save(fig, path)
+
+
+def exit_curve(fractions: dict[str, float], stage_s: Sequence[float]
+               ) -> tuple[list[float], list[float], float]:
+    """Cumulative cost (fraction of the plain network) at each exit, the fraction of requests
+    answered by then, and the mean cost in units of the plain network (misses pay all of it;
+    lookups are not counted: this is where requests leave, not what the router adds)."""
+    cumulative = np.cumsum(np.asarray(stage_s, np.float64))
+    total = float(cumulative[-1])
+    points = sorted((float(cumulative[int(p)] / total), float(f)) for p, f in fractions.items()
+                    if int(p) < len(cumulative) - 1 and f > 0)
+    xs = [0.0] + [x for x, _ in points] + [1.0]
+    ys = [0.0] + [float(y) for y in np.cumsum([f for _, f in points])] + [1.0]
+    mean_cost = sum(x * f for x, f in points) + (1.0 - sum(f for _, f in points))
+    return xs, ys, mean_cost
+
+
+def plot_exit_depth(exits: dict[str, dict[str, dict[str, float]]], stage_s: Sequence[float],
+                    path: str | os.PathLike) -> None:
+    """Where requests exit against how much of the network they ran: per workload and policy,
+    the fraction of requests answered (y) once this fraction of the plain network's latency
+    has run (x). A deep network's early positions sit near x = 0, which is where exits pay.
+
+    ``exits``: workload -> policy -> {position: fraction of requests exiting there};
+    ``stage_s``: each stage's latency, so position p costs sum(stage_s[:p + 1]) / total."""
+    fig, axes = _workload_panels(max(len(exits), 1), 4.2)
+    for ax, (workload, per_policy) in zip(axes, exits.items()):
+        for policy, fractions in per_policy.items():
+            xs, ys, mean_cost = exit_curve(fractions, stage_s)
+            ax.step(xs, ys, where="post", label=f"{policy} (mean cost {mean_cost:.2f})")
+        ax.set_title(workload)
+        ax.set_xlabel("cumulative cost: fraction of the plain network's latency run")
+        ax.set_ylabel("fraction of requests answered")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)

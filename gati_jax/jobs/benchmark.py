@@ -36,7 +36,8 @@ from gati_jax.planner.apparate import RampSet
 from gati_jax.planner.plan import Plan, plan_deployment
 from gati_jax.planner.costs import (all_miss_kernels, all_miss_programs, measure_miss_overhead,
                                        plain_program)
-from gati_jax.experiments.plots import plot_hit_rate_over_time, plot_latency_cdf, plot_plan_tradeoff
+from gati_jax.experiments.plots import (plot_exit_depth, plot_hit_rate_over_time,
+                                        plot_latency_cdf, plot_measured_tradeoff)
 from gati_jax.measure import describe_kernels
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
@@ -349,6 +350,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
     sweep = planned["sweep"]
     split = getattr(dataset, config.workload.split)
     rows, latencies, streams, windows, online, corrupted = [], {}, {}, {}, {}, {}
+    exits: dict[str, dict[str, dict[str, float]]] = {}  # workload -> policy -> position
     apparate_tunings: dict[str, Any] = {}
     compiled: dict[str, Router] = {}
     for name in config.benchmark.workloads:
@@ -370,6 +372,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
         if APPARATE_ONLINE in results:  # what it tuned, first round
             apparate_tunings[name] = results[APPARATE_ONLINE][0]["online"]
         windows[name] = {p: rs[0]["windows"] for p, rs in results.items()}
+        exits[name] = {p: rs[0]["hit_rate_per_position"] for p, rs in results.items()}
         rows.extend(benchmark_rows(name, results, contenders, misses))
         latencies[name] = {p: np.concatenate([r["latencies_ms"] for r in rs])
                            for p, rs in results.items()}
@@ -379,6 +382,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
                              tuple(int(d) for d in config.benchmark.device_counts),
                              int(config.benchmark.scaling_group))
     report = {"rows": rows, "workloads": streams, "sweep": sweep, "windows": windows,
+              "exits": exits, "stage_latency_s": list(bank.info["stage_latency_s"]),
               "device_scaling": scaling,
               "online": online, "apparate_online": apparate_tunings,
               "convolution_kernels": kernels,
@@ -407,7 +411,10 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
         plot_hit_rate_over_time({w: windows[w] for w in online},
                                 out / "online_hit_rate_over_time.png",
                                 policies=("gati", ONLINE), spans=spans)
-    plot_plan_tradeoff(sweep, out / "agreement_vs_speedup.png")
+    # The headline: what was measured, per policy and workload (the planner's predictions
+    # are plan_tradeoff.png, written by the planning job).
+    plot_measured_tradeoff(rows, float(config.planner.eps), out / "agreement_vs_speedup.png")
+    plot_exit_depth(exits, bank.info["stage_latency_s"], out / "exit_depth.png")
     for name, stats in streams.items():
         logging.info(f"{name}: P(same label as previous) {stats['p_same_as_previous']:.3f}, "
               f"window entropy {stats['mean_window_entropy_bits']:.2f} bits")
