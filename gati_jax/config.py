@@ -20,8 +20,8 @@ from gati_jax.models.config import model_config, validate_model
 from gati_jax.online.config import online_config, validate_online
 from gati_jax.planner.config import planner_config, validate_planner
 from gati_jax.runtime.config import policy_config, validate_policy
-from gati_jax.serving.config import (benchmark_config, serving_config, validate_benchmark,
-                                     validate_serving)
+from gati_jax.serving.config import (benchmark_config, server_config, serving_config,
+                                     validate_benchmark, validate_server, validate_serving)
 from gati_jax.training.config import train_config, validate_train
 
 __all__ = ["ConfigError", "base_config", "mesh_config", "validate_config"]
@@ -54,6 +54,7 @@ _SECTIONS = {
     "mesh": (mesh_config, lambda m: (require_at_least(m, "mesh", ("devices",), 0),
                                      require_at_least(m, "mesh", ("model_parallel",), 1))),
     "benchmark": (benchmark_config, validate_benchmark),
+    "server": (server_config, validate_server),
 }
 
 

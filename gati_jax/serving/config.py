@@ -1,5 +1,8 @@
-"""Config sections ``serving`` (how requests are grouped and timed) and ``benchmark`` (which
-policies serve which workloads side by side), with their validation."""
+"""Config sections ``serving`` (how requests are grouped and timed), ``benchmark`` (which
+policies serve which workloads side by side) and ``server`` (the network front end,
+gati_jax/serve: where it listens, how much it accepts, what it refuses), with their
+validation. Requests are grouped by ``serving.max_group`` and ``serving.max_wait_ms`` in the
+simulator and in the server alike."""
 
 from __future__ import annotations
 
@@ -73,3 +76,58 @@ def validate_benchmark(b: ml_collections.ConfigDict) -> None:
     require_at_least(b, "benchmark", ("rounds", "turn", "scaling_group", "scaling_requests"), 1)
     require(all(int(d) >= 1 for d in b.device_counts), "benchmark.device_counts",
             b.device_counts, "positive device counts")
+
+
+# What a server can serve from a plan: the plain network, the plan's own policy, or the
+# plan's gati caches learning online (the plan's policy must then be gati).
+SERVED_POLICIES = ("none", "plan", "gati-online")
+
+
+def server_config() -> ml_collections.ConfigDict:
+    """The ``server`` section (gati_jax/serve, scripts/serve.py, scripts/load_test.py)."""
+    c = ml_collections.ConfigDict()
+    # "none" (the plain network), "plan" or the plan's policy name (e.g. "gati": the plan as
+    # planned), or "gati-online" (the plan's gati caches, learning from the stream).
+    c.policy = "plan"
+    # Loopback by default: a server reachable from elsewhere is a choice (0.0.0.0).
+    c.host = "127.0.0.1"
+    c.port = 8000
+    # Connections the kernel holds until the server accepts them (capped by the kernel's
+    # net.core.somaxconn). While a group computes nothing is accepted; past the backlog a new
+    # connection's SYN is dropped and the client retries after a second: with 128 (asyncio's
+    # default), 325 connections of a 2x-overload run were dropped and waited 1-1.5 s.
+    c.backlog = 2048
+    # Images waiting to be grouped, at most; a request that would pass it is refused at once
+    # (503 with Retry-After), so a burst never grows the queue or the latency without limit.
+    # A request holding more images than this can never be served: 413.
+    c.max_queue = 256
+    # A request still waiting for its group this long after it arrived is refused then (503)
+    # rather than served late: every request is answered or refused within about this plus
+    # one group's compute, however slow the network or the machine.
+    c.max_queue_wait_ms = 250.0
+    # Largest request body accepted (413 beyond): 1 MiB holds a batch of ~1,300 28x28 images.
+    c.max_body_bytes = 1 << 20
+    # What a 503 asks the client to wait before retrying (Retry-After, whole seconds).
+    c.retry_after_s = 1
+    # Ray Serve (gati_jax/serve/ray_app.py, the `serve` extra): replicas of the deployment,
+    # and how often a gati-online replica fetches the learner's latest parameters.
+    c.num_replicas = 1
+    c.sync_every_s = 1.0
+    return c
+
+
+def validate_server(s: ml_collections.ConfigDict) -> None:
+    """Checks the ``server`` section (the policy against a plan is checked when serving)."""
+    require(isinstance(s.policy, str) and s.policy != "", "server.policy", s.policy,
+            f"one of {SERVED_POLICIES} or the plan's policy name")
+    require(isinstance(s.host, str) and s.host != "", "server.host", s.host,
+            "a host name or address")
+    require(0 <= int(s.port) <= 65535, "server.port", s.port,
+            "in [0, 65535] (0: any free port)")
+    require_at_least(s, "server", ("max_queue", "num_replicas", "backlog"), 1)
+    require(int(s.max_body_bytes) >= 1024, "server.max_body_bytes", s.max_body_bytes,
+            ">= 1024")
+    require(int(s.retry_after_s) >= 1, "server.retry_after_s", s.retry_after_s,
+            ">= 1 (whole seconds)")
+    require(s.sync_every_s > 0, "server.sync_every_s", s.sync_every_s, "> 0")
+    require(s.max_queue_wait_ms > 0, "server.max_queue_wait_ms", s.max_queue_wait_ms, "> 0")
