@@ -1,6 +1,6 @@
 """The side-by-side benchmark on the shipped Fashion-MNIST ResNet-18: every policy planned for
-eps = 0.01, on uniform, temporal and shift streams of test requests, open-loop arrivals served as they
-queue (the defaults); plus the eps sweep of the agreement-vs-speedup plot."""
+eps = 0.01, on uniform, temporal and shift streams of test requests, open-loop arrivals served
+as they queue (the defaults); plus the eps sweep of the agreement-vs-speedup plot."""
 
 from gati_jax.config import base_config
 

@@ -8,7 +8,8 @@ from pathlib import Path
 def _synthetic_mlp():
     # Config files are loaded by path, not as a package: load the sibling the same way.
     spec = importlib.util.spec_from_file_location(
-        "synthetic_mlp", Path(__file__).with_name("synthetic_mlp.py"))
+        "synthetic_mlp", Path(__file__).with_name("synthetic_mlp.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -17,11 +17,13 @@ def get_config(bound: str = "0.10"):
     try:
         value = float(bound)
     except ValueError:
-        raise ValueError(f"configs/bounded_miss.py takes a fraction, e.g. ':0.10', got "
-                         f"{bound!r}") from None
+        raise ValueError(
+            f"configs/bounded_miss.py takes a fraction, e.g. ':0.10', got {bound!r}"
+        ) from None
     if not 0 <= value < 10:
-        raise ValueError(f"configs/bounded_miss.py: the bound must be a fraction in [0, 10), "
-                         f"got {value}")
+        raise ValueError(
+            f"configs/bounded_miss.py: the bound must be a fraction in [0, 10), got {value}"
+        )
     config = base_config()
     config.planner.max_miss_overhead = value
     return config

@@ -23,14 +23,17 @@ def check_replaceable(directory: str | os.PathLike) -> None:
     if not directory.exists() and not directory.is_symlink():
         return
     if directory.is_symlink() or not directory.is_dir():
-        raise FileExistsError(f"{directory} exists and is not a directory gati_jax wrote; "
-                              "nothing was replaced: choose another output path")
+        raise FileExistsError(
+            f"{directory} exists and is not a directory gati_jax wrote; "
+            "nothing was replaced: choose another output path"
+        )
     if any(directory.iterdir()) and not is_project_directory(directory):
         raise FileExistsError(
             f"{directory} is not empty and holds no gati_jax {MANIFEST} (gati_jax did not "
             "write it, or wrote it before outputs carried manifests), so it will not be "
             "replaced (nothing was deleted): choose another output path, or move that "
-            "directory away first")
+            "directory away first"
+        )
 
 
 def _umask() -> int:

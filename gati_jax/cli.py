@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging as py_logging
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from absl import app, flags, logging
 
@@ -17,8 +17,14 @@ from gati_jax.training.checkpointing import CheckpointError
 
 # Problems in the user's command, config, data or artefacts: the message names the cause.
 # OSError covers a config file that cannot be loaded, a missing folder, a full disk.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, IntegrityError,
-                                                DataNotFoundError, TrainingError, OSError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    CheckpointError,
+    IntegrityError,
+    DataNotFoundError,
+    TrainingError,
+    OSError,
+)
 
 
 class _LibraryInfoFilter(py_logging.Filter):

@@ -14,14 +14,26 @@ import ml_collections
 
 from gati_jax.caches.config import caches_config, validate_caches
 from gati_jax.config_checks import ConfigError, require_at_least, require_finite
-from gati_jax.data.config import (augment_config, data_config, validate_augment, validate_data,
-                                  validate_workload, workload_config)
+from gati_jax.data.config import (
+    augment_config,
+    data_config,
+    validate_augment,
+    validate_data,
+    validate_workload,
+    workload_config,
+)
 from gati_jax.models.config import model_config, validate_model
 from gati_jax.online.config import online_config, validate_online
 from gati_jax.planner.config import planner_config, validate_planner
 from gati_jax.runtime.config import policy_config, validate_policy
-from gati_jax.serving.config import (benchmark_config, server_config, serving_config,
-                                     validate_benchmark, validate_server, validate_serving)
+from gati_jax.serving.config import (
+    benchmark_config,
+    server_config,
+    serving_config,
+    validate_benchmark,
+    validate_server,
+    validate_serving,
+)
 from gati_jax.training.config import train_config, validate_train
 
 __all__ = ["ConfigError", "base_config", "mesh_config", "validate_config"]
@@ -51,8 +63,13 @@ _SECTIONS = {
     "workload": (workload_config, validate_workload),
     "serving": (serving_config, validate_serving),
     "online": (online_config, validate_online),
-    "mesh": (mesh_config, lambda m: (require_at_least(m, "mesh", ("devices",), 0),
-                                     require_at_least(m, "mesh", ("model_parallel",), 1))),
+    "mesh": (
+        mesh_config,
+        lambda m: (
+            require_at_least(m, "mesh", ("devices",), 0),
+            require_at_least(m, "mesh", ("model_parallel",), 1),
+        ),
+    ),
     "benchmark": (benchmark_config, validate_benchmark),
     "server": (server_config, validate_server),
 }
@@ -68,13 +85,15 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
-def _check_keys(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
-                prefix: str) -> None:
+def _check_keys(
+    config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict, prefix: str
+) -> None:
     for key in config.keys():
         path = f"{prefix}{key}"
         if key not in schema:
             raise ConfigError(
-                f"unknown config key '{path}'; known keys here: {sorted(schema.keys())}")
+                f"unknown config key '{path}'; known keys here: {sorted(schema.keys())}"
+            )
         if isinstance(schema[key], ml_collections.ConfigDict):
             if not isinstance(config[key], ml_collections.ConfigDict):
                 raise ConfigError(f"config key '{path}' must be a section, got {config[key]!r}")

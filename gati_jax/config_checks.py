@@ -18,8 +18,9 @@ def require(condition: bool, key: str, value: Any, expectation: str) -> None:
         raise ConfigError(f"invalid config value {key}={value!r}: {expectation}")
 
 
-def require_at_least(section: ml_collections.ConfigDict, prefix: str, keys: tuple[str, ...],
-                     low: int) -> None:
+def require_at_least(
+    section: ml_collections.ConfigDict, prefix: str, keys: tuple[str, ...], low: int
+) -> None:
     """Each of ``keys`` in ``section`` is an integer >= ``low``."""
     for key in keys:
         require(int(section[key]) >= low, f"{prefix}.{key}", section[key], f">= {low}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +20,15 @@ from gati_jax.input_checks import PIXEL_RANGE, check_images
 from gati_jax.models import StagedNetwork, Variables
 
 
-def eval_step(network: StagedNetwork, variables: dict[str, Any], images: jax.Array,
-              labels: jax.Array, mask: jax.Array, mean: jax.Array,
-              std: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def eval_step(
+    network: StagedNetwork,
+    variables: dict[str, Any],
+    images: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    mean: jax.Array,
+    std: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Returns (loss sum, correct count, logits) over the rows of a padded batch where mask is 1."""
     logits = network.apply(variables, data.normalize(images, mean, std))
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -43,21 +50,28 @@ class BaseModel:
     std: np.ndarray
     metadata: dict[str, Any]
     input_range: tuple[float, float] = PIXEL_RANGE
-    source: str = ""        # the directory it was loaded from ("" when built in memory)
+    source: str = ""  # the directory it was loaded from ("" when built in memory)
 
 
 def model_fingerprint(model: BaseModel) -> str:
     """A short hash of what decides the base network's answers: its architecture, input
     shape, classes, normalisation, input range and every byte of its variables (not where it
     was loaded from, nor metadata such as its metrics)."""
-    digest = hashlib.sha256(json.dumps({
-        "network": model.network.name, "model": model.metadata.get("model"),
-        "input_shape": list(model.network.input_shape),
-        "num_classes": int(model.network.num_classes),
-        "mean": np.asarray(model.mean, np.float32).tolist(),
-        "std": np.asarray(model.std, np.float32).tolist(),
-        "input_range": [float(v) for v in model.input_range]},
-        sort_keys=True, default=str).encode())
+    digest = hashlib.sha256(
+        json.dumps(
+            {
+                "network": model.network.name,
+                "model": model.metadata.get("model"),
+                "input_shape": list(model.network.input_shape),
+                "num_classes": int(model.network.num_classes),
+                "mean": np.asarray(model.mean, np.float32).tolist(),
+                "std": np.asarray(model.std, np.float32).tolist(),
+                "input_range": [float(v) for v in model.input_range],
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     for path, leaf in jax.tree_util.tree_flatten_with_path(model.variables)[0]:
         array = np.asarray(leaf)
         digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape}".encode())
@@ -65,11 +79,12 @@ def model_fingerprint(model: BaseModel) -> str:
     return digest.hexdigest()[:12]
 
 
-def padded_batches(images: np.ndarray, labels: np.ndarray,
-                   batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+def padded_batches(
+    images: np.ndarray, labels: np.ndarray, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
     """Yields fixed-size batches (the last one zero-padded) with a validity mask and row count."""
     for start in range(0, len(images), batch_size):
-        chunk, chunk_labels = images[start:start + batch_size], labels[start:start + batch_size]
+        chunk, chunk_labels = images[start : start + batch_size], labels[start : start + batch_size]
         rows = len(chunk)
         # One shape for every batch means one compilation.
         pad = batch_size - rows
@@ -79,16 +94,24 @@ def padded_batches(images: np.ndarray, labels: np.ndarray,
         yield chunk, chunk_labels, np.arange(batch_size) < rows, rows
 
 
-def evaluate(network: StagedNetwork, variables: Variables, mean: np.ndarray, std: np.ndarray,
-             split: Split, batch_size: int = 500, desc: str = "eval") -> dict[str, float]:
+def evaluate(
+    network: StagedNetwork,
+    variables: Variables,
+    mean: np.ndarray,
+    std: np.ndarray,
+    split: Split,
+    batch_size: int = 500,
+    desc: str = "eval",
+) -> dict[str, float]:
     """Mean loss and accuracy of the network over a split (inference mode)."""
     if len(split.images) == 0:
         raise ValueError(f"cannot evaluate on an empty split ({desc})")
     loss_sum, correct = 0.0, 0
     batch_size = min(batch_size, len(split.images))
     total = -(-len(split.images) // batch_size)
-    for images, labels, mask, _ in tqdm(padded_batches(split.images, split.labels, batch_size),
-                                        total=total, desc=desc, leave=False):
+    for images, labels, mask, _ in tqdm(
+        padded_batches(split.images, split.labels, batch_size), total=total, desc=desc, leave=False
+    ):
         loss, hits, _ = _eval_step(network, variables, images, labels, mask, mean, std)
         loss_sum += float(loss)
         correct += int(hits)
@@ -104,7 +127,8 @@ def predict_logits(model: BaseModel, images: np.ndarray, batch_size: int = 500) 
     labels = np.zeros((len(images),), np.int32)
     out = []
     for chunk, chunk_labels, mask, rows in padded_batches(images, labels, batch_size):
-        _, _, logits = _eval_step(model.network, model.variables, chunk, chunk_labels, mask,
-                                  model.mean, model.std)
+        _, _, logits = _eval_step(
+            model.network, model.variables, chunk, chunk_labels, mask, model.mean, model.std
+        )
         out.append(np.asarray(logits)[:rows])
     return np.concatenate(out)

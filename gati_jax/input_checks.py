@@ -10,9 +10,12 @@ import numpy as np
 PIXEL_RANGE = (0.0, 255.0)
 
 
-def check_images(images: np.ndarray, image_shape: tuple[int, int, int],
-                 value_range: tuple[float, float] | None = None,
-                 clip: bool = False) -> np.ndarray:
+def check_images(
+    images: np.ndarray,
+    image_shape: tuple[int, int, int],
+    value_range: tuple[float, float] | None = None,
+    clip: bool = False,
+) -> np.ndarray:
     """Validates a batch of raw images (N, H, W, C), uint8 or float; returns it.
 
     Floating-point images are returned as float32 (the precision the network computes in),
@@ -24,8 +27,10 @@ def check_images(images: np.ndarray, image_shape: tuple[int, int, int],
         raise TypeError(f"images must be an array, got {type(images).__name__}")
     images = np.asarray(images)
     if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape):
-        raise ValueError(f"images must have shape (batch, {', '.join(map(str, image_shape))}), "
-                         f"got {images.shape}")
+        raise ValueError(
+            f"images must have shape (batch, {', '.join(map(str, image_shape))}), "
+            f"got {images.shape}"
+        )
     if images.shape[0] == 0:
         raise ValueError("empty batch: at least one image is needed")
     if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
@@ -35,16 +40,17 @@ def check_images(images: np.ndarray, image_shape: tuple[int, int, int],
             images = images.astype(np.float32, copy=False)
         if not np.all(np.isfinite(images)):
             bad = int(np.count_nonzero(~np.isfinite(images).reshape(len(images), -1).all(axis=1)))
-            raise ValueError(f"images contain NaN or Inf values ({bad} of {len(images)} "
-                             "images) after the cast to float32 (float64 values beyond its "
-                             "range become Inf)")
+            raise ValueError(
+                f"images contain NaN or Inf values ({bad} of {len(images)} "
+                "images) after the cast to float32 (float64 values beyond its "
+                "range become Inf)"
+            )
     if value_range is not None:
         images = _check_range(images, value_range, clip)
     return images
 
 
-def _check_range(images: np.ndarray, value_range: tuple[float, float],
-                 clip: bool) -> np.ndarray:
+def _check_range(images: np.ndarray, value_range: tuple[float, float], clip: bool) -> np.ndarray:
     low, high = float(value_range[0]), float(value_range[1])
     if images.dtype == np.uint8 and low <= 0 and high >= 255:
         return images  # every uint8 value lies in the range
@@ -58,4 +64,5 @@ def _check_range(images: np.ndarray, value_range: tuple[float, float],
     raise ValueError(
         f"images hold values outside [{low:g}, {high:g}], the range the base network was "
         f"trained on (raw pixel values): min {smallest:g}, max {largest:g} ({bad} of "
-        f"{len(images)} images); send raw pixels, or clip them (clip_inputs=True)")
+        f"{len(images)} images); send raw pixels, or clip them (clip_inputs=True)"
+    )

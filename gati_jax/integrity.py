@@ -38,23 +38,29 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def json_sha256(value: Any) -> str:
     """The sha256 of a JSON value in canonical form (sorted keys, no spaces)."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"))
-                          .encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 def _files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*")
-                  if p.is_file() and not p.is_symlink() and p != directory / MANIFEST)
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and not p.is_symlink() and p != directory / MANIFEST
+    )
 
 
-def write_manifest(directory: str | os.PathLike, kind: str, version: int,
-                   **facts: Any) -> dict[str, Any]:
+def write_manifest(
+    directory: str | os.PathLike, kind: str, version: int, **facts: Any
+) -> dict[str, Any]:
     """Hashes every file under ``directory`` and writes ``directory/manifest.json`` (last,
     atomically); ``facts`` (JSON values) are recorded beside the hashes. Returns it."""
     directory = Path(directory)
-    files = {p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size,
-                                                    "sha256": file_sha256(p)}
-             for p in _files(directory)}
+    files = {
+        p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+        for p in _files(directory)
+    }
     body = {"format": _PREFIX + kind, "version": int(version), **facts, "files": files}
     manifest = dict(body, manifest_sha256=json_sha256(body))
     tmp = directory / (MANIFEST + ".tmp")
@@ -72,8 +78,9 @@ def is_project_directory(directory: str | os.PathLike) -> bool:
         return False
 
 
-def read_manifest(directory: str | os.PathLike, kind: str, version: int,
-                  how_to_add: str = "") -> dict[str, Any]:
+def read_manifest(
+    directory: str | os.PathLike, kind: str, version: int, how_to_add: str = ""
+) -> dict[str, Any]:
     """The manifest of a ``kind`` artefact, checked for format, version and its own hash
     (the files are not read: see :func:`verify_manifest`)."""
     directory = Path(directory)
@@ -82,7 +89,8 @@ def read_manifest(directory: str | os.PathLike, kind: str, version: int,
         raise IntegrityError(
             f"{directory} has no {MANIFEST}: it was not written by gati_jax, or by a version "
             f"before artefacts carried manifests, so its files cannot be checked"
-            + (f"; if you trust it, {how_to_add}" if how_to_add else ""))
+            + (f"; if you trust it, {how_to_add}" if how_to_add else "")
+        )
     try:
         manifest = json.loads(path.read_text())
         body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
@@ -95,17 +103,20 @@ def read_manifest(directory: str | os.PathLike, kind: str, version: int,
     if json_sha256(body) != recorded:
         raise IntegrityError(f"{path} is corrupt: its contents do not match its own checksum")
     if manifest.get("format") != _PREFIX + kind:
-        raise IntegrityError(f"{directory} holds a {manifest.get('format')!r} artefact, "
-                             f"not a {_PREFIX + kind!r}")
+        raise IntegrityError(
+            f"{directory} holds a {manifest.get('format')!r} artefact, not a {_PREFIX + kind!r}"
+        )
     if not isinstance(manifest.get("version"), int) or manifest["version"] > version:
         raise IntegrityError(
             f"{path}: format version {manifest.get('version')!r} of {kind} is newer than this "
-            f"gati_jax reads ({version}); update gati_jax")
+            f"gati_jax reads ({version}); update gati_jax"
+        )
     return manifest
 
 
-def verify_manifest(directory: str | os.PathLike, kind: str, version: int,
-                    how_to_add: str = "") -> dict[str, Any]:
+def verify_manifest(
+    directory: str | os.PathLike, kind: str, version: int, how_to_add: str = ""
+) -> dict[str, Any]:
     """Reads the manifest (:func:`read_manifest`) and checks every file it lists: present,
     of the recorded size, of the recorded sha256. Raises :class:`IntegrityError` naming the
     first file that fails; returns the manifest."""
@@ -114,35 +125,49 @@ def verify_manifest(directory: str | os.PathLike, kind: str, version: int,
     for name, entry in sorted(manifest["files"].items()):
         relative = Path(name)
         if relative.is_absolute() or ".." in relative.parts:
-            raise IntegrityError(f"{directory / MANIFEST} is corrupt: it lists {name!r}, "
-                                 "outside the artefact")
+            raise IntegrityError(
+                f"{directory / MANIFEST} is corrupt: it lists {name!r}, outside the artefact"
+            )
         path = directory / relative
         if not path.is_file():
-            raise IntegrityError(f"{path} is missing: the {kind.replace('_', ' ')} at "
-                                 f"{directory} is incomplete (its {MANIFEST} lists the file)")
+            raise IntegrityError(
+                f"{path} is missing: the {kind.replace('_', ' ')} at "
+                f"{directory} is incomplete (its {MANIFEST} lists the file)"
+            )
         size = path.stat().st_size
         if size != entry.get("bytes"):
-            raise IntegrityError(f"{path} is truncated or altered: {size} bytes where "
-                                 f"{MANIFEST} records {entry.get('bytes')}")
+            raise IntegrityError(
+                f"{path} is truncated or altered: {size} bytes where "
+                f"{MANIFEST} records {entry.get('bytes')}"
+            )
         digest = file_sha256(path)
         if digest != entry.get("sha256"):
-            raise IntegrityError(f"{path} is corrupt: its sha256 {digest[:16]}... differs from "
-                                 f"the {str(entry.get('sha256'))[:16]}... {MANIFEST} records")
+            raise IntegrityError(
+                f"{path} is corrupt: its sha256 {digest[:16]}... differs from "
+                f"the {str(entry.get('sha256'))[:16]}... {MANIFEST} records"
+            )
     return manifest
 
 
-def check_same_network(what: str, where: str | os.PathLike, made_for: str | None,
-                       made_for_path: str | None, fingerprint: str,
-                       path: str | None) -> None:
+def check_same_network(
+    what: str,
+    where: str | os.PathLike,
+    made_for: str | None,
+    made_for_path: str | None,
+    fingerprint: str,
+    path: str | None,
+) -> None:
     """Refuses an artefact made for another base network, naming both networks."""
     if not made_for:
         raise IntegrityError(
             f"the {what} at {where} records no base network fingerprint (made before "
             "fingerprints were recorded), so it cannot be checked against the base network "
-            f"{fingerprint} ({path or 'in memory'}); make it again")
+            f"{fingerprint} ({path or 'in memory'}); make it again"
+        )
     if made_for != fingerprint:
         raise IntegrityError(
             f"the {what} at {where} was made for the base network {made_for} "
             f"({made_for_path or 'path unknown'}), not for the one given, {fingerprint} "
             f"({path or 'in memory'}); use the base network it was made for, or make it "
-            "again for this one")
+            "again for this one"
+        )

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 
 
-def measure_latency(fn: Callable[..., Any], *args: Any, repeats: int = 50,
-                    warmup: int = 5) -> float:
+def measure_latency(
+    fn: Callable[..., Any], *args: Any, repeats: int = 50, warmup: int = 5
+) -> float:
     """Median wall time in seconds of ``fn(*args)`` (already jitted), after warm-up."""
     return measure_interleaved({"fn": lambda: fn(*args)}, repeats, warmup)["fn"]
 
 
-def measure_interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 50,
-                        warmup: int = 5, block: int = 1) -> dict[str, float]:
+def measure_interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int = 50, warmup: int = 5, block: int = 1
+) -> dict[str, float]:
     """Median seconds of each zero-argument function, timed in alternating rounds.
 
     Alternating puts every function under the same machine noise, so their ratios hold even
@@ -29,12 +32,12 @@ def measure_interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 50,
     for fn in fns.values():
         for _ in range(warmup):
             jax.block_until_ready(fn())
-    return {name: float(np.median(t)) for name, t in interleaved_times(fns, repeats,
-                                                                        block).items()}
+    return {name: float(np.median(t)) for name, t in interleaved_times(fns, repeats, block).items()}
 
 
-def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, block: int = 1
-                      ) -> dict[str, list[float]]:
+def interleaved_times(
+    fns: dict[str, Callable[[], Any]], repeats: int, block: int = 1
+) -> dict[str, list[float]]:
     """Every call's seconds, in the order of :func:`measure_interleaved` (``repeats`` rounds,
     each calling every function ``block`` times in a row, in ``fns``' order), no warm-up."""
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -59,8 +62,7 @@ _LIBRARY_FUSION = re.compile(r'calls=%([\w.\-]+).*"kind":"__(?:ynn|xnn|onednn)_f
 _CALLED = re.compile(r"(?:calls|to_apply)=%([\w.\-]+)")
 
 
-def convolution_kernels(hlo_text: str, skip_scope: str | None = "Predictor"
-                        ) -> dict[str, int]:
+def convolution_kernels(hlo_text: str, skip_scope: str | None = "Predictor") -> dict[str, int]:
     """How a compiled CPU program (``compiled.as_text()``) runs its convolutions: in how many
     library fusions (YNNPACK, XNNPACK, oneDNN), how many convolutions inside them, how many
     in all. Convolutions whose op name lies in module ``skip_scope`` (the caches'
@@ -93,8 +95,12 @@ def convolution_kernels(hlo_text: str, skip_scope: str | None = "Predictor"
 
     count = {c: sum(map(counted, lines)) for c, lines in computations.items()}
     inside = []
-    for fusion in (m.group(1) for lines in computations.values() for line in lines
-                   if (m := _LIBRARY_FUSION.search(line))):
+    for fusion in (
+        m.group(1)
+        for lines in computations.values()
+        for line in lines
+        if (m := _LIBRARY_FUSION.search(line))
+    ):
         # The fusion's computation and whatever it calls in turn.
         seen, todo = set(), [fusion]
         while todo:
@@ -104,8 +110,11 @@ def convolution_kernels(hlo_text: str, skip_scope: str | None = "Predictor"
             seen.add(c)
             todo.extend(m.group(1) for line in computations[c] for m in _CALLED.finditer(line))
         inside.append(sum(count[c] for c in seen))
-    return {"library_fusions": sum(n > 0 for n in inside), "library": sum(inside),
-            "total": sum(count.values())}
+    return {
+        "library_fusions": sum(n > 0 for n in inside),
+        "library": sum(inside),
+        "total": sum(count.values()),
+    }
 
 
 def describe_kernels(kernels: dict[str, dict[str, int]] | None) -> list[str]:
@@ -114,13 +123,19 @@ def describe_kernels(kernels: dict[str, dict[str, int]] | None) -> list[str]:
     counts or without convolutions."""
     if not kernels or not any(k["total"] for k in kernels.values()):
         return []
-    lines = ["base-network convolutions in library (YNNPACK, XNNPACK, oneDNN) fusions, as "
-             "fusions/convolutions/all: "
-             + ", ".join(f"{name} {k['library_fusions']}/{k['library']}/{k['total']}"
-                         for name, k in kernels.items())]
+    lines = [
+        "base-network convolutions in library (YNNPACK, XNNPACK, oneDNN) fusions, as "
+        "fusions/convolutions/all: "
+        + ", ".join(
+            f"{name} {k['library_fusions']}/{k['library']}/{k['total']}"
+            for name, k in kernels.items()
+        )
+    ]
     if len({tuple(sorted(k.items())) for k in kernels.values()}) > 1:
-        lines.append("WARNING: XLA compiled the convolutions of these programs differently; "
-                     "their ratios measure that choice too (see profiling.convolution_kernels)")
+        lines.append(
+            "WARNING: XLA compiled the convolutions of these programs differently; "
+            "their ratios measure that choice too (see profiling.convolution_kernels)"
+        )
     return lines
 
 
@@ -129,8 +144,9 @@ def tree_bytes(tree: Any) -> int:
     return int(sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(tree)))
 
 
-def stage_latencies(network: Any, variables: Any, batch_size: int = 1,
-                    repeats: int = 50) -> list[float]:
+def stage_latencies(
+    network: Any, variables: Any, batch_size: int = 1, repeats: int = 50
+) -> list[float]:
     """Median latency in seconds of every stage of a staged network, each compiled on its own."""
     x = jax.numpy.zeros((batch_size, *network.input_shape), jax.numpy.float32)
     latencies = []

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from tensorboardX import SummaryWriter
 
@@ -43,8 +44,11 @@ class MetricWriter:
 
     def _scalars(self, step: int, row: dict[str, Any]) -> None:
         for key, value in row.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) \
-                    and math.isfinite(float(value)):
+            if (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(float(value))
+            ):
                 self._tensorboard.add_scalar(key, float(value), global_step=step)
         self._tensorboard.flush()
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -16,11 +17,13 @@ class Registry(Generic[T]):
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering ``entry`` under ``name`` (each name once)."""
+
         def decorator(entry: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = entry
             return entry
+
         return decorator
 
     def names(self) -> tuple[str, ...]:
@@ -30,6 +33,8 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         """The entry registered under ``name``."""
         if name not in self._entries:
-            raise ValueError(f"unknown {self.kind} {name!r} ({self.config_key}); available: "
-                             f"{', '.join(self.names())}")
+            raise ValueError(
+                f"unknown {self.kind} {name!r} ({self.config_key}); available: "
+                f"{', '.join(self.names())}"
+            )
         return self._entries[name]

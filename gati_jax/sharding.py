@@ -20,7 +20,8 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 _initialized = False
 
@@ -33,8 +34,11 @@ def initialize(section: ml_collections.ConfigDict) -> None:
         _initialized = True
 
 
-def make_mesh(section: ml_collections.ConfigDict | None = None, devices: int | None = None,
-              model: int | None = None) -> Mesh:
+def make_mesh(
+    section: ml_collections.ConfigDict | None = None,
+    devices: int | None = None,
+    model: int | None = None,
+) -> Mesh:
     """A (data, model) mesh over the first ``mesh.devices`` devices (0: all of them), the model
     axis ``mesh.model_parallel`` wide. Arguments override the section."""
     count = int(section.devices) if devices is None and section is not None else (devices or 0)
@@ -42,9 +46,11 @@ def make_mesh(section: ml_collections.ConfigDict | None = None, devices: int | N
     available = jax.devices()
     count = count or len(available)
     if count > len(available):
-        raise ValueError(f"mesh.devices={count} but only {len(available)} devices are visible "
-                         f"({available[0].platform}); on CPU, XLA_FLAGS="
-                         "--xla_force_host_platform_device_count=N makes N")
+        raise ValueError(
+            f"mesh.devices={count} but only {len(available)} devices are visible "
+            f"({available[0].platform}); on CPU, XLA_FLAGS="
+            "--xla_force_host_platform_device_count=N makes N"
+        )
     if width < 1 or count % width:
         raise ValueError(f"mesh.model_parallel={width} must divide mesh.devices={count}")
     grid = np.array(available[:count]).reshape(count // width, width)
@@ -80,8 +86,10 @@ def shard_batch(mesh: Mesh, x: Any, axis: int = 0) -> jax.Array:
     """``x`` on the mesh with dimension ``axis`` split over the data axis."""
     shape = np.shape(x)
     if shape[axis] % data_size(mesh):
-        raise ValueError(f"a batch of {shape[axis]} does not split over "
-                         f"{data_size(mesh)} data-parallel devices; use a multiple")
+        raise ValueError(
+            f"a batch of {shape[axis]} does not split over "
+            f"{data_size(mesh)} data-parallel devices; use a multiple"
+        )
     return place(x, batch_sharding(mesh, axis, len(shape)))
 
 
@@ -97,4 +105,5 @@ def shard_members(mesh: Mesh, tree: Any) -> Any:
     def put(leaf):
         ok = np.ndim(leaf) >= 1 and np.shape(leaf)[0] % width == 0
         return place(leaf, NamedSharding(mesh, P("model") if ok else P()))
+
     return jax.tree.map(put, tree)

@@ -13,8 +13,11 @@ from gati_jax.planner.costs import upgrade_profile
 from gati_jax.planner.plan import Plan, add_plan_manifest, load_plan, plan_deployment
 from gati_jax.runtime.deployment import Deployment
 from gati_jax.runtime.router import Router
-from gati_jax.training.checkpointing import (add_base_model_manifest, load_base_model,
-                                             seal_training_checkpoints)
+from gati_jax.training.checkpointing import (
+    add_base_model_manifest,
+    load_base_model,
+    seal_training_checkpoints,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,13 +31,18 @@ class ServingSystem:
 
     def route(self, images, base_answer=None):
         """Routes one request group at the plan's thresholds."""
-        return self.router.route(self.deployment.params, self.deployment.thresholds, images,
-                                 base_answer)
+        return self.router.route(
+            self.deployment.params, self.deployment.thresholds, images, base_answer
+        )
 
 
-def load_system(workdir: str | Path, max_group: int = 32,
-                checkpoint: str | Path | None = None, compact: bool = False,
-                clip_inputs: bool = False) -> ServingSystem:
+def load_system(
+    workdir: str | Path,
+    max_group: int = 32,
+    checkpoint: str | Path | None = None,
+    compact: bool = False,
+    clip_inputs: bool = False,
+) -> ServingSystem:
     """Loads WORKDIR/plan (caches + plan) and the base network it was planned for.
 
     WORKDIR is a finished main-job work directory, or a shipped base model folder that
@@ -53,13 +61,16 @@ def load_system(workdir: str | Path, max_group: int = 32,
     if checkpoint is None:
         config_path = workdir / "config.json"
         if not config_path.is_file():
-            raise FileNotFoundError(f"{config_path} is missing; pass the base checkpoint "
-                                    "explicitly (checkpoint=...)")
+            raise FileNotFoundError(
+                f"{config_path} is missing; pass the base checkpoint explicitly (checkpoint=...)"
+            )
         try:
             checkpoint = json.loads(config_path.read_text())["caches"]["checkpoint"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise IntegrityError(f"{config_path} is corrupt ({type(error).__name__}: {error}); "
-                                 "pass the base checkpoint explicitly (checkpoint=...)") from None
+            raise IntegrityError(
+                f"{config_path} is corrupt ({type(error).__name__}: {error}); "
+                "pass the base checkpoint explicitly (checkpoint=...)"
+            ) from None
         if not Path(checkpoint).is_absolute() and (workdir / checkpoint).is_dir():
             checkpoint = workdir / checkpoint  # a path relative to the work directory
         elif not Path(checkpoint).is_absolute() and not Path(checkpoint).is_dir():
@@ -69,7 +80,8 @@ def load_system(workdir: str | Path, max_group: int = 32,
             raise FileNotFoundError(
                 f"{config_path} names the base checkpoint by the relative path {checkpoint!r}, "
                 f"not found from {Path.cwd()}; run from the directory the job ran in or pass "
-                "it explicitly (checkpoint=...)")
+                "it explicitly (checkpoint=...)"
+            )
     model = load_base_model(checkpoint)
     plan, bank = load_plan(workdir / "plan", model)
     deployment = plan_deployment(plan, bank)
@@ -83,12 +95,14 @@ def add_manifest(path: str | Path, checkpoint: str | Path | None = None) -> str:
     files as they are; returns what was done. Only for an artefact you trust.
 
     ``path`` is a base model (model.json), a cache bank (bank.json), a plan (plan.json), a
-    latency profile (a .json file) or a folder of training checkpoints (WORKDIR/checkpoints); a bank or plan needs the base ``checkpoint`` it was made
-    for, whose fingerprint it then records.
+    latency profile (a .json file) or a folder of training checkpoints (WORKDIR/checkpoints);
+    a bank or plan needs the base ``checkpoint`` it was made for, whose fingerprint it then
+    records.
     """
     path = Path(path).absolute()
-    if path.is_dir() and any(p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists()
-                             for p in path.iterdir()):
+    if path.is_dir() and any(
+        p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists() for p in path.iterdir()
+    ):
         steps = seal_training_checkpoints(path)
         return f"training checkpoints {path}: sealed steps {steps or '(none: all were sealed)'}"
     if path.is_file():
@@ -100,9 +114,13 @@ def add_manifest(path: str | Path, checkpoint: str | Path | None = None) -> str:
     for name, add in (("bank.json", add_bank_manifest), ("plan.json", add_plan_manifest)):
         if (path / name).is_file():
             if checkpoint is None:
-                raise ValueError(f"{path} holds a {name}: pass the base checkpoint it was made "
-                                 "for (--checkpoint), whose fingerprint the manifest records")
+                raise ValueError(
+                    f"{path} holds a {name}: pass the base checkpoint it was made "
+                    "for (--checkpoint), whose fingerprint the manifest records"
+                )
             manifest = add(path, load_base_model(checkpoint))
-            return (f"{name.split('.')[0]} {path}: manifest with {len(manifest['files'])} files, "
-                    f"made for {manifest['model_fingerprint']} ({checkpoint})")
+            return (
+                f"{name.split('.')[0]} {path}: manifest with {len(manifest['files'])} files, "
+                f"made for {manifest['model_fingerprint']} ({checkpoint})"
+            )
     raise FileNotFoundError(f"{path} is not a base model, cache bank, plan or latency profile")

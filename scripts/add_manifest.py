@@ -12,8 +12,9 @@ from absl import flags
 from gati_jax import cli
 from gati_jax.system import add_manifest
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
-                                  "The base model a cache bank or plan was made for.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "The base model a cache bank or plan was made for."
+)
 
 
 def main(argv: list[str]) -> None:

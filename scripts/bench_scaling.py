@@ -13,8 +13,9 @@ from ml_collections import config_flags
 from gati_jax import cli
 from gati_jax.experiments.device_scaling import run_device_scaling
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/default.py", "Experiment config.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory holding plan/.", required=True)
 
 

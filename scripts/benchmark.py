@@ -16,11 +16,12 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from gati_jax import cli
-from gati_jax.jobs.exploration import run_exploration
 from gati_jax.jobs.benchmark import run_benchmark
+from gati_jax.jobs.exploration import run_exploration
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/benchmark.py", "Experiment config.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/benchmark.py", "Experiment config.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
 _BANK = flags.DEFINE_string("bank", None, "Cache bank directory (default: WORKDIR/cache_bank).")
 

@@ -14,8 +14,9 @@ from gati_jax import cli
 from gati_jax.experiments.vmap_benchmark import benchmark_vmap_vs_loop
 from gati_jax.jobs.exploration import run_exploration
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/default.py", "Experiment config.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (not needed for --benchmark).")
 _BENCHMARK = flags.DEFINE_boolean("benchmark", False, "Time vmapped vs looped training.")
 _MEMBERS = flags.DEFINE_integer("members", 8, "Same-shape candidates in the benchmark.")
@@ -26,10 +27,12 @@ def main(argv: list[str]) -> None:
     if _BENCHMARK.value:
         result = benchmark_vmap_vs_loop(_CONFIG.value, members=_MEMBERS.value)
         print(json.dumps(result, indent=2))
-        print(f"{result['members']} x {result['variant']} at position {result['position']}: "
-              f"vmap {result['vmap_s']:.2f} s, loop {result['loop_s']:.2f} s (medians of "
-              f"{result['repeats']}), "
-              f"vmap is {result['speedup']:.2f}x faster")
+        print(
+            f"{result['members']} x {result['variant']} at position {result['position']}: "
+            f"vmap {result['vmap_s']:.2f} s, loop {result['loop_s']:.2f} s (medians of "
+            f"{result['repeats']}), "
+            f"vmap is {result['speedup']:.2f}x faster"
+        )
         return
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required unless --benchmark is given")

@@ -18,12 +18,17 @@ from gati_jax import cli
 from gati_jax.experiments.load_test import run_load_test
 from gati_jax.serve.client import MODES, PAYLOADS
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "The work directory the servers serve.",
-                               required=True)
-_TARGETS = flags.DEFINE_multi_string("target", [], "NAME=URL of a server; repeat. Put the "
-                                     "plain network (none) first: speedups are over it.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/default.py", "Experiment config.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "The work directory the servers serve.", required=True
+)
+_TARGETS = flags.DEFINE_multi_string(
+    "target",
+    [],
+    "NAME=URL of a server; repeat. Put the plain network (none) first: speedups are over it.",
+)
 _OUT = flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/load_test).")
 _MODE = flags.DEFINE_enum("mode", "closed", MODES, "Open loop (Poisson) or closed loop.")
 _RATE = flags.DEFINE_float("rate", 100.0, "Open loop: requests per second.")
@@ -33,10 +38,14 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds per target, in rotating orde
 _DURATION = flags.DEFINE_float("duration_s", 60.0, "No request is sent later in a round.")
 _TIMEOUT = flags.DEFINE_float("timeout_s", 10.0, "A request unanswered this long is lost.")
 _PAYLOAD = flags.DEFINE_enum("payload", "npy", PAYLOADS, "How images are sent.")
-_OVERLOAD = flags.DEFINE_float("overload_factor", 0.0, "> 0: the overload test at this "
-                               "multiple of the first target's saturation rate.")
-_OVERLOAD_REQUESTS = flags.DEFINE_integer("overload_requests", 600,
-                                          "Requests of the overload test.")
+_OVERLOAD = flags.DEFINE_float(
+    "overload_factor",
+    0.0,
+    "> 0: the overload test at this multiple of the first target's saturation rate.",
+)
+_OVERLOAD_REQUESTS = flags.DEFINE_integer(
+    "overload_requests", 600, "Requests of the overload test."
+)
 _RECOVERY = flags.DEFINE_float("recovery_s", 5.0, "Probing after the overload, seconds.")
 
 
@@ -50,12 +59,23 @@ def main(argv: list[str]) -> None:
         targets[name] = url
     if not targets:
         raise app.UsageError("give at least one --target NAME=URL")
-    run_load_test(_CONFIG.value, _WORKDIR.value, targets,
-                  _OUT.value or f"{_WORKDIR.value}/load_test", mode=_MODE.value,
-                  rate=_RATE.value, concurrency=_CONCURRENCY.value, requests=_REQUESTS.value,
-                  rounds=_ROUNDS.value, duration_s=_DURATION.value, timeout_s=_TIMEOUT.value,
-                  payload=_PAYLOAD.value, overload_factor=_OVERLOAD.value,
-                  overload_requests=_OVERLOAD_REQUESTS.value, recovery_s=_RECOVERY.value)
+    run_load_test(
+        _CONFIG.value,
+        _WORKDIR.value,
+        targets,
+        _OUT.value or f"{_WORKDIR.value}/load_test",
+        mode=_MODE.value,
+        rate=_RATE.value,
+        concurrency=_CONCURRENCY.value,
+        requests=_REQUESTS.value,
+        rounds=_ROUNDS.value,
+        duration_s=_DURATION.value,
+        timeout_s=_TIMEOUT.value,
+        payload=_PAYLOAD.value,
+        overload_factor=_OVERLOAD.value,
+        overload_requests=_OVERLOAD_REQUESTS.value,
+        recovery_s=_RECOVERY.value,
+    )
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ from ml_collections import config_flags
 from gati_jax import cli
 from gati_jax.jobs.planning import run_planning
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/default.py", "Experiment config.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
 _BANK = flags.DEFINE_string("bank", None, "Cache bank directory (default: WORKDIR/cache_bank).")
 

@@ -18,14 +18,16 @@ from gati_jax.tables import format_table
 
 _METRIC = flags.DEFINE_string("metric", "speedup_vs_none", "Column of benchmark.json.")
 _OUT = flags.DEFINE_string("out", "runs/summary", "Where to write the JSON and the plot.")
-_P99_TARGET = flags.DEFINE_float("p99_target", 1.2, "gati-online's p99 over static gati's "
-                                 "that counts as within target.")
+_P99_TARGET = flags.DEFINE_float(
+    "p99_target", 1.2, "gati-online's p99 over static gati's that counts as within target."
+)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2:
-        raise app.UsageError("give one or more run directories (workdirs of train_caches.py "
-                             "or benchmark.py)")
+        raise app.UsageError(
+            "give one or more run directories (workdirs of train_caches.py or benchmark.py)"
+        )
     summary = summarize(load_runs(argv[1:]), _METRIC.value, _P99_TARGET.value)
     for title, rows in summary_tables(summary):
         print(f"{title}\n{format_table(rows)}\n")

@@ -1,4 +1,5 @@
-"""Trains a staged base network: ``python scripts/train_base.py --config configs/X.py --workdir DIR``.
+"""Trains a staged base network:
+``python scripts/train_base.py --config configs/X.py --workdir DIR``.
 
 Fields are overridable as ``--config.train.epochs=3``. Re-running with the same WORKDIR resumes
 from the last checkpoint.
@@ -10,8 +11,9 @@ from ml_collections import config_flags
 from gati_jax import cli
 from gati_jax.jobs.train_base import train_and_evaluate
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
 flags.mark_flags_as_required(["config", "workdir"])
 

@@ -16,13 +16,16 @@ from ml_collections import config_flags
 from gati_jax import cli
 from gati_jax.jobs.main_job import run_main_job
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/default.py", "Experiment config.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-_REDO = flags.DEFINE_list("redo", [], "Phases to run again even if finished (each with "
-                          "every phase after it).")
-_TRAIN_BASE = flags.DEFINE_boolean("train_base", False, "Train the base network into "
-                                   "caches.checkpoint first (once per workdir).")
+_REDO = flags.DEFINE_list(
+    "redo", [], "Phases to run again even if finished (each with every phase after it)."
+)
+_TRAIN_BASE = flags.DEFINE_boolean(
+    "train_base", False, "Train the base network into caches.checkpoint first (once per workdir)."
+)
 
 
 def main(argv: list[str]) -> None:

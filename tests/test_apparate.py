@@ -37,19 +37,32 @@ GRID = np.array([0.0, 1.0])
 def _option(position, depth, errors, lookup_s=0.0, variant="pool-k1", nbytes=10):
     """A ramp whose exit score is 1 - depth (a hit: depth <= the ramp's opening)."""
     errors = np.asarray(errors, bool)
-    return Option(f"p{position}/{variant}/s0/lr0.01", 1.0 - np.asarray(depth, np.float64),
-                  errors, ~errors, lookup_s, nbytes, GRID)
+    return Option(
+        f"p{position}/{variant}/s0/lr0.01",
+        1.0 - np.asarray(depth, np.float64),
+        errors,
+        ~errors,
+        lookup_s,
+        nbytes,
+        GRID,
+    )
 
 
 def hand_instance() -> Instance:
     """Two free ramps after stages costing 1, 1 and 2 s (exits cost 1 s at ramp 0, 2 s at
     ramp 1, 4 s through the whole network); ten requests; eps 0.1: one disagreement."""
-    d0 = [.10, .10, .30, .30, .60, .60, .95, .95, .95, .95]
+    d0 = [0.10, 0.10, 0.30, 0.30, 0.60, 0.60, 0.95, 0.95, 0.95, 0.95]
     e0 = [0, 0, 1, 0, 1, 1, 1, 1, 1, 1]
-    d1 = [.05, .05, .05, .20, .30, .45, .95, .95, .95, .95]
+    d1 = [0.05, 0.05, 0.05, 0.20, 0.30, 0.45, 0.95, 0.95, 0.95, 0.95]
     e1 = [0, 0, 0, 0, 1, 0, 1, 1, 1, 1]
-    return Instance((0, 1), ((_option(0, d0, e0),), (_option(1, d1, e1),)),
-                    np.array([1.0, 2.0, 4.0]), np.ones(10, bool), 0.1, 1e9)
+    return Instance(
+        (0, 1),
+        ((_option(0, d0, e0),), (_option(1, d1, e1),)),
+        np.array([1.0, 2.0, 4.0]),
+        np.ones(10, bool),
+        0.1,
+        1e9,
+    )
 
 
 def test_step_search_follows_the_trajectory_worked_out_by_hand():
@@ -75,14 +88,14 @@ def test_step_search_follows_the_trajectory_worked_out_by_hand():
         # Ramp 0 to 1/4 moves nobody (requests 2, 3 lie at 0.3): an idle try, taken,
         # its step doubles; ramp 1 to 1 still does not fit.
         Round(0, (0.25, 0.75), (0.25, 0.5)),
-        Round(None, (0.25, 0.75), (0.125, 0.25)),       # 1/2 and 1: neither fits
-        Round(None, (0.25, 0.75), (0.0625, 0.125)),     # 3/8 and 1: neither fits
+        Round(None, (0.25, 0.75), (0.125, 0.25)),  # 1/2 and 1: neither fits
+        Round(None, (0.25, 0.75), (0.0625, 0.125)),  # 3/8 and 1: neither fits
         # Ramp 0 to 5/16 still takes request 2; ramp 1 to 7/8 moves nobody: taken, doubled.
         Round(1, (0.25, 0.875), (0.0625, 0.25)),
         # Ramp 0 is at the minimum step and keeps it; ramp 1 (to 1) halves, twice.
         Round(None, (0.25, 0.875), (0.0625, 0.125)),
         Round(None, (0.25, 0.875), (0.0625, 0.0625)),
-        Round(1, (0.25, 0.9375), (0.0625, 0.125)),      # to 15/16: idle again, taken
+        Round(1, (0.25, 0.9375), (0.0625, 0.125)),  # to 15/16: idle again, taken
         Round(None, (0.25, 0.9375), (0.0625, 0.0625)),  # to 1 does not fit: halved
         Round(None, (0.25, 0.9375), (0.0625, 0.0625)),  # nothing fits, nothing halves: end
     ]
@@ -91,8 +104,9 @@ def test_step_search_follows_the_trajectory_worked_out_by_hand():
     # Requests 0, 1 exit at ramp 0 (1 s), 2-5 at ramp 1 (2 s), 6-9 run through (4 s).
     assert found.mean_cost_s == pytest.approx(2.6) and found.errors == 1
     assert found.choices == [(0, 0.75), (0, 0.0625)]
-    np.testing.assert_array_equal(simulate(inst, found.choices).exit_index,
-                                  [0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    np.testing.assert_array_equal(
+        simulate(inst, found.choices).exit_index, [0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    )
 
 
 def test_tuning_keeps_the_cheapest_of_its_starting_steps():
@@ -110,8 +124,14 @@ def test_tuning_keeps_the_cheapest_of_its_starting_steps():
         assert all(0 <= o <= 1 for r in found.rounds for o in r.openings)
 
 
-def random_instance(seed: int, positions: int = 6, requests: int = 300, eps: float = 0.02,
-                    lookup: float = 0.02, budget: float = 1e9) -> Instance:
+def random_instance(
+    seed: int,
+    positions: int = 6,
+    requests: int = 300,
+    eps: float = 0.02,
+    lookup: float = 0.02,
+    budget: float = 1e9,
+) -> Instance:
     """Ramps whose confidence rises with depth and whose errors fall as it rises; at each
     position a cheap pool-k1 ramp and a dearer, better pool-k2-h64 one."""
     rng = np.random.default_rng(seed)
@@ -119,23 +139,43 @@ def random_instance(seed: int, positions: int = 6, requests: int = 300, eps: flo
     options = []
     for i in range(positions):
         opts = []
-        for variant, skill, cost, nbytes in (("pool-k2-h64", 1.0, 3 * lookup, 4000),
-                                             ("pool-k1", 0.6, lookup, 400)):
+        for variant, skill, cost, nbytes in (
+            ("pool-k2-h64", 1.0, 3 * lookup, 4000),
+            ("pool-k1", 0.6, lookup, 400),
+        ):
             logit = skill * rng.normal(3 * (i + 1) / (positions + 1), 1) - difficulty
             scores = 1 / (1 + np.exp(-(logit + rng.normal(0, 0.5, requests))))
             errors = rng.random(requests) < 0.6 * (1 - scores)
-            opts.append(Option(f"p{i}/{variant}/s0/lr0.01", scores, errors, ~errors, cost,
-                               nbytes, threshold_grid(scores, 8)))
+            opts.append(
+                Option(
+                    f"p{i}/{variant}/s0/lr0.01",
+                    scores,
+                    errors,
+                    ~errors,
+                    cost,
+                    nbytes,
+                    threshold_grid(scores, 8),
+                )
+            )
         options.append(tuple(opts))
     prefix = np.cumsum(np.full(positions + 1, 1.0 / (positions + 1)))
-    return Instance(tuple(range(positions)), tuple(options), prefix, np.ones(requests, bool),
-                    eps, budget, router_s=0.01, deploy_s=0.005)
+    return Instance(
+        tuple(range(positions)),
+        tuple(options),
+        prefix,
+        np.ones(requests, bool),
+        eps,
+        budget,
+        router_s=0.01,
+        deploy_s=0.005,
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("ramp_budget,tail", [(1, 0.05), (2, 0.2), (3, 0.08)])
 def test_placement_keeps_the_ramp_budget_the_tail_bound_and_the_accuracy_bound(
-        seed, ramp_budget, tail):
+    seed, ramp_budget, tail
+):
     inst = random_instance(seed)
     placed = apparate.place(inst, ramp_budget, tail)
     deployed = [i for i, c in enumerate(placed.choices) if c is not None]
@@ -144,8 +184,9 @@ def test_placement_keeps_the_ramp_budget_the_tail_bound_and_the_accuracy_bound(
     assert simulate(inst, placed.choices).num_errors <= inst.error_budget
     assert inst.memory(placed.choices) <= inst.budget_bytes
     # Apparate's cheap ramp at every deployed position; every deployed ramp pays for itself.
-    assert all(inst.options[i][placed.choices[i][0]].key.split("/")[1] == "pool-k1"
-               for i in deployed)
+    assert all(
+        inst.options[i][placed.choices[i][0]].key.split("/")[1] == "pool-k1" for i in deployed
+    )
     assert all(u > 0 for u in placed.utilities.values())
     assert set(placed.utilities) == set(deployed)
     # It gains on the plain network.
@@ -171,8 +212,16 @@ def test_a_ramp_that_never_opens_is_not_deployed():
     good = _option(0, good_depth, good_depth > 0.5, lookup_s=0.01)
     wrong = _option(1, rng.uniform(0, 0.2, n), np.ones(n, bool), lookup_s=0.01)
     late = _option(2, rng.uniform(0, 1, n), np.zeros(n, bool), lookup_s=0.01)
-    inst = Instance((0, 1, 2), ((good,), (wrong,), (late,)), np.array([1.0, 2.0, 3.0, 8.0]),
-                    np.ones(n, bool), 0.01, 1e9, router_s=0.01, deploy_s=0.01)
+    inst = Instance(
+        (0, 1, 2),
+        ((good,), (wrong,), (late,)),
+        np.array([1.0, 2.0, 3.0, 8.0]),
+        np.ones(n, bool),
+        0.01,
+        1e9,
+        router_s=0.01,
+        deploy_s=0.01,
+    )
     # Searched with the others, it stays closed...
     found = apparate.tune(inst, {0: 0, 1: 0, 2: 0})
     assert found.openings[1] == 0.0 and found.choices[1] == (0, float("inf"))
@@ -191,7 +240,7 @@ def test_a_ramp_that_never_opens_is_not_deployed():
 
 def test_ramps_are_apparates_cheap_ones_up_to_the_boundary():
     inst = random_instance(0, positions=4)
-    assert apparate.ramp_options(inst) == [1, 1, 1, 1]   # pool-k1 wherever it is offered
+    assert apparate.ramp_options(inst) == [1, 1, 1, 1]  # pool-k1 wherever it is offered
     assert apparate.ramp_options(inst, cheap=()) == [1, 1, 1, 1]  # and the cheapest anyway
     # Exits after the third position cost more than the plain network: no ramp there.
     costly = dataclasses.replace(inst, prefix_s=np.array([0.2, 0.4, 0.99, 0.995, 1.0]))
@@ -216,19 +265,40 @@ def test_ramp_set_round_trips_and_builds_window_instances():
 
 
 def _tuner_settings(**changes) -> ApparateSettings:
-    values = dict(audit_fraction=0.1, audit_group=1, audit_segments=1, max_lag=200,
-                  window=50, min_window=20, check=10, retune_every=50, ramp_every=100,
-                  eps=0.02, confidence=0.0, seed=0)
+    values = dict(
+        audit_fraction=0.1,
+        audit_group=1,
+        audit_segments=1,
+        max_lag=200,
+        window=50,
+        min_window=20,
+        check=10,
+        retune_every=50,
+        ramp_every=100,
+        eps=0.02,
+        confidence=0.0,
+        seed=0,
+    )
     values.update(changes)
     return ApparateSettings(**values)
 
 
 def _two_ramps() -> apparate.RampSet:
     return apparate.RampSet(
-        positions=(0, 1), keys=("p0/pool-k1/s0/lr0.01", "p1/pool-k1/s0/lr0.01"),
-        lookup_s=(0.01, 0.01), exit_s=(0.01, 0.01), miss_lookup_s=(0.01, 0.01),
-        nbytes=(10, 10), prefix_s=(1.0, 2.0, 4.0), router_s=0.0, deploy_s=0.0,
-        charge_cap_s=float("inf"), budget_bytes=1e9, max_miss_overhead=0.1, ramp_budget=2)
+        positions=(0, 1),
+        keys=("p0/pool-k1/s0/lr0.01", "p1/pool-k1/s0/lr0.01"),
+        lookup_s=(0.01, 0.01),
+        exit_s=(0.01, 0.01),
+        miss_lookup_s=(0.01, 0.01),
+        nbytes=(10, 10),
+        prefix_s=(1.0, 2.0, 4.0),
+        router_s=0.0,
+        deploy_s=0.0,
+        charge_cap_s=float("inf"),
+        budget_bytes=1e9,
+        max_miss_overhead=0.1,
+        ramp_budget=2,
+    )
 
 
 def test_online_retuning_restores_agreement_after_a_shift():
@@ -255,24 +325,34 @@ def test_online_retuning_restores_agreement_after_a_shift():
     reasons = [t.reason for t in tuner.tunings]
     assert reasons[0] == "start" and "violation" in reasons and "ramps" in reasons
     floor = 1 - settings.eps
-    assert served_ok[:shift].mean() >= floor and served_ok[shift:shift + 200].mean() < floor
+    assert served_ok[:shift].mean() >= floor and served_ok[shift : shift + 200].mean() < floor
     # Within 1000 requests of the shift (about 100 audited), agreement is back.
     bound = 1000
-    assert served_ok[shift + bound:].mean() >= floor
+    assert served_ok[shift + bound :].mean() >= floor
     # Ramp 0 closed and then removed; ramp 1 still serves.
     assert tuner.active == (1,) and np.isinf(tuner.thresholds()[0])
     assert np.isfinite(tuner.thresholds()[1])
     # Every tuning met the bound on its window.
-    assert all(t.window_errors <= max_errors(settings.window, settings.eps, 0.9)
-               for t in tuner.tunings)
+    assert all(
+        t.window_errors <= max_errors(settings.window, settings.eps, 0.9) for t in tuner.tunings
+    )
 
 
 def test_tuning_waits_for_a_window_that_can_certify_the_bound():
     # eps 0.01 at 0.9 needs 163 audited requests that all agree; a window of 150 never does.
-    assert ApparateTuner(_two_ramps(), [0.5, 0.5], _tuner_settings(
-        window=300, min_window=100, eps=0.01, confidence=0.9)).tunable_after == 163
-    never = ApparateTuner(_two_ramps(), [0.5, 0.5], _tuner_settings(
-        window=150, min_window=100, eps=0.01, confidence=0.9))
+    assert (
+        ApparateTuner(
+            _two_ramps(),
+            [0.5, 0.5],
+            _tuner_settings(window=300, min_window=100, eps=0.01, confidence=0.9),
+        ).tunable_after
+        == 163
+    )
+    never = ApparateTuner(
+        _two_ramps(),
+        [0.5, 0.5],
+        _tuner_settings(window=150, min_window=100, eps=0.01, confidence=0.9),
+    )
     assert never.tunable_after is None
     rng = np.random.default_rng(0)
     for _ in range(400):
@@ -311,27 +391,39 @@ SHAPE, CLASSES, POSITIONS = (6, 6, 1), 4, (0, 1)
 def model():
     config = ml_collections.ConfigDict(dict(name="mlp", width=1, hidden_sizes=(16, 16, 16, 8)))
     network = build_network(config, SHAPE, CLASSES)
-    return BaseModel(network, network.init(jax.random.key(0)), np.array([0.5], np.float32),
-                     np.array([0.25], np.float32), {})
+    return BaseModel(
+        network,
+        network.init(jax.random.key(0)),
+        np.array([0.5], np.float32),
+        np.array([0.25], np.float32),
+        {},
+    )
 
 
 def _ramps_on(model) -> tuple[apparate.RampSet, Deployment]:
     heads, params = fc_caches(model.network, POSITIONS, CLASSES)
-    ramps = dataclasses.replace(_two_ramps(), keys=("p0/fc-d1-h8/s0/lr0.01",
-                                                    "p1/fc-d1-h8/s0/lr0.01"),
-                                prefix_s=tuple(np.linspace(0.2, 1.0, model.network.num_stages)))
+    ramps = dataclasses.replace(
+        _two_ramps(),
+        keys=("p0/fc-d1-h8/s0/lr0.01", "p1/fc-d1-h8/s0/lr0.01"),
+        prefix_s=tuple(np.linspace(0.2, 1.0, model.network.num_stages)),
+    )
     predictors = [p["predictor"] for p in params]
-    deployment = Deployment("apparate", POSITIONS, heads,
-                            jax.device_put(ramp_params(predictors, [1])),
-                            np.asarray([np.inf, 0.3], np.float32))
+    deployment = Deployment(
+        "apparate",
+        POSITIONS,
+        heads,
+        jax.device_put(ramp_params(predictors, [1])),
+        np.asarray([np.inf, 0.3], np.float32),
+    )
     return ramps, deployment
 
 
 def test_gated_ramps_skip_inactive_lookups_and_audits_see_every_ramp(model):
     ramps, deployment = _ramps_on(model)
     gated = Router(model, POSITIONS, tuple(gated_decide(h) for h in deployment.heads), 8)
-    plain = Router(model, POSITIONS, tuple(policy_builder("apparate")(h)
-                                           for h in deployment.heads), 8)
+    plain = Router(
+        model, POSITIONS, tuple(policy_builder("apparate")(h) for h in deployment.heads), 8
+    )
     images = np.random.default_rng(0).integers(0, 256, (8, *SHAPE)).astype(np.uint8)
     both_on = jax.device_put(ramp_params([p["predictor"] for p in deployment.params], [0, 1]))
     low = np.array([0.0, 0.0], np.float32)
@@ -371,15 +463,28 @@ def test_adapter_audits_its_fraction_and_tunes_in_the_background(model):
     adapter.warm_up()
     images = np.random.default_rng(1).integers(0, 256, (200, *SHAPE)).astype(np.uint8)
     traced = adapter.router.trace_count
-    serve(adapter.route, images, arrivals=np.arange(200) * 0.01, max_group=4,
-          max_wait_s=0.0, clock=FakeClock(lambda n: 0.001), progress=False, background=adapter)
+    serve(
+        adapter.route,
+        images,
+        arrivals=np.arange(200) * 0.01,
+        max_group=4,
+        max_wait_s=0.0,
+        clock=FakeClock(lambda n: 0.001),
+        progress=False,
+        background=adapter,
+    )
     adapter.drain()
     summary = adapter.summary()
     assert 70 <= summary["audited"] <= 130 and summary["tunings"] >= 1
     # An untrained ramp disagrees: the guard may close it before the first tuning.
     reasons = [t["reason"] for t in summary["tuning_log"]]
-    assert "start" in reasons and set(reasons) <= {"start", "closed", "violation", "periodic",
-                                                    "ramps"}
+    assert "start" in reasons and set(reasons) <= {
+        "start",
+        "closed",
+        "violation",
+        "periodic",
+        "ramps",
+    }
     assert all(t["served"] <= 200 for t in summary["tuning_log"])
     assert adapter.router.trace_count == traced  # tuning and ramp changes never recompile
     # A reset goes back to the offline plan.

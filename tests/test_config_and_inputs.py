@@ -10,8 +10,8 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-
 from conftest import assert_config_rejects, tiny_config
+
 from gati_jax import data
 from gati_jax.config import ConfigError, base_config, validate_config
 from gati_jax.inference import BaseModel, predict_logits
@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_shipped_configs_validate():
     import importlib.util
+
     for path in sorted((ROOT / "configs").glob("*.py")):
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
@@ -41,27 +42,42 @@ def test_validate_names_unknown_keys_and_bad_values():
     config.train.learnig_rate = 0.1
     with pytest.raises(ConfigError, match=r"unknown config key 'train\.learnig_rate'"):
         validate_config(config)
-    cases = {("data", "name"): "mnist2", ("model", "name"): "resnet19",
-             ("train", "schedule"): "linear", ("train", "momentum"): 1.5,
-             ("train", "epochs"): 0, ("data", "validation_size"): -1}
+    cases = {
+        ("data", "name"): "mnist2",
+        ("model", "name"): "resnet19",
+        ("train", "schedule"): "linear",
+        ("train", "momentum"): 1.5,
+        ("train", "epochs"): 0,
+        ("data", "validation_size"): -1,
+    }
     for (section, key), value in cases.items():
         assert_config_rejects(section, key, value)
 
 
 def test_unknown_data_set_and_model_names():
     with pytest.raises(ValueError, match="unknown"):
-        data.load_dataset(ml_collections.ConfigDict(dict(tiny_config().data.to_dict(),
-                                                         name="imagenet")))
+        data.load_dataset(
+            ml_collections.ConfigDict(dict(tiny_config().data.to_dict(), name="imagenet"))
+        )
     with pytest.raises(ValueError, match="unknown network 'resnet19'.*available"):
-        build_network(ml_collections.ConfigDict(dict(name="resnet19", width=4,
-                                                     hidden_sizes=())), (8, 8, 1), 4)
+        build_network(
+            ml_collections.ConfigDict(dict(name="resnet19", width=4, hidden_sizes=())), (8, 8, 1), 4
+        )
 
 
 def test_command_line_override_of_unknown_key_fails():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train_base.py"),
-         f"--config={ROOT / 'configs' / 'synthetic_mlp.py'}", "--workdir=/tmp/unused",
-         "--config.train.learnig_rate=0.1"], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "train_base.py"),
+            f"--config={ROOT / 'configs' / 'synthetic_mlp.py'}",
+            "--workdir=/tmp/unused",
+            "--config.train.learnig_rate=0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "learnig_rate" in result.stderr
 

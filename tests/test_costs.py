@@ -57,12 +57,17 @@ def test_profile_measures_stores_and_reuses(mlp, tmp_path, monkeypatch):
     # A lookup the profile lacks is measured, and only that one; the prefixes get a trial.
     trials = len(profile.prefix_trials)
     assert trials == 3  # before, halfway through and after the lookups
-    monkeypatch.setattr(costs, "measure_prefixes",
-                        lambda model, g, r, rotate=0: list(profile.prefix_s))
+    monkeypatch.setattr(
+        costs, "measure_prefixes", lambda model, g, r, rotate=0: list(profile.prefix_s)
+    )
     measured = []
-    monkeypatch.setattr(costs, "measure_cache_cost",
-                        lambda *args, **kwargs: measured.append(args[1])
-                        or costs.LookupCost(1e-4, 2e-4, profile.prefix_s[-1]))
+    monkeypatch.setattr(
+        costs,
+        "measure_cache_cost",
+        lambda *args, **kwargs: (
+            measured.append(args[1]) or costs.LookupCost(1e-4, 2e-4, profile.prefix_s[-1])
+        ),
+    )
     extra = dict(lookups)
     extra["gati/p1-other"] = lookups["gati/p1"]
     grown = load_or_measure(path, mlp, extra)
@@ -84,21 +89,26 @@ def test_a_corrupt_profile_is_a_clear_error_and_is_kept(mlp, tmp_path):
     assert path.read_text() == "{not json"
 
 
-def test_confirmations_replace_the_choice_time_measurement_and_are_saved(mlp, tmp_path,
-                                                                        monkeypatch):
+def test_confirmations_replace_the_choice_time_measurement_and_are_saved(
+    mlp, tmp_path, monkeypatch
+):
     lookups = _lookups(mlp)
     path = tmp_path / "profile.json"
     readings = iter([1e-3, 1e-3, 1e-3, 1e-3, 4e-4, 6e-4, 5e-4])
     monkeypatch.setattr(costs, "measure_prefixes", lambda model, g, r, rotate=0: [2e-3] * 3)
-    monkeypatch.setattr(costs, "measure_cache_cost", lambda *a, **k: (
-        lambda r: costs.LookupCost(r, 2 * r, 2e-3))(next(readings)))
+    monkeypatch.setattr(
+        costs,
+        "measure_cache_cost",
+        lambda *a, **k: (lambda r: costs.LookupCost(r, 2 * r, 2e-3))(next(readings)),
+    )
     profile = load_or_measure(path, mlp, lookups, repeats=30)
     assert profile.lookup_s["gati/p0"] == 1e-3 and profile.confirmed == {}
     chosen = {k: lookups[k] for k in ("gati/p0",)}
     costs.confirm_lookups(mlp, profile, chosen, 1, 30)
     # The first confirmation replaces the measurement the choice was made on...
     assert profile.lookup_s["gati/p0"] == pytest.approx(4e-4) and profile.confirmed == {
-        "gati/p0": 1}
+        "gati/p0": 1
+    }
     costs.confirm_lookups(mlp, profile, chosen, 1, 30)
     costs.confirm_lookups(mlp, profile, chosen, 1, 30)
     # ...and later ones are averaged with it; lookups nobody chose keep their one reading.
@@ -111,8 +121,7 @@ def test_confirmations_replace_the_choice_time_measurement_and_are_saved(mlp, tm
     assert again.lookup_s["gati/p0"] == pytest.approx(5e-4)
 
 
-def test_router_charge_is_what_lookups_cost_less_together_and_is_stored(mlp, tmp_path,
-                                                                         monkeypatch):
+def test_router_charge_is_what_lookups_cost_less_together_and_is_stored(mlp, tmp_path, monkeypatch):
     lookups = _lookups(mlp)
     lookups["gati/p1-other"] = lookups["gati/p1"]
     seen = []
@@ -131,15 +140,15 @@ def test_router_charge_is_what_lookups_cost_less_together_and_is_stored(mlp, tmp
     assert charge == pytest.approx((2e-4, 0.0)) and seen == [["plain", "router"]]
     # The exit at the first lookup cost 0.45 ms in the joint router, 0.4 ms alone: the other
     # lookup adds 0.05 ms to a request that never reaches it.
-    charge = costs.measure_router_charge(mlp, gati, one_cache, 1, 30,
-                                            exit_s={"gati/p0": 4e-4})
+    charge = costs.measure_router_charge(mlp, gati, one_cache, 1, 30, exit_s={"gati/p0": 4e-4})
     assert charge == pytest.approx((2e-4, 5e-5))
     assert seen[-1] == ["exit", "plain", "prefix", "router"]
     single = {"gati/p0": lookups["gati/p0"]}
     assert costs.measure_router_charge(mlp, single, one_cache, 1, 30) == (0.0, 0.0)
 
-    monkeypatch.setattr(costs, "measure_cache_cost",
-                        lambda *a, **k: costs.LookupCost(3e-4, 1e-4, 1e-3))
+    monkeypatch.setattr(
+        costs, "measure_cache_cost", lambda *a, **k: costs.LookupCost(3e-4, 1e-4, 1e-3)
+    )
     monkeypatch.setattr(costs, "measure_prefixes", lambda model, g, r, rotate=0: [1e-3] * 3)
     path = tmp_path / "profile.json"
     profile = load_or_measure(path, mlp, lookups)
@@ -175,12 +184,14 @@ def test_costs_are_kept_at_the_scale_of_the_profiles_plain_network(mlp, monkeypa
     costs.record_lookups(profile, {"gati/p0": costs.LookupCost(4e-4, 6e-4, 4e-3)})
     assert profile.lookup_s["gati/p0"] == pytest.approx(2e-4)
     assert profile.exit_s["gati/p0"] == pytest.approx(3e-4)
-    monkeypatch.setattr(costs, "measure_interleaved",
-                        lambda *a, **k: {"plain": 4e-3, "router": 4.4e-3})
+    monkeypatch.setattr(
+        costs, "measure_interleaved", lambda *a, **k: {"plain": 4e-3, "router": 4.4e-3}
+    )
     lookups = {k: v for k, v in _lookups(mlp).items() if k.startswith("gati/")}
     # Joint 0.4 ms at a 4 ms plain network is 0.2 ms at the profile's 2 ms.
-    charge = costs.measure_router_charge(mlp, lookups, {"gati/p0": 2e-4, "gati/p1": 2e-4},
-                                            1, 30, plain_s=2e-3)
+    charge = costs.measure_router_charge(
+        mlp, lookups, {"gati/p0": 2e-4, "gati/p1": 2e-4}, 1, 30, plain_s=2e-3
+    )
     assert charge.fixed_s == pytest.approx(2e-4)
 
 
@@ -199,32 +210,39 @@ def test_prefixes_pool_sessions_in_units_of_their_whole_network(mlp, tmp_path, m
     # Ratios above the whole network are capped: the last prefix keeps the scale.
     assert costs.prefixes_from_trials([[1.0, 4.4, 4.0]]) == pytest.approx([1.0, 4.0, 4.0])
     assert costs.prefixes_from_trials([[1.0, 3.0, 2.5, 4.0]]) == pytest.approx(
-        [1.0, 2.75, 2.75, 4.0])
+        [1.0, 2.75, 2.75, 4.0]
+    )
     with pytest.raises(ValueError, match="no prefix trials"):
         costs.prefixes_from_trials([])
     # Trials rotate the programs' order; a profile from before trials is the first.
     rotations = []
     readings = iter([[2.0, 4.0], [3.0, 6.0]])
-    monkeypatch.setattr(costs, "measure_prefixes", lambda model, g, r, rotate=0:
-                        rotations.append(rotate) or next(readings))
+    monkeypatch.setattr(
+        costs,
+        "measure_prefixes",
+        lambda model, g, r, rotate=0: rotations.append(rotate) or next(readings),
+    )
     old = costs.Profile("cpu", "cpu", 1, "m", [1.0, 4.0], {})
     costs.add_prefix_trial(old, mlp, 30)
     costs.add_prefix_trial(old, mlp, 30)
     assert rotations == [1, 2] and len(old.prefix_trials) == 3
     assert old.prefix_s == pytest.approx([2.0, 4.0])  # median ratio 0.5 at scale 4
     # A confirmation round adds a trial.
-    monkeypatch.setattr(costs, "measure_prefixes",
-                        lambda model, g, r, rotate=0: [1.0, 4.0])
-    monkeypatch.setattr(costs, "measure_cache_cost",
-                        lambda *a, **k: costs.LookupCost(1e-4, 2e-4, 4.0))
+    monkeypatch.setattr(costs, "measure_prefixes", lambda model, g, r, rotate=0: [1.0, 4.0])
+    monkeypatch.setattr(
+        costs, "measure_cache_cost", lambda *a, **k: costs.LookupCost(1e-4, 2e-4, 4.0)
+    )
     lookups = {k: v for k, v in _lookups(mlp).items() if k == "gati/p0"}
     costs.confirm_lookups(mlp, old, lookups, 1, 30)
     assert len(old.prefix_trials) == 4
     # Rotation reorders the timed programs, never the result.
     order = []
     monkeypatch.undo()
-    monkeypatch.setattr(costs, "measure_prefix_costs", lambda model, stops, g, r:
-                        order.append(list(stops)) or {p: float(p + 1) for p in stops})
+    monkeypatch.setattr(
+        costs,
+        "measure_prefix_costs",
+        lambda model, stops, g, r: order.append(list(stops)) or {p: float(p + 1) for p in stops},
+    )
     n = mlp.network.num_stages
     assert costs.measure_prefixes(mlp, 1, 10, rotate=1) == [float(p + 1) for p in range(n)]
     assert order == [list(range(1, n)) + [0]]
@@ -239,8 +257,9 @@ def test_all_miss_inputs_make_every_request_miss_every_lookup(mlp, policy):
     from gati_jax.runtime.deployment import Deployment
 
     heads, params = fc_caches(mlp.network, (0, 1), mlp.network.num_classes)
-    permissive = {"gati": -1.0, "confidence": 0.0, "apparate": 0.0, "entropy": 1e9,
-                  "oracle": 0.0}[policy]
+    permissive = {"gati": -1.0, "confidence": 0.0, "apparate": 0.0, "entropy": 1e9, "oracle": 0.0}[
+        policy
+    ]
     dep = Deployment(policy, (0, 1), heads, params, np.full(2, permissive, np.float32))
     router = dep.router(mlp, max_group=4)
     never, x, rows = costs.all_miss_inputs(mlp, [policy] * 2, 4)
@@ -251,10 +270,13 @@ def test_all_miss_inputs_make_every_request_miss_every_lookup(mlp, policy):
         assert (np.asarray(rows) >= mlp.network.num_classes).all()
     # Permissive thresholds (the oracle: some base answer, every class tried) do hit.
     loose = jnp.asarray(dep.thresholds)
-    assert any(np.asarray(router.compiled(params, loose, x, jnp.full(4, c, jnp.int32)))[2].any()
-               for c in range(mlp.network.num_classes))
-    assert costs.measure_miss_overhead(mlp, Deployment("none", (), (), (), np.zeros(0)),
-                                          1, 3) == 0.0
+    assert any(
+        np.asarray(router.compiled(params, loose, x, jnp.full(4, c, jnp.int32)))[2].any()
+        for c in range(mlp.network.num_classes)
+    )
+    assert (
+        costs.measure_miss_overhead(mlp, Deployment("none", (), (), (), np.zeros(0)), 1, 3) == 0.0
+    )
 
 
 def test_charges_from_recovers_the_charges_of_a_linear_router():
@@ -262,8 +284,12 @@ def test_charges_from_recovers_the_charges_of_a_linear_router():
     e_0) give back F and P; too few caches or no exit timing give zeros."""
     fixed, per_cache, c, e0 = 2e-5, 7e-6, np.array([3e-5, 1e-5, 4e-5, 2e-5]), 5e-5
     m = len(c)
-    charge = costs.charges_from(list(fixed + per_cache + c), fixed + m * per_cache + c.sum(),
-                                   fixed + per_cache + e0, fixed + m * per_cache + e0)
+    charge = costs.charges_from(
+        list(fixed + per_cache + c),
+        fixed + m * per_cache + c.sum(),
+        fixed + per_cache + e0,
+        fixed + m * per_cache + e0,
+    )
     assert np.allclose(charge, (fixed, per_cache), rtol=0, atol=1e-12)
     assert costs.charges_from([1e-5], 1e-5, 1e-5, 1e-5) == (0.0, 0.0)
     no_exit = costs.charges_from(list(fixed + per_cache + c), fixed + m * per_cache + c.sum())

@@ -37,6 +37,7 @@ from gati_jax.jobs.main_job import (
     run_main_job,
     stored_config,
 )
+from gati_jax.jobs.train_base import TrainingError, check_learned, train_and_evaluate
 from gati_jax.models import build_network
 from gati_jax.planner.costs import Profile, load_or_measure, save_profile
 from gati_jax.planner.plan import Plan, load_plan, plan_deployment, save_plan
@@ -48,7 +49,6 @@ from gati_jax.training.checkpointing import (
     load_base_model,
     save_base_model,
 )
-from gati_jax.jobs.train_base import TrainingError, check_learned, train_and_evaluate
 from gati_jax.training.steps import create_train_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,8 +57,7 @@ NETWORK_CONFIG = dict(name="mlp", width=1, hidden_sizes=(24, 16, 12, 8))
 
 
 def _network():
-    return build_network(ml_collections.ConfigDict(NETWORK_CONFIG), ROUTER_SHAPE,
-                         ROUTER_CLASSES)
+    return build_network(ml_collections.ConfigDict(NETWORK_CONFIG), ROUTER_SHAPE, ROUTER_CLASSES)
 
 
 @pytest.fixture(scope="module")
@@ -67,24 +66,60 @@ def pristine(tmp_path_factory):
     root = tmp_path_factory.mktemp("pristine")
     network = _network()
     for name, seed in (("model", 0), ("other_model", 1)):  # same shapes, other weights
-        save_base_model(root / name, BaseModel(network, network.init(jax.random.key(seed)),
-                                               MEAN, STD, {"model": NETWORK_CONFIG}))
+        save_base_model(
+            root / name,
+            BaseModel(
+                network, network.init(jax.random.key(seed)), MEAN, STD, {"model": NETWORK_CONFIG}
+            ),
+        )
     model = load_base_model(root / "model")
     positions = (0, 1)
     _, params = fc_caches(network, positions, ROUTER_CLASSES)
     shapes = network.activation_shapes()
-    bank = CacheBank(ROUTER_CLASSES, 8, [
-        Candidate(p, "fc-d1-h8", 0, 0.01, 1, tuple(shapes[p][1:]),
-                  jax.tree.map(np.asarray, params[k]), {"0.99": 0.5}, {})
-        for k, p in enumerate(positions)], {"positions": list(positions)}).made_for(model)
+    bank = CacheBank(
+        ROUTER_CLASSES,
+        8,
+        [
+            Candidate(
+                p,
+                "fc-d1-h8",
+                0,
+                0.01,
+                1,
+                tuple(shapes[p][1:]),
+                jax.tree.map(np.asarray, params[k]),
+                {"0.99": 0.5},
+                {},
+            )
+            for k, p in enumerate(positions)
+        ],
+        {"positions": list(positions)},
+    ).made_for(model)
     save_bank(root / "cache_bank", bank)
-    plan = Plan("gati", "joint", positions, tuple(c.key for c in bank.candidates),
-                ("fc-d1-h8", "fc-d1-h8"), (0.3, 0.6), {})
+    plan = Plan(
+        "gati",
+        "joint",
+        positions,
+        tuple(c.key for c in bank.candidates),
+        ("fc-d1-h8", "fc-d1-h8"),
+        (0.3, 0.6),
+        {},
+    )
     save_plan(root / "plan", plan, bank)
     # A profile for this backend and model: loading it measures nothing.
-    save_profile(root / "profile.json", Profile(
-        jax.default_backend(), jax.devices()[0].device_kind, 1, model_fingerprint(model),
-        [1e-4 * (i + 1) for i in range(network.num_stages)], {}, router_s={}, deploy_s={}))
+    save_profile(
+        root / "profile.json",
+        Profile(
+            jax.default_backend(),
+            jax.devices()[0].device_kind,
+            1,
+            model_fingerprint(model),
+            [1e-4 * (i + 1) for i in range(network.num_stages)],
+            {},
+            router_s={},
+            deploy_s={},
+        ),
+    )
     state = create_train_state(network, optax.sgd(0.1), jax.random.key(0))
     checkpointer = TrainCheckpointer(root / "train" / "checkpoints", max_to_keep=3)
     for step in (1, 2):
@@ -101,8 +136,11 @@ def _copy(pristine, tmp_path, name):
 
 
 def _tree_hashes(directory: Path) -> dict[str, str]:
-    return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def truncate(path: Path) -> None:
@@ -123,15 +161,19 @@ def delete(path: Path) -> None:
     path.unlink()
 
 
-FAULTS = {"truncate": (truncate, "is truncated or altered"),
-          "garble": (garble, "is corrupt: its sha256"),
-          "delete": (delete, "is missing")}
+FAULTS = {
+    "truncate": (truncate, "is truncated or altered"),
+    "garble": (garble, "is corrupt: its sha256"),
+    "delete": (delete, "is missing"),
+}
 
 
 def _largest(directory: Path) -> Path:
     """The largest file of an artefact but its manifest: orbax's array data."""
-    return max((p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST),
-               key=lambda p: p.stat().st_size)
+    return max(
+        (p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST),
+        key=lambda p: p.stat().st_size,
+    )
 
 
 # artefact -> (loader, its JSON file, error type)
@@ -145,8 +187,7 @@ ARTEFACTS = {
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 @pytest.mark.parametrize("target", ["json", "data"])
 @pytest.mark.parametrize("artefact", sorted(ARTEFACTS))
-def test_a_damaged_artefact_is_refused_naming_the_file(pristine, tmp_path, artefact, target,
-                                                       fault):
+def test_a_damaged_artefact_is_refused_naming_the_file(pristine, tmp_path, artefact, target, fault):
     load, json_name, error = ARTEFACTS[artefact]
     directory = _copy(pristine, tmp_path, artefact)
     path = directory / json_name if target == "json" else _largest(directory)
@@ -173,20 +214,25 @@ def test_a_damaged_or_missing_manifest_is_refused(pristine, tmp_path, artefact):
     with pytest.raises(error, match=re.escape(str(manifest)) + " is corrupt"):
         load(directory)
     manifest.unlink()
-    with pytest.raises(error, match=f"{re.escape(str(directory))} has no manifest.json.*"
-                                    r"scripts/add_manifest\.py"):
+    with pytest.raises(
+        error,
+        match=f"{re.escape(str(directory))} has no manifest.json.*"
+        r"scripts/add_manifest\.py",
+    ):
         load(directory)
 
 
 def test_an_artefact_from_before_manifests_loads_once_one_is_added(pristine, tmp_path):
-    model_dir, bank_dir, plan_dir = (_copy(pristine, tmp_path, n)
-                                     for n in ("model", "cache_bank", "plan"))
+    model_dir, bank_dir, plan_dir = (
+        _copy(pristine, tmp_path, n) for n in ("model", "cache_bank", "plan")
+    )
     for directory in (model_dir, bank_dir, plan_dir):
         (directory / MANIFEST).unlink()
     weights = {k: v for k, v in _tree_hashes(model_dir).items() if k != "model.json"}
     assert "made for" not in add_manifest(model_dir)
-    assert {k: v for k, v in _tree_hashes(model_dir).items()
-            if k not in ("model.json", MANIFEST)} == weights  # the weights are untouched
+    assert {
+        k: v for k, v in _tree_hashes(model_dir).items() if k not in ("model.json", MANIFEST)
+    } == weights  # the weights are untouched
     model = load_base_model(model_dir)
     with pytest.raises(ValueError, match="pass the base checkpoint"):
         add_manifest(bank_dir)
@@ -212,14 +258,14 @@ def test_a_model_with_non_finite_weights_is_never_saved(tmp_path):
     variables = network.init(jax.random.key(0))
     variables = jax.tree.map(lambda a: np.full_like(np.asarray(a), np.nan), variables)
     with pytest.raises(CheckpointError, match="NaN or Inf"):
-        save_base_model(tmp_path / "model", BaseModel(network, variables, MEAN, STD,
-                                                      {"model": NETWORK_CONFIG}))
+        save_base_model(
+            tmp_path / "model", BaseModel(network, variables, MEAN, STD, {"model": NETWORK_CONFIG})
+        )
     assert not (tmp_path / "model").exists()
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
-def test_a_damaged_newest_training_checkpoint_falls_back_to_the_previous(pristine, tmp_path,
-                                                                         fault):
+def test_a_damaged_newest_training_checkpoint_falls_back_to_the_previous(pristine, tmp_path, fault):
     directory = _copy(pristine, tmp_path, "train") / "checkpoints"
     path = _largest(directory / "2")
     FAULTS[fault][0](path)
@@ -236,7 +282,7 @@ def test_a_damaged_newest_training_checkpoint_falls_back_to_the_previous(pristin
 
 def test_unsealed_and_damaged_checkpoints_leave_a_fresh_start(pristine, tmp_path):
     directory = _copy(pristine, tmp_path, "train") / "checkpoints"
-    (directory / "2" / MANIFEST).unlink()   # killed after orbax wrote it, before its seal
+    (directory / "2" / MANIFEST).unlink()  # killed after orbax wrote it, before its seal
     garble(_largest(directory / "1"))
     checkpointer = TrainCheckpointer(directory, max_to_keep=3)
     assert checkpointer.latest_step() is None
@@ -245,7 +291,9 @@ def test_unsealed_and_damaged_checkpoints_leave_a_fresh_start(pristine, tmp_path
     checkpointer.close()
     # Nothing deleted: both are kept aside.
     assert sorted(p.name for p in (tmp_path / "train" / "checkpoints.rejected").iterdir()) == [
-        "1", "2"]
+        "1",
+        "2",
+    ]
 
 
 def test_a_resumed_run_whose_newest_checkpoint_is_garbled_redoes_the_lost_steps(tmp_path):
@@ -265,13 +313,15 @@ def test_a_run_that_diverges_or_learns_nothing_fails_and_exports_nothing(tmp_pat
     labels = np.repeat(np.arange(4), 25)
     row = {"epoch": 3, "train_loss": 1.0, "val_loss": 1.0, "val_accuracy": 0.9}
     check_learned([row], labels, {"w": np.ones(3)})
-    with pytest.raises(TrainingError, match="training diverged: epoch 3 ended with train loss "
-                                            "nan"):
+    with pytest.raises(TrainingError, match="training diverged: epoch 3 ended with train loss nan"):
         check_learned([dict(row, train_loss=float("nan"))], labels, {"w": np.ones(3)})
     with pytest.raises(TrainingError, match="non-finite"):
         check_learned([row], labels, {"w": np.array([1.0, np.inf])})
-    with pytest.raises(TrainingError, match=r"did not learn: validation accuracy 0\.2600.*"
-                                            r"scores 0\.2500"):
+    with pytest.raises(
+        TrainingError,
+        match=r"did not learn: validation accuracy 0\.2600.*"
+        r"scores 0\.2500",
+    ):
         check_learned([dict(row, val_accuracy=0.26)], labels, {"w": np.ones(3)})
 
 
@@ -283,9 +333,11 @@ def test_a_plan_or_bank_is_refused_on_another_base_network(pristine, tmp_path):
     assert mine != theirs
     load_plan(pristine / "plan", model)
     for wrong in (other, shipped):
-        both = (f"made for the base network {mine} \\({re.escape(str(pristine / 'model'))}\\), "
-                f"not for the one given, {model_fingerprint(wrong)} "
-                f"\\({re.escape(wrong.source)}\\)")
+        both = (
+            f"made for the base network {mine} \\({re.escape(str(pristine / 'model'))}\\), "
+            f"not for the one given, {model_fingerprint(wrong)} "
+            f"\\({re.escape(wrong.source)}\\)"
+        )
         with pytest.raises(IntegrityError, match=f"plan at .*{both}"):
             load_plan(pristine / "plan", wrong)
         with pytest.raises(IntegrityError, match=f"cache bank at .*{both}"):
@@ -315,7 +367,9 @@ def test_a_finished_workdir_loads_from_any_directory(pristine, tmp_path, monkeyp
 def test_inputs_outside_the_trained_range_are_refused_or_clipped_on_request(pristine):
     model = load_base_model(pristine / "model")
     assert json.loads((pristine / "model" / "model.json").read_text())["input_range"] == [
-        0.0, 255.0]
+        0.0,
+        255.0,
+    ]
     plan, bank = load_plan(pristine / "plan", model)
     deployment = plan_deployment(plan, bank)
     router = deployment.router(model, 4)
@@ -328,8 +382,11 @@ def test_inputs_outside_the_trained_range_are_refused_or_clipped_on_request(pris
     want = route(pixels)
     for same in (pixels.astype(np.float32), pixels.astype(np.float64)):
         np.testing.assert_array_equal(route(same).answer, want.answer)
-    with pytest.raises(ValueError, match=r"outside \[0, 255\], the range the base network was "
-                                         r"trained on .*max 255000 \(3 of 4 images\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"outside \[0, 255\], the range the base network was "
+        r"trained on .*max 255000 \(3 of 4 images\)",
+    ):
         route(pixels.astype(np.float32) * 1000)
     with pytest.raises(ValueError, match=r"outside \[0, 255\].*min -1"):
         route(pixels.astype(np.float32) - 1)
@@ -342,8 +399,9 @@ def test_inputs_outside_the_trained_range_are_refused_or_clipped_on_request(pris
     clipping = deployment.router(model, 4)
     clipping.clip_inputs = True
     scaled = pixels.astype(np.float32) * 1000
-    np.testing.assert_array_equal(route(scaled, clipping).answer,
-                                  route(np.clip(scaled, 0, 255)).answer)
+    np.testing.assert_array_equal(
+        route(scaled, clipping).answer, route(np.clip(scaled, 0, 255)).answer
+    )
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garble", "old_format"])
@@ -382,8 +440,9 @@ def test_no_output_replaces_a_folder_the_project_did_not_write(pristine, tmp_pat
     model = load_base_model(pristine / "model")
     bank = load_bank(pristine / "cache_bank")
     for save in (lambda: save_base_model(folder, model), lambda: save_bank(folder, bank)):
-        with pytest.raises(FileExistsError, match="holds no gati_jax manifest.json.*nothing was "
-                                                  "deleted"):
+        with pytest.raises(
+            FileExistsError, match="holds no gati_jax manifest.json.*nothing was deleted"
+        ):
             save()
     with pytest.raises(FileExistsError, match="not empty"):
         with atomic_directory(folder):
@@ -416,8 +475,11 @@ def test_the_main_job_never_trains_over_a_folder_without_a_base_model(pristine, 
     folder = _user_folder(tmp_path, pristine)
     before = _tree_hashes(folder)
     config = _smoke_config(folder)
-    with pytest.raises(CheckpointError, match="no base model at .*--train_base or "
-                                              r"caches\.train_base=True"):
+    with pytest.raises(
+        CheckpointError,
+        match="no base model at .*--train_base or "
+        r"caches\.train_base=True",
+    ):
         run_main_job(config, str(tmp_path / "run"))
     with pytest.raises(FileExistsError, match="will not be replaced"):
         run_main_job(config, str(tmp_path / "run"), train_base=True)
@@ -434,9 +496,14 @@ def _finished_workdir(pristine: Path, tmp_path: Path, config) -> Path:
     shutil.copytree(pristine / "cache_bank", out / "cache_bank")
     shutil.copytree(pristine / "plan", out / "plan")
     (out / "config.json").write_text(json.dumps(stored_config(config), indent=1))
-    log = {p: {"seconds": 1.0, "finished": "earlier",
-               "outputs": {n: file_sha256(out / n) for n in PHASE_OUTPUTS[p]}}
-           for p in ("explore", "plan", "benchmark")}
+    log = {
+        p: {
+            "seconds": 1.0,
+            "finished": "earlier",
+            "outputs": {n: file_sha256(out / n) for n in PHASE_OUTPUTS[p]},
+        }
+        for p in ("explore", "plan", "benchmark")
+    }
     log["explore"]["model_fingerprint"] = base_model_fingerprint(config.caches.checkpoint)
     (out / "phases.json").write_text(json.dumps(log))
     return out
@@ -447,14 +514,20 @@ def test_a_finished_workdir_refuses_a_config_that_changes_its_results(pristine, 
     config = _smoke_config(base)
     out = _finished_workdir(pristine, tmp_path, config)
     stored = (out / "config.json").read_text()
-    for key, value, phase in (("planner.eps", 0.2, "plan"), ("caches.epochs", 1, "explore"),
-                              ("workload.length", 7, "benchmark")):
+    for key, value, phase in (
+        ("planner.eps", 0.2, "plan"),
+        ("caches.epochs", 1, "explore"),
+        ("workload.length", 7, "benchmark"),
+    ):
         changed = _smoke_config(base)
         section, name = key.split(".")
         old = changed[section][name]
         changed[section][name] = value
-        with pytest.raises(ConfigError, match=rf"changed {re.escape(key)} \({old} -> {value}\)"
-                                              rf".*--redo={phase} "):
+        with pytest.raises(
+            ConfigError,
+            match=rf"changed {re.escape(key)} \({old} -> {value}\)"
+            rf".*--redo={phase} ",
+        ):
             run_main_job(changed, str(out))
         assert (out / "config.json").read_text() == stored  # the record is not overwritten
         # Redoing that phase (or an earlier one) accepts the new value.
@@ -463,15 +536,23 @@ def test_a_finished_workdir_refuses_a_config_that_changes_its_results(pristine, 
     # Keys that change how, not what: the device count.
     relocated = _smoke_config(base)
     relocated.mesh.devices = 1
-    check_same_run(out, json.loads((out / "phases.json").read_text()),
-                   stored_config(relocated), len(PHASES) - 1, False)
+    check_same_run(
+        out,
+        json.loads((out / "phases.json").read_text()),
+        stored_config(relocated),
+        len(PHASES) - 1,
+        False,
+    )
     # The same network at the same path, with other weights: refused, naming both.
     made_for = base_model_fingerprint(base)
     shutil.rmtree(base)
     shutil.copytree(pristine / "other_model", base)
-    with pytest.raises(CheckpointError, match=f"made for the base network {made_for}, but "
-                                              f".* now holds the base network "
-                                              f"{base_model_fingerprint(base)}.*--redo=explore"):
+    with pytest.raises(
+        CheckpointError,
+        match=f"made for the base network {made_for}, but "
+        f".* now holds the base network "
+        f"{base_model_fingerprint(base)}.*--redo=explore",
+    ):
         run_main_job(_smoke_config(base), str(out))
 
 
@@ -481,8 +562,10 @@ def test_a_deleted_or_changed_phase_output_is_redone(pristine, tmp_path):
     assert first_phase_to_run(out, log, (), False) == (PHASES.index("report"), "always")
     (out / "benchmark.json").write_text("[]\n")
     index, why = first_phase_to_run(out, log, (), False)
-    assert (PHASES[index], why) == ("benchmark", f"{out / 'benchmark.json'} changed after the "
-                                                 "phase wrote it")
+    assert (PHASES[index], why) == (
+        "benchmark",
+        f"{out / 'benchmark.json'} changed after the phase wrote it",
+    )
     shutil.rmtree(out / "plan")
     index, why = first_phase_to_run(out, log, (), False)
     assert (PHASES[index], why) == ("plan", f"{out / 'plan' / MANIFEST} is missing")

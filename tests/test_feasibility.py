@@ -6,13 +6,17 @@ import math
 
 import pytest
 
-from gati_jax.planner.feasibility import (best_certifiable_eps, check_feasibility,
-                                          min_tuning_requests)
+from gati_jax.planner.feasibility import (
+    best_certifiable_eps,
+    check_feasibility,
+    min_tuning_requests,
+)
 from gati_jax.planner.instance import max_errors
 
 
-@pytest.mark.parametrize("eps,confidence", [(0.01, 0.95), (0.02, 0.95), (0.05, 0.9),
-                                            (0.001, 0.99), (0.1, 0.5)])
+@pytest.mark.parametrize(
+    "eps,confidence", [(0.01, 0.95), (0.02, 0.95), (0.05, 0.9), (0.001, 0.99), (0.1, 0.5)]
+)
 def test_min_tuning_requests_is_where_the_planners_budget_turns_non_negative(eps, confidence):
     need = min_tuning_requests(eps, confidence)
     # The planner's own budget: -1 means not even an error-free plan meets the bound.
@@ -35,8 +39,12 @@ def test_infeasible_message_names_the_minimum_and_the_remedies():
     assert not result.feasible
     text = result.message()
     assert "at least 268 agreeing tuning requests" in text and "has 250" in text
-    for remedy in ("data.validation_size", "planner.eps", "planner.confidence",
-                   "planner.allow_infeasible"):
+    for remedy in (
+        "data.validation_size",
+        "planner.eps",
+        "planner.confidence",
+        "planner.allow_infeasible",
+    ):
         assert remedy in text
     assert check_feasibility(5000, 0.01, 0.95).feasible
 
@@ -61,4 +69,5 @@ def test_an_unreachable_bound_stops_the_main_job_before_any_work(tmp_path):
     assert not (tmp_path / "run" / "config.json").exists()
     config.planner.allow_infeasible = True
     from gati_jax.jobs.planning import check_bound_reachable
+
     assert not check_bound_reachable(config.planner, 500).feasible

@@ -6,12 +6,12 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from test_router import CLASSES, MEAN, SHAPE, STD, _caches, _images
 
 from gati_jax.inference import BaseModel
 from gati_jax.models import build_network
 from gati_jax.runtime import ReferenceRouter, Router
 from gati_jax.runtime.policies import policy_builder
-from test_router import CLASSES, MEAN, SHAPE, STD, _caches, _images
 
 POSITIONS = (0, 1)
 
@@ -22,13 +22,15 @@ def _network_on(*devices):
     network = build_network(config, SHAPE, CLASSES)
     with jax.default_device(jax.devices("cpu")[0]):
         variables = network.init(jax.random.key(0))
-    return network, *(BaseModel(network, jax.device_put(variables, d), MEAN, STD, {})
-                      for d in devices)
+    return network, *(
+        BaseModel(network, jax.device_put(variables, d), MEAN, STD, {}) for d in devices
+    )
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("policy,compact", [("gati", False), ("gati", True),
-                                            ("confidence", False), ("oracle", True)])
+@pytest.mark.parametrize(
+    "policy,compact", [("gati", False), ("gati", True), ("confidence", False), ("oracle", True)]
+)
 def test_router_on_gpu_matches_the_cpu_reference(policy, compact):
     cpu, gpu = jax.devices("cpu")[0], jax.devices("gpu")[0]
     network, cpu_model, gpu_model = _network_on(cpu, gpu)
@@ -44,9 +46,11 @@ def test_router_on_gpu_matches_the_cpu_reference(policy, compact):
         n = int(rng.integers(1, 17))
         with jax.default_device(cpu):
             want = ReferenceRouter(cpu_model, POSITIONS, decides).route(
-                params, thresholds, images[:n], base[:n])
+                params, thresholds, images[:n], base[:n]
+            )
         got = Router(gpu_model, POSITIONS, decides, max_group=16, compact=compact).route(
-            jax.device_put(params, gpu), thresholds, images[:n], base[:n])
+            jax.device_put(params, gpu), thresholds, images[:n], base[:n]
+        )
         # Float rounding differs between devices, so a score right at a threshold may flip;
         # decisions and answers must agree almost everywhere.
         assert np.mean(got.exit_stage == want.exit_stage) >= 0.9
@@ -60,14 +64,14 @@ def test_router_on_gpu_never_recompiles_for_new_parameters_or_thresholds():
     gpu = jax.devices("gpu")[0]
     network, model = _network_on(gpu)
     heads, params = _caches(network, POSITIONS)
-    router = Router(model, POSITIONS, tuple(policy_builder("gati")(h) for h in heads),
-                    max_group=8)
+    router = Router(model, POSITIONS, tuple(policy_builder("gati")(h) for h in heads), max_group=8)
     images = _images(8)
     router.route(jax.device_put(params, gpu), [0.5, 0.5], images)
     for seed in range(1, 4):
         _, new_params = _caches(network, POSITIONS, seed=seed)
-        result = router.route(jax.device_put(new_params, gpu),
-                              np.random.default_rng(seed).uniform(size=2), images)
+        result = router.route(
+            jax.device_put(new_params, gpu), np.random.default_rng(seed).uniform(size=2), images
+        )
         assert result.answer.shape == (8,)
     assert router.trace_count == 1
 
@@ -76,6 +80,7 @@ def test_router_on_gpu_never_recompiles_for_new_parameters_or_thresholds():
 def test_knn_on_gpu_hits_on_its_own_stored_activations():
     from gati_jax import data
     from gati_jax.runtime import knn
+
     gpu = jax.devices("gpu")[0]
     network, model = _network_on(gpu)
     images = _images(12, seed=7)
@@ -86,6 +91,7 @@ def test_knn_on_gpu_hits_on_its_own_stored_activations():
     # A radius of 1e-3 is far below the keys' norms: only an exact match (up to float32
     # rounding) hits, which reduced-precision products on the GPU would miss.
     result = Router(model, (1,), (decide,), max_group=16).route(
-        (jax.device_put(store, gpu),), [1e-3], images)
+        (jax.device_put(store, gpu),), [1e-3], images
+    )
     assert result.hit[:6].all()
     np.testing.assert_array_equal(result.answer, base)

@@ -9,10 +9,18 @@ import pytest
 from test_router import _bank, _model
 
 from gati_jax.experiments import kernel_profile
-from gati_jax.experiments.kernel_profile import (OTHER, UNATTRIBUTED, added_kernels, attribute,
-                                     describe_kernel_profile, instruction_parts,
-                                     kernel_breakdown, kernel_profile_summaries, part_of,
-                                     part_order)
+from gati_jax.experiments.kernel_profile import (
+    OTHER,
+    UNATTRIBUTED,
+    added_kernels,
+    attribute,
+    describe_kernel_profile,
+    instruction_parts,
+    kernel_breakdown,
+    kernel_profile_summaries,
+    part_of,
+    part_order,
+)
 from gati_jax.planner.costs import all_miss_programs
 from gati_jax.runtime import deploy
 from gati_jax.scopes import lookup_scope, stage_scope
@@ -49,9 +57,10 @@ def test_part_of_takes_the_innermost_stage_or_lookup_scope():
     assert part_of("") == OTHER
     assert part_of(f"jit(f)/{stage_scope(3)}/x") == "stage 3"
     assert part_of(f"jit(f)/{lookup_scope(4)}/x") == "lookup at 4"
-    assert sorted([OTHER, "lookup at 1", UNATTRIBUTED, "stage 10", "stage 1", "stage 0",
-                   "kernels"], key=part_order) == ["stage 0", "stage 1", "lookup at 1",
-                                                   "stage 10", OTHER, UNATTRIBUTED, "kernels"]
+    assert sorted(
+        [OTHER, "lookup at 1", UNATTRIBUTED, "stage 10", "stage 1", "stage 0", "kernels"],
+        key=part_order,
+    ) == ["stage 0", "stage 1", "lookup at 1", "stage 10", OTHER, UNATTRIBUTED, "kernels"]
 
 
 def test_instruction_parts_reads_opcodes_scopes_and_unnamed_operands():
@@ -74,12 +83,28 @@ def test_instruction_parts_reads_opcodes_scopes_and_unnamed_operands():
 
 def test_attribute_sums_leaf_kernels_per_part_and_takes_medians():
     _, parts = instruction_parts(_HLO)
-    calls = [{"fusion.1": 3.0, "pool": 1.0, "dot.3": 1.0, "done": 0.5, "cond.5": 9.0,
-              "loop": 7.0},
-             {"fusion.1": 5.0, "pool": 2.0, "dot.3": 2.0, "done": 0.5, "dot.7": 4.0,
-              "cond.5": 9.0, "unknown_op": 1.0, "loop": 7.0},
-             {"fusion.1": 4.0, "pool": 1.0, "dot.3": 1.0, "done": 0.5, "cond.5": 9.0,
-              "unknown_op": 2.0, "loop": 7.0}]
+    calls = [
+        {"fusion.1": 3.0, "pool": 1.0, "dot.3": 1.0, "done": 0.5, "cond.5": 9.0, "loop": 7.0},
+        {
+            "fusion.1": 5.0,
+            "pool": 2.0,
+            "dot.3": 2.0,
+            "done": 0.5,
+            "dot.7": 4.0,
+            "cond.5": 9.0,
+            "unknown_op": 1.0,
+            "loop": 7.0,
+        },
+        {
+            "fusion.1": 4.0,
+            "pool": 1.0,
+            "dot.3": 1.0,
+            "done": 0.5,
+            "cond.5": 9.0,
+            "unknown_op": 2.0,
+            "loop": 7.0,
+        },
+    ]
     out = attribute(calls, parts)
     assert out["stage 0"] == 4.0
     assert out["lookup at 0"] == 2.0  # pool + dot.3 per call: 2, 4, 2
@@ -95,10 +120,20 @@ def test_attribute_sums_leaf_kernels_per_part_and_takes_medians():
 
 def test_added_kernels_splits_a_router_over_the_plain_network():
     plain = {"stage 0": 4.0, "stage 1": 6.0, OTHER: 1.0, "kernels": 11.0}
-    router = {"stage 0": 4.5, "lookup at 0": 2.0, "stage 1": 6.0, "lookup at 1": 1.0,
-              OTHER: 2.5, "kernels": 16.0}
-    assert added_kernels(router, plain) == {"lookups": 3.0, "other": 1.5, "stages": 0.5,
-                                            "plain": 11.0}
+    router = {
+        "stage 0": 4.5,
+        "lookup at 0": 2.0,
+        "stage 1": 6.0,
+        "lookup at 1": 1.0,
+        OTHER: 2.5,
+        "kernels": 16.0,
+    }
+    assert added_kernels(router, plain) == {
+        "lookups": 3.0,
+        "other": 1.5,
+        "stages": 0.5,
+        "plain": 11.0,
+    }
 
 
 def test_kernel_breakdown_of_a_compiled_program_names_its_scopes():
@@ -116,8 +151,10 @@ def test_kernel_breakdown_of_a_compiled_program_names_its_scopes():
     x = jnp.full((192, 192), 0.01, jnp.float32)
     # Both lambdas: one module name for two programs, told apart by the order of the calls.
     compiled, other = jax.jit(lambda v: program(v)), jax.jit(lambda v: jnp.tanh(v) + 1.0)
-    programs = {"program": (lambda: compiled(x), compiled.lower(x).compile().as_text()),
-                "other": (lambda: other(x), other.lower(x).compile().as_text())}
+    programs = {
+        "program": (lambda: compiled(x), compiled.lower(x).compile().as_text()),
+        "other": (lambda: other(x), other.lower(x).compile().as_text()),
+    }
     modules = {instruction_parts(hlo)[0] for _, hlo in programs.values()}
     assert len(modules) == 1
     both = kernel_breakdown(programs, rounds=3, block=4)
@@ -127,7 +164,8 @@ def test_kernel_breakdown_of_a_compiled_program_names_its_scopes():
     # Four 192x192 matrix products against one 4x192x4.
     assert out["stage 0"] > 10 * out["lookup at 0"] > 0
     assert out["kernels"] == pytest.approx(
-        sum(v for k, v in out.items() if k not in ("kernels", "call")))
+        sum(v for k, v in out.items() if k not in ("kernels", "call"))
+    )
     assert out["call"] >= out["stage 0"]
     # The other program's kernels are its own: no stage, no lookup, far less time.
     assert set(both["other"]) == {OTHER, "kernels", "call"}
@@ -137,12 +175,16 @@ def test_kernel_breakdown_of_a_compiled_program_names_its_scopes():
 def test_router_programs_name_every_stage_and_deployed_lookup(base):
     network, variables = base
     model = _model(network, variables)
-    cands, bank = _bank(network, (0, 2), (0.5, 0.5),
-                        {"hit_rate@0.99": 0.5, "lookup_latency_s": 1e-5})
+    cands, bank = _bank(
+        network, (0, 2), (0.5, 0.5), {"hit_rate@0.99": 0.5, "lookup_latency_s": 1e-5}
+    )
     dep = deploy(bank, cands)
-    programs = all_miss_programs(model, {"router": (dep, dep.router(model, max_group=1))},
-                                 jax.jit(lambda x: network.apply(variables, x)),
-                                 jnp.zeros((1, *network.input_shape), jnp.float32))
+    programs = all_miss_programs(
+        model,
+        {"router": (dep, dep.router(model, max_group=1))},
+        jax.jit(lambda x: network.apply(variables, x)),
+        jnp.zeros((1, *network.input_shape), jnp.float32),
+    )
     for name, deployed in (("plain", ()), ("router", (0, 2))):
         call, hlo = programs[name]
         assert np.asarray(call()).shape[-1] >= 1
@@ -163,36 +205,55 @@ def test_kernel_breakdown_gives_none_while_another_trace_runs(tmp_path):
     jax.profiler.start_trace(str(tmp_path))
     try:
         with pytest.warns(UserWarning, match="no kernel profile: Profile has already"):
-            assert kernel_breakdown({"f": (lambda: square(x),
-                                           square.lower(x).compile().as_text())}) is None
+            assert (
+                kernel_breakdown({"f": (lambda: square(x), square.lower(x).compile().as_text())})
+                is None
+            )
     finally:
         jax.profiler.stop_trace()
 
 
 def test_summaries_say_what_a_router_adds():
-    profile = {"plain": {"stage 0": 0.4, "stage 1": 0.6, OTHER: 0.0, "kernels": 1.0,
-                         "call": 1.2},
-               "router": {"stage 0": 0.42, "lookup at 0": 0.05, "stage 1": 0.6, OTHER: 0.01,
-                          "kernels": 1.08, "call": 1.3}}
+    profile = {
+        "plain": {"stage 0": 0.4, "stage 1": 0.6, OTHER: 0.0, "kernels": 1.0, "call": 1.2},
+        "router": {
+            "stage 0": 0.42,
+            "lookup at 0": 0.05,
+            "stage 1": 0.6,
+            OTHER: 0.01,
+            "kernels": 1.08,
+            "call": 1.3,
+        },
+    }
     assert kernel_profile_summaries(profile, {"router": ([0], 0.07), "absent": ([1], 0.1)}) == [
         "router [0]: its lookups' kernels 50 us (5.0% of the plain network's kernels), its "
         "other kernels +10 us (+1.0%), its stages' kernels +20 us (+2.0%); all-miss overhead "
-        "timed without the profiler +7.0%"]
+        "timed without the profiler +7.0%"
+    ]
     lines = describe_kernel_profile(profile, {"router": (None, 0.07)})
     assert lines[0].startswith("inside the programs, every lookup missing (XLA's kernel")
     table = lines[1].splitlines()
     assert table[0].split() == ["part", "plain", "router"]
-    assert [row.split()[0] for row in table[1:]] == ["stage", "lookup", "stage", "other",
-                                                     "kernels", "call"]
+    assert [row.split()[0] for row in table[1:]] == [
+        "stage",
+        "lookup",
+        "stage",
+        "other",
+        "kernels",
+        "call",
+    ]
     assert lines[2].startswith("router: its lookups' kernels 50 us")
 
 
 def test_a_profile_that_cannot_be_matched_is_left_out_with_a_warning(monkeypatch):
     def mismatched(*args, **kwargs):
         raise ValueError("kernel_times: the trace holds 3 program runs for 4 calls")
+
     monkeypatch.setattr(kernel_profile, "kernel_times", mismatched)
     square = jax.jit(lambda v: v * v)
     x = jnp.ones(4)
     with pytest.warns(UserWarning, match="no kernel profile: kernel_times: the trace"):
-        assert kernel_breakdown({"f": (lambda: square(x),
-                                       square.lower(x).compile().as_text())}) is None
+        assert (
+            kernel_breakdown({"f": (lambda: square(x), square.lower(x).compile().as_text())})
+            is None
+        )

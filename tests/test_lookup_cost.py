@@ -9,11 +9,14 @@ import numpy as np
 
 from gati_jax.caches import CacheBank, Candidate, Predictor, parse_variant
 from gati_jax.caches.selector import NUM_FEATURES, Selector
+from gati_jax.experiments.lookup_benchmark import (
+    benchmark_lookups,
+    chained_lookup_seconds,
+    with_pooling,
+)
 from gati_jax.inference import BaseModel
 from gati_jax.models import build_network
 from gati_jax.runtime.deployment import deploy
-from gati_jax.experiments.lookup_benchmark import (benchmark_lookups, chained_lookup_seconds,
-                                          with_pooling)
 
 SHAPE, CLASSES, FACTOR = (12, 12, 1), 5, 2
 VARIANTS = {0: "fc-d3-h8", 2: "conv3-c4-s2-k2", 3: "pool-k1"}  # 12x12, 6x6, 6x6 maps
@@ -24,17 +27,35 @@ def _system():
     pooling factor 2 (fc with overlapping bins, conv, global pooling)."""
     config = ml_collections.ConfigDict(dict(name="resnet18", width=2, hidden_sizes=()))
     network = build_network(config, SHAPE, CLASSES)
-    model = BaseModel(network, network.init(jax.random.key(0)), np.array([0.5], np.float32),
-                      np.array([0.25], np.float32), {})
+    model = BaseModel(
+        network,
+        network.init(jax.random.key(0)),
+        np.array([0.5], np.float32),
+        np.array([0.25], np.float32),
+        {},
+    )
     shapes = network.activation_shapes()
     cands = []
     for k, (p, variant) in enumerate(VARIANTS.items()):
         spec, key = parse_variant(variant), jax.random.key(k)
         recorded = (1, shapes[p][1] // FACTOR, shapes[p][2] // FACTOR, shapes[p][3])
-        params = {"predictor": Predictor(spec, CLASSES).init(key, jnp.zeros(recorded))["params"],
-                  "selector": Selector(8).init(key, jnp.zeros((1, NUM_FEATURES)))["params"]}
-        cands.append(Candidate(p, variant, 0, 1e-3, FACTOR, recorded[1:], params,
-                               {"0.99": 0.5}, {"hit_rate@0.99": 0.1, "lookup_latency_s": 1e-4}))
+        params = {
+            "predictor": Predictor(spec, CLASSES).init(key, jnp.zeros(recorded))["params"],
+            "selector": Selector(8).init(key, jnp.zeros((1, NUM_FEATURES)))["params"],
+        }
+        cands.append(
+            Candidate(
+                p,
+                variant,
+                0,
+                1e-3,
+                FACTOR,
+                recorded[1:],
+                params,
+                {"0.99": 0.5},
+                {"hit_rate@0.99": 0.1, "lookup_latency_s": 1e-4},
+            )
+        )
     return model, CacheBank(CLASSES, 8, cands, {"positions": list(VARIANTS)})
 
 
@@ -55,8 +76,9 @@ def test_both_pooling_forms_route_alike_and_every_cache_gets_figures():
         exits |= set(a.exit_stage.tolist())
     assert len(exits) >= 2  # real early exits were compared, not only full runs
 
-    chained = chained_lookup_seconds(model, {"slices": dep, "matrices": matrices}, links=2,
-                                     repeats=3)
+    chained = chained_lookup_seconds(
+        model, {"slices": dep, "matrices": matrices}, links=2, repeats=3
+    )
     assert set(chained) == {"slices", "matrices"}
     assert all(len(v) == len(VARIANTS) and np.isfinite(v).all() for v in chained.values())
 

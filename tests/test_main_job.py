@@ -13,14 +13,27 @@ import pytest
 
 from gati_jax.jobs.main_job import run_main_job
 from gati_jax.planner.plan import load_plan, plan_deployment
-from gati_jax.system import load_system
 from gati_jax.runtime.router import bucket_sizes
+from gati_jax.system import load_system
 from gati_jax.training.checkpointing import load_base_model
 
 ROOT = Path(__file__).resolve().parents[1]
-ROW_KEYS = {"workload", "policy", "accuracy", "agreement", "mean_latency_ms", "p50_latency_ms",
-            "p99_latency_ms", "throughput_rps", "speedup_vs_none", "oracle_fraction",
-            "hit_rate", "cache_bytes", "miss_overhead", "feasible"}
+ROW_KEYS = {
+    "workload",
+    "policy",
+    "accuracy",
+    "agreement",
+    "mean_latency_ms",
+    "p50_latency_ms",
+    "p99_latency_ms",
+    "throughput_rps",
+    "speedup_vs_none",
+    "oracle_fraction",
+    "hit_rate",
+    "cache_bytes",
+    "miss_overhead",
+    "feasible",
+}
 
 
 def smoke_config():
@@ -66,15 +79,18 @@ def test_plan_respects_bound_and_budget_and_loads(explored):
     for prefix in ("", "remeasured_"):
         assert np.isfinite(check[f"{prefix}normalized_error"])
     assert check["remeasured_predicted_speedup"] == pytest.approx(
-        check["remeasured_plain_ms"] / check["remeasured_predicted_mean_ms"])
+        check["remeasured_plain_ms"] / check["remeasured_predicted_mean_ms"]
+    )
     assert check["remeasured_within_10pct"] == (abs(check["remeasured_normalized_error"]) <= 0.1)
     # Per exit position: fractions add up, and the rows average back to the whole.
     rows = check["by_exit"]
     assert sum(r["fraction"] for r in rows) == pytest.approx(1.0)
     assert sum(r["fraction"] * r["measured"] for r in rows) == pytest.approx(
-        check["measured_mean_ms"] / check["plain_measured_ms"])
+        check["measured_mean_ms"] / check["plain_measured_ms"]
+    )
     assert sum(r["fraction"] * r["predicted"] for r in rows) == pytest.approx(
-        check["predicted_mean_ms"] / check["plain_profiled_ms"])
+        check["predicted_mean_ms"] / check["plain_profiled_ms"]
+    )
     plan, bank = load_plan(workdir / "plan")
     # No miss bound: the chosen plan's all-miss request measured once, as planned.
     misses = result["miss_check"]
@@ -93,8 +109,11 @@ def test_plan_respects_bound_and_budget_and_loads(explored):
 def test_benchmark_rows_are_consistent(explored):
     config, workdir, _ = explored
     saved = json.loads((workdir / "benchmark.json").read_text())
-    gati = [m for m in json.loads((workdir / "plan.json").read_text())["methods"]
-            if (m["policy"], m["method"]) == ("gati", "joint")][0]
+    gati = [
+        m
+        for m in json.loads((workdir / "plan.json").read_text())["methods"]
+        if (m["policy"], m["method"]) == ("gati", "joint")
+    ][0]
     # online.enabled by default; gati-online serves when the gati plan deploys a cache.
     online_served = bool(gati["positions"])
     policies = {*config.benchmark.policies, *(["gati-online"] if online_served else [])}
@@ -111,8 +130,10 @@ def test_benchmark_rows_are_consistent(explored):
         # A policy that deploys nothing has no program of its own and no miss overhead.
         deploying = {r["policy"] for r in saved if r["miss_overhead"] != 0.0}
         assert set(details["convolution_kernels"]) == {"plain"} | deploying
-        assert all(k == {"library_fusions": 0, "library": 0, "total": 0}
-                   for k in details["convolution_kernels"].values())
+        assert all(
+            k == {"library_fusions": 0, "library": 0, "total": 0}
+            for k in details["convolution_kernels"].values()
+        )
         # The same programs' kernel times in parts: each program's own lookups.
         profile = details["kernel_profile_ms"]
         assert set(profile) == {"plain"} | deploying
@@ -125,7 +146,8 @@ def test_benchmark_rows_are_consistent(explored):
         if online_served:
             online = details["online"][workload]
             assert online["speedup_vs_static_gati"] == pytest.approx(
-                mine["gati"]["mean_latency_ms"] / mine["gati-online"]["mean_latency_ms"])
+                mine["gati"]["mean_latency_ms"] / mine["gati-online"]["mean_latency_ms"]
+            )
             # One program per bucket for the tapped router (and the untapped one, unless
             # online.single_program), one per audit segment and audit group size; all
             # compiled in the warm-up, never again.
@@ -133,7 +155,8 @@ def test_benchmark_rows_are_consistent(explored):
             routers = 1 if config.online.single_program else 2
             assert online["trace_count"] == (
                 routers * len(bucket_sizes(group))
-                + config.online.audit_segments * min(config.online.audit_group, group))
+                + config.online.audit_segments * min(config.online.audit_group, group)
+            )
         none = mine["none"]
         assert none["agreement"] == 1.0 and none["hit_rate"] == 0.0
         assert none["speedup_vs_none"] == pytest.approx(1.0)
@@ -147,7 +170,8 @@ def test_benchmark_rows_are_consistent(explored):
         for row in mine.values():
             assert set(row) == ROW_KEYS
             assert row["speedup_vs_none"] == pytest.approx(
-                none["mean_latency_ms"] / row["mean_latency_ms"])
+                none["mean_latency_ms"] / row["mean_latency_ms"]
+            )
             assert 0 <= row["agreement"] <= 1 and 0 <= row["hit_rate"] <= 1
             assert row["p50_latency_ms"] <= row["p99_latency_ms"]
             # The oracle exits only where its cache agrees: nothing beats it on agreement.
@@ -161,15 +185,16 @@ def test_report_resume_and_loaded_system(explored):
     text = (workdir / "report.md").read_text()
     assert "| workload | policy | speedup_vs_none |" in text
     misses = report["plan"]["miss_check"]
-    assert (f"A request missing every lookup of the plan: predicted "
-            f"{100 * misses['predicted']:+.1f}%, measured {100 * misses['measured']:+.1f}% "
-            "over the plain network (no miss bound)") in text
+    assert (
+        f"A request missing every lookup of the plan: predicted "
+        f"{100 * misses['predicted']:+.1f}%, measured {100 * misses['measured']:+.1f}% "
+        "over the plain network (no miss bound)"
+    ) in text
     assert report["benchmark"] == json.loads((workdir / "benchmark.json").read_text())
     if jax.default_backend() == "cpu":
         assert "The same programs inside, every lookup missing" in text
         assert "| part | plain | " in text
-        profile = json.loads((workdir / "benchmark_details.json").read_text())[
-            "kernel_profile_ms"]
+        profile = json.loads((workdir / "benchmark_details.json").read_text())["kernel_profile_ms"]
         for name in set(profile) - {"plain"}:
             assert f"\n- {name}: its lookups' kernels " in text
     for name in ("position_hit_rates.png", "hit_rate_over_time.png"):
@@ -190,17 +215,20 @@ def test_report_resume_and_loaded_system(explored):
     system = load_system(workdir, max_group=4)
     plan, bank = load_plan(workdir / "plan")
     assert system.plan == plan
-    images = np.random.default_rng(0).integers(0, 256, (4, *system.model.network.input_shape),
-                                               dtype=np.uint8)
+    images = np.random.default_rng(0).integers(
+        0, 256, (4, *system.model.network.input_shape), dtype=np.uint8
+    )
     result = system.route(images)
     deployment = plan_deployment(plan, bank)
-    want = deployment.router(system.model, 4).route(deployment.params, deployment.thresholds,
-                                                    images)
+    want = deployment.router(system.model, 4).route(
+        deployment.params, deployment.thresholds, images
+    )
     np.testing.assert_array_equal(result.answer, want.answer)
 
 
-def test_a_miss_bound_is_held_by_planning_again_and_else_nothing_deploys(explored, tmp_path,
-                                                                        monkeypatch):
+def test_a_miss_bound_is_held_by_planning_again_and_else_nothing_deploys(
+    explored, tmp_path, monkeypatch
+):
     """The planning job under a bound, on a stand-in machine where every lookup costs half
     the plain network: the plan without the bound (the scout) measures over a 30% bound, its
     lookups are timed alone and charged that, and the first plan deploys nothing; with no
@@ -219,11 +247,13 @@ def test_a_miss_bound_is_held_by_planning_again_and_else_nothing_deploys(explore
         prof.exit_s = {k: 1e-6 for k in prof.exit_s}
         prof.router_s, prof.deploy_s = {}, {}
         return prof
+
     measured = []
 
     def machine(model, deployment, group_size, rounds):
         measured.append(tuple(deployment.positions))
         return 0.5 * len(deployment.positions)
+
     monkeypatch.setattr(planning, "load_or_measure", profile)
     monkeypatch.setattr(planning, "measure_miss_overhead", machine)
     for rounds, out in ((3, tmp_path / "replanned"), (0, tmp_path / "fallback")):

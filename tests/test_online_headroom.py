@@ -9,8 +9,9 @@ from test_router import CLASSES, _bank, _base_answers, _images, _model
 from gati_jax.experiments.online_headroom import HeadroomSettings, exit_costs, segment_headroom
 from gati_jax.runtime import deploy
 
-SETTINGS = HeadroomSettings(train=10, calibrate=20, steps=5, batch_size=4, target=0.9,
-                            confidence=0.0)
+SETTINGS = HeadroomSettings(
+    train=10, calibrate=20, steps=5, batch_size=4, target=0.9, confidence=0.0
+)
 
 
 def _deployment(network, policy="gati"):
@@ -28,14 +29,22 @@ def test_static_cascade_exits_where_the_router_does_and_costs_add_up(base):
     costs = {"0": 0.2, "2": 0.6, "full": 1.1}
     result = segment_headroom(model, dep, images, labels, [(0, 1), (2,)], SETTINGS, costs)
     assert [(r["hot"], r["position"]) for r in result["caches"]] == [
-        ("0,1", 0), ("0,1", 2), ("2", 0), ("2", 2)]
+        ("0,1", 0),
+        ("0,1", 2),
+        ("2", 0),
+        ("2", 2),
+    ]
     for hot in ((0, 1), (2,)):
         members = np.random.default_rng(SETTINGS.seed).permutation(
-            np.flatnonzero(np.isin(labels, hot)))
-        test = members[SETTINGS.train + SETTINGS.calibrate:]
+            np.flatnonzero(np.isin(labels, hot))
+        )
+        test = members[SETTINGS.train + SETTINGS.calibrate :]
         want = dep.reference(model).route(dep.params, dep.thresholds, images[test])
-        row = next(r for r in result["cascade"]
-                   if r["hot"] == ",".join(map(str, hot)) and r["caches"] == "static")
+        row = next(
+            r
+            for r in result["cascade"]
+            if r["hot"] == ",".join(map(str, hot)) and r["caches"] == "static"
+        )
         assert min(row["exit_0"], row["exit_2"], row["exit_full"]) > 0
         assert row["exit_0"] == pytest.approx(np.mean(want.exit_stage == 0))
         assert row["exit_2"] == pytest.approx(np.mean(want.exit_stage == 2))
@@ -61,8 +70,9 @@ def test_headroom_rejects_what_it_cannot_bound(base):
     model = _model(network, variables)
     images, labels = _images(40), np.arange(40) % CLASSES
     with pytest.raises(ValueError, match="gati deployment"):
-        segment_headroom(model, _deployment(network, "confidence"), images, labels, [(0,)],
-                         SETTINGS)
+        segment_headroom(
+            model, _deployment(network, "confidence"), images, labels, [(0,)], SETTINGS
+        )
     with pytest.raises(ValueError, match="labels have shape"):
         segment_headroom(model, _deployment(network), images, labels[:5], [(0,)], SETTINGS)
     with pytest.raises(ValueError, match="fewer than train"):

@@ -6,21 +6,35 @@ import dataclasses
 
 import numpy as np
 import pytest
+from conftest import assert_config_rejects
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from conftest import assert_config_rejects
 
 from gati_jax.planner import search
 from gati_jax.planner.build import reprice
-from gati_jax.planner.instance import (Instance, MissFloors, Option, max_errors, simulate,
-                                       summarize_outcome, threshold_grid)
-from gati_jax.planner.miss_bound import hold_miss_bound, next_floors
 from gati_jax.planner.costs import Profile
+from gati_jax.planner.instance import (
+    Instance,
+    MissFloors,
+    Option,
+    max_errors,
+    simulate,
+    summarize_outcome,
+    threshold_grid,
+)
+from gati_jax.planner.miss_bound import hold_miss_bound, next_floors
 
 
-def random_instance(seed: int, positions: int = 4, options: int = 2, grid: int = 4,
-                    requests: int = 200, eps: float = 0.02, budget: float = 1e9,
-                    miss: float = float("inf")) -> Instance:
+def random_instance(
+    seed: int,
+    positions: int = 4,
+    options: int = 2,
+    grid: int = 4,
+    requests: int = 200,
+    eps: float = 0.02,
+    budget: float = 1e9,
+    miss: float = float("inf"),
+) -> Instance:
     """Caches whose scores rise with depth and whose errors fall as scores rise."""
     rng = np.random.default_rng(seed)
     prefix = np.cumsum(rng.uniform(0.1, 1.0, positions + 2))
@@ -33,17 +47,31 @@ def random_instance(seed: int, positions: int = 4, options: int = 2, grid: int =
             scores = 1 / (1 + np.exp(-(logit + rng.normal(0, 0.5, requests))))
             errors = rng.random(requests) < 0.5 * (1 - scores) * rng.uniform(0.1, 1)
             correct = ~errors & (rng.random(requests) < 0.95)
-            opts.append(Option(f"p{i}/v{o}/s0/lr0.01", scores, errors, correct,
-                               float(rng.uniform(0.01, 0.2)), int(rng.integers(1, 100)),
-                               threshold_grid(scores, grid),
-                               float(rng.uniform(0.01, 0.3)) if rng.random() < 0.5 else None))
+            opts.append(
+                Option(
+                    f"p{i}/v{o}/s0/lr0.01",
+                    scores,
+                    errors,
+                    correct,
+                    float(rng.uniform(0.01, 0.2)),
+                    int(rng.integers(1, 100)),
+                    threshold_grid(scores, grid),
+                    float(rng.uniform(0.01, 0.3)) if rng.random() < 0.5 else None,
+                )
+            )
         per_position.append(tuple(opts))
-    return Instance(tuple(range(positions)), tuple(per_position), prefix,
-                    rng.random(requests) < 0.9, eps, budget,
-                    router_s=float(rng.choice([0.0, rng.uniform(0.0, 0.5)])),
-                    # Its own stream: the other draws (and hypothesis's examples) stay put.
-                    deploy_s=float(np.random.default_rng(seed + 1).choice([0.0, 0.0, 0.05])),
-                    max_miss_overhead=miss)
+    return Instance(
+        tuple(range(positions)),
+        tuple(per_position),
+        prefix,
+        rng.random(requests) < 0.9,
+        eps,
+        budget,
+        router_s=float(rng.choice([0.0, rng.uniform(0.0, 0.5)])),
+        # Its own stream: the other draws (and hypothesis's examples) stay put.
+        deploy_s=float(np.random.default_rng(seed + 1).choice([0.0, 0.0, 0.05])),
+        max_miss_overhead=miss,
+    )
 
 
 def _mean_cost(instance, choices):
@@ -51,19 +79,23 @@ def _mean_cost(instance, choices):
 
 
 def _feasible(instance, choices):
-    return (simulate(instance, choices).num_errors <= instance.error_budget
-            and instance.memory(choices) <= instance.budget_bytes
-            and instance.miss_s(choices) <= instance.miss_budget_s * (1 + 1e-9))
+    return (
+        simulate(instance, choices).num_errors <= instance.error_budget
+        and instance.memory(choices) <= instance.budget_bytes
+        and instance.miss_s(choices) <= instance.miss_budget_s * (1 + 1e-9)
+    )
 
 
 def test_simulate_charges_stages_up_to_the_exit_and_every_lookup_run():
     scores = np.array([0.9, 0.1, 0.1])
     later = np.array([0.0, 0.9, 0.1])
     f = np.zeros(3, bool)
-    opt0 = Option("p0/a/s0/lr1", scores, np.array([False, False, False]), ~f, 0.5, 10,
-                  np.array([0.5]))
-    opt1 = Option("p1/a/s0/lr1", later, np.array([False, True, False]), ~f, 0.25, 10,
-                  np.array([0.5]))
+    opt0 = Option(
+        "p0/a/s0/lr1", scores, np.array([False, False, False]), ~f, 0.5, 10, np.array([0.5])
+    )
+    opt1 = Option(
+        "p1/a/s0/lr1", later, np.array([False, True, False]), ~f, 0.25, 10, np.array([0.5])
+    )
     inst = Instance((0, 1), ((opt0,), (opt1,)), np.array([1.0, 3.0, 6.0]), ~f, 0.5, 100)
     out = simulate(inst, [(0, 0.5), (0, 0.5)])
     # Request 0 exits at 0 (1 + 0.5), 1 at position 1 (3 + 0.75), 2 runs everything (6 + 0.75).
@@ -72,13 +104,17 @@ def test_simulate_charges_stages_up_to_the_exit_and_every_lookup_run():
     assert out.num_errors == 1
     summary = summarize_outcome(inst, [(0, 0.5), (0, 0.5)])
     assert summary["agreement"] == pytest.approx(2 / 3)
-    assert summary["exit_fractions"] == {"0": pytest.approx(1 / 3), "1": pytest.approx(1 / 3),
-                                         "full": pytest.approx(1 / 3)}
+    assert summary["exit_fractions"] == {
+        "0": pytest.approx(1 / 3),
+        "1": pytest.approx(1 / 3),
+        "full": pytest.approx(1 / 3),
+    }
     assert summary["memory_bytes"] == 20
     # The router's charge: once per request when anything is deployed, never for no caches.
     charged = dataclasses.replace(inst, router_s=0.125)
-    np.testing.assert_allclose(simulate(charged, [(0, 0.5), (0, 0.5)]).cost_s,
-                               [1.625, 3.875, 6.875])
+    np.testing.assert_allclose(
+        simulate(charged, [(0, 0.5), (0, 0.5)]).cost_s, [1.625, 3.875, 6.875]
+    )
     np.testing.assert_allclose(simulate(charged, [None, (0, 0.5)]).cost_s, [6.375, 3.375, 6.375])
     np.testing.assert_allclose(simulate(charged, [None, None]).cost_s, [6.0, 6.0, 6.0])
     with pytest.raises(ValueError, match="router charge"):
@@ -86,19 +122,17 @@ def test_simulate_charges_stages_up_to_the_exit_and_every_lookup_run():
     # The per-cache charge: every request pays it for each deployed cache, even one that
     # exits before reaching it (request 0 exits at position 0 and pays for both).
     per_cache = dataclasses.replace(charged, deploy_s=0.0625)
-    np.testing.assert_allclose(simulate(per_cache, [(0, 0.5), (0, 0.5)]).cost_s,
-                               [1.75, 4.0, 7.0])
-    np.testing.assert_allclose(simulate(per_cache, [None, (0, 0.5)]).cost_s,
-                               [6.4375, 3.4375, 6.4375])
+    np.testing.assert_allclose(simulate(per_cache, [(0, 0.5), (0, 0.5)]).cost_s, [1.75, 4.0, 7.0])
+    np.testing.assert_allclose(
+        simulate(per_cache, [None, (0, 0.5)]).cost_s, [6.4375, 3.4375, 6.4375]
+    )
     np.testing.assert_allclose(simulate(per_cache, [None, None]).cost_s, [6.0, 6.0, 6.0])
     with pytest.raises(ValueError, match="per-cache charge"):
         dataclasses.replace(inst, deploy_s=float("inf"))
     # An exit costs apart from a miss: request 0 exits at 0 (1 + 0.125), request 1 passes
     # position 0 (0.5) and exits at 1 (3 + 0.5 + 0.25), request 2 passes both.
-    exits = dataclasses.replace(inst, options=((dataclasses.replace(opt0, exit_s=0.125),),
-                                               (opt1,)))
-    np.testing.assert_allclose(simulate(exits, [(0, 0.5), (0, 0.5)]).cost_s,
-                               [1.125, 3.75, 6.75])
+    exits = dataclasses.replace(inst, options=((dataclasses.replace(opt0, exit_s=0.125),), (opt1,)))
+    np.testing.assert_allclose(simulate(exits, [(0, 0.5), (0, 0.5)]).cost_s, [1.125, 3.75, 6.75])
     bad = dataclasses.replace(opt0, exit_s=float("nan"))
     with pytest.raises(ValueError, match="exit cost"):
         dataclasses.replace(inst, options=((bad,), (opt1,)))
@@ -108,10 +142,16 @@ def test_reprice_reads_every_cost_from_the_profile_and_keeps_the_requests():
     inst = random_instance(5)
     rng = np.random.default_rng(1)
     keys = [o.key for opts in inst.options for o in opts]
-    profile = Profile("cpu", "cpu", 1, "m", list(np.cumsum(rng.uniform(0.1, 1.0, 6))),
-                      {f"gati/{k}": float(rng.uniform(0.2, 0.5)) for k in keys},
-                      router_s={"gati": 0.1, "knn": 0.0},
-                      exit_s={f"gati/{k}": float(rng.uniform(0.2, 0.5)) for k in keys[::2]})
+    profile = Profile(
+        "cpu",
+        "cpu",
+        1,
+        "m",
+        list(np.cumsum(rng.uniform(0.1, 1.0, 6))),
+        {f"gati/{k}": float(rng.uniform(0.2, 0.5)) for k in keys},
+        router_s={"gati": 0.1, "knn": 0.0},
+        exit_s={f"gati/{k}": float(rng.uniform(0.2, 0.5)) for k in keys[::2]},
+    )
     plan = search.joint(inst)  # fills the instance's memos, which must not carry over
     new = reprice(inst, profile, "gati")
     np.testing.assert_allclose(new.prefix_s, profile.prefix_s)
@@ -127,8 +167,9 @@ def test_reprice_reads_every_cost_from_the_profile_and_keeps_the_requests():
                 assert n.exit_s == pytest.approx(seconds - 0.1)
             assert n.scores is o.scores and n.errors is o.errors and n.nbytes == o.nbytes
             np.testing.assert_array_equal(n.grid, o.grid)
-    fresh = dataclasses.replace(new, options=tuple(tuple(dataclasses.replace(o) for o in opts)
-                                                   for opts in new.options))
+    fresh = dataclasses.replace(
+        new, options=tuple(tuple(dataclasses.replace(o) for o in opts) for opts in new.options)
+    )
     assert search.joint(new) == search.joint(fresh)
     assert simulate(new, plan).mean_cost_s != pytest.approx(simulate(inst, plan).mean_cost_s)
 
@@ -137,9 +178,12 @@ def test_position_tables_are_exact():
     inst = random_instance(3, positions=4, options=2, grid=6)
     rng = np.random.default_rng(0)
     for _ in range(5):
-        plan = [None if rng.random() < 0.3 else
-                (int(rng.integers(2)), float(rng.choice(inst.options[i][0].grid)))
-                for i in range(4)]
+        plan = [
+            None
+            if rng.random() < 0.3
+            else (int(rng.integers(2)), float(rng.choice(inst.options[i][0].grid)))
+            for i in range(4)
+        ]
         i = int(rng.integers(4))
         table = search._position_table(inst, plan, i)
         for choice, cost, err in zip(table.choices, table.costs, table.errors):
@@ -235,14 +279,21 @@ def test_greedy_and_single_respect_the_bound():
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Found by hypothesis: only a three-position move left ours' optimum, 4.2% above exhaustive.
 @example(seed=130, positions=5, options=2, grid=4, eps=0.0, budget=100.0, miss=float("inf"))
-@given(seed=st.integers(0, 10_000), positions=st.integers(2, 5), options=st.integers(1, 2),
-       grid=st.integers(2, 4), eps=st.sampled_from([0.0, 0.01, 0.05, 0.1]),
-       budget=st.sampled_from([1e9, 100.0, 40.0]),
-       miss=st.sampled_from([float("inf"), 0.1, 0.05]))
-def test_ours_is_within_two_percent_of_exhaustive(seed, positions, options, grid, eps, budget,
-                                                  miss):
-    inst = random_instance(seed, positions, options, grid, requests=150, eps=eps,
-                           budget=budget, miss=miss)
+@given(
+    seed=st.integers(0, 10_000),
+    positions=st.integers(2, 5),
+    options=st.integers(1, 2),
+    grid=st.integers(2, 4),
+    eps=st.sampled_from([0.0, 0.01, 0.05, 0.1]),
+    budget=st.sampled_from([1e9, 100.0, 40.0]),
+    miss=st.sampled_from([float("inf"), 0.1, 0.05]),
+)
+def test_ours_is_within_two_percent_of_exhaustive(
+    seed, positions, options, grid, eps, budget, miss
+):
+    inst = random_instance(
+        seed, positions, options, grid, requests=150, eps=eps, budget=budget, miss=miss
+    )
     plans = search.plan_all(inst)
     best = search.exhaustive(inst)
     assert _feasible(inst, best) and _feasible(inst, plans["joint"])
@@ -255,27 +306,52 @@ def test_ours_is_within_two_percent_of_exhaustive(seed, positions, options, grid
 def test_plan_saves_with_its_caches_and_loads_into_the_router(tmp_path):
     import jax
     import ml_collections
+    from test_router import _caches
 
     from gati_jax.caches.bank import CacheBank, Candidate
     from gati_jax.inference import BaseModel
     from gati_jax.models import build_network
     from gati_jax.planner.plan import load_plan, plan_deployment, plan_from_choices, save_plan
-    from test_router import _caches
 
     config = ml_collections.ConfigDict(dict(name="mlp", width=1, hidden_sizes=(24, 16, 12)))
     network = build_network(config, (6, 6, 1), 4)
-    model = BaseModel(network, network.init(jax.random.key(0)), np.array([0.5], np.float32),
-                      np.array([0.25], np.float32), {})
+    model = BaseModel(
+        network,
+        network.init(jax.random.key(0)),
+        np.array([0.5], np.float32),
+        np.array([0.25], np.float32),
+        {},
+    )
     positions = (0, 1)
     _, params = _caches(network, positions)
     shapes = network.activation_shapes()
-    bank = CacheBank(4, 8, [Candidate(p, "fc-d1-h8", 0, 0.01, 1, tuple(shapes[p][1:]),
-                                      jax.tree.map(np.asarray, params[k]), {}, {})
-                            for k, p in enumerate(positions)], {"positions": list(positions)})
+    bank = CacheBank(
+        4,
+        8,
+        [
+            Candidate(
+                p,
+                "fc-d1-h8",
+                0,
+                0.01,
+                1,
+                tuple(shapes[p][1:]),
+                jax.tree.map(np.asarray, params[k]),
+                {},
+                {},
+            )
+            for k, p in enumerate(positions)
+        ],
+        {"positions": list(positions)},
+    )
     inst = random_instance(0, positions=2, options=1)
     keys = [c.key for c in bank.candidates]
-    inst = dataclasses.replace(inst, options=tuple(
-        (dataclasses.replace(opts[0], key=k),) for opts, k in zip(inst.options, keys)))
+    inst = dataclasses.replace(
+        inst,
+        options=tuple(
+            (dataclasses.replace(opts[0], key=k),) for opts, k in zip(inst.options, keys)
+        ),
+    )
     choices = [(0, 0.3), (0, 0.6)]
     plan = plan_from_choices(inst, choices, "gati", "joint", test=inst)
     assert plan.positions == (0, 1) and plan.thresholds == (0.3, 0.6)
@@ -313,16 +389,30 @@ def test_charges_are_confirmed_on_the_router_our_first_plan_of_each_kind_chose()
     from gati_jax.planner.plan import Plan
 
     def plan(policy, method, *candidates):
-        return Plan(policy, method, tuple(range(len(candidates))), candidates,
-                    candidates, (0.5,) * len(candidates), {})
+        return Plan(
+            policy,
+            method,
+            tuple(range(len(candidates))),
+            candidates,
+            candidates,
+            (0.5,) * len(candidates),
+            {},
+        )
 
-    plans = [plan("gati", "single", "a"), plan("gati", "joint", "b", "a"),
-             plan("confidence", "joint", "c"), plan("entropy", "joint", "c", "d"),
-             plan("apparate", "greedy", "c", "d", "e"), plan("knn", "joint", "k")]
+    plans = [
+        plan("gati", "single", "a"),
+        plan("gati", "joint", "b", "a"),
+        plan("confidence", "joint", "c"),
+        plan("entropy", "joint", "c", "d"),
+        plan("apparate", "greedy", "c", "d", "e"),
+        plan("knn", "joint", "k"),
+    ]
     profile = Profile("cpu", "cpu", 1, "m", [1.0], {})
     # gati: ours; classifier: the first of ours that deploys two (entropy's); kNN: one only.
-    assert charge_routers(plans, profile) == {"gati": ["gati/a", "gati/b"],
-                                              "classifier": ["classifier/c", "classifier/d"]}
+    assert charge_routers(plans, profile) == {
+        "gati": ["gati/a", "gati/b"],
+        "classifier": ["classifier/c", "classifier/d"],
+    }
     profile.charge_from["gati"] = ["gati/a", "gati/b"]  # measured there already
     assert charge_routers(plans, profile) == {"classifier": ["classifier/c", "classifier/d"]}
 
@@ -330,8 +420,9 @@ def test_charges_are_confirmed_on_the_router_our_first_plan_of_each_kind_chose()
 @pytest.mark.parametrize("seed", range(3))
 def test_every_method_keeps_the_miss_bound_and_the_bound_costs_what_it_must(seed):
     # No fixed router charge: it alone would break the bound and leave nothing to test.
-    free = dataclasses.replace(random_instance(seed, positions=5, eps=0.05, budget=1e9),
-                               router_s=0.0)
+    free = dataclasses.replace(
+        random_instance(seed, positions=5, eps=0.05, budget=1e9), router_s=0.0
+    )
     bound = 0.06
     inst = dataclasses.replace(free, max_miss_overhead=bound)
     plans = search.plan_all(inst)
@@ -347,8 +438,12 @@ def test_every_method_keeps_the_miss_bound_and_the_bound_costs_what_it_must(seed
     assert summary["miss_overhead"] == pytest.approx(inst.miss_s(plans["joint"]) / inst.full_s)
     assert summary["feasible"]
     # A floor above the whole bound leaves no lookup deployable.
-    floored = dataclasses.replace(inst, router_s=0.0, deploy_s=0.0, miss_floors=MissFloors(
-        untimed_s=1.01 * bound * inst.full_s))
+    floored = dataclasses.replace(
+        inst,
+        router_s=0.0,
+        deploy_s=0.0,
+        miss_floors=MissFloors(untimed_s=1.01 * bound * inst.full_s),
+    )
     for name, plan in search.plan_all(floored).items():
         assert plan == floored.empty(), name
     assert search.exhaustive(floored) == floored.empty()
@@ -357,9 +452,14 @@ def test_every_method_keeps_the_miss_bound_and_the_bound_costs_what_it_must(seed
 def _free_lookups(inst, bound):
     """``inst`` with a miss bound and the profile saying every lookup and charge is free."""
     return dataclasses.replace(
-        inst, router_s=0.0, deploy_s=0.0, max_miss_overhead=bound,
-        options=tuple(tuple(dataclasses.replace(o, lookup_s=0.0) for o in opts)
-                      for opts in inst.options))
+        inst,
+        router_s=0.0,
+        deploy_s=0.0,
+        max_miss_overhead=bound,
+        options=tuple(
+            tuple(dataclasses.replace(o, lookup_s=0.0) for o in opts) for opts in inst.options
+        ),
+    )
 
 
 def _keys(instance, choices):
@@ -375,6 +475,7 @@ def _joint_planner(instance):
         floored = dataclasses.replace(instance, miss_floors=floors)
         planned.append(search.joint(floored))
         return floored, planned[-1]
+
     return plan, planned
 
 
@@ -385,8 +486,11 @@ def test_the_miss_bound_is_held_by_measurement_where_the_model_says_lookups_are_
     timed are not deployed any more), which keeps the cheap lookups deployable (one floor for
     all, from the plan's share, ruled them out)."""
     free = _free_lookups(random_instance(5, positions=5, eps=0.05), 0.06)
-    price = {o.key: 0.08 if free.positions[i] % 2 else 0.01
-             for i, opts in enumerate(free.options) for o in opts}
+    price = {
+        o.key: 0.08 if free.positions[i] % 2 else 0.01
+        for i, opts in enumerate(free.options)
+        for o in opts
+    }
     plan, planned = _joint_planner(free)
     alone = []
 
@@ -413,22 +517,24 @@ def test_the_miss_bound_is_held_by_measurement_where_the_model_says_lookups_are_
         assert j == 0 or set(r.keys) <= timed_before
         for key, floor in zip(r.keys, r.floors_s):
             assert floor == pytest.approx(
-                (0.01 + price[key]) * free.full_s if key in timed_before else 0.0)
+                (0.01 + price[key]) * free.full_s if key in timed_before else 0.0
+            )
     assert [r.positions for r in rounds][-1] == tuple(
-        free.positions[i] for i, c in enumerate(planned[-1]) if c is not None)
+        free.positions[i] for i, c in enumerate(planned[-1]) if c is not None
+    )
     # No rounds left to re-plan: the first plan stays, reported as over the bound...
     rounds, held = hold_miss_bound(plan, measure, measure_alone, 0.06, rounds=0)
     assert not held and len(rounds) == 1 and rounds[0].measured > 0.06 and not rounds[0].alone
     # ... unless a fallback deploys something that holds it (nothing, in the pipeline).
-    rounds, held = hold_miss_bound(plan, measure, measure_alone, 0.06, rounds=0,
-                                   fallback=lambda: (free, free.empty()))
+    rounds, held = hold_miss_bound(
+        plan, measure, measure_alone, 0.06, rounds=0, fallback=lambda: (free, free.empty())
+    )
     assert held and [r.positions for r in rounds][1:] == [()] and rounds[1].measured == 0
     with pytest.raises(ValueError, match="measured"):
         hold_miss_bound(plan, lambda i, c: float("nan"), measure_alone, 0.06, rounds=1)
     with pytest.raises(ValueError, match="measured"):
         hold_miss_bound(plan, measure, lambda i, k, c: float("inf"), 0.06, rounds=1)
-    assert next_floors(MissFloors(), free, free.empty(), 0.5, {}, set()) == (MissFloors(),
-                                                                            None)
+    assert next_floors(MissFloors(), free, free.empty(), 0.5, {}, set()) == (MissFloors(), None)
 
 
 def test_lookups_that_cost_more_together_get_a_share_of_what_their_plan_measured():
@@ -449,8 +555,9 @@ def test_lookups_that_cost_more_together_get_a_share_of_what_their_plan_measured
     # its measurement; one with a lookup not timed before only the floors timed alone.
     choices = planned[0]
     keys = _keys(free, choices)
-    floors, shared = next_floors(MissFloors(), free, choices, 0.3, {k: 0.02 for k in keys},
-                                 set(keys))
+    floors, shared = next_floors(
+        MissFloors(), free, choices, 0.3, {k: 0.02 for k in keys}, set(keys)
+    )
     assert sum(floors.of(k) for k in keys) == pytest.approx(0.3 * free.full_s)
     assert shared == pytest.approx((0.3 - 0.02 * len(keys)) * free.full_s / len(keys))
     floors, shared = next_floors(MissFloors(), free, choices, 0.3, {keys[0]: 0.02}, set())
@@ -488,4 +595,3 @@ def test_a_scout_corrects_a_profile_that_overcharges_the_router():
     assert float(capped.miss_charge_s(1)) == pytest.approx(0.02 * dear.full_s)
     assert float(capped.miss_charge_s(3)) == pytest.approx(0.02 * dear.full_s)  # no per-cache
     assert float(dear.miss_charge_s(1)) == pytest.approx(0.1 * dear.full_s)
-

@@ -18,12 +18,19 @@ def test_exit_curve_places_exits_at_their_cumulative_cost():
 
 
 def test_headline_plots_write_their_files(tmp_path):
-    rows = [{"workload": w, "policy": p, "speedup_vs_none": s, "agreement": a, "feasible": f}
-            for w in ("uniform", "video")
-            for p, s, a, f in (("none", 1.0, 1.0, True), ("gati", 2.1, 0.992, True),
-                               ("confidence", 1.9, 0.985, False), ("oracle", 4.0, 1.0, True))]
+    rows = [
+        {"workload": w, "policy": p, "speedup_vs_none": s, "agreement": a, "feasible": f}
+        for w in ("uniform", "video")
+        for p, s, a, f in (
+            ("none", 1.0, 1.0, True),
+            ("gati", 2.1, 0.992, True),
+            ("confidence", 1.9, 0.985, False),
+            ("oracle", 4.0, 1.0, True),
+        )
+    ]
     plot_measured_tradeoff(rows, 0.01, tmp_path / "tradeoff.png")
-    plot_exit_depth({"uniform": {"none": {}, "gati": {"0": 0.6, "5": 0.2}}},
-                    [1.0] * 10, tmp_path / "depth.png")
+    plot_exit_depth(
+        {"uniform": {"none": {}, "gati": {"0": 0.6, "5": 0.2}}}, [1.0] * 10, tmp_path / "depth.png"
+    )
     for name in ("tradeoff.png", "depth.png"):
         assert (tmp_path / name).stat().st_size > 10_000

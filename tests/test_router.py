@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from conftest import ROUTER_CLASSES, ROUTER_SHAPE, fc_caches
 
+from gati_jax.inference import BaseModel
 from gati_jax.models import StagedNetwork
 from gati_jax.models.mlp import DenseStage
 from gati_jax.models.resnet import Head
-from gati_jax.inference import BaseModel
 from gati_jax.runtime import ReferenceRouter, Router, bucket_sizes, policy_builder
 from gati_jax.runtime.packing import Packing
 
@@ -38,10 +38,22 @@ def _bank(network, positions, thresholds, metrics=None):
     """Untrained ``fc-d1-h8`` caches at ``positions`` as bank candidates, each calibrated to
     its threshold for 99% agreement; returns (candidates, bank)."""
     from gati_jax.caches import CacheBank, Candidate
+
     _, params = _caches(network, positions)
-    cands = [Candidate(p, "fc-d1-h8", 0, 1e-3, 1, network.activation_shapes()[p][1:],
-                       params[k], {"0.99": t}, dict(metrics or {}))
-             for k, (p, t) in enumerate(zip(positions, thresholds))]
+    cands = [
+        Candidate(
+            p,
+            "fc-d1-h8",
+            0,
+            1e-3,
+            1,
+            network.activation_shapes()[p][1:],
+            params[k],
+            {"0.99": t},
+            dict(metrics or {}),
+        )
+        for k, (p, t) in enumerate(zip(positions, thresholds))
+    ]
     return cands, CacheBank(CLASSES, 8, cands, {"positions": list(positions)})
 
 
@@ -51,6 +63,7 @@ def _images(n, seed=0):
 
 def _base_answers(network, variables, images):
     from gati_jax import data
+
     logits = network.apply(variables, data.normalize(images, MEAN, STD))
     return np.asarray(jnp.argmax(logits, -1))
 
@@ -71,21 +84,25 @@ def test_none_policy_returns_the_base_answers(base):
 
 
 # Compaction is policy-agnostic: gati, and the oracle (whose base answers are gathered too).
-@pytest.mark.parametrize("policy,compact", [
-    *((p, False) for p in ("gati", "confidence", "entropy", "oracle")),
-    ("gati", True), ("oracle", True)])
+@pytest.mark.parametrize(
+    "policy,compact",
+    [
+        *((p, False) for p in ("gati", "confidence", "entropy", "oracle")),
+        ("gati", True),
+        ("oracle", True),
+    ],
+)
 def test_router_equals_reference_for_random_thresholds(base, policy, compact):
     network, variables = base
     positions = (0, 1, 3)
     heads, params = _caches(network, positions)
     decides = tuple(policy_builder(policy)(h) for h in heads)
-    router = Router(_model(network, variables), positions, decides, max_group=16,
-                    compact=compact)
+    router = Router(_model(network, variables), positions, decides, max_group=16, compact=compact)
     rng = np.random.default_rng(1)
     images = _images(16, seed=2)
     base_answers = _base_answers(network, variables, images)
     exits_seen = set()
-    for trial in range(6):
+    for _ in range(6):
         if policy == "entropy":
             thresholds = rng.uniform(0.5, 1.4, 3)
         else:
@@ -93,7 +110,8 @@ def test_router_equals_reference_for_random_thresholds(base, policy, compact):
         n = int(rng.integers(1, 17))
         got = router.route(params, thresholds, images[:n], base_answers[:n])
         want = ReferenceRouter(_model(network, variables), positions, decides).route(
-            params, thresholds, images[:n], base_answers[:n])
+            params, thresholds, images[:n], base_answers[:n]
+        )
         for a, b in zip(got, want):
             np.testing.assert_array_equal(a, b)
         # Requests that do not exit get exactly the base network's answer.
@@ -102,8 +120,10 @@ def test_router_equals_reference_for_random_thresholds(base, policy, compact):
         exits_seen |= set(got.exit_stage.tolist())
     assert len(exits_seen) >= 2  # the thresholds produced real early exits
     if policy == "oracle":
-        assert router.route(params, thresholds, images,
-                            base_answers).answer.tolist() == base_answers.tolist()
+        assert (
+            router.route(params, thresholds, images, base_answers).answer.tolist()
+            == base_answers.tolist()
+        )
 
 
 def test_new_parameters_and_thresholds_never_recompile(base):
@@ -115,8 +135,7 @@ def test_new_parameters_and_thresholds_never_recompile(base):
     traces = router.trace_count
     for seed in range(1, 4):
         _, new_params = _caches(network, (0, 2), seed=seed)
-        router.route(new_params, np.random.default_rng(seed).uniform(size=2),
-                     images)
+        router.route(new_params, np.random.default_rng(seed).uniform(size=2), images)
     assert router.trace_count == traces == 1
     router.route(params, [0.5, 0.5], images[:3])  # a new bucket (4)
     assert router.trace_count == 2
@@ -150,6 +169,7 @@ def test_prepared_parameters_are_not_packed_again_by_the_next_group(base, monkey
 
     def fail(*args):
         raise AssertionError("packed on the serving path")
+
     monkeypatch.setattr(Packing, "pack", fail)
     got = router.route(new_params, [0.5, 0.5], images)  # served from the prepared copy
     assert router.trace_count == 1
@@ -161,9 +181,11 @@ def test_prepared_parameters_are_not_packed_again_by_the_next_group(base, monkey
 
 def test_packing_round_trips_whole_and_one_item_at_a_time():
     rng = np.random.default_rng(0)
-    tree = ({"w": rng.normal(size=(3, 4)).astype(np.float32), "n": np.arange(5, dtype=np.int32)},
-            {"b": rng.normal(size=(2,)).astype(np.float32)},
-            {"w": rng.normal(size=(4, 1)).astype(np.float32), "s": np.float32(2.5)})
+    tree = (
+        {"w": rng.normal(size=(3, 4)).astype(np.float32), "n": np.arange(5, dtype=np.int32)},
+        {"b": rng.normal(size=(2,)).astype(np.float32)},
+        {"w": rng.normal(size=(4, 1)).astype(np.float32), "s": np.float32(2.5)},
+    )
     packing = Packing.of(tree)
     flats = packing.pack(tree)
     assert [str(f.dtype) for f in flats] == ["int32", "float32"]
@@ -181,22 +203,26 @@ def test_packing_round_trips_whole_and_one_item_at_a_time():
 def test_packing_gives_large_leaves_arrays_of_their_own():
     # Sliced out of a shared array, a large kernel would be copied on every call.
     rng = np.random.default_rng(1)
-    tree = ({"big": rng.normal(size=(64, 8)).astype(np.float32), "b": np.ones(8, np.float32)},
-            {"big": rng.normal(size=(8, 64)).astype(np.float32), "n": np.arange(3)})
+    tree = (
+        {"big": rng.normal(size=(64, 8)).astype(np.float32), "b": np.ones(8, np.float32)},
+        {"big": rng.normal(size=(8, 64)).astype(np.float32), "n": np.arange(3)},
+    )
     packing = Packing.of(tree, own_array_min=512)
     flats = packing.pack(tree)
     assert [f.shape for f in flats] == [(8,), (3,), (512,), (512,)]
     np.testing.assert_array_equal(np.asarray(flats[2]), tree[0]["big"].reshape(-1))
     np.testing.assert_array_equal(np.asarray(flats[3]), tree[1]["big"].reshape(-1))
     for k, item in enumerate(tree):
-        for got, want in zip(jax.tree.leaves(packing.unpack_item(flats, k)),
-                             jax.tree.leaves(item)):
+        for got, want in zip(jax.tree.leaves(packing.unpack_item(flats, k)), jax.tree.leaves(item)):
             np.testing.assert_array_equal(np.asarray(got), want)
     # Inside the compiled program a large leaf is the argument itself, not a slice of it.
     shared = Packing.of(tree, own_array_min=10**9)
     for layout, slices in ((packing, 0), (shared, 1)):
-        hlo = jax.jit(lambda f, p=layout: p.unpack_item(f, 1)["big"]).lower(
-            layout.pack(tree)).as_text()
+        hlo = (
+            jax.jit(lambda f, p=layout: p.unpack_item(f, 1)["big"])
+            .lower(layout.pack(tree))
+            .as_text()
+        )
         assert hlo.count("stablehlo.slice") == slices
 
 
@@ -215,8 +241,9 @@ CALLS: list[int] = []
 
 
 def test_a_group_that_exits_at_the_first_position_runs_no_later_stage():
-    network = StagedNetwork("counting", (DenseStage(16), CountingDense(12), Head(CLASSES)),
-                            SHAPE, CLASSES)
+    network = StagedNetwork(
+        "counting", (DenseStage(16), CountingDense(12), Head(CLASSES)), SHAPE, CLASSES
+    )
     variables = network.init(jax.random.key(0))
     heads, params = _caches(network, (0,))
     router = _router(network, variables, (0,), heads, 8)
@@ -246,8 +273,12 @@ class RowCountingDense(nn.Module):
 
 
 def test_compaction_runs_later_stages_on_the_smallest_bucket_of_rows_left():
-    network = StagedNetwork("rows", (DenseStage(16), RowCountingDense(12), DenseStage(8),
-                                     RowCountingDense(8), Head(CLASSES)), SHAPE, CLASSES)
+    network = StagedNetwork(
+        "rows",
+        (DenseStage(16), RowCountingDense(12), DenseStage(8), RowCountingDense(8), Head(CLASSES)),
+        SHAPE,
+        CLASSES,
+    )
     variables = network.init(jax.random.key(0))
     heads, params = _caches(network, (0, 2))
     decides = tuple(policy_builder("gati")(h) for h in heads)
@@ -257,10 +288,16 @@ def test_compaction_runs_later_stages_on_the_smallest_bucket_of_rows_left():
     images = _images(13, seed=3)  # a bucket of 16, 3 padding rows
     from gati_jax import data
     from gati_jax.caches.lookup import make_lookup
+
     head = heads[0]
     x = network.apply_stage(variables, 0, data.normalize(images, MEAN, STD))
-    scores = np.sort(np.asarray(make_lookup(head.spec, head.num_classes, head.pool_factor,
-                                            head.selector_hidden)(params[0], x)[1]))
+    scores = np.sort(
+        np.asarray(
+            make_lookup(head.spec, head.num_classes, head.pool_factor, head.selector_hidden)(
+                params[0], x
+            )[1]
+        )
+    )
     seen = set()
     # Just above the (left)th lowest score, `left` rows miss: 1, 2, 3, 5, 9, 13 and none.
     for threshold in [*(scores[left - 1] + 1e-6 for left in (1, 2, 3, 5, 9, 13)), 0.0]:
@@ -285,22 +322,29 @@ def test_compaction_needs_no_taps_and_no_mesh(base):
     heads, _ = _caches(network, (0,))
     decides = (policy_builder("gati")(heads[0]),)
     with pytest.raises(ValueError, match="compaction"):
-        Router(_model(network, variables), (0,), decides, 8, taps=(lambda p, x: x,),
-               compact=True)
+        Router(_model(network, variables), (0,), decides, 8, taps=(lambda p, x: x,), compact=True)
 
 
 @pytest.mark.parametrize("compact", [False, True], ids=["plain", "compacted"])
 def test_padding_rows_never_change_results(base, compact):
     network, variables = base
     heads, params = _caches(network, (0, 2))
-    router = Router(_model(network, variables), (0, 2),
-                    tuple(policy_builder("gati")(h) for h in heads), 16, compact=compact)
+    router = Router(
+        _model(network, variables),
+        (0, 2),
+        tuple(policy_builder("gati")(h) for h in heads),
+        16,
+        compact=compact,
+    )
     images = _images(16, seed=5)
     together = router.route(params, [0.45, 0.4], images[:11])
     for i in range(11):
-        alone = router.route(params, [0.45, 0.4], images[i:i + 1])
+        alone = router.route(params, [0.45, 0.4], images[i : i + 1])
         assert (alone.answer[0], alone.exit_stage[0], alone.hit[0]) == (
-            together.answer[i], together.exit_stage[i], together.hit[i])
+            together.answer[i],
+            together.exit_stage[i],
+            together.hit[i],
+        )
 
 
 def test_bad_requests_get_clear_errors(base):
@@ -324,6 +368,7 @@ def test_bad_requests_get_clear_errors(base):
 
 def test_knn_store_respects_capacity_and_evicts_oldest():
     from gati_jax.runtime import knn
+
     store = knn.empty_store(4, 2)
     store = knn.insert(store, np.arange(12, dtype=np.float32).reshape(6, 2), np.arange(6))
     assert store["valid"].sum() == 4
@@ -336,6 +381,7 @@ def test_knn_store_respects_capacity_and_evicts_oldest():
 def test_knn_policy_hits_on_stored_activations_and_matches_reference(base):
     from gati_jax import data
     from gati_jax.runtime import knn
+
     network, variables = base
     images = _images(12, seed=7)
     base_answers = _base_answers(network, variables, images)
@@ -350,7 +396,8 @@ def test_knn_policy_hits_on_stored_activations_and_matches_reference(base):
     assert result.hit[:6].all()
     np.testing.assert_array_equal(result.answer, base_answers)
     want = ReferenceRouter(_model(network, variables), (1,), (decide,)).route(
-        (store,), [1e-3], images)
+        (store,), [1e-3], images
+    )
     for a, b in zip(result, want):
         np.testing.assert_array_equal(a, b)
 
@@ -362,8 +409,12 @@ def test_oracle_is_never_worse_on_agreement(base):
     images = _images(16, seed=9)
     base_answers = _base_answers(network, variables, images)
     agreement = {}
-    for policy, thresholds in [("oracle", [0, 0, 0]), ("gati", [0.3, 0.3, 0.3]),
-                               ("confidence", [0.3, 0.3, 0.3]), ("entropy", [1.3, 1.3, 1.3])]:
+    for policy, thresholds in [
+        ("oracle", [0, 0, 0]),
+        ("gati", [0.3, 0.3, 0.3]),
+        ("confidence", [0.3, 0.3, 0.3]),
+        ("entropy", [1.3, 1.3, 1.3]),
+    ]:
         router = _router(network, variables, positions, heads, 16, policy)
         result = router.route(params, thresholds, images, base_answers)
         agreement[policy] = float(np.mean(result.answer == base_answers))
@@ -373,6 +424,7 @@ def test_oracle_is_never_worse_on_agreement(base):
 
 def test_deploy_takes_calibrated_thresholds_and_checks_its_arguments(base):
     from gati_jax.runtime import deploy
+
     network, variables = base
     cands, bank = _bank(network, (0, 2), (0.8, 0.9))
     cands = cands[::-1]  # deploy sorts them by position
@@ -394,19 +446,24 @@ def test_policies_are_chosen_by_name_in_the_config(base):
     from gati_jax.caches import record_activations
     from gati_jax.config import ConfigError, base_config, validate_config
     from gati_jax.runtime import deployment_from_config
+
     network, variables = base
     model = _model(network, variables)
     positions = (0, 1, 2)
-    _, bank = _bank(network, positions, (0.6,) * 3,
-                    {"hit_rate@0.99": 0.5, "lookup_latency_s": 1.0})
+    _, bank = _bank(network, positions, (0.6,) * 3, {"hit_rate@0.99": 0.5, "lookup_latency_s": 1.0})
     images = _images(16, seed=11)
     base_answers = _base_answers(network, variables, images)
     recording = record_activations(model, images, base_answers)
     config = base_config()
     config.policy.knn_neighbours = 1  # exact matches hit; their neighbours are other requests
-    for name, thresholds in [("none", ()), ("gati", ()), ("confidence", (0.5, 0.5, 0.5)),
-                             ("entropy", (1.0, 1.0, 1.0)), ("knn", (0.05, 0.05, 0.05)),
-                             ("oracle", ())]:
+    for name, thresholds in [
+        ("none", ()),
+        ("gati", ()),
+        ("confidence", (0.5, 0.5, 0.5)),
+        ("entropy", (1.0, 1.0, 1.0)),
+        ("knn", (0.05, 0.05, 0.05)),
+        ("oracle", ()),
+    ]:
         config.policy.name, config.policy.thresholds = name, thresholds
         validate_config(config)
         dep = deployment_from_config(config.policy, bank, recording)

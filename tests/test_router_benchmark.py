@@ -13,10 +13,10 @@ from test_router import _bank, _images, _model
 
 from gati_jax.experiments.kernel_profile import describe_kernel_profile
 from gati_jax.experiments.plots import plot_router_benchmark
-from gati_jax.measure import convolution_kernels, describe_kernels
-from gati_jax.runtime import deploy
-from gati_jax.planner.costs import LookupCost, charges_from
 from gati_jax.experiments.router_benchmark import _marginals, _router_part, benchmark_router
+from gati_jax.measure import convolution_kernels, describe_kernels
+from gati_jax.planner.costs import LookupCost, charges_from
+from gati_jax.runtime import deploy
 
 
 def _numbers(tree):
@@ -33,16 +33,31 @@ def _numbers(tree):
 def test_router_benchmark_reports_every_figure(base, tmp_path):
     network, variables = base
     model = _model(network, variables)
-    cands, bank = _bank(network, (0, 1, 2), (0.5,) * 3,
-                        {"hit_rate@0.99": 0.5, "lookup_latency_s": 1e-5})
+    cands, bank = _bank(
+        network, (0, 1, 2), (0.5,) * 3, {"hit_rate@0.99": 0.5, "lookup_latency_s": 1e-5}
+    )
     images = _images(6, seed=4)
-    result = benchmark_router(model, bank, images, sparse_positions=(1,), repeats=4,
-                              group_sizes=(1, 4), planned=deploy(bank, cands[1:]))
+    result = benchmark_router(
+        model,
+        bank,
+        images,
+        sparse_positions=(1,),
+        repeats=4,
+        group_sizes=(1, 4),
+        planned=deploy(bank, cands[1:]),
+    )
 
     assert {name: row["positions"] for name, row in result["all_miss_overhead"].items()} == {
-        "all_positions": [0, 1, 2], "sparse_positions": [1], "planned": [1, 2]}
+        "all_positions": [0, 1, 2],
+        "sparse_positions": [1],
+        "planned": [1, 2],
+    }
     assert [r["scenario"] for r in result["forced_exits"]] == [
-        "no exit", "exit at 0", "exit at 1", "exit at 2"]
+        "no exit",
+        "exit at 0",
+        "exit at 1",
+        "exit at 2",
+    ]
     assert [r["group"] for r in result["group_sizes"]] == [1, 4]
     assert [r["group"] for r in result["group_sizes_planned"]] == [1, 4]
     # The stream's exits are the router's at the deployed thresholds, request by request.
@@ -56,10 +71,10 @@ def test_router_benchmark_reports_every_figure(base, tmp_path):
     for row in path.values():
         assert math.isclose(row["route/compiled"], row["route_ms"] / row["compiled_ms"])
     for row in result["forced_exits"]:
-        assert math.isclose(row["router/same_round"],
-                            row["router_ms"] / row["same_round_model_ms"])
-        assert math.isclose(row["router/all_same_round"],
-                            row["router_ms"] / row["all_same_round_model_ms"])
+        assert math.isclose(row["router/same_round"], row["router_ms"] / row["same_round_model_ms"])
+        assert math.isclose(
+            row["router/all_same_round"], row["router_ms"] / row["all_same_round_model_ms"]
+        )
         # The same model, its stage prefixes (or every term) timed now instead of scaled from
         # the profile.
         assert min(row["same_round_model_ms"], row["profile_model_ms"]) > 0
@@ -69,29 +84,37 @@ def test_router_benchmark_reports_every_figure(base, tmp_path):
     if jax.default_backend() == "cpu":
         assert result["convolution_kernels"] == {
             name: {"library_fusions": 0, "library": 0, "total": 0}
-            for name in ("plain", "all_positions", "sparse_positions", "planned")}
-    assert all(r[k] > 0 for r in result["serving_path"]
-               for k in ("compiled_ms", "fetched_ms", "sent_ms", "route_ms", "served_ms"))
+            for name in ("plain", "all_positions", "sparse_positions", "planned")
+        }
+    assert all(
+        r[k] > 0
+        for r in result["serving_path"]
+        for k in ("compiled_ms", "fetched_ms", "sent_ms", "route_ms", "served_ms")
+    )
     # The same programs in parts: every stage, each router's own lookups and nothing else.
     if jax.default_backend() == "cpu":
         profile = result["kernel_profile_ms"]
         assert set(profile) == {"plain", "all_positions", "sparse_positions", "planned"}
-        for name, positions in (("plain", []), *((n, r["positions"]) for n, r
-                                                 in result["all_miss_overhead"].items())):
+        for name, positions in (
+            ("plain", []),
+            *((n, r["positions"]) for n, r in result["all_miss_overhead"].items()),
+        ):
             lookups = {k for k in profile[name] if k.startswith("lookup at ")}
             assert lookups == {f"lookup at {p}" for p in positions}
             assert all(profile[name][f"lookup at {p}"] > 0 for p in positions)
             assert profile[name]["kernels"] > 0 and profile[name]["call"] > 0
-        routers = {n: (r["positions"], r["overhead"])
-                   for n, r in result["all_miss_overhead"].items()}
+        routers = {
+            n: (r["positions"], r["overhead"]) for n, r in result["all_miss_overhead"].items()
+        }
         lines = describe_kernel_profile(profile, routers)
         assert lines[-1].startswith("planned [1, 2]: its lookups' kernels ")
         assert len(lines) == 2 + 3
     assert describe_kernel_profile(None, {}) == []
     # The plot: three panels with the profile, two without.
-    for name, figures in (("with.png", result),
-                          ("without.png", {k: v for k, v in result.items()
-                                           if k != "kernel_profile_ms"})):
+    for name, figures in (
+        ("with.png", result),
+        ("without.png", {k: v for k, v in result.items() if k != "kernel_profile_ms"}),
+    ):
         plot_router_benchmark(figures, tmp_path / name)
         assert (tmp_path / name).stat().st_size > 0
 
@@ -126,9 +149,12 @@ def test_convolution_kernels_counts_library_fusions_and_all_convolutions():
 
     def two_convs(x, k):
         def conv(a):
-            return jax.lax.conv_general_dilated(a, k, (1, 1), "SAME",
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return jax.lax.conv_general_dilated(
+                a, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+
         return conv(jax.nn.relu(conv(x)))
+
     if jax.default_backend() == "cpu":  # other backends rewrite convolutions as custom calls
         x, k = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
         counts = convolution_kernels(jax.jit(two_convs).lower(x, k).compile().as_text())
@@ -153,13 +179,18 @@ def test_same_round_model_reproduces_a_linear_router():
     fixed, per_cache = 2e-5, 6e-6
     lookups, exits = np.array([4e-5, 3e-5, 5e-5]), np.array([6e-5, 7e-5, 5e-5])
     prefix, plain, m = np.array([1e-4, 3e-4, 5e-4]), 9e-4, 3
+
     def router(k):  # a request exiting at the k-th cache (None: at the end)
         passed = lookups.sum() if k is None else lookups[:k].sum() + exits[k]
         return (plain if k is None else prefix[k]) + fixed + m * per_cache + passed
-    alone = [LookupCost(fixed + per_cache + c, fixed + per_cache + e, plain)
-             for c, e in zip(lookups, exits)]
-    charge = charges_from([c.miss_s for c in alone], router(None) - plain,
-                          alone[0].exit_s, router(0) - prefix[0])
+
+    alone = [
+        LookupCost(fixed + per_cache + c, fixed + per_cache + e, plain)
+        for c, e in zip(lookups, exits)
+    ]
+    charge = charges_from(
+        [c.miss_s for c in alone], router(None) - plain, alone[0].exit_s, router(0) - prefix[0]
+    )
     assert np.allclose(charge, (fixed, per_cache), rtol=0, atol=1e-12)
     cache_s, exit_s = _marginals(charge, alone)
     for k in (None, 0, 1, 2):

@@ -8,24 +8,42 @@ import math
 import pytest
 
 from gati_jax.experiments.plots import plot_run_spread
-from gati_jax.experiments.run_summary import (compact_online, config_differences, load_run, load_runs,
-                                  online_spread, spread, spread_table, summarize,
-                                  summary_lines, without_config)
+from gati_jax.experiments.run_summary import (
+    compact_online,
+    config_differences,
+    load_run,
+    load_runs,
+    online_spread,
+    spread,
+    spread_table,
+    summarize,
+    summary_lines,
+    without_config,
+)
 
 
 def _run(directory, speedups, p99=None, config=None, details_config=None, interval=True):
     directory.mkdir(parents=True)
-    rows = [{"workload": w, "policy": p, "agreement": 0.99,
-             **({} if s is None else {"speedup_vs_none": s})}
-            for (w, p), s in speedups.items()]
+    rows = [
+        {
+            "workload": w,
+            "policy": p,
+            "agreement": 0.99,
+            **({} if s is None else {"speedup_vs_none": s}),
+        }
+        for (w, p), s in speedups.items()
+    ]
     (directory / "benchmark.json").write_text(json.dumps(rows))
     details = {}
     if p99 is not None:
         details["online"] = {
-            w: {"speedup_vs_static_gati": 0.9, "p99_ratio_vs_static_gati": r,
-                **({"p99_ratio_low90": r - 0.05, "p99_ratio_high90": r + 0.05}
-                   if interval else {})}
-            for w, r in p99.items()}
+            w: {
+                "speedup_vs_static_gati": 0.9,
+                "p99_ratio_vs_static_gati": r,
+                **({"p99_ratio_low90": r - 0.05, "p99_ratio_high90": r + 0.05} if interval else {}),
+            }
+            for w, r in p99.items()
+        }
     if details_config is not None:
         details["config"] = details_config
     if details:
@@ -36,22 +54,37 @@ def _run(directory, speedups, p99=None, config=None, details_config=None, interv
 
 
 def test_spread_online_and_config_differences(tmp_path):
-    a = _run(tmp_path / "a", {("uniform", "none"): 1.0, ("uniform", "gati"): 1.8},
-             {"temporal": 1.1}, config={"planner": {"eps": 0.01}, "seed": 0})
+    a = _run(
+        tmp_path / "a",
+        {("uniform", "none"): 1.0, ("uniform", "gati"): 1.8},
+        {"temporal": 1.1},
+        config={"planner": {"eps": 0.01}, "seed": 0},
+    )
     # b's config saved with its results wins over a stale config.json beside them.
-    b = _run(tmp_path / "b", {("uniform", "none"): 1.0, ("uniform", "gati"): 2.0,
-                              ("shift", "gati"): 1.7}, {"temporal": 1.25},
-             config={"planner": {"eps": 0.5}}, details_config={"planner": {"eps": 0.02},
-                                                                "seed": 0})
+    b = _run(
+        tmp_path / "b",
+        {("uniform", "none"): 1.0, ("uniform", "gati"): 2.0, ("shift", "gati"): 1.7},
+        {"temporal": 1.25},
+        config={"planner": {"eps": 0.5}},
+        details_config={"planner": {"eps": 0.02}, "seed": 0},
+    )
     # c: no config, its gati-online row first and no speedup for none.
-    c = _run(tmp_path / "c", {("uniform", "gati-online"): 1.6, ("uniform", "gati"): 1.9,
-                              ("uniform", "none"): None}, {"temporal": 1.3}, interval=False)
+    c = _run(
+        tmp_path / "c",
+        {("uniform", "gati-online"): 1.6, ("uniform", "gati"): 1.9, ("uniform", "none"): None},
+        {"temporal": 1.3},
+        interval=False,
+    )
     runs = load_runs([a, b, c])
 
     rows = spread(runs)
     # Workloads, then policies, in the order first seen over all runs.
     assert [(r["workload"], r["policy"]) for r in rows] == [
-        ("uniform", "none"), ("uniform", "gati"), ("uniform", "gati-online"), ("shift", "gati")]
+        ("uniform", "none"),
+        ("uniform", "gati"),
+        ("uniform", "gati-online"),
+        ("shift", "gati"),
+    ]
     gati = rows[1]
     assert (gati["runs"], gati["median"], gati["min"], gati["max"]) == (3, 1.9, 1.8, 2.0)
     assert gati["values"] == {"a": 1.8, "b": 2.0, "c": 1.9}
@@ -74,8 +107,10 @@ def test_spread_online_and_config_differences(tmp_path):
     assert config_differences(runs) == {"planner.eps": {"a": 0.01, "b": 0.02}}
     assert without_config(runs) == ["c"]
     summary = summarize(runs)
-    assert summary_lines(summary) == ["config keys the runs did not share: planner.eps",
-                                      "runs without a recorded config, not compared: c"]
+    assert summary_lines(summary) == [
+        "config keys the runs did not share: planner.eps",
+        "runs without a recorded config, not compared: c",
+    ]
     alone = summarize(runs[1:])
     assert summary_lines(alone) == ["config keys: not compared (1 of 2 runs recorded a config)"]
 

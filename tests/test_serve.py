@@ -54,11 +54,13 @@ def _npy(array: np.ndarray) -> bytes:
 def system(base):
     """(model, deployment): the tiny network and its two gati caches."""
     network, variables = base
-    model = BaseModel(network, variables, np.full(1, 0.5, np.float32),
-                      np.full(1, 0.3, np.float32), {})
+    model = BaseModel(
+        network, variables, np.full(1, 0.5, np.float32), np.full(1, 0.3, np.float32), {}
+    )
     heads, params = fc_caches(network, POSITIONS, ROUTER_CLASSES)
-    deployment = Deployment("gati", POSITIONS, heads, jax.device_put(params),
-                            np.asarray(THRESHOLDS, np.float32))
+    deployment = Deployment(
+        "gati", POSITIONS, heads, jax.device_put(params), np.asarray(THRESHOLDS, np.float32)
+    )
     return model, deployment
 
 
@@ -79,14 +81,17 @@ def served(system):
     reference = deployment.router(model, MAX_GROUP)
     serving, section = _sections(max_queue=64, max_body_bytes=4096)
     with ServerThread(engine, serving, section) as server:
-        yield server, lambda images: reference.route(deployment.params,
-                                                     deployment.thresholds, images)
+        yield (
+            server,
+            lambda images: reference.route(deployment.params, deployment.thresholds, images),
+        )
 
 
 def _post(url: str, body: bytes, content_type: str = "application/x-npy"):
     """(status, JSON reply, headers) of POST /v1/predict."""
-    request = urllib.request.Request(url + "/v1/predict", data=body,
-                                     headers={"Content-Type": content_type})
+    request = urllib.request.Request(
+        url + "/v1/predict", data=body, headers={"Content-Type": content_type}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read()), response.headers
@@ -98,8 +103,11 @@ def _metrics(url: str) -> dict[tuple[str, tuple], float]:
     """/metrics parsed: (sample name, sorted labels) -> value."""
     with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
         text = response.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_answers_equal_route_for_npy_and_json_one_image_or_a_batch(served):
@@ -119,16 +127,18 @@ def test_answers_equal_route_for_npy_and_json_one_image_or_a_batch(served):
     # A batch of 4 is one group; one of 6 spans two (4 + 2).
     status, reply, _ = _post(server.url, _npy(images[:4]))
     assert status == 200 and reply["classes"] == route(images[:4]).answer.tolist()
-    status, reply, _ = _post(server.url, json.dumps({"images": images[6:].tolist()}).encode(),
-                             "application/json")
+    status, reply, _ = _post(
+        server.url, json.dumps({"images": images[6:].tolist()}).encode(), "application/json"
+    )
     want = [route(images[6:10]), route(images[10:])]
     assert reply["classes"] == [int(a) for w in want for a in w.answer]
     assert reply["exit_positions"] == [int(e) for w in want for e in w.exit_stage]
-    status, reply, _ = _post(server.url, json.dumps({"image": images[0].tolist()}).encode(),
-                             "application/json")
+    status, reply, _ = _post(
+        server.url, json.dumps({"image": images[0].tolist()}).encode(), "application/json"
+    )
     assert status == 200 and reply["classes"] == answers[:1]
     # The stream exits at every cache position and at the end: the test sees all paths.
-    every = np.concatenate([route(images[i:i + 4]).exit_stage for i in range(0, 12, 4)])
+    every = np.concatenate([route(images[i : i + 4]).exit_stage for i in range(0, 12, 4)])
     assert set(every.tolist()) == {0, 2, 4}
 
 
@@ -140,26 +150,39 @@ BAD_PAYLOADS = [
     (_npy(np.zeros((2, 6, 6, 3), np.uint8)), "application/x-npy", 400, "must have shape"),
     (_npy(np.zeros((0, *ROUTER_SHAPE), np.uint8)), "application/x-npy", 400, "empty batch"),
     (_npy(np.full((1, *ROUTER_SHAPE), np.nan, np.float32)), "application/x-npy", 400, "NaN"),
-    (_npy(np.full((1, *ROUTER_SHAPE), 300.0, np.float32)), "application/x-npy", 400,
-     "outside [0, 255]"),
+    (
+        _npy(np.full((1, *ROUTER_SHAPE), 300.0, np.float32)),
+        "application/x-npy",
+        400,
+        "outside [0, 255]",
+    ),
     (_npy(np.zeros((1, *ROUTER_SHAPE), bool)), "application/x-npy", 400, "uint8 or floating"),
     (b"{not json", "application/json", 400, "malformed JSON"),
     (b'{"pixels": [1]}', "application/json", 400, "exactly one of 'image'"),
     (b"[[1, 2], [3]]", "application/json", 400, "not a regular array"),
-    (json.dumps({"image": np.full(ROUTER_SHAPE, 256).tolist()}).encode(), "application/json",
-     400, "[0, 255]"),
+    (
+        json.dumps({"image": np.full(ROUTER_SHAPE, 256).tolist()}).encode(),
+        "application/json",
+        400,
+        "[0, 255]",
+    ),
     (json.dumps({"image": [[["a"]]]}).encode(), "application/json", 400, "hold numbers"),
-    (_npy(np.zeros((200, *ROUTER_SHAPE), np.uint8)), "application/x-npy", 413,
-     "server.max_body_bytes"),
-    (_npy(np.zeros((65, *ROUTER_SHAPE), np.uint8)), "application/x-npy", 413,
-     "server.max_queue"),
+    (
+        _npy(np.zeros((200, *ROUTER_SHAPE), np.uint8)),
+        "application/x-npy",
+        413,
+        "server.max_body_bytes",
+    ),
+    (_npy(np.zeros((65, *ROUTER_SHAPE), np.uint8)), "application/x-npy", 413, "server.max_queue"),
 ]
 
 
-@pytest.mark.parametrize("body,content_type,status,message", BAD_PAYLOADS,
-                         ids=[m for *_, m in BAD_PAYLOADS])
+@pytest.mark.parametrize(
+    "body,content_type,status,message", BAD_PAYLOADS, ids=[m for *_, m in BAD_PAYLOADS]
+)
 def test_a_bad_payload_gets_its_status_and_the_next_request_is_served(
-        served, body, content_type, status, message):
+    served, body, content_type, status, message
+):
     server, route = served
     got, reply, _ = _post(server.url, body, content_type)
     assert got == status and message in reply["error"]
@@ -185,8 +208,9 @@ def test_metrics_parse_and_count_the_requests_sent(system):
     serving, section = _sections()
     images = _images(10, seed=3)
     with ServerThread(engine, serving, section) as server:
-        replies = [_post(server.url, _npy(images[i:i + n]))[1]
-                   for i, n in ((0, 1), (1, 3), (4, 6))]
+        replies = [
+            _post(server.url, _npy(images[i : i + n]))[1] for i, n in ((0, 1), (1, 3), (4, 6))
+        ]
         assert _post(server.url, b"junk", "text/plain")[0] == 400
         metrics = _metrics(server.url)
     exits = np.concatenate([r["exit_positions"] for r in replies])
@@ -198,11 +222,11 @@ def test_metrics_parse_and_count_the_requests_sent(system):
     assert metrics[("gati_request_latency_seconds_count", ())] == 3
     assert metrics[("gati_group_size_sum", ())] == 10
     for stage in (*POSITIONS, 4):
-        assert metrics[("gati_exits_total", (("position", str(stage)),))] == np.sum(
-            exits == stage)
+        assert metrics[("gati_exits_total", (("position", str(stage)),))] == np.sum(exits == stage)
     for position in POSITIONS:
         assert metrics[("gati_hits_total", (("position", str(position)),))] == np.sum(
-            hits & (exits == position))
+            hits & (exits == position)
+        )
     assert metrics[("gati_queue_depth", ())] == 0
     assert metrics[("gati_info", (("policy", "gati"),))] == 1
 
@@ -212,6 +236,7 @@ def _slow_engine(seconds: float) -> Engine:
         time.sleep(seconds)  # a network this slow saturates at once
         n = len(images)
         return RouteResult(np.zeros(n, np.int32), np.full(n, 4, np.int32), np.zeros(n, bool))
+
     return Engine("none", route, (), 4, ROUTER_SHAPE, (0.0, 255.0), 1)
 
 
@@ -222,12 +247,17 @@ def test_overload_is_refused_at_once_with_retry_after_and_the_server_recovers():
 
     async def burst(url):
         async with aiohttp.ClientSession() as session:
+
             async def one():
                 start = time.perf_counter()
                 async with session.post(url + "/v1/predict", data=body) as response:
                     await response.read()
-                    return (response.status, response.headers.get("Retry-After"),
-                            time.perf_counter() - start)
+                    return (
+                        response.status,
+                        response.headers.get("Retry-After"),
+                        time.perf_counter() - start,
+                    )
+
             return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(40))), 20)
 
     with ServerThread(_slow_engine(0.02), serving, section) as server:
@@ -237,12 +267,10 @@ def test_overload_is_refused_at_once_with_retry_after_and_the_server_recovers():
         assert 4 <= statuses.count(200) < 40 and statuses.count(503) > 0  # max_queue 4
         assert all(retry == "2" for s, retry, _ in results if s == 503)
         # Refusals do not wait for the queue: faster than the slowest answer.
-        assert (max(t for s, _, t in results if s == 503)
-                < max(t for s, _, t in results if s == 200))
+        assert max(t for s, _, t in results if s == 503) < max(t for s, _, t in results if s == 200)
         assert _post(server.url, body)[0] == 200
         metrics = _metrics(server.url)
-        assert metrics[("gati_requests_total", (("outcome", "overloaded"),))] == statuses.count(
-            503)
+        assert metrics[("gati_requests_total", (("outcome", "overloaded"),))] == statuses.count(503)
         assert metrics[("gati_requests_total", (("outcome", "ok"),))] == statuses.count(200) + 1
 
 
@@ -252,15 +280,16 @@ def test_core_groups_by_max_group_and_max_wait_and_bounds_its_queue():
     def route(images):
         groups.append(len(images))
         n = len(images)
-        return RouteResult(images[:, 0, 0, 0].astype(np.int32), np.zeros(n, np.int32),
-                           np.ones(n, bool))
+        return RouteResult(
+            images[:, 0, 0, 0].astype(np.int32), np.zeros(n, np.int32), np.ones(n, bool)
+        )
 
     async def scenario():
         core = ServerCore(route, max_group=4, max_wait_s=0.05, max_queue=10)
         core.start()
         images = _images(10, seed=4)
         # Ten requests at once: full groups go at once, the rest after max_wait.
-        futures = [core.submit(images[i:i + 1]) for i in range(9)]
+        futures = [core.submit(images[i : i + 1]) for i in range(9)]
         with pytest.raises(Overloaded):
             core.submit(images[:2])  # 9 queued + 2 > 10
         with pytest.raises(TooLarge):
@@ -288,12 +317,12 @@ def test_core_refuses_requests_that_waited_past_max_queue_wait_instead_of_servin
         return RouteResult(np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n, bool))
 
     async def scenario():
-        core = ServerCore(route, max_group=1, max_wait_s=0.0, max_queue=10,
-                          max_queue_wait_s=0.02)
+        core = ServerCore(route, max_group=1, max_wait_s=0.0, max_queue=10, max_queue_wait_s=0.02)
         core.start()
         started = time.perf_counter()
-        outcomes = await asyncio.wait_for(asyncio.gather(
-            *(core.predict(_images(1)) for _ in range(4)), return_exceptions=True), 5)
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(core.predict(_images(1)) for _ in range(4)), return_exceptions=True), 5
+        )
         took = time.perf_counter() - started
         late = await asyncio.wait_for(core.predict(_images(1)), 5)  # and it serves again
         await core.stop()
@@ -357,14 +386,23 @@ def test_background_runs_when_idle_and_when_overdue_and_a_failure_stops_only_it(
 def test_gati_online_learns_in_the_background_and_reports_it(system):
     model, deployment = system
     online = online_config()
-    online.update(shift_detect=False, update_every=20, min_train=4, min_holdout=2,
-                  min_evidence=0, tap_fraction=1.0, audit_fraction=0.5, steps=2)
+    online.update(
+        shift_detect=False,
+        update_every=20,
+        min_train=4,
+        min_holdout=2,
+        min_evidence=0,
+        tap_fraction=1.0,
+        audit_fraction=0.5,
+        steps=2,
+    )
     engine = build_engine(model, deployment, "gati-online", MAX_GROUP, online=online)
     serving, section = _sections()
     images = _images(120, seed=5)
     with ServerThread(engine, serving, section) as server:
-        result = asyncio.run(asyncio.wait_for(run_load(
-            server.url, images, mode="closed", concurrency=4), 60))
+        result = asyncio.run(
+            asyncio.wait_for(run_load(server.url, images, mode="closed", concurrency=4), 60)
+        )
         assert np.all(result.status == 200)
         time.sleep(0.2)  # idle: the background catches up
         learner = engine.learner
@@ -382,20 +420,19 @@ def test_load_generator_open_and_closed_loop_are_bounded(served):
     server, route = served
     images = _images(40, seed=6)
     base = np.asarray([int(route(image[None]).answer[0]) for image in images])
-    closed = asyncio.run(run_load(server.url, images, mode="closed", concurrency=3,
-                                  payload="json"))
+    closed = asyncio.run(run_load(server.url, images, mode="closed", concurrency=3, payload="json"))
     summary = summarize_load(closed, base_answers=base)
     assert summary["answered"] == 40 and summary["errors"] == {}
     assert summary["agreement"] == 1.0 and summary["p50_ms"] <= summary["p99_ms"]
     assert summary["throughput_rps"] > 0
     arrivals = poisson_schedule(40, 200.0, seed=0)
     assert arrivals[0] == 0 and np.all(np.diff(arrivals) >= 0)
-    opened = asyncio.run(run_load(server.url, images, mode="open", arrivals=arrivals,
-                                  duration_s=0.05))
+    opened = asyncio.run(
+        run_load(server.url, images, mode="open", arrivals=arrivals, duration_s=0.05)
+    )
     assert 0 < len(opened) < 40 and np.all(opened.sent <= 0.05 + 0.02)
     # A server that is not there: every request lost, none hangs.
-    lost = asyncio.run(run_load("http://127.0.0.1:9", images[:3], mode="closed",
-                                timeout_s=2))
+    lost = asyncio.run(run_load("http://127.0.0.1:9", images[:3], mode="closed", timeout_s=2))
     assert np.all(lost.status == 0) and summarize_load(lost)["errors"] == {"lost": 3}
 
 
@@ -407,18 +444,30 @@ def test_policy_choice_and_decoding():
         resolve_policy("gati-online", "confidence")
     one = decode_images(_npy(np.ones(ROUTER_SHAPE, np.uint8)), "", ROUTER_SHAPE)
     assert one.shape == (1, *ROUTER_SHAPE) and one.dtype == np.uint8
-    floats = decode_images(json.dumps([np.ones(ROUTER_SHAPE).tolist()] * 2).encode(),
-                           "application/json", ROUTER_SHAPE, (0.0, 255.0))
+    floats = decode_images(
+        json.dumps([np.ones(ROUTER_SHAPE).tolist()] * 2).encode(),
+        "application/json",
+        ROUTER_SHAPE,
+        (0.0, 255.0),
+    )
     assert floats.shape == (2, *ROUTER_SHAPE) and floats.dtype == np.float32
     with pytest.raises(PayloadError):
         decode_images(_npy(np.ones((3, 3), np.int64)), "", ROUTER_SHAPE)
 
 
-@pytest.mark.parametrize("key,value", [("port", 70000), ("max_queue", 0),
-                                       ("max_body_bytes", 10), ("retry_after_s", 0),
-                                       ("num_replicas", 0), ("sync_every_s", 0.0),
-                                       ("max_queue_wait_ms", 0.0),
-                                       ("host", "")])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("port", 70000),
+        ("max_queue", 0),
+        ("max_body_bytes", 10),
+        ("retry_after_s", 0),
+        ("num_replicas", 0),
+        ("sync_every_s", 0.0),
+        ("max_queue_wait_ms", 0.0),
+        ("host", ""),
+    ],
+)
 def test_server_config_rejects_bad_values_naming_the_key(key, value):
     section = server_config()
     section[key] = value
@@ -438,13 +487,13 @@ def test_replicas_swap_published_parameters_atomically():
     """A replica serving groups while new versions arrive from another thread: every group
     is served by one version's parameters and thresholds together, and versions only move
     forward."""
+
     def route(params, thresholds, images):
         # Parameters and thresholds of version v both hold v.
         version = int(np.asarray(params[0]["v"]))
         assert np.all(thresholds == version), (version, thresholds)
         n = len(images)
-        return RouteResult(np.full(n, version, np.int32), np.zeros(n, np.int32),
-                           np.zeros(n, bool))
+        return RouteResult(np.full(n, version, np.int32), np.zeros(n, np.int32), np.zeros(n, bool))
 
     def published(v):
         return Published(v, ({"v": np.asarray(v)},), np.full(2, v, np.float32))
@@ -480,19 +529,33 @@ def _tiny_engine() -> Engine:
 
     config = ml_collections.ConfigDict(dict(name="mlp", width=1, hidden_sizes=(24, 16, 12, 8)))
     network = build_network(config, ROUTER_SHAPE, ROUTER_CLASSES)
-    model = BaseModel(network, network.init(jax.random.key(0)), np.full(1, 0.5, np.float32),
-                      np.full(1, 0.3, np.float32), {})
+    model = BaseModel(
+        network,
+        network.init(jax.random.key(0)),
+        np.full(1, 0.5, np.float32),
+        np.full(1, 0.3, np.float32),
+        {},
+    )
     spec, shapes = parse_variant("fc-d1-h8"), network.activation_shapes()
     heads, params = [], []
     for k, p in enumerate(POSITIONS):
         key = jax.random.key(k)
         heads.append(CacheHead(spec, ROUTER_CLASSES, 1, 8))
-        params.append({
-            "predictor": Predictor(spec, ROUTER_CLASSES).init(key, jnp.zeros(shapes[p]))[
-                "params"],
-            "selector": Selector(8).init(key, jnp.zeros((1, NUM_FEATURES)))["params"]})
-    deployment = Deployment("gati", POSITIONS, tuple(heads), jax.device_put(tuple(params)),
-                            np.asarray(THRESHOLDS, np.float32))
+        params.append(
+            {
+                "predictor": Predictor(spec, ROUTER_CLASSES).init(key, jnp.zeros(shapes[p]))[
+                    "params"
+                ],
+                "selector": Selector(8).init(key, jnp.zeros((1, NUM_FEATURES)))["params"],
+            }
+        )
+    deployment = Deployment(
+        "gati",
+        POSITIONS,
+        tuple(heads),
+        jax.device_put(tuple(params)),
+        np.asarray(THRESHOLDS, np.float32),
+    )
     return build_engine(model, deployment, "gati", MAX_GROUP)
 
 
@@ -520,8 +583,11 @@ def test_ray_serve_two_replicas_answer_requests(served):
         serve.run(TinyReplica.bind(), route_prefix="/", blocking=False)
         images = _images(6, seed=7)
         for image in images:
-            request = urllib.request.Request("http://127.0.0.1:8000/", data=_npy(image),
-                                             headers={"Content-Type": "application/x-npy"})
+            request = urllib.request.Request(
+                "http://127.0.0.1:8000/",
+                data=_npy(image),
+                headers={"Content-Type": "application/x-npy"},
+            )
             with urllib.request.urlopen(request, timeout=60) as response:
                 reply = json.loads(response.read())
             assert reply["classes"] == _post(server.url, _npy(image))[1]["classes"]

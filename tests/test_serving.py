@@ -8,11 +8,19 @@ import numpy as np
 import pytest
 from conftest import assert_config_rejects
 
-from gati_jax.serving import (FakeClock, MonotonicClock, ServingResult, VirtualClock,
-                              make_clock, serve, summarize, windowed)
+from gati_jax.serving import (
+    FakeClock,
+    MonotonicClock,
+    ServingResult,
+    VirtualClock,
+    make_clock,
+    serve,
+    summarize,
+    windowed,
+)
 
-LAST = 3                       # last stage index of the fake network
-POSITIONS = (0, 1)             # deployed cache positions
+LAST = 3  # last stage index of the fake network
+POSITIONS = (0, 1)  # deployed cache positions
 EXIT_BY_CLASS = np.array([0, 1, LAST, LAST])  # where a request of each class exits
 
 
@@ -27,6 +35,7 @@ def image_class(images: np.ndarray) -> np.ndarray:
 
 def fake_route(calls: list | None = None):
     """A numpy route_group: exits by class, answers the class (wrong on full runs of class 3)."""
+
     def route(images: np.ndarray, index: np.ndarray):
         if calls is not None:
             calls.append(index.copy())
@@ -34,6 +43,7 @@ def fake_route(calls: list | None = None):
         exit_stage = EXIT_BY_CLASS[cls]
         answer = np.where(cls == 3, 0, cls)
         return answer, exit_stage, exit_stage < LAST
+
     return route
 
 
@@ -43,11 +53,12 @@ def linear_cost(a: float, b: float):
 
 def check_invariants(result: ServingResult, calls: list, n: int, max_group: int) -> None:
     served = np.concatenate(calls)
-    np.testing.assert_array_equal(served, np.arange(n))       # each once, in stream order
+    np.testing.assert_array_equal(served, np.arange(n))  # each once, in stream order
     assert all(1 <= len(c) <= max_group for c in calls)
     assert result.groups == len(calls)
-    np.testing.assert_array_equal(result.group_size, np.repeat([len(c) for c in calls],
-                                                              [len(c) for c in calls]))
+    np.testing.assert_array_equal(
+        result.group_size, np.repeat([len(c) for c in calls], [len(c) for c in calls])
+    )
     assert np.all(result.queueing >= 0)
     assert np.all(np.diff(result.arrival) >= 0)
     assert np.all(np.diff(result.start) >= 0)
@@ -63,9 +74,15 @@ def test_hand_computed_open_timeline():
     # 10 ms alone, waits its full 2 ms -> runs 12..17 ms.
     images = make_images(3)
     calls: list = []
-    result = serve(fake_route(calls), images, arrivals=np.array([0.0, 0.001, 0.010]),
-                   max_group=2, max_wait_s=0.002, clock=FakeClock(lambda n: 0.005),
-                   progress=False)
+    result = serve(
+        fake_route(calls),
+        images,
+        arrivals=np.array([0.0, 0.001, 0.010]),
+        max_group=2,
+        max_wait_s=0.002,
+        clock=FakeClock(lambda n: 0.005),
+        progress=False,
+    )
     assert [c.tolist() for c in calls] == [[0, 1], [2]]
     assert result.start == pytest.approx([0.001, 0.001, 0.012])
     assert result.finish == pytest.approx([0.006, 0.006, 0.017])
@@ -86,8 +103,15 @@ def test_arrivals_during_compute_queue_and_join_up_to_max_group():
     # alone at once, 22..32 ms.
     arrivals = np.array([0.0, 0.001, 0.002, 0.003, 0.008])
     calls: list = []
-    result = serve(fake_route(calls), make_images(5), arrivals=arrivals, max_group=3,
-                   max_wait_s=0.0, clock=FakeClock(linear_cost(0.009, 0.001)), progress=False)
+    result = serve(
+        fake_route(calls),
+        make_images(5),
+        arrivals=arrivals,
+        max_group=3,
+        max_wait_s=0.0,
+        clock=FakeClock(linear_cost(0.009, 0.001)),
+        progress=False,
+    )
     assert [c.tolist() for c in calls] == [[0], [1, 2, 3], [4]]
     assert result.start == pytest.approx([0.0, 0.010, 0.010, 0.010, 0.022])
     assert result.finish == pytest.approx([0.010, 0.022, 0.022, 0.022, 0.032])
@@ -98,9 +122,15 @@ def test_random_open_stream_invariants():
     n, max_group = 300, 5
     arrivals = np.cumsum(rng.exponential(1 / 800, n))
     calls: list = []
-    result = serve(fake_route(calls), make_images(n), arrivals=arrivals, max_group=max_group,
-                   max_wait_s=0.003, clock=FakeClock(linear_cost(0.001, 0.0002)),
-                   progress=False)
+    result = serve(
+        fake_route(calls),
+        make_images(n),
+        arrivals=arrivals,
+        max_group=max_group,
+        max_wait_s=0.003,
+        clock=FakeClock(linear_cost(0.001, 0.0002)),
+        progress=False,
+    )
     check_invariants(result, calls, n, max_group)
     np.testing.assert_allclose(result.arrival, arrivals)
     assert result.group_size.max() == max_group
@@ -116,32 +146,48 @@ def test_random_open_stream_invariants():
 
 def test_zero_wait_with_sparse_arrivals_runs_every_request_alone():
     n = 20
-    arrivals = 0.010 * np.arange(n)        # 10 ms apart, compute 3 ms: the server is always idle
+    arrivals = 0.010 * np.arange(n)  # 10 ms apart, compute 3 ms: the server is always idle
     calls: list = []
-    result = serve(fake_route(calls), make_images(n), arrivals=arrivals, max_group=8,
-                   max_wait_s=0.0, clock=FakeClock(lambda k: 0.003), progress=False)
+    result = serve(
+        fake_route(calls),
+        make_images(n),
+        arrivals=arrivals,
+        max_group=8,
+        max_wait_s=0.0,
+        clock=FakeClock(lambda k: 0.003),
+        progress=False,
+    )
     check_invariants(result, calls, n, 8)
     assert result.group_size.tolist() == [1] * n
     assert result.latency == pytest.approx(result.compute)
     assert result.queueing == pytest.approx(np.zeros(n), abs=1e-12)
 
 
-@pytest.mark.parametrize("concurrency,max_group,max_wait_s", [
-    (1, 8, 0.0), (4, 8, 0.0), (4, 8, 0.002), (6, 4, 0.0), (3, 2, 0.001)])
+@pytest.mark.parametrize(
+    "concurrency,max_group,max_wait_s",
+    [(1, 8, 0.0), (4, 8, 0.0), (4, 8, 0.002), (6, 4, 0.0), (3, 2, 0.001)],
+)
 def test_closed_loop_in_flight_and_throughput(concurrency, max_group, max_wait_s):
-    n, cost = 240, 0.004                   # group cost constant in its size
+    n, cost = 240, 0.004  # group cost constant in its size
     calls: list = []
-    result = serve(fake_route(calls), make_images(n), mode="closed", concurrency=concurrency,
-                   max_group=max_group, max_wait_s=max_wait_s, clock=FakeClock(lambda k: cost),
-                   progress=False)
+    result = serve(
+        fake_route(calls),
+        make_images(n),
+        mode="closed",
+        concurrency=concurrency,
+        max_group=max_group,
+        max_wait_s=max_wait_s,
+        clock=FakeClock(lambda k: cost),
+        progress=False,
+    )
     check_invariants(result, calls, n, max_group)
     # In flight at time t: sent at or before t, answered after t.
     for t in result.arrival:
         in_flight = np.sum((result.arrival <= t) & (result.finish > t))
         assert in_flight <= concurrency
-    assert result.arrival[:min(concurrency, n)] == pytest.approx(0.0)
+    assert result.arrival[: min(concurrency, n)] == pytest.approx(0.0)
     # Every client's next request is sent the moment its previous one is answered.
-    sent_at = np.sort(result.finish)[:n - concurrency]
+    sent_at = np.sort(result.finish)[: n - concurrency]
     np.testing.assert_allclose(result.arrival[concurrency:], sent_at)
     # All in-flight requests are queued whenever the server is free (nothing else can arrive),
     # so each group holds min(c, max_group) requests: when the queue is full it runs at once,
@@ -155,8 +201,16 @@ def test_closed_loop_in_flight_and_throughput(concurrency, max_group, max_wait_s
 
 
 def test_closed_loop_with_fewer_requests_than_clients():
-    result = serve(fake_route(), make_images(3), mode="closed", concurrency=10, max_group=2,
-                   max_wait_s=0.0, clock=FakeClock(lambda k: 0.001), progress=False)
+    result = serve(
+        fake_route(),
+        make_images(3),
+        mode="closed",
+        concurrency=10,
+        max_group=2,
+        max_wait_s=0.0,
+        clock=FakeClock(lambda k: 0.001),
+        progress=False,
+    )
     assert result.arrival == pytest.approx([0.0, 0.0, 0.0])
     assert result.finish == pytest.approx([0.001, 0.001, 0.002])
 
@@ -168,11 +222,20 @@ def constructed_result(rng: np.random.Generator, n: int) -> ServingResult:
     start = arrival + queueing
     exit_stage = rng.choice([0, 1, LAST], n, p=[0.3, 0.2, 0.5])
     return ServingResult(
-        answer=rng.integers(0, 5, n), exit_stage=exit_stage, hit=exit_stage < LAST,
-        arrival=arrival, start=start, finish=start + compute, latency=queueing + compute,
-        queueing=queueing, compute=compute, group=np.arange(n) // 4,
-        group_size=np.full(n, 4), duration=float((start + compute).max() - arrival[0]),
-        groups=n // 4)
+        answer=rng.integers(0, 5, n),
+        exit_stage=exit_stage,
+        hit=exit_stage < LAST,
+        arrival=arrival,
+        start=start,
+        finish=start + compute,
+        latency=queueing + compute,
+        queueing=queueing,
+        compute=compute,
+        group=np.arange(n) // 4,
+        group_size=np.full(n, 4),
+        duration=float((start + compute).max() - arrival[0]),
+        groups=n // 4,
+    )
 
 
 def test_summarize_matches_numpy():
@@ -195,8 +258,9 @@ def test_summarize_matches_numpy():
     assert set(s["hit_rate_per_position"]) == {"0", "1"}
     assert s["hit_rate_per_position"]["0"] == pytest.approx(np.mean(result.exit_stage == 0))
     assert sum(s["hit_rate_per_position"].values()) == pytest.approx(s["hit_rate"])
-    assert s["exit_histogram"] == {str(k): int(np.sum(result.exit_stage == k))
-                                   for k in (0, 1, LAST)}
+    assert s["exit_histogram"] == {
+        str(k): int(np.sum(result.exit_stage == k)) for k in (0, 1, LAST)
+    }
     assert s["mean_group_size"] == pytest.approx(4.0)
 
 
@@ -228,22 +292,36 @@ def test_windowed_matches_slices():
 
 def test_virtual_clock_replays_a_slow_stream_without_sleeping():
     n = 50
-    arrivals = np.arange(n, dtype=np.float64)   # 1 request per second: 49 s of stream
+    arrivals = np.arange(n, dtype=np.float64)  # 1 request per second: 49 s of stream
     tic = time.perf_counter()
-    result = serve(fake_route(), make_images(n), arrivals=arrivals, max_group=4,
-                   max_wait_s=0.0, clock=VirtualClock(), progress=False)
+    result = serve(
+        fake_route(),
+        make_images(n),
+        arrivals=arrivals,
+        max_group=4,
+        max_wait_s=0.0,
+        clock=VirtualClock(),
+        progress=False,
+    )
     assert time.perf_counter() - tic < 1.0
     assert result.group_size.tolist() == [1] * n
     assert result.duration >= 49.0
     assert np.all(result.queueing < 1e-9)
-    assert np.all(result.latency < 0.05)       # real numpy compute of one tiny request
+    assert np.all(result.latency < 0.05)  # real numpy compute of one tiny request
 
 
 def test_monotonic_clock_waits_for_arrivals():
     arrivals = np.array([0.0, 0.005, 0.010])
     tic = time.perf_counter()
-    result = serve(fake_route(), make_images(3), arrivals=arrivals, max_group=4,
-                   max_wait_s=0.0, clock=MonotonicClock(), progress=False)
+    result = serve(
+        fake_route(),
+        make_images(3),
+        arrivals=arrivals,
+        max_group=4,
+        max_wait_s=0.0,
+        clock=MonotonicClock(),
+        progress=False,
+    )
     assert time.perf_counter() - tic >= 0.010
     assert np.all(result.start >= arrivals)
     np.testing.assert_allclose(result.latency, result.queueing + result.compute, atol=1e-12)
@@ -253,7 +331,7 @@ def test_clocks():
     clock = FakeClock(linear_cost(0.5, 0.25))
     assert clock.run(lambda: "x", 2) == ("x", 1.0)
     assert clock.now() == 1.0
-    clock.wait_until(0.5)                       # never backwards
+    clock.wait_until(0.5)  # never backwards
     assert clock.now() == 1.0
     clock.wait_until(3.0)
     assert clock.now() == 3.0
@@ -280,8 +358,12 @@ def test_bad_inputs_raise():
         (dict(arrivals=ok, mode="poisson"), r"unknown serving mode 'poisson'.*open.*closed"),
     ]
     for kwargs, message in cases:
-        kwargs = {"images": images, "clock": FakeClock(lambda k: 0.001), "progress": False,
-                  **kwargs}
+        kwargs = {
+            "images": images,
+            "clock": FakeClock(lambda k: 0.001),
+            "progress": False,
+            **kwargs,
+        }
         with pytest.raises(ValueError, match=message):
             serve(route, **kwargs)
 
@@ -292,13 +374,27 @@ def test_wrong_route_output_raises():
     def short(imgs, index):
         return np.zeros(len(imgs) - 1), np.zeros(len(imgs)), np.zeros(len(imgs), bool)
 
-    with pytest.raises(ValueError, match=r"route_group returned answer of shape \(1,\) for a "
-                                         r"group of 2"):
-        serve(short, images, arrivals=np.zeros(4), max_group=2, clock=FakeClock(lambda k: 0.0),
-              progress=False)
+    with pytest.raises(
+        ValueError,
+        match=r"route_group returned answer of shape \(1,\) for a "
+        r"group of 2",
+    ):
+        serve(
+            short,
+            images,
+            arrivals=np.zeros(4),
+            max_group=2,
+            clock=FakeClock(lambda k: 0.0),
+            progress=False,
+        )
     with pytest.raises(ValueError, match="must return"):
-        serve(lambda imgs, index: np.zeros(len(imgs)), images, arrivals=np.zeros(4),
-              clock=FakeClock(lambda k: 0.0), progress=False)
+        serve(
+            lambda imgs, index: np.zeros(len(imgs)),
+            images,
+            arrivals=np.zeros(4),
+            clock=FakeClock(lambda k: 0.0),
+            progress=False,
+        )
 
 
 def test_route_group_gets_images_and_indices_of_its_group():
@@ -309,20 +405,33 @@ def test_route_group_gets_images_and_indices_of_its_group():
         seen.append((imgs.copy(), index.copy()))
         return fake_route()(imgs, index)
 
-    serve(route, images, arrivals=np.linspace(0, 0.01, 10), max_group=3, max_wait_s=0.004,
-          clock=FakeClock(lambda k: 0.002), progress=False)
+    serve(
+        route,
+        images,
+        arrivals=np.linspace(0, 0.01, 10),
+        max_group=3,
+        max_wait_s=0.004,
+        clock=FakeClock(lambda k: 0.002),
+        progress=False,
+    )
     for imgs, index in seen:
         np.testing.assert_array_equal(imgs, images[index])
 
 
 def test_validate_config_checks_serving():
-    for key, value in [("max_group", 0), ("concurrency", 0), ("max_wait_ms", -1.0),
-                       ("mode", "poisson"), ("clock", "wall")]:
+    for key, value in [
+        ("max_group", 0),
+        ("concurrency", 0),
+        ("max_wait_ms", -1.0),
+        ("mode", "poisson"),
+        ("clock", "wall"),
+    ]:
         assert_config_rejects("serving", key, value)
 
 
 def test_paired_p99_ratio_interval_holds_the_ratio_and_pairs_the_rounds():
     from gati_jax.serving.summary import paired_quantile_ratio_interval
+
     rng = np.random.default_rng(0)
     static = [rng.lognormal(0.0, 0.5, 4000) for _ in range(2)]
     # The same requests 1.3x slower: every resample gives exactly 1.3.
@@ -341,30 +450,49 @@ def test_paired_p99_ratio_interval_holds_the_ratio_and_pairs_the_rounds():
 
 def test_online_p99_ratio_pools_every_round_like_its_interval():
     from gati_jax.jobs.benchmark import ONLINE, online_figures
+
     rng = np.random.default_rng(3)
     chunks = {"audit": {"count": 3, "p50": 0.5, "p99": 1.0, "max": 1.1}}
-    online_stats = {"updates": 1, "guard_events": [], "shift_events": [], "window_bytes": [0],
-                    "update_log": [], "chunk_ms_by_kind": chunks}
+    online_stats = {
+        "updates": 1,
+        "guard_events": [],
+        "shift_events": [],
+        "window_bytes": [0],
+        "update_log": [],
+        "chunk_ms_by_kind": chunks,
+    }
 
     def rounds(latencies, online=False):
-        return [{"mean_latency_ms": float(np.mean(l)), "latencies_ms": l, "agreement": 1.0,
-                 "windows": [{"agreement": 1.0}], "hit_rate": 0.5,
-                 "p99_latency_ms": float(np.percentile(l, 99)),
-                 **({"online": online_stats} if online else {})} for l in latencies]
+        return [
+            {
+                "mean_latency_ms": float(np.mean(l)),
+                "latencies_ms": l,
+                "agreement": 1.0,
+                "windows": [{"agreement": 1.0}],
+                "hit_rate": 0.5,
+                "p99_latency_ms": float(np.percentile(l, 99)),
+                **({"online": online_stats} if online else {}),
+            }
+            for l in latencies
+        ]
+
     # Two rounds whose tails differ: the ratio of the rounds' median p99s is not the
     # pooled one, and falls outside the pooled interval.
     static = [rng.lognormal(0.0, 0.3, 2000), rng.lognormal(0.0, 0.3, 2000)]
     slow = [static[0] * 1.1, static[1] * 1.1]
     slow[1][:40] = 50.0  # one round with a heavy tail
-    figures = online_figures({"none": rounds(static), "gati": rounds(static),
-                              ONLINE: rounds(slow, online=True)}, "temporal")
-    pooled = (np.percentile(np.concatenate(slow), 99)
-              / np.percentile(np.concatenate(static), 99))
+    figures = online_figures(
+        {"none": rounds(static), "gati": rounds(static), ONLINE: rounds(slow, online=True)},
+        "temporal",
+    )
+    pooled = np.percentile(np.concatenate(slow), 99) / np.percentile(np.concatenate(static), 99)
     assert figures["p99_ratio_vs_static_gati"] == pytest.approx(pooled)
     assert figures["chunk_ms_by_kind"] == chunks  # the learner's chunk timings come along
     assert figures["p99_ratio_low90"] <= pooled <= figures["p99_ratio_high90"]
-    medians = (np.median([np.percentile(l, 99) for l in slow])
-               / np.median([np.percentile(l, 99) for l in static]))
+    medians = np.median([np.percentile(l, 99) for l in slow]) / np.median(
+        [np.percentile(l, 99) for l in static]
+    )
     assert abs(medians - pooled) > 0.5
     assert figures["speedup_vs_static_gati"] == pytest.approx(
-        np.median([np.mean(l) for l in static]) / np.median([np.mean(l) for l in slow]))
+        np.median([np.mean(l) for l in static]) / np.median([np.mean(l) for l in slow])
+    )

@@ -29,8 +29,7 @@ def test_shipped_checkpoint_reaches_92_percent_on_real_test_set():
     assert result["examples"] == 10_000
     assert result["accuracy"] >= 0.92
     # The figure recorded at export time is the one we reproduce.
-    assert result["accuracy"] == pytest.approx(model.metadata["metrics"]["test_accuracy"],
-                                               abs=1e-3)
+    assert result["accuracy"] == pytest.approx(model.metadata["metrics"]["test_accuracy"], abs=1e-3)
 
 
 def test_shipped_system_routes_out_of_the_box_from_any_directory(tmp_path, monkeypatch):

@@ -50,14 +50,24 @@ def _section(name: str, **fields) -> ml_collections.ConfigDict:
 
 
 def _equal(a: Workload, b: Workload) -> bool:
-    return all(np.array_equal(getattr(a, f), getattr(b, f))
-               for f in ("ids", "images", "labels", "arrivals", "segments", "corrupted",
-                         "source_index", "corruption", "distractor"))
+    return all(
+        np.array_equal(getattr(a, f), getattr(b, f))
+        for f in (
+            "ids",
+            "images",
+            "labels",
+            "arrivals",
+            "segments",
+            "corrupted",
+            "source_index",
+            "corruption",
+            "distractor",
+        )
+    )
 
 
 def test_registry_lists_the_workloads_and_rejects_unknown_names():
-    assert set(available_workloads()) >= {"uniform", "temporal", "drift", "shift", "video",
-                                          "trace"}
+    assert set(available_workloads()) >= {"uniform", "temporal", "drift", "shift", "video", "trace"}
     with pytest.raises(ValueError, match=r"unknown workload 'bursty'.*available: .*temporal"):
         make_workload(_section("bursty"), SPLIT)
 
@@ -112,8 +122,16 @@ def test_temporal_stream_has_far_more_locality_than_uniform():
 
 def test_temporal_segments_are_dominated_by_a_few_hot_classes():
     hot_fraction, (lo, hi) = 0.9, (1, 3)
-    w = make_workload(_section("temporal", length=3000, mean_segment=100,
-                               hot_classes=(lo, hi), hot_fraction=hot_fraction), SPLIT)
+    w = make_workload(
+        _section(
+            "temporal",
+            length=3000,
+            mean_segment=100,
+            hot_classes=(lo, hi),
+            hot_fraction=hot_fraction,
+        ),
+        SPLIT,
+    )
     num_segments = int(w.segments[-1]) + 1
     assert 10 <= num_segments <= 60  # mean 100 over 3000 requests: about 30 segments
     top, total = 0, 0
@@ -127,8 +145,10 @@ def test_temporal_segments_are_dominated_by_a_few_hot_classes():
 
 def test_temporal_hot_set_changes_between_segments():
     # One hot class producing every request: each segment is one class, never its predecessor's.
-    w = make_workload(_section("temporal", length=2000, mean_segment=20, hot_classes=(1, 1),
-                               hot_fraction=1.0), SPLIT)
+    w = make_workload(
+        _section("temporal", length=2000, mean_segment=20, hot_classes=(1, 1), hot_fraction=1.0),
+        SPLIT,
+    )
     per_segment = [np.unique(w.labels[w.segments == s]) for s in range(w.segments[-1] + 1)]
     assert all(classes.size == 1 for classes in per_segment)
     assert all(a[0] != b[0] for a, b in itertools.pairwise(per_segment))
@@ -136,11 +156,10 @@ def test_temporal_hot_set_changes_between_segments():
 
 def test_drift_rotates_the_most_popular_class():
     period = 400
-    w = make_workload(_section("drift", length=2000, drift_period=period, zipf_exponent=1.5),
-                      SPLIT)
+    w = make_workload(_section("drift", length=2000, drift_period=period, zipf_exponent=1.5), SPLIT)
     assert np.array_equal(w.segments, np.arange(2000) // period)
     first = np.bincount(w.labels[:period], minlength=NUM_CLASSES).argmax()
-    later = np.bincount(w.labels[2 * period:3 * period], minlength=NUM_CLASSES).argmax()
+    later = np.bincount(w.labels[2 * period : 3 * period], minlength=NUM_CLASSES).argmax()
     assert first != later
     # Zipf: the top class of a period holds far more than a uniform share.
     assert np.bincount(w.labels[:period]).max() / period > 0.3
@@ -225,10 +244,22 @@ def test_missing_classes_are_never_requested_and_bad_inputs_fail_clearly():
 
 def test_validate_config_rejects_bad_workload_values_naming_the_key():
     validate_config(base_config())
-    cases = {"name": "bursty", "split": "dev", "length": 0, "seed": -1, "rate": 0.0,
-             "hot_classes": (3, 1), "mean_segment": 0, "hot_fraction": 0.0,
-             "zipf_exponent": 0.0, "drift_period": 0, "corruptions": ("fog",),
-             "shift_fraction": 1.5, "severity": 0.0, "window": 1}
+    cases = {
+        "name": "bursty",
+        "split": "dev",
+        "length": 0,
+        "seed": -1,
+        "rate": 0.0,
+        "hot_classes": (3, 1),
+        "mean_segment": 0,
+        "hot_fraction": 0.0,
+        "zipf_exponent": 0.0,
+        "drift_period": 0,
+        "corruptions": ("fog",),
+        "shift_fraction": 1.5,
+        "severity": 0.0,
+        "window": 1,
+    }
     for key, value in cases.items():
         assert_config_rejects("workload", key, value)
     assert_config_rejects("workload", "corruptions", ())
@@ -261,8 +292,9 @@ def _smooth_split(per_class: int = 30, size: int = 16, channels: int = 1) -> Spl
     noise: a sub-pixel move changes them a little, not completely."""
     rng = np.random.default_rng(1)
     labels = np.repeat(np.arange(NUM_CLASSES, dtype=np.int32), per_class)
-    raw = scipy.ndimage.gaussian_filter(rng.random((labels.size, size, size, channels)),
-                                        (0, 2, 2, 0))
+    raw = scipy.ndimage.gaussian_filter(
+        rng.random((labels.size, size, size, channels)), (0, 2, 2, 0)
+    )
     low, high = raw.min(axis=(1, 2, 3), keepdims=True), raw.max(axis=(1, 2, 3), keepdims=True)
     return Split(np.rint(255 * (raw - low) / (high - low)).astype(np.uint8), labels)
 
@@ -310,8 +342,9 @@ def test_video_scene_lengths_have_the_configured_mean():
 def test_video_consecutive_frames_are_near_duplicates_unlike_frames_across_cuts():
     # Single-instance scenes, no distractors or occlusion: every difference inside a scene is
     # camera motion, lighting and noise.
-    w = _video(4000, mean_scene=100.0, instances=(1, 1), distractor_fraction=0.0,
-               occlusion_fraction=0.0)
+    w = _video(
+        4000, mean_scene=100.0, instances=(1, 1), distractor_fraction=0.0, occlusion_fraction=0.0
+    )
     x = w.images.astype(np.float64)
     mse = ((x[1:] - x[:-1]) ** 2).mean(axis=(1, 2, 3))
     cuts = scene_cuts(w)
@@ -346,12 +379,22 @@ def test_video_labels_are_the_instance_labels_and_scenes_show_few_instances():
         assert instance.size == 1  # one instance per scene, whatever the distractors
         assert np.all(w.labels[scene] == SMOOTH.labels[instance[0]])
     # Distractors come from any class: over a stream, most frames differ from their scene's.
-    assert np.mean([w.labels[i] != w.labels[w.segments == w.segments[i]][~w.distractor[
-        w.segments == w.segments[i]]][0] for i in np.flatnonzero(w.distractor)]) > 0.6
-    w = _video(5000, mean_scene=300.0, instances=(2, 3), mean_turn=30.0,
-               distractor_fraction=0.0)
-    counts = [np.unique(w.source_index[w.segments == s]).size
-              for s in range(int(w.segments[-1]) + 1)]
+    assert (
+        np.mean(
+            [
+                w.labels[i]
+                != w.labels[w.segments == w.segments[i]][
+                    ~w.distractor[w.segments == w.segments[i]]
+                ][0]
+                for i in np.flatnonzero(w.distractor)
+            ]
+        )
+        > 0.6
+    )
+    w = _video(5000, mean_scene=300.0, instances=(2, 3), mean_turn=30.0, distractor_fraction=0.0)
+    counts = [
+        np.unique(w.source_index[w.segments == s]).size for s in range(int(w.segments[-1]) + 1)
+    ]
     assert max(counts) <= 3 and np.mean(counts) > 1.5
 
 
@@ -377,11 +420,23 @@ def test_video_builds_a_5000_frame_stream_quickly():
 
 
 def test_validate_config_rejects_bad_video_values_naming_the_key():
-    cases = {"mean_scene": 0.5, "instances": (2, 1), "mean_turn": 0.0, "translate": -1.0,
-             "rotate": -1.0, "scale": -0.1, "motion_time": 0.0, "brightness": -1.0,
-             "contrast": -0.1, "lighting_time": 0.0, "noise": -1.0,
-             "occlusion_fraction": 1.0, "occlusion_length": 0.0, "occlusion_size": (0.5, 0.2),
-             "distractor_fraction": 1.5}
+    cases = {
+        "mean_scene": 0.5,
+        "instances": (2, 1),
+        "mean_turn": 0.0,
+        "translate": -1.0,
+        "rotate": -1.0,
+        "scale": -0.1,
+        "motion_time": 0.0,
+        "brightness": -1.0,
+        "contrast": -0.1,
+        "lighting_time": 0.0,
+        "noise": -1.0,
+        "occlusion_fraction": 1.0,
+        "occlusion_length": 0.0,
+        "occlusion_size": (0.5, 0.2),
+        "distractor_fraction": 1.5,
+    }
     for key, value in cases.items():
         config = base_config()
         config.workload.video[key] = value
@@ -434,8 +489,9 @@ def test_trace_of_split_indices_round_trips_in_every_format(tmp_path):
     (tmp_path / "b.txt").write_text("# index per line\n" + "\n".join(map(str, indices)) + "\n")
     (tmp_path / "c.txt").write_text("\n".join(f"{i}, {t}" for i, t in zip(indices, arrivals)))
     (tmp_path / "d.json").write_text(json.dumps(indices.tolist()))
-    (tmp_path / "e.json").write_text(json.dumps({"indices": indices.tolist(),
-                                                 "arrivals": arrivals.tolist()}))
+    (tmp_path / "e.json").write_text(
+        json.dumps({"indices": indices.tolist(), "arrivals": arrivals.tolist()})
+    )
     np.savez(tmp_path / "f.npz", indices=indices, arrivals=arrivals)
     for name in ("a.npy", "b.txt", "c.txt", "d.json", "e.json", "f.npz"):
         w = _trace(tmp_path / name)
@@ -466,23 +522,28 @@ def test_trace_bad_inputs_fail_with_clear_messages(tmp_path):
     cases = {
         npz("float.npz", frames=good.astype(np.float32)): r"frames must be uint8 \(N, H, W, C\)",
         npz("flat.npz", frames=np.zeros((4, 64), np.uint8)): r"frames must be uint8.*\(4, 64\)",
-        npz("layout.npz", frames=np.zeros((4, 28, 28, 1), np.uint8)):
-            r"frames are \(28, 28, 1\).*split's images.*\(8, 8, 1\)",
+        npz(
+            "layout.npz", frames=np.zeros((4, 28, 28, 1), np.uint8)
+        ): r"frames are \(28, 28, 1\).*split's images.*\(8, 8, 1\)",
         npz("labels.npz", frames=good, labels=np.zeros(3, int)): r"labels must be 4 integers",
         npz("flabels.npz", frames=good, labels=np.zeros(4)): r"labels must be 4 integers",
         npz("typo.npz", frames=good, times=np.zeros(4)): r"needs 'frames'.*got keys.*times",
         npz("both.npz", frames=good, indices=np.arange(4)): r"needs 'frames'.*or 'indices'",
         npz("neither.npz", x=np.arange(4)): r"needs 'frames'",
-        npz("ilabels.npz", indices=np.arange(4), labels=np.arange(4)):
-            r"'labels' come from the split",
-        npz("back.npz", frames=good, arrivals=np.array([0.0, 2.0, 1.0, 3.0])):
-            r"arrivals must be nondecreasing.*request 2 arrives before",
+        npz(
+            "ilabels.npz", indices=np.arange(4), labels=np.arange(4)
+        ): r"'labels' come from the split",
+        npz(
+            "back.npz", frames=good, arrivals=np.array([0.0, 2.0, 1.0, 3.0])
+        ): r"arrivals must be nondecreasing.*request 2 arrives before",
         npz("short.npz", frames=good, arrivals=np.zeros(3)): r"arrivals must be 4 numbers",
-        npz("nan.npz", frames=good, arrivals=np.array([0.0, np.nan, 1.0, 2.0])):
-            r"arrivals must be finite",
+        npz(
+            "nan.npz", frames=good, arrivals=np.array([0.0, np.nan, 1.0, 2.0])
+        ): r"arrivals must be finite",
         npz("empty.npz", frames=np.zeros((0, 8, 8, 1), np.uint8)): r"N >= 1",
-        npz("range.npz", indices=np.array([0, 300, 1])):
-            r"index 300 \(request 1\) is out of range for the split of 300 examples",
+        npz(
+            "range.npz", indices=np.array([0, 300, 1])
+        ): r"index 300 \(request 1\) is out of range for the split of 300 examples",
     }
     np.save(tmp_path / "neg.npy", np.array([1, -1]))
     cases[tmp_path / "neg.npy"] = r"index -1 \(request 1\) is out of range"
@@ -535,8 +596,10 @@ def test_validate_config_rejects_bad_trace_values_naming_the_key():
 def test_stream_structure_plot_draws_workloads_and_plain_dicts(tmp_path):
     from gati_jax.experiments.plots import plot_stream_structure
 
-    streams = {"video": _video(600, mean_scene=100.0),
-               "shift": make_workload(_section("shift", length=300), SPLIT),
-               "trace": {"labels": [-1, 3, 3, 4], "segments": [0, 0, 1, 1]}}
+    streams = {
+        "video": _video(600, mean_scene=100.0),
+        "shift": make_workload(_section("shift", length=300), SPLIT),
+        "trace": {"labels": [-1, 3, 3, 4], "segments": [0, 0, 1, 1]},
+    }
     plot_stream_structure(streams, tmp_path / "streams.png")
     assert (tmp_path / "streams.png").stat().st_size > 10_000

@@ -1,1 +1,2 @@
-"""Benchmarks, profilers, plots and reports over the core packages; nothing in the core imports them."""
+"""Benchmarks, profilers, plots and reports over the core packages; nothing in the core
+imports them."""

@@ -18,7 +18,8 @@ import os
 import re
 import tempfile
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -90,6 +91,7 @@ def instruction_parts(hlo_text: str) -> tuple[str | None, dict[str, tuple[str, s
                     break
             resolved[name] = part
         return resolved[name]
+
     parts = {name: (opcode[name], resolve(name)) for name in opcode}
     return (module.group(1) if module else None), parts
 
@@ -100,13 +102,17 @@ def _arguments(line: str, start: int) -> str:
     for i in range(start, len(line)):
         depth += {"(": 1, ")": -1}.get(line[i], 0)
         if depth == 0:
-            return line[start + 1:i]
-    return line[start + 1:]
+            return line[start + 1 : i]
+    return line[start + 1 :]
 
 
-def kernel_times(fns: dict[str, Callable[[], Any]], modules: set[str | None],
-                 rounds: int = 10, block: int = 5, warmup: int = 5
-                 ) -> dict[str, tuple[list[dict[str, float]], float]]:
+def kernel_times(
+    fns: dict[str, Callable[[], Any]],
+    modules: set[str | None],
+    rounds: int = 10,
+    block: int = 5,
+    warmup: int = 5,
+) -> dict[str, tuple[list[dict[str, float]], float]]:
     """Seconds each kernel took, per call, for each zero-argument call of one compiled
     program in ``fns``, from one profiler trace in which they run in alternating rounds of
     ``block`` calls (as ``profiling.measure_interleaved`` times them: the machine's drift
@@ -118,13 +124,15 @@ def kernel_times(fns: dict[str, Callable[[], Any]], modules: set[str | None],
         for _ in range(warmup):
             jax.block_until_ready(fn())
     from jax.profiler import ProfileData  # noqa: PLC0415 (only the profile needs it)
+
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir):
             walls = interleaved_times(fns, rounds, block)
         files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
         profile = ProfileData.from_file(files[0]) if files else None
     runs: dict[Any, dict[str, float]] = collections.defaultdict(
-        lambda: collections.defaultdict(float))
+        lambda: collections.defaultdict(float)
+    )
     first: dict[Any, int] = {}
     for plane in profile.planes if profile else ():
         for line in plane.lines:
@@ -141,18 +149,20 @@ def kernel_times(fns: dict[str, Callable[[], Any]], modules: set[str | None],
         return {}
     order = [name for _ in range(rounds) for name in fns for _ in range(block)]
     if len(runs) != len(order):
-        raise ValueError(f"kernel_times: the trace holds {len(runs)} program runs for "
-                         f"{len(order)} calls; cannot tell which run was which call")
+        raise ValueError(
+            f"kernel_times: the trace holds {len(runs)} program runs for "
+            f"{len(order)} calls; cannot tell which run was which call"
+        )
     # The calls ran one after another: their runs started in the same order.
     out: dict[str, tuple[list[dict[str, float]], float]] = {
-        name: ([], float(np.median(walls[name]))) for name in fns}
+        name: ([], float(np.median(walls[name]))) for name in fns
+    }
     for name, run in zip(order, sorted(runs, key=first.__getitem__)):
         out[name][0].append(dict(runs[run]))
     return out
 
 
-def attribute(times: list[dict[str, float]], parts: dict[str, tuple[str, str]]
-              ) -> dict[str, float]:
+def attribute(times: list[dict[str, float]], parts: dict[str, tuple[str, str]]) -> dict[str, float]:
     """Median seconds per part over the calls, and 'kernels', the parts' sum: each kernel
     once (a control-flow kernel's time is its branches', counted there)."""
     if not times:
@@ -165,14 +175,17 @@ def attribute(times: list[dict[str, float]], parts: dict[str, tuple[str, str]]
             if opcode not in _CONTROL_FLOW:
                 acc[part] += seconds
         per_call.append(acc)
-    out = {name: float(np.median([acc.get(name, 0.0) for acc in per_call]))
-           for name in set().union(*per_call)}
+    out = {
+        name: float(np.median([acc.get(name, 0.0) for acc in per_call]))
+        for name in set().union(*per_call)
+    }
     out["kernels"] = sum(out.values())
     return out
 
 
-def kernel_breakdown(programs: dict[str, tuple[Callable[[], Any], str]], rounds: int = 10,
-                     block: int = 5) -> dict[str, dict[str, float]] | None:
+def kernel_breakdown(
+    programs: dict[str, tuple[Callable[[], Any], str]], rounds: int = 10, block: int = 5
+) -> dict[str, dict[str, float]] | None:
     """Each program (name -> a zero-argument call and its optimized HLO) in parts, median
     seconds per call, profiled side by side (:func:`kernel_times`): each stage and lookup,
     'other', 'unattributed', 'kernels' (their sum) and 'call' (the call's median wall time
@@ -183,8 +196,12 @@ def kernel_breakdown(programs: dict[str, tuple[Callable[[], Any], str]], rounds:
         return None
     parsed = {name: instruction_parts(hlo) for name, (_, hlo) in programs.items()}
     try:
-        times = kernel_times({name: fn for name, (fn, _) in programs.items()},
-                             {module for module, _ in parsed.values()}, rounds, block)
+        times = kernel_times(
+            {name: fn for name, (fn, _) in programs.items()},
+            {module for module, _ in parsed.values()},
+            rounds,
+            block,
+        )
     except (ImportError, ValueError) as err:
         warnings.warn(f"no kernel profile: {err}", stacklevel=2)
         return None
@@ -194,8 +211,9 @@ def kernel_breakdown(programs: dict[str, tuple[Callable[[], Any], str]], rounds:
         warnings.warn(f"no kernel profile: {err}", stacklevel=2)
         return None
     if not times:
-        warnings.warn("no kernel profile: the trace names no kernel of these programs",
-                      stacklevel=2)
+        warnings.warn(
+            "no kernel profile: the trace names no kernel of these programs", stacklevel=2
+        )
         return None
     out = {}
     for name, (calls, call_s) in times.items():
@@ -204,13 +222,19 @@ def kernel_breakdown(programs: dict[str, tuple[Callable[[], Any], str]], rounds:
     return out
 
 
-def kernel_profile_ms(programs: dict[str, tuple[Callable[[], Any], str]], rounds: int
-                      ) -> dict[str, dict[str, float]] | None:
+def kernel_profile_ms(
+    programs: dict[str, tuple[Callable[[], Any], str]], rounds: int
+) -> dict[str, dict[str, float]] | None:
     """:func:`kernel_breakdown` in blocks of ten calls, in milliseconds, as the benchmarks
     save it (JSON)."""
     parts = kernel_breakdown(programs, rounds, block=10)
-    return None if parts is None else {
-        name: {part: 1e3 * seconds for part, seconds in p.items()} for name, p in parts.items()}
+    return (
+        None
+        if parts is None
+        else {
+            name: {part: 1e3 * seconds for part, seconds in p.items()} for name, p in parts.items()
+        }
+    )
 
 
 def part_total(parts: dict[str, float], prefix: str) -> float:
@@ -230,25 +254,30 @@ def added_kernels(program: dict[str, float], plain: dict[str, float]) -> dict[st
     """What a router's kernels add to the plain network's, from two breakdowns (seconds):
     its lookups, its other kernels (exit records, the early-exit conditions) and its stages
     over the plain network's; 'plain' is the plain network's kernel time."""
-    return {"lookups": part_total(program, LOOKUP),
-            "other": program.get(OTHER, 0.0) - plain.get(OTHER, 0.0),
-            "stages": part_total(program, STAGE) - part_total(plain, STAGE),
-            "plain": plain["kernels"]}
+    return {
+        "lookups": part_total(program, LOOKUP),
+        "other": program.get(OTHER, 0.0) - plain.get(OTHER, 0.0),
+        "stages": part_total(program, STAGE) - part_total(plain, STAGE),
+        "plain": plain["kernels"],
+    }
 
 
 def kernel_profile_rows(profile: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """A profile of several programs (name -> parts in ms) as table rows: one per part, us
     per call in a column per program, then 'kernels' and 'call'."""
-    names = sorted({part for parts in profile.values() for part in parts
-                    if part not in _TOTALS}, key=part_order)
-    return [{"part": part, **{name: 1e3 * parts.get(part, 0.0)
-                              for name, parts in profile.items()}}
-            for part in names + ["kernels", "call"]]
+    names = sorted(
+        {part for parts in profile.values() for part in parts if part not in _TOTALS},
+        key=part_order,
+    )
+    return [
+        {"part": part, **{name: 1e3 * parts.get(part, 0.0) for name, parts in profile.items()}}
+        for part in names + ["kernels", "call"]
+    ]
 
 
-def kernel_profile_summaries(profile: dict[str, dict[str, float]],
-                             programs: dict[str, tuple[Sequence[int] | None, float]]
-                             ) -> list[str]:
+def kernel_profile_summaries(
+    profile: dict[str, dict[str, float]], programs: dict[str, tuple[Sequence[int] | None, float]]
+) -> list[str]:
     """Per router of ``programs`` (name -> its deployed positions, or None, and its all-miss
     overhead timed without the profiler), what its kernels add to those of the profile's
     'plain' program."""
@@ -259,28 +288,35 @@ def kernel_profile_summaries(profile: dict[str, dict[str, float]],
         added = added_kernels(profile[name], profile["plain"])
         share = {k: 100 * v / added["plain"] for k, v in added.items()}
         where = "" if positions is None else f" {list(positions)}"
-        lines.append(f"{name}{where}: its lookups' kernels {1e3 * added['lookups']:.0f} us "
-                     f"({share['lookups']:.1f}% of the plain network's kernels), its other "
-                     f"kernels {1e3 * added['other']:+.0f} us ({share['other']:+.1f}%), its "
-                     f"stages' kernels {1e3 * added['stages']:+.0f} us "
-                     f"({share['stages']:+.1f}%); all-miss overhead timed without the "
-                     f"profiler {100 * overhead:+.1f}%")
+        lines.append(
+            f"{name}{where}: its lookups' kernels {1e3 * added['lookups']:.0f} us "
+            f"({share['lookups']:.1f}% of the plain network's kernels), its other "
+            f"kernels {1e3 * added['other']:+.0f} us ({share['other']:+.1f}%), its "
+            f"stages' kernels {1e3 * added['stages']:+.0f} us "
+            f"({share['stages']:+.1f}%); all-miss overhead timed without the "
+            f"profiler {100 * overhead:+.1f}%"
+        )
     return lines
 
 
-KERNEL_PROFILE_NOTE = ("XLA's kernel times from jax.profiler, us per call, median; parts by "
-                       "named scope; 'call': the call's wall time under the profiler, which "
-                       "slows it, so read the parts against each other, not against times "
-                       "taken without it")
+KERNEL_PROFILE_NOTE = (
+    "XLA's kernel times from jax.profiler, us per call, median; parts by "
+    "named scope; 'call': the call's wall time under the profiler, which "
+    "slows it, so read the parts against each other, not against times "
+    "taken without it"
+)
 
 
-def describe_kernel_profile(profile: dict[str, dict[str, float]] | None,
-                            programs: dict[str, tuple[Sequence[int] | None, float]]
-                            ) -> list[str]:
+def describe_kernel_profile(
+    profile: dict[str, dict[str, float]] | None,
+    programs: dict[str, tuple[Sequence[int] | None, float]],
+) -> list[str]:
     """Lines for a profile of all-miss programs: its table (:func:`kernel_profile_rows`),
     then :func:`kernel_profile_summaries`; none without a profile."""
     if not profile:
         return []
-    return [f"inside the programs, every lookup missing ({KERNEL_PROFILE_NOTE}):",
-            format_table(kernel_profile_rows(profile)),
-            *kernel_profile_summaries(profile, programs)]
+    return [
+        f"inside the programs, every lookup missing ({KERNEL_PROFILE_NOTE}):",
+        format_table(kernel_profile_rows(profile)),
+        *kernel_profile_summaries(profile, programs),
+    ]

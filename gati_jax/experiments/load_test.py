@@ -46,9 +46,20 @@ from gati_jax.tables import format_table
 RECOVERY_WINDOW = 20
 RECOVERY_SLACK = 1.5
 # The logged table's columns (load_test.json holds every figure).
-_COLUMNS = ("policy", "answered", "p50_ms", "p99_ms", "mean_ms", "server_p50_ms",
-            "throughput_rps", "speedup", "hit_rate", "agreement", "inprocess_p50_ms",
-            "server_overhead_ms")
+_COLUMNS = (
+    "policy",
+    "answered",
+    "p50_ms",
+    "p99_ms",
+    "mean_ms",
+    "server_p50_ms",
+    "throughput_rps",
+    "speedup",
+    "hit_rate",
+    "agreement",
+    "inprocess_p50_ms",
+    "server_overhead_ms",
+)
 
 
 async def _policy(url: str) -> str:
@@ -59,8 +70,9 @@ async def _policy(url: str) -> str:
             return (await response.json())["policy"]
 
 
-def inprocess_ms(engines: dict[str, Engine], images: np.ndarray,
-                 rounds: int = 1) -> dict[str, np.ndarray]:
+def inprocess_ms(
+    engines: dict[str, Engine], images: np.ndarray, rounds: int = 1
+) -> dict[str, np.ndarray]:
     """Per engine, each request's ``route`` time at batch 1 (ms), in this process, the
     engines interleaved request by request (the same noise for all)."""
     times = {name: [] for name in engines}
@@ -76,21 +88,32 @@ def inprocess_ms(engines: dict[str, Engine], images: np.ndarray,
     return {name: np.asarray(t) for name, t in times.items()}
 
 
-def simulated_means_ms(engines: dict[str, Engine], workload: Any,
-                       serving: ml_collections.ConfigDict, rounds: int,
-                       turn: int) -> dict[str, float]:
+def simulated_means_ms(
+    engines: dict[str, Engine],
+    workload: Any,
+    serving: ml_collections.ConfigDict,
+    rounds: int,
+    turn: int,
+) -> dict[str, float]:
     """Per engine, the mean latency (ms) the simulator (gati_jax/serving, virtual clock, the
     policies interleaved as the benchmark serves them) gives on ``workload``: the median over
     ``rounds`` of each round's mean."""
     means: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(rounds):
-        loops = {name: serve_steps(lambda images, index, e=engine: e.route(images),
-                                   workload.images, arrivals=workload.arrivals,
-                                   mode=serving.mode, max_group=int(serving.max_group),
-                                   max_wait_s=float(serving.max_wait_ms) / 1e3,
-                                   concurrency=int(serving.concurrency), clock=VirtualClock(),
-                                   progress=False)
-                 for name, engine in engines.items()}
+        loops = {
+            name: serve_steps(
+                lambda images, index, e=engine: e.route(images),
+                workload.images,
+                arrivals=workload.arrivals,
+                mode=serving.mode,
+                max_group=int(serving.max_group),
+                max_wait_s=float(serving.max_wait_ms) / 1e3,
+                concurrency=int(serving.concurrency),
+                clock=VirtualClock(),
+                progress=False,
+            )
+            for name, engine in engines.items()
+        }
         for name, result in serve_interleaved(loops, turn).items():
             means[name].append(1e3 * float(result.latency.mean()))
     return {name: float(np.median(m)) for name, m in means.items()}
@@ -103,17 +126,23 @@ def recovered_after_s(probes: LoadResult, baseline_p99_ms: float) -> float | Non
     ms, sent = 1e3 * probes.latency[ok], probes.sent[ok]
     bound = RECOVERY_SLACK * baseline_p99_ms
     for start in range(0, len(ms) - RECOVERY_WINDOW + 1):
-        if np.percentile(ms[start:start + RECOVERY_WINDOW], 99) <= bound:
+        if np.percentile(ms[start : start + RECOVERY_WINDOW], 99) <= bound:
             return float(sent[start])
     return None
 
 
-async def overload(url: str, images: np.ndarray, rate: float, count: int,
-                   recovery_s: float, timeout_s: float, seed: int = 0) -> dict[str, Any]:
+async def overload(
+    url: str,
+    images: np.ndarray,
+    rate: float,
+    count: int,
+    recovery_s: float,
+    timeout_s: float,
+    seed: int = 0,
+) -> dict[str, Any]:
     """``count`` requests open loop at ``rate``; then the recovery: one client probing from
     the moment the last request is sent, for ``recovery_s`` seconds."""
-    baseline = await run_load(url, images[:100], mode="closed", concurrency=1,
-                              timeout_s=timeout_s)
+    baseline = await run_load(url, images[:100], mode="closed", concurrency=1, timeout_s=timeout_s)
     baseline_p99 = summarize_load(baseline)["p99_ms"]
     arrivals = poisson_schedule(count, rate, seed)
     stream = np.resize(images, (count, *images.shape[1:]))
@@ -121,29 +150,55 @@ async def overload(url: str, images: np.ndarray, rate: float, count: int,
 
     async def probe() -> LoadResult:
         await asyncio.sleep(float(arrivals[-1]))
-        return await run_load(url, probes_images, mode="closed", concurrency=1,
-                              duration_s=recovery_s, timeout_s=timeout_s)
+        return await run_load(
+            url,
+            probes_images,
+            mode="closed",
+            concurrency=1,
+            duration_s=recovery_s,
+            timeout_s=timeout_s,
+        )
+
     load, probes = await asyncio.gather(
-        run_load(url, stream, mode="open", arrivals=arrivals, timeout_s=timeout_s), probe())
+        run_load(url, stream, mode="open", arrivals=arrivals, timeout_s=timeout_s), probe()
+    )
     summary = summarize_load(load)
     refused = int(np.sum(load.status == 503))
-    return {"rate_rps": rate, "sent": len(load), "answered": summary["answered"],
-            "refused": refused, "lost": int(np.sum(load.status == 0)),
-            "other_errors": int(len(load) - summary["answered"] - refused
-                                - np.sum(load.status == 0)),
-            "max_answer_or_refusal_ms": summary["max_answer_or_refusal_ms"],
-            "answered_p99_ms": summary["p99_ms"], "throughput_rps": summary["throughput_rps"],
-            "client_max_lag_ms": summary["client_max_lag_ms"],
-            "baseline_p99_ms": baseline_p99,
-            "recovered_after_s": recovered_after_s(probes, baseline_p99),
-            "probes": len(probes)}
+    return {
+        "rate_rps": rate,
+        "sent": len(load),
+        "answered": summary["answered"],
+        "refused": refused,
+        "lost": int(np.sum(load.status == 0)),
+        "other_errors": int(len(load) - summary["answered"] - refused - np.sum(load.status == 0)),
+        "max_answer_or_refusal_ms": summary["max_answer_or_refusal_ms"],
+        "answered_p99_ms": summary["p99_ms"],
+        "throughput_rps": summary["throughput_rps"],
+        "client_max_lag_ms": summary["client_max_lag_ms"],
+        "baseline_p99_ms": baseline_p99,
+        "recovered_after_s": recovered_after_s(probes, baseline_p99),
+        "probes": len(probes),
+    }
 
 
-def run_load_test(config: ml_collections.ConfigDict, workdir: str, targets: dict[str, str],
-                  out_dir: str, *, mode: str, rate: float, concurrency: int, requests: int,
-                  rounds: int, duration_s: float | None, timeout_s: float, payload: str,
-                  overload_factor: float, overload_requests: int,
-                  recovery_s: float) -> dict[str, Any]:
+def run_load_test(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    targets: dict[str, str],
+    out_dir: str,
+    *,
+    mode: str,
+    rate: float,
+    concurrency: int,
+    requests: int,
+    rounds: int,
+    duration_s: float | None,
+    timeout_s: float,
+    payload: str,
+    overload_factor: float,
+    overload_requests: int,
+    recovery_s: float,
+) -> dict[str, Any]:
     """Measures every target on the config's workload (``requests`` long; open loop at
     ``rate``, or closed loop with ``concurrency`` clients; every round's requests bounded by
     ``duration_s``, each by ``timeout_s``); with ``overload_factor`` > 0 also the overload
@@ -166,27 +221,62 @@ def run_load_test(config: ml_collections.ConfigDict, workdir: str, targets: dict
     logging.info(f"targets: {policies}")
     # In-process references for the static policies the targets serve.
     static = {p for p in policies.values() if p in ("none", system.plan.policy)}
-    engines = {p: build_engine(model, system.deployment, p, max_group, route=(
-        system.route if p == system.plan.policy else None)) for p in sorted(static)}
+    engines = {
+        p: build_engine(
+            model,
+            system.deployment,
+            p,
+            max_group,
+            route=(system.route if p == system.plan.policy else None),
+        )
+        for p in sorted(static)
+    }
     reference = inprocess_ms(engines, images, rounds=1) if engines else {}
-    simulated = (simulated_means_ms(engines, workload, config.serving, rounds,
-                                    int(config.benchmark.turn)) if engines else {})
+    simulated = (
+        simulated_means_ms(engines, workload, config.serving, rounds, int(config.benchmark.turn))
+        if engines
+        else {}
+    )
     results: dict[str, list[LoadResult]] = {name: [] for name in targets}
     names = list(targets)
     arrivals = poisson_schedule(len(images), rate, int(section.seed)) if mode == "open" else None
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            results[name].append(asyncio.run(run_load(
-                targets[name], images, mode=mode, arrivals=arrivals, concurrency=concurrency,
-                duration_s=duration_s, timeout_s=timeout_s, payload=payload)))
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            results[name].append(
+                asyncio.run(
+                    run_load(
+                        targets[name],
+                        images,
+                        mode=mode,
+                        arrivals=arrivals,
+                        concurrency=concurrency,
+                        duration_s=duration_s,
+                        timeout_s=timeout_s,
+                        payload=payload,
+                    )
+                )
+            )
     first = names[0]
     rows, report_targets = [], {}
     round_means = {n: [summarize_load(res)["mean_ms"] for res in rs] for n, rs in results.items()}
     for name in names:
-        pooled = LoadResult(*(np.concatenate([getattr(res, f) for res in results[name]])
-                              for f in ("index", "sent", "latency", "status", "answer",
-                                        "exit_stage", "hit", "server_ms", "lag")),
-                            duration=sum(res.duration for res in results[name]))
+        pooled = LoadResult(
+            *(
+                np.concatenate([getattr(res, f) for res in results[name]])
+                for f in (
+                    "index",
+                    "sent",
+                    "latency",
+                    "status",
+                    "answer",
+                    "exit_stage",
+                    "hit",
+                    "server_ms",
+                    "lag",
+                )
+            ),
+            duration=sum(res.duration for res in results[name]),
+        )
         summary = summarize_load(pooled, base, labels)
         summary["policy"] = policies[name]
         summary["mean_ms"] = float(np.median(round_means[name]))  # median of round means
@@ -200,36 +290,75 @@ def run_load_test(config: ml_collections.ConfigDict, workdir: str, targets: dict
         report_targets[name] = summary
         rows.append({"target": name, **{k: summary.get(k, float("nan")) for k in _COLUMNS}})
     planned = system.plan.policy
-    simulated_speedup = (simulated["none"] / simulated[planned]
-                         if "none" in simulated and planned in simulated else None)
-    report = {"workload": workload.name, "requests": len(images), "rounds": rounds,
-              "mode": mode, "concurrency": concurrency,
-              "rate_rps": rate if mode == "open" else None, "payload": payload,
-              "max_group": max_group, "max_wait_ms": float(config.serving.max_wait_ms),
-              "plan_policy": system.plan.policy, "plan_positions": list(system.plan.positions),
-              # The simulator's mean-latency speedup of the plan over none on this stream.
-              "simulated_speedup": simulated_speedup, "simulated_mean_ms": simulated,
-              # Every target's "speedup": the first target's mean latency over its own.
-              "speedup_over": first, "targets": report_targets}
+    simulated_speedup = (
+        simulated["none"] / simulated[planned]
+        if "none" in simulated and planned in simulated
+        else None
+    )
+    report = {
+        "workload": workload.name,
+        "requests": len(images),
+        "rounds": rounds,
+        "mode": mode,
+        "concurrency": concurrency,
+        "rate_rps": rate if mode == "open" else None,
+        "payload": payload,
+        "max_group": max_group,
+        "max_wait_ms": float(config.serving.max_wait_ms),
+        "plan_policy": system.plan.policy,
+        "plan_positions": list(system.plan.positions),
+        # The simulator's mean-latency speedup of the plan over none on this stream.
+        "simulated_speedup": simulated_speedup,
+        "simulated_mean_ms": simulated,
+        # Every target's "speedup": the first target's mean latency over its own.
+        "speedup_over": first,
+        "targets": report_targets,
+    }
     if overload_factor > 0:
-        saturation = asyncio.run(run_load(targets[first], images, mode="closed",
-                                          concurrency=2 * max_group, timeout_s=timeout_s))
+        saturation = asyncio.run(
+            run_load(
+                targets[first],
+                images,
+                mode="closed",
+                concurrency=2 * max_group,
+                timeout_s=timeout_s,
+            )
+        )
         saturation_rps = summarize_load(saturation)["throughput_rps"]
         report["saturation_rps"] = saturation_rps
-        report["overload"] = {name: asyncio.run(overload(
-            url, images, overload_factor * saturation_rps, int(overload_requests), recovery_s,
-            timeout_s)) | {"factor": overload_factor} for name, url in targets.items()}
+        report["overload"] = {
+            name: asyncio.run(
+                overload(
+                    url,
+                    images,
+                    overload_factor * saturation_rps,
+                    int(overload_requests),
+                    recovery_s,
+                    timeout_s,
+                )
+            )
+            | {"factor": overload_factor}
+            for name, url in targets.items()
+        }
     (out / "load_test.json").write_text(json.dumps(report, indent=1) + "\n")
-    plot_latency_cdf({workload.name: {name: 1e3 * np.concatenate(
-        [res.latency[res.status == 200] for res in rs]) for name, rs in results.items()}},
-        out / "load_latency_cdf.png")
+    plot_latency_cdf(
+        {
+            workload.name: {
+                name: 1e3 * np.concatenate([res.latency[res.status == 200] for res in rs])
+                for name, rs in results.items()
+            }
+        },
+        out / "load_latency_cdf.png",
+    )
     logging.info("\n" + format_table(rows))
     if simulated_speedup is not None:
         for name, summary in report_targets.items():
             if summary["policy"] == planned:
-                logging.info(f"{name}: served speedup {summary['speedup']:.3f} over {first}, "
-                             f"simulated {simulated_speedup:.3f} (served / simulated "
-                             f"{summary['speedup'] / simulated_speedup:.3f})")
+                logging.info(
+                    f"{name}: served speedup {summary['speedup']:.3f} over {first}, "
+                    f"simulated {simulated_speedup:.3f} (served / simulated "
+                    f"{summary['speedup'] / simulated_speedup:.3f})"
+                )
     for name, figures in report.get("overload", {}).items():
         logging.info(f"overload {name}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
     logging.info(f"wrote {out / 'load_test.json'} and {out / 'load_latency_cdf.png'}")

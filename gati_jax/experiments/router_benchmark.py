@@ -14,14 +14,24 @@ import numpy as np
 
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank
-from gati_jax.inference import BaseModel
 from gati_jax.experiments.kernel_profile import kernel_profile_ms
-from gati_jax.planner.instance import router_charge
-from gati_jax.planner.costs import (LookupCost, RouterCharge, all_miss_kernels,
-                                       all_miss_programs, charges_from, marginal_cost,
-                                       measure_lookups, measure_prefixes, measure_router_charge,
-                                       plain_program, prefix_program, prefixes_from_trials)
+from gati_jax.inference import BaseModel
 from gati_jax.measure import measure_interleaved, stage_latencies
+from gati_jax.planner.costs import (
+    LookupCost,
+    RouterCharge,
+    all_miss_kernels,
+    all_miss_programs,
+    charges_from,
+    marginal_cost,
+    measure_lookups,
+    measure_prefixes,
+    measure_router_charge,
+    plain_program,
+    prefix_program,
+    prefixes_from_trials,
+)
+from gati_jax.planner.instance import router_charge
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
 from gati_jax.serving.clock import VirtualClock
@@ -30,10 +40,15 @@ from gati_jax.serving.loop import serve_interleaved, serve_steps
 NEVER, ALWAYS = 2.0, -1.0  # selector scores lie in [0, 1]
 
 
-def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
-                     sparse_positions: tuple[int, ...], repeats: int = 200,
-                     group_sizes: tuple[int, ...] = (1, 8, 32),
-                     planned: Deployment | None = None) -> dict[str, Any]:
+def benchmark_router(
+    model: BaseModel,
+    bank: CacheBank,
+    images: np.ndarray,
+    sparse_positions: tuple[int, ...],
+    repeats: int = 200,
+    group_sizes: tuple[int, ...] = (1, 8, 32),
+    planned: Deployment | None = None,
+) -> dict[str, Any]:
     """Runs every measurement of the router benchmark and returns them as one dict.
 
     ``planned`` (a plan's deployment) adds the overhead of exactly the planner's caches.
@@ -44,8 +59,11 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     plain = jax.jit(lambda x: network.apply(variables, data.normalize(x, mean, std)))
     as_args = jax.jit(lambda v, x: network.apply(v, data.normalize(x, mean, std)))
 
-    out: dict[str, Any] = {"backend": jax.default_backend(),
-                           "device_kind": jax.devices()[0].device_kind, "repeats": repeats}
+    out: dict[str, Any] = {
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "repeats": repeats,
+    }
 
     one = jnp.asarray(images[:1])
     routers = {}
@@ -55,9 +73,13 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     if planned is not None and planned.positions:
         routers["planned"] = (planned, planned.router(model, max_group=max(group_sizes)))
     overhead_calls = {
-        "plain": lambda: plain(one), "as_args": lambda: as_args(variables, one),
-        **{name: compiled_call(router, dep.params, np.full(len(dep.positions), NEVER), one)
-           for name, (dep, router) in routers.items()}}
+        "plain": lambda: plain(one),
+        "as_args": lambda: as_args(variables, one),
+        **{
+            name: compiled_call(router, dep.params, np.full(len(dep.positions), NEVER), one)
+            for name, (dep, router) in routers.items()
+        },
+    }
     # Warm: each program ten times in a row, as a server running one program runs it.
     # Alternating: every call after another program, whose weights evicted its own from the
     # caches (each program holds its own copy of the base network's weights): a harsher
@@ -76,10 +98,14 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
         out["kernel_profile_ms"] = profile
     out["plain_network_variables_as_arguments_ms"] = 1e3 * timed["as_args"]
     out["all_miss_overhead"] = {
-        name: {"positions": list(dep.positions), "router_all_miss_ms": 1e3 * timed[name],
-               "overhead": timed[name] / plain_s - 1,
-               "overhead_alternating": alternating[name] / alternating["plain"] - 1}
-        for name, (dep, _) in routers.items()}
+        name: {
+            "positions": list(dep.positions),
+            "router_all_miss_ms": 1e3 * timed[name],
+            "overhead": timed[name] / plain_s - 1,
+            "overhead_alternating": alternating[name] / alternating["plain"] - 1,
+        }
+        for name, (dep, _) in routers.items()
+    }
 
     # Router vs the Python loop, and measured vs modelled latency, for exits forced at each k.
     best = best_per_position(bank)
@@ -91,13 +117,21 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     # The planner's cost model: compiled prefixes, the router's charges (fixed, per cache), each
     # cache's marginal cost inside a router.
     prefix_s = prefixes_from_trials([measure_prefixes(model, 1, repeats)])
-    lookups = {str(p): (p, d, c.params, "gati") for p, d, c
-               in zip(dep.positions, dep.decides(), best)}
-    measured = {k: c.scaled(prefix_s[-1])
-                for k, c in measure_lookups(model, lookups, 1, repeats).items()}
-    charge = measure_router_charge(model, lookups, {k: c.miss_s for k, c in measured.items()},
-                                   1, repeats, prefix_s[-1],
-                                   {k: c.exit_s for k, c in measured.items()})
+    lookups = {
+        str(p): (p, d, c.params, "gati") for p, d, c in zip(dep.positions, dep.decides(), best)
+    }
+    measured = {
+        k: c.scaled(prefix_s[-1]) for k, c in measure_lookups(model, lookups, 1, repeats).items()
+    }
+    charge = measure_router_charge(
+        model,
+        lookups,
+        {k: c.miss_s for k, c in measured.items()},
+        1,
+        repeats,
+        prefix_s[-1],
+        {k: c.exit_s for k, c in measured.items()},
+    )
     cache_s, exit_s = _marginals(charge, [measured[str(p)] for p in dep.positions])
     out["router_charge_ms"] = 1e3 * charge.fixed_s
     out["router_per_cache_ms"] = 1e3 * charge.per_cache_s
@@ -106,8 +140,9 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     for label, k in scenarios:
         thresholds = forced_exit_thresholds(len(dep.positions), k)
         programs[f"router {label}"] = compiled_call(router, dep.params, thresholds, one)
-        programs[f"loop {label}"] = (lambda thr=thresholds:
-                                     reference.route(dep.params, thr, images[:1]))
+        programs[f"loop {label}"] = lambda thr=thresholds: reference.route(
+            dep.params, thr, images[:1]
+        )
     plain = plain_program(model)
     x = jnp.zeros((1, *network.input_shape), jnp.float32)
     programs["plain"] = lambda: plain(x)
@@ -115,7 +150,7 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     # router missing and exiting, timed in the same rounds: the model with every term
     # measured beside the router (see below).
     for k, c in enumerate(best):
-        programs[f"prefix {k}"] = (lambda p=prefix_program(model, dep.positions[k]): p(x))
+        programs[f"prefix {k}"] = lambda p=prefix_program(model, dep.positions[k]): p(x)
         single = deploy(bank, [c])
         alone = single.router(model, max_group=1)
         for name, thr in (("miss", NEVER), ("exit", ALWAYS)):
@@ -132,11 +167,18 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
     # of the rows (no exit, exit at the first position), so those two match (unless a
     # charge or a marginal cost came out below 0 and was clamped) and the other rows test
     # the model, not the machine's drift since profiling.
-    now = [LookupCost.from_timings(timed[f"alone {k} miss"], timed["plain"],
-                                   timed[f"alone {k} exit"], timed[f"prefix {k}"])
-           for k in range(len(best))]
-    charge_now = charges_from([c.miss_s for c in now], timed["router no exit"] - timed["plain"],
-                              now[0].exit_s, timed["router exit at 0"] - timed["prefix 0"])
+    now = [
+        LookupCost.from_timings(
+            timed[f"alone {k} miss"], timed["plain"], timed[f"alone {k} exit"], timed[f"prefix {k}"]
+        )
+        for k in range(len(best))
+    ]
+    charge_now = charges_from(
+        [c.miss_s for c in now],
+        timed["router no exit"] - timed["plain"],
+        now[0].exit_s,
+        timed["router exit at 0"] - timed["prefix 0"],
+    )
     cache_now, exit_now = _marginals(charge_now, now)
     out["same_round_charges_ms"] = [1e3 * charge_now.fixed_s, 1e3 * charge_now.per_cache_s]
     rows = []
@@ -151,21 +193,30 @@ def benchmark_router(model: BaseModel, bank: CacheBank, images: np.ndarray,
         prefix_now = timed["plain"] if k is None else timed[f"prefix {k}"]
         same_round_s = prefix_now + scale * _router_part(charge, cache_s, exit_s, k)
         all_now_s = prefix_now + _router_part(charge_now, cache_now, exit_now, k)
-        rows.append({"scenario": label, "router_ms": 1e3 * router_s, "loop_ms": 1e3 * loop_s,
-                     "loop/router": loop_s / router_s, "stage_sum_model_ms": 1e3 * model_s,
-                     "router/stage_sum": router_s / model_s,
-                     "profile_model_ms": 1e3 * profiled_s, "router/profile": router_s / profiled_s,
-                     "same_round_model_ms": 1e3 * same_round_s,
-                     "router/same_round": router_s / same_round_s,
-                     "all_same_round_model_ms": 1e3 * all_now_s,
-                     "router/all_same_round": router_s / all_now_s})
+        rows.append(
+            {
+                "scenario": label,
+                "router_ms": 1e3 * router_s,
+                "loop_ms": 1e3 * loop_s,
+                "loop/router": loop_s / router_s,
+                "stage_sum_model_ms": 1e3 * model_s,
+                "router/stage_sum": router_s / model_s,
+                "profile_model_ms": 1e3 * profiled_s,
+                "router/profile": router_s / profiled_s,
+                "same_round_model_ms": 1e3 * same_round_s,
+                "router/same_round": router_s / same_round_s,
+                "all_same_round_model_ms": 1e3 * all_now_s,
+                "router/all_same_round": router_s / all_now_s,
+            }
+        )
     out["forced_exits"] = rows
     out["stage_latency_ms"] = [1e3 * s for s in stage_s]
 
     out["group_sizes"] = _group_rows(model, plain, dep, router, images, group_sizes, repeats)
     if planned is not None and planned.positions:
-        out["group_sizes_planned"] = _group_rows(model, plain, planned, routers["planned"][1],
-                                                 images, group_sizes, repeats)
+        out["group_sizes_planned"] = _group_rows(
+            model, plain, planned, routers["planned"][1], images, group_sizes, repeats
+        )
 
     # Batch 1 over a stream of distinct test images at the calibrated 99% thresholds.
     out["stream_batch1"], out["serving_path"] = _stream_rows(model, plain, dep, router, images)
@@ -176,18 +227,21 @@ def _marginals(charge: RouterCharge, costs: list[LookupCost]) -> tuple[list[floa
     """Each cache's marginal miss and exit cost beside others (one-cache costs less the
     charges that router paid)."""
     own = charge.fixed_s + charge.per_cache_s
-    return ([marginal_cost(c.miss_s, own) for c in costs],
-            [marginal_cost(c.exit_s, own) for c in costs])
+    return (
+        [marginal_cost(c.miss_s, own) for c in costs],
+        [marginal_cost(c.exit_s, own) for c in costs],
+    )
 
 
-def _router_part(charge: RouterCharge, cache_s: list[float], exit_s: list[float],
-                 k: int | None) -> float:
+def _router_part(
+    charge: RouterCharge, cache_s: list[float], exit_s: list[float], k: int | None
+) -> float:
     """What the model says a router adds to the stages a request runs when it exits at the
     ``k``-th deployed cache (None: runs to the end): the charges every request pays, the
     lookups it passes, the exit instead of the last one's miss."""
     m = len(cache_s)
     part = float(router_charge(*charge, m))
-    part += sum(cache_s[:m if k is None else k + 1])
+    part += sum(cache_s[: m if k is None else k + 1])
     if k is not None:
         part += exit_s[k] - cache_s[k]
     return part
@@ -211,25 +265,32 @@ def compiled_call(router: Router, params: Any, thresholds: Any, batch: jax.Array
 
 def _fetched(call: Any) -> Any:
     """``call`` with its answer copied back to the host, as ``Router.route`` does it."""
+
     def fetched():
         out = call()
         out.copy_to_host_async()
         return np.asarray(out)
+
     return fetched
 
 
-def _stream_rows(model: BaseModel, plain: Any, dep: Deployment, router: Router,
-                 images: np.ndarray) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _stream_rows(
+    model: BaseModel, plain: Any, dep: Deployment, router: Router, images: np.ndarray
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Batch 1 over distinct test images: the compiled programs on device-resident images
     (plain network, router at the deployment's thresholds) and, for the router with no cache
     (policy none) and with these caches, what the serving path adds, step by step: the
     answer copied back to the host (fetched), the image sent from the host too (sent),
     ``route`` (checks, padding, both transfers) and the serving loop around it."""
     none = Router(model, (), (), max_group=1)
-    programs = {"none": (none, (), ()),
-                "gati": (router, dep.params, np.asarray(dep.thresholds, np.float32))}
-    routes = {name: (lambda h, r=r, params=params, thr=thr: r.route(params, thr, h))
-              for name, (r, params, thr) in programs.items()}
+    programs = {
+        "none": (none, (), ()),
+        "gati": (router, dep.params, np.asarray(dep.thresholds, np.float32)),
+    }
+    routes = {
+        name: (lambda h, r=r, params=params, thr=thr: r.route(params, thr, h))
+        for name, (r, params, thr) in programs.items()
+    }
     totals: dict[str, float] = {}
     exits = []
     for image in images:
@@ -247,31 +308,57 @@ def _stream_rows(model: BaseModel, plain: Any, dep: Deployment, router: Router,
     # The serving loop over the same stream, one request at a time with no queueing (arrivals
     # a second apart on a virtual clock): its compute is route() plus the loop's own work.
     arrivals = np.arange(len(images), dtype=np.float64)
-    served = serve_interleaved({
-        name: serve_steps(lambda x, index, r=route: r(x), images, arrivals=arrivals,
-                          max_group=1, max_wait_s=0.0, clock=VirtualClock(), progress=False)
-        for name, route in routes.items()})
+    served = serve_interleaved(
+        {
+            name: serve_steps(
+                lambda x, index, r=route: r(x),
+                images,
+                arrivals=arrivals,
+                max_group=1,
+                max_wait_s=0.0,
+                clock=VirtualClock(),
+                progress=False,
+            )
+            for name, route in routes.items()
+        }
+    )
     n = len(images)
-    stream = {"requests": n, "plain_mean_ms": 1e3 * totals["plain"] / n,
-              "gati99_mean_ms": 1e3 * totals["gati compiled"] / n,
-              "speedup": totals["plain"] / totals["gati compiled"],
-              "exit_histogram": {str(p): exits.count(p) for p in sorted(set(exits))}}
+    stream = {
+        "requests": n,
+        "plain_mean_ms": 1e3 * totals["plain"] / n,
+        "gati99_mean_ms": 1e3 * totals["gati compiled"] / n,
+        "speedup": totals["plain"] / totals["gati compiled"],
+        "exit_histogram": {str(p): exits.count(p) for p in sorted(set(exits))},
+    }
     path = []
     for name in routes:
         compiled_s, route_s = totals[f"{name} compiled"] / n, totals[f"{name} route"] / n
         served_s = float(np.mean(served[name].compute))
-        path.append({"policy": name, "compiled_ms": 1e3 * compiled_s,
-                     "fetched_ms": 1e3 * totals[f"{name} fetched"] / n,
-                     "sent_ms": 1e3 * totals[f"{name} sent"] / n, "route_ms": 1e3 * route_s,
-                     "served_ms": 1e3 * served_s, "route/compiled": route_s / compiled_s,
-                     "served/compiled": served_s / compiled_s,
-                     "served_vs_none": (float(np.mean(served["none"].compute)) / served_s)})
+        path.append(
+            {
+                "policy": name,
+                "compiled_ms": 1e3 * compiled_s,
+                "fetched_ms": 1e3 * totals[f"{name} fetched"] / n,
+                "sent_ms": 1e3 * totals[f"{name} sent"] / n,
+                "route_ms": 1e3 * route_s,
+                "served_ms": 1e3 * served_s,
+                "route/compiled": route_s / compiled_s,
+                "served/compiled": served_s / compiled_s,
+                "served_vs_none": (float(np.mean(served["none"].compute)) / served_s),
+            }
+        )
     return stream, path
 
 
-def _group_rows(model: BaseModel, plain: Any, dep: Deployment, router: Router,
-                images: np.ndarray, group_sizes: tuple[int, ...],
-                repeats: int) -> list[dict[str, Any]]:
+def _group_rows(
+    model: BaseModel,
+    plain: Any,
+    dep: Deployment,
+    router: Router,
+    images: np.ndarray,
+    group_sizes: tuple[int, ...],
+    repeats: int,
+) -> list[dict[str, Any]]:
     """Per group size: plain network, router (all missing; at the deployment's thresholds)
     and the compacted router, on distinct test images, with throughputs."""
     compacted = dep.router(model, max_group=max(group_sizes), compact=True)
@@ -281,29 +368,42 @@ def _group_rows(model: BaseModel, plain: Any, dep: Deployment, router: Router,
         # Distinct test images (groups of one request exit alike, so they cannot show
         # what compaction saves), cycled through so no one batch's exits decide the figure.
         count = max(1, min(8, len(images) // size))
-        batches = [jnp.asarray(np.resize(images[i * size:], (size, *images.shape[1:])))
-                   for i in range(count)]
-        calls = {"plain": [lambda b=b: plain(b) for b in batches],
-                 "miss": [compiled_call(router, dep.params, never, b) for b in batches],
-                 "gati": [compiled_call(router, dep.params, dep.thresholds, b)
-                          for b in batches],
-                 "compact": [compiled_call(compacted, dep.params, dep.thresholds, b)
-                             for b in batches]}
+        batches = [
+            jnp.asarray(np.resize(images[i * size :], (size, *images.shape[1:])))
+            for i in range(count)
+        ]
+        calls = {
+            "plain": [lambda b=b: plain(b) for b in batches],
+            "miss": [compiled_call(router, dep.params, never, b) for b in batches],
+            "gati": [compiled_call(router, dep.params, dep.thresholds, b) for b in batches],
+            "compact": [compiled_call(compacted, dep.params, dep.thresholds, b) for b in batches],
+        }
         turns = dict.fromkeys(calls, 0)
 
         def cycled(name):
             def call():
                 turns[name] += 1
                 return calls[name][turns[name] % count]()
+
             return call
-        timed = measure_interleaved({name: cycled(name) for name in calls},
-                                    repeats=max(20, repeats // 4))
+
+        timed = measure_interleaved(
+            {name: cycled(name) for name in calls}, repeats=max(20, repeats // 4)
+        )
         exits = np.concatenate([np.asarray(call())[1] for call in calls["gati"]])
         plain_t, gati_t, compact_t = timed["plain"], timed["gati"], timed["compact"]
-        rows.append({"group": size, "plain_ms": 1e3 * plain_t,
-                     "router_miss_ms": 1e3 * timed["miss"], "router_ms": 1e3 * gati_t,
-                     "compacted_ms": 1e3 * compact_t, "plain_rps": size / plain_t,
-                     "router_rps": size / gati_t, "compacted_rps": size / compact_t,
-                     "compacted_vs_router": gati_t / compact_t,
-                     "exit_fraction": float(np.mean(exits < model.network.num_stages - 1))})
+        rows.append(
+            {
+                "group": size,
+                "plain_ms": 1e3 * plain_t,
+                "router_miss_ms": 1e3 * timed["miss"],
+                "router_ms": 1e3 * gati_t,
+                "compacted_ms": 1e3 * compact_t,
+                "plain_rps": size / plain_t,
+                "router_rps": size / gati_t,
+                "compacted_rps": size / compact_t,
+                "compacted_vs_router": gati_t / compact_t,
+                "exit_fraction": float(np.mean(exits < model.network.num_stages - 1)),
+            }
+        )
     return rows

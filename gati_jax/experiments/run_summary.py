@@ -10,14 +10,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-_ONLINE = ("speedup_vs_static_gati", "p99_ratio_vs_static_gati", "p99_ratio_high90",
-           "agreement", "static_agreement", "min_window_agreement",
-           "static_min_window_agreement")
+_ONLINE = (
+    "speedup_vs_static_gati",
+    "p99_ratio_vs_static_gati",
+    "p99_ratio_high90",
+    "agreement",
+    "static_agreement",
+    "min_window_agreement",
+    "static_min_window_agreement",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +51,10 @@ def load_run(directory: str | Path, name: str | None = None) -> Run:
     directory = Path(directory)
     rows_path = directory / "benchmark.json"
     if not rows_path.is_file():
-        raise FileNotFoundError(f"no benchmark at {directory} (missing benchmark.json): give "
-                                "the workdir of scripts/train_caches.py or scripts/benchmark.py")
+        raise FileNotFoundError(
+            f"no benchmark at {directory} (missing benchmark.json): give "
+            "the workdir of scripts/train_caches.py or scripts/benchmark.py"
+        )
     rows = _json(rows_path)
     details_path = directory / "benchmark_details.json"
     details = _json(details_path) if details_path.is_file() else {}
@@ -60,8 +69,7 @@ def load_runs(directories: Sequence[str | Path]) -> list[Run]:
     """:func:`load_run` of each directory, named by the directory unless two share a name,
     then by the path as given."""
     names = [Path(d).resolve().name for d in directories]
-    return [load_run(d, n if names.count(n) == 1 else str(d))
-            for d, n in zip(directories, names)]
+    return [load_run(d, n if names.count(n) == 1 else str(d)) for d, n in zip(directories, names)]
 
 
 def _number(value: Any) -> float:
@@ -91,8 +99,9 @@ def spread(runs: Sequence[Run], metric: str = "speedup_vs_none") -> list[dict[st
     if not runs:
         raise ValueError("no runs to summarize")
     _check_names(runs)
-    known = {k for run in runs for row in run.rows for k, v in row.items()
-             if math.isfinite(_number(v))}
+    known = {
+        k for run in runs for row in run.rows for k, v in row.items() if math.isfinite(_number(v))
+    }
     if metric not in known:
         raise ValueError(f"unknown metric '{metric}'; the runs' rows have {sorted(known)}")
     workloads: list[str] = []
@@ -107,17 +116,25 @@ def spread(runs: Sequence[Run], metric: str = "speedup_vs_none") -> list[dict[st
     out = []
     for w, p in sorted(values, key=lambda k: (workloads.index(k[0]), policies.index(k[1]))):
         mine = {run.name: values[(w, p)].get(run.name, float("nan")) for run in runs}
-        out.append({"workload": w, "policy": p,
-                    "runs": sum(math.isfinite(v) for v in mine.values()),
-                    **_stats(list(mine.values())), "values": mine})
+        out.append(
+            {
+                "workload": w,
+                "policy": p,
+                "runs": sum(math.isfinite(v) for v in mine.values()),
+                **_stats(list(mine.values())),
+                "values": mine,
+            }
+        )
     return out
 
 
 def spread_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """:func:`spread`'s rows for printing: each run's value in a column of its own."""
-    return [{k: v for k, v in row.items() if k != "values"}
-            | {f"run {name}": value for name, value in row["values"].items()}
-            for row in rows]
+    return [
+        {k: v for k, v in row.items() if k != "values"}
+        | {f"run {name}": value for name, value in row["values"].items()}
+        for row in rows
+    ]
 
 
 def online_spread(runs: Sequence[Run], p99_target: float = 1.2) -> list[dict[str, Any]]:
@@ -147,18 +164,24 @@ def online_spread(runs: Sequence[Run], p99_target: float = 1.2) -> list[dict[str
 def compact_online(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """:func:`online_spread`'s rows for printing: each figure as 'median [min, max]', the
     counts as 'within / of'."""
+
     def cell(row: dict[str, Any], key: str) -> str:
-        return (f"{row[key + '_median']:.3f} [{row[key + '_min']:.3f}, "
-                f"{row[key + '_max']:.3f}]")
-    return [{"workload": r["workload"], "runs": r["runs"],
-             "vs_static": cell(r, "speedup_vs_static_gati"),
-             "p99_ratio": cell(r, "p99_ratio_vs_static_gati"),
-             "p99_high90": cell(r, "p99_ratio_high90"),
-             "min_window": cell(r, "min_window_agreement"),
-             "static_min_window": cell(r, "static_min_window_agreement"),
-             "p99_ok": f"{r['p99_within_target']}/{r['p99_runs']}",
-             "interval_ok": f"{r['interval_within_target']}/{r['interval_runs']}"}
-            for r in rows]
+        return f"{row[key + '_median']:.3f} [{row[key + '_min']:.3f}, {row[key + '_max']:.3f}]"
+
+    return [
+        {
+            "workload": r["workload"],
+            "runs": r["runs"],
+            "vs_static": cell(r, "speedup_vs_static_gati"),
+            "p99_ratio": cell(r, "p99_ratio_vs_static_gati"),
+            "p99_high90": cell(r, "p99_ratio_high90"),
+            "min_window": cell(r, "min_window_agreement"),
+            "static_min_window": cell(r, "static_min_window_agreement"),
+            "p99_ok": f"{r['p99_within_target']}/{r['p99_runs']}",
+            "interval_ok": f"{r['interval_within_target']}/{r['interval_runs']}",
+        }
+        for r in rows
+    ]
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -175,8 +198,11 @@ def config_differences(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
     value; a run without the key shows None). Runs without one: :func:`without_config`."""
     flat = {run.name: _flat(run.config) for run in runs if run.config}
     keys = sorted({k for f in flat.values() for k in f})
-    return {k: {name: f.get(k) for name, f in flat.items()} for k in keys
-            if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1}
+    return {
+        k: {name: f.get(k) for name, f in flat.items()}
+        for k in keys
+        if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1
+    }
 
 
 def without_config(runs: Sequence[Run]) -> list[str]:
@@ -184,13 +210,19 @@ def without_config(runs: Sequence[Run]) -> list[str]:
     return [run.name for run in runs if not run.config]
 
 
-def summarize(runs: Sequence[Run], metric: str = "speedup_vs_none",
-              p99_target: float = 1.2) -> dict[str, Any]:
+def summarize(
+    runs: Sequence[Run], metric: str = "speedup_vs_none", p99_target: float = 1.2
+) -> dict[str, Any]:
     """Everything ``summarize_runs.py`` reports, as JSON-ready values."""
-    return {"runs": [run.name for run in runs], "metric": metric, "p99_target": p99_target,
-            "spread": spread(runs, metric), "online": online_spread(runs, p99_target),
-            "config_differences": config_differences(runs),
-            "without_config": without_config(runs)}
+    return {
+        "runs": [run.name for run in runs],
+        "metric": metric,
+        "p99_target": p99_target,
+        "spread": spread(runs, metric),
+        "online": online_spread(runs, p99_target),
+        "config_differences": config_differences(runs),
+        "without_config": without_config(runs),
+    }
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
@@ -198,25 +230,37 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     of rows are formatted by the caller: see :func:`summary_tables`)."""
     compared = len(summary["runs"]) - len(summary["without_config"])
     if compared < 2:
-        lines = [f"config keys: not compared ({compared} of {len(summary['runs'])} runs "
-                 "recorded a config)"]
+        lines = [
+            f"config keys: not compared ({compared} of {len(summary['runs'])} runs "
+            "recorded a config)"
+        ]
     else:
         differences = summary["config_differences"]
-        lines = ["config keys the runs did not share: "
-                 + (", ".join(differences) if differences else "none")]
+        lines = [
+            "config keys the runs did not share: "
+            + (", ".join(differences) if differences else "none")
+        ]
         if summary["without_config"]:
-            lines.append("runs without a recorded config, not compared: "
-                         + ", ".join(summary["without_config"]))
+            lines.append(
+                "runs without a recorded config, not compared: "
+                + ", ".join(summary["without_config"])
+            )
     return lines
 
 
 def summary_tables(summary: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
     """:func:`summarize`'s tables, each with its title, for printing."""
-    tables = [(f"{summary['metric']} over {len(summary['runs'])} runs:",
-               spread_table(summary["spread"]))]
+    tables = [
+        (f"{summary['metric']} over {len(summary['runs'])} runs:", spread_table(summary["spread"]))
+    ]
     if summary["online"]:
-        tables.append(("gati-online against static gati (median [min, max]; p99_ok, "
-                       "interval_ok: runs whose p99 ratio, and the top of its 90% interval, "
-                       f"stayed within {summary['p99_target']:g}x, of the runs that have "
-                       "one):", compact_online(summary["online"])))
+        tables.append(
+            (
+                "gati-online against static gati (median [min, max]; p99_ok, "
+                "interval_ok: runs whose p99 ratio, and the top of its 90% interval, "
+                f"stayed within {summary['p99_target']:g}x, of the runs that have "
+                "one):",
+                compact_online(summary["online"]),
+            )
+        )
     return tables

@@ -37,18 +37,24 @@ from gati_jax.jobs.benchmark import run_benchmark
 from gati_jax.jobs.exploration import run_exploration
 from gati_jax.jobs.planning import check_bound_reachable, run_planning
 from gati_jax.jobs.report import write_report
-from gati_jax.training.checkpointing import CheckpointError, base_model_fingerprint
 from gati_jax.jobs.train_base import train_and_evaluate
+from gati_jax.training.checkpointing import CheckpointError, base_model_fingerprint
 
 PHASES = ("base", "explore", "plan", "benchmark", "report")
 # What each phase writes into the work directory that later phases read (artefact
 # directories by their manifests, which vouch for every file in them).
-PHASE_OUTPUTS = {"explore": ("exploration.json", f"cache_bank/{MANIFEST}"),
-                 "plan": ("plan.json", f"plan/{MANIFEST}"),
-                 "benchmark": ("benchmark.json", "benchmark_details.json")}
+PHASE_OUTPUTS = {
+    "explore": ("exploration.json", f"cache_bank/{MANIFEST}"),
+    "plan": ("plan.json", f"plan/{MANIFEST}"),
+    "benchmark": ("benchmark.json", "benchmark_details.json"),
+}
 # Config entries that are paths: stored absolute, so the work directory loads from anywhere.
-_PATH_KEYS = (("caches", "checkpoint"), ("planner", "profile"), ("train", "export_dir"),
-              ("data", "data_dir"))
+_PATH_KEYS = (
+    ("caches", "checkpoint"),
+    ("planner", "profile"),
+    ("train", "export_dir"),
+    ("data", "data_dir"),
+)
 
 
 def _phase_log(workdir: Path) -> dict[str, Any]:
@@ -58,8 +64,9 @@ def _phase_log(workdir: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is corrupt ({error}); delete it to run every phase "
-                         "again") from None
+        raise ValueError(
+            f"{path} is corrupt ({error}); delete it to run every phase again"
+        ) from None
 
 
 def _absolute_paths(stored: dict[str, Any]) -> dict[str, Any]:
@@ -110,8 +117,9 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def check_same_run(workdir: Path, log: dict[str, Any], current: dict[str, Any],
-                   redo_from: int, base_trained: bool) -> None:
+def check_same_run(
+    workdir: Path, log: dict[str, Any], current: dict[str, Any], redo_from: int, base_trained: bool
+) -> None:
     """Refuses to continue a finished run under a config whose changes affect a finished
     phase that is not being redone (``redo_from``: index of the first phase redone)."""
     finished = [p for p in PHASES[:-1] if p in log]
@@ -122,13 +130,16 @@ def check_same_run(workdir: Path, log: dict[str, Any], current: dict[str, Any],
         raise ConfigError(
             f"{workdir} holds finished phases {finished} but no config.json, so this config "
             "cannot be checked against theirs; rerun with --redo=explore (redo=['explore']) "
-            "to make them again, or use another --workdir")
+            "to make them again, or use another --workdir"
+        )
     try:
         # (relative paths: config.json files written before paths were stored absolute)
         saved = _flat(_absolute_paths(json.loads(path.read_text())))
     except json.JSONDecodeError as error:
-        raise ConfigError(f"{path} is corrupt ({error}); rerun with --redo=explore to make "
-                          "every phase again, or use another --workdir") from None
+        raise ConfigError(
+            f"{path} is corrupt ({error}); rerun with --redo=explore to make "
+            "every phase again, or use another --workdir"
+        ) from None
     new = _flat(current)
     changed: dict[str, str] = {}
     for key in sorted(saved.keys() | new.keys()):
@@ -139,18 +150,21 @@ def check_same_run(workdir: Path, log: dict[str, Any], current: dict[str, Any],
             changed[key] = phase
     if changed:
         first = min(changed.values(), key=PHASES.index)
-        keys = ", ".join(f"{k} ({_short(saved.get(k))} -> {_short(new.get(k))})"
-                         for k in changed)
+        keys = ", ".join(f"{k} ({_short(saved.get(k))} -> {_short(new.get(k))})" for k in changed)
         raise ConfigError(
             f"{workdir} holds a finished run made with another config: changed {keys}, which "
             f"affect the finished phase(s) {sorted(set(changed.values()), key=PHASES.index)}. "
             f"Rerun with --redo={first} (redo=['{first}']) to redo {first} and every phase "
-            "after it under the new config, or use another --workdir")
+            "after it under the new config, or use another --workdir"
+        )
 
 
 def _output_hashes(workdir: Path, phase: str) -> dict[str, str]:
-    return {name: file_sha256(workdir / name) for name in PHASE_OUTPUTS.get(phase, ())
-            if (workdir / name).is_file()}
+    return {
+        name: file_sha256(workdir / name)
+        for name in PHASE_OUTPUTS.get(phase, ())
+        if (workdir / name).is_file()
+    }
 
 
 def _stale_outputs(workdir: Path, phase: str, entry: dict[str, Any]) -> str | None:
@@ -165,8 +179,9 @@ def _stale_outputs(workdir: Path, phase: str, entry: dict[str, Any]) -> str | No
     return None
 
 
-def first_phase_to_run(workdir: Path, log: dict[str, Any], redo: Sequence[str],
-                       run_base: bool) -> tuple[int, str]:
+def first_phase_to_run(
+    workdir: Path, log: dict[str, Any], redo: Sequence[str], run_base: bool
+) -> tuple[int, str]:
     """The index of the first phase to run and why: it and every phase after it run (later
     phases read earlier ones' outputs); the report always runs."""
     for index, phase in enumerate(PHASES[:-1]):
@@ -188,8 +203,12 @@ def _has_model(checkpoint: Path) -> bool:
     return (checkpoint / "model.json").is_file() or (checkpoint / MANIFEST).is_file()
 
 
-def run_main_job(config: ml_collections.ConfigDict, workdir: str,
-                 redo: Sequence[str] = (), train_base: bool = False) -> dict[str, Any]:
+def run_main_job(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    redo: Sequence[str] = (),
+    train_base: bool = False,
+) -> dict[str, Any]:
     """Runs every unfinished phase and returns the phase log (seconds per phase).
 
     ``redo`` names phases to run again, each with every phase after it; ``train_base``
@@ -207,15 +226,19 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str,
     checkpoint = Path(config.caches.checkpoint).absolute()
     train_if_missing = bool(config.caches.get("train_base", False))
     trained_here = bool(log.get("base", {}).get("trained", False))
-    run_base = ("base" in redo or (train_base and not trained_here)
-                or ((train_base or train_if_missing) and not _has_model(checkpoint)))
+    run_base = (
+        "base" in redo
+        or (train_base and not trained_here)
+        or ((train_base or train_if_missing) and not _has_model(checkpoint))
+    )
     if run_base:
         check_replaceable(checkpoint)  # before anything is written or trained
     elif not _has_model(checkpoint):
         raise CheckpointError(
             f"no base model at {checkpoint} (missing model.json): point caches.checkpoint at "
             "one (e.g. checkpoints/fashion_mnist_resnet18), or ask for one to be trained "
-            "there with --train_base or caches.train_base=True")
+            "there with --train_base or caches.train_base=True"
+        )
 
     start, reason = first_phase_to_run(out, log, redo, run_base)
     current = stored_config(config)
@@ -227,7 +250,8 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str,
             raise CheckpointError(
                 f"the finished phases in {out} were made for the base network {made_for}, but "
                 f"{checkpoint} now holds the base network {now}; rerun with --redo=explore "
-                "(redo=['explore']) to make them again for it, or restore the original")
+                "(redo=['explore']) to make them again for it, or restore the original"
+            )
     if start <= PHASES.index("plan"):
         # Before minutes of exploration: can the tuning set certify the bound at all?
         validation = data.load_dataset(config.data).validation
@@ -253,15 +277,18 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str,
     for index, phase in enumerate(PHASES):
         if index < start:
             if phase in log:
-                logging.info("== %s: finished earlier (%s), skipped", phase,
-                             log[phase].get("finished", "?"))
+                logging.info(
+                    "== %s: finished earlier (%s), skipped", phase, log[phase].get("finished", "?")
+                )
             continue
         logging.info("== %s", phase)
         started = time.time()
         steps[phase]()
-        entry: dict[str, Any] = {"seconds": round(time.time() - started, 1),
-                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                 "outputs": _output_hashes(out, phase)}
+        entry: dict[str, Any] = {
+            "seconds": round(time.time() - started, 1),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "outputs": _output_hashes(out, phase),
+        }
         if phase == "base":
             entry["trained"] = run_base or trained_here
         if phase == "explore":

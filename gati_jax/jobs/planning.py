@@ -10,31 +10,46 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from absl import logging
 import ml_collections
 import numpy as np
+from absl import logging
 
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank, load_bank
 from gati_jax.caches.recording import Recording, record_activations
 from gati_jax.config import ConfigError, validate_config
 from gati_jax.evaluation import model_data_config
+from gati_jax.experiments.plots import plot_plan_tradeoff
 from gati_jax.inference import BaseModel
 from gati_jax.planner import apparate, search
-from gati_jax.planner.build import (build_instance, build_knn_instance, knn_lookups, knn_stores,
-                                    plan_candidates, policy_threshold, reprice)
+from gati_jax.planner.build import (
+    build_instance,
+    build_knn_instance,
+    knn_lookups,
+    knn_stores,
+    plan_candidates,
+    policy_threshold,
+    reprice,
+)
 from gati_jax.planner.cost_check import check_cost_model, remeasured
+from gati_jax.planner.costs import (
+    Profile,
+    candidate_lookups,
+    confirm_lookups,
+    load_or_measure,
+    lookup_kind,
+    measure_miss_overhead,
+    record_router_charge,
+    save_profile,
+)
 from gati_jax.planner.feasibility import Feasibility, check_feasibility
 from gati_jax.planner.instance import Instance, MissFloors, simulate
 from gati_jax.planner.miss_bound import hold_miss_bound
 from gati_jax.planner.plan import Plan, plan_deployment, plan_from_choices, save_plan
-from gati_jax.planner.costs import (Profile, candidate_lookups, confirm_lookups,
-                                      load_or_measure, lookup_kind, measure_miss_overhead,
-                                      record_router_charge, save_profile)
-from gati_jax.experiments.plots import plot_plan_tradeoff
 from gati_jax.runtime.knn import KnnHead
 from gati_jax.tables import format_table
 from gati_jax.training.checkpointing import load_base_model
@@ -42,9 +57,16 @@ from gati_jax.training.checkpointing import load_base_model
 # (policy, method): the instance's policy and the search; apparate is confidence ramps placed
 # and tuned as Apparate does (gati_jax/planner/apparate.py; the former all-ramps variant,
 # search.greedy on every position, is no longer planned).
-METHODS = (("gati", "joint"), ("gati", "single"), ("gati", "independent"), ("gati", "greedy"),
-           ("confidence", "joint"), ("entropy", "joint"), ("apparate", "apparate"),
-           ("knn", "joint"))
+METHODS = (
+    ("gati", "joint"),
+    ("gati", "single"),
+    ("gati", "independent"),
+    ("gati", "greedy"),
+    ("confidence", "joint"),
+    ("entropy", "joint"),
+    ("apparate", "apparate"),
+    ("knn", "joint"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +78,9 @@ class PlanningData:
     tuning_images: np.ndarray
 
 
-def record_planning_data(model: BaseModel, dataset: data.Dataset, bank: CacheBank,
-                         test_examples: int, batch_size: int) -> PlanningData:
+def record_planning_data(
+    model: BaseModel, dataset: data.Dataset, bank: CacheBank, test_examples: int, batch_size: int
+) -> PlanningData:
     """Records the tuning and test requests with the pooling the bank's caches expect."""
     half = len(dataset.validation.labels) // 2
     factors = {int(p): int(f) for p, f in bank.info["pool_factors"].items()}
@@ -65,68 +88,109 @@ def record_planning_data(model: BaseModel, dataset: data.Dataset, bank: CacheBan
     tuning_images = dataset.validation.images[half:]
     n_test = min(test_examples, len(dataset.test.labels))
     kwargs = dict(positions=positions, pool_factors=factors, batch_size=batch_size)
-    tuning = record_activations(model, tuning_images, dataset.validation.labels[half:],
-                                desc="recording tuning requests", **kwargs)
-    test = record_activations(model, dataset.test.images[:n_test],
-                              dataset.test.labels[:n_test], desc="recording test requests",
-                              **kwargs)
+    tuning = record_activations(
+        model,
+        tuning_images,
+        dataset.validation.labels[half:],
+        desc="recording tuning requests",
+        **kwargs,
+    )
+    test = record_activations(
+        model,
+        dataset.test.images[:n_test],
+        dataset.test.labels[:n_test],
+        desc="recording test requests",
+        **kwargs,
+    )
     return PlanningData(tuning, test, tuning_images)
 
 
-def _instances(policy: str, bank: CacheBank, candidates, planning: PlanningData,
-               profile: Profile, planner: ml_collections.ConfigDict, grid: int,
-               logits_cache: dict | None = None) -> tuple[Instance, Instance]:
-    kw = dict(eps=float(planner.eps), budget_bytes=float(planner.memory_budget_bytes),
-              confidence=float(planner.confidence), logits_cache=logits_cache,
-              max_miss_overhead=miss_bound_of(planner))
+def _instances(
+    policy: str,
+    bank: CacheBank,
+    candidates,
+    planning: PlanningData,
+    profile: Profile,
+    planner: ml_collections.ConfigDict,
+    grid: int,
+    logits_cache: dict | None = None,
+) -> tuple[Instance, Instance]:
+    kw = dict(
+        eps=float(planner.eps),
+        budget_bytes=float(planner.memory_budget_bytes),
+        confidence=float(planner.confidence),
+        logits_cache=logits_cache,
+        max_miss_overhead=miss_bound_of(planner),
+    )
     tuning = build_instance(policy, bank, candidates, planning.tuning, profile, grid=grid, **kw)
     grids = {o.key: o.grid for opts in tuning.options for o in opts}
     test = build_instance(policy, bank, candidates, planning.test, profile, grid=grids, **kw)
     return tuning, test
 
 
-def build_policy_instances(bank: CacheBank, candidates, planning: PlanningData,
-                           profile: Profile, planner: ml_collections.ConfigDict,
-                           ) -> dict[str, tuple[Instance, Instance]]:
+def build_policy_instances(
+    bank: CacheBank,
+    candidates,
+    planning: PlanningData,
+    profile: Profile,
+    planner: ml_collections.ConfigDict,
+) -> dict[str, tuple[Instance, Instance]]:
     """(tuning, test) instances of every policy in :data:`METHODS`."""
     logits: dict = {}  # the three policies score the same predictors on the same requests
-    instances = {p: _instances(p, bank, candidates, planning, profile, planner,
-                               int(planner.grid), logits)
-                 for p in ("gati", "confidence", "entropy")}
+    instances = {
+        p: _instances(p, bank, candidates, planning, profile, planner, int(planner.grid), logits)
+        for p in ("gati", "confidence", "entropy")
+    }
     # apparate's ramps score like confidence: the same instances, not a second computation.
     instances["apparate"] = instances["confidence"]
     return instances
 
 
-def knn_setup(config: ml_collections.ConfigDict, model: BaseModel, bank: CacheBank,
-              dataset: data.Dataset) -> tuple[dict[int, dict[str, np.ndarray]], KnnHead]:
+def knn_setup(
+    config: ml_collections.ConfigDict, model: BaseModel, bank: CacheBank, dataset: data.Dataset
+) -> tuple[dict[int, dict[str, np.ndarray]], KnnHead]:
     """The kNN baseline's stores: train-split activations (never the requests it is tuned or
     tested on) with the base answers, one store per explored position."""
     policy = config.policy
     positions = tuple(int(p) for p in bank.info["positions"])
     factors = {int(p): int(f) for p, f in bank.info["pool_factors"].items()}
     capacity = min(int(policy.knn_capacity), len(dataset.train.labels))
-    store_data = record_activations(model, dataset.train.images[:capacity],
-                                    dataset.train.labels[:capacity], positions=positions,
-                                    pool_factors=factors, desc="recording kNN stores")
+    store_data = record_activations(
+        model,
+        dataset.train.images[:capacity],
+        dataset.train.labels[:capacity],
+        positions=positions,
+        pool_factors=factors,
+        desc="recording kNN stores",
+    )
     head = KnnHead(int(policy.knn_grid), int(policy.knn_neighbours))
     return knn_stores(store_data, positions, capacity, head.grid), head
 
 
-def knn_instances(stores: dict[int, dict[str, np.ndarray]], head: KnnHead,
-                  planning: PlanningData, profile: Profile,
-                  planner: ml_collections.ConfigDict) -> tuple[Instance, Instance]:
+def knn_instances(
+    stores: dict[int, dict[str, np.ndarray]],
+    head: KnnHead,
+    planning: PlanningData,
+    profile: Profile,
+    planner: ml_collections.ConfigDict,
+) -> tuple[Instance, Instance]:
     """(tuning, test) instances of the kNN policy; the test one shares the tuned grids."""
-    kw = dict(eps=float(planner.eps), budget_bytes=float(planner.memory_budget_bytes),
-              confidence=float(planner.confidence), max_miss_overhead=miss_bound_of(planner))
-    tuning = build_knn_instance(stores, planning.tuning, profile, head,
-                                grid=int(planner.grid), **kw)
+    kw = dict(
+        eps=float(planner.eps),
+        budget_bytes=float(planner.memory_budget_bytes),
+        confidence=float(planner.confidence),
+        max_miss_overhead=miss_bound_of(planner),
+    )
+    tuning = build_knn_instance(
+        stores, planning.tuning, profile, head, grid=int(planner.grid), **kw
+    )
     grids = {o.key: o.grid for opts in tuning.options for o in opts}
     return tuning, build_knn_instance(stores, planning.test, profile, head, grid=grids, **kw)
 
 
-def _per_pair(instances: dict[str, tuple[Instance, Instance]],
-              fn: Callable[[str, Instance], Instance]) -> dict[str, tuple[Instance, Instance]]:
+def _per_pair(
+    instances: dict[str, tuple[Instance, Instance]], fn: Callable[[str, Instance], Instance]
+) -> dict[str, tuple[Instance, Instance]]:
     """``fn(policy, instance)`` on every (tuning, test) pair, once per pair: policies that
     share a pair (apparate shares confidence's) share the new one too."""
     fresh: dict[int, tuple[Instance, Instance]] = {}
@@ -142,18 +206,21 @@ def miss_bound_of(planner: ml_collections.ConfigDict) -> float:
     return bound if bound >= 0 else float("inf")
 
 
-def _search(method: str, instance: Instance, starts: list,
-            planner: ml_collections.ConfigDict) -> list:
+def _search(
+    method: str, instance: Instance, starts: list, planner: ml_collections.ConfigDict
+) -> list:
     if method == "joint":
         return search.joint(instance, starts=starts)
     if method == "apparate":
-        return apparate.plan(instance, int(planner.apparate_ramps),
-                             float(planner.apparate_tail_budget))
+        return apparate.plan(
+            instance, int(planner.apparate_ramps), float(planner.apparate_tail_budget)
+        )
     return search.METHODS[method](instance)
 
 
-def run_methods(instances: dict[str, tuple[Instance, Instance]], eps: float,
-                planner: ml_collections.ConfigDict) -> list[Plan]:
+def run_methods(
+    instances: dict[str, tuple[Instance, Instance]], eps: float, planner: ml_collections.ConfigDict
+) -> list[Plan]:
     """Every (policy, method) at one eps; ours is seeded with the comparators' gati plans.
     ``planner``: the config section (Apparate's ramp and tail budgets)."""
     plans: dict[tuple[str, str], Plan] = {}
@@ -162,8 +229,10 @@ def run_methods(instances: dict[str, tuple[Instance, Instance]], eps: float,
     for policy, method in order:
         tuning, test = (dataclasses.replace(i, eps=eps) for i in instances[policy])
         # apparate's ramps are confidence caches: the two share their instance and starts.
-        same = {policy, *(("confidence", "apparate") if policy in ("confidence", "apparate")
-                          else ())}
+        same = {
+            policy,
+            *(("confidence", "apparate") if policy in ("confidence", "apparate") else ()),
+        }
         starts = [c for (p, m), c in choices.items() if p in same] if method == "joint" else []
         found = _search(method, tuning, starts, planner)
         choices[(policy, method)] = found
@@ -190,27 +259,41 @@ def charge_routers(plans: Sequence[Plan], profile: Profile) -> dict[str, list[st
         keys = sorted(f"{kind}/{candidate}" for candidate in plan.candidates)
         if plan.method == "joint" and len(keys) >= 2 and kind not in routers:
             routers[kind] = keys
-    return {kind: keys for kind, keys in routers.items()
-            if keys != sorted(profile.charge_from.get(kind, []))}
+    return {
+        kind: keys
+        for kind, keys in routers.items()
+        if keys != sorted(profile.charge_from.get(kind, []))
+    }
 
 
 def plan_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """What plans depend on besides the bank: a saved plan.json is reused only if these match."""
-    return {"planner": {k: v for k, v in config.planner.to_dict().items()
-                        if k not in ("check_requests", "remeasure", "profile")},
-            "knn": {k: config.policy[k] for k in ("knn_capacity", "knn_grid", "knn_neighbours")},
-            "checkpoint": str(config.caches.checkpoint)}
+    return {
+        "planner": {
+            k: v
+            for k, v in config.planner.to_dict().items()
+            if k not in ("check_requests", "remeasure", "profile")
+        },
+        "knn": {k: config.policy[k] for k in ("knn_capacity", "knn_grid", "knn_neighbours")},
+        "checkpoint": str(config.caches.checkpoint),
+    }
 
 
 def _row(plan: Plan) -> dict[str, Any]:
     t, s = plan.tuning, plan.test
-    return {"policy": plan.policy, "method": "ours" if plan.method == "joint" else plan.method,
-            "positions": ",".join(map(str, plan.positions)) or "-",
-            "pred_ms": t["mean_latency_ms"], "speedup": t["speedup"],
-            "agreement": t["agreement"], "test_agreement": s["agreement"],
-            "test_acc_drop": s["accuracy_drop"], "memory_kb": t["memory_bytes"] / 1024,
-            "miss_overhead": t["miss_overhead"],
-            "feasible": t["feasible"]}
+    return {
+        "policy": plan.policy,
+        "method": "ours" if plan.method == "joint" else plan.method,
+        "positions": ",".join(map(str, plan.positions)) or "-",
+        "pred_ms": t["mean_latency_ms"],
+        "speedup": t["speedup"],
+        "agreement": t["agreement"],
+        "test_agreement": s["agreement"],
+        "test_acc_drop": s["accuracy_drop"],
+        "memory_kb": t["memory_bytes"] / 1024,
+        "miss_overhead": t["miss_overhead"],
+        "feasible": t["feasible"],
+    }
 
 
 def tuning_size(validation_size: int) -> int:
@@ -219,12 +302,12 @@ def tuning_size(validation_size: int) -> int:
     return validation_size - validation_size // 2
 
 
-def check_bound_reachable(planner: ml_collections.ConfigDict, validation_size: int
-                          ) -> Feasibility:
+def check_bound_reachable(planner: ml_collections.ConfigDict, validation_size: int) -> Feasibility:
     """Stops with one clear message when the tuning set cannot certify the bound (unless
     ``planner.allow_infeasible``): planning on it would deploy nothing, silently."""
-    feasibility = check_feasibility(tuning_size(validation_size), float(planner.eps),
-                                    float(planner.confidence))
+    feasibility = check_feasibility(
+        tuning_size(validation_size), float(planner.eps), float(planner.confidence)
+    )
     if not feasibility.feasible:
         if not planner.allow_infeasible:
             raise ConfigError(feasibility.message())
@@ -232,8 +315,9 @@ def check_bound_reachable(planner: ml_collections.ConfigDict, validation_size: i
     return feasibility
 
 
-def run_planning(config: ml_collections.ConfigDict, workdir: str,
-                 bank_dir: str | None = None) -> dict[str, Any]:
+def run_planning(
+    config: ml_collections.ConfigDict, workdir: str, bank_dir: str | None = None
+) -> dict[str, Any]:
     """Plans caches for every method, checks the cost model, saves the plan, prints tables."""
     validate_config(config)
     planner = config.planner
@@ -244,24 +328,37 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
     bank = load_bank(bank_dir or workdir_path / "cache_bank", model)  # made for this network
     dataset = data.load_dataset(model_data_config(model, config.data.data_dir))
     feasibility = check_bound_reachable(planner, len(dataset.validation.labels))
-    planning = record_planning_data(model, dataset, bank, int(config.caches.test_examples),
-                                    int(config.caches.record_batch_size))
+    planning = record_planning_data(
+        model, dataset, bank, int(config.caches.test_examples), int(config.caches.record_batch_size)
+    )
     candidates = plan_candidates(bank, planner.candidates)
     stores, head = knn_setup(config, model, bank, dataset)
     profile_path = planner.profile or workdir_path / "profile.json"
     lookups = candidate_lookups(bank, candidates, ("gati", "confidence")) | knn_lookups(
-        stores, head)
-    profile = load_or_measure(profile_path, model, lookups, int(planner.group_size),
-                              int(planner.latency_repeats), bool(planner.remeasure))
+        stores, head
+    )
+    profile = load_or_measure(
+        profile_path,
+        model,
+        lookups,
+        int(planner.group_size),
+        int(planner.latency_repeats),
+        bool(planner.remeasure),
+    )
 
     def plan_all(instances=None):
         if instances is None:
             instances = build_policy_instances(bank, candidates, planning, profile, planner)
             instances["knn"] = knn_instances(stores, head, planning, profile, planner)
         else:  # the profile changed, the requests did not
-            instances = _per_pair(instances, lambda policy, i: reprice(
-                i, profile, "knn" if policy == "knn" else lookup_kind(policy)))
+            instances = _per_pair(
+                instances,
+                lambda policy, i: reprice(
+                    i, profile, "knn" if policy == "knn" else lookup_kind(policy)
+                ),
+            )
         return instances, run_methods(instances, float(planner.eps), planner)
+
     instances, plans = plan_all()
     # The winner's curse: plans favour lookups measured low. Until every lookup our plans
     # chose has a measurement taken after the choice, measure those again, measure the
@@ -269,16 +366,18 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
     # and plan again.
     group, repeats = int(planner.group_size), int(planner.latency_repeats)
     for _ in range(int(planner.confirm_rounds)):
-        todo = {key: lookups[key] for key in chosen_lookups(plans)
-                if not profile.confirmed.get(key)}
+        todo = {
+            key: lookups[key] for key in chosen_lookups(plans) if not profile.confirmed.get(key)
+        }
         routers = charge_routers(plans, profile)
         if not todo and not routers:
             break
         if todo:
             confirm_lookups(model, profile, todo, group, repeats)
         for kind, keys in routers.items():
-            record_router_charge(profile, model, kind, {k: lookups[k] for k in keys}, group,
-                                 repeats)
+            record_router_charge(
+                profile, model, kind, {k: lookups[k] for k in keys}, group, repeats
+            )
         save_profile(profile_path, profile)
         instances, plans = plan_all(instances)
 
@@ -290,8 +389,9 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
             # Every policy's lookups get the floors measured on ours (those of the same
             # candidate; the rest are untimed): the comparators' plans are held
             # to the same bound (their one-lookup costs were profiled alike).
-            instances = _per_pair(instances, lambda policy, i: dataclasses.replace(
-                i, miss_floors=floors))
+            instances = _per_pair(
+                instances, lambda policy, i: dataclasses.replace(i, miss_floors=floors)
+            )
             plans = run_methods(instances, float(planner.eps), planner)
         return instances["gati"][0], _choices_of(plans[0], instances["gati"][0])
 
@@ -314,122 +414,193 @@ def run_planning(config: ml_collections.ConfigDict, workdir: str,
         # parameter bytes (the cheap lookups a bound would keep, whose timings also cap the
         # router's charges): about 4 s of timing each.
         tuning = dataclasses.replace(instances["gati"][0], max_miss_overhead=float("inf"))
-        smallest = [min(range(len(opts)), key=lambda o: opts[o].nbytes) if opts else None
-                    for opts in tuning.options]
-        return tuning, search.joint(tuning), [
-            None if o is None else (o, float(tuning.options[i][o].grid[0]))
-            for i, o in enumerate(smallest)]
+        smallest = [
+            min(range(len(opts)), key=lambda o: opts[o].nbytes) if opts else None
+            for opts in tuning.options
+        ]
+        return (
+            tuning,
+            search.joint(tuning),
+            [
+                None if o is None else (o, float(tuning.options[i][o].grid[0]))
+                for i, o in enumerate(smallest)
+            ],
+        )
+
     bound = miss_bound_of(planner)
-    miss_rounds, within = hold_miss_bound(plan_with_floors, measure_misses, measure_alone, bound,
-                                          int(planner.miss_rounds) if np.isfinite(bound) else 0,
-                                          deploy_nothing, scout=unbounded)
-    miss_check = {"bound": bound if np.isfinite(bound) else None, "within_bound": within,
-                  "predicted": miss_rounds[-1].predicted, "measured": miss_rounds[-1].measured,
-                  "rounds": [r.to_json() for r in miss_rounds]}
+    miss_rounds, within = hold_miss_bound(
+        plan_with_floors,
+        measure_misses,
+        measure_alone,
+        bound,
+        int(planner.miss_rounds) if np.isfinite(bound) else 0,
+        deploy_nothing,
+        scout=unbounded,
+    )
+    miss_check = {
+        "bound": bound if np.isfinite(bound) else None,
+        "within_bound": within,
+        "predicted": miss_rounds[-1].predicted,
+        "measured": miss_rounds[-1].measured,
+        "rounds": [r.to_json() for r in miss_rounds],
+    }
     if np.isfinite(bound):
         # The comparators' plans get our floors but are not held by measurement: each is
         # timed once, for the record (the policy benchmark times them again as served).
         miss_check["comparators"] = {
-            plan.policy: {"positions": list(plan.positions),
-                          "predicted": plan.tuning["miss_overhead"],
-                          "measured": measure_miss_overhead(model, plan_deployment(plan, bank),
-                                                            group, 5 * repeats)}
-            for plan in plans if plan.policy not in ("gati", "knn")}
+            plan.policy: {
+                "positions": list(plan.positions),
+                "predicted": plan.tuning["miss_overhead"],
+                "measured": measure_miss_overhead(
+                    model, plan_deployment(plan, bank), group, 5 * repeats
+                ),
+            }
+            for plan in plans
+            if plan.policy not in ("gati", "knn")
+        }
     chosen = plans[0]
 
     # Ours against exhaustive search on a small instance: evenly spaced positions, each
     # position's best candidate, a coarse grid.
     positions = bank.info["positions"]
     count = min(int(planner.exhaustive_positions), len(positions))
-    subset = sorted({positions[int(round(i))]
-                     for i in np.linspace(0, len(positions) - 1, count)})
-    small_tuning, _ = _instances("gati", bank, [bank.best(p) for p in subset], planning,
-                                 profile, planner, int(planner.exhaustive_grid))
+    subset = sorted({positions[int(round(i))] for i in np.linspace(0, len(positions) - 1, count)})
+    small_tuning, _ = _instances(
+        "gati",
+        bank,
+        [bank.best(p) for p in subset],
+        planning,
+        profile,
+        planner,
+        int(planner.exhaustive_grid),
+    )
     exhaustive = search.exhaustive(small_tuning)
     ours_small = search.joint(small_tuning)
-    small = {"positions": subset, "grid": int(planner.exhaustive_grid),
-             "exhaustive_ms": 1e3 * float(simulate(small_tuning, exhaustive).mean_cost_s),
-             "ours_ms": 1e3 * float(simulate(small_tuning, ours_small).mean_cost_s)}
+    small = {
+        "positions": subset,
+        "grid": int(planner.exhaustive_grid),
+        "exhaustive_ms": 1e3 * float(simulate(small_tuning, exhaustive).mean_cost_s),
+        "ours_ms": 1e3 * float(simulate(small_tuning, ours_small).mean_cost_s),
+    }
     small["ours/exhaustive"] = small["ours_ms"] / small["exhaustive_ms"]
 
     deployment = plan_deployment(chosen, bank)
     tuning_gati = instances["gati"][0]
     chosen_choices = _choices_of(chosen, tuning_gati)
     n_check = min(int(planner.check_requests), tuning_gati.num_requests)
-    fresh = remeasured(model, tuning_gati, chosen_choices, bank, "gati",
-                       int(planner.group_size), int(planner.latency_repeats))
-    check = check_cost_model(model, deployment, tuning_gati, chosen_choices,
-                             planning.tuning_images[:n_check], fresh=fresh)
+    fresh = remeasured(
+        model,
+        tuning_gati,
+        chosen_choices,
+        bank,
+        "gati",
+        int(planner.group_size),
+        int(planner.latency_repeats),
+    )
+    check = check_cost_model(
+        model,
+        deployment,
+        tuning_gati,
+        chosen_choices,
+        planning.tuning_images[:n_check],
+        fresh=fresh,
+    )
 
     sweep = []
     for eps in sorted(set(float(e) for e in planner.sweep_eps) | {float(planner.eps)}):
-        for plan in (plans if eps == float(planner.eps)
-                     else run_methods(instances, eps, planner)):
+        for plan in plans if eps == float(planner.eps) else run_methods(instances, eps, planner):
             sweep.append({"eps": eps, **_row(plan)})
 
     save_plan(workdir_path / "plan", chosen, bank)
-    result = {"settings": plan_settings(config), "chosen": chosen.to_json(),
-              "methods": [p.to_json() for p in plans],
-              "table": [_row(p) for p in plans], "exhaustive_check": small,
-              "cost_check": check, "miss_check": miss_check, "sweep": sweep,
-              "profile": profile.key,
-              # What the tuning set can certify (gati_jax/planner/feasibility.py).
-              "feasibility": dataclasses.asdict(feasibility),
-              # apparate-online's candidate ramps and their costs (gati_jax/online/apparate.py)
-              "apparate_ramps": apparate.RampSet.from_instance(
-                  instances["apparate"][0], int(planner.apparate_ramps),
-                  float(planner.apparate_tail_budget)).to_json(),
-              "seconds": round(time.time() - started, 1)}
+    result = {
+        "settings": plan_settings(config),
+        "chosen": chosen.to_json(),
+        "methods": [p.to_json() for p in plans],
+        "table": [_row(p) for p in plans],
+        "exhaustive_check": small,
+        "cost_check": check,
+        "miss_check": miss_check,
+        "sweep": sweep,
+        "profile": profile.key,
+        # What the tuning set can certify (gati_jax/planner/feasibility.py).
+        "feasibility": dataclasses.asdict(feasibility),
+        # apparate-online's candidate ramps and their costs (gati_jax/online/apparate.py)
+        "apparate_ramps": apparate.RampSet.from_instance(
+            instances["apparate"][0],
+            int(planner.apparate_ramps),
+            float(planner.apparate_tail_budget),
+        ).to_json(),
+        "seconds": round(time.time() - started, 1),
+    }
     (workdir_path / "plan.json").write_text(json.dumps(result, indent=1) + "\n")
     plot_plan_tradeoff(sweep, workdir_path / "plan_tradeoff.png")
-    logging.info(f"eps={planner.eps}, memory budget {planner.memory_budget_bytes} bytes, tuned on "
-          f"{tuning_gati.num_requests} validation requests, tested on "
-          f"{instances['gati'][1].num_requests} test requests ({profile.key})")
+    logging.info(
+        f"eps={planner.eps}, memory budget {planner.memory_budget_bytes} bytes, tuned on "
+        f"{tuning_gati.num_requests} validation requests, tested on "
+        f"{instances['gati'][1].num_requests} test requests ({profile.key})"
+    )
     logging.info(format_table(result["table"]))
     for eps in sorted({r["eps"] for r in sweep} - {float(planner.eps)}):
         logging.info(f"\neps={eps}:")
-        logging.info(format_table([{k: v for k, v in r.items() if k != "eps"}
-                            for r in sweep if r["eps"] == eps]))
-    logging.info(f"\nours vs exhaustive on positions {subset}, grid {small['grid']}: "
-          f"{small['ours_ms']:.4f} ms vs {small['exhaustive_ms']:.4f} ms "
-          f"(ratio {small['ours/exhaustive']:.4f})")
-    logging.info(f"cost model on {check['requests']} validation requests routed one by one: "
-          f"predicted {check['predicted_mean_ms']:.3f} ms, measured "
-          f"{check['measured_mean_ms']:.3f} ms (plain network: profiled "
-          f"{check['plain_profiled_ms']:.3f} ms, measured now {check['plain_measured_ms']:.3f} "
-          f"ms); speedup vs plain predicted {check['predicted_speedup']:.2f}x, measured "
-          f"{check['measured_speedup']:.2f}x: error in units of the plain network "
-          f"{100 * check['normalized_error']:+.1f}% "
-          f"({'within' if check['within_10pct'] else 'NOT within'} 10%); same exit as "
-          f"predicted for {100 * check['same_exit_fraction']:.1f}% of requests")
-    logging.info(f"the same model with the plan's costs measured again just before the check: "
-          f"predicted {check['remeasured_predicted_mean_ms']:.3f} ms (plain "
-          f"{check['remeasured_plain_ms']:.3f} ms), speedup "
-          f"{check['remeasured_predicted_speedup']:.2f}x: error "
-          f"{100 * check['remeasured_normalized_error']:+.1f}% "
-          f"({'within' if check['remeasured_within_10pct'] else 'NOT within'} 10%)")
+        logging.info(
+            format_table(
+                [{k: v for k, v in r.items() if k != "eps"} for r in sweep if r["eps"] == eps]
+            )
+        )
+    logging.info(
+        f"\nours vs exhaustive on positions {subset}, grid {small['grid']}: "
+        f"{small['ours_ms']:.4f} ms vs {small['exhaustive_ms']:.4f} ms "
+        f"(ratio {small['ours/exhaustive']:.4f})"
+    )
+    logging.info(
+        f"cost model on {check['requests']} validation requests routed one by one: "
+        f"predicted {check['predicted_mean_ms']:.3f} ms, measured "
+        f"{check['measured_mean_ms']:.3f} ms (plain network: profiled "
+        f"{check['plain_profiled_ms']:.3f} ms, measured now {check['plain_measured_ms']:.3f} "
+        f"ms); speedup vs plain predicted {check['predicted_speedup']:.2f}x, measured "
+        f"{check['measured_speedup']:.2f}x: error in units of the plain network "
+        f"{100 * check['normalized_error']:+.1f}% "
+        f"({'within' if check['within_10pct'] else 'NOT within'} 10%); same exit as "
+        f"predicted for {100 * check['same_exit_fraction']:.1f}% of requests"
+    )
+    logging.info(
+        f"the same model with the plan's costs measured again just before the check: "
+        f"predicted {check['remeasured_predicted_mean_ms']:.3f} ms (plain "
+        f"{check['remeasured_plain_ms']:.3f} ms), speedup "
+        f"{check['remeasured_predicted_speedup']:.2f}x: error "
+        f"{100 * check['remeasured_normalized_error']:+.1f}% "
+        f"({'within' if check['remeasured_within_10pct'] else 'NOT within'} 10%)"
+    )
     for r in miss_rounds:
         floors = ", ".join(f"{p}: {1e6 * f:.0f} us" for p, f in zip(r.positions, r.floors_s))
-        alone = ", ".join(f"{'/'.join(k.split('/')[:2])} {100 * v:+.1f}%"
-                          for k, v in r.alone.items())
-        logging.info(("without the bound (not deployed): " if r.scout else "")
-              + f"a request missing every lookup of positions {r.positions or '(none)'} "
-              f"(floors {floors or 'none'}): predicted {100 * r.predicted:+.1f}%, measured "
-              f"{100 * r.measured:+.1f}% over the plain network"
-              + (f"; its lookups alone: {alone}" if alone else "")
-              + (f"; they cost more together: +{1e6 * r.shared_s:.0f} us each"
-                 if r.shared_s else ""))
+        alone = ", ".join(
+            f"{'/'.join(k.split('/')[:2])} {100 * v:+.1f}%" for k, v in r.alone.items()
+        )
+        logging.info(
+            ("without the bound (not deployed): " if r.scout else "")
+            + f"a request missing every lookup of positions {r.positions or '(none)'} "
+            f"(floors {floors or 'none'}): predicted {100 * r.predicted:+.1f}%, measured "
+            f"{100 * r.measured:+.1f}% over the plain network"
+            + (f"; its lookups alone: {alone}" if alone else "")
+            + (f"; they cost more together: +{1e6 * r.shared_s:.0f} us each" if r.shared_s else "")
+        )
     if np.isfinite(bound):
-        logging.info(f"miss bound {100 * bound:.1f}%: {'held' if within else 'NOT held'} by the "
-              f"deployed plan ({len(miss_rounds)} plan(s) measured)")
+        logging.info(
+            f"miss bound {100 * bound:.1f}%: {'held' if within else 'NOT held'} by the "
+            f"deployed plan ({len(miss_rounds)} plan(s) measured)"
+        )
         for policy, c in miss_check.get("comparators", {}).items():
-            logging.info(f"{policy} (our floors, not held by measurement): positions "
-                  f"{tuple(c['positions']) or '(none)'}, predicted {100 * c['predicted']:+.1f}%, "
-                  f"measured {100 * c['measured']:+.1f}% on a miss")
+            logging.info(
+                f"{policy} (our floors, not held by measurement): positions "
+                f"{tuple(c['positions']) or '(none)'}, predicted {100 * c['predicted']:+.1f}%, "
+                f"measured {100 * c['measured']:+.1f}% on a miss"
+            )
     logging.info("per predicted exit position, mean cost in units of the plain network:")
     logging.info(format_table(check["by_exit"]))
-    logging.info(f"wrote {workdir_path / 'plan.json'}, {workdir_path / 'plan'} and "
-          f"{workdir_path / 'plan_tradeoff.png'} in {result['seconds']} s")
+    logging.info(
+        f"wrote {workdir_path / 'plan.json'}, {workdir_path / 'plan'} and "
+        f"{workdir_path / 'plan_tradeoff.png'} in {result['seconds']} s"
+    )
     return result
 
 

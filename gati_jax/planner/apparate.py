@@ -102,22 +102,30 @@ class _Try(NamedTuple):
     ramp: int
     openings: list[float]
     outcome: Outcome
-    saved_s: float      # total seconds saved over the current plan
-    added: int          # disagreements added
-    idle: bool          # no request exits elsewhere
+    saved_s: float  # total seconds saved over the current plan
+    added: int  # disagreements added
+    idle: bool  # no request exits elsewhere
 
 
-def _plan(instance: Instance, ramps: Mapping[int, int], openings: Sequence[float],
-          score_range: tuple[float, float]) -> list[Choice]:
+def _plan(
+    instance: Instance,
+    ramps: Mapping[int, int],
+    openings: Sequence[float],
+    score_range: tuple[float, float],
+) -> list[Choice]:
     choices = instance.empty()
     for opening, i in zip(openings, sorted(ramps)):
         choices[i] = (ramps[i], threshold_of(opening, score_range))
     return choices
 
 
-def search_steps(instance: Instance, ramps: Mapping[int, int], start: float, min_step: float,
-                 score_range: tuple[float, float] = SCORE_RANGE
-                 ) -> Generator[None, None, Search]:
+def search_steps(
+    instance: Instance,
+    ramps: Mapping[int, int],
+    start: float,
+    min_step: float,
+    score_range: tuple[float, float] = SCORE_RANGE,
+) -> Generator[None, None, Search]:
     """The step search over ``ramps`` (position index -> option index) from the starting step
     ``start``, as a generator that yields after every round (online tuning runs one round per
     background chunk) and returns the :class:`Search`. See the module docstring."""
@@ -139,8 +147,16 @@ def search_steps(instance: Instance, ramps: Mapping[int, int], start: float, min
             if out.num_errors > budget:
                 continue
             idle = bool(np.array_equal(out.exit_index, current.exit_index))
-            tries.append(_Try(r, trial, out, float(current.cost_s.sum() - out.cost_s.sum()),
-                              out.num_errors - current.num_errors, idle))
+            tries.append(
+                _Try(
+                    r,
+                    trial,
+                    out,
+                    float(current.cost_s.sum() - out.cost_s.sum()),
+                    out.num_errors - current.num_errors,
+                    idle,
+                )
+            )
         saving = [t for t in tries if t.saved_s > 0 and not t.idle]
         if saving:
             taken = min(saving, key=lambda t: (t.added / t.saved_s, -t.saved_s, t.ramp))
@@ -163,14 +179,23 @@ def search_steps(instance: Instance, ramps: Mapping[int, int], start: float, min
                 steps[t.ramp] *= 2
         rounds.append(Round(taken.ramp, tuple(openings), tuple(steps)))
         yield
-    return Search(_plan(instance, ramps, openings, score_range), tuple(openings),
-                  current.mean_cost_s, current.num_errors, float(start), tuple(rounds))
+    return Search(
+        _plan(instance, ramps, openings, score_range),
+        tuple(openings),
+        current.mean_cost_s,
+        current.num_errors,
+        float(start),
+        tuple(rounds),
+    )
 
 
-def tune_steps(instance: Instance, ramps: Mapping[int, int],
-               starts: Sequence[float] = OFFLINE_STARTS, min_step: float = OFFLINE_MIN_STEP,
-               score_range: tuple[float, float] = SCORE_RANGE
-               ) -> Generator[None, None, Search]:
+def tune_steps(
+    instance: Instance,
+    ramps: Mapping[int, int],
+    starts: Sequence[float] = OFFLINE_STARTS,
+    min_step: float = OFFLINE_MIN_STEP,
+    score_range: tuple[float, float] = SCORE_RANGE,
+) -> Generator[None, None, Search]:
     """The step search from every step in ``starts``; returns the cheapest result (the
     earlier start on a tie). A generator like :func:`search_steps`."""
     best = None
@@ -192,9 +217,13 @@ def run(steps: Generator[None, None, Any]) -> Any:
             return done.value
 
 
-def tune(instance: Instance, ramps: Mapping[int, int], starts: Sequence[float] = OFFLINE_STARTS,
-         min_step: float = OFFLINE_MIN_STEP,
-         score_range: tuple[float, float] = SCORE_RANGE) -> Search:
+def tune(
+    instance: Instance,
+    ramps: Mapping[int, int],
+    starts: Sequence[float] = OFFLINE_STARTS,
+    min_step: float = OFFLINE_MIN_STEP,
+    score_range: tuple[float, float] = SCORE_RANGE,
+) -> Search:
     """:func:`tune_steps` run to its end."""
     return run(tune_steps(instance, ramps, starts, min_step, score_range))
 
@@ -224,9 +253,17 @@ def ramp_options(instance: Instance, cheap: Sequence[str] = CHEAP_RAMPS) -> list
         variants = [o.key.split("/")[1] if "/" in o.key else o.key for o in options]
         preferred = [o for o, v in enumerate(variants) if v in cheap]
         pool = preferred or range(len(options))
-        picks.append(min(pool, key=lambda o: (cheap.index(variants[o]) if preferred else 0,
-                                              instance.miss_lookup_s(options[o]),
-                                              options[o].nbytes, o)))
+        picks.append(
+            min(
+                pool,
+                key=lambda o: (
+                    cheap.index(variants[o]) if preferred else 0,
+                    instance.miss_lookup_s(options[o]),
+                    options[o].nbytes,
+                    o,
+                ),
+            )
+        )
     return picks
 
 
@@ -239,8 +276,11 @@ def candidate_ramps(instance: Instance, cheap: Sequence[str] = CHEAP_RAMPS) -> d
         if o is None:
             continue
         option = instance.options[i][o]
-        exiting = (instance.prefix_s[instance.positions[i]] + option.exit_cost
-                   + float(instance.charge_s(1)))
+        exiting = (
+            instance.prefix_s[instance.positions[i]]
+            + option.exit_cost
+            + float(instance.charge_s(1))
+        )
         if exiting >= instance.full_s:
             break
         out[i] = o
@@ -252,8 +292,9 @@ def bounded(instance: Instance, tail_budget: float) -> Instance:
     network; the stricter of the two holds)."""
     if not tail_budget >= 0:
         raise ValueError(f"the tail budget must be >= 0, got {tail_budget}")
-    return dataclasses.replace(instance, max_miss_overhead=min(instance.max_miss_overhead,
-                                                               float(tail_budget)))
+    return dataclasses.replace(
+        instance, max_miss_overhead=min(instance.max_miss_overhead, float(tail_budget))
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,10 +309,14 @@ class Placement:
     utilities: dict[int, float]
 
 
-def prune(instance: Instance, ramps: dict[int, int], found: Search,
-          starts: Sequence[float] = OFFLINE_STARTS, min_step: float = OFFLINE_MIN_STEP,
-          score_range: tuple[float, float] = SCORE_RANGE
-          ) -> tuple[dict[int, int], Search | None, list[int]]:
+def prune(
+    instance: Instance,
+    ramps: dict[int, int],
+    found: Search,
+    starts: Sequence[float] = OFFLINE_STARTS,
+    min_step: float = OFFLINE_MIN_STEP,
+    score_range: tuple[float, float] = SCORE_RANGE,
+) -> tuple[dict[int, int], Search | None, list[int]]:
     """Removes ramps whose utility is not positive, the worst first, searching the
     thresholds of the rest again after each; returns the ramps kept, their search (None
     when none is left) and the pruned position indices in order."""
@@ -288,10 +333,15 @@ def prune(instance: Instance, ramps: dict[int, int], found: Search,
     return ramps, (found if ramps else None), pruned
 
 
-def place(instance: Instance, ramp_budget: int, tail_budget: float,
-          starts: Sequence[float] = OFFLINE_STARTS, min_step: float = OFFLINE_MIN_STEP,
-          cheap: Sequence[str] = CHEAP_RAMPS,
-          score_range: tuple[float, float] = SCORE_RANGE) -> Placement:
+def place(
+    instance: Instance,
+    ramp_budget: int,
+    tail_budget: float,
+    starts: Sequence[float] = OFFLINE_STARTS,
+    min_step: float = OFFLINE_MIN_STEP,
+    cheap: Sequence[str] = CHEAP_RAMPS,
+    score_range: tuple[float, float] = SCORE_RANGE,
+) -> Placement:
     """Apparate's placement and thresholds on ``instance`` with at most ``ramp_budget``
     ramps and a tail within ``tail_budget`` (see the module docstring). The plan meets the
     instance's accuracy bound and memory budget, and its miss bound and the tail budget."""
@@ -326,8 +376,13 @@ def place(instance: Instance, ramp_budget: int, tail_budget: float,
     if found is not None:
         chosen, found, pruned = prune(inst, chosen, found, starts, min_step, score_range)
     choices = found.choices if found is not None else inst.empty()
-    return Placement(choices, found, tuple(added), tuple(pruned),
-                     utilities(inst, choices) if found is not None else {})
+    return Placement(
+        choices,
+        found,
+        tuple(added),
+        tuple(pruned),
+        utilities(inst, choices) if found is not None else {},
+    )
 
 
 def plan(instance: Instance, ramp_budget: int, tail_budget: float) -> list[Choice]:
@@ -340,8 +395,8 @@ class RampSet:
     """The candidate ramps and what they cost, as plain values: what online Apparate needs to
     tune on the requests it audits (:meth:`instance`), saved with the plans."""
 
-    positions: tuple[int, ...]        # candidate positions, before the boundary
-    keys: tuple[str, ...]             # the cache serving as the ramp at each
+    positions: tuple[int, ...]  # candidate positions, before the boundary
+    keys: tuple[str, ...]  # the cache serving as the ramp at each
     lookup_s: tuple[float, ...]
     exit_s: tuple[float, ...]
     miss_lookup_s: tuple[float, ...]  # what each lookup counts for under the tail bound
@@ -349,26 +404,38 @@ class RampSet:
     prefix_s: tuple[float, ...]
     router_s: float
     deploy_s: float
-    charge_cap_s: float               # inf: no cap (see MissFloors)
+    charge_cap_s: float  # inf: no cap (see MissFloors)
     budget_bytes: float
-    max_miss_overhead: float          # the tail budget and the instance's miss bound, the least
+    max_miss_overhead: float  # the tail budget and the instance's miss bound, the least
     ramp_budget: int
 
     @classmethod
-    def from_instance(cls, instance: Instance, ramp_budget: int, tail_budget: float,
-                      cheap: Sequence[str] = CHEAP_RAMPS) -> RampSet:
+    def from_instance(
+        cls,
+        instance: Instance,
+        ramp_budget: int,
+        tail_budget: float,
+        cheap: Sequence[str] = CHEAP_RAMPS,
+    ) -> RampSet:
         """The candidate ramps of ``instance`` (:func:`candidate_ramps`) and their costs."""
         inst = bounded(instance, tail_budget)
         ramps = candidate_ramps(inst, cheap)
         options = [inst.options[i][o] for i, o in ramps.items()]
-        return cls(tuple(inst.positions[i] for i in ramps), tuple(o.key for o in options),
-                   tuple(float(o.lookup_s) for o in options),
-                   tuple(float(o.exit_cost) for o in options),
-                   tuple(float(inst.miss_lookup_s(o)) for o in options),
-                   tuple(int(o.nbytes) for o in options),
-                   tuple(float(s) for s in inst.prefix_s), float(inst.router_s),
-                   float(inst.deploy_s), float(inst.miss_floors.charge_cap_s),
-                   float(inst.budget_bytes), float(inst.max_miss_overhead), int(ramp_budget))
+        return cls(
+            tuple(inst.positions[i] for i in ramps),
+            tuple(o.key for o in options),
+            tuple(float(o.lookup_s) for o in options),
+            tuple(float(o.exit_cost) for o in options),
+            tuple(float(inst.miss_lookup_s(o)) for o in options),
+            tuple(int(o.nbytes) for o in options),
+            tuple(float(s) for s in inst.prefix_s),
+            float(inst.router_s),
+            float(inst.deploy_s),
+            float(inst.miss_floors.charge_cap_s),
+            float(inst.budget_bytes),
+            float(inst.max_miss_overhead),
+            int(ramp_budget),
+        )
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values (no infinities: None)."""
@@ -390,22 +457,46 @@ class RampSet:
                 values[f.name] = tuple(values[f.name])
         return cls(**values)
 
-    def instance(self, scores: np.ndarray, errors: np.ndarray, eps: float,
-                 confidence: float = 0.0) -> Instance:
+    def instance(
+        self, scores: np.ndarray, errors: np.ndarray, eps: float, confidence: float = 0.0
+    ) -> Instance:
         """A planning instance over these ramps on requests with ``scores`` and ``errors``
         (disagreement with the base answer), both (requests, ramps): one option per
         candidate position, the costs as planned."""
         scores = np.asarray(scores, np.float64)
         errors = np.asarray(errors, bool)
         if scores.shape != errors.shape or scores.ndim != 2 or scores.shape[1] != len(self.keys):
-            raise ValueError(f"scores {scores.shape} and errors {errors.shape} must both be "
-                             f"(requests, {len(self.keys)})")
+            raise ValueError(
+                f"scores {scores.shape} and errors {errors.shape} must both be "
+                f"(requests, {len(self.keys)})"
+            )
         grid = np.asarray(SCORE_RANGE, np.float64)
-        options = tuple((Option(key, scores[:, j], errors[:, j], ~errors[:, j],
-                                self.lookup_s[j], self.nbytes[j], grid, self.exit_s[j]),)
-                        for j, key in enumerate(self.keys))
+        options = tuple(
+            (
+                Option(
+                    key,
+                    scores[:, j],
+                    errors[:, j],
+                    ~errors[:, j],
+                    self.lookup_s[j],
+                    self.nbytes[j],
+                    grid,
+                    self.exit_s[j],
+                ),
+            )
+            for j, key in enumerate(self.keys)
+        )
         floors = MissFloors(dict(zip(self.keys, self.miss_lookup_s)), 0.0, self.charge_cap_s)
-        return Instance(self.positions, options, np.asarray(self.prefix_s, np.float64),
-                        np.ones(scores.shape[0], bool), float(eps), self.budget_bytes,
-                        float(confidence), self.router_s, self.deploy_s,
-                        self.max_miss_overhead, floors)
+        return Instance(
+            self.positions,
+            options,
+            np.asarray(self.prefix_s, np.float64),
+            np.ones(scores.shape[0], bool),
+            float(eps),
+            self.budget_bytes,
+            float(confidence),
+            self.router_s,
+            self.deploy_s,
+            self.max_miss_overhead,
+            floors,
+        )

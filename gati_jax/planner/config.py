@@ -62,18 +62,40 @@ def planner_config() -> ml_collections.ConfigDict:
 def validate_planner(p: ml_collections.ConfigDict) -> None:
     """Checks the ``planner`` section."""
     require(0 <= p.eps < 1, "planner.eps", p.eps, "in [0, 1)")
-    require(p.memory_budget_bytes >= 0, "planner.memory_budget_bytes", p.memory_budget_bytes,
-            ">= 0")
-    require(p.candidates in ("frontier", "all"), "planner.candidates", p.candidates,
-            "'frontier' or 'all'")
+    require(
+        p.memory_budget_bytes >= 0, "planner.memory_budget_bytes", p.memory_budget_bytes, ">= 0"
+    )
+    require(
+        p.candidates in ("frontier", "all"),
+        "planner.candidates",
+        p.candidates,
+        "'frontier' or 'all'",
+    )
     require(0 <= p.confidence < 1, "planner.confidence", p.confidence, "in [0, 1)")
-    require(all(0 <= e < 1 for e in p.sweep_eps), "planner.sweep_eps", p.sweep_eps,
-            "bounds in [0, 1)")
-    require_at_least(p, "planner", ("grid", "exhaustive_positions", "exhaustive_grid",
-                                    "group_size", "latency_repeats", "check_requests"), 1)
+    require(
+        all(0 <= e < 1 for e in p.sweep_eps), "planner.sweep_eps", p.sweep_eps, "bounds in [0, 1)"
+    )
+    require_at_least(
+        p,
+        "planner",
+        (
+            "grid",
+            "exhaustive_positions",
+            "exhaustive_grid",
+            "group_size",
+            "latency_repeats",
+            "check_requests",
+        ),
+        1,
+    )
     require_at_least(p, "planner", ("confirm_rounds", "miss_rounds"), 0)
     require_at_least(p, "planner", ("apparate_ramps",), 1)
-    require(p.apparate_tail_budget >= 0, "planner.apparate_tail_budget",
-            p.apparate_tail_budget, ">= 0")
-    require(isinstance(p.max_miss_overhead, (int, float)), "planner.max_miss_overhead",
-            p.max_miss_overhead, "a fraction (negative: no bound)")
+    require(
+        p.apparate_tail_budget >= 0, "planner.apparate_tail_budget", p.apparate_tail_budget, ">= 0"
+    )
+    require(
+        isinstance(p.max_miss_overhead, (int, float)),
+        "planner.max_miss_overhead",
+        p.max_miss_overhead,
+        "a fraction (negative: no bound)",
+    )

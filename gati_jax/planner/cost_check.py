@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,41 +24,73 @@ from tqdm.auto import tqdm
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank
 from gati_jax.inference import BaseModel
+from gati_jax.planner.costs import (
+    candidate_lookups,
+    marginal_cost,
+    measure_lookups,
+    measure_prefix_costs,
+)
 from gati_jax.planner.instance import Choice, Instance, simulate
-from gati_jax.planner.costs import (candidate_lookups, marginal_cost, measure_lookups,
-                                      measure_prefix_costs)
 from gati_jax.runtime.deployment import Deployment
 
 
-def remeasured(model: BaseModel, instance: Instance, choices: Sequence[Choice],
-               bank: CacheBank, policy: str, group_size: int, repeats: int) -> Instance:
+def remeasured(
+    model: BaseModel,
+    instance: Instance,
+    choices: Sequence[Choice],
+    bank: CacheBank,
+    policy: str,
+    group_size: int,
+    repeats: int,
+) -> Instance:
     """``instance`` with the chosen caches' lookup costs and the stage prefixes the plan's
     requests pay (through each deployed position, and the whole network) measured again
     now, by the profile's own method (gati_jax/planner/costs.py)."""
     by_key = {c.key: c for c in bank.candidates}
     chosen = {instance.options[i][c[0]].key for i, c in enumerate(choices) if c is not None}
     lookups = candidate_lookups(bank, [by_key[k] for k in sorted(chosen)], (policy,))
-    stops = sorted({instance.positions[i] for i, c in enumerate(choices) if c is not None}
-                   | {len(instance.prefix_s) - 1})
+    stops = sorted(
+        {instance.positions[i] for i, c in enumerate(choices) if c is not None}
+        | {len(instance.prefix_s) - 1}
+    )
     prefix_s = np.array(instance.prefix_s, np.float64)
     for stop, seconds in measure_prefix_costs(model, stops, group_size, repeats).items():
         prefix_s[stop] = seconds
     # At the scale of the plain network just measured, as profiles scale theirs.
-    costs = {key.split("/", 1)[1]: cost.scaled(prefix_s[-1]) for key, cost
-             in measure_lookups(model, lookups, group_size, repeats).items()}
+    costs = {
+        key.split("/", 1)[1]: cost.scaled(prefix_s[-1])
+        for key, cost in measure_lookups(model, lookups, group_size, repeats).items()
+    }
     # One-lookup costs, made marginal as the profile's are (the router's charges stay).
     charge = instance.router_s + instance.deploy_s
-    options = tuple(tuple(
-        dataclasses.replace(o, lookup_s=marginal_cost(costs[o.key].miss_s, charge),
-                            exit_s=o.exit_s if costs[o.key].exit_s is None
-                            else marginal_cost(costs[o.key].exit_s, charge))
-        if o.key in costs else o for o in opts) for opts in instance.options)
+    options = tuple(
+        tuple(
+            dataclasses.replace(
+                o,
+                lookup_s=marginal_cost(costs[o.key].miss_s, charge),
+                exit_s=o.exit_s
+                if costs[o.key].exit_s is None
+                else marginal_cost(costs[o.key].exit_s, charge),
+            )
+            if o.key in costs
+            else o
+            for o in opts
+        )
+        for opts in instance.options
+    )
     return dataclasses.replace(instance, options=options, prefix_s=prefix_s)
 
 
-def check_cost_model(model: BaseModel, deployment: Deployment, instance: Instance,
-                     choices: Sequence[Choice], images: np.ndarray, repeats: int = 3,
-                     fresh: Instance | None = None, chunk: int = 50) -> dict[str, Any]:
+def check_cost_model(
+    model: BaseModel,
+    deployment: Deployment,
+    instance: Instance,
+    choices: Sequence[Choice],
+    images: np.ndarray,
+    repeats: int = 3,
+    fresh: Instance | None = None,
+    chunk: int = 50,
+) -> dict[str, Any]:
     """Routes ``images`` (the instance's first requests) one at a time, as a stream, and
     compares the router's mean latency with the model's prediction for the same requests.
 
@@ -82,8 +115,10 @@ def check_cost_model(model: BaseModel, deployment: Deployment, instance: Instanc
     thresholds = jnp.asarray(deployment.thresholds, jnp.float32)
     rows = jnp.zeros(1, jnp.int32)  # one request
     requests = [jnp.asarray(image[None]) for image in images]
-    programs = {"router": lambda x: router.compiled(deployment.params, thresholds, x, rows),
-                "plain": plain}
+    programs = {
+        "router": lambda x: router.compiled(deployment.params, thresholds, x, rows),
+        "plain": plain,
+    }
     times = {name: np.zeros((repeats, n)) for name in programs}
     for fn in programs.values():  # compile and warm up
         for x in requests[:5]:
@@ -92,7 +127,7 @@ def check_cost_model(model: BaseModel, deployment: Deployment, instance: Instanc
     for r in tqdm(range(repeats), desc="routing check requests", leave=False):
         for c, begin in enumerate(range(0, n, chunk)):
             # The program that goes first alternates, so neither always follows the other.
-            for name in (order if (r + c) % 2 == 0 else order[::-1]):
+            for name in order if (r + c) % 2 == 0 else order[::-1]:
                 fn = programs[name]
                 for i in range(begin, min(begin + chunk, n)):
                     start = time.perf_counter()
@@ -115,29 +150,40 @@ def check_cost_model(model: BaseModel, deployment: Deployment, instance: Instanc
     if fresh is not None:
         predicted_now = float(simulate(fresh, choices).cost_s[:n].mean())
         error_now = (measured / measured_plain) / (predicted_now / fresh.full_s) - 1.0
-        now = {"remeasured_predicted_mean_ms": 1e3 * predicted_now,
-               "remeasured_plain_ms": 1e3 * fresh.full_s,
-               "remeasured_predicted_speedup": fresh.full_s / predicted_now,
-               "remeasured_normalized_error": error_now,
-               "remeasured_within_10pct": bool(abs(error_now) <= 0.10)}
+        now = {
+            "remeasured_predicted_mean_ms": 1e3 * predicted_now,
+            "remeasured_plain_ms": 1e3 * fresh.full_s,
+            "remeasured_predicted_speedup": fresh.full_s / predicted_now,
+            "remeasured_normalized_error": error_now,
+            "remeasured_within_10pct": bool(abs(error_now) <= 0.10),
+        }
     # Where the model misses: per exit position, in units of each side's plain network.
     fresh_cost = None if fresh is None else simulate(fresh, choices).cost_s[:n] / fresh.full_s
     by_exit = []
     for position in sorted(set(predicted_exit.tolist())):
         mask = predicted_exit == position
-        row = {"position": int(position), "fraction": float(mask.mean()),
-               "predicted": float(outcome.cost_s[:n][mask].mean() / instance.full_s),
-               "measured": float(routed[mask].mean() / measured_plain)}
+        row = {
+            "position": int(position),
+            "fraction": float(mask.mean()),
+            "predicted": float(outcome.cost_s[:n][mask].mean() / instance.full_s),
+            "measured": float(routed[mask].mean() / measured_plain),
+        }
         if fresh_cost is not None:
             row["remeasured"] = float(fresh_cost[mask].mean())
         by_exit.append(row)
-    return {**now, "requests": n, "by_exit": by_exit, "predicted_mean_ms": 1e3 * predicted,
-            "measured_mean_ms": 1e3 * measured, "measured/predicted": measured / predicted,
-            "plain_measured_ms": 1e3 * measured_plain,
-            "plain_profiled_ms": 1e3 * instance.full_s,
-            "measured_speedup": measured_plain / measured,
-            "predicted_speedup": instance.full_s / predicted,
-            "normalized_error": normalized - 1.0,
-            "within_10pct": bool(abs(normalized - 1.0) <= 0.10),
-            # Recorded activations are float16: a score on a threshold may flip.
-            "same_exit_fraction": float(np.mean(predicted_exit == np.asarray(exits)))}
+    return {
+        **now,
+        "requests": n,
+        "by_exit": by_exit,
+        "predicted_mean_ms": 1e3 * predicted,
+        "measured_mean_ms": 1e3 * measured,
+        "measured/predicted": measured / predicted,
+        "plain_measured_ms": 1e3 * measured_plain,
+        "plain_profiled_ms": 1e3 * instance.full_s,
+        "measured_speedup": measured_plain / measured,
+        "predicted_speedup": instance.full_s / predicted,
+        "normalized_error": normalized - 1.0,
+        "within_10pct": bool(abs(normalized - 1.0) <= 0.10),
+        # Recorded activations are float16: a score on a threshold may flip.
+        "same_exit_fraction": float(np.mean(predicted_exit == np.asarray(exits))),
+    }

@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +36,13 @@ from gati_jax.runtime.policies import CacheHead, Decide, policy_builder
 from gati_jax.runtime.router import Router
 
 # Policies whose lookups cost the same share one measurement.
-_LOOKUP_KIND = {"gati": "gati", "confidence": "classifier", "entropy": "classifier",
-                "apparate": "classifier", "oracle": "classifier"}
+_LOOKUP_KIND = {
+    "gati": "gati",
+    "confidence": "classifier",
+    "entropy": "classifier",
+    "apparate": "classifier",
+    "oracle": "classifier",
+}
 
 
 def lookup_kind(policy: str) -> str:
@@ -55,7 +61,7 @@ class Profile:
     group_size: int
     model: str
     prefix_s: list[float]
-    lookup_s: dict[str, float]           # "kind/candidate key" -> seconds
+    lookup_s: dict[str, float]  # "kind/candidate key" -> seconds
     # Confirmation measurements behind a lookup_s entry (see confirm_lookups); absent: none,
     # the entry is the one measurement taken before any plan chose it.
     confirmed: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -124,6 +130,7 @@ def _prefix_fn(model: BaseModel, stop: int):
         for index in range(stop + 1):
             x = network.apply_stage(variables, index, x)
         return x
+
     return prefix
 
 
@@ -137,14 +144,14 @@ def prefix_program(model: BaseModel, stop: int):
     return programs[stop]
 
 
-def measure_prefixes(model: BaseModel, group_size: int, repeats: int,
-                     rotate: int = 0) -> list[float]:
+def measure_prefixes(
+    model: BaseModel, group_size: int, repeats: int, rotate: int = 0
+) -> list[float]:
     """Median seconds of stages 0..p for every stage p, timed side by side in blocks, three
     times a lookup's repeats; ``rotate`` shifts the order the programs take in each round."""
     stages = list(range(model.network.num_stages))
     shift = rotate % len(stages)
-    timed = measure_prefix_costs(model, stages[shift:] + stages[:shift], group_size,
-                                 3 * repeats)
+    timed = measure_prefix_costs(model, stages[shift:] + stages[:shift], group_size, 3 * repeats)
     return [timed[p] for p in range(len(stages))]
 
 
@@ -168,13 +175,14 @@ def prefixes_from_trials(trials: Sequence[Sequence[float]]) -> list[float]:
     return monotone(list(float(trials[0][-1]) * np.minimum(ratios, 1.0)))
 
 
-def add_prefix_trial(profile: "Profile", model: BaseModel, repeats: int) -> None:
+def add_prefix_trial(profile: Profile, model: BaseModel, repeats: int) -> None:
     """Times the stage prefixes once more (programs in an order rotated per trial) and
     rebuilds ``profile.prefix_s`` from every trial."""
     if not profile.prefix_trials and profile.prefix_s:  # a profile from before trials
         profile.prefix_trials = [list(profile.prefix_s)]
-    profile.prefix_trials.append(measure_prefixes(model, profile.group_size, repeats,
-                                                    rotate=len(profile.prefix_trials)))
+    profile.prefix_trials.append(
+        measure_prefixes(model, profile.group_size, repeats, rotate=len(profile.prefix_trials))
+    )
     profile.prefix_s = prefixes_from_trials(profile.prefix_trials)
 
 
@@ -190,21 +198,31 @@ def monotone(values: Sequence[float]) -> list[float]:
     return [m for m, n in blocks for _ in range(int(n))]
 
 
-def measure_prefix_costs(model: BaseModel, stops: Sequence[int], group_size: int,
-                         repeats: int) -> dict[int, float]:
+def measure_prefix_costs(
+    model: BaseModel, stops: Sequence[int], group_size: int, repeats: int
+) -> dict[int, float]:
     """Median seconds of stages 0..p for each p in ``stops``, timed side by side in blocks."""
     x = jnp.zeros((group_size, *model.network.input_shape), jnp.float32)
     fns = {p: prefix_program(model, p) for p in stops}
-    timed = measure_interleaved({str(p): (lambda f=f: f(x)) for p, f in fns.items()},
-                                max(repeats // _BLOCK, 3), block=_BLOCK)
+    timed = measure_interleaved(
+        {str(p): (lambda f=f: f(x)) for p, f in fns.items()},
+        max(repeats // _BLOCK, 3),
+        block=_BLOCK,
+    )
     return {p: timed[str(p)] for p in stops}
 
 
 # Policies' thresholds that never hit (scores lie in [0, 1], entropies are >= 0), and that
 # always hit (kNN hits need agreeing neighbours and the oracle the base answer: no threshold
 # forces those).
-_NEVER = {"gati": 2.0, "confidence": 2.0, "apparate": 2.0, "oracle": 0.0, "entropy": -1.0,
-          "knn": -1.0}
+_NEVER = {
+    "gati": 2.0,
+    "confidence": 2.0,
+    "apparate": 2.0,
+    "oracle": 0.0,
+    "entropy": -1.0,
+    "knn": -1.0,
+}
 _ALWAYS = {"gati": -1.0, "confidence": -1.0, "apparate": -1.0, "entropy": 1e9}
 _BLOCK = 10
 
@@ -218,17 +236,25 @@ class LookupCost(NamedTuple):
     plain_s: float
 
     @classmethod
-    def from_timings(cls, router_s: float, plain_s: float, exit_router_s: float | None = None,
-                     prefix_s: float | None = None) -> "LookupCost":
+    def from_timings(
+        cls,
+        router_s: float,
+        plain_s: float,
+        exit_router_s: float | None = None,
+        prefix_s: float | None = None,
+    ) -> LookupCost:
         """A one-cache router's costs from times taken side by side: never hitting over the
         plain network, and (where timed) always hitting over the stages through its
         position. Noise can make either difference slightly negative for the cheapest
         lookups: they count as 0."""
-        exit_s = (None if exit_router_s is None or prefix_s is None
-                  else max(exit_router_s - prefix_s, 0.0))
+        exit_s = (
+            None
+            if exit_router_s is None or prefix_s is None
+            else max(exit_router_s - prefix_s, 0.0)
+        )
         return cls(max(router_s - plain_s, 0.0), exit_s, plain_s)
 
-    def scaled(self, plain_s: float) -> "LookupCost":
+    def scaled(self, plain_s: float) -> LookupCost:
         """The costs as if measured when the plain network took ``plain_s``.
 
         The machine's speed drifts by 10-40% within minutes here; a profile measured over
@@ -238,8 +264,9 @@ class LookupCost(NamedTuple):
         about 2.5 ms, and the model missed by 25%).
         """
         k = plain_s / self.plain_s
-        return LookupCost(self.miss_s * k, None if self.exit_s is None else self.exit_s * k,
-                          plain_s)
+        return LookupCost(
+            self.miss_s * k, None if self.exit_s is None else self.exit_s * k, plain_s
+        )
 
 
 def plain_program(model: BaseModel):
@@ -247,8 +274,15 @@ def plain_program(model: BaseModel):
     return prefix_program(model, model.network.num_stages - 1)
 
 
-def measure_cache_cost(model: BaseModel, position: int, decide: Decide, params: Any,
-                       policy: str, group_size: int, repeats: int) -> LookupCost:
+def measure_cache_cost(
+    model: BaseModel,
+    position: int,
+    decide: Decide,
+    params: Any,
+    policy: str,
+    group_size: int,
+    repeats: int,
+) -> LookupCost:
     """What a deployed cache adds to a request that runs its lookup and misses, and to one
     that exits there.
 
@@ -264,20 +298,21 @@ def measure_cache_cost(model: BaseModel, position: int, decide: Decide, params: 
     params = (jax.device_put(params),)
     never, x, rows = all_miss_inputs(model, (policy,), group_size)
     plain = plain_program(model)
-    fns = {"plain": lambda: plain(x),
-           "router": lambda: router.compiled(params, never, x, rows)}
+    fns = {"plain": lambda: plain(x), "router": lambda: router.compiled(params, never, x, rows)}
     if policy in _ALWAYS:
         always = jnp.full(1, _ALWAYS[policy], jnp.float32)
         prefix = prefix_program(model, position)
         fns["prefix"] = lambda: prefix(x)
         fns["exit"] = lambda: router.compiled(params, always, x, rows)
     timed = measure_interleaved(fns, max(repeats // _BLOCK, 3), block=_BLOCK)
-    return LookupCost.from_timings(timed["router"], timed["plain"], timed.get("exit"),
-                                   timed.get("prefix"))
+    return LookupCost.from_timings(
+        timed["router"], timed["plain"], timed.get("exit"), timed.get("prefix")
+    )
 
 
-def all_miss_inputs(model: BaseModel, policies: Sequence[str], group_size: int
-                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def all_miss_inputs(
+    model: BaseModel, policies: Sequence[str], group_size: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(thresholds, images, rows) for ``Router.compiled`` under which no request of a group
     hits a lookup, one per policy in ``policies``: thresholds no score reaches, and for the
     oracle, which has none, a base answer no prediction equals."""
@@ -288,24 +323,27 @@ def all_miss_inputs(model: BaseModel, policies: Sequence[str], group_size: int
     return never, x, jnp.full(group_size, answer, jnp.int32)
 
 
-def all_miss_programs(model: BaseModel, routed: dict[str, tuple[Deployment, Router]],
-                      plain: Any, images: jax.Array
-                      ) -> dict[str, tuple[Callable[[], Any], str]]:
+def all_miss_programs(
+    model: BaseModel, routed: dict[str, tuple[Deployment, Router]], plain: Any, images: jax.Array
+) -> dict[str, tuple[Callable[[], Any], str]]:
     """The plain program ``plain`` and each router (name -> (deployment, router)) on
     ``images`` with every lookup missing, as timed: a zero-argument call of each and its
     optimized HLO (programs already called are not compiled again)."""
-    programs = {"plain": (functools.partial(plain, images),
-                          plain.lower(images).compile().as_text())}
+    programs = {
+        "plain": (functools.partial(plain, images), plain.lower(images).compile().as_text())
+    }
     for name, (dep, router) in routed.items():
-        never, _, rows = all_miss_inputs(model, [dep.policy] * len(dep.positions),
-                                         len(images))
-        programs[name] = (functools.partial(router.compiled, dep.params, never, images, rows),
-                          router.hlo_text(dep.params, never, images, rows))
+        never, _, rows = all_miss_inputs(model, [dep.policy] * len(dep.positions), len(images))
+        programs[name] = (
+            functools.partial(router.compiled, dep.params, never, images, rows),
+            router.hlo_text(dep.params, never, images, rows),
+        )
     return programs
 
 
-def all_miss_kernels(programs: dict[str, tuple[Callable[[], Any], str]]
-                     ) -> dict[str, dict[str, int]] | None:
+def all_miss_kernels(
+    programs: dict[str, tuple[Callable[[], Any], str]],
+) -> dict[str, dict[str, int]] | None:
     """How XLA compiled the convolutions of each program of :func:`all_miss_programs` (see
     ``profiling.convolution_kernels``); None off the CPU, whose kernel choice it is."""
     if jax.default_backend() != "cpu":
@@ -313,8 +351,13 @@ def all_miss_kernels(programs: dict[str, tuple[Callable[[], Any], str]]
     return {name: convolution_kernels(hlo) for name, (_, hlo) in programs.items()}
 
 
-def measure_miss_overhead(model: BaseModel, deployment: Deployment, group_size: int,
-                          rounds: int, router: Router | None = None) -> float:
+def measure_miss_overhead(
+    model: BaseModel,
+    deployment: Deployment,
+    group_size: int,
+    rounds: int,
+    router: Router | None = None,
+) -> float:
     """What a request that misses every lookup of ``deployment`` pays over the plain network,
     as a fraction of it: the router with no lookup hitting (:func:`all_miss_inputs`), timed
     in ``rounds`` alternating blocks with the plain compiled network, split in three
@@ -323,11 +366,14 @@ def measure_miss_overhead(model: BaseModel, deployment: Deployment, group_size: 
     if not deployment.positions:
         return 0.0
     router = router or deployment.router(model, max_group=group_size)
-    never, x, rows = all_miss_inputs(model, [deployment.policy] * len(deployment.positions),
-                                     group_size)
+    never, x, rows = all_miss_inputs(
+        model, [deployment.policy] * len(deployment.positions), group_size
+    )
     plain = plain_program(model)
-    fns = {"plain": lambda: plain(x),
-           "router": lambda: router.compiled(deployment.params, never, x, rows)}
+    fns = {
+        "plain": lambda: plain(x),
+        "router": lambda: router.compiled(deployment.params, never, x, rows),
+    }
     # Three trials, the median of their ratios: a burst of noise that slows one program
     # in one trial (one plan read +19.9% after a larger one had read +17.9%) moves one
     # ratio, not the result.
@@ -338,14 +384,20 @@ def measure_miss_overhead(model: BaseModel, deployment: Deployment, group_size: 
     return float(np.median(ratios)) - 1.0
 
 
-def measure_lookups(model: BaseModel, lookups: dict[str, tuple[int, Decide, Any, str]],
-                    group_size: int, repeats: int) -> dict[str, LookupCost]:
+def measure_lookups(
+    model: BaseModel,
+    lookups: dict[str, tuple[int, Decide, Any, str]],
+    group_size: int,
+    repeats: int,
+) -> dict[str, LookupCost]:
     """:func:`measure_cache_cost` of every lookup (key -> (position, decide, params,
     policy)), with a progress bar."""
-    return {key: measure_cache_cost(model, position, decide, params, policy, group_size,
-                                    repeats)
-            for key, (position, decide, params, policy)
-            in tqdm(lookups.items(), desc="profiling lookups", disable=not lookups)}
+    return {
+        key: measure_cache_cost(model, position, decide, params, policy, group_size, repeats)
+        for key, (position, decide, params, policy) in tqdm(
+            lookups.items(), desc="profiling lookups", disable=not lookups
+        )
+    }
 
 
 def record_lookups(profile: Profile, measured: dict[str, LookupCost]) -> None:
@@ -360,14 +412,19 @@ def record_lookups(profile: Profile, measured: dict[str, LookupCost]) -> None:
 class RouterCharge(NamedTuple):
     """The router's charges (see :func:`measure_router_charge`)."""
 
-    fixed_s: float      # once per request of a plan that deploys anything
+    fixed_s: float  # once per request of a plan that deploys anything
     per_cache_s: float  # per request, per deployed lookup, reached or not
 
 
-def measure_router_charge(model: BaseModel, lookups: dict[str, tuple[int, Decide, Any, str]],
-                          lookup_s: dict[str, float], group_size: int, repeats: int,
-                          plain_s: float | None = None,
-                          exit_s: dict[str, float] | None = None) -> RouterCharge:
+def measure_router_charge(
+    model: BaseModel,
+    lookups: dict[str, tuple[int, Decide, Any, str]],
+    lookup_s: dict[str, float],
+    group_size: int,
+    repeats: int,
+    plain_s: float | None = None,
+    exit_s: dict[str, float] | None = None,
+) -> RouterCharge:
     """The parts of a one-lookup router's cost that do not belong to its lookup.
 
     Per-lookup costs (:func:`measure_cache_cost`) are not additive: nine one-cache routers
@@ -392,8 +449,7 @@ def measure_router_charge(model: BaseModel, lookups: dict[str, tuple[int, Decide
     params = tuple(jax.device_put(lookups[k][2]) for k in keys)
     never, x, rows = all_miss_inputs(model, [lookups[k][3] for k in keys], group_size)
     plain = plain_program(model)
-    fns = {"plain": lambda: plain(x),
-           "router": lambda: router.compiled(params, never, x, rows)}
+    fns = {"plain": lambda: plain(x), "router": lambda: router.compiled(params, never, x, rows)}
     head, policy = keys[0], lookups[keys[0]][3]
     if exit_s is not None and head in exit_s and policy in _ALWAYS:
         leave = never.at[0].set(_ALWAYS[policy])
@@ -404,12 +460,20 @@ def measure_router_charge(model: BaseModel, lookups: dict[str, tuple[int, Decide
     timed = measure_interleaved(fns, max(3 * repeats // _BLOCK, 3), block=_BLOCK)
     scale = 1.0 if plain_s is None else plain_s / timed["plain"]
     joint_exit = (timed["exit"] - timed["prefix"]) * scale if "exit" in fns else None
-    return charges_from([lookup_s[k] for k in keys], (timed["router"] - timed["plain"]) * scale,
-                        exit_s[head] if "exit" in fns else None, joint_exit)
+    return charges_from(
+        [lookup_s[k] for k in keys],
+        (timed["router"] - timed["plain"]) * scale,
+        exit_s[head] if "exit" in fns else None,
+        joint_exit,
+    )
 
 
-def charges_from(one_cache_s: Sequence[float], joint_s: float, first_exit_s: float | None = None,
-                 joint_first_exit_s: float | None = None) -> RouterCharge:
+def charges_from(
+    one_cache_s: Sequence[float],
+    joint_s: float,
+    first_exit_s: float | None = None,
+    joint_first_exit_s: float | None = None,
+) -> RouterCharge:
     """The router's charges (see :func:`measure_router_charge`) from timings taken: each
     one-cache router's miss cost and the joint router's (over the plain network), and the
     exit at the first lookup alone and in the joint router (beyond the stages through it;
@@ -432,20 +496,30 @@ def _router_keys(lookups: dict[str, tuple[int, Decide, Any, str]]) -> list[str]:
     return [first[p] for p in sorted(first)]
 
 
-def record_router_charge(profile: Profile, model: BaseModel, kind: str,
-                         lookups: dict[str, tuple[int, Decide, Any, str]], group_size: int,
-                         repeats: int) -> None:
+def record_router_charge(
+    profile: Profile,
+    model: BaseModel,
+    kind: str,
+    lookups: dict[str, tuple[int, Decide, Any, str]],
+    group_size: int,
+    repeats: int,
+) -> None:
     """Measures the router's charges for ``kind`` on ``lookups`` (all of that kind) and
     stores them in ``profile`` at its scale, with the lookups they were measured on."""
-    charge = measure_router_charge(model, lookups, profile.lookup_s, group_size, repeats,
-                                   profile.prefix_s[-1], profile.exit_s)
+    charge = measure_router_charge(
+        model, lookups, profile.lookup_s, group_size, repeats, profile.prefix_s[-1], profile.exit_s
+    )
     profile.router_s[kind], profile.deploy_s[kind] = charge
     profile.charge_from[kind] = _router_keys(lookups)
 
 
-def confirm_lookups(model: BaseModel, profile: Profile,
-                    lookups: dict[str, tuple[int, Decide, Any, str]], group_size: int,
-                    repeats: int) -> dict[str, LookupCost]:
+def confirm_lookups(
+    model: BaseModel,
+    profile: Profile,
+    lookups: dict[str, tuple[int, Decide, Any, str]],
+    group_size: int,
+    repeats: int,
+) -> dict[str, LookupCost]:
     """Measures lookups that plans chose once more; each entry (miss and exit) becomes the
     mean of its confirmation measurements (the first, pre-selection one is dropped), and the
     stage prefixes get one more trial. Returns the new lookup measurements.
@@ -493,9 +567,18 @@ def _write_profiles(path: Path, profiles: dict[str, Any]) -> None:
     profiles = json.loads(json.dumps(profiles))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"format": PROFILE_FORMAT, "version": PROFILE_VERSION,
-                               "sha256": json_sha256(profiles), "profiles": profiles},
-                              indent=1) + "\n")
+    tmp.write_text(
+        json.dumps(
+            {
+                "format": PROFILE_FORMAT,
+                "version": PROFILE_VERSION,
+                "sha256": json_sha256(profiles),
+                "profiles": profiles,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     tmp.replace(path)
 
 
@@ -505,22 +588,28 @@ def _read_profiles(path: Path) -> dict[str, Any]:
     try:
         stored = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise IntegrityError(f"latency profile {path} is corrupt or truncated ({error}); "
-                             f"{remedy}") from error
+        raise IntegrityError(
+            f"latency profile {path} is corrupt or truncated ({error}); {remedy}"
+        ) from error
     if not isinstance(stored, dict) or stored.get("format") != PROFILE_FORMAT:
         raise IntegrityError(
             f"latency profile {path} has no format version or checksum (written before "
             "profiles carried them, or not a profile), so it cannot be checked; if you trust "
             "it, add them with gati_jax.planner.costs.upgrade_profile (python "
-            f"scripts/add_manifest.py {path}), else move it away (it is measured anew)")
+            f"scripts/add_manifest.py {path}), else move it away (it is measured anew)"
+        )
     if not isinstance(stored.get("version"), int) or stored["version"] > PROFILE_VERSION:
-        raise IntegrityError(f"latency profile {path}: format version "
-                             f"{stored.get('version')!r} is newer than this gati_jax reads "
-                             f"({PROFILE_VERSION})")
+        raise IntegrityError(
+            f"latency profile {path}: format version "
+            f"{stored.get('version')!r} is newer than this gati_jax reads "
+            f"({PROFILE_VERSION})"
+        )
     profiles = stored.get("profiles")
     if not isinstance(profiles, dict) or json_sha256(profiles) != stored.get("sha256"):
-        raise IntegrityError(f"latency profile {path} is corrupt: its profiles do not match "
-                             f"the checksum it records; {remedy}")
+        raise IntegrityError(
+            f"latency profile {path} is corrupt: its profiles do not match "
+            f"the checksum it records; {remedy}"
+        )
     return profiles
 
 
@@ -531,33 +620,45 @@ def upgrade_profile(path: str | Path) -> None:
     try:
         stored = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise IntegrityError(f"latency profile {path} is not JSON ({error}); it cannot be "
-                             "upgraded") from error
+        raise IntegrityError(
+            f"latency profile {path} is not JSON ({error}); it cannot be upgraded"
+        ) from error
     if isinstance(stored, dict) and stored.get("format") == PROFILE_FORMAT:
         _read_profiles(path)  # already upgraded: it must verify
         return
     if not isinstance(stored, dict) or not all(
-            isinstance(v, dict) and "prefix_s" in v for v in stored.values()):
+        isinstance(v, dict) and "prefix_s" in v for v in stored.values()
+    ):
         raise IntegrityError(f"{path} does not look like a latency profile")
     _write_profiles(path, stored)
 
 
-def candidate_lookups(bank: CacheBank, candidates: Sequence[Candidate],
-                      policies: Sequence[str]) -> dict[str, tuple[int, Decide, Any, str]]:
+def candidate_lookups(
+    bank: CacheBank, candidates: Sequence[Candidate], policies: Sequence[str]
+) -> dict[str, tuple[int, Decide, Any, str]]:
     """What to measure for bank candidates: profile key -> (position, decide, params, policy)."""
     kinds = {lookup_kind(p): p for p in policies}
     lookups = {}
     for kind, policy in kinds.items():
         for c in candidates:
             head = CacheHead(c.spec, bank.num_classes, c.pool_factor, bank.selector_hidden)
-            lookups[f"{kind}/{c.key}"] = (c.position, policy_builder(policy)(head), c.params,
-                                          policy)
+            lookups[f"{kind}/{c.key}"] = (
+                c.position,
+                policy_builder(policy)(head),
+                c.params,
+                policy,
+            )
     return lookups
 
 
-def load_or_measure(path: str | Path, model: BaseModel,
-                    lookups: dict[str, tuple[int, Decide, Any, str]], group_size: int = 1,
-                    repeats: int = 100, remeasure: bool = False) -> Profile:
+def load_or_measure(
+    path: str | Path,
+    model: BaseModel,
+    lookups: dict[str, tuple[int, Decide, Any, str]],
+    group_size: int = 1,
+    repeats: int = 100,
+    remeasure: bool = False,
+) -> Profile:
     """The profile for this backend and model from ``path``, measuring whatever it lacks.
 
     ``lookups`` maps profile keys to (position, decide, params, policy), e.g. from
@@ -565,8 +666,14 @@ def load_or_measure(path: str | Path, model: BaseModel,
     """
     path = Path(path)
     stored = _read_profiles(path) if path.is_file() else {}
-    profile = Profile(jax.default_backend(), jax.devices()[0].device_kind, int(group_size),
-                      model_fingerprint(model), [], {})
+    profile = Profile(
+        jax.default_backend(),
+        jax.devices()[0].device_kind,
+        int(group_size),
+        model_fingerprint(model),
+        [],
+        {},
+    )
     if profile.key in stored and not remeasure:
         entry = dict(stored[profile.key])
         if "prefix_sessions" in entry:  # the field's earlier name
@@ -575,15 +682,19 @@ def load_or_measure(path: str | Path, model: BaseModel,
     if not profile.prefix_s:
         add_prefix_trial(profile, model, repeats)
     # Profiles written before exits were timed lack them: those lookups are measured anew.
-    missing = {k: v for k, v in lookups.items() if k not in profile.lookup_s
-               or (v[3] in _ALWAYS and k not in profile.exit_s)}
+    missing = {
+        k: v
+        for k, v in lookups.items()
+        if k not in profile.lookup_s or (v[3] in _ALWAYS and k not in profile.exit_s)
+    }
     # The prefixes are timed again halfway through the lookups and after them: trials
     # spread over the minutes the lookups take, pooled (see prefixes_from_trials).
     keys = list(missing)
-    for part in (keys[:len(keys) // 2], keys[len(keys) // 2:]):
+    for part in (keys[: len(keys) // 2], keys[len(keys) // 2 :]):
         if part:
-            record_lookups(profile, measure_lookups(model, {k: missing[k] for k in part},
-                                                    group_size, repeats))
+            record_lookups(
+                profile, measure_lookups(model, {k: missing[k] for k in part}, group_size, repeats)
+            )
             add_prefix_trial(profile, model, repeats)
     # Profiles from before the per-cache charge lack it: their charges are measured anew.
     for kind in sorted({k.split("/", 1)[0] for k in lookups} - set(profile.deploy_s)):

@@ -44,28 +44,40 @@ class Feasibility:
     tuning_requests: int
     eps: float
     confidence: float
-    min_requests: float          # math.inf when no number of requests certifies eps
+    min_requests: float  # math.inf when no number of requests certifies eps
     best_eps: float
 
     def message(self) -> str:
         """One clear sentence for the user: what is out of reach and what to change."""
         if self.feasible:
-            return (f"the bound eps={self.eps:g} at confidence {self.confidence:g} can be "
-                    f"certified on {self.tuning_requests} tuning requests (it needs "
-                    f"{self.min_requests})")
-        need = ("no number of tuning requests" if math.isinf(self.min_requests)
-                else f"at least {self.min_requests} agreeing tuning requests")
-        return (f"the accuracy bound cannot be certified: eps={self.eps:g} at confidence "
-                f"{self.confidence:g} needs {need}, and the tuning set has "
-                f"{self.tuning_requests} (the best eps they certify is {self.best_eps:.4f}); "
-                "give more validation data (data.validation_size), a larger planner.eps or a "
-                "lower planner.confidence, or set planner.allow_infeasible=True to plan anyway "
-                "(every plan, the empty one included, is then reported as infeasible)")
+            return (
+                f"the bound eps={self.eps:g} at confidence {self.confidence:g} can be "
+                f"certified on {self.tuning_requests} tuning requests (it needs "
+                f"{self.min_requests})"
+            )
+        need = (
+            "no number of tuning requests"
+            if math.isinf(self.min_requests)
+            else f"at least {self.min_requests} agreeing tuning requests"
+        )
+        return (
+            f"the accuracy bound cannot be certified: eps={self.eps:g} at confidence "
+            f"{self.confidence:g} needs {need}, and the tuning set has "
+            f"{self.tuning_requests} (the best eps they certify is {self.best_eps:.4f}); "
+            "give more validation data (data.validation_size), a larger planner.eps or a "
+            "lower planner.confidence, or set planner.allow_infeasible=True to plan anyway "
+            "(every plan, the empty one included, is then reported as infeasible)"
+        )
 
 
 def check_feasibility(tuning_requests: int, eps: float, confidence: float) -> Feasibility:
     """Whether ``tuning_requests`` can certify agreement >= 1 - eps at ``confidence``."""
     need = min_tuning_requests(eps, confidence)
-    return Feasibility(feasible=tuning_requests >= need, tuning_requests=int(tuning_requests),
-                       eps=float(eps), confidence=float(confidence), min_requests=need,
-                       best_eps=best_certifiable_eps(tuning_requests, confidence))
+    return Feasibility(
+        feasible=tuning_requests >= need,
+        tuning_requests=int(tuning_requests),
+        eps=float(eps),
+        confidence=float(confidence),
+        min_requests=need,
+        best_eps=best_certifiable_eps(tuning_requests, confidence),
+    )

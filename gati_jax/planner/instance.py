@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -29,13 +29,13 @@ from gati_jax.caches.selector import wilson_lower_bound
 class Option:
     """One deployable cache at one position, as the tuning requests see it."""
 
-    key: str                  # the candidate's key in the cache bank
-    scores: np.ndarray        # (N,) exit score per request; a hit is score >= threshold
-    errors: np.ndarray        # (N,) bool: the cache's answer differs from the base answer
-    correct: np.ndarray       # (N,) bool: the cache's answer equals the label
-    lookup_s: float           # seconds one more lookup adds to a request that passes it
-    nbytes: int               # parameter bytes
-    grid: np.ndarray          # candidate thresholds, ascending
+    key: str  # the candidate's key in the cache bank
+    scores: np.ndarray  # (N,) exit score per request; a hit is score >= threshold
+    errors: np.ndarray  # (N,) bool: the cache's answer differs from the base answer
+    correct: np.ndarray  # (N,) bool: the cache's answer equals the label
+    lookup_s: float  # seconds one more lookup adds to a request that passes it
+    nbytes: int  # parameter bytes
+    grid: np.ndarray  # candidate thresholds, ascending
     exit_s: float | None = None  # ... to a request that exits at it (None: as lookup_s)
 
     @property
@@ -50,7 +50,7 @@ class Option:
 
 
 # Per position: None (nothing deployed) or (option index, threshold).
-Choice = Optional[tuple[int, float]]
+Choice = tuple[int, float] | None
 
 
 def threshold_grid(scores: np.ndarray, levels: int) -> np.ndarray:
@@ -100,10 +100,11 @@ class MissFloors:
     def __post_init__(self) -> None:
         for key, floor in self.per_lookup.items():
             if not (np.isfinite(floor) and floor >= 0):
-                raise ValueError(f"the lookup floor of {key} must be finite and >= 0, got "
-                                 f"{floor}")
-        for name, value in (("floor of untimed lookups", self.untimed_s),
-                            ("router charge cap", self.charge_cap_s)):
+                raise ValueError(f"the lookup floor of {key} must be finite and >= 0, got {floor}")
+        for name, value in (
+            ("floor of untimed lookups", self.untimed_s),
+            ("router charge cap", self.charge_cap_s),
+        ):
             if not value >= 0:  # inf allowed: no lookup untimed / no cap
                 raise ValueError(f"the {name} must be >= 0, got {value}")
 
@@ -116,10 +117,10 @@ class MissFloors:
 class Instance:
     """Options per position, stage costs, and the bound and budget a plan must respect."""
 
-    positions: tuple[int, ...]                  # increasing candidate positions
-    options: tuple[tuple[Option, ...], ...]     # per position
-    prefix_s: np.ndarray                        # seconds to run stages 0..p, for every stage p
-    base_correct: np.ndarray                    # (N,) bool: the base answer equals the label
+    positions: tuple[int, ...]  # increasing candidate positions
+    options: tuple[tuple[Option, ...], ...]  # per position
+    prefix_s: np.ndarray  # seconds to run stages 0..p, for every stage p
+    base_correct: np.ndarray  # (N,) bool: the base answer equals the label
     eps: float
     budget_bytes: float
     confidence: float = 0.0
@@ -145,10 +146,8 @@ class Instance:
         if self.budget_bytes < 0:
             raise ValueError(f"the memory budget must be >= 0 bytes, got {self.budget_bytes}")
         if not self.max_miss_overhead >= 0:
-            raise ValueError(f"the miss overhead bound must be >= 0, got "
-                             f"{self.max_miss_overhead}")
-        for name, charge in (("router charge", self.router_s),
-                             ("per-cache charge", self.deploy_s)):
+            raise ValueError(f"the miss overhead bound must be >= 0, got {self.max_miss_overhead}")
+        for name, charge in (("router charge", self.router_s), ("per-cache charge", self.deploy_s)):
             if not (np.isfinite(charge) and charge >= 0):
                 raise ValueError(f"the {name} must be finite and >= 0, got {charge}")
         n = self.num_requests
@@ -160,8 +159,9 @@ class Instance:
                     raise ValueError(f"option {o.key}: exit scores contain NaN or Inf")
                 for name, cost in (("lookup", o.lookup_s), ("exit", o.exit_cost)):
                     if not (np.isfinite(cost) and cost >= 0):
-                        raise ValueError(f"option {o.key}: {name} cost must be finite and "
-                                         f">= 0, got {cost}")
+                        raise ValueError(
+                            f"option {o.key}: {name} cost must be finite and >= 0, got {cost}"
+                        )
         max_errors(n, self.eps, self.confidence)  # validates eps
 
     @property
@@ -207,8 +207,13 @@ class Instance:
 
     def miss_lookups_s(self, choices: Sequence[Choice]) -> float:
         """The lookups' part of :meth:`miss_s` (the router's charges left out)."""
-        return float(sum(self.miss_lookup_s(self.options[i][c[0]])
-                         for i, c in enumerate(choices) if c is not None))
+        return float(
+            sum(
+                self.miss_lookup_s(self.options[i][c[0]])
+                for i, c in enumerate(choices)
+                if c is not None
+            )
+        )
 
     def miss_s(self, choices: Sequence[Choice]) -> float:
         """Seconds a request that misses every lookup of a plan pays over the plain network,
@@ -223,18 +228,19 @@ class Instance:
 
     def fits(self, choices: Sequence[Choice]) -> bool:
         """Whether a plan respects the memory budget and the miss bound."""
-        return (self.memory(choices) <= self.budget_bytes
-                and self.miss_s(choices) <= self.miss_budget_s * (1 + 1e-12))
+        return self.memory(choices) <= self.budget_bytes and self.miss_s(
+            choices
+        ) <= self.miss_budget_s * (1 + 1e-12)
 
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     """What a plan does to the tuning requests."""
 
-    cost_s: np.ndarray          # (N,) seconds per request
-    errors: np.ndarray          # (N,) bool: answer differs from the base answer
-    correct: np.ndarray         # (N,) bool: answer equals the label
-    exit_index: np.ndarray      # (N,) index into positions, len(positions) for a full run
+    cost_s: np.ndarray  # (N,) seconds per request
+    errors: np.ndarray  # (N,) bool: answer differs from the base answer
+    correct: np.ndarray  # (N,) bool: answer equals the label
+    exit_index: np.ndarray  # (N,) index into positions, len(positions) for a full run
 
     @property
     def mean_cost_s(self) -> float:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from gati_jax.planner.instance import Choice, Instance, MissFloors
 
@@ -33,35 +34,48 @@ class MissRound:
     """One plan tried under the bound: what the model and the machine said it costs."""
 
     positions: tuple[int, ...]
-    keys: tuple[str, ...]             # its lookups (option keys), by position
-    floors_s: tuple[float, ...]       # the least seconds each was charged when it was planned
+    keys: tuple[str, ...]  # its lookups (option keys), by position
+    floors_s: tuple[float, ...]  # the least seconds each was charged when it was planned
     # All-miss overhead, a fraction of the plain network, by the model with those floors.
     predicted: float
-    measured: float                   # ... timed beside the plain network
+    measured: float  # ... timed beside the plain network
     # After it broke the bound: its lookups timed alone this round (key -> overhead), and
     # the seconds each of its lookups got over its floor alone when the share rule applied.
     alone: dict[str, float] = dataclasses.field(default_factory=dict)
     shared_s: float | None = None
-    scout: bool = False               # the plan without the bound, timed but never deployed
+    scout: bool = False  # the plan without the bound, timed but never deployed
 
     def to_json(self) -> dict[str, Any]:
         """The round as plain values."""
-        return {"positions": list(self.positions), "keys": list(self.keys),
-                "floors_us": [1e6 * f for f in self.floors_s], "predicted": self.predicted,
-                "measured": self.measured, "alone": dict(self.alone),
-                "shared_us": None if self.shared_s is None else 1e6 * self.shared_s,
-                "scout": self.scout}
+        return {
+            "positions": list(self.positions),
+            "keys": list(self.keys),
+            "floors_us": [1e6 * f for f in self.floors_s],
+            "predicted": self.predicted,
+            "measured": self.measured,
+            "alone": dict(self.alone),
+            "shared_us": None if self.shared_s is None else 1e6 * self.shared_s,
+            "scout": self.scout,
+        }
 
 
 def _deployed(instance: Instance, choices: Sequence[Choice]) -> list[tuple[int, int, str]]:
     """(index, position, option key) of every deployed lookup."""
-    return [(i, instance.positions[i], instance.options[i][c[0]].key)
-            for i, c in enumerate(choices) if c is not None]
+    return [
+        (i, instance.positions[i], instance.options[i][c[0]].key)
+        for i, c in enumerate(choices)
+        if c is not None
+    ]
 
 
-def next_floors(floors: MissFloors, instance: Instance, choices: Sequence[Choice],
-                measured: float, timed: dict[str, float],
-                timed_before: set[str]) -> tuple[MissFloors, float | None]:
+def next_floors(
+    floors: MissFloors,
+    instance: Instance,
+    choices: Sequence[Choice],
+    measured: float,
+    timed: dict[str, float],
+    timed_before: set[str],
+) -> tuple[MissFloors, float | None]:
     """The floors after ``choices`` measured ``measured`` over the plain network, with the
     lookups in ``timed`` (key -> overhead alone) timed alone so far.
 
@@ -81,8 +95,11 @@ def next_floors(floors: MissFloors, instance: Instance, choices: Sequence[Choice
     keys = [key for _, _, key in _deployed(instance, choices)]
     shared = None
     if keys and set(keys) <= timed_before:
-        excess = (measured * instance.full_s - float(instance.miss_charge_s(len(keys), cap))
-                  - sum(alone[k] for k in keys))
+        excess = (
+            measured * instance.full_s
+            - float(instance.miss_charge_s(len(keys), cap))
+            - sum(alone[k] for k in keys)
+        )
         shared = max(excess, 0.0) / len(keys)
         for key in keys:
             per[key] = max(per[key], alone[key] + shared)
@@ -90,14 +107,15 @@ def next_floors(floors: MissFloors, instance: Instance, choices: Sequence[Choice
     return MissFloors(per, untimed, cap), shared
 
 
-def hold_miss_bound(plan: Callable[[MissFloors], tuple[Instance, list[Choice]]],
-                    measure: Callable[[Instance, list[Choice]], float],
-                    measure_alone: Callable[[Instance, int, Choice], float], bound: float,
-                    rounds: int,
-                    fallback: Callable[[], tuple[Instance, list[Choice]]] | None = None,
-                    scout: Callable[[], tuple[Instance, list[Choice], list[Choice]]]
-                    | None = None,
-                    ) -> tuple[list[MissRound], bool]:
+def hold_miss_bound(
+    plan: Callable[[MissFloors], tuple[Instance, list[Choice]]],
+    measure: Callable[[Instance, list[Choice]], float],
+    measure_alone: Callable[[Instance, int, Choice], float],
+    bound: float,
+    rounds: int,
+    fallback: Callable[[], tuple[Instance, list[Choice]]] | None = None,
+    scout: Callable[[], tuple[Instance, list[Choice], list[Choice]]] | None = None,
+) -> tuple[list[MissRound], bool]:
     """Plans with no floors, then while the plan measures over ``bound`` (at most ``rounds``
     times) times its lookups alone, raises the floors (:func:`next_floors`) and plans again.
 
@@ -137,10 +155,13 @@ def hold_miss_bound(plan: Callable[[MissFloors], tuple[Instance, list[Choice]]],
 
     def planned(instance: Instance, choices: list[Choice], floors: MissFloors) -> MissRound:
         deployed = _deployed(instance, choices)
-        return MissRound(tuple(p for _, p, _ in deployed), tuple(k for _, _, k in deployed),
-                         tuple(floors.of(k) for _, _, k in deployed),
-                         instance.miss_s(choices) / instance.full_s,
-                         checked(measure(instance, choices)))
+        return MissRound(
+            tuple(p for _, p, _ in deployed),
+            tuple(k for _, _, k in deployed),
+            tuple(floors.of(k) for _, _, k in deployed),
+            instance.miss_s(choices) / instance.full_s,
+            checked(measure(instance, choices)),
+        )
 
     floors = MissFloors()
     if scout is not None and math.isfinite(bound) and rounds > 0:

@@ -14,8 +14,9 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from gati_jax.atomic_dir import atomic_directory
 from gati_jax.caches.bank import CacheBank, _json_ready, add_bank_manifest, load_bank, save_bank
@@ -43,11 +44,11 @@ class Plan:
     policy: str
     method: str
     positions: tuple[int, ...]
-    candidates: tuple[str, ...]             # candidate keys in the cache bank
+    candidates: tuple[str, ...]  # candidate keys in the cache bank
     variants: tuple[str, ...]
-    thresholds: tuple[float, ...]           # in the policy's own units
-    tuning: dict[str, Any]                  # predicted figures on the tuning requests
-    test: dict[str, Any] = dataclasses.field(default_factory=dict)   # on the test split
+    thresholds: tuple[float, ...]  # in the policy's own units
+    tuning: dict[str, Any]  # predicted figures on the tuning requests
+    test: dict[str, Any] = dataclasses.field(default_factory=dict)  # on the test split
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # eps, budget, ...
 
     def to_json(self) -> dict[str, Any]:
@@ -55,7 +56,7 @@ class Plan:
         return _json_ready(dataclasses.asdict(self))
 
     @classmethod
-    def from_json(cls, row: dict[str, Any]) -> "Plan":
+    def from_json(cls, row: dict[str, Any]) -> Plan:
         """Inverse of :meth:`to_json`."""
         fields = {f.name: row[f.name] for f in dataclasses.fields(cls) if f.name in row}
         for name in ("positions", "candidates", "variants", "thresholds"):
@@ -63,26 +64,38 @@ class Plan:
         return cls(**fields)
 
 
-def plan_from_choices(instance: Instance, choices: Sequence[Choice], policy: str, method: str,
-                      test: Instance | None = None) -> Plan:
+def plan_from_choices(
+    instance: Instance,
+    choices: Sequence[Choice],
+    policy: str,
+    method: str,
+    test: Instance | None = None,
+) -> Plan:
     """Names a search result: candidate keys, thresholds in policy units, predicted figures."""
     deployed = [(i, c) for i, c in enumerate(choices) if c is not None]
     options = [instance.options[i][c[0]] for i, c in deployed]
     return Plan(
-        policy=policy, method=method,
+        policy=policy,
+        method=method,
         positions=tuple(instance.positions[i] for i, _ in deployed),
         candidates=tuple(o.key for o in options),
         variants=tuple(o.key.split("/")[1] for o in options),
         thresholds=tuple(policy_threshold(policy, c[1]) for _, c in deployed),
         tuning=summarize_outcome(instance, choices),
         test=summarize_outcome(test, choices) if test is not None else {},
-        settings={"eps": instance.eps, "memory_budget_bytes": instance.budget_bytes,
-                  # None: no bound (JSON has no infinity).
-                  "max_miss_overhead": instance.max_miss_overhead
-                  if math.isfinite(instance.max_miss_overhead) else None,
-                  # the floors its own lookups were charged at (planner/miss_bound.py)
-                  "miss_floors_s": {o.key: instance.miss_floors.of(o.key) for o in options},
-                  "confidence": instance.confidence, "tuning_requests": instance.num_requests})
+        settings={
+            "eps": instance.eps,
+            "memory_budget_bytes": instance.budget_bytes,
+            # None: no bound (JSON has no infinity).
+            "max_miss_overhead": instance.max_miss_overhead
+            if math.isfinite(instance.max_miss_overhead)
+            else None,
+            # the floors its own lookups were charged at (planner/miss_bound.py)
+            "miss_floors_s": {o.key: instance.miss_floors.of(o.key) for o in options},
+            "confidence": instance.confidence,
+            "tuning_requests": instance.num_requests,
+        },
+    )
 
 
 def plan_deployment(plan: Plan, bank: CacheBank) -> Deployment:
@@ -102,37 +115,67 @@ def save_plan(directory: str | os.PathLike, plan: Plan, bank: CacheBank) -> Path
     with atomic_directory(directory) as staging:
         by_key = {c.key: c for c in bank.candidates}
         chosen = [by_key[k] for k in plan.candidates]
-        save_bank(staging / _CACHES, CacheBank(bank.num_classes, bank.selector_hidden, chosen,
-                                               bank.info, bank.model_fingerprint,
-                                               bank.model_path))
-        (staging / _JSON).write_text(json.dumps(
-            plan.to_json() | {"model_fingerprint": bank.model_fingerprint,
-                              "model_path": bank.model_path}, indent=1) + "\n")
-        write_manifest(staging, PLAN, PLAN_VERSION, model_fingerprint=bank.model_fingerprint,
-                       model_path=bank.model_path)
+        save_bank(
+            staging / _CACHES,
+            CacheBank(
+                bank.num_classes,
+                bank.selector_hidden,
+                chosen,
+                bank.info,
+                bank.model_fingerprint,
+                bank.model_path,
+            ),
+        )
+        (staging / _JSON).write_text(
+            json.dumps(
+                plan.to_json()
+                | {"model_fingerprint": bank.model_fingerprint, "model_path": bank.model_path},
+                indent=1,
+            )
+            + "\n"
+        )
+        write_manifest(
+            staging,
+            PLAN,
+            PLAN_VERSION,
+            model_fingerprint=bank.model_fingerprint,
+            model_path=bank.model_path,
+        )
     return directory
 
 
-def load_plan(directory: str | os.PathLike,
-              model: BaseModel | None = None) -> tuple[Plan, CacheBank]:
+def load_plan(
+    directory: str | os.PathLike, model: BaseModel | None = None
+) -> tuple[Plan, CacheBank]:
     """Loads a plan saved by :func:`save_plan` and the caches it deploys, every file checked
     against the plan's manifest first. Given the base ``model``, a plan made for another
     network is refused, naming both."""
     directory = Path(directory).absolute()
     path = directory / _JSON
     if not path.is_file() and not (directory / MANIFEST).is_file():
-        raise FileNotFoundError(f"no plan at {directory} (missing {_JSON}); run "
-                                "scripts/plan_caches.py first")
-    manifest = verify_manifest(directory, PLAN, PLAN_VERSION,
-                               "add one with `python scripts/add_manifest.py DIR --checkpoint "
-                               "BASE` (gati_jax.planner.plan.add_plan_manifest), or plan again")
+        raise FileNotFoundError(
+            f"no plan at {directory} (missing {_JSON}); run scripts/plan_caches.py first"
+        )
+    manifest = verify_manifest(
+        directory,
+        PLAN,
+        PLAN_VERSION,
+        "add one with `python scripts/add_manifest.py DIR --checkpoint "
+        "BASE` (gati_jax.planner.plan.add_plan_manifest), or plan again",
+    )
     try:
         plan = Plan.from_json(json.loads(path.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise IntegrityError(f"{path} is corrupt: {type(error).__name__}: {error}") from error
     if model is not None:
-        check_same_network("plan", directory, manifest.get("model_fingerprint"),
-                           manifest.get("model_path"), model_fingerprint(model), model.source)
+        check_same_network(
+            "plan",
+            directory,
+            manifest.get("model_fingerprint"),
+            manifest.get("model_path"),
+            model_fingerprint(model),
+            model.source,
+        )
     return plan, load_bank(directory / _CACHES, model)
 
 
@@ -153,7 +196,10 @@ def add_plan_manifest(directory: str | os.PathLike, model: BaseModel) -> dict[st
         Plan.from_json(row)
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise IntegrityError(f"{path} is corrupt: {type(error).__name__}: {error}") from error
-    path.write_text(json.dumps(row | {"model_fingerprint": fingerprint,
-                                      "model_path": model.source}, indent=1) + "\n")
-    return write_manifest(directory, PLAN, PLAN_VERSION, model_fingerprint=fingerprint,
-                          model_path=model.source)
+    path.write_text(
+        json.dumps(row | {"model_fingerprint": fingerprint, "model_path": model.source}, indent=1)
+        + "\n"
+    )
+    return write_manifest(
+        directory, PLAN, PLAN_VERSION, model_fingerprint=fingerprint, model_path=model.source
+    )

@@ -24,7 +24,8 @@ always meets all three). Methods:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -48,8 +49,13 @@ def _simulate(instance: Instance, choices: Sequence[Choice], charge: bool = True
     again and again (every sweep rebuilds each position's table from the plans before and
     after it), and simulating was half of a planning run's time."""
     # About 45 kB per outcome of 2,500 requests.
-    return _remembered(instance, "_search_memo", 2048, (tuple(choices), charge),
-                       lambda: simulate(instance, choices, charge))
+    return _remembered(
+        instance,
+        "_search_memo",
+        2048,
+        (tuple(choices), charge),
+        lambda: simulate(instance, choices, charge),
+    )
 
 
 class Table(NamedTuple):
@@ -79,23 +85,29 @@ def _position_table(instance: Instance, choices: Sequence[Choice], i: int) -> Ta
     tables it built before: 166,000 tables per planning run, 2 ms each, were a third of it).
     """
     # About 2 kB per table.
-    return _remembered(instance, "_table_memo", 4096,
-                       (i, tuple(choices[:i]), tuple(choices[i + 1:])),
-                       lambda: _build_table(instance, choices, i))
+    return _remembered(
+        instance,
+        "_table_memo",
+        4096,
+        (i, tuple(choices[:i]), tuple(choices[i + 1 :])),
+        lambda: _build_table(instance, choices, i),
+    )
 
 
 def _build_table(instance: Instance, choices: Sequence[Choice], i: int) -> Table:
     before = list(choices[:i]) + [None] * (len(choices) - i)
     out_before = _simulate(instance, before, charge=False)
     reach = out_before.exit_index == len(choices)
-    pre = sum(instance.options[j][c[0]].lookup_s for j, c in enumerate(choices[:i])
-              if c is not None)
+    pre = sum(
+        instance.options[j][c[0]].lookup_s for j, c in enumerate(choices[:i]) if c is not None
+    )
     # The outcome of a request that passes position i, from i + 1 on (its lookups included).
-    after = _simulate(instance, [None] * (i + 1) + list(choices[i + 1:]), charge=False)
+    after = _simulate(instance, [None] * (i + 1) + list(choices[i + 1 :]), charge=False)
     after_err = after.errors.astype(np.float64)
     n_reach = int(reach.sum())
-    base_cost = (float(out_before.cost_s[~reach].sum()) + n_reach * pre
-                 + float(after.cost_s[reach].sum()))
+    base_cost = (
+        float(out_before.cost_s[~reach].sum()) + n_reach * pre + float(after.cost_s[reach].sum())
+    )
     base_err = float(out_before.errors[~reach].sum()) + float(after_err[reach].sum())
     option_index, thresholds = [np.full(1, -1)], [np.full(1, np.nan)]
     costs, errs, nbytes = [np.array([base_cost])], [np.array([base_err])], [np.zeros(1)]
@@ -122,26 +134,35 @@ def _build_table(instance: Instance, choices: Sequence[Choice], i: int) -> Table
     # something deployed, the per-cache one for each cache it leaves deployed.
     option_index = np.concatenate(option_index)
     charges = n * instance.charge_s((option_index >= 0) + others)
-    return Table(option_index, np.concatenate(thresholds), np.concatenate(costs) + charges,
-                 np.concatenate(errs), np.concatenate(nbytes), np.concatenate(looked))
+    return Table(
+        option_index,
+        np.concatenate(thresholds),
+        np.concatenate(costs) + charges,
+        np.concatenate(errs),
+        np.concatenate(nbytes),
+        np.concatenate(looked),
+    )
 
 
-def _fitting(instance: Instance, choices: Sequence[Choice], i: int, table: Table
-             ) -> np.ndarray:
+def _fitting(instance: Instance, choices: Sequence[Choice], i: int, table: Table) -> np.ndarray:
     """Which of the table's alternatives keep the plan within the memory budget and the
     miss bound, the other positions as they are."""
     rest = [c if j != i else None for j, c in enumerate(choices)]
     fits = instance.memory(rest) + table.nbytes <= instance.budget_bytes
     if np.isfinite(instance.max_miss_overhead):
         count = sum(c is not None for c in rest)
-        miss = (instance.miss_lookups_s(rest) + table.looked
-                + instance.miss_charge_s(count + (table.option >= 0)))
+        miss = (
+            instance.miss_lookups_s(rest)
+            + table.looked
+            + instance.miss_charge_s(count + (table.option >= 0))
+        )
         fits &= miss <= instance.miss_budget_s * (1 + 1e-12)
     return fits
 
 
-def _best(instance: Instance, choices: Sequence[Choice], i: int, table: Table,
-          lam: float | None) -> tuple[Choice, tuple]:
+def _best(
+    instance: Instance, choices: Sequence[Choice], i: int, table: Table, lam: float | None
+) -> tuple[Choice, tuple]:
     """The table's best alternative that fits the memory budget and miss bound, and its key.
 
     ``lam`` None: the hard bound (infeasible alternatives rank after every feasible one,
@@ -168,17 +189,21 @@ def _key(instance: Instance, choices: Sequence[Choice], lam: float | None) -> tu
     return (0, cost, err) if err <= instance.error_budget + 1e-9 else (1, err, cost)
 
 
-def _descend(instance: Instance, choices: list[Choice], lam: float | None,
-             max_sweeps: int = 30, frozen: Sequence[int] = ()) -> list[Choice]:
+def _descend(
+    instance: Instance,
+    choices: list[Choice],
+    lam: float | None,
+    max_sweeps: int = 30,
+    frozen: Sequence[int] = (),
+) -> list[Choice]:
     """Coordinate descent: at each position (but ``frozen`` ones) take the best alternative
     given the others."""
     choices = list(choices)
     order = [i for i in range(len(choices)) if i not in frozen]
     for sweep in range(max_sweeps):
         changed = False
-        for i in (order if sweep % 2 == 0 else order[::-1]):
-            choice, key = _best(instance, choices, i, _position_table(instance, choices, i),
-                                lam)
+        for i in order if sweep % 2 == 0 else order[::-1]:
+            choice, key = _best(instance, choices, i, _position_table(instance, choices, i), lam)
             if key < _key(instance, choices, lam):
                 choices[i] = choice
                 changed = True
@@ -191,8 +216,9 @@ def _score(instance: Instance, choices: Sequence[Choice]) -> tuple:
     return _key(instance, choices, None)
 
 
-def _pair_polish(instance: Instance, choices: list[Choice], max_passes: int = 2,
-                 levels: int = 12) -> list[Choice]:
+def _pair_polish(
+    instance: Instance, choices: list[Choice], max_passes: int = 2, levels: int = 12
+) -> list[Choice]:
     """Moves two positions at once (an alternative at one, the exact best at the other),
     which escapes the points where no single position can improve alone. The first position
     tries at most ``levels`` evenly spaced thresholds per option (all of a coarse grid): the
@@ -203,8 +229,11 @@ def _pair_polish(instance: Instance, choices: list[Choice], max_passes: int = 2,
     while improved and passes < max_passes:
         improved, passes = False, passes + 1
         for i in range(len(choices)):
-            alternatives = [None] + [(o, float(t)) for o, opt in enumerate(instance.options[i])
-                                     for t in opt.grid[::-(-len(opt.grid) // levels)]]
+            alternatives = [None] + [
+                (o, float(t))
+                for o, opt in enumerate(instance.options[i])
+                for t in opt.grid[:: -(-len(opt.grid) // levels)]
+            ]
             for alt in alternatives:
                 trial = list(choices)
                 trial[i] = alt
@@ -213,8 +242,9 @@ def _pair_polish(instance: Instance, choices: list[Choice], max_passes: int = 2,
                 for j in range(len(choices)):
                     if j == i:
                         continue
-                    choice, key = _best(instance, trial, j, _position_table(instance, trial, j),
-                                        None)
+                    choice, key = _best(
+                        instance, trial, j, _position_table(instance, trial, j), None
+                    )
                     if key < current:
                         choices = list(trial)
                         choices[j] = choice
@@ -223,8 +253,9 @@ def _pair_polish(instance: Instance, choices: list[Choice], max_passes: int = 2,
     return choices
 
 
-def joint(instance: Instance, starts: Sequence[Sequence[Choice]] = (),
-          lambdas: int = 16) -> list[Choice]:
+def joint(
+    instance: Instance, starts: Sequence[Sequence[Choice]] = (), lambdas: int = 16
+) -> list[Choice]:
     """Ours: Lagrangian coordinate descent over a sweep of lambdas, polished under the bound.
 
     Further starts: the best one-position plan at every position, and ``starts`` (the
@@ -246,8 +277,7 @@ def joint(instance: Instance, starts: Sequence[Sequence[Choice]] = (),
     return _drop_polish(instance, _pair_polish(instance, best))
 
 
-def _drop_polish(instance: Instance, choices: list[Choice], max_passes: int = 2
-                 ) -> list[Choice]:
+def _drop_polish(instance: Instance, choices: list[Choice], max_passes: int = 2) -> list[Choice]:
     """Closes each deployed position in turn, descends over the others with it closed, then
     over all: escapes optima that only a move at three positions leaves (a hypothesis
     instance: ours kept positions 0, 2 and 3 at 4.2% above exhaustive search's 0 and 4)."""
@@ -270,8 +300,9 @@ def single(instance: Instance) -> list[Choice]:
     """The best plan that deploys one position (exact over options and thresholds)."""
     best, best_key = instance.empty(), _score(instance, instance.empty())
     for i in range(len(instance.positions)):
-        choice, key = _best(instance, instance.empty(), i,
-                            _position_table(instance, instance.empty(), i), None)
+        choice, key = _best(
+            instance, instance.empty(), i, _position_table(instance, instance.empty(), i), None
+        )
         if key < best_key:
             best, best_key = instance.empty(), key
             best[i] = choice
@@ -316,6 +347,7 @@ def independent(instance: Instance) -> list[Choice]:
             option = instance.options[i][choices[i][0]]
             spent = option.nbytes if over_memory else instance.miss_lookup_s(option)
             return value[i] / max(spent, 1e-12)
+
         choices[min((i for i, c in enumerate(choices) if c is not None), key=worth)] = None
     return choices
 
@@ -335,8 +367,12 @@ def greedy(instance: Instance, ramps: Sequence[Choice] | None = None) -> list[Ch
     budget = instance.error_budget
 
     def plan(lv):
-        return [(ramps[i][0], float(grids[i][lv[i] - 1]) if lv[i] else float("inf"))
-                if i in lv else None for i in range(len(ramps))]
+        return [
+            (ramps[i][0], float(grids[i][lv[i] - 1]) if lv[i] else float("inf"))
+            if i in lv
+            else None
+            for i in range(len(ramps))
+        ]
 
     current = simulate(instance, plan(levels))
     cost, err = float(current.cost_s.sum()), current.num_errors
@@ -365,12 +401,16 @@ def greedy(instance: Instance, ramps: Sequence[Choice] | None = None) -> list[Ch
 
 def exhaustive(instance: Instance, max_nodes: int = 5_000_000) -> list[Choice]:
     """The exact optimum by depth-first search over every combination (small instances)."""
-    alternatives = [[None] + [(o, float(t)) for o, opt in enumerate(options) for t in opt.grid]
-                    for options in instance.options]
+    alternatives = [
+        [None] + [(o, float(t)) for o, opt in enumerate(options) for t in opt.grid]
+        for options in instance.options
+    ]
     nodes = float(np.prod([len(a) for a in alternatives], dtype=np.float64))
     if nodes > max_nodes:
-        raise ValueError(f"exhaustive search over {nodes:.0f} plans exceeds {max_nodes}; use "
-                         "fewer positions or a coarser grid")
+        raise ValueError(
+            f"exhaustive search over {nodes:.0f} plans exceeds {max_nodes}; use "
+            "fewer positions or a coarser grid"
+        )
     budget = instance.error_budget
     n = instance.num_requests
     best = {"cost": float("inf"), "err": float("inf"), "plan": instance.empty()}
@@ -394,28 +434,42 @@ def exhaustive(instance: Instance, max_nodes: int = 5_000_000) -> list[Choice]:
             # The router's charges only grow with more caches: a plan over the bound here
             # stays over it.
             now_missed = missed + instance.miss_lookup_s(option)
-            if (now_missed + instance.miss_charge_s(len(plan) - plan.count(None) + 1)
-                    > miss_budget):
+            if now_missed + instance.miss_charge_s(len(plan) - plan.count(None) + 1) > miss_budget:
                 continue
             hit = remaining & (option.scores >= choice[1])
             new_err = err + int(option.errors[hit].sum())
             if new_err > budget:
                 continue
-            new_cost = cost + hit.sum() * (instance.prefix_s[instance.positions[i]]
-                                           + lookups + option.exit_cost)
-            visit(i + 1, remaining & ~hit, new_cost, new_err, lookups + option.lookup_s,
-                  memory + option.nbytes, plan + [choice], now_missed)
+            new_cost = cost + hit.sum() * (
+                instance.prefix_s[instance.positions[i]] + lookups + option.exit_cost
+            )
+            visit(
+                i + 1,
+                remaining & ~hit,
+                new_cost,
+                new_err,
+                lookups + option.lookup_s,
+                memory + option.nbytes,
+                plan + [choice],
+                now_missed,
+            )
 
     visit(0, np.ones(n, bool), 0.0, 0, 0.0, 0, [])
     return best["plan"]
 
 
 METHODS: dict[str, Callable[[Instance], list[Choice]]] = {
-    "single": single, "independent": independent, "greedy": greedy, "exhaustive": exhaustive}
+    "single": single,
+    "independent": independent,
+    "greedy": greedy,
+    "exhaustive": exhaustive,
+}
 
 
-def plan_all(instance: Instance, methods: Sequence[str] = ("single", "independent", "greedy"),
-             ) -> dict[str, list[Choice]]:
+def plan_all(
+    instance: Instance,
+    methods: Sequence[str] = ("single", "independent", "greedy"),
+) -> dict[str, list[Choice]]:
     """Runs the comparators, then ours seeded with their plans; returns every method's plan."""
     plans = {name: METHODS[name](instance) for name in methods}
     plans["joint"] = joint(instance, starts=list(plans.values()))

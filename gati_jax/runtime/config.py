@@ -47,10 +47,22 @@ def validate_policy(p: ml_collections.ConfigDict, targets: tuple[float, ...]) ->
     """Checks the ``policy`` section against the calibrated ``caches.targets``."""
     names = policy_names()
     require(p.name in names, "policy.name", p.name, f"one of {list(names)}")
-    require(any(abs(p.target - t) < 1e-12 for t in targets), "policy.target", p.target,
-            f"one of caches.targets {tuple(targets)} (only those are calibrated)")
-    require(not p.thresholds or not p.positions or len(p.thresholds) == len(p.positions),
-            "policy.thresholds", p.thresholds, "one per entry of policy.positions")
-    require(p.name not in ("confidence", "entropy", "knn") or len(p.thresholds) > 0,
-            "policy.thresholds", p.thresholds, f"policy '{p.name}' needs thresholds")
+    require(
+        any(abs(p.target - t) < 1e-12 for t in targets),
+        "policy.target",
+        p.target,
+        f"one of caches.targets {tuple(targets)} (only those are calibrated)",
+    )
+    require(
+        not p.thresholds or not p.positions or len(p.thresholds) == len(p.positions),
+        "policy.thresholds",
+        p.thresholds,
+        "one per entry of policy.positions",
+    )
+    require(
+        p.name not in ("confidence", "entropy", "knn") or len(p.thresholds) > 0,
+        "policy.thresholds",
+        p.thresholds,
+        f"policy '{p.name}' needs thresholds",
+    )
     require_at_least(p, "policy", ("max_group", "knn_capacity", "knn_grid", "knn_neighbours"), 1)

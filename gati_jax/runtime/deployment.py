@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -24,7 +25,7 @@ class Deployment:
 
     policy: str
     positions: tuple[int, ...]
-    heads: tuple[Any, ...]            # CacheHead, or KnnHead for the knn policy
+    heads: tuple[Any, ...]  # CacheHead, or KnnHead for the knn policy
     params: tuple[Any, ...]
     thresholds: np.ndarray
 
@@ -41,15 +42,17 @@ class Deployment:
         return ReferenceRouter(model, self.positions, self.decides())
 
 
-def best_per_position(bank: CacheBank, positions: Sequence[int] | None = None,
-                      target: str = "0.99") -> list[Candidate]:
+def best_per_position(
+    bank: CacheBank, positions: Sequence[int] | None = None, target: str = "0.99"
+) -> list[Candidate]:
     """The candidate with the highest hit rate at ``target`` (then the fastest) per position."""
     positions = tuple(positions) if positions else tuple(bank.info["positions"])
     return [bank.best(p, target) for p in positions]
 
 
-def deployment_from_config(policy: ml_collections.ConfigDict, bank: CacheBank,
-                           recording: Recording | None = None) -> Deployment:
+def deployment_from_config(
+    policy: ml_collections.ConfigDict, bank: CacheBank, recording: Recording | None = None
+) -> Deployment:
     """The deployment a ``policy`` config section describes; knn fills its stores from
     ``recording`` (activations with the base network's answers)."""
     if policy.name == "none":
@@ -65,15 +68,27 @@ def deployment_from_config(policy: ml_collections.ConfigDict, bank: CacheBank,
         raise ValueError(f"policy 'knn' needs one radius per position, got {thresholds}")
     positions = tuple(c.position for c in chosen)
     heads = tuple(KnnHead(int(policy.knn_grid), int(policy.knn_neighbours)) for _ in positions)
-    stores = tuple(store_from_activations(recording.features[p], recording.base_predictions,
-                                          int(policy.knn_capacity), int(policy.knn_grid))
-                   for p in positions)
-    return Deployment("knn", positions, heads, jax.device_put(stores),
-                      np.asarray(thresholds, np.float32))
+    stores = tuple(
+        store_from_activations(
+            recording.features[p],
+            recording.base_predictions,
+            int(policy.knn_capacity),
+            int(policy.knn_grid),
+        )
+        for p in positions
+    )
+    return Deployment(
+        "knn", positions, heads, jax.device_put(stores), np.asarray(thresholds, np.float32)
+    )
 
 
-def deploy(bank: CacheBank, candidates: Sequence[Candidate], policy: str = "gati",
-           thresholds: Sequence[float] | None = None, target: str = "0.99") -> Deployment:
+def deploy(
+    bank: CacheBank,
+    candidates: Sequence[Candidate],
+    policy: str = "gati",
+    thresholds: Sequence[float] | None = None,
+    target: str = "0.99",
+) -> Deployment:
     """Deploys one candidate per position (sorted by position) under ``policy``.
 
     Without explicit thresholds, ``gati`` uses each candidate's calibrated threshold for the
@@ -90,8 +105,9 @@ def deploy(bank: CacheBank, candidates: Sequence[Candidate], policy: str = "gati
         thresholds = [c.thresholds[target] if policy == "gati" else 0.0 for c in chosen]
     if len(thresholds) != len(chosen):
         raise ValueError(f"{len(thresholds)} thresholds for {len(chosen)} caches")
-    heads = tuple(CacheHead(c.spec, bank.num_classes, c.pool_factor, bank.selector_hidden)
-                  for c in chosen)
+    heads = tuple(
+        CacheHead(c.spec, bank.num_classes, c.pool_factor, bank.selector_hidden) for c in chosen
+    )
     # On the device once: host (numpy) parameters would be copied over on every call.
     params = jax.device_put(tuple(c.params for c in chosen))
     return Deployment(policy, positions, heads, params, np.asarray(thresholds, np.float32))

@@ -29,18 +29,19 @@ class Packing:
 
     treedef: Any
     shapes: tuple[tuple[int, ...], ...]
-    dtypes: tuple[str, ...]                       # per leaf
-    groups: tuple[str, ...]                       # each flat array's dtype, in order
-    offsets: tuple[tuple[int, int], ...]          # per leaf: (group index, start)
+    dtypes: tuple[str, ...]  # per leaf
+    groups: tuple[str, ...]  # each flat array's dtype, in order
+    offsets: tuple[tuple[int, int], ...]  # per leaf: (group index, start)
 
     @classmethod
-    def of(cls, tree: Any, own_array_min: int = OWN_ARRAY_MIN) -> "Packing":
+    def of(cls, tree: Any, own_array_min: int = OWN_ARRAY_MIN) -> Packing:
         """The packing of ``tree``'s structure, shapes and dtypes: one shared flat array per
         dtype of the leaves under ``own_array_min`` elements, then one per larger leaf."""
         leaves, treedef = jax.tree.flatten(tree)
         shapes = tuple(tuple(np.shape(x)) for x in leaves)
-        dtypes = tuple(str(np.asarray(x).dtype) if not hasattr(x, "dtype") else str(x.dtype)
-                       for x in leaves)
+        dtypes = tuple(
+            str(np.asarray(x).dtype) if not hasattr(x, "dtype") else str(x.dtype) for x in leaves
+        )
         sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
         shared = tuple(dict.fromkeys(d for d, n in zip(dtypes, sizes) if n < own_array_min))
         groups, fill, offsets = list(shared), [0] * len(shared), []  # fill: per shared array
@@ -60,15 +61,18 @@ class Packing:
         if len(leaves) != len(self.shapes):
             raise ValueError(f"expected {len(self.shapes)} parameter arrays, got {len(leaves)}")
         parts: list[list[np.ndarray]] = [[] for _ in self.groups]
-        for leaf, shape, dtype, (group, _) in zip(leaves, self.shapes, self.dtypes,
-                                                   self.offsets):
+        for leaf, shape, dtype, (group, _) in zip(leaves, self.shapes, self.dtypes, self.offsets):
             leaf = np.asarray(leaf)
             if leaf.shape != shape or str(leaf.dtype) != dtype:
-                raise ValueError(f"parameter of shape {leaf.shape} {leaf.dtype} where "
-                                 f"{shape} {dtype} was deployed")
+                raise ValueError(
+                    f"parameter of shape {leaf.shape} {leaf.dtype} where "
+                    f"{shape} {dtype} was deployed"
+                )
             parts[group].append(leaf.reshape(-1))
-        return tuple(jax.device_put(np.concatenate(p) if p else np.zeros(0, g))
-                     for p, g in zip(parts, self.groups))
+        return tuple(
+            jax.device_put(np.concatenate(p) if p else np.zeros(0, g))
+            for p, g in zip(parts, self.groups)
+        )
 
     def unpack(self, flats: tuple[jax.Array, ...]) -> Any:
         """The pytree back, inside or outside a compiled program."""
@@ -91,5 +95,5 @@ class Packing:
         for shape, (group, start) in zip(self.shapes[first:stop], self.offsets[first:stop]):
             size = int(np.prod(shape, dtype=np.int64))
             # A leaf alone in its array is the whole array: jnp drops the slice.
-            leaves.append(jnp.reshape(flats[group][start:start + size], shape))
+            leaves.append(jnp.reshape(flats[group][start : start + size], shape))
         return leaves

@@ -8,7 +8,8 @@ learning, threshold tuning) never recompile; ``base_answer`` is only read by the
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -50,18 +51,19 @@ policy_builder = _POLICIES.get
 @register_policy("gati")
 def gati(head: CacheHead) -> Decide:
     """Learned cache: hit when the selector's agreement probability reaches the threshold."""
-    lookup = make_lookup(head.spec, head.num_classes, head.pool_factor, head.selector_hidden,
-                         head.pooling)
+    lookup = make_lookup(
+        head.spec, head.num_classes, head.pool_factor, head.selector_hidden, head.pooling
+    )
 
     def decide(params, threshold, x, base_answer):
         del base_answer
         answer, score = lookup(params, x)
         return answer, score >= threshold
+
     return decide
 
 
-def _classifier_policy(head: CacheHead,
-                       hit: Callable[[jax.Array, jax.Array], jax.Array]) -> Decide:
+def _classifier_policy(head: CacheHead, hit: Callable[[jax.Array, jax.Array], jax.Array]) -> Decide:
     # The cache's predictor serves as the internal classifier; ``hit`` reads its log-probs.
     logits_fn = _predictor_logits(head)
 
@@ -69,12 +71,14 @@ def _classifier_policy(head: CacheHead,
         del base_answer
         log_probs = jax.nn.log_softmax(logits_fn(params, x))
         return jnp.argmax(log_probs, -1), hit(log_probs, threshold)
+
     return decide
 
 
 @register_policy("confidence")
 def confidence(head: CacheHead) -> Decide:
-    """Shallow-Deep Networks: hit when the internal classifier's max softmax reaches the threshold."""
+    """Shallow-Deep Networks: hit when the internal classifier's max softmax reaches the
+    threshold."""
     return _classifier_policy(head, lambda lp, t: jnp.max(jnp.exp(lp), -1) >= t)
 
 
@@ -100,4 +104,5 @@ def oracle(head: CacheHead) -> Decide:
         del threshold
         answer = jnp.argmax(logits_fn(params, x), -1)
         return answer, answer == base_answer
+
     return decide

@@ -29,7 +29,8 @@ mesh's data axis: the same program, partitioned by jit, with the same answers.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,13 +46,23 @@ from gati_jax.runtime.policies import Decide
 from gati_jax.scopes import lookup_scope
 
 
-def _record_exits(position: int, cache_answer: jax.Array, cache_hit: jax.Array,
-                  answer: jax.Array, exit_stage: jax.Array, hit: jax.Array,
-                  done: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+def _record_exits(
+    position: int,
+    cache_answer: jax.Array,
+    cache_hit: jax.Array,
+    answer: jax.Array,
+    exit_stage: jax.Array,
+    hit: jax.Array,
+    done: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Requests that hit at ``position`` and had not exited take the cache's answer there."""
     new = cache_hit & ~done
-    return (jnp.where(new, cache_answer.astype(jnp.int32), answer),
-            jnp.where(new, position, exit_stage), hit | new, done | new)
+    return (
+        jnp.where(new, cache_answer.astype(jnp.int32), answer),
+        jnp.where(new, position, exit_stage),
+        hit | new,
+        done | new,
+    )
 
 
 class RouteResult(NamedTuple):
@@ -95,12 +106,12 @@ class Router:
     max_group: int = 32
     bake_base: bool = True
     taps: tuple[Callable[[Any, jax.Array], Any], ...] | None = None
-    mesh: Any = None              # a jax.sharding Mesh: groups split over its data axis
-    compact: bool = False         # gather the rows still running into smaller buckets
+    mesh: Any = None  # a jax.sharding Mesh: groups split over its data axis
+    compact: bool = False  # gather the rows still running into smaller buckets
     # Float images outside the base network's input range (model.input_range, raw pixels)
     # are an error; True clips them into it instead.
     clip_inputs: bool = False
-    trace_count: int = 0          # how many times the program was traced (== compilations)
+    trace_count: int = 0  # how many times the program was traced (== compilations)
 
     def __post_init__(self):
         self.network = self.model.network
@@ -122,8 +133,7 @@ class Router:
             # Every bucket splits evenly over the data-parallel devices.
             width = sharding.data_size(self.mesh)
             self.buckets = tuple(sorted({-(-b // width) * width for b in self.buckets}))
-        self._base = (self.model.variables, np.asarray(self.model.mean),
-                      np.asarray(self.model.std))
+        self._base = (self.model.variables, np.asarray(self.model.mean), np.asarray(self.model.std))
         self._base_args: tuple = () if self.bake_base else self._base
         # One compiled program per packing (which leaf sits where in the flat arrays): a new
         # structure of cache parameters compiles anew, new values never do.
@@ -169,9 +179,17 @@ class Router:
         self._last_packed = (cache_params, flats, program)
         return flats, program
 
-    def _route(self, packing: Packing, variables: Variables, mean: jax.Array, std: jax.Array,
-               flats: tuple[jax.Array, ...], thresholds: jax.Array, images: jax.Array,
-               rows: jax.Array):
+    def _route(
+        self,
+        packing: Packing,
+        variables: Variables,
+        mean: jax.Array,
+        std: jax.Array,
+        flats: tuple[jax.Array, ...],
+        thresholds: jax.Array,
+        images: jax.Array,
+        rows: jax.Array,
+    ):
         self.trace_count += 1  # runs only while tracing: counts compilations
         valid, base_answer = rows >= 0, jnp.maximum(rows, 0)
         cache_params = _PackedItems(packing, flats)
@@ -182,10 +200,17 @@ class Router:
         taps = self.taps or ()
         x0 = data.normalize(images, mean, std)
         # Zeros shaped like every tap's output: what a skipped position reports.
-        tapped0 = tuple(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shape)
-                        for shape in self._tap_shapes(packing, variables, x0, cache_params))
-        state0 = (jnp.zeros(n, jnp.int32), jnp.full(n, last, jnp.int32),
-                  jnp.zeros(n, bool), ~valid, tapped0)
+        tapped0 = tuple(
+            jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shape)
+            for shape in self._tap_shapes(packing, variables, x0, cache_params)
+        )
+        state0 = (
+            jnp.zeros(n, jnp.int32),
+            jnp.full(n, last, jnp.int32),
+            jnp.zeros(n, bool),
+            ~valid,
+            tapped0,
+        )
 
         def finish(state):
             answer, exit_stage, hit, _, tapped = state
@@ -201,17 +226,27 @@ class Router:
             # Named so that a kernel profile can tell the lookup from the stages around it.
             with jax.named_scope(lookup_scope(positions[k])):
                 if taps:
-                    tapped = (*tapped[:k], taps[k](cache_params[k], x), *tapped[k + 1:])
-                cache_answer, cache_hit = self.decides[k](cache_params[k], thresholds[k], x,
-                                                          base_answer)
-            state = (*_record_exits(positions[k], cache_answer, cache_hit, answer, exit_stage,
-                                    hit, done), tapped)
-            return lax.cond(jnp.all(state[3]), lambda op: finish(op[1]),
-                            lambda op: run(k + 1, op[0], op[1]), (x, state))
+                    tapped = (*tapped[:k], taps[k](cache_params[k], x), *tapped[k + 1 :])
+                cache_answer, cache_hit = self.decides[k](
+                    cache_params[k], thresholds[k], x, base_answer
+                )
+            state = (
+                *_record_exits(
+                    positions[k], cache_answer, cache_hit, answer, exit_stage, hit, done
+                ),
+                tapped,
+            )
+            return lax.cond(
+                jnp.all(state[3]),
+                lambda op: finish(op[1]),
+                lambda op: run(k + 1, op[0], op[1]),
+                (x, state),
+            )
 
         if self.compact and n > 1 and positions:
-            answer, exit_stage, hit = self._run_compacted(variables, cache_params, thresholds,
-                                                          x0, valid, base_answer)
+            answer, exit_stage, hit = self._run_compacted(
+                variables, cache_params, thresholds, x0, valid, base_answer
+            )
             return jnp.stack([answer, exit_stage, hit.astype(jnp.int32)])
         answer, exit_stage, hit, tapped = run(0, x0, state0)
         # One output array: one device-to-host transfer per group instead of three.
@@ -221,8 +256,10 @@ class Router:
         # Taps too travel in the one array (as float32, exact for these values): one
         # transfer instead of one per tapped leaf (measured: ~0.07 ms each on the CPU).
         leaves, treedef = jax.tree.flatten(tapped)
-        self._tap_layout = (treedef, tuple((l.shape[1:], int(np.prod(l.shape[1:])), l.dtype)
-                                           for l in leaves))
+        self._tap_layout = (
+            treedef,
+            tuple((l.shape[1:], int(np.prod(l.shape[1:])), l.dtype) for l in leaves),
+        )
         columns = [out.T.astype(jnp.float32)]
         columns += [l.reshape(n, -1).astype(jnp.float32) for l in leaves]
         return jnp.concatenate(columns, axis=1)
@@ -234,9 +271,15 @@ class Router:
         ends = (*(p + 1 for p in self.positions), self.network.num_stages)
         return starts, ends
 
-    def _run_compacted(self, variables: Variables, cache_params: tuple[Any, ...],
-                       thresholds: jax.Array, x: jax.Array, valid: jax.Array,
-                       base_answer: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def _run_compacted(
+        self,
+        variables: Variables,
+        cache_params: tuple[Any, ...],
+        thresholds: jax.Array,
+        x: jax.Array,
+        valid: jax.Array,
+        base_answer: jax.Array,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """The group's route with compaction: after each deployed position the rows still
         running are gathered into the smallest bucket that holds them, the next segment (its
         stages and the next lookup) runs on that bucket only, and its results scatter back.
@@ -250,8 +293,7 @@ class Router:
         n, last = x.shape[0], network.num_stages - 1
         sizes = tuple(b for b in self.buckets if b <= n)
         starts, ends = self._segment_bounds()
-        state = (jnp.zeros(n, jnp.int32), jnp.full(n, last, jnp.int32), jnp.zeros(n, bool),
-                 ~valid)
+        state = (jnp.zeros(n, jnp.int32), jnp.full(n, last, jnp.int32), jnp.zeros(n, bool), ~valid)
 
         def segment(k, rows, x, state):
             """Segment k on the gathered ``rows`` (None: every row, in place)."""
@@ -264,15 +306,18 @@ class Router:
                 answer = jnp.where(done, answer, jnp.argmax(x, -1).astype(jnp.int32))
             else:
                 with jax.named_scope(lookup_scope(positions[k])):
-                    cache_answer, cache_hit = self.decides[k](cache_params[k], thresholds[k],
-                                                              x, take(base_answer))
+                    cache_answer, cache_hit = self.decides[k](
+                        cache_params[k], thresholds[k], x, take(base_answer)
+                    )
                 answer, exit_stage, hit, done = _record_exits(
-                    positions[k], cache_answer, cache_hit, answer, exit_stage, hit, done)
+                    positions[k], cache_answer, cache_hit, answer, exit_stage, hit, done
+                )
             if rows is None:
                 return x, (answer, exit_stage, hit, done)
             full = jnp.zeros((n, *x.shape[1:]), x.dtype).at[rows].set(x)
-            return full, tuple(a.at[rows].set(b) for a, b in
-                               zip(state, (answer, exit_stage, hit, done)))
+            return full, tuple(
+                a.at[rows].set(b) for a, b in zip(state, (answer, exit_stage, hit, done))
+            )
 
         x, state = segment(0, None, x, state)  # nobody has exited before the first lookup
         for k in range(1, len(positions) + 1):
@@ -281,18 +326,20 @@ class Router:
             remaining = jnp.sum(~state[3])
             out = x
             for index in range(starts[k], ends[k]):
-                out = jax.eval_shape(lambda v, a, i=index: network.apply_stage(v, i, a),
-                                     variables, out)
+                out = jax.eval_shape(
+                    lambda v, a, i=index: network.apply_stage(v, i, a), variables, out
+                )
             branches = [lambda op, out=out: (jnp.zeros(out.shape, out.dtype), op[1])]
-            branches += [lambda op, k=k, b=b: segment(k, None if b == n else order[:b], *op)
-                         for b in sizes]
-            index = jnp.where(remaining == 0, 0,
-                              1 + jnp.sum(jnp.asarray(sizes) < remaining))
+            branches += [
+                lambda op, k=k, b=b: segment(k, None if b == n else order[:b], *op) for b in sizes
+            ]
+            index = jnp.where(remaining == 0, 0, 1 + jnp.sum(jnp.asarray(sizes) < remaining))
             x, state = lax.switch(index, branches, (x, state))
         return state[0], state[1], state[2]
 
-    def _tap_shapes(self, packing: Packing, variables: Variables, x0: jax.Array,
-                    cache_params: tuple[Any, ...]) -> tuple[Any, ...]:
+    def _tap_shapes(
+        self, packing: Packing, variables: Variables, x0: jax.Array, cache_params: tuple[Any, ...]
+    ) -> tuple[Any, ...]:
         """Abstract output of every tap, from the activation shapes at the positions."""
         if not self.taps:
             return ()
@@ -300,8 +347,9 @@ class Router:
         for index in range(self.network.num_stages):
             if k == len(self.positions):
                 break
-            x = jax.eval_shape(lambda v, a, i=index: self.network.apply_stage(v, i, a),
-                               variables, x)
+            x = jax.eval_shape(
+                lambda v, a, i=index: self.network.apply_stage(v, i, a), variables, x
+            )
             if index == self.positions[k]:
                 shapes.append(jax.eval_shape(self.taps[k], cache_params[k], x))
                 k += 1
@@ -314,8 +362,13 @@ class Router:
                 return size
         raise ValueError(f"group of {n} exceeds max_group={self.max_group}")
 
-    def compiled(self, cache_params: tuple[Any, ...], thresholds: jax.Array, images: jax.Array,
-                 rows: jax.Array):
+    def compiled(
+        self,
+        cache_params: tuple[Any, ...],
+        thresholds: jax.Array,
+        images: jax.Array,
+        rows: jax.Array,
+    ):
         """The compiled program on prepared (padded) arguments: the benchmark's entry.
 
         ``rows`` (int32, one per row of ``images``) is -1 for a padding row and otherwise the
@@ -327,16 +380,26 @@ class Router:
         flats, program = self._packed(cache_params)
         return program(*self._base_args, flats, thresholds, images, rows)
 
-    def hlo_text(self, cache_params: tuple[Any, ...], thresholds: jax.Array, images: jax.Array,
-                 rows: jax.Array) -> str:
+    def hlo_text(
+        self,
+        cache_params: tuple[Any, ...],
+        thresholds: jax.Array,
+        images: jax.Array,
+        rows: jax.Array,
+    ) -> str:
         """The optimized HLO of the program :meth:`compiled` runs on these arguments (to see
         which kernels XLA chose, ``profiling.convolution_kernels``)."""
         flats, program = self._packed(cache_params)
         lowered = program.lower(*self._base_args, flats, thresholds, images, rows)
         return lowered.compile().as_text()
 
-    def route(self, cache_params: tuple[Any, ...], thresholds: Any, images: np.ndarray,
-              base_answer: np.ndarray | None = None) -> RouteResult:
+    def route(
+        self,
+        cache_params: tuple[Any, ...],
+        thresholds: Any,
+        images: np.ndarray,
+        base_answer: np.ndarray | None = None,
+    ) -> RouteResult:
         """Routes one request group of raw images (validated, padded to its bucket): uint8,
         or float within the base network's input range (after the cast to float32)."""
         if self.taps:
@@ -345,8 +408,13 @@ class Router:
         n = len(images)
         return RouteResult(out[0, :n], out[1, :n], out[2, :n].astype(bool))
 
-    def route_tapped(self, cache_params: tuple[Any, ...], thresholds: Any, images: np.ndarray,
-                     base_answer: np.ndarray | None = None) -> tuple[RouteResult, tuple]:
+    def route_tapped(
+        self,
+        cache_params: tuple[Any, ...],
+        thresholds: Any,
+        images: np.ndarray,
+        base_answer: np.ndarray | None = None,
+    ) -> tuple[RouteResult, tuple]:
         """Like :meth:`route`, plus every tap's output per position (host arrays, padding
         rows dropped; zeros for requests that exited before the position)."""
         if not self.taps:
@@ -358,16 +426,25 @@ class Router:
         treedef, layout = self._tap_layout
         leaves, start = [], 3
         for shape, size, dtype in layout:
-            leaves.append(flat[:, start:start + size].reshape(n, *shape).astype(dtype,
-                                                                                copy=False))
+            leaves.append(
+                flat[:, start : start + size].reshape(n, *shape).astype(dtype, copy=False)
+            )
             start += size
-        return (RouteResult(out[:, 0], out[:, 1], out[:, 2].astype(bool)),
-                jax.tree.unflatten(treedef, leaves))
+        return (
+            RouteResult(out[:, 0], out[:, 1], out[:, 2].astype(bool)),
+            jax.tree.unflatten(treedef, leaves),
+        )
 
-    def _call(self, cache_params: tuple[Any, ...], thresholds: Any, images: np.ndarray,
-              base_answer: np.ndarray | None) -> Any:
-        images = check_images(images, self.network.input_shape, self.model.input_range,
-                              self.clip_inputs)
+    def _call(
+        self,
+        cache_params: tuple[Any, ...],
+        thresholds: Any,
+        images: np.ndarray,
+        base_answer: np.ndarray | None,
+    ) -> Any:
+        images = check_images(
+            images, self.network.input_shape, self.model.input_range, self.clip_inputs
+        )
         n = len(images)
         size = self.bucket_for(n)
         padded = np.zeros((size, *images.shape[1:]), images.dtype)
@@ -394,7 +471,6 @@ class Router:
         last = self._last_thresholds
         if last is not None and np.array_equal(last[0], host):
             return last[1]
-        device = (jax.device_put(host) if self.mesh is None
-                  else sharding.replicate(self.mesh, host))
+        device = jax.device_put(host) if self.mesh is None else sharding.replicate(self.mesh, host)
         self._last_thresholds = (host.copy(), device)
         return device

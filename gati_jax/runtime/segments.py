@@ -15,7 +15,7 @@ CPU re-lays out every conv kernel on every call), so the segments together hold 
 from __future__ import annotations
 
 import dataclasses
-from typing import Generator
+from collections.abc import Generator
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +39,9 @@ class SegmentedNetwork:
         network = self.model.network
         stages = network.num_stages
         if not 1 <= self.segments <= stages:
-            raise ValueError(f"segments must be in [1, {stages}] (the network's stages), got "
-                             f"{self.segments}")
+            raise ValueError(
+                f"segments must be in [1, {stages}] (the network's stages), got {self.segments}"
+            )
         edges = np.linspace(0, stages, self.segments + 1).round().astype(int)
         self.bounds = tuple((int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]))
         variables = self.model.variables
@@ -55,8 +56,9 @@ class SegmentedNetwork:
                 x = network.apply_stage(variables, index, x)
             return jnp.argmax(x, -1).astype(jnp.int32) if k == last else x
 
-        self._programs = tuple(jax.jit(lambda x, k=k: segment(k, x))
-                               for k in range(len(self.bounds)))
+        self._programs = tuple(
+            jax.jit(lambda x, k=k: segment(k, x)) for k in range(len(self.bounds))
+        )
 
     def run(self, images: np.ndarray) -> Generator[None, None, np.ndarray]:
         """A generator: runs one segment per ``next`` (each finished before it yields) and

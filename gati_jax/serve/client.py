@@ -30,16 +30,16 @@ class LoadResult:
     """Per request, in stream order; requests never sent (time or count ran out) are absent.
     Times in seconds from the run's start."""
 
-    index: np.ndarray       # int, the image's index in the stream
-    sent: np.ndarray        # when it was sent
-    latency: np.ndarray     # answer (or refusal) time - sent; NaN when lost
-    status: np.ndarray      # int, the HTTP status; 0: lost (timeout, connection error)
-    answer: np.ndarray      # int, the served class; -1 unless status 200
+    index: np.ndarray  # int, the image's index in the stream
+    sent: np.ndarray  # when it was sent
+    latency: np.ndarray  # answer (or refusal) time - sent; NaN when lost
+    status: np.ndarray  # int, the HTTP status; 0: lost (timeout, connection error)
+    answer: np.ndarray  # int, the served class; -1 unless status 200
     exit_stage: np.ndarray  # int, -1 unless status 200
-    hit: np.ndarray         # bool
-    server_ms: np.ndarray   # the server's own latency figure; NaN unless status 200
-    lag: np.ndarray         # open loop: sent - scheduled, how far the client fell behind
-    duration: float         # first send to last answer
+    hit: np.ndarray  # bool
+    server_ms: np.ndarray  # the server's own latency figure; NaN unless status 200
+    lag: np.ndarray  # open loop: sent - scheduled, how far the client fell behind
+    duration: float  # first send to last answer
 
     def __len__(self) -> int:
         return len(self.index)
@@ -66,10 +66,18 @@ def encode(image: np.ndarray, payload: str = "npy") -> tuple[bytes, str]:
     raise ValueError(f"unknown payload {payload!r}; expected one of {PAYLOADS}")
 
 
-async def run_load(url: str, images: np.ndarray, *, mode: str = "closed",
-                   arrivals: np.ndarray | None = None, concurrency: int = 1,
-                   duration_s: float | None = None, timeout_s: float = 10.0,
-                   payload: str = "npy", max_connections: int = 1024) -> LoadResult:
+async def run_load(
+    url: str,
+    images: np.ndarray,
+    *,
+    mode: str = "closed",
+    arrivals: np.ndarray | None = None,
+    concurrency: int = 1,
+    duration_s: float | None = None,
+    timeout_s: float = 10.0,
+    payload: str = "npy",
+    max_connections: int = 1024,
+) -> LoadResult:
     """Sends ``images`` (one per request) to ``url`` (the server's base URL) open or closed
     loop (see the module docstring); returns what every sent request saw."""
     if mode not in MODES:
@@ -102,8 +110,9 @@ async def run_load(url: str, images: np.ndarray, *, mode: str = "closed",
             start = time.perf_counter()
             sent[i] = start - origin
             try:
-                async with session.post(endpoint, data=body,
-                                        headers={"Content-Type": content_type}) as response:
+                async with session.post(
+                    endpoint, data=body, headers={"Content-Type": content_type}
+                ) as response:
                     text = await response.read()
                     status[i] = response.status
                     if response.status == 200:
@@ -134,21 +143,28 @@ async def run_load(url: str, images: np.ndarray, *, mode: str = "closed",
                     if time.perf_counter() - origin > limit:
                         return
                     await one(i)
+
             await asyncio.gather(*(client() for _ in range(int(concurrency))))
     index = np.flatnonzero(np.isfinite(sent))
     finished = done[index]
     end = np.nanmax(finished) if np.isfinite(finished).any() else 0.0
-    return LoadResult(index=index, sent=sent[index], latency=finished - sent[index],
-                      status=status[index], answer=answer[index],
-                      exit_stage=exit_stage[index], hit=hit[index],
-                      server_ms=server_ms[index],
-                      lag=(sent[index] - arrivals[index] if mode == "open"
-                           else np.zeros(len(index))),
-                      duration=float(end - (sent[index].min() if len(index) else 0.0)))
+    return LoadResult(
+        index=index,
+        sent=sent[index],
+        latency=finished - sent[index],
+        status=status[index],
+        answer=answer[index],
+        exit_stage=exit_stage[index],
+        hit=hit[index],
+        server_ms=server_ms[index],
+        lag=(sent[index] - arrivals[index] if mode == "open" else np.zeros(len(index))),
+        duration=float(end - (sent[index].min() if len(index) else 0.0)),
+    )
 
 
-def summarize_load(result: LoadResult, base_answers: np.ndarray | None = None,
-                   labels: np.ndarray | None = None) -> dict[str, Any]:
+def summarize_load(
+    result: LoadResult, base_answers: np.ndarray | None = None, labels: np.ndarray | None = None
+) -> dict[str, Any]:
     """Client-side latency (ms) of the answered requests: p50, p99, mean; throughput (answers
     per second); errors by status; and, given the stream's ``base_answers`` (the plain
     network's) and ``labels``, agreement and accuracy of the answers."""
@@ -159,26 +175,34 @@ def summarize_load(result: LoadResult, base_answers: np.ndarray | None = None,
         errors["lost" if code == 0 else str(int(code))] = int(np.sum(result.status == code))
     refused = result.status == 503
     summary = {
-        "requests": len(result), "answered": int(ok.sum()), "errors": errors,
+        "requests": len(result),
+        "answered": int(ok.sum()),
+        "errors": errors,
         "p50_ms": float(np.percentile(ms, 50)) if ms.size else float("nan"),
         "p99_ms": float(np.percentile(ms, 99)) if ms.size else float("nan"),
         "mean_ms": float(ms.mean()) if ms.size else float("nan"),
-        "server_p50_ms": (float(np.percentile(result.server_ms[ok], 50)) if ms.size
-                          else float("nan")),
+        "server_p50_ms": (
+            float(np.percentile(result.server_ms[ok], 50)) if ms.size else float("nan")
+        ),
         "throughput_rps": float(ok.sum() / result.duration) if result.duration > 0 else 0.0,
         "hit_rate": float(result.hit[ok].mean()) if ms.size else float("nan"),
         # Answered or refused: the slowest of either, the bound the overload test checks.
-        "max_answer_or_refusal_ms": (float(1e3 * np.nanmax(result.latency[ok | refused]))
-                                     if (ok | refused).any() else float("nan")),
+        "max_answer_or_refusal_ms": (
+            float(1e3 * np.nanmax(result.latency[ok | refused]))
+            if (ok | refused).any()
+            else float("nan")
+        ),
         "duration_s": result.duration,
         # Open loop: the client's own delay in sending (large: the client, not the server,
         # was the bottleneck, and its latencies are inflated too).
         "client_max_lag_ms": float(1e3 * result.lag.max()) if len(result) else 0.0,
     }
     if base_answers is not None and ms.size:
-        summary["agreement"] = float(np.mean(result.answer[ok]
-                                             == np.asarray(base_answers)[result.index[ok]]))
+        summary["agreement"] = float(
+            np.mean(result.answer[ok] == np.asarray(base_answers)[result.index[ok]])
+        )
     if labels is not None and ms.size:
-        summary["accuracy"] = float(np.mean(result.answer[ok]
-                                            == np.asarray(labels)[result.index[ok]]))
+        summary["accuracy"] = float(
+            np.mean(result.answer[ok] == np.asarray(labels)[result.index[ok]])
+        )
     return summary

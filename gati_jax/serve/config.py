@@ -15,8 +15,9 @@ from gati_jax.serving.config import SERVED_POLICIES, server_config, validate_ser
 __all__ = ["SERVED_POLICIES", "server_config", "server_section", "validate_server"]
 
 
-def server_section(config: ml_collections.ConfigDict,
-                   **overrides: object) -> ml_collections.ConfigDict:
+def server_section(
+    config: ml_collections.ConfigDict, **overrides: object
+) -> ml_collections.ConfigDict:
     """An unlocked copy of ``config.server`` with the non-None ``overrides`` (command-line
     flags) applied, validated."""
     section = ml_collections.ConfigDict(config.server.to_dict())

@@ -64,26 +64,26 @@ class _Request:
 
     images: np.ndarray
     future: asyncio.Future
-    arrived: float                  # perf_counter seconds
+    arrived: float  # perf_counter seconds
     answer: np.ndarray
     exit_stage: np.ndarray
     hit: np.ndarray
-    taken: int = 0                  # images put into groups so far
-    served: int = 0                 # images answered so far
+    taken: int = 0  # images put into groups so far
+    served: int = 0  # images answered so far
 
 
 @dataclasses.dataclass
 class CoreStats:
     """What the core counted since it started."""
 
-    requests: int = 0               # accepted
-    refused: int = 0                # refused as overload on arrival
-    shed: int = 0                   # refused after waiting max_queue_wait_s
-    images: int = 0                 # answered
+    requests: int = 0  # accepted
+    refused: int = 0  # refused as overload on arrival
+    shed: int = 0  # refused after waiting max_queue_wait_s
+    images: int = 0  # answered
     groups: int = 0
-    chunks: int = 0                 # background chunks run
-    failed_groups: int = 0          # groups whose route raised (their requests failed)
-    background_failed: bool = False # background work raised and was stopped
+    chunks: int = 0  # background chunks run
+    failed_groups: int = 0  # groups whose route raised (their requests failed)
+    background_failed: bool = False  # background work raised and was stopped
 
 
 class ServerCore:
@@ -94,22 +94,30 @@ class ServerCore:
     Use from one event loop: :meth:`start` there, then :meth:`predict` or :meth:`submit`.
     """
 
-    def __init__(self, route: Callable[[np.ndarray], RouteResult], *, max_group: int,
-                 max_wait_s: float, max_queue: int, max_queue_wait_s: float = float("inf"),
-                 background: Background | None = None,
-                 on_group: Callable[[RouteResult, float], None] | None = None):
+    def __init__(
+        self,
+        route: Callable[[np.ndarray], RouteResult],
+        *,
+        max_group: int,
+        max_wait_s: float,
+        max_queue: int,
+        max_queue_wait_s: float = float("inf"),
+        background: Background | None = None,
+        on_group: Callable[[RouteResult, float], None] | None = None,
+    ):
         if int(max_group) < 1 or int(max_queue) < 1:
-            raise ValueError(f"max_group and max_queue must be >= 1, got {max_group}, "
-                             f"{max_queue}")
+            raise ValueError(f"max_group and max_queue must be >= 1, got {max_group}, {max_queue}")
         if not max_wait_s >= 0 or not max_queue_wait_s > 0:
-            raise ValueError(f"max_wait_s must be >= 0 and max_queue_wait_s > 0, got "
-                             f"{max_wait_s}, {max_queue_wait_s}")
+            raise ValueError(
+                f"max_wait_s must be >= 0 and max_queue_wait_s > 0, got "
+                f"{max_wait_s}, {max_queue_wait_s}"
+            )
         self.route, self.background, self.on_group = route, background, on_group
         self.max_group, self.max_wait_s = int(max_group), float(max_wait_s)
         self.max_queue, self.max_queue_wait_s = int(max_queue), float(max_queue_wait_s)
         self.stats = CoreStats()
-        self.queued = 0             # images waiting (not yet put into a group)
-        self.in_flight = 0          # requests submitted and not yet finished
+        self.queued = 0  # images waiting (not yet put into a group)
+        self.in_flight = 0  # requests submitted and not yet finished
         self._queue: collections.deque[_Request] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -126,8 +134,7 @@ class ServerCore:
         if self._task is not None:
             raise RuntimeError("the server core is running already")
         self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._batcher(),
-                                                            name="gati-batcher")
+        self._task = asyncio.get_running_loop().create_task(self._batcher(), name="gati-batcher")
         self._task.add_done_callback(self._batcher_ended)
 
     async def stop(self) -> None:
@@ -155,15 +162,24 @@ class ServerCore:
             raise Closed("the server core is not running")
         n = len(images)
         if n > self.max_queue:
-            raise TooLarge(f"a request of {n} images exceeds the queue's {self.max_queue} "
-                           "(server.max_queue); send smaller batches")
+            raise TooLarge(
+                f"a request of {n} images exceeds the queue's {self.max_queue} "
+                "(server.max_queue); send smaller batches"
+            )
         if self.queued + n > self.max_queue:
             self.stats.refused += 1
             raise Overloaded(f"{self.queued} images queued, {self.max_queue} at most")
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(images, future, time.perf_counter(),
-                                    np.zeros(n, np.int32), np.zeros(n, np.int32),
-                                    np.zeros(n, bool)))
+        self._queue.append(
+            _Request(
+                images,
+                future,
+                time.perf_counter(),
+                np.zeros(n, np.int32),
+                np.zeros(n, np.int32),
+                np.zeros(n, bool),
+            )
+        )
         self.queued += n
         self.in_flight += 1
         self.stats.requests += 1
@@ -229,10 +245,13 @@ class ServerCore:
             request = self._queue[0]
             if request.taken == 0 and request.arrived < late and not request.future.done():
                 self.stats.shed += 1
-                request.future.set_exception(Overloaded(
-                    f"waited {1e3 * (time.perf_counter() - request.arrived):.0f} ms in the "
-                    f"queue, over {1e3 * self.max_queue_wait_s:.0f} ms"))
-            if request.future.done():   # abandoned, failed or shed: nothing more to serve
+                request.future.set_exception(
+                    Overloaded(
+                        f"waited {1e3 * (time.perf_counter() - request.arrived):.0f} ms in the "
+                        f"queue, over {1e3 * self.max_queue_wait_s:.0f} ms"
+                    )
+                )
+            if request.future.done():  # abandoned, failed or shed: nothing more to serve
                 self._queue.popleft()
                 self.queued -= len(request.images) - request.taken
                 continue
@@ -250,9 +269,11 @@ class ServerCore:
         parts = self._take_group()
         if not parts:
             return
-        images = (parts[0][0].images if len(parts) == 1 and parts[0][1] == 0
-                  and parts[0][2] == len(parts[0][0].images)
-                  else np.concatenate([r.images[a:b] for r, a, b in parts]))
+        images = (
+            parts[0][0].images
+            if len(parts) == 1 and parts[0][1] == 0 and parts[0][2] == len(parts[0][0].images)
+            else np.concatenate([r.images[a:b] for r, a, b in parts])
+        )
         started = time.perf_counter()
         try:
             result = self.route(images)
@@ -275,8 +296,9 @@ class ServerCore:
             request.served += stop - start
             offset += stop - start
             if request.served == len(request.images) and not request.future.done():
-                request.future.set_result(RouteResult(request.answer, request.exit_stage,
-                                                      request.hit))
+                request.future.set_result(
+                    RouteResult(request.answer, request.exit_stage, request.hit)
+                )
         if self.on_group is not None:
             self.on_group(RouteResult(answer, exit_stage, hit), seconds)
 

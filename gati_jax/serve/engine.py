@@ -28,14 +28,14 @@ ONLINE = "gati-online"
 class Engine:
     """One policy ready to serve: its route, where requests can exit, what inputs it takes."""
 
-    policy: str                                   # the served policy's name
-    route: Callable[[np.ndarray], RouteResult]    # one request group -> answers, exits, hits
-    positions: tuple[int, ...]                    # deployed cache positions
-    last_stage: int                               # where a request that hits nowhere exits
-    input_shape: tuple[int, ...]                  # one image's shape (H, W, C)
-    input_range: tuple[float, float]              # the raw values the network was trained on
-    max_group: int                                # the largest group ``route`` takes
-    learner: OnlineLearner | None = None          # gati-online's learner (background work)
+    policy: str  # the served policy's name
+    route: Callable[[np.ndarray], RouteResult]  # one request group -> answers, exits, hits
+    positions: tuple[int, ...]  # deployed cache positions
+    last_stage: int  # where a request that hits nowhere exits
+    input_shape: tuple[int, ...]  # one image's shape (H, W, C)
+    input_range: tuple[float, float]  # the raw values the network was trained on
+    max_group: int  # the largest group ``route`` takes
+    learner: OnlineLearner | None = None  # gati-online's learner (background work)
 
     def warm_up(self) -> None:
         """Compiles every group size before the first request (a compilation in the middle
@@ -60,15 +60,23 @@ def resolve_policy(policy: str, planned: str) -> str:
     if policy == "none" or policy == planned or (policy == ONLINE and planned == "gati"):
         return policy
     choices = ["none", "plan", planned] + ([ONLINE] if planned == "gati" else [])
-    raise ConfigError(f"policy {policy!r} cannot be served from a plan planned for "
-                     f"{planned!r}; serve one of {choices} (known: {SERVED_POLICIES})")
+    raise ConfigError(
+        f"policy {policy!r} cannot be served from a plan planned for "
+        f"{planned!r}; serve one of {choices} (known: {SERVED_POLICIES})"
+    )
 
 
-def build_engine(model: BaseModel, deployment: Deployment, policy: str, max_group: int, *,
-                 route: Callable[[np.ndarray], RouteResult] | None = None,
-                 compact: bool = False,
-                 online: ml_collections.ConfigDict | None = None,
-                 reference_images: np.ndarray | None = None) -> Engine:
+def build_engine(
+    model: BaseModel,
+    deployment: Deployment,
+    policy: str,
+    max_group: int,
+    *,
+    route: Callable[[np.ndarray], RouteResult] | None = None,
+    compact: bool = False,
+    online: ml_collections.ConfigDict | None = None,
+    reference_images: np.ndarray | None = None,
+) -> Engine:
     """An engine serving ``policy`` ("none", ``deployment.policy`` or "gati-online") over a
     base ``model`` and a planned ``deployment``.
 
@@ -79,13 +87,22 @@ def build_engine(model: BaseModel, deployment: Deployment, policy: str, max_grou
     """
     policy = resolve_policy(policy, deployment.policy)
     last = model.network.num_stages - 1
-    common = dict(last_stage=last, input_shape=tuple(model.network.input_shape),
-                  input_range=tuple(float(v) for v in model.input_range), max_group=max_group)
+    common = dict(
+        last_stage=last,
+        input_shape=tuple(model.network.input_shape),
+        input_range=tuple(float(v) for v in model.input_range),
+        max_group=max_group,
+    )
     if policy == ONLINE:
         if online is None:
             raise ValueError("gati-online needs the config's online section (online=...)")
-        learner = OnlineLearner(model, deployment, OnlineSettings.from_config(online),
-                                max_group, reference_images=reference_images)
+        learner = OnlineLearner(
+            model,
+            deployment,
+            OnlineSettings.from_config(online),
+            max_group,
+            reference_images=reference_images,
+        )
         return Engine(ONLINE, learner.route, deployment.positions, learner=learner, **common)
     if policy == "none":
         deployment, route = plain_deployment(), None
@@ -94,6 +111,7 @@ def build_engine(model: BaseModel, deployment: Deployment, policy: str, max_grou
 
         def route(images: np.ndarray) -> RouteResult:
             return router.route(deployment.params, deployment.thresholds, images)
+
     return Engine(policy, route, deployment.positions, **common)
 
 
@@ -111,7 +129,14 @@ def load_engine(workdir: str | Path, policy: str, config: ml_collections.ConfigD
     reference = None
     if served == ONLINE and config.online.shift_detect:
         dataset = data.load_dataset(model_data_config(system.model, config.data.data_dir))
-        reference = dataset.validation.images[-int(config.online.shift_reference):]
-    return build_engine(system.model, system.deployment, served, max_group,
-                        route=system.route, compact=compact, online=config.online,
-                        reference_images=reference)
+        reference = dataset.validation.images[-int(config.online.shift_reference) :]
+    return build_engine(
+        system.model,
+        system.deployment,
+        served,
+        max_group,
+        route=system.route,
+        compact=compact,
+        online=config.online,
+        reference_images=reference,
+    )

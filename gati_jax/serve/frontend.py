@@ -44,8 +44,12 @@ class PayloadError(ValueError):
     """A request body that is not one image or a batch of this network's inputs (HTTP 400)."""
 
 
-def decode_images(body: bytes, content_type: str, input_shape: tuple[int, ...],
-                  input_range: tuple[float, float] | None = None) -> np.ndarray:
+def decode_images(
+    body: bytes,
+    content_type: str,
+    input_shape: tuple[int, ...],
+    input_range: tuple[float, float] | None = None,
+) -> np.ndarray:
     """The images in a request body, validated, as a batch (N, H, W, C); raises
     :class:`PayloadError` naming what is wrong."""
     shape = tuple(input_shape)
@@ -56,17 +60,22 @@ def decode_images(body: bytes, content_type: str, input_shape: tuple[int, ...],
     elif "json" in content_type or body[:1] in (b"{", b"["):
         array = _json_array(body)
     else:
-        raise PayloadError(f"unrecognised body (content type {content_type or 'none'!r}): "
-                           "send .npy bytes (np.save) or JSON")
+        raise PayloadError(
+            f"unrecognised body (content type {content_type or 'none'!r}): "
+            "send .npy bytes (np.save) or JSON"
+        )
     if array.shape == shape:
         array = array[None]
     elif array.ndim != len(shape) + 1 or tuple(array.shape[1:]) != shape:
-        raise PayloadError(f"images must have shape {shape} (one image) or (batch, "
-                           f"{', '.join(map(str, shape))}), got {array.shape}")
+        raise PayloadError(
+            f"images must have shape {shape} (one image) or (batch, "
+            f"{', '.join(map(str, shape))}), got {array.shape}"
+        )
     if np.issubdtype(array.dtype, np.integer) and array.dtype != np.uint8:
         if array.size and (array.min() < 0 or array.max() > 255):
-            raise PayloadError(f"integer pixels must lie in [0, 255], got "
-                               f"[{array.min()}, {array.max()}]")
+            raise PayloadError(
+                f"integer pixels must lie in [0, 255], got [{array.min()}, {array.max()}]"
+            )
         array = array.astype(np.uint8)
     try:
         return check_images(array, shape, input_range)
@@ -93,8 +102,11 @@ def _npy_array(body: bytes) -> np.ndarray:
         try:
             stream = io.BytesIO(header)
             major, _ = np.lib.format.read_magic(stream)
-            read = (np.lib.format.read_array_header_1_0 if major == 1
-                    else np.lib.format.read_array_header_2_0)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if major == 1
+                else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read(stream)
         except Exception as error:  # numpy raises several types for a broken header
             raise PayloadError(f"malformed .npy payload: {error}") from None
@@ -106,8 +118,10 @@ def _npy_array(body: bytes) -> np.ndarray:
     dtype, shape, fortran, offset = parsed
     count = int(np.prod(shape))
     if len(body) - offset != count * dtype.itemsize:
-        raise PayloadError(f"malformed .npy payload: {len(body) - offset} data bytes for an "
-                           f"array of shape {shape} and dtype {dtype}")
+        raise PayloadError(
+            f"malformed .npy payload: {len(body) - offset} data bytes for an "
+            f"array of shape {shape} and dtype {dtype}"
+        )
     array = np.frombuffer(body, dtype, count=count, offset=offset)
     return array.reshape(shape, order="F" if fortran else "C")
 
@@ -120,8 +134,10 @@ def _json_array(body: bytes) -> np.ndarray:
     if isinstance(payload, dict):
         keys = [k for k in ("image", "images") if k in payload]
         if len(keys) != 1:
-            raise PayloadError("a JSON object must hold exactly one of 'image' (one image) "
-                               f"or 'images' (a batch), got keys {sorted(payload)[:5]}")
+            raise PayloadError(
+                "a JSON object must hold exactly one of 'image' (one image) "
+                f"or 'images' (a batch), got keys {sorted(payload)[:5]}"
+            )
         payload = payload[keys[0]]
         if keys[0] == "images" and not isinstance(payload, list):
             raise PayloadError("'images' must be a list of images")
@@ -134,35 +150,47 @@ def _json_array(body: bytes) -> np.ndarray:
     return array
 
 
-def make_app(engine: Engine, serving: ml_collections.ConfigDict,
-             server: ml_collections.ConfigDict) -> web.Application:
+def make_app(
+    engine: Engine, serving: ml_collections.ConfigDict, server: ml_collections.ConfigDict
+) -> web.Application:
     """The aiohttp application serving ``engine``, grouping by the ``serving`` section and
     bounded by the ``server`` section (see the module docstring). Call ``engine.warm_up()``
     first: the app does not compile."""
     app = web.Application(client_max_size=int(server.max_body_bytes))
     metrics = ServerMetrics(engine, lambda: core.queued)
-    core = ServerCore(engine.route, max_group=int(serving.max_group),
-                      max_wait_s=float(serving.max_wait_ms) / 1e3,
-                      max_queue=int(server.max_queue),
-                      max_queue_wait_s=float(server.max_queue_wait_ms) / 1e3,
-                      background=engine.learner,
-                      on_group=metrics.group)
+    core = ServerCore(
+        engine.route,
+        max_group=int(serving.max_group),
+        max_wait_s=float(serving.max_wait_ms) / 1e3,
+        max_queue=int(server.max_queue),
+        max_queue_wait_s=float(server.max_queue_wait_ms) / 1e3,
+        background=engine.learner,
+        on_group=metrics.group,
+    )
     app[CORE], app[METRICS] = core, metrics
     retry_after = str(int(server.retry_after_s))
     shape, value_range = engine.input_shape, engine.input_range
 
     def error(status: int, outcome: str, message: str, **headers: str) -> web.Response:
         metrics.request(outcome)
-        return web.Response(status=status, text=json.dumps({"error": message}),
-                            content_type="application/json", headers=headers or None)
+        return web.Response(
+            status=status,
+            text=json.dumps({"error": message}),
+            content_type="application/json",
+            headers=headers or None,
+        )
 
     async def predict(request: web.Request) -> web.Response:
         started = time.perf_counter()
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return error(413, "too_large", f"the body exceeds {server.max_body_bytes} bytes "
-                         "(server.max_body_bytes); send smaller batches")
+            return error(
+                413,
+                "too_large",
+                f"the body exceeds {server.max_body_bytes} bytes "
+                "(server.max_body_bytes); send smaller batches",
+            )
         try:
             images = decode_images(body, request.content_type, shape, value_range)
         except PayloadError as bad:
@@ -172,24 +200,39 @@ def make_app(engine: Engine, serving: ml_collections.ConfigDict,
         except TooLarge as big:
             return error(413, "too_large", str(big))
         except Overloaded as busy:
-            return error(503, "overloaded", f"overloaded: {busy}; retry later",
-                         **{"Retry-After": retry_after})
+            return error(
+                503,
+                "overloaded",
+                f"overloaded: {busy}; retry later",
+                **{"Retry-After": retry_after},
+            )
         except Closed as closed:
             return error(503, "error", str(closed), **{"Retry-After": retry_after})
         try:
             try:
                 result = await future
             except Overloaded as late:  # waited too long in the queue
-                return error(503, "overloaded", f"overloaded: {late}; retry later",
-                             **{"Retry-After": retry_after})
+                return error(
+                    503,
+                    "overloaded",
+                    f"overloaded: {late}; retry later",
+                    **{"Retry-After": retry_after},
+                )
             except Exception as failed:  # a group that failed, or the server stopping
                 return error(500, "error", f"{type(failed).__name__}: {failed}")
             seconds = time.perf_counter() - started
             metrics.request("ok", seconds)
-            response = web.Response(text=json.dumps({
-                "classes": result.answer.tolist(),
-                "exit_positions": result.exit_stage.tolist(), "hits": result.hit.tolist(),
-                "server_ms": 1e3 * seconds}), content_type="application/json")
+            response = web.Response(
+                text=json.dumps(
+                    {
+                        "classes": result.answer.tolist(),
+                        "exit_positions": result.exit_stage.tolist(),
+                        "hits": result.hit.tolist(),
+                        "server_ms": 1e3 * seconds,
+                    }
+                ),
+                content_type="application/json",
+            )
             # Written out before the core may turn to background work (see core.py).
             await response.prepare(request)
             await response.write_eof()
@@ -200,11 +243,16 @@ def make_app(engine: Engine, serving: ml_collections.ConfigDict,
     async def healthz(request: web.Request) -> web.Response:
         del request
         ok = core.running
-        return web.json_response({"status": "ok" if ok else "stopping",
-                                  "policy": engine.policy, "queued": core.queued,
-                                  "positions": list(engine.positions),
-                                  "input_shape": list(engine.input_shape)},
-                                 status=200 if ok else 503)
+        return web.json_response(
+            {
+                "status": "ok" if ok else "stopping",
+                "policy": engine.policy,
+                "queued": core.queued,
+                "positions": list(engine.positions),
+                "input_shape": list(engine.input_shape),
+            },
+            status=200 if ok else 503,
+        )
 
     async def metrics_page(request: web.Request) -> web.Response:
         del request
@@ -226,20 +274,32 @@ def make_app(engine: Engine, serving: ml_collections.ConfigDict,
     return app
 
 
-def run_server(engine: Engine, serving: ml_collections.ConfigDict,
-               server: ml_collections.ConfigDict) -> None:
+def run_server(
+    engine: Engine, serving: ml_collections.ConfigDict, server: ml_collections.ConfigDict
+) -> None:
     """Warms the engine up and serves on ``server.host``:``server.port`` until interrupted."""
     engine.warm_up()
-    web.run_app(make_app(engine, serving, server), host=server.host, port=int(server.port),
-                backlog=int(server.backlog), access_log=None, print=None)
+    web.run_app(
+        make_app(engine, serving, server),
+        host=server.host,
+        port=int(server.port),
+        backlog=int(server.backlog),
+        access_log=None,
+        print=None,
+    )
 
 
 class ServerThread:
     """A server on its own event loop in a daemon thread (tests, notebooks): ``url`` once
     started; :meth:`stop` (or leaving the ``with`` block) shuts it down."""
 
-    def __init__(self, engine: Engine, serving: ml_collections.ConfigDict,
-                 server: ml_collections.ConfigDict, warm_up: bool = True):
+    def __init__(
+        self,
+        engine: Engine,
+        serving: ml_collections.ConfigDict,
+        server: ml_collections.ConfigDict,
+        warm_up: bool = True,
+    ):
         if warm_up:
             engine.warm_up()
         self.app = make_app(engine, serving, server)
@@ -278,8 +338,10 @@ class ServerThread:
     def call(self, fn: Any) -> Any:
         """Runs ``fn()`` on the server's loop thread and returns its result (to read the
         core's or the learner's state between groups)."""
+
         async def run():
             return fn()
+
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
 
     def stop(self) -> None:

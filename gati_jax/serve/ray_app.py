@@ -54,6 +54,7 @@ def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
 
 def _system(workdir: str, config: ml_collections.ConfigDict):
     from gati_jax.system import load_system
+
     return load_system(workdir, max_group=int(config.serving.max_group))
 
 
@@ -74,9 +75,14 @@ class LearnerDeployment:
         reference = None
         if settings.shift_detect:
             dataset = data.load_dataset(model_data_config(system.model, config.data.data_dir))
-            reference = dataset.validation.images[-settings.shift_reference:]
-        learner = OnlineLearner(system.model, system.deployment, settings,
-                                int(config.serving.max_group), reference_images=reference)
+            reference = dataset.validation.images[-settings.shift_reference :]
+        learner = OnlineLearner(
+            system.model,
+            system.deployment,
+            settings,
+            int(config.serving.max_group),
+            reference_images=reference,
+        )
         learner.warm_up()
         self.hub = LearnerHub(learner)
 
@@ -94,9 +100,16 @@ class EngineReplica:
     are served at the learner's published parameters and a ``tap_fraction`` sample of them
     is forwarded to the ``learner`` deployment."""
 
-    def __init__(self, engine: Engine, max_group: int, max_wait_ms: float,
-                 server: ml_collections.ConfigDict, subscriber: Subscriber | None = None,
-                 learner: Any = None, tap_fraction: float = 0.0):
+    def __init__(
+        self,
+        engine: Engine,
+        max_group: int,
+        max_wait_ms: float,
+        server: ml_collections.ConfigDict,
+        subscriber: Subscriber | None = None,
+        learner: Any = None,
+        tap_fraction: float = 0.0,
+    ):
         self.engine, self.server = engine, server
         self.subscriber, self.learner, self.tap_fraction = subscriber, learner, tap_fraction
         self.rng = np.random.default_rng()
@@ -131,14 +144,24 @@ class EngineReplica:
         if len(body) > int(self.server.max_body_bytes):
             return JSONResponse({"error": "the body exceeds server.max_body_bytes"}, 413)
         try:
-            images = decode_images(body, request.headers.get("content-type", ""),
-                                   self.engine.input_shape, self.engine.input_range)
+            images = decode_images(
+                body,
+                request.headers.get("content-type", ""),
+                self.engine.input_shape,
+                self.engine.input_range,
+            )
         except PayloadError as bad:
             return JSONResponse({"error": str(bad)}, 400)
         answers = await asyncio.gather(*(self.predict(image) for image in images))
         classes, exits, hits = (list(column) for column in zip(*answers))
-        return JSONResponse({"classes": classes, "exit_positions": exits, "hits": hits,
-                             "server_ms": 1e3 * (time.perf_counter() - started)})
+        return JSONResponse(
+            {
+                "classes": classes,
+                "exit_positions": exits,
+                "hits": hits,
+                "server_ms": 1e3 * (time.perf_counter() - started),
+            }
+        )
 
 
 @serve.deployment
@@ -159,14 +182,23 @@ class GatiReplica(EngineReplica):
             subscriber = Subscriber(router.route, first, router.prepare)
             tap_fraction = float(config.online.tap_fraction)
             served = "plan"  # the engine's static program is what the subscriber serves
-        engine = build_engine(system.model, system.deployment, served, max_group,
-                              route=system.route)
-        super().__init__(engine, max_group, float(config.serving.max_wait_ms),
-                         server_section(config), subscriber, learner, tap_fraction)
+        engine = build_engine(
+            system.model, system.deployment, served, max_group, route=system.route
+        )
+        super().__init__(
+            engine,
+            max_group,
+            float(config.serving.max_wait_ms),
+            server_section(config),
+            subscriber,
+            learner,
+            tap_fraction,
+        )
 
 
-def build_app(workdir: str, config_path: str, policy: str | None = None,
-              num_replicas: int | None = None) -> Any:
+def build_app(
+    workdir: str, config_path: str, policy: str | None = None, num_replicas: int | None = None
+) -> Any:
     """The Ray Serve application: ``num_replicas`` (default ``server.num_replicas``) replicas
     serving ``policy`` (default ``server.policy``) of the system in ``workdir``."""
     config = load_config_file(config_path)
@@ -178,9 +210,11 @@ def build_app(workdir: str, config_path: str, policy: str | None = None,
     # Each replica takes two groups' worth of requests at once (Ray's default, 5, would cap
     # every @serve.batch group at 5), the rest wait in Ray's queue, bounded by max_queue.
     max_group = int(config.serving.max_group)
-    replica = GatiReplica.options(num_replicas=int(server.num_replicas),
-                                  max_ongoing_requests=2 * max_group,
-                                  max_queued_requests=int(server.max_queue))
+    replica = GatiReplica.options(
+        num_replicas=int(server.num_replicas),
+        max_ongoing_requests=2 * max_group,
+        max_queued_requests=int(server.max_queue),
+    )
     return replica.bind(workdir, config_path, server.policy, learner)
 
 
@@ -189,7 +223,9 @@ def app_builder(args: dict[str, str]) -> Any:
     [num_replicas=N]``."""
     unknown = set(args) - {"workdir", "config", "policy", "num_replicas"}
     if unknown or "workdir" not in args or "config" not in args:
-        raise ValueError(f"expected workdir=DIR config=FILE [policy=...] [num_replicas=N], "
-                         f"got {json.dumps(args)}")
+        raise ValueError(
+            f"expected workdir=DIR config=FILE [policy=...] [num_replicas=N], "
+            f"got {json.dumps(args)}"
+        )
     replicas = int(args["num_replicas"]) if "num_replicas" in args else None
     return build_app(args["workdir"], args["config"], args.get("policy"), replicas)

@@ -78,8 +78,12 @@ class Subscriber:
     """A replica's hold on the published parameters: ``route`` serves a group at the held
     version; :meth:`apply` swaps a newer one in, in one assignment."""
 
-    def __init__(self, route: Callable[[Any, np.ndarray, np.ndarray], RouteResult],
-                 first: Published, prepare: Callable[[Any], None] | None = None):
+    def __init__(
+        self,
+        route: Callable[[Any, np.ndarray, np.ndarray], RouteResult],
+        first: Published,
+        prepare: Callable[[Any], None] | None = None,
+    ):
         self._route, self._prepare = route, prepare
         self.current = self._device(first)
 

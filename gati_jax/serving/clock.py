@@ -7,7 +7,8 @@ which clock it gets decides whether waiting and computing are real, simulated or
 from __future__ import annotations
 
 import time
-from typing import Callable, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 

@@ -49,8 +49,16 @@ def benchmark_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # Every policy on every workload, each planned for planner.eps.
     c.workloads = ("uniform", "temporal", "shift")
-    c.policies = ("none", "gati", "confidence", "entropy", "apparate", "apparate-online", "knn",
-                  "oracle")
+    c.policies = (
+        "none",
+        "gati",
+        "confidence",
+        "entropy",
+        "apparate",
+        "apparate-online",
+        "knn",
+        "oracle",
+    )
     # Rounds per (workload, policy), in rotating policy order; figures are medians over rounds.
     c.rounds = 3
     # With the virtual clock, policies serve interleaved, this many groups per turn.
@@ -69,13 +77,25 @@ def validate_benchmark(b: ml_collections.ConfigDict) -> None:
     from gati_jax.runtime.config import served_policy_names
 
     known = served_policy_names()
-    require(len(b.workloads) > 0 and all(w in available_workloads() for w in b.workloads),
-            "benchmark.workloads", b.workloads, f"workloads among {available_workloads()}")
-    require(len(b.policies) > 0 and all(p in known for p in b.policies) and "none" in b.policies,
-            "benchmark.policies", b.policies, f"policies among {known}, including 'none'")
+    require(
+        len(b.workloads) > 0 and all(w in available_workloads() for w in b.workloads),
+        "benchmark.workloads",
+        b.workloads,
+        f"workloads among {available_workloads()}",
+    )
+    require(
+        len(b.policies) > 0 and all(p in known for p in b.policies) and "none" in b.policies,
+        "benchmark.policies",
+        b.policies,
+        f"policies among {known}, including 'none'",
+    )
     require_at_least(b, "benchmark", ("rounds", "turn", "scaling_group", "scaling_requests"), 1)
-    require(all(int(d) >= 1 for d in b.device_counts), "benchmark.device_counts",
-            b.device_counts, "positive device counts")
+    require(
+        all(int(d) >= 1 for d in b.device_counts),
+        "benchmark.device_counts",
+        b.device_counts,
+        "positive device counts",
+    )
 
 
 # What a server can serve from a plan: the plain network, the plan's own policy, or the
@@ -118,16 +138,20 @@ def server_config() -> ml_collections.ConfigDict:
 
 def validate_server(s: ml_collections.ConfigDict) -> None:
     """Checks the ``server`` section (the policy against a plan is checked when serving)."""
-    require(isinstance(s.policy, str) and s.policy != "", "server.policy", s.policy,
-            f"one of {SERVED_POLICIES} or the plan's policy name")
-    require(isinstance(s.host, str) and s.host != "", "server.host", s.host,
-            "a host name or address")
-    require(0 <= int(s.port) <= 65535, "server.port", s.port,
-            "in [0, 65535] (0: any free port)")
+    require(
+        isinstance(s.policy, str) and s.policy != "",
+        "server.policy",
+        s.policy,
+        f"one of {SERVED_POLICIES} or the plan's policy name",
+    )
+    require(
+        isinstance(s.host, str) and s.host != "", "server.host", s.host, "a host name or address"
+    )
+    require(0 <= int(s.port) <= 65535, "server.port", s.port, "in [0, 65535] (0: any free port)")
     require_at_least(s, "server", ("max_queue", "num_replicas", "backlog"), 1)
-    require(int(s.max_body_bytes) >= 1024, "server.max_body_bytes", s.max_body_bytes,
-            ">= 1024")
-    require(int(s.retry_after_s) >= 1, "server.retry_after_s", s.retry_after_s,
-            ">= 1 (whole seconds)")
+    require(int(s.max_body_bytes) >= 1024, "server.max_body_bytes", s.max_body_bytes, ">= 1024")
+    require(
+        int(s.retry_after_s) >= 1, "server.retry_after_s", s.retry_after_s, ">= 1 (whole seconds)"
+    )
     require(s.sync_every_s > 0, "server.sync_every_s", s.sync_every_s, "> 0")
     require(s.max_queue_wait_ms > 0, "server.max_queue_wait_ms", s.max_queue_wait_ms, "> 0")

@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Generator, Protocol
+from collections.abc import Callable, Generator
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -52,34 +53,53 @@ class Background(Protocol):
 class ServingResult:
     """Per request, in stream (= arrival) order; times in seconds from the loop's start."""
 
-    answer: np.ndarray       # int, the served answer
-    exit_stage: np.ndarray   # int, the stage the request exited after
-    hit: np.ndarray          # bool, whether a cache hit
-    arrival: np.ndarray      # when the request arrived (closed loop: when its client sent it)
-    start: np.ndarray        # when its group was dispatched
-    finish: np.ndarray       # when its group's compute ended
-    latency: np.ndarray      # finish - arrival = queueing + compute
-    queueing: np.ndarray     # start - arrival
-    compute: np.ndarray      # finish - start
-    group: np.ndarray        # int, index of the group that served it
-    group_size: np.ndarray   # int, size of that group
-    duration: float          # first arrival to last finish
-    groups: int              # number of groups run
+    answer: np.ndarray  # int, the served answer
+    exit_stage: np.ndarray  # int, the stage the request exited after
+    hit: np.ndarray  # bool, whether a cache hit
+    arrival: np.ndarray  # when the request arrived (closed loop: when its client sent it)
+    start: np.ndarray  # when its group was dispatched
+    finish: np.ndarray  # when its group's compute ended
+    latency: np.ndarray  # finish - arrival = queueing + compute
+    queueing: np.ndarray  # start - arrival
+    compute: np.ndarray  # finish - start
+    group: np.ndarray  # int, index of the group that served it
+    group_size: np.ndarray  # int, size of that group
+    duration: float  # first arrival to last finish
+    groups: int  # number of groups run
 
     def __len__(self) -> int:
         return len(self.answer)
 
 
-def serve(route_group: RouteGroup, images: np.ndarray, *, arrivals: np.ndarray | None = None,
-          mode: str = "open", max_group: int = 8, max_wait_s: float = 0.002,
-          concurrency: int = 1, clock: Clock | None = None,
-          progress: bool = True, background: Background | None = None) -> ServingResult:
+def serve(
+    route_group: RouteGroup,
+    images: np.ndarray,
+    *,
+    arrivals: np.ndarray | None = None,
+    mode: str = "open",
+    max_group: int = 8,
+    max_wait_s: float = 0.002,
+    concurrency: int = 1,
+    clock: Clock | None = None,
+    progress: bool = True,
+    background: Background | None = None,
+) -> ServingResult:
     """Serves a stream of requests in groups; returns per-request answers and timings (see
     :func:`serve_steps` for the grouping rules)."""
-    return _finish(serve_steps(route_group, images, arrivals=arrivals, mode=mode,
-                               max_group=max_group, max_wait_s=max_wait_s,
-                               concurrency=concurrency, clock=clock, progress=progress,
-                               background=background))
+    return _finish(
+        serve_steps(
+            route_group,
+            images,
+            arrivals=arrivals,
+            mode=mode,
+            max_group=max_group,
+            max_wait_s=max_wait_s,
+            concurrency=concurrency,
+            clock=clock,
+            progress=progress,
+            background=background,
+        )
+    )
 
 
 def _finish(steps: Generator[int, None, ServingResult]) -> ServingResult:
@@ -90,8 +110,9 @@ def _finish(steps: Generator[int, None, ServingResult]) -> ServingResult:
             return stop.value
 
 
-def serve_interleaved(loops: dict[str, Generator[int, None, ServingResult]],
-                      turn: int = 25) -> dict[str, ServingResult]:
+def serve_interleaved(
+    loops: dict[str, Generator[int, None, ServingResult]], turn: int = 25
+) -> dict[str, ServingResult]:
     """Advances several serving loops in turns of ``turn`` groups each, round-robin, until all
     end; returns each one's result.
 
@@ -114,11 +135,19 @@ def serve_interleaved(loops: dict[str, Generator[int, None, ServingResult]],
     return {name: results[name] for name in loops}
 
 
-def serve_steps(route_group: RouteGroup, images: np.ndarray, *, arrivals: np.ndarray | None = None,
-          mode: str = "open", max_group: int = 8, max_wait_s: float = 0.002,
-          concurrency: int = 1, clock: Clock | None = None,
-          progress: bool = True,
-          background: Background | None = None) -> Generator[int, None, ServingResult]:
+def serve_steps(
+    route_group: RouteGroup,
+    images: np.ndarray,
+    *,
+    arrivals: np.ndarray | None = None,
+    mode: str = "open",
+    max_group: int = 8,
+    max_wait_s: float = 0.002,
+    concurrency: int = 1,
+    clock: Clock | None = None,
+    progress: bool = True,
+    background: Background | None = None,
+) -> Generator[int, None, ServingResult]:
     """The serving loop as a generator: yields after each group (the groups served so far)
     and returns the ServingResult; :func:`serve` runs it to the end.
 
@@ -188,22 +217,38 @@ def serve_steps(route_group: RouteGroup, images: np.ndarray, *, arrivals: np.nda
             if mode == "closed":
                 # Each answered client sends its next request the moment its answer arrives.
                 sent = min(size, n - known)
-                arrival[known:known + sent] = finish[index[0]]
+                arrival[known : known + sent] = finish[index[0]]
                 known += sent
             if background is not None and background.overdue():
                 _, seconds = clock.run(background.run_chunk, 0)
                 now = advance(now + seconds)
             bar.update(size)
             yield groups
-    return ServingResult(answer=answer, exit_stage=exit_stage, hit=hit, arrival=arrival,
-                         start=start, finish=finish, latency=finish - arrival,
-                         queueing=start - arrival, compute=finish - start, group=group,
-                         group_size=group_size, duration=float(finish[-1] - arrival[0]),
-                         groups=groups)
+    return ServingResult(
+        answer=answer,
+        exit_stage=exit_stage,
+        hit=hit,
+        arrival=arrival,
+        start=start,
+        finish=finish,
+        latency=finish - arrival,
+        queueing=start - arrival,
+        compute=finish - start,
+        group=group,
+        group_size=group_size,
+        duration=float(finish[-1] - arrival[0]),
+        groups=groups,
+    )
 
 
-def _check_inputs(n: int, arrivals: np.ndarray | None, mode: str, max_group: int,
-                  max_wait_s: float, concurrency: int) -> np.ndarray:
+def _check_inputs(
+    n: int,
+    arrivals: np.ndarray | None,
+    mode: str,
+    max_group: int,
+    max_wait_s: float,
+    concurrency: int,
+) -> np.ndarray:
     """Validates the loop's arguments; returns the arrival array the loop fills in."""
     if mode not in MODES:
         raise ValueError(f"unknown serving mode {mode!r}; expected one of {MODES}")
@@ -231,25 +276,35 @@ def _check_inputs(n: int, arrivals: np.ndarray | None, mode: str, max_group: int
     return arrival
 
 
-def _run(route_group: RouteGroup, images: np.ndarray,
-         index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _run(
+    route_group: RouteGroup, images: np.ndarray, index: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # Gathering the group's images is part of serving it, so it is timed with the compute;
     # np.asarray blocks on device arrays, so the clock times the compute, not its dispatch.
     result = route_group(images[index], index)
     try:
         answer, exit_stage, hit = result
     except (TypeError, ValueError):
-        raise ValueError("route_group must return (answer, exit_stage, hit), e.g. a "
-                         f"RouteResult; got {type(result).__name__}") from None
+        raise ValueError(
+            "route_group must return (answer, exit_stage, hit), e.g. a "
+            f"RouteResult; got {type(result).__name__}"
+        ) from None
     return np.asarray(answer), np.asarray(exit_stage), np.asarray(hit)
 
 
-def _store(result: tuple[np.ndarray, np.ndarray, np.ndarray], size: int, index: np.ndarray,
-           answer: np.ndarray, exit_stage: np.ndarray, hit: np.ndarray) -> None:
-    for name, value, out in zip(("answer", "exit_stage", "hit"), result,
-                                (answer, exit_stage, hit)):
+def _store(
+    result: tuple[np.ndarray, np.ndarray, np.ndarray],
+    size: int,
+    index: np.ndarray,
+    answer: np.ndarray,
+    exit_stage: np.ndarray,
+    hit: np.ndarray,
+) -> None:
+    for name, value, out in zip(("answer", "exit_stage", "hit"), result, (answer, exit_stage, hit)):
         if value.shape != (size,):
-            raise ValueError(f"route_group returned {name} of shape {value.shape} for a group "
-                             f"of {size} requests (requests {index[0]}..{index[-1]}); "
-                             f"expected ({size},)")
+            raise ValueError(
+                f"route_group returned {name} of shape {value.shape} for a group "
+                f"of {size} requests (requests {index[0]}..{index[-1]}); "
+                f"expected ({size},)"
+            )
         out[index] = value
