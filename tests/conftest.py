@@ -62,9 +62,12 @@ def fc_caches(network, positions, classes: int, seed: int = 0) -> tuple[tuple, t
     for k, p in enumerate(positions):
         key = jax.random.key(seed * 100 + k)
         heads.append(CacheHead(spec, classes, 1, 8))
-        params.append({
-            "predictor": Predictor(spec, classes).init(key, jnp.zeros(shapes[p]))["params"],
-            "selector": Selector(8).init(key, jnp.zeros((1, NUM_FEATURES)))["params"]})
+        params.append(
+            {
+                "predictor": Predictor(spec, classes).init(key, jnp.zeros(shapes[p]))["params"],
+                "selector": Selector(8).init(key, jnp.zeros((1, NUM_FEATURES)))["params"],
+            }
+        )
     return tuple(heads), tuple(params)
 
 
@@ -85,6 +88,7 @@ ROUTER_CLASSES = 4
 def base():
     """A tiny staged MLP (four hidden stages) and its initial variables."""
     from gati_jax.models import build_network
+
     config = ml_collections.ConfigDict(dict(name="mlp", width=1, hidden_sizes=(24, 16, 12, 8)))
     network = build_network(config, ROUTER_SHAPE, ROUTER_CLASSES)
     return network, network.init(jax.random.key(0))

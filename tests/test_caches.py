@@ -7,22 +7,40 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+
 from gati_jax import data
-from gati_jax.caches import (CacheBank, Candidate, Predictor, VariantError, calibrate_threshold,
-                             hit_statistics, load_bank, make_lookup, mark_frontier,
-                             parse_variant, record_activations, save_bank)
+from gati_jax.caches import (
+    CacheBank,
+    Candidate,
+    Predictor,
+    VariantError,
+    calibrate_threshold,
+    hit_statistics,
+    load_bank,
+    make_lookup,
+    mark_frontier,
+    parse_variant,
+    record_activations,
+    save_bank,
+)
 from gati_jax.caches.exploration import ExplorationData, explore
 from gati_jax.caches.selector import wilson_lower_bound
 from gati_jax.caches.training import HeadTraining, train_predictors
 from gati_jax.config import ConfigError, base_config, validate_config
 from gati_jax.inference import BaseModel
-from gati_jax.models import build_network
 from gati_jax.jobs.train_base import train_and_evaluate
+from gati_jax.models import build_network
 
-VARIANTS = ["pool-k1", "pool-k2-h16", "pool-k4-h16-h8", "conv1-c4-s1-k2", "conv3-c4-s2-k2-h8",
-            "fc-d2", "fc-d4-h16"]
+VARIANTS = [
+    "pool-k1",
+    "pool-k2-h16",
+    "pool-k4-h16-h8",
+    "conv1-c4-s1-k2",
+    "conv3-c4-s2-k2-h8",
+    "fc-d2",
+    "fc-d4-h16",
+]
 
 
 @pytest.mark.parametrize("text", VARIANTS)
@@ -36,9 +54,13 @@ def test_variant_output_shapes_and_names(text):
 
 
 def test_bad_variants_are_named():
-    for text, match in [("knn-k2", "unknown variant"), ("pool-k2-x3", "cannot read 'x3'"),
-                        ("conv5-c4-k2", "kernels are 1 or 3"), ("pool-k0", "positive"),
-                        ("fc-d2-h8-h8-h8", "at most 2")]:
+    for text, match in [
+        ("knn-k2", "unknown variant"),
+        ("pool-k2-x3", "cannot read 'x3'"),
+        ("conv5-c4-k2", "kernels are 1 or 3"),
+        ("pool-k0", "positive"),
+        ("fc-d2-h8-h8-h8", "at most 2"),
+    ]:
         with pytest.raises(VariantError, match=match):
             parse_variant(text)
     with pytest.raises(VariantError, match="larger than the 2x2 map at position 7"):
@@ -88,10 +110,12 @@ def test_vmapped_training_equals_looped_training():
     hp = HeadTraining(epochs=2, batch_size=32)
     seeds, rates = np.array([0, 1, 2, 3]), np.array([1e-3, 1e-2, 1e-3, 3e-2], np.float32)
     vmapped, v_loss = train_predictors(spec, 5, features, teacher, seeds, rates, hp)
-    looped, l_loss = train_predictors(spec, 5, features, teacher, seeds, rates, hp,
-                                      vectorised=False)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
-                 vmapped, looped)
+    looped, l_loss = train_predictors(
+        spec, 5, features, teacher, seeds, rates, hp, vectorised=False
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), vmapped, looped
+    )
     np.testing.assert_allclose(v_loss, l_loss, rtol=2e-5)
     # The members really differ (seeds and rates reach the parameters).
     first = jax.tree.leaves(vmapped)[0]
@@ -112,10 +136,15 @@ def tiny_base(tmp_path_factory):
 def _exploration_data(model, dataset):
     def rec(split):
         return record_activations(model, split.images, split.labels)
+
     half = len(dataset.validation.labels) // 2
     val = rec(dataset.validation)
-    return ExplorationData(rec(dataset.train), val.take(np.arange(half)),
-                           val.take(np.arange(half, len(val.labels))), rec(dataset.test))
+    return ExplorationData(
+        rec(dataset.train),
+        val.take(np.arange(half)),
+        val.take(np.arange(half, len(val.labels))),
+        rec(dataset.test),
+    )
 
 
 def _caches_config(**kwargs) -> ml_collections.ConfigDict:
@@ -155,8 +184,7 @@ def test_exploration_predictors_agree_and_thresholds_hold(tiny_base, tmp_path):
     # The loaded parameters serve: the lookup reproduces the recorded agreement.
     c = loaded.candidates[0]
     lookup = jax.jit(make_lookup(c.spec, bank.num_classes, c.pool_factor, bank.selector_hidden))
-    answers, scores = lookup(c.params, jnp.asarray(recorded.test.features[c.position],
-                                                   jnp.float32))
+    answers, scores = lookup(c.params, jnp.asarray(recorded.test.features[c.position], jnp.float32))
     agreement = float(np.mean(np.asarray(answers) == recorded.test.base_predictions))
     assert agreement == pytest.approx(c.metrics["agreement"], abs=1e-6)
     assert np.all((np.asarray(scores) >= 0) & (np.asarray(scores) <= 1))
@@ -165,8 +193,13 @@ def test_exploration_predictors_agree_and_thresholds_hold(tiny_base, tmp_path):
 def test_recording_respects_its_memory_limit():
     config = ml_collections.ConfigDict(dict(name="resnet18", width=4, hidden_sizes=()))
     network = build_network(config, (16, 16, 1), 3)
-    model = BaseModel(network, network.init(jax.random.key(0)), np.zeros(1, np.float32),
-                      np.ones(1, np.float32), {})
+    model = BaseModel(
+        network,
+        network.init(jax.random.key(0)),
+        np.zeros(1, np.float32),
+        np.ones(1, np.float32),
+        {},
+    )
     images = np.random.default_rng(0).integers(0, 255, (40, 16, 16, 1), dtype=np.uint8)
     labels = np.zeros(40, np.int32)
     full = record_activations(model, images, labels)
@@ -187,8 +220,18 @@ def test_recording_respects_its_memory_limit():
 
 def test_frontier_keeps_only_undominated_candidates():
     def cand(lat, hit):
-        return Candidate(0, "pool-k1", 0, 1e-3, 1, (2, 2, 1), {}, {},
-                         {"lookup_latency_s": lat, "hit_rate@0.99": hit})
+        return Candidate(
+            0,
+            "pool-k1",
+            0,
+            1e-3,
+            1,
+            (2, 2, 1),
+            {},
+            {},
+            {"lookup_latency_s": lat, "hit_rate@0.99": hit},
+        )
+
     cands = [cand(1.0, 0.5), cand(2.0, 0.4), cand(2.0, 0.7), cand(3.0, 0.7), cand(0.5, 0.1)]
     mark_frontier(cands)
     assert [c.metrics["on_frontier"] for c in cands] == [True, False, True, False, True]
@@ -198,51 +241,69 @@ def test_frontier_keeps_only_undominated_candidates():
 
 def test_adaptive_avg_pool_uses_pytorch_bins_and_leaves_a_grid_sized_map_alone():
     from gati_jax.caches.pooling import adaptive_avg_pool
+
     x = np.random.default_rng(0).normal(size=(2, 7, 5, 3)).astype(np.float32)
     pooled = np.asarray(adaptive_avg_pool(jnp.asarray(x), 3))
     # PyTorch's adaptive bins: [floor(i * n / k), ceil((i + 1) * n / k)), overlapping here.
     rows, cols = [(0, 3), (2, 5), (4, 7)], [(0, 2), (1, 4), (3, 5)]
     for i, (r0, r1) in enumerate(rows):
         for j, (c0, c1) in enumerate(cols):
-            np.testing.assert_allclose(pooled[:, i, j], x[:, r0:r1, c0:c1].mean((1, 2)),
-                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                pooled[:, i, j], x[:, r0:r1, c0:c1].mean((1, 2)), rtol=1e-5, atol=1e-6
+            )
     grid = jnp.asarray(x[:, :3, :3])
     assert adaptive_avg_pool(grid, 3) is grid
 
 
-@pytest.mark.parametrize("size,factor,grid", [(28, 2, 4), (28, 2, 1), (28, 2, 14), (28, 4, 2),
-                                              (14, 1, 4), (12, 3, 3), (8, 2, 3), (7, 1, 7)])
+@pytest.mark.parametrize(
+    "size,factor,grid",
+    [(28, 2, 4), (28, 2, 1), (28, 2, 14), (28, 4, 2), (14, 1, 4), (12, 3, 3), (8, 2, 3), (7, 1, 7)],
+)
 def test_pooling_by_slices_equals_the_pooling_matrices(size, factor, grid):
     """pool_map, adaptive pooling and the one-step pooled_grid (written as slices, see
     caches/pooling.py) average exactly the values the pooling matrices weigh."""
-    from gati_jax.caches.pooling import (adaptive_avg_pool, adaptive_pool_matrix, pool_map,
-                                         pooled_grid)
+    from gati_jax.caches.pooling import (
+        adaptive_avg_pool,
+        adaptive_pool_matrix,
+        pool_map,
+        pooled_grid,
+    )
+
     x = np.random.default_rng(size + grid).normal(size=(2, size, size + factor, 3))
     x = x.astype(np.float32)
-    blocks = np.asarray(x.reshape(2, size // factor, factor, (size + factor) // factor, factor,
-                                  3).mean((2, 4)))
+    blocks = np.asarray(
+        x.reshape(2, size // factor, factor, (size + factor) // factor, factor, 3).mean((2, 4))
+    )
     np.testing.assert_allclose(pool_map(jnp.asarray(x), factor), blocks, rtol=1e-5, atol=1e-6)
     rows = adaptive_pool_matrix(blocks.shape[1], grid)
     cols = adaptive_pool_matrix(blocks.shape[2], grid)
     want = np.einsum("ih,jw,nhwc->nijc", rows, cols, blocks)
-    np.testing.assert_allclose(adaptive_avg_pool(jnp.asarray(blocks), grid), want,
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(jax.jit(pooled_grid, static_argnums=(1, 2))(
-        jnp.asarray(x), factor, grid), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        adaptive_avg_pool(jnp.asarray(blocks), grid), want, rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        jax.jit(pooled_grid, static_argnums=(1, 2))(jnp.asarray(x), factor, grid),
+        want,
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_pool_map_names_a_factor_that_does_not_divide_the_map():
     from gati_jax.caches.pooling import pool_map
+
     with pytest.raises(ValueError, match="cannot be pooled by 3"):
         pool_map(jnp.zeros((1, 8, 8, 2)), 3)
 
 
-@pytest.mark.parametrize("variant", ["pool-k4-h8", "fc-d2-h8", "conv3-c4-s2-k2", "pool-k1",
-                                     "fc-d3-h8"])
+@pytest.mark.parametrize(
+    "variant", ["pool-k4-h8", "fc-d2-h8", "conv3-c4-s2-k2", "pool-k1", "fc-d3-h8"]
+)
 def test_a_predictor_on_the_raw_map_equals_it_on_the_recorded_one(variant):
     """Served lookups hand the predictor the raw activation (pre_pool = the recording's
     factor); it must answer as on the pooled activation the cache was trained on."""
     from gati_jax.caches.pooling import pool_map
+
     x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 16, 16, 4)), jnp.float32)
     spec = parse_variant(variant)
     params = Predictor(spec, 5).init(jax.random.key(0), pool_map(x, 2))

@@ -32,9 +32,14 @@ def _trained_state(config, steps=3):
     state = create_train_state(network, tx, jax.random.key(0))
     step = jax.jit(functools.partial(train_step, network, tx, flip=False, crop_padding=0))
     for i in range(steps):
-        state = step(state, dataset.train.images[i * 32:(i + 1) * 32],
-                     dataset.train.labels[i * 32:(i + 1) * 32], jax.random.key(i),
-                     dataset.mean, dataset.std)
+        state = step(
+            state,
+            dataset.train.images[i * 32 : (i + 1) * 32],
+            dataset.train.labels[i * 32 : (i + 1) * 32],
+            jax.random.key(i),
+            dataset.mean,
+            dataset.std,
+        )
     return network, dataset, state, tx
 
 
@@ -65,16 +70,25 @@ def test_restore_without_checkpoint_is_a_clear_error(tmp_path):
 
 def test_base_model_round_trip_and_replacement(tmp_path):
     network, dataset, state, _ = _trained_state(tiny_config())
-    model = BaseModel(network, state.variables, dataset.mean, dataset.std,
-                      {"model": tiny_config().model.to_dict(), "note": "first"})
+    model = BaseModel(
+        network,
+        state.variables,
+        dataset.mean,
+        dataset.std,
+        {"model": tiny_config().model.to_dict(), "note": "first"},
+    )
     save_base_model(tmp_path / "model", model)
     loaded = load_base_model(tmp_path / "model")
     _assert_trees_equal(loaded.variables, jax.device_get(state.variables))
     np.testing.assert_array_equal(loaded.mean, dataset.mean)
     assert loaded.network == network and loaded.metadata["note"] == "first"
     # Saving again over the same directory replaces it whole; nothing stale remains.
-    save_base_model(tmp_path / "model", BaseModel(network, state.variables, dataset.mean,
-                                                  dataset.std, dict(model.metadata, note="2")))
+    save_base_model(
+        tmp_path / "model",
+        BaseModel(
+            network, state.variables, dataset.mean, dataset.std, dict(model.metadata, note="2")
+        ),
+    )
     assert load_base_model(tmp_path / "model").metadata["note"] == "2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
@@ -83,8 +97,13 @@ def test_missing_and_corrupt_base_models_are_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no base model at"):
         load_base_model(tmp_path / "nowhere")
     network, dataset, state, _ = _trained_state(tiny_config(), steps=1)
-    model = BaseModel(network, state.variables, dataset.mean, dataset.std,
-                      {"model": tiny_config().model.to_dict()})
+    model = BaseModel(
+        network,
+        state.variables,
+        dataset.mean,
+        dataset.std,
+        {"model": tiny_config().model.to_dict()},
+    )
     save_base_model(tmp_path / "model", model)
     meta = tmp_path / "model" / "model.json"
     good = meta.read_text()

@@ -22,18 +22,38 @@ from gati_jax.data.synthetic import make_synthetic
 
 FASHION_DIR = fashion_mnist.DEBIAN_DIR
 needs_fashion = pytest.mark.skipif(
-    not os.path.isdir(FASHION_DIR), reason="dataset-fashion-mnist is not installed")
+    not os.path.isdir(FASHION_DIR), reason="dataset-fashion-mnist is not installed"
+)
 
 
-def data_config(name: str = "synthetic", *, data_dir: str = "", validation_size: int = 100,
-                split_seed: int = 0, **synthetic) -> ml_collections.ConfigDict:
+def data_config(
+    name: str = "synthetic",
+    *,
+    data_dir: str = "",
+    validation_size: int = 100,
+    split_seed: int = 0,
+    **synthetic,
+) -> ml_collections.ConfigDict:
     """A `data` config section; `synthetic` overrides the small synthetic defaults."""
-    synthetic_cfg = dict(num_classes=4, image_size=8, channels=1, train_size=600, test_size=300,
-                         hard_fraction=0.3, seed=0)
+    synthetic_cfg = dict(
+        num_classes=4,
+        image_size=8,
+        channels=1,
+        train_size=600,
+        test_size=300,
+        hard_fraction=0.3,
+        seed=0,
+    )
     synthetic_cfg.update(synthetic)
-    return ml_collections.ConfigDict(dict(
-        name=name, data_dir=data_dir, validation_size=validation_size, split_seed=split_seed,
-        synthetic=synthetic_cfg))
+    return ml_collections.ConfigDict(
+        dict(
+            name=name,
+            data_dir=data_dir,
+            validation_size=validation_size,
+            split_seed=split_seed,
+            synthetic=synthetic_cfg,
+        )
+    )
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -50,8 +70,9 @@ def write_idx(path, array: np.ndarray, compress: bool = False) -> None:
         f.write(gzip.compress(payload) if compress else payload)
 
 
-def write_fashion_dir(directory, rng: np.random.Generator, n_train: int, n_test: int
-                      ) -> dict[str, np.ndarray]:
+def write_fashion_dir(
+    directory, rng: np.random.Generator, n_train: int, n_test: int
+) -> dict[str, np.ndarray]:
     """Writes the four Fashion-MNIST IDX files (train images gzipped, the rest raw)."""
     arrays = {
         "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
@@ -68,10 +89,12 @@ def write_fashion_dir(directory, rng: np.random.Generator, n_train: int, n_test:
 def example_keys(split: data.Split) -> collections.Counter:
     """Multiset of (image bytes, label): compares splits by content, independent of order."""
     return collections.Counter(
-        (image.tobytes(), int(label)) for image, label in zip(split.images, split.labels))
+        (image.tobytes(), int(label)) for image, label in zip(split.images, split.labels)
+    )
 
 
 # --- IDX reader -----------------------------------------------------------------------------
+
 
 @needs_fashion
 def test_read_idx_real_files():
@@ -132,6 +155,7 @@ def test_read_idx_bad_magic_and_dtype(tmp_path):
 
 # --- Fashion-MNIST ----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def fashion() -> data.Dataset:
     if not os.path.isdir(FASHION_DIR):
@@ -161,11 +185,12 @@ def test_fashion_mnist_stats_from_train_only(fashion):
 
 def test_fashion_mnist_data_dir_takes_precedence(tmp_path):
     arrays = write_fashion_dir(tmp_path, np.random.default_rng(1), n_train=30, n_test=10)
-    ds = data.load_dataset(data_config("fashion_mnist", data_dir=str(tmp_path),
-                                       validation_size=5))
+    ds = data.load_dataset(data_config("fashion_mnist", data_dir=str(tmp_path), validation_size=5))
     assert (len(ds.train), len(ds.validation), len(ds.test)) == (25, 5, 10)
-    raw_train = data.Split(arrays["train-images-idx3-ubyte"][..., None],
-                           arrays["train-labels-idx1-ubyte"].astype(np.int32))
+    raw_train = data.Split(
+        arrays["train-images-idx3-ubyte"][..., None],
+        arrays["train-labels-idx1-ubyte"].astype(np.int32),
+    )
     assert example_keys(ds.train) + example_keys(ds.validation) == example_keys(raw_train)
     np.testing.assert_array_equal(ds.test.images[..., 0], arrays["t10k-images-idx3-ubyte"])
     np.testing.assert_array_equal(ds.test.labels, arrays["t10k-labels-idx1-ubyte"])
@@ -199,6 +224,7 @@ def test_fashion_mnist_missing_everywhere(tmp_path, monkeypatch):
 
 # --- CIFAR through TFDS mock data -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name,num_classes", [("cifar10", 10), ("cifar100", 100)])
 def test_cifar_mock_data(name, num_classes):
     with tfds.testing.mock_data(num_examples=12):
@@ -222,6 +248,7 @@ def test_cifar_missing_raises_data_not_found(monkeypatch):
 
 # --- Synthetic ----------------------------------------------------------------------------------
 
+
 def test_synthetic_deterministic_per_seed():
     first, second = make_synthetic(data_config().synthetic), make_synthetic(data_config().synthetic)
     np.testing.assert_array_equal(first.train.images, second.train.images)
@@ -241,8 +268,11 @@ def test_synthetic_shapes_and_hard_fraction():
 
 
 def test_synthetic_learnable_and_hard_is_harder():
-    synthetic = make_synthetic(data_config(num_classes=10, image_size=12, train_size=2000,
-                                           test_size=1000, hard_fraction=0.5).synthetic)
+    synthetic = make_synthetic(
+        data_config(
+            num_classes=10, image_size=12, train_size=2000, test_size=1000, hard_fraction=0.5
+        ).synthetic
+    )
     x_train = synthetic.train.images.reshape(2000, -1) / 255.0
     x_test = synthetic.test.images.reshape(1000, -1) / 255.0
     means = np.stack([x_train[synthetic.train.labels == k].mean(0) for k in range(10)])
@@ -259,6 +289,7 @@ def test_synthetic_rejects_bad_hard_fraction():
 
 
 # --- Validation carve, config errors, batching ---------------------------------------------------
+
 
 def test_validation_carve_deterministic_and_disjoint():
     train_idx, val_idx = carve_indices(600, 100, split_seed=3)
@@ -296,8 +327,9 @@ def test_bad_validation_size(size):
 
 
 def test_batches_order_permutation_and_remainder():
-    split = data.Split(np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1),
-                       np.arange(10, dtype=np.int32))
+    split = data.Split(
+        np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1), np.arange(10, dtype=np.int32)
+    )
     in_order = list(data.batches(split, 4))
     assert [len(labels) for _, labels in in_order] == [4, 4, 2]
     np.testing.assert_array_equal(np.concatenate([lab for _, lab in in_order]), np.arange(10))
@@ -310,6 +342,7 @@ def test_batches_order_permutation_and_remainder():
 
 
 # --- normalize / augment ------------------------------------------------------------------------
+
 
 def random_images(n: int = 32, dtype=np.uint8) -> np.ndarray:
     # Non-square with distinct H, W, C so that a swapped axis cannot go unnoticed.
@@ -355,8 +388,12 @@ def test_augment_crop_shifts_content():
     h, w = images.shape[1:3]
     offsets = []
     for o, p in zip(out, padded):
-        matches = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
-                   if np.array_equal(o, p[dy:dy + h, dx:dx + w])]
+        matches = [
+            (dy, dx)
+            for dy in range(2 * pad + 1)
+            for dx in range(2 * pad + 1)
+            if np.array_equal(o, p[dy : dy + h, dx : dx + w])
+        ]
         assert len(matches) == 1
         offsets.append(matches[0])
     assert len(set(offsets)) > 5

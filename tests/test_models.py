@@ -11,8 +11,15 @@ import pytest
 from gati_jax.models import available_networks, build_network
 
 # Tiny widths keep every family's test to about a second on two cores.
-FAMILIES = [("resnet18", 4), ("resnet34", 2), ("resnet50", 2), ("resnet20", 2), ("vgg11", 4),
-            ("vgg16", 2), ("mlp", 0)]
+FAMILIES = [
+    ("resnet18", 4),
+    ("resnet34", 2),
+    ("resnet50", 2),
+    ("resnet20", 2),
+    ("vgg11", 4),
+    ("vgg16", 2),
+    ("mlp", 0),
+]
 # Registered but too deep to run in every test; their shapes and sizes are checked abstractly.
 DEEP = ["resnet32", "resnet44", "resnet56", "resnet110", "resnet101", "resnet152"]
 INPUT_SHAPE = (12, 12, 3)
@@ -60,8 +67,10 @@ def test_stages_one_by_one_equal_whole_network(name, width):
     mid = network.num_stages // 2
     run_range = jax.jit(network.apply_range, static_argnums=(2, 3))
     prefix = run_range(variables, x, 0, mid)
-    np.testing.assert_allclose(run_range(variables, prefix, mid, network.num_stages),
-                               whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        run_range(variables, prefix, mid, network.num_stages), whole, rtol=1e-5, atol=1e-5
+    )
+
 
 @pytest.mark.parametrize("name,width", [("resnet18", 4), ("vgg11", 4)])
 def test_batch_norm_uses_running_statistics_at_inference(name, width):
@@ -70,8 +79,9 @@ def test_batch_norm_uses_running_statistics_at_inference(name, width):
     x = jax.random.normal(jax.random.key(3), (4, *INPUT_SHAPE))
     # Inference is per-example: a row's logits do not depend on the rest of the batch.
     apply = jax.jit(network.apply)
-    np.testing.assert_allclose(apply(variables, x)[:1], apply(variables, x[:1]),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        apply(variables, x)[:1], apply(variables, x[:1]), rtol=1e-5, atol=1e-5
+    )
     logits, new_stats = jax.jit(network.apply_train)(variables, x)
     assert logits.shape == (4, 5)
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"], new_stats)
@@ -86,8 +96,9 @@ def test_resnet_width_multiplier_and_input_size():
     assert shapes[-2] == (1, 4, 4, 128)
     assert shapes[-1] == (1, 10)
     assert network.num_stages == 10  # stem, 8 basic blocks, head
-    resnet50 = build_network(ml_collections.ConfigDict(dict(name="resnet50", width=8,
-                                                            hidden_sizes=())), (32, 32, 3), 100)
+    resnet50 = build_network(
+        ml_collections.ConfigDict(dict(name="resnet50", width=8, hidden_sizes=())), (32, 32, 3), 100
+    )
     assert resnet50.num_stages == 18 and resnet50.activation_shapes()[1] == (1, 32, 32, 32)
 
 
@@ -109,33 +120,54 @@ def test_bad_input_is_named():
 
 
 def _param_count(name: str, width: int, input_shape=(32, 32, 3), classes=10) -> int:
-    network = build_network(ml_collections.ConfigDict(dict(name=name, width=width)),
-                            input_shape, classes)
+    network = build_network(
+        ml_collections.ConfigDict(dict(name=name, width=width)), input_shape, classes
+    )
     abstract = jax.eval_shape(network.init, jax.random.key(0))
     return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(abstract["params"]))
 
 
-@pytest.mark.parametrize("name,published_millions", [
-    # He et al. 2016, table 6 (CIFAR-10, width 16). Our shortcuts are 1x1 projections where
-    # the shape changes (option B), which adds about 3 k parameters to each.
-    ("resnet20", 0.27), ("resnet32", 0.46), ("resnet44", 0.66), ("resnet56", 0.85),
-    ("resnet110", 1.7)])
+@pytest.mark.parametrize(
+    "name,published_millions",
+    [
+        # He et al. 2016, table 6 (CIFAR-10, width 16). Our shortcuts are 1x1 projections where
+        # the shape changes (option B), which adds about 3 k parameters to each.
+        ("resnet20", 0.27),
+        ("resnet32", 0.46),
+        ("resnet44", 0.66),
+        ("resnet56", 0.85),
+        ("resnet110", 1.7),
+    ],
+)
 def test_cifar_resnet_parameter_counts_match_the_paper(name, published_millions):
     assert _param_count(name, 16) / 1e6 == pytest.approx(published_millions, rel=0.03)
 
 
-@pytest.mark.parametrize("name,published_millions", [
-    # ImageNet figures less the 1000-way classifier (2048 x 1000 + 1000 for bottlenecks);
-    # VGG-16's convolutions alone are 14.7 M (its FC layers are replaced by the pooled head).
-    ("resnet101", 44.5 - 2.05), ("resnet152", 60.2 - 2.05), ("vgg16", 14.7)])
+@pytest.mark.parametrize(
+    "name,published_millions",
+    [
+        # ImageNet figures less the 1000-way classifier (2048 x 1000 + 1000 for bottlenecks);
+        # VGG-16's convolutions alone are 14.7 M (its FC layers are replaced by the pooled head).
+        ("resnet101", 44.5 - 2.05),
+        ("resnet152", 60.2 - 2.05),
+        ("vgg16", 14.7),
+    ],
+)
 def test_imagenet_style_parameter_counts_match_published_figures(name, published_millions):
     assert _param_count(name, 64) / 1e6 == pytest.approx(published_millions, rel=0.03)
 
 
-@pytest.mark.parametrize("name,stages,last_map", [
-    ("resnet20", 11, (1, 7, 7, 64)), ("resnet56", 29, (1, 7, 7, 64)),
-    ("resnet110", 56, (1, 7, 7, 64)), ("resnet101", 35, (1, 4, 4, 512)),
-    ("resnet152", 52, (1, 4, 4, 512)), ("vgg16", 6, (1, 1, 1, 128))])
+@pytest.mark.parametrize(
+    "name,stages,last_map",
+    [
+        ("resnet20", 11, (1, 7, 7, 64)),
+        ("resnet56", 29, (1, 7, 7, 64)),
+        ("resnet110", 56, (1, 7, 7, 64)),
+        ("resnet101", 35, (1, 4, 4, 512)),
+        ("resnet152", 52, (1, 4, 4, 512)),
+        ("vgg16", 6, (1, 1, 1, 128)),
+    ],
+)
 def test_deep_networks_have_one_stage_per_block(name, stages, last_map):
     network = build_network(ml_collections.ConfigDict(dict(name=name, width=16)), (28, 28, 1), 10)
     shapes = network.activation_shapes()

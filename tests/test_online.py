@@ -8,22 +8,22 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-
 from conftest import assert_config_rejects, fc_caches
+
 from gati_jax import data
-from gati_jax.config import ConfigError, base_config, validate_config
-from gati_jax.online.config import online_config
-from gati_jax.inference import BaseModel
-from gati_jax.models import build_network
 from gati_jax.caches.selector import wilson_lower_bound
+from gati_jax.config import ConfigError, base_config, validate_config
+from gati_jax.inference import BaseModel
+from gati_jax.jobs.benchmark import _alarm_spans, _runs
+from gati_jax.models import build_network
+from gati_jax.online.config import online_config
 from gati_jax.online.guard import AccuracyGuard, wilson_upper_bound
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
 from gati_jax.online.shift import ShiftDetector, ShiftReference
-from gati_jax.online.updates import UpdateSettings, Verdict, shift_logits
+from gati_jax.online.updates import Verdict, shift_logits
 from gati_jax.online.window import ReplayWindow
 from gati_jax.runtime.deployment import Deployment
 from gati_jax.runtime.segments import SegmentedNetwork
-from gati_jax.jobs.benchmark import _alarm_spans, _runs
 from gati_jax.serving.clock import FakeClock
 from gati_jax.serving.loop import serve
 
@@ -36,8 +36,13 @@ POSITIONS = (0, 1)  # same activation shape: one vmapped group of two caches
 def model():
     config = ml_collections.ConfigDict(dict(name="mlp", width=1, hidden_sizes=(16, 16, 16, 8)))
     network = build_network(config, SHAPE, CLASSES)
-    return BaseModel(network, network.init(jax.random.key(0)), np.array([0.5], np.float32),
-                     np.array([0.25], np.float32), {})
+    return BaseModel(
+        network,
+        network.init(jax.random.key(0)),
+        np.array([0.5], np.float32),
+        np.array([0.25], np.float32),
+        {},
+    )
 
 
 def _deployment(model, thresholds=(0.99, 0.99)):
@@ -48,13 +53,32 @@ def _deployment(model, thresholds=(0.99, 0.99)):
 def _settings(**changes):
     """Small, fast settings for the tiny test model: the config section with test values."""
     section = online_config()
-    section.update(dict(
-        update_every=40, max_backoff=1, audit_fraction=1.0, tap_fraction=1.0,
-        alarm_audit_fraction=0.0, audit_group=2, audit_segments=1, window_bytes=1 << 16,
-        window_items=256, holdout_every=4, prior_window=0, shift_detect=False,
-        shift_level=6.0, learning_rate=1e-2, steps=30, steps_per_chunk=10, batch_size=32,
-        target=0.9, calibration_confidence=0.0, min_train=32, min_holdout=16,
-        min_evidence=0))
+    section.update(
+        dict(
+            update_every=40,
+            max_backoff=1,
+            audit_fraction=1.0,
+            tap_fraction=1.0,
+            alarm_audit_fraction=0.0,
+            audit_group=2,
+            audit_segments=1,
+            window_bytes=1 << 16,
+            window_items=256,
+            holdout_every=4,
+            prior_window=0,
+            shift_detect=False,
+            shift_level=6.0,
+            learning_rate=1e-2,
+            steps=30,
+            steps_per_chunk=10,
+            batch_size=32,
+            target=0.9,
+            calibration_confidence=0.0,
+            min_train=32,
+            min_holdout=16,
+            min_evidence=0,
+        )
+    )
     section.update(changes)
     return OnlineSettings.from_config(section)
 
@@ -67,7 +91,7 @@ def _fill(learner, n=320, seed=0):
     """Serves ``n`` requests in groups of 8, running the bookkeeping and audits but no update."""
     images = _images(n, seed)
     for start in range(0, n, 8):
-        learner.route(images[start:start + 8])
+        learner.route(images[start : start + 8])
         while learner._served_groups or learner._audits or learner._audit_run:
             learner.run_chunk()
     learner._update = None
@@ -79,8 +103,10 @@ def test_window_respects_its_memory_bound_and_keeps_the_newest():
     item = 2 * 32 + 4
     assert window.train.x.shape[0] + window.holdout.x.shape[0] == 4096 // item
     for start in range(0, 1000, 7):
-        x = np.full((7, 4, 4, 2), 0, np.float16) + np.arange(start, start + 7)[:, None, None,
-                                                                              None] % 1000
+        x = (
+            np.full((7, 4, 4, 2), 0, np.float16)
+            + np.arange(start, start + 7)[:, None, None, None] % 1000
+        )
         window.add(x, np.arange(start, start + 7))
     assert window.nbytes <= 4096
     _, y = window.train.arrays()
@@ -205,26 +231,37 @@ def test_serving_with_updates_swaps_parameters_without_recompiling(model):
     prepared = []
     prepare = learner.router.prepare
     learner.router.prepare = lambda params: (prepared.append(params), prepare(params))
-    result = serve(learner.route, images, arrivals=arrivals, max_group=8, max_wait_s=0.0,
-                   clock=clock, progress=False, background=learner)
+    result = serve(
+        learner.route,
+        images,
+        arrivals=arrivals,
+        max_group=8,
+        max_wait_s=0.0,
+        clock=clock,
+        progress=False,
+        background=learner,
+    )
     assert learner.summary()["accepted"] >= 1
     assert learner.params is not first
     assert learner.router.trace_count == traces  # new values, no new program
     # The swapped-in parameters were packed and sent in the background, not by a request.
     assert any(p is learner.params for p in prepared)
     # Misses are the base network's answers, whatever the caches learned.
-    full = np.asarray(model.network.apply(model.variables,
-                                          data.normalize(images, model.mean, model.std)))
+    full = np.asarray(
+        model.network.apply(model.variables, data.normalize(images, model.mean, model.std))
+    )
     miss = ~result.hit
     np.testing.assert_array_equal(result.answer[miss], full.argmax(-1)[miss])
 
 
 @pytest.mark.parametrize("single_program", [False, True])
-def test_untapped_groups_serve_the_same_answers_and_only_tapped_ones_teach(model,
-                                                                          single_program):
-    learner = OnlineLearner(model, _deployment(model, (0.6, 0.6)),
-                            _settings(tap_fraction=0.5, audit_fraction=0.0,
-                                      single_program=single_program), max_group=8)
+def test_untapped_groups_serve_the_same_answers_and_only_tapped_ones_teach(model, single_program):
+    learner = OnlineLearner(
+        model,
+        _deployment(model, (0.6, 0.6)),
+        _settings(tap_fraction=0.5, audit_fraction=0.0, single_program=single_program),
+        max_group=8,
+    )
     # With one program, the groups nobody learns from run the tapped one too.
     assert (learner.untapped is None) == single_program
     learner.warm_up()
@@ -248,34 +285,39 @@ def test_untapped_groups_serve_the_same_answers_and_only_tapped_ones_teach(model
     assert sum(k["count"] for k in kinds.values()) == learner.chunks
     assert "observe" in kinds and set(kinds) <= {"observe", "audit", "update", "idle"}
     assert all(0 <= k["p50"] <= k["p99"] <= k["max"] for k in kinds.values())
-    programs = learner.router.trace_count + (0 if single_program else
-                                             learner.untapped.trace_count)
+    programs = learner.router.trace_count + (0 if single_program else learner.untapped.trace_count)
     assert programs == (1 if single_program else 2) * len(learner.router.buckets)
 
 
 @pytest.mark.parametrize("segments", [1, 3])
 def test_audits_label_hits_with_the_base_network_and_keep_what_serving_tapped(model, segments):
     # Thresholds of 0: every request hits at position 0, so every request is audited.
-    learner = OnlineLearner(model, _deployment(model, (0.0, 0.0)),
-                            _settings(update_every=10 ** 6, guard=False,
-                                      audit_segments=segments), max_group=8)
+    learner = OnlineLearner(
+        model,
+        _deployment(model, (0.0, 0.0)),
+        _settings(update_every=10**6, guard=False, audit_segments=segments),
+        max_group=8,
+    )
     images = _fill(learner, n=32)
     assert learner.audited == 32
     # 16 audit groups of 2, each run one segment per background chunk.
     assert learner.chunk_kinds.count("audit") == 16 * segments
-    full = np.asarray(model.network.apply(model.variables,
-                                          data.normalize(images, model.mean, model.std)))
+    full = np.asarray(
+        model.network.apply(model.variables, data.normalize(images, model.mean, model.std))
+    )
     window = learner.windows[0]
     # Audit-sample requests alternate held out (the 1st, 3rd, ...) and training.
     np.testing.assert_array_equal(window.holdout.y[:16], full.argmax(-1)[0::2])
     np.testing.assert_array_equal(window.train.y[:16], full.argmax(-1)[1::2])
     # Position 1 was never reached: its window learnt nothing from hits at position 0.
     assert learner.windows[1].train.count == learner.windows[1].holdout.count == 0
-    served = np.concatenate([learner.router.route_tapped(learner.params, np.full(2, np.inf),
-                                                         half)[1][0][0]
-                             for half in np.split(images[1::2], 2)])
-    np.testing.assert_allclose(window.train.x[:16].astype(np.float32), served,
-                               rtol=1e-3, atol=1e-3)
+    served = np.concatenate(
+        [
+            learner.router.route_tapped(learner.params, np.full(2, np.inf), half)[1][0][0]
+            for half in np.split(images[1::2], 2)
+        ]
+    )
+    np.testing.assert_allclose(window.train.x[:16].astype(np.float32), served, rtol=1e-3, atol=1e-3)
 
 
 def test_segmented_network_answers_as_the_plain_network_one_segment_per_step(model):
@@ -307,8 +349,9 @@ def test_optimiser_steps_back_off_while_they_do_not_help_and_resume_when_they_do
     def update(params, windows, rng, shifts, thresholds, train):
         calls.append((learner.observed, train))
         yield
-        verdict = Verdict(True, "test", 0.5, 0.5, 1.0, 16, updated=train and
-                          learner.observed in helpful)
+        verdict = Verdict(
+            True, "test", 0.5, 0.5, 1.0, 16, updated=train and learner.observed in helpful
+        )
         return params, [0.5] * len(params), [verdict] * len(params)
 
     learner.trainer.update = update
@@ -329,18 +372,25 @@ def test_shift_logits_moves_only_the_predictor_output_bias(model):
     shift = np.arange(CLASSES, dtype=np.float32)
     shifted = shift_logits(params, shift)
     last = max(k for k in params["predictor"] if k.startswith("Dense_"))
-    np.testing.assert_allclose(shifted["predictor"][last]["bias"],
-                               np.asarray(params["predictor"][last]["bias"]) + shift)
-    changed = [not np.array_equal(np.asarray(a), np.asarray(b))
-               for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(shifted))]
+    np.testing.assert_allclose(
+        shifted["predictor"][last]["bias"], np.asarray(params["predictor"][last]["bias"]) + shift
+    )
+    changed = [
+        not np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(shifted))
+    ]
     assert sum(changed) == 1
     assert shift_logits(params, None) is params
 
 
 def test_a_prior_shift_serves_only_once_the_held_out_slice_has_judged_it(model):
     # Thresholds of 0: every held-out request is a would-be hit the slice can judge.
-    learner = OnlineLearner(model, _deployment(model, (0.0, 0.0)),
-                            _settings(prior_window=50, update_every=10 ** 6), max_group=8)
+    learner = OnlineLearner(
+        model,
+        _deployment(model, (0.0, 0.0)),
+        _settings(prior_window=50, update_every=10**6),
+        max_group=8,
+    )
     _fill(learner, n=16)  # too few held-out items to judge anything
     learner.schedule_update()
     learner.drain()
@@ -360,8 +410,9 @@ def test_a_prior_shift_serves_only_once_the_held_out_slice_has_judged_it(model):
 
 
 def test_guard_turns_a_cache_off_on_wrong_answers_and_back_on_after_recovery():
-    guard = AccuracyGuard((0, 3), target=0.99, window=100, confidence=0.95, min_samples=30,
-                          recover_samples=30)
+    guard = AccuracyGuard(
+        (0, 3), target=0.99, window=100, confidence=0.95, min_samples=30, recover_samples=30
+    )
     guard.record(0, np.ones(40, bool), served=40)
     assert guard.on.all()
     guard.record(0, np.r_[np.ones(5, bool), np.zeros(8, bool)], served=60)  # injected errors
@@ -379,8 +430,9 @@ def test_guard_turns_a_cache_off_on_wrong_answers_and_back_on_after_recovery():
 
 
 def test_guard_alarm_rises_on_errors_close_together_and_falls_on_agreement():
-    guard = AccuracyGuard((0, 3), target=0.99, window=200, confidence=0.95, min_samples=30,
-                          recover_samples=30)
+    guard = AccuracyGuard(
+        (0, 3), target=0.99, window=200, confidence=0.95, min_samples=30, recover_samples=30
+    )
     guard.record(0, np.r_[np.zeros(1, bool), np.ones(150, bool)], served=150)
     guard.record(0, np.zeros(1, bool), served=151)
     assert not guard.alarmed()  # a good cache's errors, far apart, decay away
@@ -393,8 +445,9 @@ def test_guard_alarm_rises_on_errors_close_together_and_falls_on_agreement():
     guard.record(1, np.r_[np.zeros(20, bool), np.ones(10, bool)], served=197)
     assert not guard.on[1] and not guard.alarmed()  # decided: off, and no alarm for it
     # Suspending on the alarm: no hits from a cache under suspicion, until the alarm falls.
-    strict = AccuracyGuard((0,), target=0.99, window=200, min_samples=30, recover_samples=30,
-                           suspend_on_alarm=True)
+    strict = AccuracyGuard(
+        (0,), target=0.99, window=200, min_samples=30, recover_samples=30, suspend_on_alarm=True
+    )
     nominal = np.array([0.5], np.float32)
     strict.record(0, np.array([False, True, False]), served=3)
     assert strict.on[0] and strict.alarmed() and np.isinf(strict.thresholds(nominal)[0])
@@ -405,8 +458,9 @@ def test_guard_alarm_rises_on_errors_close_together_and_falls_on_agreement():
 
 def test_learner_taps_and_audits_more_while_the_guard_alarm_is_up(model):
     # Thresholds of 0: every request hits at position 0, so every sampled request is audited.
-    settings = _settings(audit_fraction=0.1, tap_fraction=0.3, alarm_audit_fraction=1.0,
-                         update_every=10 ** 6)
+    settings = _settings(
+        audit_fraction=0.1, tap_fraction=0.3, alarm_audit_fraction=1.0, update_every=10**6
+    )
     learner = OnlineLearner(model, _deployment(model, (0.0, 0.0)), settings, max_group=8)
     groups = _images(40, seed=4).reshape(5, 8, *SHAPE)
     learner.guard.cusum[0] = learner.guard.alarm_level  # as after errors close together
@@ -425,8 +479,9 @@ def test_learner_taps_and_audits_more_while_the_guard_alarm_is_up(model):
 
 def test_learner_guard_turns_off_a_cache_whose_hits_disagree(model):
     # Thresholds of 0 make every request hit at position 0 with an untrained cache.
-    learner = OnlineLearner(model, _deployment(model, (0.0, 0.0)),
-                            _settings(update_every=10 ** 6), max_group=8)
+    learner = OnlineLearner(
+        model, _deployment(model, (0.0, 0.0)), _settings(update_every=10**6), max_group=8
+    )
     _fill(learner, n=80)
     assert not learner.guard.on[0]
     assert np.isinf(learner.thresholds()[0])
@@ -456,18 +511,18 @@ def test_shift_reference_limits_hold_per_class_and_the_alarm_rises_and_falls():
     detector = ShiftDetector(reference, rate=0.5, level=8.0)
     wide = answers == 2  # a long segment of the widest class only: in distribution
     for start in range(0, int(wide.sum()), 8):
-        detector.record(x[wide][start:start + 8], answers[wide][start:start + 8], start)
+        detector.record(x[wide][start : start + 8], answers[wide][start : start + 8], start)
     assert not detector.alarmed() and not detector.events
     xs, ans = _clusters(200, offset=3.0, seed=3)
     for i in range(200):
-        detector.record(xs[i:i + 1], ans[i:i + 1], served=10_000 + i)
+        detector.record(xs[i : i + 1], ans[i : i + 1], served=10_000 + i)
         if detector.alarmed():
             break
     assert detector.alarmed() and detector.events[0].served <= 10_000 + 15
     detector.record(x[:2], answers[:2], served=10_100)
     assert detector.alarmed()  # no flapping: it falls only once the sum is back at zero
     for i in range(200):  # back in distribution: the capped CUSUM falls within a few dozen
-        detector.record(x[i:i + 1], answers[i:i + 1], served=20_000 + i)
+        detector.record(x[i : i + 1], answers[i : i + 1], served=20_000 + i)
         if not detector.alarmed():
             break
     assert not detector.alarmed() and detector.events[1].served <= 20_000 + 60
@@ -499,23 +554,39 @@ def test_guard_distrusts_every_position_on_a_shift_until_outcomes_on_new_inputs_
     guard.record(1, np.ones(30, bool), served=130)
     assert guard.on[1]  # recovered on outcomes from after the shift alone
     assert [(e.position, e.on, e.kind) for e in guard.events] == [
-        (0, False, "trust"), (3, False, "trust"), (0, True, "trust"), (3, False, "switch"),
-        (3, True, "switch")]
+        (0, False, "trust"),
+        (3, False, "trust"),
+        (0, True, "trust"),
+        (3, False, "switch"),
+        (3, True, "switch"),
+    ]
 
 
 def test_learner_stops_serving_hits_and_audits_more_while_the_inputs_look_shifted(model):
-    settings = _settings(audit_fraction=0.1, tap_fraction=1.0, alarm_audit_fraction=1.0,
-                         update_every=10 ** 6, shift_detect=True, guard_recover_samples=10 ** 3,
-                         guard_window=10 ** 3, guard_min_samples=10 ** 3)
+    settings = _settings(
+        audit_fraction=0.1,
+        tap_fraction=1.0,
+        alarm_audit_fraction=1.0,
+        update_every=10**6,
+        shift_detect=True,
+        guard_recover_samples=10**3,
+        guard_window=10**3,
+        guard_min_samples=10**3,
+    )
     with pytest.raises(ValueError, match="reference images"):
         OnlineLearner(model, _deployment(model, (0.0, 0.0)), settings, max_group=8)
-    learner = OnlineLearner(model, _deployment(model, (0.0, 0.0)), settings, max_group=8,
-                            reference_images=_images(400, seed=5))
+    learner = OnlineLearner(
+        model,
+        _deployment(model, (0.0, 0.0)),
+        settings,
+        max_group=8,
+        reference_images=_images(400, seed=5),
+    )
     clean = _images(80, seed=6)
     shifted = np.full((80, *SHAPE), 255, np.uint8)  # a saturated sensor, say
     for images in (clean, shifted):
         for start in range(0, 80, 8):
-            learner.route(images[start:start + 8])
+            learner.route(images[start : start + 8])
             learner.drain()
         if images is clean:
             assert not learner.shift.alarmed() and (learner.thresholds() == 0).all()
@@ -530,7 +601,7 @@ def test_learner_stops_serving_hits_and_audits_more_while_the_inputs_look_shifte
     assert not result.hit.any() and (result.exit_stage == learner.last_stage).all()
     assert learner.shifted_groups >= 7 and learner.audited == audited
     for start in range(0, 80, 8):
-        learner.route(clean[start:start + 8])
+        learner.route(clean[start : start + 8])
         learner.drain()
     assert not learner.shift.alarmed() and (learner.thresholds() == 0).all()
     assert learner.summary()["shift_events"][-1]["on"] is False
@@ -567,8 +638,16 @@ def test_background_work_runs_while_idle_and_delays_only_who_arrives_during_it()
         n = len(group)
         return np.zeros(n, int), np.zeros(n, int), np.zeros(n, bool)
 
-    result = serve(route, images, arrivals=np.array([0.0, 0.003, 0.1]), max_group=1,
-                   max_wait_s=0.0, clock=clock, progress=False, background=work)
+    result = serve(
+        route,
+        images,
+        arrivals=np.array([0.0, 0.003, 0.1]),
+        max_group=1,
+        max_wait_s=0.0,
+        clock=clock,
+        progress=False,
+        background=work,
+    )
     # Request 1 arrived during the first chunk (0.001..0.006) and waited for its end only.
     np.testing.assert_allclose(result.start, [0.0, 0.006, 0.1])
     assert work.left == 0 and len(work.ran_at) == 6
@@ -580,8 +659,7 @@ def test_online_config_is_validated(model):
     assert_config_rejects("online", "alarm_audit_fraction", -0.1)
     assert_config_rejects("online", "tap_fraction", 0.05)  # below the audit fraction
     with pytest.raises(ValueError, match="drawn among the tapped"):
-        OnlineLearner(model, _deployment(model), _settings(audit_fraction=0.5,
-                                                           tap_fraction=0.2))
+        OnlineLearner(model, _deployment(model), _settings(audit_fraction=0.5, tap_fraction=0.2))
     assert_config_rejects("online", "guard_window", 5)
     assert_config_rejects("online", "audit_segments", 0)
     assert_config_rejects("online", "shift_rate", 0.05)  # no more than in distribution

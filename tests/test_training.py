@@ -14,11 +14,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+
 from gati_jax.config import ConfigError
-from gati_jax.training import TrainCheckpointer, load_base_model
 from gati_jax.jobs.train_base import train_and_evaluate
+from gati_jax.training import TrainCheckpointer, load_base_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,8 +51,12 @@ def _load_config_file(path: Path):
 
 
 # A wide MLP: cheap to compile, yet slow enough per step (tens of ms) that the kill lands mid-run.
-KILL_OVERRIDES = {"model.hidden_sizes": (2048, 2048), "train.epochs": 3,
-                  "train.checkpoint_every_steps": 10}
+KILL_OVERRIDES = {
+    "model.hidden_sizes": (2048, 2048),
+    "train.epochs": 3,
+    "train.checkpoint_every_steps": 10,
+}
+
 
 @pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
@@ -67,17 +71,28 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     reference = train_and_evaluate(reference_config, str(tmp_path / "reference"))
 
     workdir = tmp_path / "killed"
-    cmd = [sys.executable, str(ROOT / "scripts" / "train_base.py"), f"--config={config_file}",
-           f"--workdir={workdir}"] + [f"--config.{k}={v!r}" for k, v in KILL_OVERRIDES.items()]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "train_base.py"),
+        f"--config={config_file}",
+        f"--workdir={workdir}",
+    ] + [f"--config.{k}={v!r}" for k, v in KILL_OVERRIDES.items()]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     deadline = time.time() + 300
     ckpt_dir = workdir / "checkpoints"
     while time.time() < deadline:
         # A sealed checkpoint (its manifest written, gati_jax/integrity.py): the resume
         # below then restores a verified mid-run step, not a fresh start.
-        done = ([p for p in ckpt_dir.glob("*") if p.name.isdigit()
-                 and (p / "manifest.json").is_file()] if ckpt_dir.exists() else [])
+        done = (
+            [p for p in ckpt_dir.glob("*") if p.name.isdigit() and (p / "manifest.json").is_file()]
+            if ckpt_dir.exists()
+            else []
+        )
         if done:
             break
         if proc.poll() is not None:
@@ -94,10 +109,16 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 
     resumed = train_and_evaluate(reference_config, str(workdir))
     assert int(resumed["state"].step) == int(reference["state"].step)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-                 resumed["state"].params, reference["state"].params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-                 resumed["state"].batch_stats, reference["state"].batch_stats)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        resumed["state"].params,
+        reference["state"].params,
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        resumed["state"].batch_stats,
+        reference["state"].batch_stats,
+    )
     for got, want in zip(resumed["history"], reference["history"]):
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
             assert got[key] == pytest.approx(want[key], rel=1e-5), key

@@ -7,7 +7,22 @@ from gati_jax.caches.recording import Recording, record_activations
 from gati_jax.caches.selector import calibrate_threshold, hit_statistics, selector_features
 from gati_jax.caches.variants import Predictor, VariantError, VariantSpec, parse_variant
 
-__all__ = ["CacheBank", "Candidate", "ExplorationData", "Predictor", "Recording", "VariantError",
-           "VariantSpec", "calibrate_threshold", "explore", "hit_statistics", "load_bank",
-           "make_lookup", "mark_frontier", "parse_variant", "record_activations", "save_bank",
-           "selector_features"]
+__all__ = [
+    "CacheBank",
+    "Candidate",
+    "ExplorationData",
+    "Predictor",
+    "Recording",
+    "VariantError",
+    "VariantSpec",
+    "calibrate_threshold",
+    "explore",
+    "hit_statistics",
+    "load_bank",
+    "make_lookup",
+    "mark_frontier",
+    "parse_variant",
+    "record_activations",
+    "save_bank",
+    "selector_features",
+]

@@ -44,10 +44,10 @@ class Candidate:
     variant: str
     seed: int
     learning_rate: float
-    pool_factor: int                      # pooling applied to the raw activation first
-    input_shape: tuple[int, ...]          # the (pooled) activation shape the predictor reads
-    params: dict[str, Any]                # {"predictor": ..., "selector": ...}
-    thresholds: dict[str, float]          # precision target (as a string) -> selector threshold
+    pool_factor: int  # pooling applied to the raw activation first
+    input_shape: tuple[int, ...]  # the (pooled) activation shape the predictor reads
+    params: dict[str, Any]  # {"predictor": ..., "selector": ...}
+    thresholds: dict[str, float]  # precision target (as a string) -> selector threshold
     metrics: dict[str, Any]
 
     @property
@@ -68,7 +68,7 @@ class CacheBank:
     num_classes: int
     selector_hidden: int
     candidates: list[Candidate]
-    info: dict[str, Any]                  # backend, stage latencies, splits used, targets...
+    info: dict[str, Any]  # backend, stage latencies, splits used, targets...
     # The base network the caches read (gati_jax.inference.model_fingerprint) and where it
     # was loaded from; "" when unknown (a bank built in memory by a test).
     model_fingerprint: str = ""
@@ -88,21 +88,29 @@ class CacheBank:
         candidates = self.at(position)
         if not candidates:
             raise ValueError(f"the bank has no candidates at position {position}")
-        return max(candidates, key=lambda c: (c.metrics[f"hit_rate@{target}"],
-                                              -c.metrics["lookup_latency_s"]))
+        return max(
+            candidates,
+            key=lambda c: (c.metrics[f"hit_rate@{target}"], -c.metrics["lookup_latency_s"]),
+        )
 
     def frontier(self, position: int) -> list[Candidate]:
         """The position's Pareto frontier, fastest first."""
-        return sorted((c for c in self.at(position) if c.metrics.get("on_frontier")),
-                      key=lambda c: c.metrics["lookup_latency_s"])
+        return sorted(
+            (c for c in self.at(position) if c.metrics.get("on_frontier")),
+            key=lambda c: c.metrics["lookup_latency_s"],
+        )
 
 
 def _template(candidate: Candidate, num_classes: int, selector_hidden: int) -> dict[str, Any]:
     x = jnp.zeros((1, *candidate.input_shape), jnp.float32)
     predictor = jax.eval_shape(
-        lambda: Predictor(candidate.spec, num_classes).init(jax.random.key(0), x)["params"])
-    selector = jax.eval_shape(lambda: Selector(selector_hidden).init(
-        jax.random.key(0), jnp.zeros((1, NUM_FEATURES)))["params"])
+        lambda: Predictor(candidate.spec, num_classes).init(jax.random.key(0), x)["params"]
+    )
+    selector = jax.eval_shape(
+        lambda: Selector(selector_hidden).init(jax.random.key(0), jnp.zeros((1, NUM_FEATURES)))[
+            "params"
+        ]
+    )
     return {"predictor": predictor, "selector": selector}
 
 
@@ -118,12 +126,20 @@ def _json_ready(value: Any) -> Any:
 
 def bank_to_json(bank: CacheBank) -> dict[str, Any]:
     """Everything but the parameters, as plain JSON."""
-    return _json_ready({
-        "num_classes": bank.num_classes, "selector_hidden": bank.selector_hidden,
-        "model_fingerprint": bank.model_fingerprint, "model_path": bank.model_path,
-        "info": bank.info,
-        "candidates": [{f.name: getattr(c, f.name) for f in dataclasses.fields(c)
-                        if f.name != "params"} | {"key": c.key} for c in bank.candidates]})
+    return _json_ready(
+        {
+            "num_classes": bank.num_classes,
+            "selector_hidden": bank.selector_hidden,
+            "model_fingerprint": bank.model_fingerprint,
+            "model_path": bank.model_path,
+            "info": bank.info,
+            "candidates": [
+                {f.name: getattr(c, f.name) for f in dataclasses.fields(c) if f.name != "params"}
+                | {"key": c.key}
+                for c in bank.candidates
+            ],
+        }
+    )
 
 
 def save_bank(directory: str | os.PathLike, bank: CacheBank) -> Path:
@@ -133,12 +149,18 @@ def save_bank(directory: str | os.PathLike, bank: CacheBank) -> Path:
     with atomic_directory(directory) as staging:
         if bank.candidates:  # orbax refuses an empty tree; an empty bank (an empty plan) has none
             checkpointer = ocp.StandardCheckpointer()
-            checkpointer.save(staging / _PARAMS, {f"c{i:04d}": c.params
-                                                  for i, c in enumerate(bank.candidates)})
+            checkpointer.save(
+                staging / _PARAMS, {f"c{i:04d}": c.params for i, c in enumerate(bank.candidates)}
+            )
             checkpointer.wait_until_finished()
         (staging / _JSON).write_text(json.dumps(bank_to_json(bank), indent=1) + "\n")
-        write_manifest(staging, CACHE_BANK, CACHE_BANK_VERSION,
-                       model_fingerprint=bank.model_fingerprint, model_path=bank.model_path)
+        write_manifest(
+            staging,
+            CACHE_BANK,
+            CACHE_BANK_VERSION,
+            model_fingerprint=bank.model_fingerprint,
+            model_path=bank.model_path,
+        )
     return directory
 
 
@@ -155,65 +177,101 @@ def add_bank_manifest(directory: str | os.PathLike, model: BaseModel) -> dict[st
     meta = json.loads((directory / _JSON).read_text())
     meta.update(model_fingerprint=bank.model_fingerprint, model_path=bank.model_path)
     (directory / _JSON).write_text(json.dumps(meta, indent=1) + "\n")
-    return write_manifest(directory, CACHE_BANK, CACHE_BANK_VERSION,
-                          model_fingerprint=bank.model_fingerprint, model_path=bank.model_path)
+    return write_manifest(
+        directory,
+        CACHE_BANK,
+        CACHE_BANK_VERSION,
+        model_fingerprint=bank.model_fingerprint,
+        model_path=bank.model_path,
+    )
 
 
-def load_bank(directory: str | os.PathLike, model: BaseModel | None = None,
-              verify: bool = True) -> CacheBank:
+def load_bank(
+    directory: str | os.PathLike, model: BaseModel | None = None, verify: bool = True
+) -> CacheBank:
     """Loads a bank written by :func:`save_bank`, every file checked against its manifest
     first (``verify=False`` skips that: only :func:`add_bank_manifest` does). Given the base
     ``model``, a bank made for another network is refused, naming both."""
     directory = Path(directory).absolute()
     meta_path = directory / _JSON
     if not meta_path.is_file() and not (directory / MANIFEST).is_file():
-        raise FileNotFoundError(f"no cache bank at {directory} (missing {_JSON}); run "
-                                "scripts/explore_caches.py first")
+        raise FileNotFoundError(
+            f"no cache bank at {directory} (missing {_JSON}); run scripts/explore_caches.py first"
+        )
     if verify:
-        verify_manifest(directory, CACHE_BANK, CACHE_BANK_VERSION,
-                        "add one with `python scripts/add_manifest.py DIR --checkpoint BASE` "
-                        "(gati_jax.caches.bank.add_bank_manifest), or explore again")
+        verify_manifest(
+            directory,
+            CACHE_BANK,
+            CACHE_BANK_VERSION,
+            "add one with `python scripts/add_manifest.py DIR --checkpoint BASE` "
+            "(gati_jax.caches.bank.add_bank_manifest), or explore again",
+        )
     try:
         meta = json.loads(meta_path.read_text())
         candidates = []
         for row in meta["candidates"]:
-            fields = {f.name: row[f.name] for f in dataclasses.fields(Candidate)
-                      if f.name != "params"}
+            fields = {
+                f.name: row[f.name] for f in dataclasses.fields(Candidate) if f.name != "params"
+            }
             fields["input_shape"] = tuple(fields["input_shape"])
             candidates.append(Candidate(params={}, **fields))
-        bank = CacheBank(meta["num_classes"], meta["selector_hidden"], candidates, meta["info"],
-                         meta.get("model_fingerprint") or "", meta.get("model_path") or "")
+        bank = CacheBank(
+            meta["num_classes"],
+            meta["selector_hidden"],
+            candidates,
+            meta["info"],
+            meta.get("model_fingerprint") or "",
+            meta.get("model_path") or "",
+        )
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise IntegrityError(f"{meta_path} is corrupt: {type(error).__name__}: {error}") from error
     if model is not None:
-        check_same_network("cache bank", directory, bank.model_fingerprint, bank.model_path,
-                           model_fingerprint(model), model.source)
+        check_same_network(
+            "cache bank",
+            directory,
+            bank.model_fingerprint,
+            bank.model_path,
+            model_fingerprint(model),
+            model.source,
+        )
     if not bank.candidates:
         return bank
-    template = {f"c{i:04d}": _template(c, bank.num_classes, bank.selector_hidden)
-                for i, c in enumerate(bank.candidates)}
+    template = {
+        f"c{i:04d}": _template(c, bank.num_classes, bank.selector_hidden)
+        for i, c in enumerate(bank.candidates)
+    }
     try:
         params = ocp.StandardCheckpointer().restore(directory / _PARAMS, template)
     except Exception as error:  # orbax raises many types; the user needs the path
-        raise IntegrityError(f"cache parameters in {directory / _PARAMS} are missing or corrupt "
-                             f"({type(error).__name__}: {error})") from error
-    bad = [jax.tree_util.keystr(path) for path, leaf in
-           jax.tree_util.tree_flatten_with_path(params)[0]
-           if not np.all(np.isfinite(np.asarray(leaf)))]
+        raise IntegrityError(
+            f"cache parameters in {directory / _PARAMS} are missing or corrupt "
+            f"({type(error).__name__}: {error})"
+        ) from error
+    bad = [
+        jax.tree_util.keystr(path)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+        if not np.all(np.isfinite(np.asarray(leaf)))
+    ]
     if bad:
-        raise IntegrityError(f"cache parameters in {directory / _PARAMS} hold NaN or Inf "
-                             f"values ({', '.join(bad[:3])})")
+        raise IntegrityError(
+            f"cache parameters in {directory / _PARAMS} hold NaN or Inf "
+            f"values ({', '.join(bad[:3])})"
+        )
     for i, candidate in enumerate(bank.candidates):
         candidate.params = params[f"c{i:04d}"]
     return bank
 
 
 def mark_frontier(candidates: list[Candidate], hit_key: str = "hit_rate@0.99") -> None:
-    """Sets metrics['on_frontier'] for candidates no other one beats on both hit rate and latency."""
+    """Sets metrics['on_frontier'] for candidates no other one beats on both hit rate and
+    latency."""
     for c in candidates:
         lat, hit = c.metrics["lookup_latency_s"], c.metrics[hit_key]
-        dominated = any(o is not c and o.metrics["lookup_latency_s"] <= lat
-                        and o.metrics[hit_key] >= hit
-                        and (o.metrics["lookup_latency_s"] < lat or o.metrics[hit_key] > hit)
-                        for o in candidates)
+        dominated = any(
+            o is not c
+            and o.metrics["lookup_latency_s"] <= lat
+            and o.metrics[hit_key] >= hit
+            and (o.metrics["lookup_latency_s"] < lat or o.metrics[hit_key] > hit)
+            for o in candidates
+        )
         c.metrics["on_frontier"] = not dominated

@@ -59,18 +59,46 @@ def validate_caches(c: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"invalid config value caches.variants: {error}") from None
     require(all(int(p) >= 0 for p in c.positions), "caches.positions", c.positions, ">= 0")
     require(int(c.seeds) >= 1, "caches.seeds", c.seeds, ">= 1")
-    require(len(c.learning_rates) > 0 and all(lr > 0 for lr in c.learning_rates),
-            "caches.learning_rates", c.learning_rates, "positive rates")
-    require_at_least(c, "caches", ("predictor_examples", "test_examples", "epochs",
-                                   "batch_size", "selector_epochs", "selector_hidden",
-                                   "record_batch_size", "latency_batch_size",
-                                   "latency_repeats"), 1)
+    require(
+        len(c.learning_rates) > 0 and all(lr > 0 for lr in c.learning_rates),
+        "caches.learning_rates",
+        c.learning_rates,
+        "positive rates",
+    )
+    require_at_least(
+        c,
+        "caches",
+        (
+            "predictor_examples",
+            "test_examples",
+            "epochs",
+            "batch_size",
+            "selector_epochs",
+            "selector_hidden",
+            "record_batch_size",
+            "latency_batch_size",
+            "latency_repeats",
+        ),
+        1,
+    )
     require(c.temperature > 0, "caches.temperature", c.temperature, "> 0")
-    require(c.selector_learning_rate > 0, "caches.selector_learning_rate",
-            c.selector_learning_rate, "> 0")
+    require(
+        c.selector_learning_rate > 0,
+        "caches.selector_learning_rate",
+        c.selector_learning_rate,
+        "> 0",
+    )
     require(0 <= c.distill_weight <= 1, "caches.distill_weight", c.distill_weight, "in [0, 1]")
-    require(all(0 < t < 1 for t in c.targets) and len(c.targets) > 0, "caches.targets",
-            c.targets, "precision targets in (0, 1)")
-    require(0 <= c.calibration_confidence < 1, "caches.calibration_confidence",
-            c.calibration_confidence, "in [0, 1)")
+    require(
+        all(0 < t < 1 for t in c.targets) and len(c.targets) > 0,
+        "caches.targets",
+        c.targets,
+        "precision targets in (0, 1)",
+    )
+    require(
+        0 <= c.calibration_confidence < 1,
+        "caches.calibration_confidence",
+        c.calibration_confidence,
+        "in [0, 1)",
+    )
     require(int(c.record_max_bytes) > 0, "caches.record_max_bytes", c.record_max_bytes, "> 0")

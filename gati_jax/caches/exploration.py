@@ -23,8 +23,13 @@ from gati_jax.caches.bank import CacheBank, Candidate, mark_frontier
 from gati_jax.caches.lookup import make_lookup
 from gati_jax.caches.recording import Recording
 from gati_jax.caches.selector import calibrate_threshold, hit_statistics
-from gati_jax.caches.training import (HeadTraining, predictor_logits, selector_scores,
-                                      train_predictors, train_selectors)
+from gati_jax.caches.training import (
+    HeadTraining,
+    predictor_logits,
+    selector_scores,
+    train_predictors,
+    train_selectors,
+)
 from gati_jax.caches.variants import VariantSpec, parse_variant
 from gati_jax.inference import BaseModel
 from gati_jax.measure import compiled_flops, measure_latency, stage_latencies, tree_bytes
@@ -42,12 +47,15 @@ class ExplorationData:
 
 def head_training(caches: ml_collections.ConfigDict) -> HeadTraining:
     """The head-training hyper-parameters of a ``caches`` config section."""
-    return HeadTraining(epochs=int(caches.epochs), batch_size=int(caches.batch_size),
-                        temperature=float(caches.temperature),
-                        distill_weight=float(caches.distill_weight),
-                        selector_epochs=int(caches.selector_epochs),
-                        selector_learning_rate=float(caches.selector_learning_rate),
-                        selector_hidden=int(caches.selector_hidden))
+    return HeadTraining(
+        epochs=int(caches.epochs),
+        batch_size=int(caches.batch_size),
+        temperature=float(caches.temperature),
+        distill_weight=float(caches.distill_weight),
+        selector_epochs=int(caches.selector_epochs),
+        selector_learning_rate=float(caches.selector_learning_rate),
+        selector_hidden=int(caches.selector_hidden),
+    )
 
 
 def check_design_space(specs: list[VariantSpec], shapes: dict[int, tuple[int, ...]]) -> None:
@@ -57,8 +65,9 @@ def check_design_space(specs: list[VariantSpec], shapes: dict[int, tuple[int, ..
             spec.check_fits(shape, f"position {position}")
 
 
-def _group_metrics(scores_cal, agree_cal, scores_test, agree_test, targets,
-                   confidence) -> tuple[dict, dict]:
+def _group_metrics(
+    scores_cal, agree_cal, scores_test, agree_test, targets, confidence
+) -> tuple[dict, dict]:
     thresholds, metrics = {}, {"agreement": float(agree_test.mean())}
     for target in targets:
         threshold = calibrate_threshold(scores_cal, agree_cal, target, confidence)
@@ -69,8 +78,13 @@ def _group_metrics(scores_cal, agree_cal, scores_test, agree_test, targets,
     return thresholds, metrics
 
 
-def explore(model: BaseModel, recorded: ExplorationData, caches: ml_collections.ConfigDict,
-            seed: int = 0, mesh: Any = None) -> CacheBank:
+def explore(
+    model: BaseModel,
+    recorded: ExplorationData,
+    caches: ml_collections.ConfigDict,
+    seed: int = 0,
+    mesh: Any = None,
+) -> CacheBank:
     """Trains and measures every candidate of the design space at every recorded position
     (predictor training sharded over ``mesh`` when given and wider than one device)."""
     hp = head_training(caches)
@@ -93,18 +107,30 @@ def explore(model: BaseModel, recorded: ExplorationData, caches: ml_collections.
     groups = [(p, spec) for p in positions for spec in specs]
     for position, spec in tqdm(groups, desc="exploring (position, variant) groups"):
         pred = recorded.predictor
-        params, _ = train_predictors(spec, num_classes, pred.features[position], pred.logits,
-                                     seeds, rates, hp, data_seed=seed,
-                                     desc=f"p{position} {spec.name}", mesh=mesh)
-        sel_logits = predictor_logits(spec, num_classes, params,
-                                      recorded.selector.features[position])
+        params, _ = train_predictors(
+            spec,
+            num_classes,
+            pred.features[position],
+            pred.logits,
+            seeds,
+            rates,
+            hp,
+            data_seed=seed,
+            desc=f"p{position} {spec.name}",
+            mesh=mesh,
+        )
+        sel_logits = predictor_logits(
+            spec, num_classes, params, recorded.selector.features[position]
+        )
         sel_params = train_selectors(sel_logits, recorded.selector.base_predictions, seed, hp)
         outputs = {}
         for role in ("calibration", "test"):
             rec: Recording = getattr(recorded, role)
             logits = predictor_logits(spec, num_classes, params, rec.features[position])
-            outputs[role] = (selector_scores(sel_params, logits, hp),
-                             logits.argmax(-1) == rec.base_predictions[None])
+            outputs[role] = (
+                selector_scores(sel_params, logits, hp),
+                logits.argmax(-1) == rec.base_predictions[None],
+            )
         # Latency and FLOPs depend on the architecture only: one member stands for the group.
         factor = pred.pool_factors[position]
         lookup = make_lookup(spec, num_classes, factor, hp.selector_hidden)
@@ -112,30 +138,55 @@ def explore(model: BaseModel, recorded: ExplorationData, caches: ml_collections.
         activation = jnp.zeros(raw_shapes[position], jnp.float32)
         latency = measure_latency(jax.jit(lookup), member0, activation, repeats=repeats)
         flops = compiled_flops(lookup, member0, activation)
-        remaining = float(sum(stage_lat[position + 1:]))
-        for m, (s, lr) in enumerate(members):
-            member_params = jax.tree.map(lambda a, m=m: np.asarray(a[m]),
-                                         {"predictor": params, "selector": sel_params})
-            thresholds, metrics = _group_metrics(outputs["calibration"][0][m],
-                                                 outputs["calibration"][1][m],
-                                                 outputs["test"][0][m], outputs["test"][1][m],
-                                                 targets, float(caches.calibration_confidence))
-            metrics.update(param_bytes=tree_bytes(member_params), flops=flops,
-                           lookup_latency_s=latency, remaining_latency_s=remaining,
-                           latency_fraction=latency / remaining if remaining else float("inf"))
-            candidates.append(Candidate(position, spec.name, int(seeds[m]), float(lr), factor,
-                                        tuple(shapes[position]), member_params, thresholds,
-                                        metrics))
+        remaining = float(sum(stage_lat[position + 1 :]))
+        for m, (_, lr) in enumerate(members):
+            member_params = jax.tree.map(
+                lambda a, m=m: np.asarray(a[m]), {"predictor": params, "selector": sel_params}
+            )
+            thresholds, metrics = _group_metrics(
+                outputs["calibration"][0][m],
+                outputs["calibration"][1][m],
+                outputs["test"][0][m],
+                outputs["test"][1][m],
+                targets,
+                float(caches.calibration_confidence),
+            )
+            metrics.update(
+                param_bytes=tree_bytes(member_params),
+                flops=flops,
+                lookup_latency_s=latency,
+                remaining_latency_s=remaining,
+                latency_fraction=latency / remaining if remaining else float("inf"),
+            )
+            candidates.append(
+                Candidate(
+                    position,
+                    spec.name,
+                    int(seeds[m]),
+                    float(lr),
+                    factor,
+                    tuple(shapes[position]),
+                    member_params,
+                    thresholds,
+                    metrics,
+                )
+            )
     for position in positions:
-        mark_frontier([c for c in candidates if c.position == position],
-                      f"hit_rate@{targets[0]:g}")
+        mark_frontier([c for c in candidates if c.position == position], f"hit_rate@{targets[0]:g}")
     info: dict[str, Any] = {
-        "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
-        "stage_latency_s": stage_lat, "latency_batch_size": batch, "targets": list(targets),
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "stage_latency_s": stage_lat,
+        "latency_batch_size": batch,
+        "targets": list(targets),
         "calibration_confidence": float(caches.calibration_confidence),
-        "positions": list(positions), "variants": list(caches.variants),
-        "examples": {role: int(len(getattr(recorded, role).labels))
-                     for role in ("predictor", "selector", "calibration", "test")},
+        "positions": list(positions),
+        "variants": list(caches.variants),
+        "examples": {
+            role: int(len(getattr(recorded, role).labels))
+            for role in ("predictor", "selector", "calibration", "test")
+        },
         "pool_factors": {str(p): int(f) for p, f in recorded.predictor.pool_factors.items()},
-        "exploration_seconds": round(time.time() - started, 1)}
+        "exploration_seconds": round(time.time() - started, 1),
+    }
     return CacheBank(num_classes, hp.selector_hidden, candidates, info)

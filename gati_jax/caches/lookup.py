@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.nn
@@ -12,9 +13,13 @@ from gati_jax.caches.selector import Selector, selector_features
 from gati_jax.caches.variants import Predictor, VariantSpec
 
 
-def make_lookup(spec: VariantSpec, num_classes: int, pool_factor: int, selector_hidden: int,
-                pooling: str = "slices") -> Callable[[dict[str, Any], jax.Array],
-                                                     tuple[jax.Array, jax.Array]]:
+def make_lookup(
+    spec: VariantSpec,
+    num_classes: int,
+    pool_factor: int,
+    selector_hidden: int,
+    pooling: str = "slices",
+) -> Callable[[dict[str, Any], jax.Array], tuple[jax.Array, jax.Array]]:
     """Returns ``lookup(params, activation) -> (answer, score)``; params are an argument, so new
     values never force a recompile. ``pooling``: see caches/pooling.py."""
     # The raw activation goes in: the predictor pools it as the recording did (one step for
@@ -24,8 +29,9 @@ def make_lookup(spec: VariantSpec, num_classes: int, pool_factor: int, selector_
 
     def lookup(params, activation):
         logits = predictor.apply({"params": params["predictor"]}, activation)
-        score = jax.nn.sigmoid(selector.apply({"params": params["selector"]},
-                                              selector_features(logits)))
+        score = jax.nn.sigmoid(
+            selector.apply({"params": params["selector"]}, selector_features(logits))
+        )
         return jnp.argmax(logits, -1), score
 
     return lookup

@@ -42,17 +42,21 @@ def _pool_axis(x: jax.Array, axis: int, bins: tuple[tuple[int, int], ...]) -> ja
     size, width = x.shape[axis], bins[0][1] - bins[0][0]
     if len(bins) == 1 and bins[0] == (0, size):
         return jnp.mean(x, axis=axis, keepdims=True)
-    if (width * len(bins) == size
-            and all(b == (i * width, (i + 1) * width) for i, b in enumerate(bins))):
+    if width * len(bins) == size and all(
+        b == (i * width, (i + 1) * width) for i, b in enumerate(bins)
+    ):
         # Equal blocks side by side: the sum of ``width`` strided slices, one elementwise loop.
         total = sum(lax.slice_in_dim(x, t, size, stride=width, axis=axis) for t in range(width))
         return total / width
-    return jnp.stack([jnp.mean(lax.slice_in_dim(x, start, stop, axis=axis), axis=axis)
-                      for start, stop in bins], axis=axis)
+    return jnp.stack(
+        [jnp.mean(lax.slice_in_dim(x, start, stop, axis=axis), axis=axis) for start, stop in bins],
+        axis=axis,
+    )
 
 
-def _pool(x: jax.Array, rows: tuple[tuple[int, int], ...],
-          cols: tuple[tuple[int, int], ...]) -> jax.Array:
+def _pool(
+    x: jax.Array, rows: tuple[tuple[int, int], ...], cols: tuple[tuple[int, int], ...]
+) -> jax.Array:
     if len(rows) == len(cols) == 1 and rows[0] == (0, x.shape[1]) and cols[0] == (0, x.shape[2]):
         return jnp.mean(x, axis=(1, 2), keepdims=True)  # one reduction, not two
     return _pool_axis(_pool_axis(x, 1, rows), 2, cols)
@@ -68,8 +72,10 @@ def pool_map(x: jax.Array, factor: int) -> jax.Array:
         return x
     _, h, w, _ = x.shape
     if h % factor or w % factor:
-        raise ValueError(f"a {h}x{w} map cannot be pooled by {factor}: the recording chooses "
-                         f"factors that divide both sides")
+        raise ValueError(
+            f"a {h}x{w} map cannot be pooled by {factor}: the recording chooses "
+            f"factors that divide both sides"
+        )
     return _pool(x, _blocks(h, factor), _blocks(w, factor))
 
 
@@ -90,6 +96,7 @@ def pooled_grid(x: jax.Array, factor: int, grid: int) -> jax.Array:
 
     def raw(size: int) -> tuple[tuple[int, int], ...]:
         return tuple((factor * a, factor * b) for a, b in adaptive_bins(size // factor, grid))
+
     return _pool(x, raw(h), raw(w))
 
 
@@ -106,10 +113,16 @@ def pooled_grid_by_matrices(x: jax.Array, factor: int, grid: int) -> jax.Array:
     x = pool_map_by_blocks(x, factor)
     if x.shape[1] == x.shape[2] == grid:
         return x
-    return jnp.einsum("ih,jw,nhwc->nijc", adaptive_pool_matrix(x.shape[1], grid),
-                      adaptive_pool_matrix(x.shape[2], grid), x)
+    return jnp.einsum(
+        "ih,jw,nhwc->nijc",
+        adaptive_pool_matrix(x.shape[1], grid),
+        adaptive_pool_matrix(x.shape[2], grid),
+        x,
+    )
 
 
 # name -> (pool_map, pooled_grid) in that form
-POOLINGS = {"slices": (pool_map, pooled_grid),
-            "matrices": (pool_map_by_blocks, pooled_grid_by_matrices)}
+POOLINGS = {
+    "slices": (pool_map, pooled_grid),
+    "matrices": (pool_map_by_blocks, pooled_grid_by_matrices),
+}

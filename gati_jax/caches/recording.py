@@ -27,10 +27,10 @@ class Recording:
     """Per-position stored activations plus the base network's logits, answers and labels."""
 
     positions: tuple[int, ...]
-    features: dict[int, np.ndarray]       # position -> (N, h, w, c) or (N, f), float16
-    pool_factors: dict[int, int]          # position -> spatial pooling applied before storage
-    logits: np.ndarray                    # (N, classes) float32
-    labels: np.ndarray                    # (N,) int32 ground truth
+    features: dict[int, np.ndarray]  # position -> (N, h, w, c) or (N, f), float16
+    pool_factors: dict[int, int]  # position -> spatial pooling applied before storage
+    logits: np.ndarray  # (N, classes) float32
+    labels: np.ndarray  # (N,) int32 ground truth
 
     @property
     def base_predictions(self) -> np.ndarray:
@@ -42,15 +42,19 @@ class Recording:
         """Bytes held by the stored activations."""
         return sum(f.nbytes for f in self.features.values())
 
-    def take(self, index: np.ndarray) -> "Recording":
+    def take(self, index: np.ndarray) -> Recording:
         """The recording restricted to the examples at ``index``."""
         return dataclasses.replace(
-            self, features={p: f[index] for p, f in self.features.items()},
-            logits=self.logits[index], labels=self.labels[index])
+            self,
+            features={p: f[index] for p, f in self.features.items()},
+            logits=self.logits[index],
+            labels=self.labels[index],
+        )
 
 
-def choose_pool_factors(shapes: dict[int, tuple[int, ...]], num_examples: int,
-                        max_bytes: int) -> dict[int, int]:
+def choose_pool_factors(
+    shapes: dict[int, tuple[int, ...]], num_examples: int, max_bytes: int
+) -> dict[int, int]:
     """Smallest pooling (largest maps pooled first) that fits the float16 store in max_bytes."""
     factors = {p: 1 for p in shapes}
 
@@ -58,23 +62,35 @@ def choose_pool_factors(shapes: dict[int, tuple[int, ...]], num_examples: int,
         return int(np.prod(shapes[p])) // (factors[p] ** 2 if len(shapes[p]) == 3 else 1)
 
     while sum(size(p) for p in shapes) * 2 * num_examples > max_bytes:
-        poolable = [p for p in shapes if len(shapes[p]) == 3
-                    and shapes[p][0] % (factors[p] * 2) == 0
-                    and shapes[p][1] % (factors[p] * 2) == 0]
+        poolable = [
+            p
+            for p in shapes
+            if len(shapes[p]) == 3
+            and shapes[p][0] % (factors[p] * 2) == 0
+            and shapes[p][1] % (factors[p] * 2) == 0
+        ]
         if not poolable:
             need = sum(size(p) for p in shapes) * 2 * num_examples
-            raise ValueError(f"recording {num_examples} examples needs at least {need} bytes "
-                             f"even pooled; raise caches.record_max_bytes ({max_bytes}) or "
-                             "record fewer examples")
+            raise ValueError(
+                f"recording {num_examples} examples needs at least {need} bytes "
+                f"even pooled; raise caches.record_max_bytes ({max_bytes}) or "
+                "record fewer examples"
+            )
         largest = max(poolable, key=size)
         factors[largest] *= 2
     return factors
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _record_batch(network: StagedNetwork, positions: tuple[int, ...],
-                  factors: tuple[int, ...], variables: Variables, images: jax.Array,
-                  mean: jax.Array, std: jax.Array):
+def _record_batch(
+    network: StagedNetwork,
+    positions: tuple[int, ...],
+    factors: tuple[int, ...],
+    variables: Variables,
+    images: jax.Array,
+    mean: jax.Array,
+    std: jax.Array,
+):
     x = data.normalize(images, mean, std)
     stored = []
     for index in range(network.num_stages):
@@ -84,10 +100,18 @@ def _record_batch(network: StagedNetwork, positions: tuple[int, ...],
     return stored, x
 
 
-def record_activations(model: BaseModel, images: np.ndarray, labels: np.ndarray, *,
-                       positions: tuple[int, ...] | None = None, max_bytes: int = 2 << 30,
-                       batch_size: int = 250, desc: str = "recording",
-                       pool_factors: dict[int, int] | None = None, mesh=None) -> Recording:
+def record_activations(
+    model: BaseModel,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    positions: tuple[int, ...] | None = None,
+    max_bytes: int = 2 << 30,
+    batch_size: int = 250,
+    desc: str = "recording",
+    pool_factors: dict[int, int] | None = None,
+    mesh=None,
+) -> Recording:
     """Runs the base network over ``images`` and stores every requested position's activation.
 
     ``pool_factors`` fixes the pooling per position (to serve caches trained on an earlier
@@ -107,8 +131,12 @@ def record_activations(model: BaseModel, images: np.ndarray, labels: np.ndarray,
         factors = choose_pool_factors(shapes, len(images), max_bytes)
     else:
         factors = {p: int(pool_factors[p]) for p in positions}
-    stored_shapes = {p: (shapes[p][0] // factors[p], shapes[p][1] // factors[p], shapes[p][2])
-                     if len(shapes[p]) == 3 else shapes[p] for p in positions}
+    stored_shapes = {
+        p: (shapes[p][0] // factors[p], shapes[p][1] // factors[p], shapes[p][2])
+        if len(shapes[p]) == 3
+        else shapes[p]
+        for p in positions
+    }
     features = {p: np.empty((len(images), *stored_shapes[p]), np.float16) for p in positions}
     logits = np.empty((len(images), network.num_classes), np.float32)
     batch_size = min(batch_size, len(images))
@@ -116,14 +144,25 @@ def record_activations(model: BaseModel, images: np.ndarray, labels: np.ndarray,
         width = sharding.data_size(mesh)
         batch_size = -(-batch_size // width) * width
     start = 0
-    for chunk, _, _, rows in tqdm(padded_batches(images, np.asarray(labels), batch_size),
-                                  total=-(-len(images) // batch_size), desc=desc, leave=False):
+    for chunk, _, _, rows in tqdm(
+        padded_batches(images, np.asarray(labels), batch_size),
+        total=-(-len(images) // batch_size),
+        desc=desc,
+        leave=False,
+    ):
         if mesh is not None:
             chunk = sharding.shard_batch(mesh, chunk)
-        stored, out = _record_batch(network, positions, tuple(factors[p] for p in positions),
-                                    model.variables, chunk, model.mean, model.std)
+        stored, out = _record_batch(
+            network,
+            positions,
+            tuple(factors[p] for p in positions),
+            model.variables,
+            chunk,
+            model.mean,
+            model.std,
+        )
         for p, s in zip(positions, stored):
-            features[p][start:start + rows] = np.asarray(s)[:rows]
-        logits[start:start + rows] = np.asarray(out)[:rows]
+            features[p][start : start + rows] = np.asarray(s)[:rows]
+        logits[start : start + rows] = np.asarray(out)[:rows]
         start += rows
     return Recording(positions, features, factors, logits, np.asarray(labels, np.int32))

@@ -1,4 +1,5 @@
-"""The selector: P(predictor's answer == base answer) from the predictor's output, and its threshold.
+"""The selector: P(predictor's answer == base answer) from the predictor's output, and its
+threshold.
 
 A hit is ``score >= threshold``. The threshold for a precision target is the lowest one whose
 hits, on data the selector did not train on, agree with the base network at least that often.
@@ -51,8 +52,9 @@ def wilson_lower_bound(successes: np.ndarray, trials: np.ndarray, confidence: fl
     return (centre - spread) / denom
 
 
-def calibrate_threshold(scores: np.ndarray, agree: np.ndarray, target: float,
-                        confidence: float = 0.95) -> float:
+def calibrate_threshold(
+    scores: np.ndarray, agree: np.ndarray, target: float, confidence: float = 0.95
+) -> float:
     """Lowest score threshold whose hits reach ``target`` precision; +inf when none does.
 
     With ``confidence`` > 0 the precision must hold for the Wilson lower bound, not just the
@@ -78,5 +80,7 @@ def hit_statistics(scores: np.ndarray, agree: np.ndarray, threshold: float) -> d
     """Hit rate and agreement among hits at a threshold (agreement is 1.0 with no hits)."""
     hits = np.asarray(scores) >= threshold
     n_hits = int(hits.sum())
-    return {"hit_rate": n_hits / max(len(hits), 1),
-            "hit_agreement": float(np.asarray(agree)[hits].mean()) if n_hits else 1.0}
+    return {
+        "hit_rate": n_hits / max(len(hits), 1),
+        "hit_agreement": float(np.asarray(agree)[hits].mean()) if n_hits else 1.0,
+    }

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,18 +42,21 @@ def _adam(learning_rate):
     return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
 
 
-def distillation_loss(logits: jax.Array, teacher_logits: jax.Array, temperature: float,
-                      distill_weight: float) -> jax.Array:
+def distillation_loss(
+    logits: jax.Array, teacher_logits: jax.Array, temperature: float, distill_weight: float
+) -> jax.Array:
     """Mix of KL to the base network's softened logits and CE to its argmax answer."""
     soft_teacher = jax.nn.softmax(teacher_logits / temperature)
     kl = optax.kl_divergence(jax.nn.log_softmax(logits / temperature), soft_teacher)
     hard = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.argmax(teacher_logits, -1))
-    return jnp.mean(distill_weight * temperature ** 2 * kl + (1 - distill_weight) * hard)
+    return jnp.mean(distill_weight * temperature**2 * kl + (1 - distill_weight) * hard)
 
 
-def make_predictor_fns(spec: VariantSpec, num_classes: int, input_shape: tuple[int, ...],
-                       hp: HeadTraining) -> tuple[Callable, Callable]:
-    """(init(key, lr) -> (params, opt_state), step(params, opt_state, x, teacher)) for one member."""
+def make_predictor_fns(
+    spec: VariantSpec, num_classes: int, input_shape: tuple[int, ...], hp: HeadTraining
+) -> tuple[Callable, Callable]:
+    """(init(key, lr) -> (params, opt_state), step(params, opt_state, x, teacher)) for one
+    member."""
     predictor = Predictor(spec, num_classes)
 
     def init(key, learning_rate):
@@ -60,8 +64,11 @@ def make_predictor_fns(spec: VariantSpec, num_classes: int, input_shape: tuple[i
         return params, _adam(learning_rate).init(params)
 
     def step(params, opt_state, x, teacher):
-        loss, grads = jax.value_and_grad(lambda p: distillation_loss(
-            predictor.apply({"params": p}, x), teacher, hp.temperature, hp.distill_weight))(params)
+        loss, grads = jax.value_and_grad(
+            lambda p: distillation_loss(
+                predictor.apply({"params": p}, x), teacher, hp.temperature, hp.distill_weight
+            )
+        )(params)
         # The learning rate stored in opt_state overrides this placeholder.
         updates, opt_state = _adam(0.0).update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
@@ -70,7 +77,8 @@ def make_predictor_fns(spec: VariantSpec, num_classes: int, input_shape: tuple[i
 
 
 def make_selector_fns(hp: HeadTraining) -> tuple[Callable, Callable]:
-    """(init(key) -> (params, opt_state), step(params, opt_state, features, agree)) for one member."""
+    """(init(key) -> (params, opt_state), step(params, opt_state, features, agree)) for one
+    member."""
     selector = Selector(hp.selector_hidden)
     tx = optax.adam(hp.selector_learning_rate)
 
@@ -82,6 +90,7 @@ def make_selector_fns(hp: HeadTraining) -> tuple[Callable, Callable]:
         def loss_fn(p):
             logit = selector.apply({"params": p}, features)
             return optax.sigmoid_binary_cross_entropy(logit, agree).mean()
+
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
@@ -93,13 +102,23 @@ def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> 
     """Index batches of one epoch (the last partial batch dropped), a function of (seed, epoch)."""
     order = np.random.default_rng([seed, epoch]).permutation(num_examples)
     batch_size = min(batch_size, num_examples)
-    return [order[i:i + batch_size] for i in range(0, num_examples - batch_size + 1, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, num_examples - batch_size + 1, batch_size)]
 
 
-def train_predictors(spec: VariantSpec, num_classes: int, features: np.ndarray,
-                     teacher_logits: np.ndarray, seeds: np.ndarray, learning_rates: np.ndarray,
-                     hp: HeadTraining, *, vectorised: bool = True, data_seed: int = 0,
-                     desc: str = "", mesh: Any = None) -> tuple[Any, np.ndarray]:
+def train_predictors(
+    spec: VariantSpec,
+    num_classes: int,
+    features: np.ndarray,
+    teacher_logits: np.ndarray,
+    seeds: np.ndarray,
+    learning_rates: np.ndarray,
+    hp: HeadTraining,
+    *,
+    vectorised: bool = True,
+    data_seed: int = 0,
+    desc: str = "",
+    mesh: Any = None,
+) -> tuple[Any, np.ndarray]:
     """Trains one predictor per (seed, lr) member; returns stacked params and final losses.
 
     With a ``mesh`` (gati_jax/sharding.py) each batch is split over its data axis and the
@@ -108,8 +127,11 @@ def train_predictors(spec: VariantSpec, num_classes: int, features: np.ndarray,
     fns = _compiled_predictor_fns(spec, num_classes, tuple(features.shape[1:]), hp)
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
     lrs = jnp.asarray(learning_rates, jnp.float32)
-    batches = [b for epoch in range(hp.epochs)
-               for b in epoch_batches(len(features), hp.batch_size, data_seed, epoch)]
+    batches = [
+        b
+        for epoch in range(hp.epochs)
+        for b in epoch_batches(len(features), hp.batch_size, data_seed, epoch)
+    ]
     if vectorised:
         params, opt_state = fns["vinit"](keys, lrs)
         if mesh is not None:
@@ -127,51 +149,68 @@ def train_predictors(spec: VariantSpec, num_classes: int, features: np.ndarray,
         params, opt_state = fns["init"](keys[member], lrs[member])
         loss = None
         for batch in batches:
-            params, opt_state, loss = fns["step"](params, opt_state, features[batch],
-                                                  teacher_logits[batch])
+            params, opt_state, loss = fns["step"](
+                params, opt_state, features[batch], teacher_logits[batch]
+            )
         members.append(params)
         final.append(loss)
     return jax.tree.map(lambda *xs: jnp.stack(xs), *members), np.asarray(final)
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled_predictor_fns(spec: VariantSpec, num_classes: int, input_shape: tuple[int, ...],
-                            hp: HeadTraining) -> dict[str, Callable]:
+@functools.cache
+def _compiled_predictor_fns(
+    spec: VariantSpec, num_classes: int, input_shape: tuple[int, ...], hp: HeadTraining
+) -> dict[str, Callable]:
     # Cached so that groups of the same shape (and benchmark repeats) reuse compilations.
     init, step = make_predictor_fns(spec, num_classes, input_shape, hp)
-    return {"vinit": jax.jit(jax.vmap(init)),
-            "vstep": jax.jit(jax.vmap(step, in_axes=(0, 0, None, None)), donate_argnums=(0, 1)),
-            "init": jax.jit(init), "step": jax.jit(step)}
+    return {
+        "vinit": jax.jit(jax.vmap(init)),
+        "vstep": jax.jit(jax.vmap(step, in_axes=(0, 0, None, None)), donate_argnums=(0, 1)),
+        "init": jax.jit(init),
+        "step": jax.jit(step),
+    }
 
 
-def predictor_logits(spec: VariantSpec, num_classes: int, stacked_params: Any,
-                     features: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+def predictor_logits(
+    spec: VariantSpec,
+    num_classes: int,
+    stacked_params: Any,
+    features: np.ndarray,
+    batch_size: int = 1000,
+) -> np.ndarray:
     """Logits of every member on every example: (members, N, classes)."""
     apply = _stacked_predictor_apply(spec, num_classes)
-    chunks = [np.asarray(apply(stacked_params, features[i:i + batch_size]))
-              for i in range(0, len(features), batch_size)]
+    chunks = [
+        np.asarray(apply(stacked_params, features[i : i + batch_size]))
+        for i in range(0, len(features), batch_size)
+    ]
     return np.concatenate(chunks, axis=1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stacked_predictor_apply(spec: VariantSpec, num_classes: int) -> Callable:
     predictor = Predictor(spec, num_classes)
     return jax.jit(jax.vmap(lambda p, x: predictor.apply({"params": p}, x), in_axes=(0, None)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_selector_fns(hp: HeadTraining) -> dict[str, Callable]:
     init, step = make_selector_fns(hp)
     selector = Selector(hp.selector_hidden)
-    score = jax.vmap(lambda p, logits: jax.nn.sigmoid(
-        selector.apply({"params": p}, selector_features(logits))))
-    return {"vinit": jax.jit(jax.vmap(init)), "vstep": jax.jit(jax.vmap(step),
-                                                               donate_argnums=(0, 1)),
-            "features": jax.jit(jax.vmap(selector_features)), "score": jax.jit(score)}
+    score = jax.vmap(
+        lambda p, logits: jax.nn.sigmoid(selector.apply({"params": p}, selector_features(logits)))
+    )
+    return {
+        "vinit": jax.jit(jax.vmap(init)),
+        "vstep": jax.jit(jax.vmap(step), donate_argnums=(0, 1)),
+        "features": jax.jit(jax.vmap(selector_features)),
+        "score": jax.jit(score),
+    }
 
 
-def train_selectors(member_logits: np.ndarray, base_predictions: np.ndarray, seed: int,
-                    hp: HeadTraining) -> Any:
+def train_selectors(
+    member_logits: np.ndarray, base_predictions: np.ndarray, seed: int, hp: HeadTraining
+) -> Any:
     """Trains one selector per member on its own predictor's outputs; returns stacked params."""
     fns = _compiled_selector_fns(hp)
     members = member_logits.shape[0]
@@ -180,13 +219,14 @@ def train_selectors(member_logits: np.ndarray, base_predictions: np.ndarray, see
     params, opt_state = fns["vinit"](jax.random.split(jax.random.key(seed), members))
     for epoch in range(hp.selector_epochs):
         for batch in epoch_batches(features.shape[1], 256, seed, epoch):
-            params, opt_state, _ = fns["vstep"](params, opt_state, features[:, batch],
-                                                agree[:, batch])
+            params, opt_state, _ = fns["vstep"](
+                params, opt_state, features[:, batch], agree[:, batch]
+            )
     return params
 
 
-def selector_scores(stacked_params: Any, member_logits: np.ndarray,
-                    hp: HeadTraining) -> np.ndarray:
+def selector_scores(stacked_params: Any, member_logits: np.ndarray, hp: HeadTraining) -> np.ndarray:
     """Selector probabilities of agreement for every member and example: (members, N)."""
-    return np.asarray(_compiled_selector_fns(hp)["score"](stacked_params,
-                                                          jnp.asarray(member_logits)))
+    return np.asarray(
+        _compiled_selector_fns(hp)["score"](stacked_params, jnp.asarray(member_logits))
+    )

@@ -29,7 +29,7 @@ class VariantSpec:
     """One predictor architecture: its kind, output grid, conv settings and hidden layers."""
 
     kind: str
-    grid: int = 1            # k: the map is average-pooled to k x k before the dense layers
+    grid: int = 1  # k: the map is average-pooled to k x k before the dense layers
     hidden: tuple[int, ...] = ()
     conv_kernel: int = 1
     conv_channels: int = 16
@@ -40,23 +40,29 @@ class VariantSpec:
         """The canonical string form, the inverse of :func:`parse_variant`."""
         hidden = "".join(f"-h{h}" for h in self.hidden)
         if self.kind == "conv":
-            return (f"conv{self.conv_kernel}-c{self.conv_channels}-s{self.conv_stride}"
-                    f"-k{self.grid}{hidden}")
+            return (
+                f"conv{self.conv_kernel}-c{self.conv_channels}-s{self.conv_stride}"
+                f"-k{self.grid}{hidden}"
+            )
         return f"{self.kind}-{'k' if self.kind == 'pool' else 'd'}{self.grid}{hidden}"
 
     def check_fits(self, activation_shape: tuple[int, ...], where: str) -> None:
         """Raises VariantError when this variant cannot run on a (H, W, C) or (F,) activation."""
         if len(activation_shape) == 1:
             if self.kind != "fc" or self.grid != 1:
-                raise VariantError(f"variant '{self.name}' needs a feature map but {where} is a "
-                                   f"vector of {activation_shape[0]}; use 'fc-d1' variants")
+                raise VariantError(
+                    f"variant '{self.name}' needs a feature map but {where} is a "
+                    f"vector of {activation_shape[0]}; use 'fc-d1' variants"
+                )
             return
         h, w = activation_shape[0], activation_shape[1]
         if self.kind == "conv":
             h, w = -(-h // self.conv_stride), -(-w // self.conv_stride)
         if self.grid > min(h, w):
-            raise VariantError(f"variant '{self.name}' pools to {self.grid}x{self.grid}, larger "
-                               f"than the {h}x{w} map at {where}")
+            raise VariantError(
+                f"variant '{self.name}' pools to {self.grid}x{self.grid}, larger "
+                f"than the {h}x{w} map at {where}"
+            )
 
 
 def parse_variant(text: str) -> VariantSpec:
@@ -70,22 +76,26 @@ def parse_variant(text: str) -> VariantSpec:
     if kind == "conv":
         if head == kind:
             raise VariantError(f"variant '{text}': conv needs its kernel size, e.g. conv3")
-        fields["conv_kernel"] = int(head[len(kind):])
+        fields["conv_kernel"] = int(head[len(kind) :])
     elif head != kind:
         raise VariantError(f"variant '{text}': only conv takes a number after its kind")
     allowed = {"pool": {"k", "h"}, "fc": {"d", "h"}, "conv": {"c", "s", "k", "h"}}[kind]
     for token in parts[1:]:
         match = _TOKEN.match(token)
         if not match or match["key"] not in allowed:
-            raise VariantError(f"variant '{text}': cannot read '{token}' (a {kind} variant takes "
-                               f"{sorted(allowed)} followed by a number)")
+            raise VariantError(
+                f"variant '{text}': cannot read '{token}' (a {kind} variant takes "
+                f"{sorted(allowed)} followed by a number)"
+            )
         key, value = match["key"], int(match["value"])
         if value <= 0:
             raise VariantError(f"variant '{text}': '{token}' must be positive")
         if key == "h":
             fields["hidden"].append(value)
         else:
-            fields[{"k": "grid", "d": "grid", "c": "conv_channels", "s": "conv_stride"}[key]] = value
+            fields[{"k": "grid", "d": "grid", "c": "conv_channels", "s": "conv_stride"}[key]] = (
+                value
+            )
     if len(fields["hidden"]) > 2:
         raise VariantError(f"variant '{text}': at most 2 hidden layers")
     if kind == "conv" and fields["conv_kernel"] not in (1, 3):
@@ -115,8 +125,9 @@ class Predictor(nn.Module):
             if self.spec.kind == "conv":
                 stride = (self.spec.conv_stride, self.spec.conv_stride)
                 kernel = (self.spec.conv_kernel, self.spec.conv_kernel)
-                x = nn.relu(nn.Conv(self.spec.conv_channels, kernel, stride)(
-                    pool_map(x, self.pre_pool)))
+                x = nn.relu(
+                    nn.Conv(self.spec.conv_channels, kernel, stride)(pool_map(x, self.pre_pool))
+                )
                 x = pooled_grid(x, 1, self.spec.grid)
             else:
                 x = pooled_grid(x, self.pre_pool, self.spec.grid)

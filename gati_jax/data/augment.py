@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def normalize(images: jax.Array | np.ndarray, mean: jax.Array | np.ndarray,
-              std: jax.Array | np.ndarray) -> jax.Array:
+def normalize(
+    images: jax.Array | np.ndarray, mean: jax.Array | np.ndarray, std: jax.Array | np.ndarray
+) -> jax.Array:
     """Maps pixels in [0, 255] (uint8 or float) to float32 (x / 255 - mean) / std per channel."""
     x = jnp.asarray(images, jnp.float32) / 255.0
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)

@@ -32,11 +32,16 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
     """Checks the ``data`` section."""
     from gati_jax.data.registry import available_datasets
 
-    require(d.name in available_datasets(), "data.name", d.name,
-            f"one of {list(available_datasets())}")
+    require(
+        d.name in available_datasets(), "data.name", d.name, f"one of {list(available_datasets())}"
+    )
     require(int(d.validation_size) > 0, "data.validation_size", d.validation_size, "> 0")
-    require(0.0 <= d.synthetic.hard_fraction <= 1.0, "data.synthetic.hard_fraction",
-            d.synthetic.hard_fraction, "in [0, 1]")
+    require(
+        0.0 <= d.synthetic.hard_fraction <= 1.0,
+        "data.synthetic.hard_fraction",
+        d.synthetic.hard_fraction,
+        "in [0, 1]",
+    )
 
 
 def augment_config() -> ml_collections.ConfigDict:
@@ -135,24 +140,39 @@ def validate_workload(w: ml_collections.ConfigDict) -> None:
     """Checks the ``workload`` section."""
     from gati_jax.data.workloads import CORRUPTIONS, available_workloads
 
-    require(w.name in available_workloads(), "workload.name", w.name,
-            f"one of {list(available_workloads())}")
-    require(w.split in ("train", "validation", "test"), "workload.split", w.split,
-            "'train', 'validation' or 'test'")
+    require(
+        w.name in available_workloads(),
+        "workload.name",
+        w.name,
+        f"one of {list(available_workloads())}",
+    )
+    require(
+        w.split in ("train", "validation", "test"),
+        "workload.split",
+        w.split,
+        "'train', 'validation' or 'test'",
+    )
     require(int(w.length) >= 1, "workload.length", w.length, ">= 1")
     # numpy seed sequences take only non-negative integers.
     require(int(w.seed) >= 0, "workload.seed", w.seed, ">= 0")
     require(w.rate > 0, "workload.rate", w.rate, "> 0")
-    require(len(w.hot_classes) == 2 and 1 <= int(w.hot_classes[0]) <= int(w.hot_classes[1]),
-            "workload.hot_classes", w.hot_classes, "(low, high) with 1 <= low <= high")
+    require(
+        len(w.hot_classes) == 2 and 1 <= int(w.hot_classes[0]) <= int(w.hot_classes[1]),
+        "workload.hot_classes",
+        w.hot_classes,
+        "(low, high) with 1 <= low <= high",
+    )
     require(w.mean_segment >= 1, "workload.mean_segment", w.mean_segment, ">= 1")
     require(0 < w.hot_fraction <= 1, "workload.hot_fraction", w.hot_fraction, "in (0, 1]")
     require(w.zipf_exponent > 0, "workload.zipf_exponent", w.zipf_exponent, "> 0")
     require(int(w.drift_period) >= 1, "workload.drift_period", w.drift_period, ">= 1")
-    require(len(w.corruptions) > 0 and all(c in CORRUPTIONS for c in w.corruptions),
-            "workload.corruptions", w.corruptions, f"a non-empty subset of {list(CORRUPTIONS)}")
-    require(0 <= w.shift_fraction <= 1, "workload.shift_fraction", w.shift_fraction,
-            "in [0, 1]")
+    require(
+        len(w.corruptions) > 0 and all(c in CORRUPTIONS for c in w.corruptions),
+        "workload.corruptions",
+        w.corruptions,
+        f"a non-empty subset of {list(CORRUPTIONS)}",
+    )
+    require(0 <= w.shift_fraction <= 1, "workload.shift_fraction", w.shift_fraction, "in [0, 1]")
     require(0 < w.severity <= 1, "workload.severity", w.severity, "in (0, 1]")
     require(int(w.window) >= 2, "workload.window", w.window, ">= 2")
     _validate_video(w.video)
@@ -162,24 +182,47 @@ def validate_workload(w: ml_collections.ConfigDict) -> None:
 def _validate_video(v: ml_collections.ConfigDict) -> None:
     for key in ("mean_scene", "mean_turn", "motion_time", "lighting_time", "occlusion_length"):
         require(v[key] >= 1, f"workload.video.{key}", v[key], ">= 1 (frames)")
-    require(len(v.instances) == 2 and 1 <= int(v.instances[0]) <= int(v.instances[1]),
-            "workload.video.instances", v.instances, "(low, high) with 1 <= low <= high")
+    require(
+        len(v.instances) == 2 and 1 <= int(v.instances[0]) <= int(v.instances[1]),
+        "workload.video.instances",
+        v.instances,
+        "(low, high) with 1 <= low <= high",
+    )
     for key in ("translate", "rotate", "scale", "brightness", "contrast", "noise"):
         require(v[key] >= 0, f"workload.video.{key}", v[key], ">= 0")
-    require(0 <= v.occlusion_fraction < 1, "workload.video.occlusion_fraction",
-            v.occlusion_fraction, "in [0, 1)")
-    require(len(v.occlusion_size) == 2 and 0 < v.occlusion_size[0] <= v.occlusion_size[1] <= 1,
-            "workload.video.occlusion_size", v.occlusion_size,
-            "(low, high) with 0 < low <= high <= 1")
-    require(0 <= v.distractor_fraction <= 1, "workload.video.distractor_fraction",
-            v.distractor_fraction, "in [0, 1]")
+    require(
+        0 <= v.occlusion_fraction < 1,
+        "workload.video.occlusion_fraction",
+        v.occlusion_fraction,
+        "in [0, 1)",
+    )
+    require(
+        len(v.occlusion_size) == 2 and 0 < v.occlusion_size[0] <= v.occlusion_size[1] <= 1,
+        "workload.video.occlusion_size",
+        v.occlusion_size,
+        "(low, high) with 0 < low <= high <= 1",
+    )
+    require(
+        0 <= v.distractor_fraction <= 1,
+        "workload.video.distractor_fraction",
+        v.distractor_fraction,
+        "in [0, 1]",
+    )
 
 
 def _validate_trace(t: ml_collections.ConfigDict, workload_name: str) -> None:
     from gati_jax.data.workloads import TRACE_SUFFIXES
 
-    require(workload_name != "trace" or bool(t.path), "workload.trace.path", t.path,
-            "a trace file when workload.name is 'trace'")
-    require(not t.path or str(t.path).lower().endswith(TRACE_SUFFIXES), "workload.trace.path",
-            t.path, f"a file ending in one of {TRACE_SUFFIXES}")
+    require(
+        workload_name != "trace" or bool(t.path),
+        "workload.trace.path",
+        t.path,
+        "a trace file when workload.name is 'trace'",
+    )
+    require(
+        not t.path or str(t.path).lower().endswith(TRACE_SUFFIXES),
+        "workload.trace.path",
+        t.path,
+        f"a file ending in one of {TRACE_SUFFIXES}",
+    )
     require(int(t.limit) >= 0, "workload.trace.limit", t.limit, ">= 0 (0: the whole trace)")

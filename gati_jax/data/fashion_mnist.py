@@ -37,18 +37,23 @@ def _read_idx_split(images_path: str, labels_path: str) -> Split:
     """One split from an images/labels pair of IDX files, checked for Fashion-MNIST's shapes."""
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
-        raise ValueError(f"IDX file {images_path} holds {images.shape} {images.dtype}, "
-                         f"not (N, 28, 28) uint8 Fashion-MNIST images")
+        raise ValueError(
+            f"IDX file {images_path} holds {images.shape} {images.dtype}, "
+            f"not (N, 28, 28) uint8 Fashion-MNIST images"
+        )
     if labels.shape != images.shape[:1] or labels.dtype != np.uint8 or labels.max() >= NUM_CLASSES:
-        raise ValueError(f"IDX file {labels_path} does not hold {images.shape[0]} uint8 labels "
-                         f"in [0, {NUM_CLASSES}) for {images_path}")
+        raise ValueError(
+            f"IDX file {labels_path} does not hold {images.shape[0]} uint8 labels "
+            f"in [0, {NUM_CLASSES}) for {images_path}"
+        )
     return Split(images[..., None], labels.astype(np.int32))
 
 
 def read_idx_dir(directory: str) -> tuple[Split, Split] | None:
     """(train, test) from the four IDX files in `directory`; None if any is missing."""
-    paths = {split: tuple(_find(directory, stem) for stem in stems)
-             for split, stems in _FILES.items()}
+    paths = {
+        split: tuple(_find(directory, stem) for stem in stems) for split, stems in _FILES.items()
+    }
     if any(path is None for pair in paths.values() for path in pair):
         return None
     return _read_idx_split(*paths["train"]), _read_idx_split(*paths["test"])
@@ -78,5 +83,6 @@ def load_fashion_mnist(data_config: ml_collections.ConfigDict) -> tuple[Split, S
             f"(1) pass --config.data.data_dir=DIR where DIR contains the four IDX files; "
             f"(2) `apt-get install dataset-fashion-mnist`, which puts them in {DEBIAN_DIR}; "
             f"(3) run with network access so that TFDS can download fashion_mnist "
-            f"(into data.data_dir if set).") from err
+            f"(into data.data_dir if set)."
+        ) from err
     return train, test, NUM_CLASSES

@@ -54,7 +54,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(data) != expected:
         kind = "truncated" if len(data) < expected else "longer than its header says"
         raise ValueError(
-            f"IDX file {path} is {kind}: {len(data)} bytes, expected {expected} for shape "
-            f"{shape}.")
+            f"IDX file {path} is {kind}: {len(data)} bytes, expected {expected} for shape {shape}."
+        )
     array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(shape)
     return array.astype(dtype.newbyteorder("="))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -18,11 +18,15 @@ class Split:
     def __post_init__(self) -> None:
         # Loaders are the only producers; catching their mistakes here keeps them out of training.
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise ValueError(f"Split images must be (N, H, W, C) uint8, got "
-                             f"{self.images.shape} {self.images.dtype}")
+            raise ValueError(
+                f"Split images must be (N, H, W, C) uint8, got "
+                f"{self.images.shape} {self.images.dtype}"
+            )
         if self.labels.shape != self.images.shape[:1] or self.labels.dtype != np.int32:
-            raise ValueError(f"Split labels must be ({self.images.shape[0]},) int32, got "
-                             f"{self.labels.shape} {self.labels.dtype}")
+            raise ValueError(
+                f"Split labels must be ({self.images.shape[0]},) int32, got "
+                f"{self.labels.shape} {self.labels.dtype}"
+            )
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -46,12 +50,15 @@ class Dataset:
     std: np.ndarray
 
 
-def carve_indices(num_examples: int, validation_size: int,
-                  split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+def carve_indices(
+    num_examples: int, validation_size: int, split_seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) indices into the original train split; train stays in original order."""
     if not 0 < validation_size < num_examples:
-        raise ValueError(f"data.validation_size must be in (0, {num_examples}) for a train split "
-                         f"of {num_examples} examples, got {validation_size}")
+        raise ValueError(
+            f"data.validation_size must be in (0, {num_examples}) for a train split "
+            f"of {num_examples} examples, got {validation_size}"
+        )
     permutation = np.random.default_rng(split_seed).permutation(num_examples)
     # Sorting keeps train in file order, so a train example's index means the same in both.
     return np.sort(permutation[validation_size:]), permutation[:validation_size]
@@ -78,8 +85,13 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(means, np.float32), np.asarray(stds, np.float32)
 
 
-def batches(split: Split, batch_size: int, *, rng: np.random.Generator | None = None,
-            drop_remainder: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def batches(
+    split: Split,
+    batch_size: int,
+    *,
+    rng: np.random.Generator | None = None,
+    drop_remainder: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yields (images, labels) batches, in order if `rng` is None, else in a permutation from it."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -47,8 +47,7 @@ def _interpolation_matrix(size: int, grid: int) -> np.ndarray:
     return matrix
 
 
-def _prototypes(rng: np.random.Generator, num_classes: int, size: int,
-                channels: int) -> np.ndarray:
+def _prototypes(rng: np.random.Generator, num_classes: int, size: int, channels: int) -> np.ndarray:
     """Smooth per-class images in [0.1, 0.9], shape (num_classes, size, size, channels)."""
     grid = rng.normal(size=(num_classes, _GRID, _GRID, channels))
     up = _interpolation_matrix(size, _GRID)
@@ -68,13 +67,14 @@ def _shift(images: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.n
     return images[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def _examples(rng: np.random.Generator, prototypes: np.ndarray, num_examples: int,
-              hard_fraction: float) -> tuple[Split, np.ndarray]:
+def _examples(
+    rng: np.random.Generator, prototypes: np.ndarray, num_examples: int, hard_fraction: float
+) -> tuple[Split, np.ndarray]:
     """A split of `num_examples` examples with balanced classes, and its hard flags."""
     num_classes, size = prototypes.shape[0], prototypes.shape[1]
     labels = rng.permutation(np.arange(num_examples) % num_classes).astype(np.int32)
     hard = np.zeros(num_examples, bool)
-    hard[rng.permutation(num_examples)[:round(hard_fraction * num_examples)]] = True
+    hard[rng.permutation(num_examples)[: round(hard_fraction * num_examples)]] = True
     # A nonzero offset modulo num_classes never picks the true class as the distractor.
     others = (labels + rng.integers(1, num_classes, num_examples)) % num_classes
     weights = np.where(hard, rng.uniform(*_HARD_WEIGHT, num_examples), 1.0).astype(np.float32)
@@ -96,21 +96,31 @@ def make_synthetic(cfg: ml_collections.ConfigDict) -> SyntheticData:
     if int(cfg.num_classes) < 2:
         raise ValueError(f"data.synthetic.num_classes must be >= 2, got {cfg.num_classes}")
     if int(cfg.image_size) < 2 or int(cfg.channels) < 1:
-        raise ValueError(f"data.synthetic.image_size must be >= 2 and data.synthetic.channels "
-                         f">= 1, got {cfg.image_size} and {cfg.channels}")
+        raise ValueError(
+            f"data.synthetic.image_size must be >= 2 and data.synthetic.channels "
+            f">= 1, got {cfg.image_size} and {cfg.channels}"
+        )
     if int(cfg.train_size) < 1 or int(cfg.test_size) < 1:
-        raise ValueError(f"data.synthetic.train_size and test_size must be >= 1, got "
-                         f"{cfg.train_size} and {cfg.test_size}")
+        raise ValueError(
+            f"data.synthetic.train_size and test_size must be >= 1, got "
+            f"{cfg.train_size} and {cfg.test_size}"
+        )
     if not 0.0 <= cfg.hard_fraction <= 1.0:
         raise ValueError(f"data.synthetic.hard_fraction must be in [0, 1], got {cfg.hard_fraction}")
     # Independent streams: the test split does not change when train_size does.
     proto_seed, train_seed, test_seed = np.random.SeedSequence(int(cfg.seed)).spawn(3)
-    prototypes = _prototypes(np.random.default_rng(proto_seed), int(cfg.num_classes),
-                             int(cfg.image_size), int(cfg.channels))
-    train, train_hard = _examples(np.random.default_rng(train_seed), prototypes,
-                                  int(cfg.train_size), float(cfg.hard_fraction))
-    test, test_hard = _examples(np.random.default_rng(test_seed), prototypes,
-                                int(cfg.test_size), float(cfg.hard_fraction))
+    prototypes = _prototypes(
+        np.random.default_rng(proto_seed),
+        int(cfg.num_classes),
+        int(cfg.image_size),
+        int(cfg.channels),
+    )
+    train, train_hard = _examples(
+        np.random.default_rng(train_seed), prototypes, int(cfg.train_size), float(cfg.hard_fraction)
+    )
+    test, test_hard = _examples(
+        np.random.default_rng(test_seed), prototypes, int(cfg.test_size), float(cfg.hard_fraction)
+    )
     return SyntheticData(train, test, train_hard, test_hard, prototypes)
 
 

@@ -19,8 +19,10 @@ from gati_jax.data.splits import Split
 def read_tfds_split(name: str, split: str, data_dir: str, label_key: str = "label") -> Split:
     """Reads a whole TFDS split into memory through `tfds.data_source` (downloads if allowed)."""
     if tfds is None:
-        raise ImportError(f"reading {name}[{split}] needs tensorflow-datasets, which is not "
-                          f"installed: `pip install tensorflow-datasets array_record`")
+        raise ImportError(
+            f"reading {name}[{split}] needs tensorflow-datasets, which is not "
+            f"installed: `pip install tensorflow-datasets array_record`"
+        )
     source = tfds.data_source(name, split=split, data_dir=data_dir or None)
     n = len(source)
     images, labels = None, np.empty((n,), np.int32)
@@ -37,8 +39,9 @@ def read_tfds_split(name: str, split: str, data_dir: str, label_key: str = "labe
     return Split(images, labels)
 
 
-def _load_cifar(name: str, num_classes: int, data_config: ml_collections.ConfigDict
-                ) -> tuple[Split, Split, int]:
+def _load_cifar(
+    name: str, num_classes: int, data_config: ml_collections.ConfigDict
+) -> tuple[Split, Split, int]:
     try:
         # 'label' is CIFAR-100's fine label (100 classes); 'coarse_label' is the other one.
         train = read_tfds_split(name, "train", data_config.data_dir)
@@ -49,7 +52,8 @@ def _load_cifar(name: str, num_classes: int, data_config: ml_collections.ConfigD
             f"could not load {name} through TFDS from {where}: {type(err).__name__}: {err}. "
             f"Either pass --config.data.data_dir=DIR where DIR holds TFDS-prepared {name} "
             f"data (e.g. `tfds build {name} --data_dir=DIR` on a machine with network access), "
-            f"or run with network access so that TFDS can download it.") from err
+            f"or run with network access so that TFDS can download it."
+        ) from err
     return train, test, num_classes
 
 

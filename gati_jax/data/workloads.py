@@ -57,8 +57,8 @@ import json
 import os
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import ml_collections
 import numpy as np
@@ -98,11 +98,21 @@ class Workload:
         n = self.ids.shape[0]
         if self.distractor is None:
             object.__setattr__(self, "distractor", np.zeros(n, bool))
-        for field in ("ids", "images", "labels", "arrivals", "segments", "corrupted",
-                      "source_index", "corruption", "distractor"):
+        for field in (
+            "ids",
+            "images",
+            "labels",
+            "arrivals",
+            "segments",
+            "corrupted",
+            "source_index",
+            "corruption",
+            "distractor",
+        ):
             if getattr(self, field).shape[:1] != (n,):
-                raise ValueError(f"Workload.{field} must have {n} rows, got shape "
-                                 f"{getattr(self, field).shape}")
+                raise ValueError(
+                    f"Workload.{field} must have {n} rows, got shape {getattr(self, field).shape}"
+                )
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -115,8 +125,11 @@ class Workload:
             # A one-request slice keeps every array 1-D, so one request is just a short stream.
             start = int(index) % len(self)
             index = slice(start, start + 1)
-        fields = {f.name: getattr(self, f.name)[index]
-                  for f in dataclasses.fields(self) if f.name != "name"}
+        fields = {
+            f.name: getattr(self, f.name)[index]
+            for f in dataclasses.fields(self)
+            if f.name != "name"
+        }
         return Workload(name=self.name, **fields)
 
 
@@ -149,31 +162,45 @@ def make_workload(config_section: ml_collections.ConfigDict, split: Split) -> Wo
     if length <= 0:
         raise ValueError(f"workload.length must be >= 1, got {config_section.length}")
     if len(split) == 0:
-        raise ValueError(f"workload {config_section.name!r} needs examples, but the split "
-                         f"({config_section.split}) is empty")
+        raise ValueError(
+            f"workload {config_section.name!r} needs examples, but the split "
+            f"({config_section.split}) is empty"
+        )
     if not config_section.rate > 0:
         raise ValueError(f"workload.rate must be > 0, got {config_section.rate}")
     stream = builder(config_section, split, length)
     source_index = np.asarray(stream.source_index, np.int64)
     length = source_index.shape[0]  # a trace's own length
     images = split.images[source_index] if stream.images is None else stream.images
-    corruption = (np.full(length, "", dtype="<U16") if stream.corruption is None
-                  else np.asarray(stream.corruption))
-    arrivals = (poisson_arrivals(length, float(config_section.rate), int(config_section.seed))
-                if stream.arrivals is None else np.asarray(stream.arrivals, np.float64))
+    corruption = (
+        np.full(length, "", dtype="<U16")
+        if stream.corruption is None
+        else np.asarray(stream.corruption)
+    )
+    arrivals = (
+        poisson_arrivals(length, float(config_section.rate), int(config_section.seed))
+        if stream.arrivals is None
+        else np.asarray(stream.arrivals, np.float64)
+    )
     return Workload(
         name=str(config_section.name),
         ids=np.arange(length, dtype=np.int64),
         images=images,
-        labels=(split.labels[source_index] if stream.labels is None
-                else np.asarray(stream.labels, np.int32)),
+        labels=(
+            split.labels[source_index]
+            if stream.labels is None
+            else np.asarray(stream.labels, np.int32)
+        ),
         arrivals=arrivals,
         segments=np.asarray(stream.segments, np.int32),
         corrupted=corruption != "",
         source_index=source_index,
         corruption=corruption,
-        distractor=(np.zeros(length, bool) if stream.distractor is None
-                    else np.asarray(stream.distractor, bool)),
+        distractor=(
+            np.zeros(length, bool)
+            if stream.distractor is None
+            else np.asarray(stream.distractor, bool)
+        ),
     )
 
 
@@ -193,8 +220,9 @@ def _class_pools(split: Split) -> dict[int, np.ndarray]:
     return {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
 
 
-def _draw_examples(classes: np.ndarray, pools: dict[int, np.ndarray],
-                   rng: np.random.Generator) -> np.ndarray:
+def _draw_examples(
+    classes: np.ndarray, pools: dict[int, np.ndarray], rng: np.random.Generator
+) -> np.ndarray:
     """Source indices for a class sequence, cycling through reshuffled per-class pools."""
     source = np.empty(classes.shape[0], np.int64)
     for c, pool in pools.items():
@@ -202,8 +230,7 @@ def _draw_examples(classes: np.ndarray, pools: dict[int, np.ndarray],
         if where.size == 0:
             continue
         cycles = -(-where.size // pool.size)
-        source[where] = np.concatenate([rng.permutation(pool) for _ in range(cycles)])[
-            :where.size]
+        source[where] = np.concatenate([rng.permutation(pool) for _ in range(cycles)])[: where.size]
     return source
 
 
@@ -216,8 +243,13 @@ def _uniform(section: ml_collections.ConfigDict, split: Split, length: int) -> S
         # see exact repeats of earlier requests: say so. workload_stats reports the share.
         logging.warning(
             "workload uniform: %d requests from a %s split of %d examples repeat each example "
-            "up to %d times (%.0f%% of requests repeat an earlier one)", length,
-            section.split, n, -(-length // n), 100.0 * (length - n) / length)
+            "up to %d times (%.0f%% of requests repeat an earlier one)",
+            length,
+            section.split,
+            n,
+            -(-length // n),
+            100.0 * (length - n) / length,
+        )
     order = np.concatenate([rng.permutation(n) for _ in range(-(-length // n))])[:length]
     return Stream(source_index=order, segments=np.zeros(length, np.int32))
 
@@ -239,8 +271,9 @@ def _segment_lengths(length: int, mean_segment: float, rng: np.random.Generator)
     return lengths_all
 
 
-def _temporal_classes(section: ml_collections.ConfigDict, present: np.ndarray,
-                      length: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _temporal_classes(
+    section: ml_collections.ConfigDict, present: np.ndarray, length: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """(class per request, segment per request) of the temporal stream."""
     lo, hi = (int(v) for v in section.hot_classes)
     lengths = _segment_lengths(length, float(section.mean_segment), rng)
@@ -285,8 +318,9 @@ def _drift(section: ml_collections.ConfigDict, split: Split, length: int) -> Str
     ranks = rng.choice(k, size=length, p=popularity / popularity.sum())
     periods = np.arange(length) // int(section.drift_period)
     classes = by_rank[(ranks + periods) % k]
-    return Stream(source_index=_draw_examples(classes, pools, rng),
-                  segments=periods.astype(np.int32))
+    return Stream(
+        source_index=_draw_examples(classes, pools, rng), segments=periods.astype(np.int32)
+    )
 
 
 @register_workload("shift")
@@ -329,8 +363,9 @@ def _blur(images: np.ndarray, severity: float, rng: np.random.Generator) -> np.n
     # Spatial axes only: batch and channels must not be mixed. sigma 1 px at severity 0.5.
     sigma = 2.0 * severity
     sigmas = (0.0,) * (images.ndim - 3) + (sigma, sigma, 0.0)
-    return _to_uint8(scipy.ndimage.gaussian_filter(images.astype(np.float32), sigmas,
-                                                   mode="reflect"))
+    return _to_uint8(
+        scipy.ndimage.gaussian_filter(images.astype(np.float32), sigmas, mode="reflect")
+    )
 
 
 def _contrast(images: np.ndarray, severity: float, rng: np.random.Generator) -> np.ndarray:
@@ -342,22 +377,23 @@ def _contrast(images: np.ndarray, severity: float, rng: np.random.Generator) -> 
 CORRUPTIONS: dict[str, Corruption] = {"noise": _noise, "blur": _blur, "contrast": _contrast}
 
 
-def corrupt(images: np.ndarray, name: str, severity: float,
-            rng: np.random.Generator) -> np.ndarray:
+def corrupt(images: np.ndarray, name: str, severity: float, rng: np.random.Generator) -> np.ndarray:
     """`images` (uint8 (..., H, W, C)) corrupted by the corruption `name` at `severity`."""
     if name not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {name!r}; available: {', '.join(CORRUPTIONS)}")
     if images.dtype != np.uint8 or images.ndim < 3:
-        raise ValueError(f"corruptions need uint8 (..., H, W, C) images, got "
-                         f"{images.shape} {images.dtype}")
+        raise ValueError(
+            f"corruptions need uint8 (..., H, W, C) images, got {images.shape} {images.dtype}"
+        )
     return CORRUPTIONS[name](images, severity, rng)
 
 
 # --- video: scenes of object instances under a moving camera --------------------------------
 
 
-def _smooth_walk(scene_lengths: np.ndarray, correlation: float, dims: int,
-                 rng: np.random.Generator) -> np.ndarray:
+def _smooth_walk(
+    scene_lengths: np.ndarray, correlation: float, dims: int, rng: np.random.Generator
+) -> np.ndarray:
     """(N, dims) smooth random walks, stationary standard normal, restarted at each scene.
 
     White noise through a double pole at exp(-1 / correlation): a mean-reverting walk whose
@@ -377,8 +413,9 @@ def _smooth_walk(scene_lengths: np.ndarray, correlation: float, dims: int,
     return walk[np.arange(length) + (scenes + 1) * burn]
 
 
-def _alternating_runs(length: int, fraction: float, mean_on: float,
-                      rng: np.random.Generator) -> np.ndarray:
+def _alternating_runs(
+    length: int, fraction: float, mean_on: float, rng: np.random.Generator
+) -> np.ndarray:
     """Episode index per frame (-1 outside episodes) of an on/off process: episodes of mean
     `mean_on` frames covering about `fraction` of the frames (a two-state Markov chain)."""
     episode = np.full(length, -1, np.int64)
@@ -389,8 +426,10 @@ def _alternating_runs(length: int, fraction: float, mean_on: float,
     total = 0
     while total < length:
         count = max(8, int(2 * length / (mean_on + mean_off)))
-        pairs = np.stack([rng.geometric(min(1.0, 1.0 / mean_off), count),
-                          rng.geometric(1.0 / mean_on, count)], axis=1)
+        pairs = np.stack(
+            [rng.geometric(min(1.0, 1.0 / mean_off), count), rng.geometric(1.0 / mean_on, count)],
+            axis=1,
+        )
         runs.append(pairs.ravel())
         total += int(pairs.sum())
     lengths = np.concatenate(runs)
@@ -404,17 +443,21 @@ def _alternating_runs(length: int, fraction: float, mean_on: float,
     starts = ends - lengths
     keep = starts < length
     for number, (start, end) in enumerate(zip(starts[keep & on], ends[keep & on])):
-        episode[start:min(end, length)] = number
+        episode[start : min(end, length)] = number
     return episode
 
 
-def _warp(images: np.ndarray, angle: np.ndarray, scale: np.ndarray,
-          shift: np.ndarray) -> np.ndarray:
+def _warp(
+    images: np.ndarray, angle: np.ndarray, scale: np.ndarray, shift: np.ndarray
+) -> np.ndarray:
     """float32 (n, H, W, C) images rotated by `angle` (radians), scaled by `scale` about the
     centre, then moved by `shift` ((n, 2) pixels, dy and dx); bilinear, edges extended."""
     n, h, w, c = images.shape
-    ys, xs = np.meshgrid(np.arange(h, dtype=np.float32) - (h - 1) / 2,
-                         np.arange(w, dtype=np.float32) - (w - 1) / 2, indexing="ij")
+    ys, xs = np.meshgrid(
+        np.arange(h, dtype=np.float32) - (h - 1) / 2,
+        np.arange(w, dtype=np.float32) - (w - 1) / 2,
+        indexing="ij",
+    )
     cos = (np.cos(angle) / scale).astype(np.float32)[:, None, None]
     sin = (np.sin(angle) / scale).astype(np.float32)[:, None, None]
     yy = ys[None] - shift[:, 0, None, None].astype(np.float32)
@@ -440,8 +483,12 @@ def _warp(images: np.ndarray, angle: np.ndarray, scale: np.ndarray,
 _RENDER_BATCH = 1024
 
 
-def _render_video(sources: np.ndarray, video: ml_collections.ConfigDict,
-                  scene_lengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _render_video(
+    sources: np.ndarray,
+    video: ml_collections.ConfigDict,
+    scene_lengths: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """uint8 frames: `sources` (uint8 (N, H, W, C), each frame's source image) seen through
     the camera of `video` (motion, lighting, occlusion, noise), scene by scene."""
     n, h, w, c = sources.shape
@@ -452,8 +499,9 @@ def _render_video(sources: np.ndarray, video: ml_collections.ConfigDict,
     scale = np.exp(float(video.scale) * motion[:, 3])
     brightness = float(video.brightness) * lighting[:, 0]
     contrast = np.exp(float(video.contrast) * lighting[:, 1])
-    episode = _alternating_runs(n, float(video.occlusion_fraction),
-                                float(video.occlusion_length), rng)
+    episode = _alternating_runs(
+        n, float(video.occlusion_fraction), float(video.occlusion_length), rng
+    )
     episodes = int(episode.max()) + 1
     # Per occlusion episode: a rectangle of its own size, place and grey level.
     lo, hi = (float(v) for v in video.occlusion_size)
@@ -471,14 +519,20 @@ def _render_video(sources: np.ndarray, video: ml_collections.ConfigDict,
         if occluded.size:
             e = ep[occluded]
             (top, left), (tall, wide) = corner[e].T, size[e].T
-            inside = ((rows >= top[:, None, None]) & (rows < (top + tall)[:, None, None])
-                      & (cols >= left[:, None, None]) & (cols < (left + wide)[:, None, None]))
-            out[occluded] = np.where(inside[..., None], grey[e][:, None, None, None],
-                                     out[occluded])
+            inside = (
+                (rows >= top[:, None, None])
+                & (rows < (top + tall)[:, None, None])
+                & (cols >= left[:, None, None])
+                & (cols < (left + wide)[:, None, None])
+            )
+            out[occluded] = np.where(inside[..., None], grey[e][:, None, None, None], out[occluded])
         # Lighting: contrast about the frame's mean, then a brightness offset.
         mean = out.mean(axis=(1, 2, 3), keepdims=True)
-        out = (mean + (out - mean) * contrast[part, None, None, None].astype(np.float32)
-               + brightness[part, None, None, None].astype(np.float32))
+        out = (
+            mean
+            + (out - mean) * contrast[part, None, None, None].astype(np.float32)
+            + brightness[part, None, None, None].astype(np.float32)
+        )
         out += float(video.noise) * rng.standard_normal(out.shape, dtype=np.float32)
         frames[part] = _to_uint8(out)
     return frames
@@ -533,14 +587,17 @@ _NPZ_KEYS = ("frames", "labels", "arrivals", "indices")
 def _trace_indices(values: np.ndarray, size: int, where: str) -> np.ndarray:
     values = np.asarray(values)
     if values.ndim != 1 or values.size == 0:
-        raise TraceError(f"{where}: indices must be a non-empty list of ints, got shape "
-                         f"{values.shape}")
+        raise TraceError(
+            f"{where}: indices must be a non-empty list of ints, got shape {values.shape}"
+        )
     if values.dtype.kind not in "iu":
         raise TraceError(f"{where}: indices must be integers, got {values.dtype}")
     bad = np.flatnonzero((values < 0) | (values >= size))
     if bad.size:
-        raise TraceError(f"{where}: index {int(values[bad[0]])} (request {int(bad[0])}) is out "
-                         f"of range for the split of {size} examples; {bad.size} such")
+        raise TraceError(
+            f"{where}: index {int(values[bad[0]])} (request {int(bad[0])}) is out "
+            f"of range for the split of {size} examples; {bad.size} such"
+        )
     return values.astype(np.int64)
 
 
@@ -549,16 +606,20 @@ def _trace_arrivals(values: np.ndarray | None, count: int, where: str) -> np.nda
         return None
     values = np.asarray(values)
     if values.shape != (count,) or values.dtype.kind not in "iuf":
-        raise TraceError(f"{where}: arrivals must be {count} numbers (seconds), one per "
-                         f"request, got shape {values.shape} {values.dtype}")
+        raise TraceError(
+            f"{where}: arrivals must be {count} numbers (seconds), one per "
+            f"request, got shape {values.shape} {values.dtype}"
+        )
     values = values.astype(np.float64)
     if not np.all(np.isfinite(values)):
         raise TraceError(f"{where}: arrivals must be finite")
     decreasing = np.flatnonzero(np.diff(values) < 0)
     if decreasing.size:
-        raise TraceError(f"{where}: arrivals must be nondecreasing (requests are replayed in "
-                         f"order); request {int(decreasing[0]) + 1} arrives before its "
-                         "predecessor")
+        raise TraceError(
+            f"{where}: arrivals must be nondecreasing (requests are replayed in "
+            f"order); request {int(decreasing[0]) + 1} arrives before its "
+            "predecessor"
+        )
     return values - values[0]
 
 
@@ -566,21 +627,31 @@ def _trace_frames(archive: dict[str, np.ndarray], split: Split, where: str) -> S
     frames = archive["frames"]
     layout = split.images.shape[1:]
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[0] == 0:
-        raise TraceError(f"{where}: frames must be uint8 (N, H, W, C) with N >= 1, got "
-                         f"{frames.shape} {frames.dtype}")
+        raise TraceError(
+            f"{where}: frames must be uint8 (N, H, W, C) with N >= 1, got "
+            f"{frames.shape} {frames.dtype}"
+        )
     if frames.shape[1:] != layout:
-        raise TraceError(f"{where}: frames are {frames.shape[1:]} (H, W, C) but the split's "
-                         f"images, the network's input, are {layout}")
+        raise TraceError(
+            f"{where}: frames are {frames.shape[1:]} (H, W, C) but the split's "
+            f"images, the network's input, are {layout}"
+        )
     n = frames.shape[0]
     labels = archive.get("labels")
     if labels is None:
         labels = np.full(n, -1, np.int32)
     elif labels.shape != (n,) or labels.dtype.kind not in "iu" or np.any(labels < -1):
-        raise TraceError(f"{where}: labels must be {n} integers >= -1 (-1: unknown), one per "
-                         f"frame, got shape {labels.shape} {labels.dtype}")
-    return Stream(source_index=np.full(n, -1, np.int64), segments=np.zeros(n, np.int32),
-                  images=frames, labels=labels.astype(np.int32),
-                  arrivals=_trace_arrivals(archive.get("arrivals"), n, where))
+        raise TraceError(
+            f"{where}: labels must be {n} integers >= -1 (-1: unknown), one per "
+            f"frame, got shape {labels.shape} {labels.dtype}"
+        )
+    return Stream(
+        source_index=np.full(n, -1, np.int64),
+        segments=np.zeros(n, np.int32),
+        images=frames,
+        labels=labels.astype(np.int32),
+        arrivals=_trace_arrivals(archive.get("arrivals"), n, where),
+    )
 
 
 def _read_txt(path: Path, where: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -590,16 +661,20 @@ def _read_txt(path: Path, where: str) -> tuple[np.ndarray, np.ndarray | None]:
         if not fields:
             continue
         if len(fields) > 2 or width not in (None, len(fields)):
-            raise TraceError(f"{where}, line {number}: expected 'index' or 'index arrival' on "
-                             f"every line, got {line.strip()!r}")
+            raise TraceError(
+                f"{where}, line {number}: expected 'index' or 'index arrival' on "
+                f"every line, got {line.strip()!r}"
+            )
         width = len(fields)
         try:
             indices.append(int(fields[0]))
             if width == 2:
                 arrivals.append(float(fields[1]))
         except ValueError:
-            raise TraceError(f"{where}, line {number}: {line.strip()!r} is not an integer index"
-                             f"{' and an arrival time' if width == 2 else ''}") from None
+            raise TraceError(
+                f"{where}, line {number}: {line.strip()!r} is not an integer index"
+                f"{' and an arrival time' if width == 2 else ''}"
+            ) from None
     return np.array(indices, np.int64), (np.array(arrivals) if width == 2 else None)
 
 
@@ -611,16 +686,21 @@ def _read_json(path: Path, where: str) -> tuple[np.ndarray, np.ndarray | None]:
     if isinstance(content, dict):
         unknown = set(content) - {"indices", "arrivals"}
         if "indices" not in content or unknown:
-            raise TraceError(f"{where}: a JSON object needs 'indices' and may have 'arrivals'; "
-                             f"got keys {sorted(content)}")
+            raise TraceError(
+                f"{where}: a JSON object needs 'indices' and may have 'arrivals'; "
+                f"got keys {sorted(content)}"
+            )
         indices, arrivals = content["indices"], content.get("arrivals")
     else:
         indices, arrivals = content, None
     if not isinstance(indices, list) or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in indices):
+        isinstance(i, int) and not isinstance(i, bool) for i in indices
+    ):
         raise TraceError(f"{where}: indices must be a JSON list of integers")
-    if arrivals is not None and not (isinstance(arrivals, list) and all(
-            isinstance(a, (int, float)) and not isinstance(a, bool) for a in arrivals)):
+    if arrivals is not None and not (
+        isinstance(arrivals, list)
+        and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in arrivals)
+    ):
         raise TraceError(f"{where}: arrivals must be a JSON list of numbers (seconds)")
     return np.array(indices, np.int64), None if arrivals is None else np.array(arrivals, float)
 
@@ -630,13 +710,16 @@ def load_trace(path: str | os.PathLike, split: Split) -> Stream:
     formats are in the module docstring). Raises FileNotFoundError for a missing file and
     TraceError, naming the file, for anything in it that cannot be replayed."""
     if not str(path):
-        raise TraceError("workload.trace.path is empty: name an .npz of frames or a "
-                         ".npy/.txt/.json list of split indices")
+        raise TraceError(
+            "workload.trace.path is empty: name an .npz of frames or a "
+            ".npy/.txt/.json list of split indices"
+        )
     path = Path(path).expanduser()
     where = f"trace {path}"
     if path.suffix.lower() not in TRACE_SUFFIXES:
-        raise TraceError(f"{where}: unknown format {path.suffix!r}; one of "
-                         f"{', '.join(TRACE_SUFFIXES)}")
+        raise TraceError(
+            f"{where}: unknown format {path.suffix!r}; one of {', '.join(TRACE_SUFFIXES)}"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"{where} (workload.trace.path) not found")
     suffix = path.suffix.lower()
@@ -657,22 +740,28 @@ def load_trace(path: str | os.PathLike, split: Split) -> Stream:
             raise TraceError(f"{where}: the file is {found}, not what its suffix says")
         unknown = set(archive) - set(_NPZ_KEYS)
         if unknown or ("frames" in archive) == ("indices" in archive):
-            raise TraceError(f"{where}: an .npz needs 'frames' (uint8 (N, H, W, C), optional "
-                             "'labels' and 'arrivals') or 'indices' (ints into the split, "
-                             f"optional 'arrivals'); got keys {sorted(archive)}")
+            raise TraceError(
+                f"{where}: an .npz needs 'frames' (uint8 (N, H, W, C), optional "
+                "'labels' and 'arrivals') or 'indices' (ints into the split, "
+                f"optional 'arrivals'); got keys {sorted(archive)}"
+            )
         if "frames" in archive:
             return _trace_frames(archive, split, where)
         if "labels" in archive:
-            raise TraceError(f"{where}: 'labels' come from the split when the trace holds "
-                             "'indices'; drop them")
+            raise TraceError(
+                f"{where}: 'labels' come from the split when the trace holds 'indices'; drop them"
+            )
         indices, arrivals = archive["indices"], archive.get("arrivals")
     elif suffix == ".txt":
         indices, arrivals = _read_txt(path, where)
     else:
         indices, arrivals = _read_json(path, where)
     indices = _trace_indices(indices, len(split), where)
-    return Stream(source_index=indices, segments=np.zeros(indices.size, np.int32),
-                  arrivals=_trace_arrivals(arrivals, indices.size, where))
+    return Stream(
+        source_index=indices,
+        segments=np.zeros(indices.size, np.int32),
+        arrivals=_trace_arrivals(arrivals, indices.size, where),
+    )
 
 
 @register_workload("trace")
@@ -706,7 +795,7 @@ def _windows(labels: np.ndarray, window: int) -> np.ndarray:
     # Whole windows only, so every entropy is over the same number of requests; a stream
     # shorter than one window is one window.
     count = max(1, labels.size // window)
-    return labels[:count * window].reshape(count, -1)
+    return labels[: count * window].reshape(count, -1)
 
 
 def window_entropies(labels: np.ndarray, window: int, num_classes: int) -> np.ndarray:
@@ -728,8 +817,7 @@ def locality_stats(labels: np.ndarray, window: int, num_classes: int) -> dict[st
         "mean_run_length": labels.size / runs,
         "mean_window_entropy_bits": float(window_entropies(labels, window, num_classes).mean()),
         "mean_classes_per_window": float(np.mean([np.unique(w).size for w in windows])),
-        "overall_entropy_bits": float(_entropy_bits(np.bincount(labels,
-                                                                minlength=num_classes))),
+        "overall_entropy_bits": float(_entropy_bits(np.bincount(labels, minlength=num_classes))),
         "max_entropy_bits": float(np.log2(num_classes)),
     }
 
@@ -755,8 +843,9 @@ def workload_stats(workload: Workload, window: int, num_classes: int) -> dict[st
     if labelled.any():
         locality = locality_stats(workload.labels[labelled], window, num_classes)
     else:
-        locality = dict.fromkeys(locality_stats(np.zeros(1, np.int64), window, num_classes),
-                                 float("nan"))
+        locality = dict.fromkeys(
+            locality_stats(np.zeros(1, np.int64), window, num_classes), float("nan")
+        )
     return {
         "requests": float(len(workload)),
         "segments": float(np.unique(workload.segments).size),

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from tqdm.auto import tqdm
 
 from gati_jax import data
@@ -27,23 +27,31 @@ from gati_jax.caches.bank import CacheBank, load_bank
 from gati_jax.config import validate_config
 from gati_jax.data.workloads import make_workload, workload_stats
 from gati_jax.evaluation import model_data_config
-from gati_jax.inference import BaseModel, predict_logits
+from gati_jax.experiments.device_scaling import device_scaling
 from gati_jax.experiments.kernel_profile import describe_kernel_profile, kernel_profile_ms
+from gati_jax.experiments.plots import (
+    plot_exit_depth,
+    plot_hit_rate_over_time,
+    plot_latency_cdf,
+    plot_measured_tradeoff,
+)
+from gati_jax.inference import BaseModel, predict_logits
+from gati_jax.jobs.planning import knn_setup, plan_settings, run_planning
+from gati_jax.measure import describe_kernels
 from gati_jax.online import apparate as apparate_online
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
-from gati_jax.jobs.planning import knn_setup, plan_settings, run_planning
 from gati_jax.planner.apparate import RampSet
+from gati_jax.planner.costs import (
+    all_miss_kernels,
+    all_miss_programs,
+    measure_miss_overhead,
+    plain_program,
+)
 from gati_jax.planner.plan import Plan, plan_deployment
-from gati_jax.planner.costs import (all_miss_kernels, all_miss_programs, measure_miss_overhead,
-                                       plain_program)
-from gati_jax.experiments.plots import (plot_exit_depth, plot_hit_rate_over_time,
-                                        plot_latency_cdf, plot_measured_tradeoff)
-from gati_jax.measure import describe_kernels
 from gati_jax.runtime.deployment import Deployment, best_per_position, deploy
 from gati_jax.runtime.router import Router
 from gati_jax.serving.clock import make_clock
 from gati_jax.serving.loop import serve_interleaved, serve_steps
-from gati_jax.experiments.device_scaling import device_scaling
 from gati_jax.serving.summary import paired_quantile_ratio_interval, summarize, windowed
 from gati_jax.tables import format_table
 from gati_jax.training.checkpointing import load_base_model
@@ -53,8 +61,12 @@ ONLINE = "gati-online"  # the planned gati caches, learning online (config.onlin
 APPARATE_ONLINE = apparate_online.NAME  # Apparate re-tuning while it serves (when listed)
 _WARMUP = 20  # requests routed untimed before each timed stream
 # Which planned (policy, method) serves each policy.
-_PLANNED = {"gati": ("gati", "joint"), "confidence": ("confidence", "joint"),
-            "entropy": ("entropy", "joint"), "apparate": ("apparate", "apparate")}
+_PLANNED = {
+    "gati": ("gati", "joint"),
+    "confidence": ("confidence", "joint"),
+    "entropy": ("entropy", "joint"),
+    "apparate": ("apparate", "apparate"),
+}
 # (the kNN baseline is planned too, ("knn", "joint"); its stores are rebuilt, not saved)
 
 
@@ -68,8 +80,9 @@ class Contender:
     cache_bytes: int
 
 
-def load_or_plan(config: ml_collections.ConfigDict, workdir: Path,
-                 bank_dir: str | Path | None) -> dict[str, Any]:
+def load_or_plan(
+    config: ml_collections.ConfigDict, workdir: Path, bank_dir: str | Path | None
+) -> dict[str, Any]:
     """WORKDIR/plan.json when it was planned under the same settings, else a new planning."""
     path = workdir / "plan.json"
     if path.is_file():
@@ -80,52 +93,78 @@ def load_or_plan(config: ml_collections.ConfigDict, workdir: Path,
     return run_planning(config, str(workdir), None if bank_dir is None else str(bank_dir))
 
 
-def contenders_from_plans(config: ml_collections.ConfigDict, model: BaseModel,
-                          bank: CacheBank, dataset: data.Dataset,
-                          planned: dict[str, Any]) -> dict[str, Contender]:
+def contenders_from_plans(
+    config: ml_collections.ConfigDict,
+    model: BaseModel,
+    bank: CacheBank,
+    dataset: data.Dataset,
+    planned: dict[str, Any],
+) -> dict[str, Contender]:
     """Every policy ready to serve, at its planned setting (see ``_PLANNED``)."""
     plans = {(p.policy, p.method): p for p in map(Plan.from_json, planned["methods"])}
-    contenders = {"none": Contender("none", Deployment("none", (), (), (),
-                                                       np.zeros(0, np.float32)), None, 0)}
+    contenders = {
+        "none": Contender("none", Deployment("none", (), (), (), np.zeros(0, np.float32)), None, 0)
+    }
     for name, key in _PLANNED.items():
         plan = plans[key]
-        contenders[name] = Contender(name, plan_deployment(plan, bank), plan,
-                                     int(plan.tuning["memory_bytes"]))
+        contenders[name] = Contender(
+            name, plan_deployment(plan, bank), plan, int(plan.tuning["memory_bytes"])
+        )
     stores, head = knn_setup(config, model, bank, dataset)
     plan = plans[("knn", "joint")]
     chosen = [int(k.split("/")[0][1:]) for k in plan.candidates]
-    contenders["knn"] = Contender("knn", Deployment(
-        "knn", tuple(chosen), tuple(head for _ in chosen),
-        jax.device_put(tuple(stores[p] for p in chosen)),
-        np.asarray(plan.thresholds, np.float32)), plan, int(plan.tuning["memory_bytes"]))
+    contenders["knn"] = Contender(
+        "knn",
+        Deployment(
+            "knn",
+            tuple(chosen),
+            tuple(head for _ in chosen),
+            jax.device_put(tuple(stores[p] for p in chosen)),
+            np.asarray(plan.thresholds, np.float32),
+        ),
+        plan,
+        int(plan.tuning["memory_bytes"]),
+    )
     oracle = best_per_position(bank)
-    contenders["oracle"] = Contender("oracle", deploy(bank, oracle, "oracle"), None,
-                                     int(sum(c.metrics["param_bytes"] for c in oracle)))
+    contenders["oracle"] = Contender(
+        "oracle",
+        deploy(bank, oracle, "oracle"),
+        None,
+        int(sum(c.metrics["param_bytes"] for c in oracle)),
+    )
     if config.online.enabled and contenders["gati"].deployment.positions:
         # The same planned caches, learning online; its memory adds the replay windows.
         gati = contenders["gati"]
         window = int(config.online.window_bytes) * len(gati.deployment.positions)
-        contenders[ONLINE] = dataclasses.replace(gati, name=ONLINE,
-                                                 cache_bytes=gati.cache_bytes + window)
+        contenders[ONLINE] = dataclasses.replace(
+            gati, name=ONLINE, cache_bytes=gati.cache_bytes + window
+        )
     # --- apparate-online: every candidate ramp deployed (the planned ones active), its
     # memory all of them and its window of audited scores.
     if planned.get("apparate_ramps") is not None:
         ramps = RampSet.from_json(planned["apparate_ramps"])
         plan = contenders["apparate"].plan
-        deployment = apparate_online.ramp_deployment(bank, ramps, plan.positions,
-                                                     plan.thresholds)
+        deployment = apparate_online.ramp_deployment(bank, ramps, plan.positions, plan.thresholds)
         window = int(config.online.apparate_window) * (9 * len(ramps.positions) + 1)
-        contenders[APPARATE_ONLINE] = Contender(APPARATE_ONLINE, deployment, plan,
-                                                int(sum(ramps.nbytes)) + window)
+        contenders[APPARATE_ONLINE] = Contender(
+            APPARATE_ONLINE, deployment, plan, int(sum(ramps.nbytes)) + window
+        )
     # --- end apparate-online
     return contenders
 
 
-def serve_rounds(model: BaseModel, contenders: dict[str, Contender], workload, base: np.ndarray,
-                 serving: ml_collections.ConfigDict, rounds: int, window: int = 100,
-                 turn: int = 25,
-                 learners: dict[str, OnlineLearner] | None = None,
-                 compiled: dict[str, Router] | None = None) -> dict[str, list[dict]]:
+def serve_rounds(
+    model: BaseModel,
+    contenders: dict[str, Contender],
+    workload,
+    base: np.ndarray,
+    serving: ml_collections.ConfigDict,
+    rounds: int,
+    window: int = 100,
+    turn: int = 25,
+    learners: dict[str, OnlineLearner] | None = None,
+    compiled: dict[str, Router] | None = None,
+) -> dict[str, list[dict]]:
     """Serves the workload ``rounds`` times per policy; per-round summaries. With the virtual
     clock the policies' streams advance interleaved, ``turn`` groups at a time, the order
     rotating every round. A contender with an entry in ``learners`` is served by that online
@@ -143,12 +182,14 @@ def serve_rounds(model: BaseModel, contenders: dict[str, Contender], workload, b
         # One router per contender for every workload: a new one would compile every
         # bucket again (measured: about 2 minutes of a 3-workload benchmark).
         if name not in compiled:
-            compiled[name] = c.deployment.router(model, max_group=int(serving.max_group),
-                                                 compact=bool(serving.compaction))
+            compiled[name] = c.deployment.router(
+                model, max_group=int(serving.max_group), compact=bool(serving.compaction)
+            )
         router, dep = compiled[name], c.deployment
 
         def route(images, index, router=router, dep=dep):
             return router.route(dep.params, dep.thresholds, images, base_answer=base[index])
+
         for size in router.buckets:  # compile every bucket before anything is timed
             route(workload.images[:size], np.arange(size))
         routers[name] = route
@@ -158,15 +199,21 @@ def serve_rounds(model: BaseModel, contenders: dict[str, Contender], workload, b
     def loop(name):
         if name in learners:
             learners[name].reset()
-        return serve_steps(routers[name], workload.images, arrivals=workload.arrivals,
-                           mode=serving.mode, max_group=int(serving.max_group),
-                           max_wait_s=float(serving.max_wait_ms) / 1e3,
-                           concurrency=int(serving.concurrency),
-                           clock=make_clock(serving.clock), progress=False,
-                           background=learners.get(name))
+        return serve_steps(
+            routers[name],
+            workload.images,
+            arrivals=workload.arrivals,
+            mode=serving.mode,
+            max_group=int(serving.max_group),
+            max_wait_s=float(serving.max_wait_ms) / 1e3,
+            concurrency=int(serving.concurrency),
+            clock=make_clock(serving.clock),
+            progress=False,
+            background=learners.get(name),
+        )
 
     for r in tqdm(range(rounds), desc=f"serving {workload.name}", leave=False):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         if serving.clock == "virtual":
             # All policies advance together, `turn` groups at a time: machine noise lands on
             # every policy's requests alike.
@@ -176,12 +223,13 @@ def serve_rounds(model: BaseModel, contenders: dict[str, Contender], workload, b
             for name in order:
                 # Untimed: the previous policy's program evicted this one's weights.
                 for i in range(min(_WARMUP, len(workload))):
-                    routers[name](workload.images[i:i + 1], np.arange(i, i + 1))
+                    routers[name](workload.images[i : i + 1], np.arange(i, i + 1))
                 served[name] = serve_interleaved({name: loop(name)})[name]
         for name in names:
             result = served[name]
-            summary = summarize(result, workload.labels, base,
-                                contenders[name].deployment.positions, last)
+            summary = summarize(
+                result, workload.labels, base, contenders[name].deployment.positions, last
+            )
             summary["latencies_ms"] = 1e3 * result.latency
             summary["windows"] = windowed(result, workload.labels, base, window)
             if name in learners:
@@ -190,24 +238,35 @@ def serve_rounds(model: BaseModel, contenders: dict[str, Contender], workload, b
     return results
 
 
-def batch1_programs(model: BaseModel, contenders: dict[str, Contender],
-                    learners: dict[str, OnlineLearner] | None = None) -> dict[str, Router]:
+def batch1_programs(
+    model: BaseModel,
+    contenders: dict[str, Contender],
+    learners: dict[str, OnlineLearner] | None = None,
+) -> dict[str, Router]:
     """Each policy's program at batch 1 where it deploys a cache: a policy served by an
     online learner by its tapped program, the costlier of the two it serves with."""
     learners = learners or {}
-    return {name: (learners[name].tapped_router(1) if name in learners
-                   else c.deployment.router(model, max_group=1))
-            for name, c in contenders.items() if c.deployment.positions}
+    return {
+        name: (
+            learners[name].tapped_router(1)
+            if name in learners
+            else c.deployment.router(model, max_group=1)
+        )
+        for name, c in contenders.items()
+        if c.deployment.positions
+    }
 
 
-def miss_overheads(model: BaseModel, contenders: dict[str, Contender], rounds: int,
-                   programs: dict[str, Router]) -> dict[str, float]:
+def miss_overheads(
+    model: BaseModel, contenders: dict[str, Contender], rounds: int, programs: dict[str, Router]
+) -> dict[str, float]:
     """Per policy, what a request that exits nowhere pays over the plain network (batch 1, a
     fraction of it), on its program in ``programs`` (:func:`batch1_programs`): the price of
     its worst case beside its mean speedup."""
-    return {name: measure_miss_overhead(model, c.deployment, 1, rounds, programs.get(name))
-            for name, c in tqdm(contenders.items(), desc="timing all-miss requests",
-                                leave=False)}
+    return {
+        name: measure_miss_overhead(model, c.deployment, 1, rounds, programs.get(name))
+        for name, c in tqdm(contenders.items(), desc="timing all-miss requests", leave=False)
+    }
 
 
 def _feasible(contender: Contender) -> bool:
@@ -215,32 +274,45 @@ def _feasible(contender: Contender) -> bool:
     return True if plan is None else bool(plan.tuning.get("feasible", True))
 
 
-def benchmark_rows(workload_name: str, results: dict[str, list[dict]],
-                   contenders: dict[str, Contender],
-                   misses: dict[str, float]) -> list[dict[str, Any]]:
+def benchmark_rows(
+    workload_name: str,
+    results: dict[str, list[dict]],
+    contenders: dict[str, Contender],
+    misses: dict[str, float],
+) -> list[dict[str, Any]]:
     """One row per policy. mean latency and throughput: medians over rounds of each round's
     figure (a noise burst on the machine hits one policy's round, and the median drops it);
     p50/p99: over every request of every round; speedup: none's mean latency / the policy's;
     miss overhead: see :func:`miss_overheads`."""
-    means = {name: float(np.median([r["mean_latency_ms"] for r in rounds]))
-             for name, rounds in results.items()}
+    means = {
+        name: float(np.median([r["mean_latency_ms"] for r in rounds]))
+        for name, rounds in results.items()
+    }
     speedups = {name: means["none"] / m for name, m in means.items()}
     oracle = speedups.get("oracle", float("nan"))
     rows = []
     for name, rounds in results.items():
         s, first = speedups[name], rounds[0]
         pooled = np.concatenate([r["latencies_ms"] for r in rounds])
-        rows.append({
-            "workload": workload_name, "policy": name, "accuracy": first["accuracy"],
-            "agreement": first["agreement"], "mean_latency_ms": means[name],
-            "p50_latency_ms": float(np.percentile(pooled, 50)),
-            "p99_latency_ms": float(np.percentile(pooled, 99)),
-            "throughput_rps": float(np.median([r["throughput_rps"] for r in rounds])),
-            "speedup_vs_none": s, "miss_overhead": misses[name],
-            "oracle_fraction": (s - 1) / (oracle - 1) if oracle > 1 else float("nan"),
-            "hit_rate": first["hit_rate"], "cache_bytes": contenders[name].cache_bytes,
-            # Did its plan meet the bound on the tuning data? (none: nothing to meet)
-            "feasible": _feasible(contenders[name])})
+        rows.append(
+            {
+                "workload": workload_name,
+                "policy": name,
+                "accuracy": first["accuracy"],
+                "agreement": first["agreement"],
+                "mean_latency_ms": means[name],
+                "p50_latency_ms": float(np.percentile(pooled, 50)),
+                "p99_latency_ms": float(np.percentile(pooled, 99)),
+                "throughput_rps": float(np.median([r["throughput_rps"] for r in rounds])),
+                "speedup_vs_none": s,
+                "miss_overhead": misses[name],
+                "oracle_fraction": (s - 1) / (oracle - 1) if oracle > 1 else float("nan"),
+                "hit_rate": first["hit_rate"],
+                "cache_bytes": contenders[name].cache_bytes,
+                # Did its plan meet the bound on the tuning data? (none: nothing to meet)
+                "feasible": _feasible(contenders[name]),
+            }
+        )
     return rows
 
 
@@ -249,26 +321,29 @@ def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[s
     round means), p99 ratio (every request of every round pooled, with its 90% interval),
     whole-stream and worst-window agreement, and what the learner did
     (first round's updates, audits and guard switches)."""
+
     def median(name, key):
         return float(np.median([r[key] for r in results[name]]))
 
     def pooled_p99(name):
-        return float(np.percentile(np.concatenate([r["latencies_ms"] for r in results[name]]),
-                                   99))
+        return float(np.percentile(np.concatenate([r["latencies_ms"] for r in results[name]]), 99))
 
     first = results[ONLINE][0]
     # How far the p99 ratio could move by chance: a 90% paired block-bootstrap interval.
-    low, high = paired_quantile_ratio_interval([r["latencies_ms"] for r in results[ONLINE]],
-                                               [r["latencies_ms"] for r in results["gati"]])
+    low, high = paired_quantile_ratio_interval(
+        [r["latencies_ms"] for r in results[ONLINE]], [r["latencies_ms"] for r in results["gati"]]
+    )
     figures = {
         "workload": workload_name,
         "speedup_vs_none": median("none", "mean_latency_ms") / median(ONLINE, "mean_latency_ms"),
-        "speedup_vs_static_gati": (median("gati", "mean_latency_ms")
-                                   / median(ONLINE, "mean_latency_ms")),
+        "speedup_vs_static_gati": (
+            median("gati", "mean_latency_ms") / median(ONLINE, "mean_latency_ms")
+        ),
         # Over every request of every round, as the rows' p99 and the interval's draws: a
         # ratio of the rounds' median p99s could fall outside its own interval.
         "p99_ratio_vs_static_gati": pooled_p99(ONLINE) / pooled_p99("gati"),
-        "p99_ratio_low90": low, "p99_ratio_high90": high,
+        "p99_ratio_low90": low,
+        "p99_ratio_high90": high,
         "agreement": first["agreement"],
         "static_agreement": results["gati"][0]["agreement"],
         "min_window_agreement": min(w["agreement"] for w in first["windows"]),
@@ -276,10 +351,27 @@ def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[s
         "hit_rate": first["hit_rate"],
         "static_hit_rate": results["gati"][0]["hit_rate"],
     }
-    figures.update({k: v for k, v in first["online"].items()
-                    if k in ("updates", "trained", "accepted", "rejected", "audited",
-                             "tapped_groups", "alarmed_groups", "shifted_groups",
-                             "shift_exceeded", "trace_count", "chunk_ms_p50", "chunk_ms_max")})
+    figures.update(
+        {
+            k: v
+            for k, v in first["online"].items()
+            if k
+            in (
+                "updates",
+                "trained",
+                "accepted",
+                "rejected",
+                "audited",
+                "tapped_groups",
+                "alarmed_groups",
+                "shifted_groups",
+                "shift_exceeded",
+                "trace_count",
+                "chunk_ms_p50",
+                "chunk_ms_max",
+            )
+        }
+    )
     figures["guard_events"] = first["online"]["guard_events"]
     figures["shift_events"] = first["online"]["shift_events"]
     figures["window_bytes"] = first["online"]["window_bytes"]
@@ -301,8 +393,9 @@ def _alarm_spans(events: list[dict[str, Any]], length: int) -> list[tuple[int, i
     return [(a, falls[i] if i < len(falls) else length) for i, a in enumerate(rises)]
 
 
-def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
-                  bank_dir: str | None = None) -> list[dict[str, Any]]:
+def run_benchmark(
+    config: ml_collections.ConfigDict, workdir: str, bank_dir: str | None = None
+) -> list[dict[str, Any]]:
     """Plans every policy, serves every workload, writes benchmark.json and plots."""
     validate_config(config)
     started = time.time()
@@ -325,28 +418,42 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
         settings = OnlineSettings.from_config(config.online)
         # In-distribution inputs for the shift detector: the selectors' calibration half of
         # the validation split (clean images the caches were calibrated on).
-        reference = (dataset.validation.images[-settings.shift_reference:]
-                     if settings.shift_detect else None)
-        learners[ONLINE] = OnlineLearner(model, contenders[ONLINE].deployment, settings,
-                                         int(config.serving.max_group),
-                                         reference_images=reference)
+        reference = (
+            dataset.validation.images[-settings.shift_reference :]
+            if settings.shift_detect
+            else None
+        )
+        learners[ONLINE] = OnlineLearner(
+            model,
+            contenders[ONLINE].deployment,
+            settings,
+            int(config.serving.max_group),
+            reference_images=reference,
+        )
     if APPARATE_ONLINE in contenders:  # the same audit budget as gati-online
         learners[APPARATE_ONLINE] = apparate_online.ApparateOnline(
-            model, contenders[APPARATE_ONLINE].deployment,
+            model,
+            contenders[APPARATE_ONLINE].deployment,
             RampSet.from_json(planned["apparate_ramps"]),
-            apparate_online.ApparateSettings.from_config(config), int(config.serving.max_group))
+            apparate_online.ApparateSettings.from_config(config),
+            int(config.serving.max_group),
+        )
     programs = batch1_programs(model, contenders, learners)
-    misses = miss_overheads(model, contenders, 5 * int(config.planner.latency_repeats),
-                            programs)
+    misses = miss_overheads(model, contenders, 5 * int(config.planner.latency_repeats), programs)
     miss_programs = all_miss_programs(
-        model, {name: (contenders[name].deployment, r) for name, r in programs.items()},
-        plain_program(model), jnp.zeros((1, *model.network.input_shape), jnp.float32))
+        model,
+        {name: (contenders[name].deployment, r) for name, r in programs.items()},
+        plain_program(model),
+        jnp.zeros((1, *model.network.input_shape), jnp.float32),
+    )
     kernels = all_miss_kernels(miss_programs)
     # The same programs in parts (their stages, lookups and the rest, as XLA's kernels).
     kernel_profile = kernel_profile_ms(
-        miss_programs, rounds=max(4, int(config.planner.latency_repeats) // 4))
-    miss_figures = {name: (list(contenders[name].deployment.positions), misses[name])
-                    for name in programs}
+        miss_programs, rounds=max(4, int(config.planner.latency_repeats) // 4)
+    )
+    miss_figures = {
+        name: (list(contenders[name].deployment.positions), misses[name]) for name in programs
+    }
     sweep = planned["sweep"]
     split = getattr(dataset, config.workload.split)
     rows, latencies, streams, windows, online, corrupted = [], {}, {}, {}, {}, {}
@@ -358,15 +465,25 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
         section.name = name
         workload = make_workload(section, split)
         if name == config.benchmark.workloads[0]:
-            scaling_images = workload.images[:int(config.benchmark.scaling_requests)]
+            scaling_images = workload.images[: int(config.benchmark.scaling_requests)]
         corrupted[name] = workload.corrupted
-        streams[name] = workload_stats(workload, int(config.workload.window),
-                                       model.network.num_classes)
+        streams[name] = workload_stats(
+            workload, int(config.workload.window), model.network.num_classes
+        )
         # The base network's answers to the requests as served (shift corrupts the images).
         base = predict_logits(model, workload.images).argmax(-1).astype(np.int32)
-        results = serve_rounds(model, contenders, workload, base, config.serving,
-                               int(config.benchmark.rounds), int(config.workload.window),
-                               int(config.benchmark.turn), learners, compiled)
+        results = serve_rounds(
+            model,
+            contenders,
+            workload,
+            base,
+            config.serving,
+            int(config.benchmark.rounds),
+            int(config.workload.window),
+            int(config.benchmark.turn),
+            learners,
+            compiled,
+        )
         if ONLINE in results:
             online[name] = online_figures(results, name)
         if APPARATE_ONLINE in results:  # what it tuned, first round
@@ -374,68 +491,110 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
         windows[name] = {p: rs[0]["windows"] for p, rs in results.items()}
         exits[name] = {p: rs[0]["hit_rate_per_position"] for p, rs in results.items()}
         rows.extend(benchmark_rows(name, results, contenders, misses))
-        latencies[name] = {p: np.concatenate([r["latencies_ms"] for r in rs])
-                           for p, rs in results.items()}
-    scaling_dep = contenders["gati"].deployment if "gati" in contenders else \
-        contenders["none"].deployment
-    scaling = device_scaling(model, scaling_dep, scaling_images,
-                             tuple(int(d) for d in config.benchmark.device_counts),
-                             int(config.benchmark.scaling_group))
-    report = {"rows": rows, "workloads": streams, "sweep": sweep, "windows": windows,
-              "exits": exits, "stage_latency_s": list(bank.info["stage_latency_s"]),
-              "device_scaling": scaling,
-              "online": online, "apparate_online": apparate_tunings,
-              "convolution_kernels": kernels,
-              "kernel_profile_ms": kernel_profile,
-              "plans": {n: c.plan.to_json() for n, c in contenders.items() if c.plan},
-              "settings": {"eps": float(config.planner.eps),
-                           "memory_budget_bytes": float(config.planner.memory_budget_bytes),
-                           "serving": config.serving.to_dict(),
-                           "rounds": int(config.benchmark.rounds),
-                           "backend": jax.default_backend()},
-              "seconds": round(time.time() - started, 1),
-              # The settings these results were served under, written with them
-              # (scripts/summarize_runs.py compares them across runs).
-              "config": json.loads(config.to_json_best_effort())}
+        latencies[name] = {
+            p: np.concatenate([r["latencies_ms"] for r in rs]) for p, rs in results.items()
+        }
+    scaling_dep = (
+        contenders["gati"].deployment if "gati" in contenders else contenders["none"].deployment
+    )
+    scaling = device_scaling(
+        model,
+        scaling_dep,
+        scaling_images,
+        tuple(int(d) for d in config.benchmark.device_counts),
+        int(config.benchmark.scaling_group),
+    )
+    report = {
+        "rows": rows,
+        "workloads": streams,
+        "sweep": sweep,
+        "windows": windows,
+        "exits": exits,
+        "stage_latency_s": list(bank.info["stage_latency_s"]),
+        "device_scaling": scaling,
+        "online": online,
+        "apparate_online": apparate_tunings,
+        "convolution_kernels": kernels,
+        "kernel_profile_ms": kernel_profile,
+        "plans": {n: c.plan.to_json() for n, c in contenders.items() if c.plan},
+        "settings": {
+            "eps": float(config.planner.eps),
+            "memory_budget_bytes": float(config.planner.memory_budget_bytes),
+            "serving": config.serving.to_dict(),
+            "rounds": int(config.benchmark.rounds),
+            "backend": jax.default_backend(),
+        },
+        "seconds": round(time.time() - started, 1),
+        # The settings these results were served under, written with them
+        # (scripts/summarize_runs.py compares them across runs).
+        "config": json.loads(config.to_json_best_effort()),
+    }
     (out / "benchmark.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / "benchmark_details.json").write_text(json.dumps(report, indent=1) + "\n")
     plot_latency_cdf(latencies, out / "latency_cdf.png")
     if online:
-        spans = {w: [*((a, b, "corrupted inputs") for a, b in _runs(corrupted[w])),
-                     *((a, b, "input-shift alarm") for a, b in
-                       _alarm_spans(online[w]["shift_events"], corrupted[w].size))]
-                 for w in online}
-        plot_hit_rate_over_time({w: windows[w] for w in online}, out / "agreement_over_time.png",
-                                metric="agreement", policies=("gati", ONLINE),
-                                floor=1 - float(config.planner.eps), spans=spans)
-        plot_hit_rate_over_time({w: windows[w] for w in online},
-                                out / "online_hit_rate_over_time.png",
-                                policies=("gati", ONLINE), spans=spans)
+        spans = {
+            w: [
+                *((a, b, "corrupted inputs") for a, b in _runs(corrupted[w])),
+                *(
+                    (a, b, "input-shift alarm")
+                    for a, b in _alarm_spans(online[w]["shift_events"], corrupted[w].size)
+                ),
+            ]
+            for w in online
+        }
+        plot_hit_rate_over_time(
+            {w: windows[w] for w in online},
+            out / "agreement_over_time.png",
+            metric="agreement",
+            policies=("gati", ONLINE),
+            floor=1 - float(config.planner.eps),
+            spans=spans,
+        )
+        plot_hit_rate_over_time(
+            {w: windows[w] for w in online},
+            out / "online_hit_rate_over_time.png",
+            policies=("gati", ONLINE),
+            spans=spans,
+        )
     # The headline: what was measured, per policy and workload (the planner's predictions
     # are plan_tradeoff.png, written by the planning job).
     plot_measured_tradeoff(rows, float(config.planner.eps), out / "agreement_vs_speedup.png")
     plot_exit_depth(exits, bank.info["stage_latency_s"], out / "exit_depth.png")
     for name, stats in streams.items():
-        logging.info(f"{name}: P(same label as previous) {stats['p_same_as_previous']:.3f}, "
-              f"window entropy {stats['mean_window_entropy_bits']:.2f} bits")
+        logging.info(
+            f"{name}: P(same label as previous) {stats['p_same_as_previous']:.3f}, "
+            f"window entropy {stats['mean_window_entropy_bits']:.2f} bits"
+        )
     logging.info(format_table([{k: v for k, v in r.items()} for r in rows]))
     for line in describe_kernels(kernels):
         logging.info(line)
     for line in describe_kernel_profile(kernel_profile, miss_figures):
         logging.info(line)
-    logging.info(f"serving throughput vs devices ({scaling_dep.policy}, closed loop, "
-          f"{jax.devices()[0].platform}):")
+    logging.info(
+        f"serving throughput vs devices ({scaling_dep.policy}, closed loop, "
+        f"{jax.devices()[0].platform}):"
+    )
     logging.info(format_table(scaling))
     for name, summary in apparate_tunings.items():
-        logging.info(f"{APPARATE_ONLINE} on {name}: {summary['audited']} audited, "
-                     f"{summary['tunings']} tunings {summary['tuning_reasons']}, "
-                     f"{summary['ramp_changes']} ramp changes, ends at positions "
-                     f"{summary['final_positions']}")
+        logging.info(
+            f"{APPARATE_ONLINE} on {name}: {summary['audited']} audited, "
+            f"{summary['tunings']} tunings {summary['tuning_reasons']}, "
+            f"{summary['ramp_changes']} ramp changes, ends at positions "
+            f"{summary['final_positions']}"
+        )
     for name, figures in online.items():
-        logging.info(f"online learning on {name}: " + ", ".join(
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-            for k, v in figures.items() if not isinstance(v, (list, dict))))
-    logging.info(f"wrote {out / 'benchmark.json'}, latency_cdf.png, agreement_vs_speedup.png"
-          f"{', agreement_over_time.png, online_hit_rate_over_time.png' if online else ''} in "
-          f"{report['seconds']} s")
+        logging.info(
+            f"online learning on {name}: "
+            + ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in figures.items()
+                if not isinstance(v, (list, dict))
+            )
+        )
+    logging.info(
+        f"wrote {out / 'benchmark.json'}, latency_cdf.png, agreement_vs_speedup.png"
+        f"{', agreement_over_time.png, online_hit_rate_over_time.png' if online else ''} in "
+        f"{report['seconds']} s"
+    )
     return rows

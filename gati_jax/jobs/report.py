@@ -10,11 +10,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from absl import logging
 import ml_collections
+from absl import logging
 
-from gati_jax.experiments.kernel_profile import (KERNEL_PROFILE_NOTE, kernel_profile_rows,
-                                     kernel_profile_summaries)
+from gati_jax.experiments.kernel_profile import (
+    KERNEL_PROFILE_NOTE,
+    kernel_profile_rows,
+    kernel_profile_summaries,
+)
 from gati_jax.experiments.plots import plot_hit_rate_over_time, plot_position_hit_rates
 from gati_jax.measure import describe_kernels
 from gati_jax.tables import format_table, markdown_table
@@ -26,25 +29,45 @@ def _read(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-ONLINE_COLUMNS = ("workload", "speedup_vs_none", "speedup_vs_static_gati",
-                  "p99_ratio_vs_static_gati", "p99_ratio_low90", "p99_ratio_high90",
-                  "agreement", "static_agreement",
-                  "min_window_agreement", "static_min_window_agreement", "hit_rate",
-                  "static_hit_rate", "updates", "trained", "accepted", "rejected", "audited")
+ONLINE_COLUMNS = (
+    "workload",
+    "speedup_vs_none",
+    "speedup_vs_static_gati",
+    "p99_ratio_vs_static_gati",
+    "p99_ratio_low90",
+    "p99_ratio_high90",
+    "agreement",
+    "static_agreement",
+    "min_window_agreement",
+    "static_min_window_agreement",
+    "hit_rate",
+    "static_hit_rate",
+    "updates",
+    "trained",
+    "accepted",
+    "rejected",
+    "audited",
+)
 
 
 def _online_section(config: ml_collections.ConfigDict, online: dict[str, Any]) -> list[str]:
     """The report's online-learning section: gati-online against static gati per workload."""
     if not online:
-        why = ("online learning was off (`online.enabled = False`)"
-               if not config.online.enabled else "the gati plan deploys no cache to learn")
+        why = (
+            "online learning was off (`online.enabled = False`)"
+            if not config.online.enabled
+            else "the gati plan deploys no cache to learn"
+        )
         return [f"There are no gati-online rows: {why}.", ""]
     table = [{k: figures[k] for k in ONLINE_COLUMNS} for figures in online.values()]
-    switches = {w: sum(e.get("kind", "switch") == "switch" for e in f["guard_events"])
-                for w, f in online.items()}
+    switches = {
+        w: sum(e.get("kind", "switch") == "switch" for e in f["guard_events"])
+        for w, f in online.items()
+    }
     shifts = {w: sum(e["on"] for e in f.get("shift_events", ())) for w, f in online.items()}
     return [
-        "## Online learning (gati-online vs static gati, same streams)", "",
+        "## Online learning (gati-online vs static gati, same streams)",
+        "",
         f"Updates every {config.online.update_every} requests ({config.online.steps} optax "
         f"steps per cache in the `trained` ones: steps that swap no cache in wait up to "
         f"{config.online.max_backoff}x longer), audit sample "
@@ -52,70 +75,109 @@ def _online_section(config: ml_collections.ConfigDict, online: dict[str, Any]) -
         f"{config.online.tap_fraction:g} whose activations were tapped), "
         f"calibration target {config.online.target}; counts are from the first round. "
         "Worst-window agreement is over windows of "
-        f"{config.workload.window} requests.", "",
-        markdown_table(table), "",
+        f"{config.workload.window} requests.",
+        "",
+        markdown_table(table),
+        "",
         "Accuracy-guard switches (first round): "
-        + ", ".join(f"{w} {n}" for w, n in switches.items()) + "; input-shift alarms "
+        + ", ".join(f"{w} {n}" for w, n in switches.items())
+        + "; input-shift alarms "
         f"(shift_detect {bool(config.online.shift_detect)}): "
-        + ", ".join(f"{w} {n}" for w, n in shifts.items()) + ".", ""]
+        + ", ".join(f"{w} {n}" for w, n in shifts.items())
+        + ".",
+        "",
+    ]
 
 
 def _miss_lines(check: dict[str, Any] | None) -> list[str]:
     """The chosen plan's all-miss overhead, predicted and measured, and the miss bound."""
     if not check:  # plans written before the miss check
         return []
-    bound = ("no miss bound" if check["bound"] is None else
-             f"miss bound {100 * check['bound']:.1f}% "
-             f"{'held' if check['within_bound'] else 'NOT held'} after "
-             f"{len(check['rounds'])} measured plan(s)")
+    bound = (
+        "no miss bound"
+        if check["bound"] is None
+        else f"miss bound {100 * check['bound']:.1f}% "
+        f"{'held' if check['within_bound'] else 'NOT held'} after "
+        f"{len(check['rounds'])} measured plan(s)"
+    )
     comparators = "".join(
-        f" {policy}: {100 * c['measured']:+.1f}% measured ({100 * c['predicted']:+.1f}% "
-        f"predicted)." for policy, c in check.get("comparators", {}).items())
+        f" {policy}: {100 * c['measured']:+.1f}% measured ({100 * c['predicted']:+.1f}% predicted)."
+        for policy, c in check.get("comparators", {}).items()
+    )
     if comparators:
-        comparators = (" The comparators' plans, given our floors but not held by measurement:"
-                       + comparators)
-    return [f"A request missing every lookup of the plan: predicted "
-            f"{100 * check['predicted']:+.1f}%, measured {100 * check['measured']:+.1f}% over "
-            f"the plain network ({bound}).{comparators}", ""]
+        comparators = (
+            " The comparators' plans, given our floors but not held by measurement:" + comparators
+        )
+    return [
+        f"A request missing every lookup of the plan: predicted "
+        f"{100 * check['predicted']:+.1f}%, measured {100 * check['measured']:+.1f}% over "
+        f"the plain network ({bound}).{comparators}",
+        "",
+    ]
 
 
 def _scaling_section(rows: list[dict[str, Any]]) -> list[str]:
     """Serving throughput against device count (batch-sharded router, closed loop)."""
     if not rows:
         return []
-    return ["## Serving throughput vs devices", "",
-            "The planned gati router with each request group split over the devices' data "
-            "axis, closed loop (a full group always waiting); throughput is the median of "
-            "three streams.", "", markdown_table(rows), ""]
+    return [
+        "## Serving throughput vs devices",
+        "",
+        "The planned gati router with each request group split over the devices' data "
+        "axis, closed loop (a full group always waiting); throughput is the median of "
+        "three streams.",
+        "",
+        markdown_table(rows),
+        "",
+    ]
 
 
-def _kernel_section(profile: dict[str, dict[str, float]] | None,
-                    rows: list[dict[str, Any]]) -> list[str]:
+def _kernel_section(
+    profile: dict[str, dict[str, float]] | None, rows: list[dict[str, Any]]
+) -> list[str]:
     """Where each policy's batch-1 program spends its kernel time, every lookup missing."""
     if not profile:
         return []
     overhead = {r["policy"]: r.get("miss_overhead", float("nan")) for r in rows}
     summaries = kernel_profile_summaries(
-        profile, {name: (None, overhead.get(name, float("nan"))) for name in profile
-                  if name != "plain"})
-    return [f"The same programs inside, every lookup missing ({KERNEL_PROFILE_NOTE}):", "",
-            markdown_table(kernel_profile_rows(profile)), "",
-            *[f"- {line}" for line in summaries], ""]
+        profile,
+        {name: (None, overhead.get(name, float("nan"))) for name in profile if name != "plain"},
+    )
+    return [
+        f"The same programs inside, every lookup missing ({KERNEL_PROFILE_NOTE}):",
+        "",
+        markdown_table(kernel_profile_rows(profile)),
+        "",
+        *[f"- {line}" for line in summaries],
+        "",
+    ]
 
 
-def write_report(config: ml_collections.ConfigDict, workdir: Path,
-                 phases: dict[str, Any]) -> dict[str, Any]:
+def write_report(
+    config: ml_collections.ConfigDict, workdir: Path, phases: dict[str, Any]
+) -> dict[str, Any]:
     """Writes report.md, report.json and the report's plots from the phases' outputs."""
     exploration = _read(workdir / "exploration.json")
     plan = _read(workdir / "plan.json")
     bench = _read(workdir / "benchmark_details.json")
     rows = bench["rows"]
     # .get: benchmarks written before the miss_overhead column still make a report.
-    columns = ("workload", "policy", "speedup_vs_none", "miss_overhead", "agreement",
-               "accuracy", "mean_latency_ms", "p99_latency_ms", "hit_rate", "cache_bytes")
+    columns = (
+        "workload",
+        "policy",
+        "speedup_vs_none",
+        "miss_overhead",
+        "agreement",
+        "accuracy",
+        "mean_latency_ms",
+        "p99_latency_ms",
+        "hit_rate",
+        "cache_bytes",
+    )
     main = [{k: r.get(k, float("nan")) for k in columns} for r in rows]
-    plot_position_hit_rates(exploration["table"], plan["chosen"],
-                            workdir / "position_hit_rates.png")
+    plot_position_hit_rates(
+        exploration["table"], plan["chosen"], workdir / "position_hit_rates.png"
+    )
     windows = bench.get("windows", {})
     plot_hit_rate_over_time(windows, workdir / "hit_rate_over_time.png")
     online = bench.get("online", {})
@@ -123,50 +185,91 @@ def write_report(config: ml_collections.ConfigDict, workdir: Path,
     check = plan["cost_check"]
     small = plan["exhaustive_check"]
     lines = [
-        "# gati_jax report", "",
+        "# gati_jax report",
+        "",
         f"Base network `{config.caches.checkpoint}`, data `{config.data.name}`, accuracy "
         f"bound eps = {config.planner.eps}, memory budget "
         f"{config.planner.memory_budget_bytes} bytes, backend {bench['settings']['backend']}.",
-        "", "## Serving benchmark (every policy at its planned setting)", "",
+        "",
+        "## Serving benchmark (every policy at its planned setting)",
+        "",
         f"Open-loop Poisson arrivals at {config.workload.rate} requests/s, "
         f"{config.workload.length} requests per workload, groups of at most "
         f"{config.serving.max_group}, {bench['settings']['rounds']} interleaved rounds; "
         "speedup is none's mean latency over the policy's, measured in the same run; "
         "miss_overhead is what a request that exits nowhere pays over the plain network "
-        "(batch 1, its router timed beside the plain network).", "",
-        markdown_table(main), "",
-        *[line for text in describe_kernels(bench.get("convolution_kernels"))
-          for line in (f"Batch-1 programs as miss_overhead times them: {text}.", "")],
+        "(batch 1, its router timed beside the plain network).",
+        "",
+        markdown_table(main),
+        "",
+        *[
+            line
+            for text in describe_kernels(bench.get("convolution_kernels"))
+            for line in (f"Batch-1 programs as miss_overhead times them: {text}.", "")
+        ],
         *_kernel_section(bench.get("kernel_profile_ms"), rows),
-        *online_lines, *_scaling_section(bench.get("device_scaling", [])),
-        "## Plan (tuned on validation, figures on test)", "",
-        markdown_table(plan["table"]), "",
+        *online_lines,
+        *_scaling_section(bench.get("device_scaling", [])),
+        "## Plan (tuned on validation, figures on test)",
+        "",
+        markdown_table(plan["table"]),
+        "",
         f"Ours vs exhaustive search on positions {small['positions']} (grid "
-        f"{small['grid']}): {small['ours_ms']:.4f} ms vs {small['exhaustive_ms']:.4f} ms.", "",
+        f"{small['grid']}): {small['ours_ms']:.4f} ms vs {small['exhaustive_ms']:.4f} ms.",
+        "",
         f"Cost model: predicted {check['predicted_mean_ms']:.3f} ms, measured "
         f"{check['measured_mean_ms']:.3f} ms on {check['requests']} validation requests; "
         f"speedup predicted {check['predicted_speedup']:.2f}x, measured "
         f"{check['measured_speedup']:.2f}x (error in units of the plain network "
         f"{100 * check['normalized_error']:+.1f}%; with the plan's costs measured again "
         f"just before the check: predicted {check['remeasured_predicted_mean_ms']:.3f} ms, "
-        f"error {100 * check['remeasured_normalized_error']:+.1f}%).", "",
+        f"error {100 * check['remeasured_normalized_error']:+.1f}%).",
+        "",
         *_miss_lines(plan.get("miss_check")),
-        "## Exploration (best candidate per position)", "",
-        markdown_table(exploration["table"]), "",
-        "## Workloads", "",
-        markdown_table([{"workload": k, **{s: v for s, v in w.items()
-                                      if s in ("p_same_as_previous", "mean_window_entropy_bits",
-                                               "mean_classes_per_window")}}
-                   for k, w in bench["workloads"].items()]), "",
-        "## Phases", "",
-        markdown_table([{"phase": k, "seconds": v["seconds"]} for k, v in phases.items()]), "",
+        "## Exploration (best candidate per position)",
+        "",
+        markdown_table(exploration["table"]),
+        "",
+        "## Workloads",
+        "",
+        markdown_table(
+            [
+                {
+                    "workload": k,
+                    **{
+                        s: v
+                        for s, v in w.items()
+                        if s
+                        in (
+                            "p_same_as_previous",
+                            "mean_window_entropy_bits",
+                            "mean_classes_per_window",
+                        )
+                    },
+                }
+                for k, w in bench["workloads"].items()
+            ]
+        ),
+        "",
+        "## Phases",
+        "",
+        markdown_table([{"phase": k, "seconds": v["seconds"]} for k, v in phases.items()]),
+        "",
         "Plots: position_hit_rates.png, agreement_vs_speedup.png, latency_cdf.png, "
         "hit_rate_over_time.png, agreement_over_time.png (online runs), plan_tradeoff.png, "
-        "exploration.png.", ""]
+        "exploration.png.",
+        "",
+    ]
     (workdir / "report.md").write_text("\n".join(lines))
-    report = {"benchmark": rows, "plan": plan, "exploration_table": exploration["table"],
-              "workloads": bench["workloads"], "online": online,
-              "device_scaling": bench.get("device_scaling", []), "phases": phases}
+    report = {
+        "benchmark": rows,
+        "plan": plan,
+        "exploration_table": exploration["table"],
+        "workloads": bench["workloads"],
+        "online": online,
+        "device_scaling": bench.get("device_scaling", []),
+        "phases": phases,
+    }
     (workdir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     logging.info(format_table(main))
     logging.info(f"wrote {workdir / 'report.md'} and {workdir / 'report.json'}")

@@ -4,5 +4,4 @@ ResNet-20/32/44/56/110, VGG-11/16 (batch norm) and an MLP (gati_jax/models/regis
 from gati_jax.models.registry import available_networks, build_network, register_network
 from gati_jax.models.staged import StagedNetwork, Variables
 
-__all__ = ["StagedNetwork", "Variables", "available_networks", "build_network",
-           "register_network"]
+__all__ = ["StagedNetwork", "Variables", "available_networks", "build_network", "register_network"]

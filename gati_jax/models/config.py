@@ -23,8 +23,13 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
     """Checks the ``model`` section."""
     from gati_jax.models.registry import available_networks
 
-    require(m.name in available_networks(), "model.name", m.name,
-            f"one of {list(available_networks())}")
+    require(
+        m.name in available_networks(), "model.name", m.name, f"one of {list(available_networks())}"
+    )
     require(int(m.width) > 0, "model.width", m.width, "> 0")
-    require(all(int(h) > 0 for h in m.hidden_sizes), "model.hidden_sizes", m.hidden_sizes,
-            "positive sizes")
+    require(
+        all(int(h) > 0 for h in m.hidden_sizes),
+        "model.hidden_sizes",
+        m.hidden_sizes,
+        "positive sizes",
+    )

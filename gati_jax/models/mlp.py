@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -23,8 +23,9 @@ class DenseStage(nn.Module):
         return nn.relu(nn.Dense(self.features)(x))
 
 
-def mlp(hidden_sizes: Sequence[int], input_shape: tuple[int, int, int],
-        num_classes: int) -> StagedNetwork:
+def mlp(
+    hidden_sizes: Sequence[int], input_shape: tuple[int, int, int], num_classes: int
+) -> StagedNetwork:
     """Builds an MLP with one stage per hidden layer."""
     stages = tuple(DenseStage(int(size)) for size in hidden_sizes)
     return StagedNetwork("mlp", (*stages, Head(num_classes)), tuple(input_shape), num_classes)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import ml_collections
 
@@ -16,8 +16,9 @@ register_network = _NETWORKS.register
 available_networks = _NETWORKS.names
 
 
-def build_network(model_config: ml_collections.ConfigDict, input_shape: tuple[int, int, int],
-                  num_classes: int) -> StagedNetwork:
+def build_network(
+    model_config: ml_collections.ConfigDict, input_shape: tuple[int, int, int], num_classes: int
+) -> StagedNetwork:
     """Builds the network named by ``model_config.name`` for the data set's shape and classes."""
     builder = _NETWORKS.get(model_config.name)
     return builder(model_config, tuple(input_shape), int(num_classes))
@@ -25,7 +26,8 @@ def build_network(model_config: ml_collections.ConfigDict, input_shape: tuple[in
 
 def _resnet_builder(name: str, block, blocks_per_group) -> Builder:
     return lambda cfg, shape, classes: resnet.resnet(
-        name, block, blocks_per_group, int(cfg.width), shape, classes)
+        name, block, blocks_per_group, int(cfg.width), shape, classes
+    )
 
 
 # ImageNet-style layouts (four groups, widths w..8w), stem without max-pool for small images.
@@ -39,7 +41,8 @@ register_network("resnet152")(_resnet_builder("resnet152", resnet.Bottleneck, (3
 for _depth in (20, 32, 44, 56, 110):
     _n = (_depth - 2) // 6
     register_network(f"resnet{_depth}")(
-        _resnet_builder(f"resnet{_depth}", resnet.BasicBlock, (_n, _n, _n)))
+        _resnet_builder(f"resnet{_depth}", resnet.BasicBlock, (_n, _n, _n))
+    )
 register_network("vgg11")(lambda cfg, shape, classes: vgg.vgg11(int(cfg.width), shape, classes))
 register_network("vgg16")(lambda cfg, shape, classes: vgg.vgg16(int(cfg.width), shape, classes))
 register_network("mlp")(lambda cfg, shape, classes: mlp.mlp(cfg.hidden_sizes, shape, classes))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -41,10 +41,16 @@ class BasicBlock(nn.Module):
         # Zero-initialised last scale: each block starts as the identity, which trains faster.
         y = nn.BatchNorm(use_running_average=not train, scale_init=nn.initializers.zeros, **_BN)(y)
         if residual.shape != y.shape:
-            residual = nn.Conv(self.features, (1, 1), (self.strides, self.strides),
-                               use_bias=False, name="shortcut_conv")(residual)
-            residual = nn.BatchNorm(use_running_average=not train, name="shortcut_bn",
-                                    **_BN)(residual)
+            residual = nn.Conv(
+                self.features,
+                (1, 1),
+                (self.strides, self.strides),
+                use_bias=False,
+                name="shortcut_conv",
+            )(residual)
+            residual = nn.BatchNorm(use_running_average=not train, name="shortcut_bn", **_BN)(
+                residual
+            )
         return nn.relu(residual + y)
 
 
@@ -65,11 +71,16 @@ class Bottleneck(nn.Module):
         y = nn.Conv(self.features * self.expansion, (1, 1), use_bias=False)(y)
         y = nn.BatchNorm(use_running_average=not train, scale_init=nn.initializers.zeros, **_BN)(y)
         if residual.shape != y.shape:
-            residual = nn.Conv(self.features * self.expansion, (1, 1),
-                               (self.strides, self.strides), use_bias=False,
-                               name="shortcut_conv")(residual)
-            residual = nn.BatchNorm(use_running_average=not train, name="shortcut_bn",
-                                    **_BN)(residual)
+            residual = nn.Conv(
+                self.features * self.expansion,
+                (1, 1),
+                (self.strides, self.strides),
+                use_bias=False,
+                name="shortcut_conv",
+            )(residual)
+            residual = nn.BatchNorm(use_running_average=not train, name="shortcut_bn", **_BN)(
+                residual
+            )
         return nn.relu(residual + y)
 
 
@@ -86,8 +97,14 @@ class Head(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
-def resnet(name: str, block: type[nn.Module], blocks_per_group: Sequence[int], width: int,
-           input_shape: tuple[int, int, int], num_classes: int) -> StagedNetwork:
+def resnet(
+    name: str,
+    block: type[nn.Module],
+    blocks_per_group: Sequence[int],
+    width: int,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+) -> StagedNetwork:
     """Builds a CIFAR-style ResNet with one stage per residual block."""
     stages: list[nn.Module] = [Stem(width)]
     for group, num_blocks in enumerate(blocks_per_group):

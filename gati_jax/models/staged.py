@@ -54,25 +54,33 @@ class StagedNetwork:
         """Raises a clear error for a batch of the wrong rank, shape or dtype (trace-time check)."""
         if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape):
             raise ValueError(
-                f"{self.name} expects inputs of shape (batch, {', '.join(map(str, self.input_shape))})"
-                f", got {tuple(x.shape)}")
+                f"{self.name} expects inputs of shape "
+                f"(batch, {', '.join(map(str, self.input_shape))})"
+                f", got {tuple(x.shape)}"
+            )
         if x.shape[0] == 0:
             raise ValueError(f"{self.name} got an empty batch")
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise TypeError(
                 f"{self.name} expects normalised floating-point inputs, got dtype {x.dtype}; "
-                "turn raw uint8 images into inputs with gati_jax.data.normalize")
+                "turn raw uint8 images into inputs with gati_jax.data.normalize"
+            )
 
-    def apply_stage(self, variables: Variables, index: int, x: jax.Array, *,
-                    train: bool = False) -> Any:
+    def apply_stage(
+        self, variables: Variables, index: int, x: jax.Array, *, train: bool = False
+    ) -> Any:
         """Runs stage ``index``; with ``train=True`` returns ``(output, new_batch_stats)``."""
-        stage_vars = {"params": variables["params"][index],
-                      "batch_stats": variables["batch_stats"][index]}
-        # Named so that a kernel profile (gati_jax.experiments.kernel_profile) can attribute its time.
+        stage_vars = {
+            "params": variables["params"][index],
+            "batch_stats": variables["batch_stats"][index],
+        }
+        # Named so that a kernel profile (gati_jax.experiments.kernel_profile) can attribute
+        # its time.
         with jax.named_scope(stage_scope(index)):
             if train:
                 y, updates = self.stages[index].apply(
-                    stage_vars, x, train=True, mutable=["batch_stats"])
+                    stage_vars, x, train=True, mutable=["batch_stats"]
+                )
                 return y, updates.get("batch_stats", {})
             return self.stages[index].apply(stage_vars, x, train=False)
 

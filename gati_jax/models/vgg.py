@@ -32,8 +32,13 @@ class ConvBlock(nn.Module):
         return x
 
 
-def vgg(name: str, blocks: tuple[tuple[int, int], ...], width: int,
-        input_shape: tuple[int, int, int], num_classes: int) -> StagedNetwork:
+def vgg(
+    name: str,
+    blocks: tuple[tuple[int, int], ...],
+    width: int,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+) -> StagedNetwork:
     """Builds a VGG-style network, one stage per block, whose first block has ``width`` channels."""
     stages = [ConvBlock(width * multiple, convs) for convs, multiple in blocks]
     return StagedNetwork(name, (*stages, Head(num_classes)), tuple(input_shape), num_classes)

@@ -5,5 +5,11 @@ from gati_jax.online.learner import OnlineLearner, OnlineSettings
 from gati_jax.online.updates import OnlineTrainer, UpdateSettings
 from gati_jax.online.window import ReplayWindow
 
-__all__ = ["AccuracyGuard", "OnlineLearner", "OnlineSettings", "OnlineTrainer",
-           "ReplayWindow", "UpdateSettings"]
+__all__ = [
+    "AccuracyGuard",
+    "OnlineLearner",
+    "OnlineSettings",
+    "OnlineTrainer",
+    "ReplayWindow",
+    "UpdateSettings",
+]

@@ -82,23 +82,39 @@ class ApparateSettings:
     def __post_init__(self) -> None:
         if not 0 <= self.audit_fraction <= 1:
             raise ValueError(f"audit_fraction must be in [0, 1], got {self.audit_fraction}")
-        for name in ("audit_group", "audit_segments", "max_lag", "window", "min_window",
-                     "check", "retune_every", "ramp_every"):
+        for name in (
+            "audit_group",
+            "audit_segments",
+            "max_lag",
+            "window",
+            "min_window",
+            "check",
+            "retune_every",
+            "ramp_every",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.min_window > self.window:
-            raise ValueError(f"min_window ({self.min_window}) exceeds the window "
-                             f"({self.window})")
+            raise ValueError(f"min_window ({self.min_window}) exceeds the window ({self.window})")
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> ApparateSettings:
         """From ``config.online`` (the audit budget is gati-online's) and ``planner.eps``."""
         o = config.online
-        return cls(float(o.audit_fraction), int(o.audit_group), int(o.audit_segments),
-                   int(o.max_lag), int(o.apparate_window), int(o.apparate_min_window),
-                   int(o.apparate_check), int(o.apparate_retune_every),
-                   int(o.apparate_ramp_every), float(config.planner.eps),
-                   float(o.calibration_confidence), int(o.seed))
+        return cls(
+            float(o.audit_fraction),
+            int(o.audit_group),
+            int(o.audit_segments),
+            int(o.max_lag),
+            int(o.apparate_window),
+            int(o.apparate_min_window),
+            int(o.apparate_check),
+            int(o.apparate_retune_every),
+            int(o.apparate_ramp_every),
+            float(config.planner.eps),
+            float(o.calibration_confidence),
+            int(o.seed),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +160,7 @@ class ApparateTuner:
         self._scores = np.zeros((w, count))
         self._errors = np.zeros((w, count), bool)
         self._served_ok = np.zeros(w, bool)
-        self._served_by = np.full(w, -1)   # the ramp that served it (-1: the network)
+        self._served_by = np.full(w, -1)  # the ramp that served it (-1: the network)
         self._violations = 0
         self.audited = 0
         self._since_check = self._since_tuning = self._since_ramps = 0
@@ -155,8 +171,13 @@ class ApparateTuner:
         # The fewest audited requests that certify eps with no disagreement (None: more than
         # the window holds, so it never tunes).
         self.tunable_after = next(
-            (n for n in range(max(settings.min_window, 1), w + 1)
-             if max_errors(n, settings.eps, settings.confidence) >= 0), None)
+            (
+                n
+                for n in range(max(settings.min_window, 1), w + 1)
+                if max_errors(n, settings.eps, settings.confidence) >= 0
+            ),
+            None,
+        )
 
     # ---- what serving reads ---------------------------------------------------------------
     def thresholds(self) -> np.ndarray:
@@ -164,8 +185,9 @@ class ApparateTuner:
         return self._thresholds.copy()
 
     # ---- evidence -------------------------------------------------------------------------
-    def record(self, scores: np.ndarray, errors: np.ndarray, served_agrees: bool,
-               served_by: int = -1) -> None:
+    def record(
+        self, scores: np.ndarray, errors: np.ndarray, served_agrees: bool, served_by: int = -1
+    ) -> None:
         """One audited request: every candidate ramp's score and whether its answer differed
         from the base answer, whether the served answer agreed, and which ramp served it
         (its index; -1: the whole network)."""
@@ -196,8 +218,9 @@ class ApparateTuner:
         cannot certify the bound yet)."""
         if self.tunable_after is None or self.audited < self.tunable_after:
             return
-        if self._wanted is None or (self._PRIORITY.index(reason)
-                                    < self._PRIORITY.index(self._wanted)):
+        if self._wanted is None or (
+            self._PRIORITY.index(reason) < self._PRIORITY.index(self._wanted)
+        ):
             self._wanted = reason
 
     def _judge(self, block: np.ndarray) -> None:
@@ -210,8 +233,9 @@ class ApparateTuner:
         if self._violations < 2:
             self._want("violation")
             return
-        failing = [j for j in self.active
-                   if np.any(served_by == j) and ok[served_by == j].mean() < floor]
+        failing = [
+            j for j in self.active if np.any(served_by == j) and ok[served_by == j].mean() < floor
+        ]
         if not failing:
             self._want("violation")
             return
@@ -219,8 +243,16 @@ class ApparateTuner:
         thresholds[failing] = np.inf
         self._job = None  # a tuning on the evidence before this one must not undo it
         self._thresholds = thresholds
-        self.tunings.append(Tuning("closed", self.audited, self.active,
-                                   tuple(float(t) for t in thresholds), float("nan"), 0))
+        self.tunings.append(
+            Tuning(
+                "closed",
+                self.audited,
+                self.active,
+                tuple(float(t) for t in thresholds),
+                float("nan"),
+                0,
+            )
+        )
 
     def window(self) -> tuple[np.ndarray, np.ndarray]:
         """The audited requests held: (scores, errors), oldest first."""
@@ -244,10 +276,12 @@ class ApparateTuner:
             if reason == "ramps":
                 self._since_ramps = self._violations = 0
             scores, errors = self.window()
-            instance = self.ramps.instance(scores, errors, self.settings.eps,
-                                           self.settings.confidence)
-            work = (self._adjust(instance) if reason == "ramps"
-                    else self._retune(instance, self.active))
+            instance = self.ramps.instance(
+                scores, errors, self.settings.eps, self.settings.confidence
+            )
+            work = (
+                self._adjust(instance) if reason == "ramps" else self._retune(instance, self.active)
+            )
             self._job = (reason, work)
         reason, work = self._job
         try:
@@ -266,8 +300,11 @@ class ApparateTuner:
     def _search(self, instance, active: Sequence[int]) -> Generator[None, None, Search | None]:
         if not active:
             return None
-        return (yield from tune_steps(instance, {j: 0 for j in sorted(active)}, ONLINE_STARTS,
-                                      ONLINE_MIN_STEP))
+        return (
+            yield from tune_steps(
+                instance, {j: 0 for j in sorted(active)}, ONLINE_STARTS, ONLINE_MIN_STEP
+            )
+        )
 
     def _adjust(self, instance) -> Generator[None, None, tuple]:
         """Apparate's ramp adjustment on the window: thresholds searched again for the ramps
@@ -315,8 +352,7 @@ class ApparateTuner:
         return found.mean_cost_s
 
     def _cheaper(self, instance, a: tuple, b: tuple) -> bool:
-        return ((self._cost(instance, a[1]), len(a[0]))
-                < (self._cost(instance, b[1]), len(b[0])))
+        return (self._cost(instance, a[1]), len(a[0])) < (self._cost(instance, b[1]), len(b[0]))
 
     def _apply(self, reason: str, active: tuple[int, ...], found: Search | None) -> None:
         thresholds = np.full(len(self.ramps.positions), np.inf)
@@ -326,10 +362,16 @@ class ApparateTuner:
         # One assignment each, between groups.
         self._thresholds, self.active = thresholds, tuple(sorted(active))
         self._tuned = True
-        self.tunings.append(Tuning(
-            reason, self.audited, self.active, tuple(float(t) for t in thresholds),
-            float(found.mean_cost_s) if found is not None else float(self.ramps.prefix_s[-1]),
-            int(found.errors) if found is not None else 0))
+        self.tunings.append(
+            Tuning(
+                reason,
+                self.audited,
+                self.active,
+                tuple(float(t) for t in thresholds),
+                float(found.mean_cost_s) if found is not None else float(self.ramps.prefix_s[-1]),
+                int(found.errors) if found is not None else 0,
+            )
+        )
 
     def drain(self) -> None:
         """Runs every due job to its end (tests)."""
@@ -338,6 +380,7 @@ class ApparateTuner:
 
 
 # ---- the compiled side ----------------------------------------------------------------------
+
 
 def gated_decide(head: CacheHead) -> Decide:
     """Apparate's ramp decision (max softmax >= threshold) whose lookup runs only while the
@@ -354,7 +397,9 @@ def gated_decide(head: CacheHead) -> Decide:
 
         def skip(_):
             return jnp.zeros(n, jnp.int32), jnp.zeros(n, bool)
+
         return lax.cond(params["active"] > 0, lookup, skip, None)
+
     return gated
 
 
@@ -362,12 +407,15 @@ def ramp_params(predictors: Sequence[Any], active: Sequence[int]) -> tuple[dict,
     """Each candidate ramp's parameters with its activity flag (1.0 for the ``active``
     indices)."""
     on = set(active)
-    return tuple({"predictor": p, "active": np.asarray(1.0 if j in on else 0.0, np.float32)}
-                 for j, p in enumerate(predictors))
+    return tuple(
+        {"predictor": p, "active": np.asarray(1.0 if j in on else 0.0, np.float32)}
+        for j, p in enumerate(predictors)
+    )
 
 
-def ramp_deployment(bank: CacheBank, ramps: RampSet, positions: Sequence[int],
-                    thresholds: Sequence[float]) -> Deployment:
+def ramp_deployment(
+    bank: CacheBank, ramps: RampSet, positions: Sequence[int], thresholds: Sequence[float]
+) -> Deployment:
     """The deployment online Apparate starts from: every candidate ramp of ``ramps`` at its
     position, those of the offline plan (``positions``, ``thresholds``) active."""
     by_key = {c.key: c for c in bank.candidates}
@@ -376,11 +424,11 @@ def ramp_deployment(bank: CacheBank, ramps: RampSet, positions: Sequence[int],
         raise ValueError(f"the cache bank lacks the candidate ramps {missing}")
     stray = [p for p in positions if p not in ramps.positions]
     if stray:
-        raise ValueError(f"planned positions {stray} are not candidate ramps "
-                         f"{ramps.positions}")
+        raise ValueError(f"planned positions {stray} are not candidate ramps {ramps.positions}")
     chosen = [by_key[k] for k in ramps.keys]
-    heads = tuple(CacheHead(c.spec, bank.num_classes, c.pool_factor, bank.selector_hidden)
-                  for c in chosen)
+    heads = tuple(
+        CacheHead(c.spec, bank.num_classes, c.pool_factor, bank.selector_hidden) for c in chosen
+    )
     planned = dict(zip(positions, thresholds))
     active = [j for j, p in enumerate(ramps.positions) if p in planned]
     initial = np.asarray([planned.get(p, np.inf) for p in ramps.positions], np.float32)
@@ -409,8 +457,9 @@ class RampAudit:
         self.bounds = tuple((int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]))
         variables = self.model.variables
         mean, std = np.asarray(self.model.mean), np.asarray(self.model.std)
-        predictors = tuple(Predictor(h.spec, h.num_classes, h.pool_factor, h.pooling)
-                           for h in self.heads)
+        predictors = tuple(
+            Predictor(h.spec, h.num_classes, h.pool_factor, h.pooling) for h in self.heads
+        )
         at = {p: j for j, p in enumerate(self.positions)}
         last = len(self.bounds) - 1
 
@@ -423,17 +472,24 @@ class RampAudit:
                 x = network.apply_stage(variables, index, x)
                 if index in at:
                     j = at[index]
-                    log_probs = jax.nn.log_softmax(predictors[j].apply(
-                        {"params": params[j]["predictor"]}, x))
-                    outs.append((jnp.argmax(log_probs, -1).astype(jnp.int32),
-                                 jnp.exp(jnp.max(log_probs, -1))))
+                    log_probs = jax.nn.log_softmax(
+                        predictors[j].apply({"params": params[j]["predictor"]}, x)
+                    )
+                    outs.append(
+                        (
+                            jnp.argmax(log_probs, -1).astype(jnp.int32),
+                            jnp.exp(jnp.max(log_probs, -1)),
+                        )
+                    )
             return (jnp.argmax(x, -1).astype(jnp.int32) if k == last else x), tuple(outs)
 
-        self._programs = tuple(jax.jit(functools.partial(segment, k))
-                               for k in range(len(self.bounds)))
+        self._programs = tuple(
+            jax.jit(functools.partial(segment, k)) for k in range(len(self.bounds))
+        )
 
-    def run(self, params: tuple[Any, ...], images: np.ndarray
-            ) -> Generator[None, None, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def run(
+        self, params: tuple[Any, ...], images: np.ndarray
+    ) -> Generator[None, None, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """A generator running one segment per ``next``; returns the base answers (n,) and
         every candidate ramp's answers and scores (n, ramps)."""
         x = check_images(images, self.model.network.input_shape)
@@ -445,8 +501,7 @@ class RampAudit:
             if k < len(self._programs) - 1:
                 yield
         n = len(images)
-        stack = (lambda parts, dtype: np.stack(parts, 1) if parts
-                 else np.zeros((n, 0), dtype))
+        stack = lambda parts, dtype: np.stack(parts, 1) if parts else np.zeros((n, 0), dtype)
         return np.asarray(x), stack(answers, np.int32), stack(scores, np.float64)
 
 
@@ -455,17 +510,23 @@ class ApparateOnline:
     (``route`` is the serving loop's ``route_group``; the adapter is also its
     ``background``). ``deployment``: from :func:`ramp_deployment`."""
 
-    def __init__(self, model: BaseModel, deployment: Deployment, ramps: RampSet,
-                 settings: ApparateSettings, max_group: int = 8):
+    def __init__(
+        self,
+        model: BaseModel,
+        deployment: Deployment,
+        ramps: RampSet,
+        settings: ApparateSettings,
+        max_group: int = 8,
+    ):
         if tuple(deployment.positions) != tuple(ramps.positions):
             raise ValueError("the deployment must hold every candidate ramp")
         self.model, self.ramps, self.settings = model, ramps, settings
         self.heads = deployment.heads
         self.last_stage = model.network.num_stages - 1
-        self.router = Router(model, ramps.positions, tuple(gated_decide(h) for h in self.heads),
-                             max_group)
-        self.audit = RampAudit(model, tuple(ramps.positions), self.heads,
-                               settings.audit_segments)
+        self.router = Router(
+            model, ramps.positions, tuple(gated_decide(h) for h in self.heads), max_group
+        )
+        self.audit = RampAudit(model, tuple(ramps.positions), self.heads, settings.audit_segments)
         self._predictors = tuple(p["predictor"] for p in deployment.params)
         self._initial = np.asarray(deployment.thresholds, np.float64).copy()
         self.reset()
@@ -473,8 +534,9 @@ class ApparateOnline:
     def tapped_router(self, max_group: int = 1) -> Router:
         """A new router running the program this adapter serves with (named as
         OnlineLearner's, for the benchmark's measurements)."""
-        return Router(self.model, self.ramps.positions,
-                      tuple(gated_decide(h) for h in self.heads), max_group)
+        return Router(
+            self.model, self.ramps.positions, tuple(gated_decide(h) for h in self.heads), max_group
+        )
 
     def reset(self) -> None:
         """Back to the offline plan with an empty window (the compiled programs stay)."""
@@ -500,8 +562,7 @@ class ApparateOnline:
             zeros = np.zeros((size, *network.input_shape), np.uint8)
             self.router.route(self.params, self.tuner.thresholds(), zeros)
         for size in range(1, min(self.settings.audit_group, self.router.max_group) + 1):
-            steps = self.audit.run(self.params, np.zeros((size, *network.input_shape),
-                                                         np.uint8))
+            steps = self.audit.run(self.params, np.zeros((size, *network.input_shape), np.uint8))
             for _ in steps:
                 pass
 
@@ -514,8 +575,9 @@ class ApparateOnline:
         fraction = self.settings.audit_fraction if self.ramps.positions else 0.0
         for i in np.flatnonzero(self.rng.random(len(images)) < fraction):
             exit_stage = int(result.exit_stage[i])
-            served_by = (self.ramps.positions.index(exit_stage)
-                         if exit_stage in self.ramps.positions else -1)
+            served_by = (
+                self.ramps.positions.index(exit_stage) if exit_stage in self.ramps.positions else -1
+            )
             self._audits.append((np.asarray(images[i]), int(result.answer[i]), served_by))
             if self._oldest_pending is None:
                 self._oldest_pending = self.served
@@ -529,8 +591,11 @@ class ApparateOnline:
 
     def overdue(self) -> bool:
         """Whether pending work has waited more than ``max_lag`` requests."""
-        return (self.pending() and self._oldest_pending is not None
-                and self.served - self._oldest_pending > self.settings.max_lag)
+        return (
+            self.pending()
+            and self._oldest_pending is not None
+            and self.served - self._oldest_pending > self.settings.max_lag
+        )
 
     def run_chunk(self) -> None:
         """One bounded piece of background work: a segment of an audit, or a round of the
@@ -551,8 +616,12 @@ class ApparateOnline:
 
     def _audit_step(self) -> None:
         if self._audit_run is None:
-            batch = [self._audits.popleft() for _ in range(
-                min(len(self._audits), self.settings.audit_group, self.router.max_group))]
+            batch = [
+                self._audits.popleft()
+                for _ in range(
+                    min(len(self._audits), self.settings.audit_group, self.router.max_group)
+                )
+            ]
             images = np.stack([b[0] for b in batch])
             self._audit_run = (batch, self.audit.run(self.params, images))
         batch, steps = self._audit_run
@@ -587,26 +656,34 @@ class ApparateOnline:
         by_kind = {}
         for kind in dict.fromkeys(self.chunk_kinds):
             ms = 1e3 * seconds[kinds == kind]
-            by_kind[kind] = {"count": int(ms.size), "p50": float(np.percentile(ms, 50)),
-                             "max": float(ms.max())}
+            by_kind[kind] = {
+                "count": int(ms.size),
+                "p50": float(np.percentile(ms, 50)),
+                "max": float(ms.max()),
+            }
         positions = self.ramps.positions
         return {
             "audited": self.audited,
             "tunings": len(self.tuner.tunings),
             "tuning_reasons": dict(collections.Counter(t.reason for t in self.tuner.tunings)),
-            "ramp_changes": sum(a.active != b.active for a, b in
-                                zip(self.tuner.tunings[1:], self.tuner.tunings)),
+            "ramp_changes": sum(
+                a.active != b.active for a, b in zip(self.tuner.tunings[1:], self.tuner.tunings)
+            ),
             "final_positions": [positions[j] for j in self.tuner.active],
-            "final_thresholds": [float(self.tuner.thresholds()[j])
-                                 for j in self.tuner.active],
+            "final_thresholds": [float(self.tuner.thresholds()[j]) for j in self.tuner.active],
             # served: requests served when the audit that completed its evidence came in
-            "tuning_log": [{"reason": t.reason, "audited": t.audited,
-                            "served": self._served_at[t.audited - 1],
-                            "positions": [positions[j] for j in t.active],
-                            "thresholds": [t.thresholds[j] for j in t.active],
-                            "window_cost_ms": 1e3 * t.window_cost_s,
-                            "window_errors": t.window_errors}
-                           for t in self.tuner.tunings],
+            "tuning_log": [
+                {
+                    "reason": t.reason,
+                    "audited": t.audited,
+                    "served": self._served_at[t.audited - 1],
+                    "positions": [positions[j] for j in t.active],
+                    "thresholds": [t.thresholds[j] for j in t.active],
+                    "window_cost_ms": 1e3 * t.window_cost_s,
+                    "window_errors": t.window_errors,
+                }
+                for t in self.tuner.tunings
+            ],
             "chunk_ms_p50": 1e3 * float(np.median(seconds)) if seconds.size else 0.0,
             "chunk_ms_max": 1e3 * float(seconds.max()) if seconds.size else 0.0,
             "chunk_ms_by_kind": by_kind,

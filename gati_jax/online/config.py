@@ -132,47 +132,104 @@ def online_config() -> ml_collections.ConfigDict:
 def validate_online(o: ml_collections.ConfigDict) -> None:
     """Checks the ``online`` section."""
     require(int(o.steps) >= 0, "online.steps", o.steps, ">= 0 (0: no optimiser steps)")
-    require_at_least(o, "online", (
-        "update_every", "max_backoff", "window_items", "max_lag", "steps_per_chunk",
-        "audit_group", "audit_segments", "batch_size", "min_train", "min_holdout",
-        "guard_window", "guard_min_samples", "guard_recover_samples", "apparate_window",
-        "apparate_min_window", "apparate_check", "apparate_retune_every",
-        "apparate_ramp_every", "recency_capacity", "recency_grid", "recency_neighbours",
-        "recency_outcomes", "recency_publish_every"), 1)
-    require(int(o.apparate_min_window) <= int(o.apparate_window), "online.apparate_min_window",
-            o.apparate_min_window, "<= online.apparate_window")
-    require_at_least(o, "online", ("seed", "min_evidence", "prior_window", "recency_positions"),
-                     0)
-    require(int(o.recency_neighbours) <= int(o.recency_capacity), "online.recency_neighbours",
-            o.recency_neighbours, "<= online.recency_capacity")
-    require(0 <= o.recency_min_base_prob <= 1, "online.recency_min_base_prob",
-            o.recency_min_base_prob, "in [0, 1]")
+    require_at_least(
+        o,
+        "online",
+        (
+            "update_every",
+            "max_backoff",
+            "window_items",
+            "max_lag",
+            "steps_per_chunk",
+            "audit_group",
+            "audit_segments",
+            "batch_size",
+            "min_train",
+            "min_holdout",
+            "guard_window",
+            "guard_min_samples",
+            "guard_recover_samples",
+            "apparate_window",
+            "apparate_min_window",
+            "apparate_check",
+            "apparate_retune_every",
+            "apparate_ramp_every",
+            "recency_capacity",
+            "recency_grid",
+            "recency_neighbours",
+            "recency_outcomes",
+            "recency_publish_every",
+        ),
+        1,
+    )
+    require(
+        int(o.apparate_min_window) <= int(o.apparate_window),
+        "online.apparate_min_window",
+        o.apparate_min_window,
+        "<= online.apparate_window",
+    )
+    require_at_least(o, "online", ("seed", "min_evidence", "prior_window", "recency_positions"), 0)
+    require(
+        int(o.recency_neighbours) <= int(o.recency_capacity),
+        "online.recency_neighbours",
+        o.recency_neighbours,
+        "<= online.recency_capacity",
+    )
+    require(
+        0 <= o.recency_min_base_prob <= 1,
+        "online.recency_min_base_prob",
+        o.recency_min_base_prob,
+        "in [0, 1]",
+    )
     require(0 < o.recency_target <= 1, "online.recency_target", o.recency_target, "in (0, 1]")
-    require(0 <= o.prior_strength <= 1, "online.prior_strength", o.prior_strength,
-            "in [0, 1]")
+    require(0 <= o.prior_strength <= 1, "online.prior_strength", o.prior_strength, "in [0, 1]")
     require(0 <= o.audit_fraction <= 1, "online.audit_fraction", o.audit_fraction, "in [0, 1]")
-    require(0 <= o.alarm_audit_fraction <= 1, "online.alarm_audit_fraction",
-            o.alarm_audit_fraction, "in [0, 1]")
-    require(0 < o.tap_fraction <= 1 and o.tap_fraction >= o.audit_fraction,
-            "online.tap_fraction", o.tap_fraction,
-            "in (0, 1] and >= online.audit_fraction (the audit sample is drawn among tapped "
-            "requests)")
-    require(not o.shift_detect or o.guard, "online.shift_detect", o.shift_detect,
-            "False unless online.guard (the guard acts on the alarm)")
-    require(int(o.shift_reference) >= 20, "online.shift_reference", o.shift_reference,
-            ">= 20 (reference images)")
+    require(
+        0 <= o.alarm_audit_fraction <= 1,
+        "online.alarm_audit_fraction",
+        o.alarm_audit_fraction,
+        "in [0, 1]",
+    )
+    require(
+        0 < o.tap_fraction <= 1 and o.tap_fraction >= o.audit_fraction,
+        "online.tap_fraction",
+        o.tap_fraction,
+        "in (0, 1] and >= online.audit_fraction (the audit sample is drawn among tapped requests)",
+    )
+    require(
+        not o.shift_detect or o.guard,
+        "online.shift_detect",
+        o.shift_detect,
+        "False unless online.guard (the guard acts on the alarm)",
+    )
+    require(
+        int(o.shift_reference) >= 20,
+        "online.shift_reference",
+        o.shift_reference,
+        ">= 20 (reference images)",
+    )
     require(0 < o.shift_quantile < 1, "online.shift_quantile", o.shift_quantile, "in (0, 1)")
-    require(1 - o.shift_quantile < o.shift_rate < 1, "online.shift_rate", o.shift_rate,
-            "in (1 - shift_quantile, 1): the exceedance rate to detect")
+    require(
+        1 - o.shift_quantile < o.shift_rate < 1,
+        "online.shift_rate",
+        o.shift_rate,
+        "in (1 - shift_quantile, 1): the exceedance rate to detect",
+    )
     require(o.shift_level > 0, "online.shift_level", o.shift_level, "> 0")
     require(int(o.window_bytes) > 0, "online.window_bytes", o.window_bytes, "> 0")
     require(int(o.holdout_every) >= 2, "online.holdout_every", o.holdout_every, ">= 2")
     require(o.learning_rate > 0, "online.learning_rate", o.learning_rate, "> 0")
     require(0 < o.target <= 1, "online.target", o.target, "in (0, 1]")
-    require(0 <= o.calibration_confidence < 1, "online.calibration_confidence",
-            o.calibration_confidence, "in [0, 1)")
-    require(0 <= o.guard_confidence < 1, "online.guard_confidence", o.guard_confidence,
-            "in [0, 1)")
-    require(int(o.guard_window) >= max(int(o.guard_min_samples), int(o.guard_recover_samples)),
-            "online.guard_window", o.guard_window,
-            ">= guard_min_samples and guard_recover_samples")
+    require(
+        0 <= o.calibration_confidence < 1,
+        "online.calibration_confidence",
+        o.calibration_confidence,
+        "in [0, 1)",
+    )
+    require(0 <= o.guard_confidence < 1, "online.guard_confidence", o.guard_confidence, "in [0, 1)")
+    require(
+        int(o.guard_window) >= max(int(o.guard_min_samples), int(o.guard_recover_samples)),
+        "online.guard_window",
+        o.guard_window,
+        ">= guard_min_samples and guard_recover_samples",
+    )

@@ -39,8 +39,9 @@ from gati_jax.caches.selector import wilson_lower_bound
 
 def wilson_upper_bound(successes: int, trials: int, confidence: float) -> float:
     """One-sided Wilson score upper bound of a binomial proportion."""
-    return 1.0 - float(wilson_lower_bound(np.asarray(trials - successes),
-                                          np.asarray(trials), confidence))
+    return 1.0 - float(
+        wilson_lower_bound(np.asarray(trials - successes), np.asarray(trials), confidence)
+    )
 
 
 @dataclasses.dataclass
@@ -58,18 +59,29 @@ class GuardEvent:
 class AccuracyGuard:
     """Keeps each position's hit agreement at ``target`` or turns the position off."""
 
-    def __init__(self, positions: tuple[int, ...], target: float, window: int = 200,
-                 confidence: float = 0.95, min_samples: int = 10, recover_samples: int = 50,
-                 alarm_ratio: float = 5.0, alarm_level: float = 3.0,
-                 suspend_on_alarm: bool = False):
+    def __init__(
+        self,
+        positions: tuple[int, ...],
+        target: float,
+        window: int = 200,
+        confidence: float = 0.95,
+        min_samples: int = 10,
+        recover_samples: int = 50,
+        alarm_ratio: float = 5.0,
+        alarm_level: float = 3.0,
+        suspend_on_alarm: bool = False,
+    ):
         if not 0 < target <= 1:
             raise ValueError(f"guard target must be in (0, 1], got {target}")
         if not alarm_ratio > 1 or not alarm_level > 0:
-            raise ValueError(f"guard alarm needs a ratio > 1 and a level > 0, got {alarm_ratio}, "
-                             f"{alarm_level}")
+            raise ValueError(
+                f"guard alarm needs a ratio > 1 and a level > 0, got {alarm_ratio}, {alarm_level}"
+            )
         if min_samples < 1 or recover_samples < 1 or window < max(min_samples, recover_samples):
-            raise ValueError("guard needs window >= min_samples, recover_samples >= 1, got "
-                             f"{window}, {min_samples}, {recover_samples}")
+            raise ValueError(
+                "guard needs window >= min_samples, recover_samples >= 1, got "
+                f"{window}, {min_samples}, {recover_samples}"
+            )
         self.positions = tuple(positions)
         self.target, self.confidence = float(target), float(confidence)
         self.min_samples, self.recover_samples = int(min_samples), int(recover_samples)
@@ -106,13 +118,13 @@ class AccuracyGuard:
         n, good = len(self.evidence[k]), int(sum(self.evidence[k]))
         recovered = n >= self.recover_samples and good / n >= self.target
         if self.on[k]:
-            if n >= self.min_samples and wilson_upper_bound(good, n,
-                                                            self.confidence) < self.target:
+            if n >= self.min_samples and wilson_upper_bound(good, n, self.confidence) < self.target:
                 self._switch(k, False, good, n, served)
             elif recovered and not self.trusted[k]:
                 self.trusted[k] = True
-                self.events.append(GuardEvent(served, self.positions[k], True, good / n, n,
-                                              "trust"))
+                self.events.append(
+                    GuardEvent(served, self.positions[k], True, good / n, n, "trust")
+                )
         elif recovered and not self.shifted:
             # Not while the inputs are still the shifted ones it failed on (measured on the
             # long shift stream: a cache switched off on corrupted images came back on 50
@@ -137,8 +149,9 @@ class AccuracyGuard:
         for k in range(len(self.positions)):
             self._forget(k)
             if self.trusted[k]:
-                self.events.append(GuardEvent(served, self.positions[k], False, float("nan"),
-                                              0, "trust"))
+                self.events.append(
+                    GuardEvent(served, self.positions[k], False, float("nan"), 0, "trust")
+                )
         self.trusted[:] = False
         self.shifted = True
 
@@ -149,8 +162,9 @@ class AccuracyGuard:
         for k in range(len(self.positions)):
             self._forget(k)
             if self.on[k] and not self.trusted[k]:
-                self.events.append(GuardEvent(served, self.positions[k], True, float("nan"),
-                                              0, "trust"))
+                self.events.append(
+                    GuardEvent(served, self.positions[k], True, float("nan"), 0, "trust")
+                )
         self.trusted[:] = True
         self.shifted = False
 

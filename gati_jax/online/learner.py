@@ -34,7 +34,8 @@ import collections
 import dataclasses
 import time
 import typing
-from typing import Any, Generator
+from collections.abc import Generator
+from typing import Any
 
 import jax
 import ml_collections
@@ -43,11 +44,17 @@ import numpy as np
 from gati_jax.inference import BaseModel
 from gati_jax.online.guard import AccuracyGuard
 from gati_jax.online.shift import ShiftDetector, ShiftReference
-from gati_jax.online.updates import (OnlineTrainer, UpdateSettings, Verdict, make_tap,
-                                     make_tapped_decide, shift_logits)
+from gati_jax.online.updates import (
+    OnlineTrainer,
+    UpdateSettings,
+    Verdict,
+    make_tap,
+    make_tapped_decide,
+    shift_logits,
+)
 from gati_jax.online.window import ReplayWindow
 from gati_jax.runtime.deployment import Deployment
-from gati_jax.runtime.router import RouteResult, Router
+from gati_jax.runtime.router import Router, RouteResult
 from gati_jax.runtime.segments import SegmentedNetwork
 
 
@@ -85,7 +92,7 @@ class OnlineSettings:
     seed: int
 
     @classmethod
-    def from_config(cls, section: ml_collections.ConfigDict) -> "OnlineSettings":
+    def from_config(cls, section: ml_collections.ConfigDict) -> OnlineSettings:
         """Reads ``config.online`` (each field from the key of its name, cast to its type)."""
         return cls(**_read_fields(cls, section), update=UpdateSettings.from_config(section))
 
@@ -93,8 +100,11 @@ class OnlineSettings:
 def _read_fields(settings: type, section: ml_collections.ConfigDict) -> dict[str, Any]:
     """The plain (int, float, bool) fields of a settings dataclass from a config section."""
     hints = typing.get_type_hints(settings)
-    return {f.name: hints[f.name](section[f.name]) for f in dataclasses.fields(settings)
-            if hints[f.name] in (int, float, bool)}
+    return {
+        f.name: hints[f.name](section[f.name])
+        for f in dataclasses.fields(settings)
+        if hints[f.name] in (int, float, bool)
+    }
 
 
 @dataclasses.dataclass
@@ -112,12 +122,20 @@ class OnlineLearner:
     """Serves a ``gati`` deployment while its caches keep learning (``route`` is the
     serving loop's ``route_group``; the learner is also its ``background``)."""
 
-    def __init__(self, model: BaseModel, deployment: Deployment, settings: OnlineSettings,
-                 max_group: int = 8, train_prior: np.ndarray | None = None,
-                 mesh: Any = None, reference_images: np.ndarray | None = None):
+    def __init__(
+        self,
+        model: BaseModel,
+        deployment: Deployment,
+        settings: OnlineSettings,
+        max_group: int = 8,
+        train_prior: np.ndarray | None = None,
+        mesh: Any = None,
+        reference_images: np.ndarray | None = None,
+    ):
         if deployment.policy != "gati":
-            raise ValueError(f"online learning updates learned caches (policy 'gati'), got "
-                             f"{deployment.policy!r}")
+            raise ValueError(
+                f"online learning updates learned caches (policy 'gati'), got {deployment.policy!r}"
+            )
         if not deployment.positions:
             raise ValueError("online learning needs at least one deployed cache")
         self.model, self.settings = model, settings
@@ -128,24 +146,29 @@ class OnlineLearner:
         if not 0 < settings.tap_fraction <= 1:
             raise ValueError(f"tap_fraction must be in (0, 1], got {settings.tap_fraction}")
         if settings.audit_fraction > settings.tap_fraction:
-            raise ValueError(f"the audit sample ({settings.audit_fraction:g} of requests) is "
-                             f"drawn among the tapped ones ({settings.tap_fraction:g})")
+            raise ValueError(
+                f"the audit sample ({settings.audit_fraction:g} of requests) is "
+                f"drawn among the tapped ones ({settings.tap_fraction:g})"
+            )
         self.mesh = mesh
         self._taps, self._tapped_decides = taps, decides
-        self.router = Router(model, deployment.positions, decides, max_group, taps=taps,
-                             mesh=mesh)
+        self.router = Router(model, deployment.positions, decides, max_group, taps=taps, mesh=mesh)
         # Groups nobody learns from: the program static serving runs, taking the same
         # parameters and thresholds; with ``single_program`` they too run the tapped program
         # and their taps are dropped (one program's weights stay in the caches instead of
         # two programs' evicting each other).
-        self.untapped = (None if settings.single_program or settings.tap_fraction >= 1 else
-                         Router(model, deployment.positions, deployment.decides(), max_group,
-                                mesh=mesh))
+        self.untapped = (
+            None
+            if settings.single_program or settings.tap_fraction >= 1
+            else Router(model, deployment.positions, deployment.decides(), max_group, mesh=mesh)
+        )
         # The audits' labels: the plain network, in segments that background chunks run one
         # at a time (see runtime/segments.py).
         self.audit_network = SegmentedNetwork(model, settings.audit_segments)
-        self._initial = (tuple(deployment.params),
-                         np.asarray(deployment.thresholds, np.float32).copy())
+        self._initial = (
+            tuple(deployment.params),
+            np.asarray(deployment.thresholds, np.float32).copy(),
+        )
         self.heads = deployment.heads
         classes = model.network.num_classes
         # The label distribution the caches were trained under (uniform unless told).
@@ -159,8 +182,7 @@ class OnlineLearner:
     def tapped_router(self, max_group: int = 1) -> Router:
         """A new router running the tapped program (the costlier of the two this learner
         serves with), for measurements that must not count against its compilations."""
-        return Router(self.model, self.positions, self._tapped_decides, max_group,
-                      taps=self._taps)
+        return Router(self.model, self.positions, self._tapped_decides, max_group, taps=self._taps)
 
     def _fit_shift_reference(self, images: np.ndarray | None) -> ShiftReference | None:
         """The shift detector's reference: the first cache's inputs and answers to
@@ -171,8 +193,9 @@ class OnlineLearner:
         if not s.guard:
             raise ValueError("shift detection acts through the accuracy guard (online.guard)")
         if images is None or len(images) == 0:
-            raise ValueError("shift detection needs in-distribution reference images "
-                             "(reference_images=...)")
+            raise ValueError(
+                "shift detection needs in-distribution reference images (reference_images=...)"
+            )
         # Through the tapped program itself, so the reference holds exactly what serving
         # taps (same program, float32), at the price of running the whole network once over
         # the images at group size (a few seconds for 2,000 on this CPU).
@@ -180,11 +203,16 @@ class OnlineLearner:
         inputs, answers = [], []
         for start in range(0, len(images), self.router.max_group):
             _, tapped = self.router.route_tapped(
-                self.params, never, images[start:start + self.router.max_group])
+                self.params, never, images[start : start + self.router.max_group]
+            )
             inputs.append(tapped[0][0])
             answers.append(tapped[0][1])
-        return ShiftReference.fit(np.concatenate(inputs), np.concatenate(answers),
-                                  self.model.network.num_classes, s.shift_quantile)
+        return ShiftReference.fit(
+            np.concatenate(inputs),
+            np.concatenate(answers),
+            self.model.network.num_classes,
+            s.shift_quantile,
+        )
 
     def reset(self) -> None:
         """Back to the deployed caches with empty windows, as before the first request (the
@@ -195,21 +223,31 @@ class OnlineLearner:
         self.base_params = self.params  # what the optimiser trains; serving adds the shifts
         self.shifts: tuple[np.ndarray | None, ...] = (None,) * len(self.positions)
         self._answers: collections.deque = collections.deque(maxlen=max(s.prior_window, 1))
-        self.windows = [ReplayWindow(shape, s.window_bytes, s.holdout_every, s.window_items)
-                        for shape in self.shapes]
+        self.windows = [
+            ReplayWindow(shape, s.window_bytes, s.holdout_every, s.window_items)
+            for shape in self.shapes
+        ]
         self.trainer = OnlineTrainer(self.heads, self.shapes, self.params, s.update, self.mesh)
-        self.guard = AccuracyGuard(self.positions, s.update.target, s.guard_window,
-                                   s.guard_confidence, s.guard_min_samples,
-                                   s.guard_recover_samples,
-                                   suspend_on_alarm=s.alarm_suspends)
-        self.shift = (None if self.shift_reference is None else
-                      ShiftDetector(self.shift_reference, s.shift_rate, s.shift_level))
+        self.guard = AccuracyGuard(
+            self.positions,
+            s.update.target,
+            s.guard_window,
+            s.guard_confidence,
+            s.guard_min_samples,
+            s.guard_recover_samples,
+            suspend_on_alarm=s.alarm_suspends,
+        )
+        self.shift = (
+            None
+            if self.shift_reference is None
+            else ShiftDetector(self.shift_reference, s.shift_rate, s.shift_level)
+        )
         self.rng = np.random.default_rng(s.seed)
         # Which groups are tapped: drawn on the serving side, from a stream of its own.
         self._tap_rng = np.random.default_rng([s.seed, 1])
         self.tapped_groups = self.alarmed_groups = self.shifted_groups = 0
-        self.served = 0     # requests routed
-        self.observed = 0   # requests the background has learnt from
+        self.served = 0  # requests routed
+        self.observed = 0  # requests the background has learnt from
         self._sampled = 0
         self._last_scheduled = self._last_trained = 0
         self.backoff = 1  # the update interval's multiplier, see _apply
@@ -227,8 +265,12 @@ class OnlineLearner:
 
     def _input_shapes(self, taps) -> list[tuple[int, ...]]:
         shapes = self.model.network.activation_shapes(1)
-        return [tuple(jax.eval_shape(tap, p, jax.ShapeDtypeStruct(shapes[pos], np.float32))[0]
-                      .shape[1:]) for tap, p, pos in zip(taps, self.params, self.positions)]
+        return [
+            tuple(
+                jax.eval_shape(tap, p, jax.ShapeDtypeStruct(shapes[pos], np.float32))[0].shape[1:]
+            )
+            for tap, p, pos in zip(taps, self.params, self.positions)
+        ]
 
     def warm_up(self) -> None:
         """Compiles every program serving and learning will run (each group-size bucket, the
@@ -284,8 +326,9 @@ class OnlineLearner:
         self.served += len(result.answer)
         return result
 
-    def _observe(self, images: np.ndarray, result: RouteResult, tapped: tuple | None,
-                 sample_fraction: float) -> None:
+    def _observe(
+        self, images: np.ndarray, result: RouteResult, tapped: tuple | None, sample_fraction: float
+    ) -> None:
         """Learns from one served group: windows, audit queue, guard, update schedule.
         ``sample_fraction`` of a tapped group is the audit sample (audit_fraction of all
         requests, or alarm_audit_fraction while the guard's alarm is up)."""
@@ -303,15 +346,18 @@ class OnlineLearner:
             for i in np.flatnonzero(result.hit & sample):
                 # What serving tapped comes along: the audit only has to find the label.
                 row = jax.tree.map(lambda a, i=i: a[i], tapped)
-                self._audits.append((np.asarray(images[i]), int(result.exit_stage[i]),
-                                     bool(holdout[i]), row))
+                self._audits.append(
+                    (np.asarray(images[i]), int(result.exit_stage[i]), bool(holdout[i]), row)
+                )
         self.observed += n
         self._answers.extend(result.answer.tolist())
         if self._guard_events_seen != len(self.guard.events):
             # A switch means the stream moved: train at full pace again.
             self._guard_events_seen, self.backoff = len(self.guard.events), 1
-        if (self._update is None
-                and self.observed - self._last_scheduled >= self.settings.update_every):
+        if (
+            self._update is None
+            and self.observed - self._last_scheduled >= self.settings.update_every
+        ):
             self.schedule_update()
 
     def _watch_inputs(self, inputs: np.ndarray, answers: np.ndarray) -> None:
@@ -333,8 +379,14 @@ class OnlineLearner:
         if train:
             self._last_trained = self.observed
         shifts = self._prior_shifts()
-        self._update = (self.observed, shifts, train, self.trainer.update(
-            self.base_params, self.windows, self.rng, shifts, self.nominal, train=train))
+        self._update = (
+            self.observed,
+            shifts,
+            train,
+            self.trainer.update(
+                self.base_params, self.windows, self.rng, shifts, self.nominal, train=train
+            ),
+        )
         if self._oldest_pending is None:
             self._oldest_pending = self.served
 
@@ -352,8 +404,15 @@ class OnlineLearner:
         shift = shift.astype(np.float32)
         return (shift,) * len(self.positions)
 
-    def _learn(self, tapped: tuple, labels: np.ndarray, rows: np.ndarray,
-               reached: np.ndarray, holdout: np.ndarray, sample: np.ndarray) -> None:
+    def _learn(
+        self,
+        tapped: tuple,
+        labels: np.ndarray,
+        rows: np.ndarray,
+        reached: np.ndarray,
+        holdout: np.ndarray,
+        sample: np.ndarray,
+    ) -> None:
         """Adds labelled ``rows`` to the windows of the positions they reached (``holdout``
         ones held out) and the audit ``sample``'s would-be-hit outcomes to the guard (its
         requests that ran to the end, and its hits once audited: the outcomes of a uniform
@@ -369,13 +428,20 @@ class OnlineLearner:
     # ---- background side ----------------------------------------------------------------
     def pending(self) -> bool:
         """Whether background work is waiting."""
-        return (bool(self._served_groups) or bool(self._audits)
-                or self._audit_run is not None or self._update is not None)
+        return (
+            bool(self._served_groups)
+            or bool(self._audits)
+            or self._audit_run is not None
+            or self._update is not None
+        )
 
     def overdue(self) -> bool:
         """Whether pending work has waited more than ``max_lag`` requests."""
-        return (self.pending() and self._oldest_pending is not None
-                and self.served - self._oldest_pending > self.settings.max_lag)
+        return (
+            self.pending()
+            and self._oldest_pending is not None
+            and self.served - self._oldest_pending > self.settings.max_lag
+        )
 
     def run_chunk(self) -> None:
         """Runs one bounded piece of background work: the bookkeeping of the groups served
@@ -410,9 +476,12 @@ class OnlineLearner:
         """Runs one segment of the audit in progress (first taking the next audit group);
         the last segment's answers label the group."""
         if self._audit_run is None:
-            batch = [self._audits.popleft()
-                     for _ in range(min(len(self._audits), self.settings.audit_group,
-                                        self.router.max_group))]
+            batch = [
+                self._audits.popleft()
+                for _ in range(
+                    min(len(self._audits), self.settings.audit_group, self.router.max_group)
+                )
+            ]
             # The plain network's answer is the label: no lookups (the tapped program with
             # every threshold at +inf cost an audit 4.5 ms, the plain network 3).
             self._audit_run = (batch, self.audit_network.run(np.stack([b[0] for b in batch])))
@@ -433,8 +502,15 @@ class OnlineLearner:
         everyone = np.ones(len(batch), bool)
         self._learn(tapped, labels, everyone, exits, holdout, everyone)
 
-    def _apply(self, scheduled: int, shifts: tuple, trained: bool, params: tuple[Any, ...],
-               thresholds: list, verdicts: list[Verdict]) -> None:
+    def _apply(
+        self,
+        scheduled: int,
+        shifts: tuple,
+        trained: bool,
+        params: tuple[Any, ...],
+        thresholds: list,
+        verdicts: list[Verdict],
+    ) -> None:
         nominal = self.nominal.copy()
         new_shifts = list(self.shifts)
         for k, (verdict, threshold) in enumerate(zip(verdicts, thresholds)):
@@ -456,8 +532,9 @@ class OnlineLearner:
         if trained:
             helped = any(v.updated for v in verdicts)
             self.backoff = 1 if helped else min(2 * self.backoff, self.settings.max_backoff)
-        self.updates.append(UpdateRecord(scheduled, self.served, verdicts,
-                                         [float(t) for t in nominal], trained))
+        self.updates.append(
+            UpdateRecord(scheduled, self.served, verdicts, [float(t) for t in nominal], trained)
+        )
 
     def _prepare(self, params: tuple[Any, ...]) -> None:
         """Packs and sends ``params`` to the device for both routers now, in the background:
@@ -481,8 +558,12 @@ class OnlineLearner:
         seconds, kinds = np.asarray(self.chunk_seconds), np.asarray(self.chunk_kinds)
         for kind in dict.fromkeys(self.chunk_kinds):
             ms = 1e3 * seconds[kinds == kind]
-            out[kind] = {"count": int(ms.size), "p50": float(np.percentile(ms, 50)),
-                         "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}
+            out[kind] = {
+                "count": int(ms.size),
+                "p50": float(np.percentile(ms, 50)),
+                "p99": float(np.percentile(ms, 99)),
+                "max": float(ms.max()),
+            }
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -490,29 +571,52 @@ class OnlineLearner:
         swaps ("accepted"; "rejected": trained candidates that failed or did no better),
         audits, tapped and alarmed groups, guard switches, window memory, and every update's
         verdicts and thresholds."""
-        verdicts = [v for u in self.updates if u.trained for v in u.verdicts
-                    if v.reason != "waiting for data"]
-        return {"updates": len(self.updates), "trained": sum(u.trained for u in self.updates),
-                "accepted": sum(v.updated for v in verdicts),
-                "rejected": sum(not v.updated for v in verdicts),
-                "audited": self.audited, "chunks": self.chunks,
-                "tapped_groups": self.tapped_groups, "alarmed_groups": self.alarmed_groups,
-                "shifted_groups": self.shifted_groups,
-                "shift_events": ([] if self.shift is None else
-                                 [dataclasses.asdict(e) for e in self.shift.events]),
-                "shift_exceeded": (None if self.shift is None or not self.shift.seen else
-                                   self.shift.exceeded / self.shift.seen),
-                "guard_events": [dataclasses.asdict(e) for e in self.guard.events],
-                "window_bytes": [w.nbytes for w in self.windows],
-                "trace_count": (self.router.trace_count
-                                + (0 if self.untapped is None else self.untapped.trace_count)
-                                + self.audit_network.trace_count),
-                "chunk_ms_p50": 1e3 * float(np.percentile(self.chunk_seconds, 50))
-                if self.chunk_seconds else 0.0,
-                "chunk_ms_max": 1e3 * max(self.chunk_seconds, default=0.0),
-                "chunk_ms_by_kind": self._chunks_by_kind(),
-                "final_thresholds": [float(t) for t in self.thresholds()],
-                "update_log": [{"scheduled": u.scheduled, "applied": u.applied,
-                                "trained": u.trained, "thresholds": u.thresholds,
-                                "verdicts": [dataclasses.asdict(v) for v in u.verdicts]}
-                               for u in self.updates]}
+        verdicts = [
+            v
+            for u in self.updates
+            if u.trained
+            for v in u.verdicts
+            if v.reason != "waiting for data"
+        ]
+        return {
+            "updates": len(self.updates),
+            "trained": sum(u.trained for u in self.updates),
+            "accepted": sum(v.updated for v in verdicts),
+            "rejected": sum(not v.updated for v in verdicts),
+            "audited": self.audited,
+            "chunks": self.chunks,
+            "tapped_groups": self.tapped_groups,
+            "alarmed_groups": self.alarmed_groups,
+            "shifted_groups": self.shifted_groups,
+            "shift_events": (
+                [] if self.shift is None else [dataclasses.asdict(e) for e in self.shift.events]
+            ),
+            "shift_exceeded": (
+                None
+                if self.shift is None or not self.shift.seen
+                else self.shift.exceeded / self.shift.seen
+            ),
+            "guard_events": [dataclasses.asdict(e) for e in self.guard.events],
+            "window_bytes": [w.nbytes for w in self.windows],
+            "trace_count": (
+                self.router.trace_count
+                + (0 if self.untapped is None else self.untapped.trace_count)
+                + self.audit_network.trace_count
+            ),
+            "chunk_ms_p50": 1e3 * float(np.percentile(self.chunk_seconds, 50))
+            if self.chunk_seconds
+            else 0.0,
+            "chunk_ms_max": 1e3 * max(self.chunk_seconds, default=0.0),
+            "chunk_ms_by_kind": self._chunks_by_kind(),
+            "final_thresholds": [float(t) for t in self.thresholds()],
+            "update_log": [
+                {
+                    "scheduled": u.scheduled,
+                    "applied": u.applied,
+                    "trained": u.trained,
+                    "thresholds": u.thresholds,
+                    "verdicts": [dataclasses.asdict(v) for v in u.verdicts],
+                }
+                for u in self.updates
+            ],
+        }

@@ -22,8 +22,9 @@ exceedance adds log(rate / p0), a request within its limit log((1 - rate) / (1 -
 at zero and capped at twice ``level``). The alarm rises when the sum reaches ``level`` and falls
 only when it is back at zero: without that dead band it flapped on a clean stream (up and down
 twice within 11 requests, each rise clearing the guard's evidence); with the cap it still falls
-within a few dozen requests once the inputs are back. Simulated median run lengths at p0 = 0.05, rate 0.5, level 6: 5 tapped
-requests at a 62% exceedance rate, 16 at 28%; 418 at 7.5% and 1,564 at 5%.
+within a few dozen requests once the inputs are back. Simulated median run lengths at
+p0 = 0.05, rate 0.5, level 6: 5 tapped requests at a 62% exceedance rate, 16 at 28%; 418 at
+7.5% and 1,564 at 5%.
 
 The level (``online.shift_level``, 8 by default) trades false alarms for delay. Replayed on the
 first cache inputs of the main job's plan (positions 0, 3, 5; reference: 2,000 validation
@@ -59,21 +60,24 @@ MIN_CLASS_REFERENCE = 20
 class ShiftReference:
     """In-distribution statistics of the first position's cache input."""
 
-    mean: np.ndarray    # (F,) per feature
-    scale: np.ndarray   # (F,) per feature spread (std + a floor)
+    mean: np.ndarray  # (F,) per feature
+    scale: np.ndarray  # (F,) per feature spread (std + a floor)
     limits: np.ndarray  # (classes,) the distance exceeded by 1 - quantile of each class
-    quantile: float     # so in distribution a request exceeds its limit at 1 - quantile
+    quantile: float  # so in distribution a request exceeds its limit at 1 - quantile
 
     @classmethod
-    def fit(cls, inputs: np.ndarray, answers: np.ndarray, num_classes: int,
-            quantile: float) -> "ShiftReference":
+    def fit(
+        cls, inputs: np.ndarray, answers: np.ndarray, num_classes: int, quantile: float
+    ) -> ShiftReference:
         """Fits the reference to ``inputs`` (N, ...) of in-distribution requests and the
         first cache's ``answers`` (N,) to them."""
         x = _flat(inputs)
         answers = np.asarray(answers, np.int64).reshape(-1)
         if x.shape[0] != answers.shape[0] or x.shape[0] < MIN_CLASS_REFERENCE:
-            raise ValueError(f"a shift reference needs >= {MIN_CLASS_REFERENCE} inputs with one "
-                             f"answer each, got {x.shape[0]} inputs, {answers.shape[0]} answers")
+            raise ValueError(
+                f"a shift reference needs >= {MIN_CLASS_REFERENCE} inputs with one "
+                f"answer each, got {x.shape[0]} inputs, {answers.shape[0]} answers"
+            )
         if not np.isfinite(x).all():
             raise ValueError("the shift reference's inputs contain NaN or Inf")
         if not 0 < quantile < 1:
@@ -113,8 +117,10 @@ class ShiftDetector:
     def __init__(self, reference: ShiftReference, rate: float, level: float):
         p0 = 1 - reference.quantile  # the in-distribution exceedance rate
         if not p0 < rate < 1 or not level > 0:
-            raise ValueError(f"shift detection needs 1 - quantile < rate < 1 and level > 0, got "
-                             f"quantile {reference.quantile}, rate {rate}, level {level}")
+            raise ValueError(
+                f"shift detection needs 1 - quantile < rate < 1 and level > 0, got "
+                f"quantile {reference.quantile}, rate {rate}, level {level}"
+            )
         self.reference, self.level = reference, float(level)
         self._exceed_step = float(np.log(rate / p0))
         self._within_step = float(np.log((1 - rate) / (1 - p0)))

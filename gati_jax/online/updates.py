@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
-import ml_collections
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 from gati_jax import sharding
-from gati_jax.caches.selector import (Selector, calibrate_threshold, selector_features,
-                                      wilson_lower_bound)
 from gati_jax.caches.pooling import pool_map, pooled_grid
+from gati_jax.caches.selector import (
+    Selector,
+    calibrate_threshold,
+    selector_features,
+    wilson_lower_bound,
+)
 from gati_jax.caches.variants import Predictor
 from gati_jax.runtime.policies import CacheHead
 
@@ -48,9 +53,11 @@ def make_tap(head: CacheHead) -> Callable[[Any, jax.Array], tuple[jax.Array, ...
     def tap(params, x):
         inputs = cache_input(head, x)
         logits = predictor.apply({"params": params["predictor"]}, inputs)
-        score = jax.nn.sigmoid(selector.apply({"params": params["selector"]},
-                                              selector_features(logits)))
+        score = jax.nn.sigmoid(
+            selector.apply({"params": params["selector"]}, selector_features(logits))
+        )
         return inputs.astype(jnp.float32), jnp.argmax(logits, -1).astype(jnp.int32), score
+
     return tap
 
 
@@ -64,10 +71,11 @@ def make_tapped_decide(head: CacheHead) -> Callable[..., tuple[jax.Array, jax.Ar
         del base_answer
         _, answer, score = tap(params, x)
         return answer, score >= threshold
+
     return decide
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cache_functions(head: CacheHead, learning_rate: float) -> dict[str, Callable]:
     """The compiled functions the online trainer runs for caches of ``head``'s type (cached
     per type): ``init`` and ``steps`` (vmapped over a leading cache axis), ``score`` and
@@ -89,17 +97,23 @@ def cache_functions(head: CacheHead, learning_rate: float) -> dict[str, Callable
             loss, grads = jax.value_and_grad(loss_fn)(p, *batch)
             updates, o = tx.update(grads, o, p)
             return (optax.apply_updates(p, updates), o), loss
+
         (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), (xs, ys))
         return params, opt_state, losses
 
     def score(params, x):
         logits = predictor.apply({"params": params["predictor"]}, x.astype(jnp.float32))
-        s = jax.nn.sigmoid(selector.apply({"params": params["selector"]},
-                                          selector_features(logits)))
+        s = jax.nn.sigmoid(
+            selector.apply({"params": params["selector"]}, selector_features(logits))
+        )
         return jnp.argmax(logits, -1), s
 
-    return {"init": jax.jit(jax.vmap(tx.init)), "steps": jax.jit(jax.vmap(steps)),
-            "score": jax.jit(score), "loss": jax.jit(loss_fn)}
+    return {
+        "init": jax.jit(jax.vmap(tx.init)),
+        "steps": jax.jit(jax.vmap(steps)),
+        "score": jax.jit(score),
+        "loss": jax.jit(loss_fn),
+    }
 
 
 MIN_CALIBRATION_HITS = 10
@@ -123,14 +137,19 @@ class UpdateSettings:
     min_evidence: int
 
     @classmethod
-    def from_config(cls, section: ml_collections.ConfigDict) -> "UpdateSettings":
+    def from_config(cls, section: ml_collections.ConfigDict) -> UpdateSettings:
         """Reads the update's fields from ``config.online``."""
-        return cls(learning_rate=float(section.learning_rate), steps=int(section.steps),
-                   steps_per_chunk=int(section.steps_per_chunk),
-                   batch_size=int(section.batch_size), target=float(section.target),
-                   confidence=float(section.calibration_confidence),
-                   min_train=int(section.min_train), min_holdout=int(section.min_holdout),
-                   min_evidence=int(section.min_evidence))
+        return cls(
+            learning_rate=float(section.learning_rate),
+            steps=int(section.steps),
+            steps_per_chunk=int(section.steps_per_chunk),
+            batch_size=int(section.batch_size),
+            target=float(section.target),
+            confidence=float(section.calibration_confidence),
+            min_train=int(section.min_train),
+            min_holdout=int(section.min_holdout),
+            min_evidence=int(section.min_evidence),
+        )
 
 
 @dataclasses.dataclass
@@ -151,8 +170,14 @@ class Verdict:
 class OnlineTrainer:
     """Optimiser state and the update procedure for every deployed cache."""
 
-    def __init__(self, heads: tuple[CacheHead, ...], input_shapes: tuple[tuple[int, ...], ...],
-                 params: tuple[Any, ...], settings: UpdateSettings, mesh: Any = None):
+    def __init__(
+        self,
+        heads: tuple[CacheHead, ...],
+        input_shapes: tuple[tuple[int, ...], ...],
+        params: tuple[Any, ...],
+        settings: UpdateSettings,
+        mesh: Any = None,
+    ):
         # With a mesh, each step's batch rows split over its data axis (same program).
         self.heads, self.settings, self.mesh = tuple(heads), settings, mesh
         # Same head type and input shape: one stacked group, one vmapped program.
@@ -165,9 +190,15 @@ class OnlineTrainer:
             fns = cache_functions(heads[members[0]], settings.learning_rate)
             self.opt_states.append(fns["init"](_stack([params[k] for k in members])))
 
-    def update(self, params: tuple[Any, ...], windows, rng: np.random.Generator,
-               shifts: tuple[np.ndarray | None, ...] | None = None,
-               thresholds_now: np.ndarray | None = None, train: bool = True):
+    def update(
+        self,
+        params: tuple[Any, ...],
+        windows,
+        rng: np.random.Generator,
+        shifts: tuple[np.ndarray | None, ...] | None = None,
+        thresholds_now: np.ndarray | None = None,
+        train: bool = True,
+    ):
         """A generator: yields after every compiled chunk of steps, returns (new params, new
         thresholds, verdicts) with rejected positions keeping their old parameters.
 
@@ -182,8 +213,7 @@ class OnlineTrainer:
         if thresholds_now is None:
             thresholds_now = np.full(len(params), np.inf)
         s = self.settings
-        ready = [w.train.size >= s.min_train and w.holdout.size >= s.min_holdout
-                 for w in windows]
+        ready = [w.train.size >= s.min_train and w.holdout.size >= s.min_holdout for w in windows]
         new_params, opt_states = list(params), list(self.opt_states)
         for g, members in enumerate(self.groups):
             if not train or s.steps == 0 or not all(ready[k] for k in members):
@@ -191,8 +221,9 @@ class OnlineTrainer:
             fns = cache_functions(self.heads[members[0]], s.learning_rate)
             stacked, opt = _stack([params[k] for k in members]), self.opt_states[g]
             # Batches drawn up front (host side): each member from its own window.
-            draws = [rng.integers(0, windows[k].train.size, (s.steps, s.batch_size))
-                     for k in members]
+            draws = [
+                rng.integers(0, windows[k].train.size, (s.steps, s.batch_size)) for k in members
+            ]
             for start in range(0, s.steps, s.steps_per_chunk):
                 part = slice(start, min(start + s.steps_per_chunk, s.steps))
                 xs = np.stack([windows[k].train.x[d[part]] for k, d in zip(members, draws)])
@@ -218,31 +249,37 @@ class OnlineTrainer:
                     # unjudged, on the guard's watch alone, it cost agreement: 0.978 against
                     # the static caches' 0.988 on a shift stream, 0.94 in its last window;
                     # 600 requests bring the guard too few audits to react.)
-                    verdict = self.judge(k, shift_logits(params[k], shifts[k]), window,
-                                         float(thresholds_now[k]))
+                    verdict = self.judge(
+                        k, shift_logits(params[k], shifts[k]), window, float(thresholds_now[k])
+                    )
                     verdict.reason = f"prior shift only: {verdict.reason}"
                     yield
                     verdicts.append(verdict)
                     thresholds.append(verdict.threshold)
                     continue
-                verdicts.append(Verdict(False, "waiting for data", float("nan"), 0.0, 1.0,
-                                        window.holdout.size))
+                verdicts.append(
+                    Verdict(False, "waiting for data", float("nan"), 0.0, 1.0, window.holdout.size)
+                )
                 thresholds.append(None)
                 continue
-            verdict = self.judge(k, shift_logits(new_params[k], shifts[k]), window,
-                                 float(thresholds_now[k]))
+            verdict = self.judge(
+                k, shift_logits(new_params[k], shifts[k]), window, float(thresholds_now[k])
+            )
             yield  # one calibration per chunk
             if verdict.accepted and new_params[k] is not params[k]:
                 # Only an improvement replaces the serving cache: the current one,
                 # recalibrated on the same slice, is the bar.
-                current = self.judge(k, shift_logits(params[k], shifts[k]), window,
-                                     float(thresholds_now[k]))
+                current = self.judge(
+                    k, shift_logits(params[k], shifts[k]), window, float(thresholds_now[k])
+                )
                 yield
                 # Ties keep the current cache: no evidence, no change.
                 if current.accepted and current.holdout_hit_rate >= verdict.holdout_hit_rate:
                     verdict = dataclasses.replace(
-                        current, reason="kept the current cache: the trained one hit no more "
-                        "on the held-out slice")
+                        current,
+                        reason="kept the current cache: the trained one hit no more "
+                        "on the held-out slice",
+                    )
                     new_params[k] = params[k]
                 else:
                     verdict.updated = True
@@ -260,14 +297,18 @@ class OnlineTrainer:
     def warm_up(self, params: tuple[Any, ...], windows) -> None:
         """Compiles the update programs (every chunk length, the scoring) on zeros."""
         s = self.settings
-        lengths = {min(s.steps_per_chunk, s.steps - start)
-                   for start in range(0, s.steps, s.steps_per_chunk)}
+        lengths = {
+            min(s.steps_per_chunk, s.steps - start)
+            for start in range(0, s.steps, s.steps_per_chunk)
+        }
         for g, members in enumerate(self.groups):
             fns = cache_functions(self.heads[members[0]], s.learning_rate)
             stacked = _stack([params[k] for k in members])
             for length in lengths:
-                x = np.zeros((len(members), length, s.batch_size, *windows[members[0]].item_shape),
-                             np.float16)
+                x = np.zeros(
+                    (len(members), length, s.batch_size, *windows[members[0]].item_shape),
+                    np.float16,
+                )
                 y = np.zeros((len(members), length, s.batch_size), np.int32)
                 jax.block_until_ready(fns["steps"](stacked, self.opt_states[g], x, y))
             for k in members:
@@ -288,8 +329,8 @@ class OnlineTrainer:
         # Scored over the whole ring (a fixed shape, one compilation), filled rows kept.
         fns = cache_functions(self.heads[k], s.learning_rate)
         answer, score = fns["score"](params, window.holdout.x)
-        answer = np.asarray(answer)[:len(y)]
-        score = np.asarray(score, np.float64)[:len(y)]
+        answer = np.asarray(answer)[: len(y)]
+        score = np.asarray(score, np.float64)[: len(y)]
         if not np.all(np.isfinite(score)):
             return Verdict(False, "non-finite scores", float("nan"), 0.0, 0.0, len(y))
         agree = answer == y
@@ -306,23 +347,44 @@ class OnlineTrainer:
         # 4,000-request stream, caches swapped in on 12-17 held-out hits at 100% then agreed
         # 0.83-0.90 on the next slices, and the worst window fell to 0.976 (static: 0.986).
         if int(hits.sum()) < s.min_evidence:
-            return Verdict(False, f"{int(hits.sum())} held-out hits, fewer than the "
-                           f"{s.min_evidence} a change needs", threshold, rate, agreement,
-                           len(y))
+            return Verdict(
+                False,
+                f"{int(hits.sum())} held-out hits, fewer than the {s.min_evidence} a change needs",
+                threshold,
+                rate,
+                agreement,
+                len(y),
+            )
         if agreement < s.target:
-            return Verdict(False, f"held-out agreement {agreement:.3f} of its {int(hits.sum())} "
-                           f"hits is below the target {s.target}", threshold, rate, agreement,
-                           len(y))
+            return Verdict(
+                False,
+                f"held-out agreement {agreement:.3f} of its {int(hits.sum())} "
+                f"hits is below the target {s.target}",
+                threshold,
+                rate,
+                agreement,
+                len(y),
+            )
         # The standard the deployed thresholds were calibrated to, for the kept threshold
         # too: on a 4,000-request stream a cache swapped in on 65 of 65 held-out hits
         # agreeing (a 90% lower bound of 0.975) then agreed 0.972 over the next 500 requests.
         # (No hits, nothing to bound: ``min_evidence`` decides whether that may serve.)
-        bound = (float(wilson_lower_bound(int(agree[hits].sum()), int(hits.sum()), s.confidence))
-                 if s.confidence > 0 and hits.any() else agreement)
+        bound = (
+            float(wilson_lower_bound(int(agree[hits].sum()), int(hits.sum()), s.confidence))
+            if s.confidence > 0 and hits.any()
+            else agreement
+        )
         if bound < s.target:
-            return Verdict(False, f"held-out agreement {agreement:.3f} of its {int(hits.sum())} "
-                           f"hits: its lower bound at confidence {s.confidence:g}, {bound:.3f}, "
-                           f"is below the target {s.target}", threshold, rate, agreement, len(y))
+            return Verdict(
+                False,
+                f"held-out agreement {agreement:.3f} of its {int(hits.sum())} "
+                f"hits: its lower bound at confidence {s.confidence:g}, {bound:.3f}, "
+                f"is below the target {s.target}",
+                threshold,
+                rate,
+                agreement,
+                len(y),
+            )
         return Verdict(True, reason, threshold, rate, agreement, len(y))
 
     def score(self, k: int, params: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -344,14 +406,17 @@ def shift_logits(params: Any, shift: np.ndarray | None) -> Any:
     posterior under the training prior into one under the recent prior (label shift)."""
     if shift is None:
         return params
-    last = max((name for name in params["predictor"] if name.startswith("Dense_")),
-               key=lambda name: int(name.split("_")[1]))
+    last = max(
+        (name for name in params["predictor"] if name.startswith("Dense_")),
+        key=lambda name: int(name.split("_")[1]),
+    )
     target = ("predictor", last, "bias")
     shift = np.asarray(shift, np.float32)
 
     def add(path, leaf):
         keys = tuple(getattr(p, "key", None) for p in path)
         return np.asarray(leaf) + shift if keys == target else leaf
+
     # tree_map keeps the containers: the router's packing (and program) stay the same.
     return jax.tree_util.tree_map_with_path(add, params)
 

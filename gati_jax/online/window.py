@@ -39,7 +39,7 @@ class Ring:
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The held rows (in slot order, which is arrival order up to a rotation)."""
-        return self.x[:self.size], self.y[:self.size]
+        return self.x[: self.size], self.y[: self.size]
 
     @property
     def nbytes(self) -> int:
@@ -50,8 +50,13 @@ class Ring:
 class ReplayWindow:
     """Recent labelled activations at one position: a training ring and a held-out ring."""
 
-    def __init__(self, item_shape: tuple[int, ...], max_bytes: int, holdout_every: int = 4,
-                 max_items: int | None = None):
+    def __init__(
+        self,
+        item_shape: tuple[int, ...],
+        max_bytes: int,
+        holdout_every: int = 4,
+        max_items: int | None = None,
+    ):
         if holdout_every < 2:
             raise ValueError(f"holdout_every must be >= 2, got {holdout_every}")
         item_bytes = 2 * int(np.prod(item_shape, dtype=np.int64)) + 4
@@ -61,8 +66,10 @@ class ReplayWindow:
             capacity = min(capacity, int(max_items))
         holdout = capacity // holdout_every
         if holdout < 1:
-            raise ValueError(f"online.window_bytes={max_bytes} holds {capacity} activations "
-                             f"of shape {tuple(item_shape)}; it needs at least {holdout_every}")
+            raise ValueError(
+                f"online.window_bytes={max_bytes} holds {capacity} activations "
+                f"of shape {tuple(item_shape)}; it needs at least {holdout_every}"
+            )
         self.item_shape = tuple(item_shape)
         self.holdout_every = int(holdout_every)
         self.train = Ring(capacity - holdout, self.item_shape)
@@ -74,8 +81,9 @@ class ReplayWindow:
         ``holdout_every``-th one) go to the held-out ring, the rest to the training ring."""
         x, y = np.asarray(x), np.asarray(y, np.int32)
         if x.shape[1:] != self.item_shape or len(x) != len(y):
-            raise ValueError(f"window of {self.item_shape} activations got x {x.shape}, "
-                             f"y {y.shape}")
+            raise ValueError(
+                f"window of {self.item_shape} activations got x {x.shape}, y {y.shape}"
+            )
         if not len(y):
             return
         if holdout is None:

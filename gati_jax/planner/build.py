@@ -9,7 +9,8 @@ classifier's max softmax, ``entropy`` the negated entropy (so its threshold is
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +19,8 @@ import numpy as np
 from gati_jax.caches.bank import CacheBank, Candidate
 from gati_jax.caches.recording import Recording
 from gati_jax.caches.training import HeadTraining, predictor_logits, selector_scores
-from gati_jax.planner.instance import Instance, Option, threshold_grid
 from gati_jax.planner.costs import Profile, lookup_kind
+from gati_jax.planner.instance import Instance, Option, threshold_grid
 from gati_jax.runtime.knn import KnnHead, knn_key, nearest, store_bytes, store_from_activations
 from gati_jax.runtime.policies import policy_builder
 
@@ -28,23 +29,33 @@ PLANNABLE_POLICIES = ("gati", "confidence", "entropy", "apparate")
 _NEVER_SCORE = -1e30
 
 
-def exit_scores(policy: str, candidate: Candidate, bank: CacheBank, features: np.ndarray,
-                logits_cache: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+def exit_scores(
+    policy: str,
+    candidate: Candidate,
+    bank: CacheBank,
+    features: np.ndarray,
+    logits_cache: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(scores, answers) of one cache on recorded activations under ``policy``.
 
     ``logits_cache`` (any dict) keeps the predictor's logits per (candidate, features), so
     policies scoring the same caches on the same requests run each predictor once.
     """
     if policy not in PLANNABLE_POLICIES:
-        raise ValueError(f"policy '{policy}' has no tunable threshold; plannable: "
-                         f"{PLANNABLE_POLICIES}")
+        raise ValueError(
+            f"policy '{policy}' has no tunable threshold; plannable: {PLANNABLE_POLICIES}"
+        )
     stacked = jax.tree.map(lambda a: jnp.asarray(a)[None], candidate.params)
     cache = {} if logits_cache is None else logits_cache
     # Keyed by the array's identity; the entry holds the array, so the identity stays unique.
     key = (candidate.key, id(features))
     if key not in cache:
-        cache[key] = (features, predictor_logits(candidate.spec, bank.num_classes,
-                                                 stacked["predictor"], np.asarray(features)))
+        cache[key] = (
+            features,
+            predictor_logits(
+                candidate.spec, bank.num_classes, stacked["predictor"], np.asarray(features)
+            ),
+        )
     logits = cache[key][1]
     answers = logits[0].argmax(-1)
     if policy == "gati":
@@ -62,8 +73,9 @@ def policy_threshold(policy: str, score_threshold: float) -> float:
     return -score_threshold if policy in ("entropy", "knn") else score_threshold
 
 
-def plan_candidates(bank: CacheBank, which: str = "frontier",
-                    positions: Sequence[int] | None = None) -> list[Candidate]:
+def plan_candidates(
+    bank: CacheBank, which: str = "frontier", positions: Sequence[int] | None = None
+) -> list[Candidate]:
     """The candidates a plan may deploy: each position's frontier, or all of them."""
     if which not in ("frontier", "all"):
         raise ValueError(f"planner.candidates must be 'frontier' or 'all', got {which!r}")
@@ -74,11 +86,20 @@ def plan_candidates(bank: CacheBank, which: str = "frontier",
     return chosen
 
 
-def build_instance(policy: str, bank: CacheBank, candidates: Sequence[Candidate],
-                   recording: Recording, profile: Profile, *, eps: float, budget_bytes: float,
-                   grid: int | dict[str, np.ndarray], confidence: float = 0.0,
-                   logits_cache: dict | None = None,
-                   max_miss_overhead: float = float("inf")) -> Instance:
+def build_instance(
+    policy: str,
+    bank: CacheBank,
+    candidates: Sequence[Candidate],
+    recording: Recording,
+    profile: Profile,
+    *,
+    eps: float,
+    budget_bytes: float,
+    grid: int | dict[str, np.ndarray],
+    confidence: float = 0.0,
+    logits_cache: dict | None = None,
+    max_miss_overhead: float = float("inf"),
+) -> Instance:
     """The instance for ``policy`` over ``candidates`` on ``recording``'s requests.
 
     ``grid`` is a number of levels (quantiles of each option's scores here), or the grids of
@@ -91,31 +112,55 @@ def build_instance(policy: str, bank: CacheBank, candidates: Sequence[Candidate]
     for p in positions:
         opts = []
         for c in (c for c in candidates if c.position == p):
-            scores, answers = exit_scores(policy, c, bank, recording.features[p],
-                                          logits_cache)
+            scores, answers = exit_scores(policy, c, bank, recording.features[p], logits_cache)
             levels = grid[c.key] if isinstance(grid, dict) else threshold_grid(scores, grid)
-            opts.append(Option(c.key, scores, answers != base, answers == recording.labels,
-                               profile.lookup(policy, c), int(c.metrics["param_bytes"]),
-                               np.asarray(levels, np.float64), profile.exit(policy, c)))
+            opts.append(
+                Option(
+                    c.key,
+                    scores,
+                    answers != base,
+                    answers == recording.labels,
+                    profile.lookup(policy, c),
+                    int(c.metrics["param_bytes"]),
+                    np.asarray(levels, np.float64),
+                    profile.exit(policy, c),
+                )
+            )
         options.append(tuple(opts))
-    return Instance(positions, tuple(options), np.asarray(profile.prefix_s, np.float64),
-                    base == recording.labels, float(eps), float(budget_bytes), float(confidence),
-                    profile.charge(lookup_kind(policy)), profile.per_cache(lookup_kind(policy)),
-                    float(max_miss_overhead))
+    return Instance(
+        positions,
+        tuple(options),
+        np.asarray(profile.prefix_s, np.float64),
+        base == recording.labels,
+        float(eps),
+        float(budget_bytes),
+        float(confidence),
+        profile.charge(lookup_kind(policy)),
+        profile.per_cache(lookup_kind(policy)),
+        float(max_miss_overhead),
+    )
 
 
 def reprice(instance: Instance, profile: Profile, kind: str) -> Instance:
     """``instance`` with its costs (prefixes, lookups, exits, the router's charges) read again
     from ``profile`` for lookups of ``kind``; scores, grids and memory stay, so re-planning
     after a profile changed does not score every request again."""
+
     def option(o: Option) -> Option:
         key = f"{kind}/{o.key}"
-        return dataclasses.replace(o, lookup_s=profile.marginal(key), exit_s=None
-                                   if o.exit_s is None else profile.marginal_exit(key))
+        return dataclasses.replace(
+            o,
+            lookup_s=profile.marginal(key),
+            exit_s=None if o.exit_s is None else profile.marginal_exit(key),
+        )
+
     return dataclasses.replace(
-        instance, options=tuple(tuple(option(o) for o in opts) for opts in instance.options),
-        prefix_s=np.asarray(profile.prefix_s, np.float64), router_s=profile.charge(kind),
-        deploy_s=profile.per_cache(kind))
+        instance,
+        options=tuple(tuple(option(o) for o in opts) for opts in instance.options),
+        prefix_s=np.asarray(profile.prefix_s, np.float64),
+        router_s=profile.charge(kind),
+        deploy_s=profile.per_cache(kind),
+    )
 
 
 def knn_store_key(position: int, capacity: int, grid: int, neighbours: int) -> str:
@@ -123,17 +168,30 @@ def knn_store_key(position: int, capacity: int, grid: int, neighbours: int) -> s
     return f"p{position}/knn-c{capacity}-g{grid}-n{neighbours}"
 
 
-def knn_stores(store_data: Recording, positions: Sequence[int], capacity: int,
-               grid: int) -> dict[int, dict[str, np.ndarray]]:
+def knn_stores(
+    store_data: Recording, positions: Sequence[int], capacity: int, grid: int
+) -> dict[int, dict[str, np.ndarray]]:
     """One store per position, filled in order with recorded activations and base answers."""
-    return {p: store_from_activations(store_data.features[p], store_data.base_predictions,
-                                      capacity, grid) for p in positions}
+    return {
+        p: store_from_activations(
+            store_data.features[p], store_data.base_predictions, capacity, grid
+        )
+        for p in positions
+    }
 
 
-def build_knn_instance(stores: dict[int, dict[str, np.ndarray]], recording: Recording,
-                       profile: Profile, head: KnnHead, *, eps: float, budget_bytes: float,
-                       grid: int | dict[str, np.ndarray], confidence: float = 0.0,
-                       max_miss_overhead: float = float("inf")) -> Instance:
+def build_knn_instance(
+    stores: dict[int, dict[str, np.ndarray]],
+    recording: Recording,
+    profile: Profile,
+    head: KnnHead,
+    *,
+    eps: float,
+    budget_bytes: float,
+    grid: int | dict[str, np.ndarray],
+    confidence: float = 0.0,
+    max_miss_overhead: float = float("inf"),
+) -> Instance:
     """The instance of the kNN policy: one store per position, radius thresholds.
 
     Score: minus the distance to the farthest of the nearest neighbours when they agree, a
@@ -147,8 +205,10 @@ def build_knn_instance(stores: dict[int, dict[str, np.ndarray]], recording: Reco
     for p in positions:
         store = jax.device_put(stores[p])
         fn = jax.jit(lambda s, x: nearest(s, knn_key(x, head.grid), head.neighbours))
-        parts = [fn(store, jnp.asarray(recording.features[p][i:i + 1000]))
-                 for i in range(0, len(base), 1000)]
+        parts = [
+            fn(store, jnp.asarray(recording.features[p][i : i + 1000]))
+            for i in range(0, len(base), 1000)
+        ]
         far = np.concatenate([np.asarray(a[0]) for a in parts]).astype(np.float64)
         answers = np.concatenate([np.asarray(a[1]) for a in parts])
         agree = np.concatenate([np.asarray(a[2]) for a in parts])
@@ -159,17 +219,44 @@ def build_knn_instance(stores: dict[int, dict[str, np.ndarray]], recording: Reco
         else:
             finite = scores[agree]
             levels = threshold_grid(finite if finite.size else np.zeros(1), grid)
-        options.append((Option(key, scores, answers != base, answers == recording.labels,
-                               profile.marginal(f"knn/{key}"), store_bytes(stores[p]),
-                               np.asarray(levels, np.float64)),))
-    return Instance(positions, tuple(options), np.asarray(profile.prefix_s, np.float64),
-                    base == recording.labels, float(eps), float(budget_bytes), float(confidence),
-                    profile.charge("knn"), profile.per_cache("knn"), float(max_miss_overhead))
+        options.append(
+            (
+                Option(
+                    key,
+                    scores,
+                    answers != base,
+                    answers == recording.labels,
+                    profile.marginal(f"knn/{key}"),
+                    store_bytes(stores[p]),
+                    np.asarray(levels, np.float64),
+                ),
+            )
+        )
+    return Instance(
+        positions,
+        tuple(options),
+        np.asarray(profile.prefix_s, np.float64),
+        base == recording.labels,
+        float(eps),
+        float(budget_bytes),
+        float(confidence),
+        profile.charge("knn"),
+        profile.per_cache("knn"),
+        float(max_miss_overhead),
+    )
 
 
-def knn_lookups(stores: dict[int, dict[str, np.ndarray]],
-                head: KnnHead) -> dict[str, tuple[int, Any, Any, str]]:
+def knn_lookups(
+    stores: dict[int, dict[str, np.ndarray]], head: KnnHead
+) -> dict[str, tuple[int, Any, Any, str]]:
     """What to measure for kNN stores: profile key -> (position, decide, store, policy)."""
     decide = policy_builder("knn")(head)
-    return {f"knn/{knn_store_key(p, len(s['values']), head.grid, head.neighbours)}":
-            (p, decide, s, "knn") for p, s in stores.items()}
+    return {
+        f"knn/{knn_store_key(p, len(s['values']), head.grid, head.neighbours)}": (
+            p,
+            decide,
+            s,
+            "knn",
+        )
+        for p, s in stores.items()
+    }

@@ -27,7 +27,8 @@ class KnnHead:
 
 
 def knn_key(activation: jax.Array, grid: int) -> jax.Array:
-    """The stored key of an activation: pooled to grid x grid and flattened (vectors as they are)."""
+    """The stored key of an activation: pooled to grid x grid and flattened (vectors as they
+    are)."""
     x = activation.astype(jnp.float32)
     if x.ndim == 4:
         x = adaptive_avg_pool(x, min(grid, x.shape[1], x.shape[2]))
@@ -38,13 +39,17 @@ def empty_store(capacity: int, key_size: int) -> dict[str, np.ndarray]:
     """A store with room for ``capacity`` entries; ``next`` is the FIFO insertion slot."""
     if capacity < 1:
         raise ValueError(f"knn capacity must be >= 1, got {capacity}")
-    return {"keys": np.zeros((capacity, key_size), np.float32),
-            "values": np.zeros(capacity, np.int32), "valid": np.zeros(capacity, bool),
-            "next": np.zeros((), np.int32)}
+    return {
+        "keys": np.zeros((capacity, key_size), np.float32),
+        "values": np.zeros(capacity, np.int32),
+        "valid": np.zeros(capacity, bool),
+        "next": np.zeros((), np.int32),
+    }
 
 
-def insert(store: dict[str, np.ndarray], keys: np.ndarray,
-           values: np.ndarray) -> dict[str, np.ndarray]:
+def insert(
+    store: dict[str, np.ndarray], keys: np.ndarray, values: np.ndarray
+) -> dict[str, np.ndarray]:
     """Inserts entries in order, overwriting the oldest once full; returns a new store."""
     store = {k: np.array(v) for k, v in store.items()}
     capacity = len(store["values"])
@@ -56,8 +61,13 @@ def insert(store: dict[str, np.ndarray], keys: np.ndarray,
     return store
 
 
-def store_from_activations(activations: np.ndarray, base_answers: np.ndarray, capacity: int,
-                           grid: int, batch_size: int = 1000) -> dict[str, np.ndarray]:
+def store_from_activations(
+    activations: np.ndarray,
+    base_answers: np.ndarray,
+    capacity: int,
+    grid: int,
+    batch_size: int = 1000,
+) -> dict[str, np.ndarray]:
     """A store filled, in order, with the keys of recorded activations and their base answers.
 
     Recorded maps may already be average-pooled (see caches.recording); pooling them again to
@@ -66,8 +76,12 @@ def store_from_activations(activations: np.ndarray, base_answers: np.ndarray, ca
     if len(activations) != len(base_answers):
         raise ValueError(f"{len(activations)} activations but {len(base_answers)} answers")
     key_fn = jax.jit(lambda x: knn_key(x, grid))
-    keys = np.concatenate([np.asarray(key_fn(jnp.asarray(activations[i:i + batch_size])))
-                           for i in range(0, len(activations), batch_size)])
+    keys = np.concatenate(
+        [
+            np.asarray(key_fn(jnp.asarray(activations[i : i + batch_size])))
+            for i in range(0, len(activations), batch_size)
+        ]
+    )
     return insert(empty_store(capacity, keys.shape[1]), keys, base_answers)
 
 
@@ -76,15 +90,15 @@ def store_bytes(store: dict[str, np.ndarray]) -> int:
     return int(sum(np.asarray(v).nbytes for v in store.values()))
 
 
-def nearest(store: dict[str, jax.Array], query: jax.Array,
-            neighbours: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def nearest(
+    store: dict[str, jax.Array], query: jax.Array, neighbours: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """For query keys: the largest squared distance among the ``neighbours`` nearest valid
     entries, the nearest entry's answer, and whether those entries all agree."""
     # Full float32 products: the expanded form cancels, and the GPU's default (TF32, about 10
     # mantissa bits) left an exact match a distance of 1e-3 of its norm away, a miss.
     cross = jnp.matmul(query, store["keys"].T, precision=jax.lax.Precision.HIGHEST)
-    d2 = (jnp.sum(query ** 2, -1, keepdims=True) - 2 * cross
-          + jnp.sum(store["keys"] ** 2, -1)[None])
+    d2 = jnp.sum(query**2, -1, keepdims=True) - 2 * cross + jnp.sum(store["keys"] ** 2, -1)[None]
     # The expanded form can dip below zero by rounding for an exact match.
     d2 = jnp.where(store["valid"][None], jnp.maximum(d2, 0.0), jnp.inf)
     k = min(neighbours, store["keys"].shape[0])
@@ -104,4 +118,5 @@ def knn(head: KnnHead):
         far, answer, agree = nearest(store, knn_key(x, head.grid), head.neighbours)
         # A negative radius turns the cache off (its square would not).
         return answer, (far <= radius * radius) & agree & (radius >= 0)
+
     return decide

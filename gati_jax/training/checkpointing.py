@@ -34,9 +34,11 @@ _VARIABLES = "variables"
 # Artefact kinds and the format versions this code writes (gati_jax/integrity.py).
 BASE_MODEL, BASE_MODEL_VERSION = "base_model", 1
 TRAIN_CHECKPOINT, TRAIN_CHECKPOINT_VERSION = "training_checkpoint", 1
-_ADD_MANIFEST = ("add one with `python scripts/add_manifest.py DIR` "
-                 "(gati_jax.training.checkpointing.add_base_model_manifest), which first checks "
-                 "that the variables restore into the network and are finite")
+_ADD_MANIFEST = (
+    "add one with `python scripts/add_manifest.py DIR` "
+    "(gati_jax.training.checkpointing.add_base_model_manifest), which first checks "
+    "that the variables restore into the network and are finite"
+)
 
 
 class CheckpointError(IntegrityError):
@@ -45,17 +47,20 @@ class CheckpointError(IntegrityError):
 
 def _non_finite(tree: Any) -> list[str]:
     """Paths of the leaves of ``tree`` that hold NaN or Inf."""
-    return [jax.tree_util.keystr(path)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-            if np.issubdtype(np.asarray(leaf).dtype, np.inexact)
-            and not np.all(np.isfinite(np.asarray(leaf)))]
+    return [
+        jax.tree_util.keystr(path)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+        if np.issubdtype(np.asarray(leaf).dtype, np.inexact)
+        and not np.all(np.isfinite(np.asarray(leaf)))
+    ]
 
 
 def _abstract(tree: Any) -> Any:
     # The template's shardings too: a sharded state restores sharded the same way.
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                                       sharding=getattr(a, "sharding", None)),
-                        tree)
+    return jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)),
+        tree,
+    )
 
 
 class TrainCheckpointer:
@@ -73,13 +78,16 @@ class TrainCheckpointer:
         self.rejected: list[tuple[int, str, Path]] = self._set_aside_unverified()
         self._unsealed: list[int] = []
         self._manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep))
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep)
+        )
 
     def _steps(self) -> list[int]:
         if not self.directory.is_dir():
             return []
-        return sorted((int(p.name) for p in self.directory.iterdir()
-                       if p.is_dir() and p.name.isdigit()), reverse=True)
+        return sorted(
+            (int(p.name) for p in self.directory.iterdir() if p.is_dir() and p.name.isdigit()),
+            reverse=True,
+        )
 
     def _set_aside_unverified(self) -> list[tuple[int, str, Path]]:
         rejected = []
@@ -91,8 +99,10 @@ class TrainCheckpointer:
             except IntegrityError as error:
                 why = str(error)
                 if not (path / MANIFEST).exists():
-                    why = ("it has no manifest (the run stopped before the step was sealed, "
-                           "or it was written before checkpoints carried manifests)")
+                    why = (
+                        "it has no manifest (the run stopped before the step was sealed, "
+                        "or it was written before checkpoints carried manifests)"
+                    )
                 aside = self.directory.with_name(self.directory.name + ".rejected") / str(step)
                 n = 1
                 while aside.exists():
@@ -101,9 +111,14 @@ class TrainCheckpointer:
                 aside.parent.mkdir(parents=True, exist_ok=True)
                 path.rename(aside)
                 rejected.append((step, why, aside))
-                logging.warning("training checkpoint step %d in %s is not used: %s; it was "
-                                "moved to %s (nothing deleted)", step, self.directory, why,
-                                aside)
+                logging.warning(
+                    "training checkpoint step %d in %s is not used: %s; it was "
+                    "moved to %s (nothing deleted)",
+                    step,
+                    self.directory,
+                    why,
+                    aside,
+                )
         return rejected
 
     def latest_step(self) -> int | None:
@@ -115,8 +130,12 @@ class TrainCheckpointer:
         sealed by the next save or :meth:`close`."""
         self.seal()
         step = int(state.step)
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)))
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)
+            ),
+        )
         self._unsealed.append(step)
 
     def seal(self) -> None:
@@ -135,14 +154,19 @@ class TrainCheckpointer:
         if step is None:
             raise CheckpointError(f"no checkpoint to resume from in {self.directory}")
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_abstract(template)),
-                history=ocp.args.JsonRestore()))
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(_abstract(template)),
+                    history=ocp.args.JsonRestore(),
+                ),
+            )
         except Exception as error:  # orbax raises many types; the user needs the path
             raise CheckpointError(
                 f"checkpoint step {step} in {self.directory} is corrupt or was written for a "
                 f"different network/optimiser ({type(error).__name__}: {error}). Move that "
-                "directory away to start afresh; nothing was deleted.") from error
+                "directory away to start afresh; nothing was deleted."
+            ) from error
         return restored["state"], list(restored["history"])
 
     def close(self) -> None:
@@ -156,21 +180,30 @@ def save_base_model(directory: str | os.PathLike, model: BaseModel) -> Path:
     atomically. ``directory`` must be absent, empty or a model this project wrote."""
     directory = Path(directory).absolute()
     if _non_finite(model.variables):
-        raise CheckpointError(f"refusing to save a base model with NaN or Inf variables "
-                              f"({', '.join(_non_finite(model.variables)[:3])}) to {directory}")
+        raise CheckpointError(
+            f"refusing to save a base model with NaN or Inf variables "
+            f"({', '.join(_non_finite(model.variables)[:3])}) to {directory}"
+        )
     with atomic_directory(directory) as staging:
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(staging / _VARIABLES, model.variables)
         checkpointer.wait_until_finished()
-        metadata = dict(model.metadata, mean=np.asarray(model.mean).tolist(),
-                        std=np.asarray(model.std).tolist(),
-                        input_shape=list(model.network.input_shape),
-                        num_classes=model.network.num_classes,
-                        input_range=[float(v) for v in model.input_range])
+        metadata = dict(
+            model.metadata,
+            mean=np.asarray(model.mean).tolist(),
+            std=np.asarray(model.std).tolist(),
+            input_shape=list(model.network.input_shape),
+            num_classes=model.network.num_classes,
+            input_range=[float(v) for v in model.input_range],
+        )
         (staging / _MODEL_JSON).write_text(json.dumps(metadata, indent=2) + "\n")
-        write_manifest(staging, BASE_MODEL, BASE_MODEL_VERSION,
-                       model_fingerprint=model_fingerprint(model),
-                       input_range=[float(v) for v in model.input_range])
+        write_manifest(
+            staging,
+            BASE_MODEL,
+            BASE_MODEL_VERSION,
+            model_fingerprint=model_fingerprint(model),
+            input_range=[float(v) for v in model.input_range],
+        )
     return directory
 
 
@@ -184,7 +217,8 @@ def base_model_fingerprint(directory: str | os.PathLike) -> str:
 
 
 def load_base_model(directory: str | os.PathLike, verify: bool = True) -> BaseModel:
-    """Loads a model written by :func:`save_base_model` (e.g. ``checkpoints/fashion_mnist_resnet18``).
+    """Loads a model written by :func:`save_base_model` (e.g.
+    ``checkpoints/fashion_mnist_resnet18``).
 
     Every file is checked against the model's manifest first (``verify=False`` skips that:
     only :func:`add_base_model_manifest` does); a file that fails is named.
@@ -194,7 +228,8 @@ def load_base_model(directory: str | os.PathLike, verify: bool = True) -> BaseMo
     if not meta_path.is_file() and not (directory / MANIFEST).is_file():
         raise CheckpointError(
             f"no base model at {directory} (missing {_MODEL_JSON}); train one with "
-            "`python scripts/train_base.py --config configs/<name>.py --workdir DIR`")
+            "`python scripts/train_base.py --config configs/<name>.py --workdir DIR`"
+        )
     manifest: dict[str, Any] = {}
     if verify:
         try:
@@ -204,8 +239,9 @@ def load_base_model(directory: str | os.PathLike, verify: bool = True) -> BaseMo
     try:
         metadata = json.loads(meta_path.read_text())
         model_config = ml_collections.ConfigDict(metadata["model"])
-        network = build_network(model_config, tuple(metadata["input_shape"]),
-                                metadata["num_classes"])
+        network = build_network(
+            model_config, tuple(metadata["input_shape"]), metadata["num_classes"]
+        )
         mean = np.asarray(metadata["mean"], np.float32)
         std = np.asarray(metadata["std"], np.float32)
         # Models saved before the range was recorded in model.json: their manifest's record.
@@ -219,16 +255,20 @@ def load_base_model(directory: str | os.PathLike, verify: bool = True) -> BaseMo
     except Exception as error:  # orbax raises many types; the user needs the path
         raise CheckpointError(
             f"the variables in {directory / _VARIABLES} are missing, corrupt or do not match "
-            f"the network '{network.name}' ({type(error).__name__}: {error})") from error
+            f"the network '{network.name}' ({type(error).__name__}: {error})"
+        ) from error
     bad = _non_finite(variables)
     if bad:
-        raise CheckpointError(f"the variables in {directory / _VARIABLES} hold NaN or Inf "
-                              f"values ({', '.join(bad[:3])})")
+        raise CheckpointError(
+            f"the variables in {directory / _VARIABLES} hold NaN or Inf "
+            f"values ({', '.join(bad[:3])})"
+        )
     model = BaseModel(network, variables, mean, std, metadata, input_range, str(directory))
     if verify and manifest.get("model_fingerprint") != model_fingerprint(model):
         raise CheckpointError(
             f"{directory / MANIFEST} records the fingerprint {manifest.get('model_fingerprint')}"
-            f" but the model loaded from {directory} is {model_fingerprint(model)}")
+            f" but the model loaded from {directory} is {model_fingerprint(model)}"
+        )
     return model
 
 
@@ -242,9 +282,13 @@ def add_base_model_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         load_base_model(directory)
         return verify_manifest(directory, BASE_MODEL, BASE_MODEL_VERSION)
     model = load_base_model(directory, verify=False)
-    return write_manifest(directory, BASE_MODEL, BASE_MODEL_VERSION,
-                          model_fingerprint=model_fingerprint(model),
-                          input_range=[float(v) for v in model.input_range])
+    return write_manifest(
+        directory,
+        BASE_MODEL,
+        BASE_MODEL_VERSION,
+        model_fingerprint=model_fingerprint(model),
+        input_range=[float(v) for v in model.input_range],
+    )
 
 
 def seal_training_checkpoints(directory: str | os.PathLike) -> list[int]:
@@ -255,11 +299,14 @@ def seal_training_checkpoints(directory: str | os.PathLike) -> list[int]:
     directory = Path(directory).absolute()
     sealed = []
     for path in sorted(directory.iterdir()) if directory.is_dir() else []:
-        if (path.is_dir() and path.name.isdigit() and not (path / MANIFEST).exists()
-                and (path / "_CHECKPOINT_METADATA").exists()):
+        if (
+            path.is_dir()
+            and path.name.isdigit()
+            and not (path / MANIFEST).exists()
+            and (path / "_CHECKPOINT_METADATA").exists()
+        ):
             write_manifest(path, TRAIN_CHECKPOINT, TRAIN_CHECKPOINT_VERSION, step=int(path.name))
             sealed.append(int(path.name))
     if not sealed and not any(p.name.isdigit() for p in directory.glob("*")):
         raise FileNotFoundError(f"{directory} holds no training checkpoint steps")
     return sealed
-

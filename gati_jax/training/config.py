@@ -30,8 +30,12 @@ def train_config() -> ml_collections.ConfigDict:
 
 def validate_train(t: ml_collections.ConfigDict) -> None:
     """Checks the ``train`` section."""
-    require_at_least(t, "train", ("epochs", "batch_size", "eval_batch_size",
-                                  "checkpoint_every_steps", "max_to_keep"), 1)
+    require_at_least(
+        t,
+        "train",
+        ("epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps", "max_to_keep"),
+        1,
+    )
     require(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "> 0")
     require(0 <= t.momentum < 1, "train.momentum", t.momentum, "in [0, 1)")
     require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
