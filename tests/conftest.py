@@ -39,6 +39,7 @@ def tiny_config(**train) -> ml_collections.ConfigDict:
     config.model.name = "mlp"
     config.model.hidden_sizes = (32, 16)
     config.train.epochs = 2
+    config.train.min_steps = 0
     config.train.batch_size = 50
     config.train.eval_batch_size = 64
     config.train.learning_rate = 0.05

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import assert_config_rejects, tiny_config
 
 from gati_jax import data
 from gati_jax.caches import (
@@ -26,7 +26,7 @@ from gati_jax.caches import (
 )
 from gati_jax.caches.exploration import ExplorationData, explore
 from gati_jax.caches.selector import wilson_lower_bound
-from gati_jax.caches.training import HeadTraining, train_predictors
+from gati_jax.caches.training import HeadTraining, selector_scores, train_predictors
 from gati_jax.config import ConfigError, base_config, validate_config
 from gati_jax.inference import BaseModel
 from gati_jax.jobs.train_base import train_and_evaluate
@@ -164,7 +164,9 @@ def test_exploration_predictors_agree_and_thresholds_hold(tiny_base, tmp_path):
     model, dataset = tiny_base
     recorded = _exploration_data(model, dataset)
     bank = explore(model, recorded, _caches_config())
-    assert len(bank.candidates) == 2 * 2 * 4  # positions x variants x (2 seeds x 2 rates)
+    # positions x variants x (2 seeds x 2 rates) x selector kinds (learned, softmax, entropy)
+    assert len(bank.candidates) == 2 * 2 * 4 * 3
+    assert {c.spec.selector for c in bank.candidates} == {"learned", "softmax", "entropy"}
     best = max(c.metrics["agreement"] for c in bank.at(1))
     assert best > 0.85  # 4 classes: chance agreement is about 0.25
     for c in bank.candidates:
@@ -219,7 +221,64 @@ def test_recording_respects_its_memory_limit():
 
 
 def test_frontier_keeps_only_undominated_candidates():
-    def cand(lat, hit):
+    def cand(seed, lat, hit, variant="pool-k1"):
+        return Candidate(
+            0,
+            variant,
+            seed,
+            1e-3,
+            1,
+            (2, 2, 1),
+            {},
+            {},
+            {"lookup_latency_s": lat, "hit_rate@0.99": hit},
+        )
+
+    cands = [
+        cand(0, 1.0, 0.5),
+        cand(1, 2.0, 0.4),
+        cand(2, 2.0, 0.7),
+        cand(3, 3.0, 0.7),
+        cand(4, 0.5, 0.1),
+    ]
+    mark_frontier(cands)
+    assert [c.metrics["on_frontier"] for c in cands] == [True, False, True, False, True]
+    bank = CacheBank(3, 16, cands, {})
+    assert [c.metrics["lookup_latency_s"] for c in bank.frontier(0)] == [0.5, 1.0, 2.0]
+
+
+def test_the_selector_kinds_of_a_frontier_predictor_are_all_on_the_frontier():
+    """A predictor is on the frontier by its best selector, and then all its selector kinds
+    are, for the planner to choose from; a dominated predictor takes all of them off."""
+
+    def cand(seed, variant, lat, hit):
+        return Candidate(
+            0,
+            variant,
+            seed,
+            1e-3,
+            1,
+            (2, 2, 1),
+            {},
+            {},
+            {"lookup_latency_s": lat, "hit_rate@0.99": hit},
+        )
+
+    kept = [
+        cand(0, "pool-k1", 1.0, 0.2),
+        cand(0, "pool-k1-msp", 1.0, 0.6),
+        cand(0, "pool-k1-ent", 1.0, 0.5),
+    ]
+    dropped = [cand(1, "pool-k2-h8", 2.0, 0.55), cand(1, "pool-k2-h8-msp", 2.0, 0.3)]
+    mark_frontier(kept + dropped)
+    assert all(c.metrics["on_frontier"] for c in kept)
+    assert not any(c.metrics["on_frontier"] for c in dropped)
+
+
+def test_the_frontier_is_drawn_at_the_strictest_target_anything_hits():
+    from gati_jax.caches.exploration import frontier_target
+
+    def cand(hits):
         return Candidate(
             0,
             "pool-k1",
@@ -229,14 +288,63 @@ def test_frontier_keeps_only_undominated_candidates():
             (2, 2, 1),
             {},
             {},
-            {"lookup_latency_s": lat, "hit_rate@0.99": hit},
+            {f"hit_rate@{t:g}": h for t, h in zip((0.99, 0.98, 0.95), hits)},
         )
 
-    cands = [cand(1.0, 0.5), cand(2.0, 0.4), cand(2.0, 0.7), cand(3.0, 0.7), cand(0.5, 0.1)]
-    mark_frontier(cands)
-    assert [c.metrics["on_frontier"] for c in cands] == [True, False, True, False, True]
-    bank = CacheBank(3, 16, cands, {})
-    assert [c.metrics["lookup_latency_s"] for c in bank.frontier(0)] == [0.5, 1.0, 2.0]
+    assert frontier_target([cand((0.1, 0.2, 0.3))], (0.99, 0.98, 0.95)) == 0.99
+    # 300 calibration requests certify nothing at 0.99: the frontier is drawn at 0.98.
+    assert frontier_target([cand((0, 0.2, 0.3)), cand((0, 0, 0.4))], (0.95, 0.99, 0.98)) == 0.98
+    assert frontier_target([cand((0, 0, 0))], (0.99, 0.98, 0.95)) == 0.95
+
+
+def test_fixed_selectors_score_monotone_functions_of_max_softmax_and_entropy():
+    """The softmax and entropy selectors are the Selector network with fixed weights: their
+    scores order requests exactly as the predictor's max softmax (negated entropy) does, and
+    resolve them as finely as float32 holds them."""
+    from gati_jax.caches.selector import FIXED_SLOPE
+    from gati_jax.caches.training import fixed_selectors
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(1, 3000, 10)) * rng.uniform(0, 14, (1, 3000, 1))
+    logits = logits.astype(np.float32)
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits[0])), np.float64)  # float32 values
+    hp = HeadTraining(selector_hidden=16)
+    for kind, reference in (
+        ("softmax", probs.max(-1)),
+        ("entropy", np.sum(probs * np.log(probs + 1e-30), -1)),
+    ):
+        scores = selector_scores(fixed_selectors(kind, 1, 16), logits, hp)[0]
+        order = np.argsort(reference, kind="stable")
+        assert np.all(np.diff(scores[order]) >= 0), kind
+        ties = np.sum(np.diff(scores[order]) == 0)
+        if kind == "softmax":  # ties exactly where float32 ties the max softmax itself
+            assert ties == np.sum(np.diff(reference[order]) == 0)
+        else:  # a few ties, almost all among near-certain answers (float32 resolution)
+            tied = np.flatnonzero(np.diff(scores[order]) == 0)
+            assert len(tied) <= 0.02 * len(scores)
+            assert np.mean(reference[order][tied] > -1e-6) >= 0.8
+    top = jax.nn.sigmoid(FIXED_SLOPE * (jnp.asarray(probs.max(-1), jnp.float32) - 1))
+    np.testing.assert_allclose(
+        selector_scores(fixed_selectors("softmax", 1, 16), logits, hp)[0], top, rtol=1e-6, atol=1e-7
+    )
+
+
+def test_variant_strings_name_the_selector_kind():
+    for text, kind in (
+        ("pool-k2-h64", "learned"),
+        ("pool-k2-h64-msp", "softmax"),
+        ("conv3-c16-s2-k2-ent", "entropy"),
+        ("fc-d1-msp", "softmax"),
+    ):
+        spec = parse_variant(text)
+        assert spec.selector == kind and spec.name == text
+        assert spec.predictor == parse_variant(text.removesuffix("-msp").removesuffix("-ent"))
+        assert spec.with_selector(kind) == spec
+    with pytest.raises(VariantError, match="selector suffix"):
+        parse_variant("pool-msp-k2")
+    assert_config_rejects("caches", "variants", ("pool-k1-msp",))
+    assert_config_rejects("caches", "selectors", ("learned", "knn"))
+    assert_config_rejects("caches", "selectors", ())
 
 
 def test_adaptive_avg_pool_uses_pytorch_bins_and_leaves_a_grid_sized_map_alone():
@@ -313,3 +421,33 @@ def test_a_predictor_on_the_raw_map_equals_it_on_the_recorded_one(variant):
     # The former pooling (block reshape, pooling matrices), which bench_lookup compares with.
     matrices = Predictor(spec, 5, pre_pool=2, pooling="matrices").apply(params, x)
     np.testing.assert_allclose(matrices, recorded, rtol=1e-5, atol=1e-5)
+
+
+def test_the_selector_kinds_of_one_predictor_share_one_lookup_cost():
+    """X, X-msp and X-ent compile to one program: the planner prices each at the median of
+    their timings, so it cannot pick whichever copy happened to time lowest."""
+    from gati_jax.planner.build import _pooled, same_program
+    from gati_jax.planner.costs import Profile
+
+    keys = [
+        "p0/pool-k1/s0/lr0.01",
+        "p0/pool-k1-msp/s0/lr0.01",
+        "p0/pool-k1-ent/s0/lr0.01",
+        "p0/pool-k2-h8/s0/lr0.01",
+        "p1/pool-k1/s0/lr0.01",
+        "p0/knn-c10-g2-n3",
+    ]
+    groups = same_program(keys)
+    assert groups[keys[1]] == keys[:3] and groups[keys[3]] == [keys[3]]
+    assert groups[keys[4]] == [keys[4]] and groups[keys[5]] == [keys[5]]
+    profile = Profile(
+        "cpu",
+        "cpu",
+        1,
+        "m",
+        [1e-3],
+        {"gati/" + keys[0]: 30e-6, "gati/" + keys[1]: 0.0, "gati/" + keys[2]: 50e-6},
+    )
+    same = ["gati/" + k for k in groups[keys[1]]]
+    assert _pooled(profile, profile.marginal, same) == pytest.approx(30e-6)
+    assert _pooled(profile, profile.marginal, same[:2]) == pytest.approx(15e-6)

@@ -15,9 +15,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 from gati_jax import data
+from gati_jax.config import ConfigError, base_config, validate_config
 from gati_jax.data import fashion_mnist, tfds_source
+from gati_jax.data.config import data_config as default_data_config
 from gati_jax.data.idx import read_idx
-from gati_jax.data.splits import carve_indices
+from gati_jax.data.splits import carve_indices, validation_count
 from gati_jax.data.synthetic import make_synthetic
 
 FASHION_DIR = fashion_mnist.DEBIAN_DIR
@@ -34,26 +36,25 @@ def data_config(
     split_seed: int = 0,
     **synthetic,
 ) -> ml_collections.ConfigDict:
-    """A `data` config section; `synthetic` overrides the small synthetic defaults."""
-    synthetic_cfg = dict(
-        num_classes=4,
-        image_size=8,
-        channels=1,
-        train_size=600,
-        test_size=300,
-        hard_fraction=0.3,
-        seed=0,
+    """A `data` config section (the schema's defaults); `synthetic` overrides the small
+    synthetic defaults."""
+    config = default_data_config()
+    config.update(
+        dict(name=name, data_dir=data_dir, validation_size=validation_size, split_seed=split_seed)
     )
-    synthetic_cfg.update(synthetic)
-    return ml_collections.ConfigDict(
+    config.synthetic.update(
         dict(
-            name=name,
-            data_dir=data_dir,
-            validation_size=validation_size,
-            split_seed=split_seed,
-            synthetic=synthetic_cfg,
+            num_classes=4,
+            image_size=8,
+            channels=1,
+            train_size=600,
+            test_size=300,
+            hard_fraction=0.3,
+            seed=0,
         )
+        | synthetic
     )
+    return config
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -320,10 +321,218 @@ def test_unknown_dataset_lists_available():
     assert set(data.available_datasets()) >= {"cifar10", "cifar100", "fashion_mnist", "synthetic"}
 
 
-@pytest.mark.parametrize("size", [0, -1, 600, 700])
+@pytest.mark.parametrize("size", [-1, 600, 700])
 def test_bad_validation_size(size):
-    with pytest.raises(ValueError, match="data.validation_size"):
+    with pytest.raises(ConfigError, match="data.validation_size"):
         data.load_dataset(data_config(validation_size=size))
+
+
+def test_validation_size_scales_with_the_train_split():
+    """0 (the default): a tenth of the split, at least 600 (so the planner's 300 tuning
+    requests certify the default bound), at most 5,000 and at most half the split."""
+    defaults = default_data_config()
+    assert defaults.validation_size == 0
+
+    def count(n, size=0):
+        return validation_count(
+            n, size, defaults.validation_fraction, defaults.validation_min, defaults.validation_max
+        )
+
+    assert count(60000) == 5000  # Fashion-MNIST: the 5,000 it always had
+    assert count(50000) == 5000  # CIFAR-10/100 too
+    assert count(20000) == 2000
+    assert count(1300) == 600 and count(1000) == 500 and count(10) == 5
+    assert count(60000, 1234) == 1234  # an explicit size is taken as it is
+    ds = data.load_dataset(data_config(validation_size=0, train_size=2000))
+    assert (len(ds.train), len(ds.validation)) == (1400, 600)
+
+
+@needs_fashion
+def test_the_default_fashion_mnist_split_is_the_one_it_always_was(fashion):
+    ds = data.load_dataset(base_config().data)
+    np.testing.assert_array_equal(ds.validation.labels, fashion.validation.labels)
+    np.testing.assert_array_equal(ds.validation.images, fashion.validation.images)
+    assert len(ds.train) == 55000
+
+
+def test_train_and_test_subsets_are_seeded_random_subsets():
+    full = data.load_dataset(data_config(validation_size=0))
+    config = data_config(validation_size=0)
+    config.train_subset, config.test_subset = 300, 120
+    small = data.load_dataset(config)
+    assert (len(small.train), len(small.validation), len(small.test)) == (150, 150, 120)
+    again = data.load_dataset(config)
+    np.testing.assert_array_equal(small.train.images, again.train.images)
+    raw = make_synthetic(config.synthetic)
+    assert not (
+        example_keys(small.train) + example_keys(small.validation) - example_keys(raw.train)
+    )
+    assert not example_keys(small.test) - example_keys(full.test)
+    config.split_seed = 1
+    assert not np.array_equal(data.load_dataset(config).test.images, small.test.images)
+    config.test_subset = 301
+    with pytest.raises(ConfigError, match=r"data\.test_subset=301.*only 300"):
+        data.load_dataset(config)
+
+
+def test_data_config_validation_names_the_key():
+    for key, value in (
+        ("validation_fraction", 0.0),
+        ("validation_min", 0),
+        ("train_subset", -1),
+        ("test_fraction", 1.0),
+        ("image_size", -2),
+    ):
+        config = base_config()
+        config.data[key] = value
+        with pytest.raises(ConfigError, match=rf"data\.{key}="):
+            validate_config(config)
+    config = base_config()
+    config.data.validation_min, config.data.validation_max = 600, 500
+    with pytest.raises(ConfigError, match=r"data\.validation_min="):
+        validate_config(config)
+    for name, key in (("tfds", "tfds_name"), ("npz", "data_dir"), ("image_folder", "data_dir")):
+        config = base_config()
+        config.data.name = name
+        with pytest.raises(ConfigError, match=rf"data\.{key}="):
+            validate_config(config)
+
+
+# --- Your own data: an .npz, a folder of images per class, TFDS by name ----------------------
+
+
+def _images(rng, n, shape=(9, 7), classes=3):
+    return (
+        rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+        (np.arange(n) % classes).astype(np.int64),
+    )
+
+
+def test_an_npz_with_test_arrays_loads_as_it_is(tmp_path):
+    rng = np.random.default_rng(0)
+    (x, y), (xt, yt) = _images(rng, 700), _images(rng, 50)
+    np.savez(tmp_path / "mine.npz", images=x, labels=y, test_images=xt, test_labels=yt)
+    ds = data.load_dataset(
+        data_config("npz", data_dir=str(tmp_path / "mine.npz"), validation_size=0)
+    )
+    assert ds.num_classes == 3 and ds.image_shape == (9, 7, 1)
+    assert (len(ds.train), len(ds.validation), len(ds.test)) == (350, 350, 50)
+    np.testing.assert_array_equal(ds.test.images[..., 0], xt)
+    np.testing.assert_array_equal(ds.test.labels, yt)
+    raw = data.Split(x[..., None], y.astype(np.int32))
+    assert example_keys(ds.train) + example_keys(ds.validation) == example_keys(raw)
+
+
+def test_a_keras_layout_npz_without_test_arrays_carves_its_test_split(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (1000, 6, 6, 3), dtype=np.uint8)
+    y = (np.arange(1000) % 5).astype(np.uint8)
+    np.savez(tmp_path / "k.npz", x_train=x, y_train=y, class_names=np.array(list("abcdef")))
+    config = data_config("npz", data_dir=str(tmp_path / "k.npz"), validation_size=0)
+    ds = data.load_dataset(config)
+    assert ds.num_classes == 6 and ds.image_shape == (6, 6, 3)  # six class names
+    assert (len(ds.train) + len(ds.validation), len(ds.test)) == (800, 200)
+    raw = data.Split(x, y.astype(np.int32))
+    assert example_keys(ds.train) + example_keys(ds.validation) + example_keys(
+        ds.test
+    ) == example_keys(raw)
+    np.testing.assert_array_equal(data.load_dataset(config).test.images, ds.test.images)
+
+
+@pytest.mark.parametrize(
+    "arrays,match",
+    [
+        (dict(pictures=np.zeros((4, 3, 3), np.uint8)), "needs 'images' and 'labels'"),
+        (dict(images=np.zeros((4, 3, 3), np.float32), labels=np.zeros(4, int)), "uint8"),
+        (dict(images=np.zeros((4, 3, 3), np.uint8), labels=np.zeros(3, int)), "4 images"),
+        (dict(images=np.zeros((4, 3, 3), np.uint8), labels=-np.ones(4, int)), "negatives"),
+        (
+            dict(
+                images=np.zeros((4, 3, 3), np.uint8),
+                labels=np.zeros(4, int),
+                test_images=np.zeros((2, 3, 3), np.uint8),
+            ),
+            "come together",
+        ),
+        (
+            dict(
+                images=np.zeros((4, 3, 3), np.uint8),
+                labels=np.arange(4),
+                class_names=np.array(["a", "b"]),
+            ),
+            "label 3 has no class name",
+        ),
+    ],
+)
+def test_a_bad_npz_is_refused_in_one_line_naming_the_file(tmp_path, arrays, match):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(data.DataFormatError, match=match) as info:
+        data.load_dataset(data_config("npz", data_dir=str(path), validation_size=1))
+    assert str(path) in str(info.value) and isinstance(info.value, ConfigError)
+    with pytest.raises(data.DataNotFoundError, match="missing.npz"):
+        data.load_dataset(data_config("npz", data_dir=str(tmp_path / "missing.npz")))
+
+
+def _write_folder(root, rng, counts, size=(8, 6), mode="L", suffix=".png"):
+    from PIL import Image
+
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            shape = (size[1], size[0]) + ((3,) if mode == "RGB" else ())
+            pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+            Image.fromarray(pixels, mode).save(root / name / f"{i:03d}{suffix}")
+    (root / "README.txt").write_text("not an image")
+
+
+def test_an_image_folder_with_train_and_test_loads_per_class(tmp_path):
+    rng = np.random.default_rng(2)
+    _write_folder(tmp_path / "train", rng, {"cat": 12, "dog": 10, "emu": 8})
+    _write_folder(tmp_path / "test", rng, {"cat": 3, "emu": 2})
+    (tmp_path / "train" / "dog" / ".DS_Store").write_bytes(b"\0")
+    ds = data.load_dataset(data_config("image_folder", data_dir=str(tmp_path), validation_size=6))
+    assert ds.num_classes == 3 and ds.image_shape == (6, 8, 1)  # 8 wide, 6 high, grey
+    assert (len(ds.train), len(ds.validation), len(ds.test)) == (24, 6, 5)
+    np.testing.assert_array_equal(ds.test.labels, [0, 0, 0, 2, 2])  # cat 0, dog 1, emu 2
+    from PIL import Image
+
+    first = np.asarray(Image.open(tmp_path / "test" / "cat" / "000.png"))
+    np.testing.assert_array_equal(ds.test.images[0, ..., 0], first)
+
+
+def test_an_image_folder_without_test_carves_it_and_resizes_on_request(tmp_path):
+    rng = np.random.default_rng(3)
+    _write_folder(tmp_path, rng, {"a": 20, "b": 20}, size=(10, 10), mode="RGB", suffix=".jpg")
+    _write_folder(tmp_path, rng, {"b": 1}, size=(12, 9), mode="RGB", suffix=".bmp")
+    config = data_config("image_folder", data_dir=str(tmp_path), validation_size=5)
+    with pytest.raises(data.DataFormatError, match="12x9 pixels.*data.image_size"):
+        data.load_dataset(config)
+    config.image_size = 8
+    ds = data.load_dataset(config)
+    assert ds.image_shape == (8, 8, 3) and ds.num_classes == 2
+    assert (len(ds.train) + len(ds.validation), len(ds.test)) == (33, 8)  # 41 images, 20%
+    with pytest.raises(data.DataNotFoundError, match="nowhere"):
+        data.load_dataset(data_config("image_folder", data_dir=str(tmp_path / "nowhere")))
+    (tmp_path / "c").mkdir()
+    with pytest.raises(data.DataFormatError, match="holds no images"):
+        data.load_dataset(config)
+
+
+def test_any_tfds_image_classification_set_by_name():
+    config = data_config("tfds", validation_size=2)
+    config.tfds_name = "mnist"
+    with tfds.testing.mock_data(num_examples=12):
+        ds = data.load_dataset(config)
+        assert ds.num_classes == 10 and ds.image_shape == (28, 28, 1)
+        assert (len(ds.train), len(ds.validation), len(ds.test)) == (10, 2, 12)
+        config.tfds_test_split = ""  # no test split: carved from train
+        config.image_size = 14  # and resized
+        ds = data.load_dataset(config)
+        assert ds.image_shape == (14, 14, 1) and len(ds.test) == 2 and len(ds.train) == 8
+        config.tfds_keys = ("picture", "label")
+        with pytest.raises(data.DataFormatError, match="not 'picture' and 'label'.*tfds_keys"):
+            data.load_dataset(config)
 
 
 def test_batches_order_permutation_and_remainder():

@@ -451,9 +451,9 @@ def test_no_output_replaces_a_folder_the_project_did_not_write(pristine, tmp_pat
     config.train.export_dir = str(folder)
     with pytest.raises(FileExistsError, match=re.escape(str(folder))):
         train_and_evaluate(config, str(tmp_path / "run"))
-    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training
+    assert not (tmp_path / "run").exists()  # refused before anything was written
     assert _tree_hashes(folder) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "run"]  # no staging left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no staging left
     # An empty folder and one the project wrote are replaced.
     (tmp_path / "empty").mkdir()
     save_base_model(tmp_path / "empty", model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -45,6 +46,87 @@ def trained_like_variables(network, seed=0):
 
 def test_registry_lists_every_family():
     assert set(available_networks()) == {name for name, _ in FAMILIES} | set(DEEP)
+
+
+class _ConvBN(nn.Module):
+    """A user's stage with batch norm: takes ``train``."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(self.features, (3, 3), strides=(2, 2))(x)
+        return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+
+
+class _Classifier(nn.Module):
+    """A user's stage without ``train``: pooled logits."""
+
+    classes: int
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(self.classes)(x.mean(axis=(1, 2)))
+
+
+class _Flatten(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return x.reshape((x.shape[0], -1))
+
+
+@pytest.fixture
+def own_registry(monkeypatch):
+    """Registrations made in a test vanish after it."""
+    from gati_jax.models import registry
+
+    monkeypatch.setattr(registry._NETWORKS, "_entries", dict(registry._NETWORKS._entries))
+    monkeypatch.setattr(registry, "_OWN_STAGES", set(registry._OWN_STAGES))
+
+
+def test_your_own_stages_register_in_one_call_and_train_and_route(own_registry):
+    from gati_jax.models import register_stages
+
+    register_stages(
+        "my_cnn", lambda shape, classes: [_ConvBN(8), _ConvBN(16), _Classifier(classes)]
+    )
+    assert "my_cnn" in available_networks()
+    config = ml_collections.ConfigDict(dict(name="my_cnn", width=1, hidden_sizes=()))
+    network = build_network(config, INPUT_SHAPE, 5)
+    assert network.name == "my_cnn" and network.num_stages == 3
+    assert network.activation_shapes(2) == ((2, 6, 6, 8), (2, 3, 3, 16), (2, 5))
+    variables = trained_like_variables(network)
+    x = jax.random.normal(jax.random.key(3), (2, *INPUT_SHAPE))
+    whole = jax.jit(network.apply)(variables, x)
+    h = network.apply_range(variables, x, 0, 2)
+    np.testing.assert_allclose(network.apply_range(variables, h, 2, 3), whole, rtol=1e-5, atol=1e-5)
+    logits, stats = network.apply_train(variables, x)  # batch statistics update in training
+    assert logits.shape == (2, 5) and set(stats[0]) == {"BatchNorm_0"} and stats[2] == {}
+    # A config file run again registers again: the new definition wins; built-ins are kept.
+    register_stages("my_cnn", lambda shape, classes: [_ConvBN(4), _Classifier(classes)])
+    assert build_network(config, INPUT_SHAPE, 5).num_stages == 2
+    with pytest.raises(ValueError, match="already registered"):
+        register_stages("resnet18", lambda shape, classes: [])
+
+
+def test_your_own_stages_are_checked_when_built(own_registry):
+    from gati_jax.models import register_stages
+
+    def config_of(name):
+        return ml_collections.ConfigDict(dict(name=name, width=1, hidden_sizes=()))
+
+    config = config_of("one_stage")
+    register_stages("one_stage", lambda shape, classes: [_Classifier(classes)])
+    with pytest.raises(ValueError, match="two or more Flax modules"):
+        build_network(config, INPUT_SHAPE, 5)
+    register_stages("wrong_head", lambda shape, classes: [_ConvBN(8), _Classifier(3)])
+    with pytest.raises(ValueError, match=r"must output \(batch, 5\) logits, got \(1, 3\)"):
+        build_network(config_of("wrong_head"), INPUT_SHAPE, 5)
+    register_stages(
+        "flat_first", lambda shape, classes: [_Flatten(), _ConvBN(8), _Classifier(classes)]
+    )
+    with pytest.raises(ValueError, match="'flat_first' does not run on inputs of shape"):
+        build_network(config_of("flat_first"), INPUT_SHAPE, 5)
 
 
 @pytest.mark.parametrize("name,width", FAMILIES)

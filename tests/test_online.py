@@ -77,6 +77,8 @@ def _settings(**changes):
             min_train=32,
             min_holdout=16,
             min_evidence=0,
+            recency_positions=0,
+            observe_every=1,
         )
     )
     section.update(changes)
@@ -245,7 +247,7 @@ def test_serving_with_updates_swaps_parameters_without_recompiling(model):
     assert learner.params is not first
     assert learner.router.trace_count == traces  # new values, no new program
     # The swapped-in parameters were packed and sent in the background, not by a request.
-    assert any(p is learner.params for p in prepared)
+    assert any(p is learner.serving_params for p in prepared)
     # Misses are the base network's answers, whatever the caches learned.
     full = np.asarray(
         model.network.apply(model.variables, data.normalize(images, model.mean, model.std))
@@ -269,7 +271,9 @@ def test_untapped_groups_serve_the_same_answers_and_only_tapped_ones_teach(model
     tapped_misses = 0
     for group in _images(160, seed=3).reshape(20, 8, *SHAPE):
         result = learner.route(group)
-        expected, _ = learner.router.route_tapped(learner.params, learner.thresholds(), group)
+        expected, _ = learner.router.route_tapped(
+            learner.serving_params, learner.slot_thresholds(), group
+        )
         for got, want in zip(result, expected):
             np.testing.assert_array_equal(got, want)
         if learner._served_groups[-1][2] is not None:
@@ -313,7 +317,7 @@ def test_audits_label_hits_with_the_base_network_and_keep_what_serving_tapped(mo
     assert learner.windows[1].train.count == learner.windows[1].holdout.count == 0
     served = np.concatenate(
         [
-            learner.router.route_tapped(learner.params, np.full(2, np.inf), half)[1][0][0]
+            learner.router.route_tapped(learner.serving_params, np.full(2, np.inf), half)[1][0]["x"]
             for half in np.split(images[1::2], 2)
         ]
     )
@@ -572,6 +576,7 @@ def test_learner_stops_serving_hits_and_audits_more_while_the_inputs_look_shifte
         guard_recover_samples=10**3,
         guard_window=10**3,
         guard_min_samples=10**3,
+        shift_fall_window=10,
     )
     with pytest.raises(ValueError, match="reference images"):
         OnlineLearner(model, _deployment(model, (0.0, 0.0)), settings, max_group=8)

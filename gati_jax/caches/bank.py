@@ -263,15 +263,35 @@ def load_bank(
 
 
 def mark_frontier(candidates: list[Candidate], hit_key: str = "hit_rate@0.99") -> None:
-    """Sets metrics['on_frontier'] for candidates no other one beats on both hit rate and
-    latency."""
+    """Sets metrics['on_frontier'] for candidates whose predictor no other predictor beats on
+    both hit rate (its best selector's) and latency. Every selector kind of a frontier
+    predictor is on the frontier too: the planner, which sees the whole trade-off on its
+    tuning requests, picks among them (the thresholds' max softmax and entropy included)."""
+    groups: dict[tuple, list[Candidate]] = {}
     for c in candidates:
-        lat, hit = c.metrics["lookup_latency_s"], c.metrics[hit_key]
-        dominated = any(
-            o is not c
-            and o.metrics["lookup_latency_s"] <= lat
-            and o.metrics[hit_key] >= hit
-            and (o.metrics["lookup_latency_s"] < lat or o.metrics[hit_key] > hit)
-            for o in candidates
+        groups.setdefault(predictor_key(c), []).append(c)
+    best = {
+        key: (
+            max(m.metrics["lookup_latency_s"] for m in members),
+            max(m.metrics[hit_key] for m in members),
         )
-        c.metrics["on_frontier"] = not dominated
+        for key, members in groups.items()
+    }
+    for key, (lat, hit) in best.items():
+        dominated = any(
+            o != key and o_lat <= lat and o_hit >= hit and (o_lat < lat or o_hit > hit)
+            for o, (o_lat, o_hit) in best.items()
+        )
+        for c in groups[key]:
+            c.metrics["on_frontier"] = not dominated
+
+
+def predictor_key(candidate: Candidate) -> tuple:
+    """What candidates that differ only in their selector kind share: position, predictor,
+    seed and learning rate (and so the predictor's parameters)."""
+    return (
+        candidate.position,
+        candidate.spec.predictor.name,
+        candidate.seed,
+        candidate.learning_rate,
+    )

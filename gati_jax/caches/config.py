@@ -22,6 +22,12 @@ def caches_config() -> ml_collections.ConfigDict:
     # full-resolution conv head only pays at the last positions and is left out to keep the
     # main job short.
     c.variants = ("pool-k1", "pool-k2-h64", "pool-k4-h64", "conv3-c16-s2-k2", "fc-d4-h128")
+    # The selector kinds that judge every predictor (gati_jax/caches/selector.py): learned
+    # (trained on the validation split's first half), softmax (the predictor's own max
+    # softmax) and entropy (its negated entropy). Each kind is a candidate; the planner picks
+    # per position the one the data supports, so gati's design space holds what the
+    # confidence and entropy thresholds do.
+    c.selectors = ("learned", "softmax", "entropy")
     # Members of each (position, variant) group, trained together by vmap: seeds x rates.
     c.seeds = 1
     c.learning_rates = (1e-2,)
@@ -36,6 +42,9 @@ def caches_config() -> ml_collections.ConfigDict:
     c.selector_epochs = 30
     c.selector_learning_rate = 1e-2
     c.selector_hidden = 16
+    # Predictors and learned selectors train for at least this many optimiser steps: on a
+    # small data set the epochs above are raised (250 leaves Fashion-MNIST's as they are).
+    c.min_steps = 250
     c.targets = (0.99, 0.98, 0.95)
     # Thresholds must meet each target for the one-sided Wilson lower bound at this confidence
     # on the calibration half (0: the point estimate, which over-fits the calibration sample).
@@ -49,7 +58,7 @@ def caches_config() -> ml_collections.ConfigDict:
 
 def validate_caches(c: ml_collections.ConfigDict) -> None:
     """Checks the ``caches`` section."""
-    from gati_jax.caches.variants import VariantError, parse_variant
+    from gati_jax.caches.variants import SELECTORS, VariantError, parse_variant
 
     require(len(c.variants) > 0, "caches.variants", c.variants, "at least one variant")
     for text in c.variants:
@@ -57,6 +66,22 @@ def validate_caches(c: ml_collections.ConfigDict) -> None:
             parse_variant(text)
         except VariantError as error:
             raise ConfigError(f"invalid config value caches.variants: {error}") from None
+    for text in c.variants:
+        if parse_variant(text).selector != "learned":
+            raise ConfigError(
+                f"invalid config value caches.variants={tuple(c.variants)!r}: "
+                f"'{text}' names a selector; list predictors here and selector "
+                "kinds in caches.selectors"
+            )
+    require(
+        len(c.selectors) > 0
+        and len(set(c.selectors)) == len(c.selectors)
+        and all(k in SELECTORS for k in c.selectors),
+        "caches.selectors",
+        c.selectors,
+        f"distinct selector kinds of {SELECTORS}",
+    )
+    require(int(c.min_steps) >= 0, "caches.min_steps", c.min_steps, ">= 0")
     require(all(int(p) >= 0 for p in c.positions), "caches.positions", c.positions, ">= 0")
     require(int(c.seeds) >= 1, "caches.seeds", c.seeds, ">= 1")
     require(

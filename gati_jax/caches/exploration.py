@@ -1,5 +1,9 @@
 """Exploration: train every (position, variant) group by vmap and measure every candidate.
 
+Each predictor is judged by every selector kind of ``caches.selectors`` (caches/selector.py):
+one candidate per (position, variant, member, selector kind), the kinds sharing the
+predictor's parameters and its measured latency.
+
 Data roles (all answers are the base network's, never the labels):
 - predictors train on ``caches.predictor_examples`` examples of the base network's train split;
 - selectors train on the first half of the validation split, thresholds are calibrated on the
@@ -25,6 +29,7 @@ from gati_jax.caches.recording import Recording
 from gati_jax.caches.selector import calibrate_threshold, hit_statistics
 from gati_jax.caches.training import (
     HeadTraining,
+    fixed_selectors,
     predictor_logits,
     selector_scores,
     train_predictors,
@@ -55,6 +60,7 @@ def head_training(caches: ml_collections.ConfigDict) -> HeadTraining:
         selector_epochs=int(caches.selector_epochs),
         selector_learning_rate=float(caches.selector_learning_rate),
         selector_hidden=int(caches.selector_hidden),
+        min_steps=int(caches.min_steps),
     )
 
 
@@ -76,6 +82,17 @@ def _group_metrics(
         metrics[f"hit_rate@{target:g}"] = stats["hit_rate"]
         metrics[f"hit_agreement@{target:g}"] = stats["hit_agreement"]
     return thresholds, metrics
+
+
+def frontier_target(candidates: list[Candidate], targets: tuple[float, ...]) -> float:
+    """The precision target the frontier of one position's ``candidates`` is drawn at: the
+    strictest at which some candidate hits at all. A small calibration split certifies no
+    hit at 0.99 (300 requests need 268 agreeing hits for it), and a frontier drawn where
+    every hit rate is zero would keep only the fastest predictor."""
+    for target in sorted(targets, reverse=True):
+        if any(c.metrics[f"hit_rate@{target:g}"] > 0 for c in candidates):
+            return target
+    return min(targets)
 
 
 def explore(
@@ -105,6 +122,7 @@ def explore(
     candidates: list[Candidate] = []
     started = time.time()
     groups = [(p, spec) for p in positions for spec in specs]
+    kinds = tuple(str(k) for k in caches.selectors)
     for position, spec in tqdm(groups, desc="exploring (position, variant) groups"):
         pred = recorded.predictor
         params, _ = train_predictors(
@@ -119,60 +137,79 @@ def explore(
             desc=f"p{position} {spec.name}",
             mesh=mesh,
         )
-        sel_logits = predictor_logits(
-            spec, num_classes, params, recorded.selector.features[position]
-        )
-        sel_params = train_selectors(sel_logits, recorded.selector.base_predictions, seed, hp)
-        outputs = {}
+        # Every selector kind judges the same predictors: one candidate per (member, kind).
+        selectors = {
+            kind: fixed_selectors(kind, len(members), hp.selector_hidden)
+            for kind in kinds
+            if kind != "learned"
+        }
+        if "learned" in kinds:
+            sel_logits = predictor_logits(
+                spec, num_classes, params, recorded.selector.features[position]
+            )
+            selectors["learned"] = train_selectors(
+                sel_logits, recorded.selector.base_predictions, seed, hp
+            )
+        logits, agree = {}, {}
         for role in ("calibration", "test"):
             rec: Recording = getattr(recorded, role)
-            logits = predictor_logits(spec, num_classes, params, rec.features[position])
-            outputs[role] = (
-                selector_scores(sel_params, logits, hp),
-                logits.argmax(-1) == rec.base_predictions[None],
-            )
-        # Latency and FLOPs depend on the architecture only: one member stands for the group.
+            logits[role] = predictor_logits(spec, num_classes, params, rec.features[position])
+            agree[role] = logits[role].argmax(-1) == rec.base_predictions[None]
+        # Latency and FLOPs depend on the architecture only (every selector kind runs the
+        # same selector network): one member stands for the group.
         factor = pred.pool_factors[position]
         lookup = make_lookup(spec, num_classes, factor, hp.selector_hidden)
-        member0 = jax.tree.map(lambda a: a[0], {"predictor": params, "selector": sel_params})
+        member0 = jax.tree.map(
+            lambda a: a[0], {"predictor": params, "selector": selectors[kinds[0]]}
+        )
         activation = jnp.zeros(raw_shapes[position], jnp.float32)
         latency = measure_latency(jax.jit(lookup), member0, activation, repeats=repeats)
         flops = compiled_flops(lookup, member0, activation)
         remaining = float(sum(stage_lat[position + 1 :]))
-        for m, (_, lr) in enumerate(members):
-            member_params = jax.tree.map(
-                lambda a, m=m: np.asarray(a[m]), {"predictor": params, "selector": sel_params}
-            )
-            thresholds, metrics = _group_metrics(
-                outputs["calibration"][0][m],
-                outputs["calibration"][1][m],
-                outputs["test"][0][m],
-                outputs["test"][1][m],
-                targets,
-                float(caches.calibration_confidence),
-            )
-            metrics.update(
-                param_bytes=tree_bytes(member_params),
-                flops=flops,
-                lookup_latency_s=latency,
-                remaining_latency_s=remaining,
-                latency_fraction=latency / remaining if remaining else float("inf"),
-            )
-            candidates.append(
-                Candidate(
-                    position,
-                    spec.name,
-                    int(seeds[m]),
-                    float(lr),
-                    factor,
-                    tuple(shapes[position]),
-                    member_params,
-                    thresholds,
-                    metrics,
+        for kind in kinds:
+            scores = {
+                role: selector_scores(selectors[kind], logits[role], hp)
+                for role in ("calibration", "test")
+            }
+            for m, (_, lr) in enumerate(members):
+                member_params = jax.tree.map(
+                    lambda a, m=m: np.asarray(a[m]),
+                    {"predictor": params, "selector": selectors[kind]},
                 )
-            )
+                thresholds, metrics = _group_metrics(
+                    scores["calibration"][m],
+                    agree["calibration"][m],
+                    scores["test"][m],
+                    agree["test"][m],
+                    targets,
+                    float(caches.calibration_confidence),
+                )
+                metrics.update(
+                    param_bytes=tree_bytes(member_params),
+                    flops=flops,
+                    lookup_latency_s=latency,
+                    remaining_latency_s=remaining,
+                    latency_fraction=latency / remaining if remaining else float("inf"),
+                )
+                candidates.append(
+                    Candidate(
+                        position,
+                        spec.with_selector(kind).name,
+                        int(seeds[m]),
+                        float(lr),
+                        factor,
+                        tuple(shapes[position]),
+                        member_params,
+                        thresholds,
+                        metrics,
+                    )
+                )
+    frontier_targets = {}
     for position in positions:
-        mark_frontier([c for c in candidates if c.position == position], f"hit_rate@{targets[0]:g}")
+        here = [c for c in candidates if c.position == position]
+        target = frontier_target(here, targets)
+        frontier_targets[str(position)] = target
+        mark_frontier(here, f"hit_rate@{target:g}")
     info: dict[str, Any] = {
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
@@ -182,6 +219,8 @@ def explore(
         "calibration_confidence": float(caches.calibration_confidence),
         "positions": list(positions),
         "variants": list(caches.variants),
+        "selectors": list(kinds),
+        "frontier_targets": frontier_targets,
         "examples": {
             role: int(len(getattr(recorded, role).labels))
             for role in ("predictor", "selector", "calibration", "test")

@@ -1,11 +1,24 @@
-"""The selector: P(predictor's answer == base answer) from the predictor's output, and its
-threshold.
+"""The selector: P(predictor answer == base answer) from the predictor's output, and its threshold.
 
 A hit is ``score >= threshold``. The threshold for a precision target is the lowest one whose
 hits, on data the selector did not train on, agree with the base network at least that often.
+
+Three kinds share one architecture, a small MLP on the predictor's top-k probabilities,
+margin and entropy, so that every consumer (router, planner, online learner) runs them alike
+at the same cost:
+- ``learned``: trained on held-out data to predict agreement;
+- ``softmax``: fixed weights that score ``sigmoid(8 (p_max - 1))``, a monotone function of
+  the predictor's max softmax: the confidence threshold of Shallow-Deep Networks;
+- ``entropy``: fixed weights that score ``sigmoid(-8 H)``, a monotone function of the
+  negated entropy: BranchyNet's threshold.
+A threshold on the fixed kinds is a threshold on max softmax or entropy, so a cache design
+space with them contains what those policies do, and where a few hundred held-out examples
+cannot teach a selector more, the planner picks them.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -15,6 +28,11 @@ from scipy import stats as scipy_stats
 
 TOP_K = 3
 NUM_FEATURES = TOP_K + 2
+# Where selector_features puts the top-1 probability and the entropy.
+_TOP1, _ENTROPY = 0, TOP_K + 1
+# The fixed kinds' slope: a power of two (the affine map is exact in float32) steep enough
+# that a score resolves max-softmax (entropy) differences as finely as float32 holds them.
+FIXED_SLOPE = 8.0
 
 
 def selector_features(logits: jax.Array) -> jax.Array:
@@ -35,8 +53,27 @@ class Selector(nn.Module):
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
-        x = nn.relu(nn.Dense(self.hidden)(features))
-        return nn.Dense(1)(x)[:, 0]
+        # Full float32 products: a GPU's default TF32 would round p_max = 0.9995 to 0.999.
+        precision = jax.lax.Precision.HIGHEST
+        x = nn.relu(nn.Dense(self.hidden, precision=precision)(features))
+        return nn.Dense(1, precision=precision)(x)[:, 0]
+
+
+def fixed_selector_params(kind: str, hidden: int) -> dict[str, Any]:
+    """Parameters that make :class:`Selector` score a fixed function of the predictor's
+    output: ``softmax``, ``sigmoid(8 (p_max - 1))``; ``entropy``, ``sigmoid(-8 H)``. One
+    hidden unit carries p_max (or H, both >= 0, which the ReLU passes), the rest are zero."""
+    if kind not in ("softmax", "entropy"):
+        raise ValueError(f"selector kind '{kind}' has no fixed parameters (softmax, entropy)")
+    first = np.zeros((NUM_FEATURES, hidden), np.float32)
+    first[_TOP1 if kind == "softmax" else _ENTROPY, 0] = 1.0
+    second = np.zeros((hidden, 1), np.float32)
+    second[0, 0] = FIXED_SLOPE if kind == "softmax" else -FIXED_SLOPE
+    bias = np.array([-FIXED_SLOPE if kind == "softmax" else 0.0], np.float32)
+    return {
+        "Dense_0": {"kernel": first, "bias": np.zeros((hidden,), np.float32)},
+        "Dense_1": {"kernel": second, "bias": bias},
+    }
 
 
 def wilson_lower_bound(successes: np.ndarray, trials: np.ndarray, confidence: float) -> np.ndarray:

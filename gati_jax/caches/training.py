@@ -20,7 +20,12 @@ import optax
 from tqdm.auto import tqdm
 
 from gati_jax import sharding
-from gati_jax.caches.selector import NUM_FEATURES, Selector, selector_features
+from gati_jax.caches.selector import (
+    NUM_FEATURES,
+    Selector,
+    fixed_selector_params,
+    selector_features,
+)
 from gati_jax.caches.variants import Predictor, VariantSpec
 
 
@@ -35,6 +40,15 @@ class HeadTraining:
     selector_epochs: int = 30
     selector_learning_rate: float = 1e-2
     selector_hidden: int = 16
+    # Predictors and selectors train for at least this many steps (their epochs raised).
+    min_steps: int = 0
+
+
+def raised_epochs(epochs: int, min_steps: int, num_examples: int, batch_size: int) -> int:
+    """``epochs`` over ``num_examples`` in batches of ``batch_size`` (the last partial batch
+    dropped), raised until at least ``min_steps`` steps run."""
+    per_epoch = max(1, num_examples // max(1, min(batch_size, num_examples)))
+    return max(int(epochs), -(-int(min_steps) // per_epoch))
 
 
 def _adam(learning_rate):
@@ -55,8 +69,7 @@ def distillation_loss(
 def make_predictor_fns(
     spec: VariantSpec, num_classes: int, input_shape: tuple[int, ...], hp: HeadTraining
 ) -> tuple[Callable, Callable]:
-    """(init(key, lr) -> (params, opt_state), step(params, opt_state, x, teacher)) for one
-    member."""
+    """(init(key, lr) -> (params, opt), step(params, opt, x, teacher)) for one member."""
     predictor = Predictor(spec, num_classes)
 
     def init(key, learning_rate):
@@ -77,8 +90,7 @@ def make_predictor_fns(
 
 
 def make_selector_fns(hp: HeadTraining) -> tuple[Callable, Callable]:
-    """(init(key) -> (params, opt_state), step(params, opt_state, features, agree)) for one
-    member."""
+    """(init(key) -> (params, opt), step(params, opt, features, agree)) for one member."""
     selector = Selector(hp.selector_hidden)
     tx = optax.adam(hp.selector_learning_rate)
 
@@ -96,6 +108,9 @@ def make_selector_fns(hp: HeadTraining) -> tuple[Callable, Callable]:
         return optax.apply_updates(params, updates), opt_state, loss
 
     return init, step
+
+
+SELECTOR_BATCH_SIZE = 256
 
 
 def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -124,12 +139,13 @@ def train_predictors(
     With a ``mesh`` (gati_jax/sharding.py) each batch is split over its data axis and the
     members over its model axis; the step is the same program.
     """
-    fns = _compiled_predictor_fns(spec, num_classes, tuple(features.shape[1:]), hp)
+    fns = _compiled_predictor_fns(spec.predictor, num_classes, tuple(features.shape[1:]), hp)
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
     lrs = jnp.asarray(learning_rates, jnp.float32)
+    epochs = raised_epochs(hp.epochs, hp.min_steps, len(features), hp.batch_size)
     batches = [
         b
-        for epoch in range(hp.epochs)
+        for epoch in range(epochs)
         for b in epoch_batches(len(features), hp.batch_size, data_seed, epoch)
     ]
     if vectorised:
@@ -179,7 +195,7 @@ def predictor_logits(
     batch_size: int = 1000,
 ) -> np.ndarray:
     """Logits of every member on every example: (members, N, classes)."""
-    apply = _stacked_predictor_apply(spec, num_classes)
+    apply = _stacked_predictor_apply(spec.predictor, num_classes)
     chunks = [
         np.asarray(apply(stacked_params, features[i : i + batch_size]))
         for i in range(0, len(features), batch_size)
@@ -217,12 +233,19 @@ def train_selectors(
     features = fns["features"](jnp.asarray(member_logits))
     agree = (member_logits.argmax(-1) == base_predictions[None]).astype(np.float32)
     params, opt_state = fns["vinit"](jax.random.split(jax.random.key(seed), members))
-    for epoch in range(hp.selector_epochs):
-        for batch in epoch_batches(features.shape[1], 256, seed, epoch):
+    epochs = raised_epochs(hp.selector_epochs, hp.min_steps, features.shape[1], SELECTOR_BATCH_SIZE)
+    for epoch in range(epochs):
+        for batch in epoch_batches(features.shape[1], SELECTOR_BATCH_SIZE, seed, epoch):
             params, opt_state, _ = fns["vstep"](
                 params, opt_state, features[:, batch], agree[:, batch]
             )
     return params
+
+
+def fixed_selectors(kind: str, members: int, hidden: int) -> Any:
+    """Stacked parameters of ``members`` selectors of a fixed kind (caches/selector.py)."""
+    params = fixed_selector_params(kind, hidden)
+    return jax.tree.map(lambda a: np.repeat(a[None], members, axis=0), params)
 
 
 def selector_scores(stacked_params: Any, member_logits: np.ndarray, hp: HeadTraining) -> np.ndarray:

@@ -1,8 +1,11 @@
-"""The predictor design space (pool, conv, fc heads) and the specs that name each variant.
+"""The predictor design space (pool, conv, fc heads), the selector kinds, and the specs that
+name each variant.
 
 A variant is written as a short string, e.g. ``pool-k2-h64`` (average-pool to 2x2, one dense
 layer of 64, then the classes), ``conv3-c16-s2-k2`` (3x3 conv to 16 channels with stride 2,
 pool to 2x2, no hidden layer) or ``fc-d4-h128-h64`` (pool to 4x4, flatten, two dense layers).
+A suffix names the selector when it is not the learned one: ``pool-k2-h64-msp`` scores the
+predictor's own max softmax, ``pool-k2-h64-ent`` its negated entropy (caches/selector.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import jax.numpy as jnp
 from gati_jax.caches.pooling import POOLINGS
 
 KINDS = ("pool", "conv", "fc")
+# Selector kinds (caches/selector.py) and the suffix that names each in a variant string.
+SELECTORS = ("learned", "softmax", "entropy")
+_SELECTOR_SUFFIX = {"softmax": "msp", "entropy": "ent"}
 _TOKEN = re.compile(r"^(?P<key>[a-z]+)(?P<value>\d+)$")
 
 
@@ -34,17 +40,31 @@ class VariantSpec:
     conv_kernel: int = 1
     conv_channels: int = 16
     conv_stride: int = 1
+    selector: str = "learned"  # one of SELECTORS; the predictor does not depend on it
 
     @property
     def name(self) -> str:
         """The canonical string form, the inverse of :func:`parse_variant`."""
         hidden = "".join(f"-h{h}" for h in self.hidden)
+        suffix = f"-{_SELECTOR_SUFFIX[self.selector]}" if self.selector != "learned" else ""
         if self.kind == "conv":
             return (
                 f"conv{self.conv_kernel}-c{self.conv_channels}-s{self.conv_stride}"
-                f"-k{self.grid}{hidden}"
+                f"-k{self.grid}{hidden}{suffix}"
             )
-        return f"{self.kind}-{'k' if self.kind == 'pool' else 'd'}{self.grid}{hidden}"
+        return f"{self.kind}-{'k' if self.kind == 'pool' else 'd'}{self.grid}{hidden}{suffix}"
+
+    @property
+    def predictor(self) -> VariantSpec:
+        """The predictor alone (the learned-selector spec): variants that differ only in their
+        selector share it, its parameters and its compiled functions."""
+        return dataclasses.replace(self, selector="learned")
+
+    def with_selector(self, selector: str) -> VariantSpec:
+        """This predictor with selector kind ``selector``."""
+        if selector not in SELECTORS:
+            raise VariantError(f"unknown selector '{selector}': one of {SELECTORS}")
+        return dataclasses.replace(self, selector=selector)
 
     def check_fits(self, activation_shape: tuple[int, ...], where: str) -> None:
         """Raises VariantError when this variant cannot run on a (H, W, C) or (F,) activation."""
@@ -73,6 +93,9 @@ def parse_variant(text: str) -> VariantSpec:
     if kind not in KINDS:
         raise VariantError(f"unknown variant '{text}': it must start with one of {KINDS}")
     fields: dict = {"kind": kind, "hidden": []}
+    suffixes = {v: k for k, v in _SELECTOR_SUFFIX.items()}
+    if len(parts) > 1 and parts[-1] in suffixes:
+        fields["selector"] = suffixes[parts.pop()]
     if kind == "conv":
         if head == kind:
             raise VariantError(f"variant '{text}': conv needs its kernel size, e.g. conv3")
@@ -85,7 +108,8 @@ def parse_variant(text: str) -> VariantSpec:
         if not match or match["key"] not in allowed:
             raise VariantError(
                 f"variant '{text}': cannot read '{token}' (a {kind} variant takes "
-                f"{sorted(allowed)} followed by a number)"
+                f"{sorted(allowed)} followed by a number, then optionally a "
+                f"selector suffix {sorted(suffixes)})"
             )
         key, value = match["key"], int(match["value"])
         if value <= 0:

@@ -11,12 +11,41 @@ from gati_jax.config_checks import require
 def data_config() -> ml_collections.ConfigDict:
     """The ``data`` section: which data set, where it lives, how validation is carved."""
     c = ml_collections.ConfigDict()
+    # A registered data set (gati_jax/data/registry.py): fashion_mnist, cifar10, cifar100,
+    # synthetic, npz (your arrays), image_folder (your images, a folder per class) or tfds
+    # (any TFDS image classification data set, named by tfds_name); docs/own_data.md.
     c.name = "fashion_mnist"
-    # Empty means: look in the Debian package's directory, then TFDS.
+    # Where the data lives: a directory of IDX files (fashion_mnist; empty: the Debian
+    # package's directory, then TFDS), a TFDS data directory (cifar10, cifar100, tfds), the
+    # .npz file (npz) or the folder of class folders (image_folder).
     c.data_dir = ""
-    # Carved from train; the caches are trained on it later, so it never trains the base.
-    c.validation_size = 5000
+    # Validation examples, carved from train; the caches are trained and the plans tuned on
+    # them, so they never train the base network. 0: validation_fraction of the train split,
+    # at least validation_min and at most validation_max, and never more than half of it.
+    # The floor keeps the default bound (planner.eps 0.01 at 95%) certifiable: the planner
+    # tunes on half the validation split and needs 268 requests for it.
+    c.validation_size = 0
+    c.validation_fraction = 0.1
+    c.validation_min = 600
+    c.validation_max = 5000
     c.split_seed = 0
+    # Use only this many examples of the train (test) split, a random subset drawn with
+    # split_seed; 0: all of them. The subset is taken before validation is carved.
+    c.train_subset = 0
+    c.test_subset = 0
+    # For a source without a test split (an .npz without test arrays, an image folder
+    # without test/, a TFDS set without tfds_test_split): this fraction of its examples,
+    # drawn with split_seed, is the test split.
+    c.test_fraction = 0.2
+    # data.name = "tfds": the TFDS data set, its splits (an empty test split: carved by
+    # test_fraction) and the feature keys of its images and labels.
+    c.tfds_name = ""
+    c.tfds_train_split = "train"
+    c.tfds_test_split = "test"
+    c.tfds_keys = ("image", "label")
+    # data.name = "image_folder": resize every image to image_size x image_size pixels
+    # (0: keep the size, which every image must then share).
+    c.image_size = 0
     c.synthetic = ml_collections.ConfigDict()
     c.synthetic.num_classes = 10
     c.synthetic.image_size = 16
@@ -35,7 +64,46 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
     require(
         d.name in available_datasets(), "data.name", d.name, f"one of {list(available_datasets())}"
     )
-    require(int(d.validation_size) > 0, "data.validation_size", d.validation_size, "> 0")
+    require(
+        int(d.validation_size) >= 0,
+        "data.validation_size",
+        d.validation_size,
+        ">= 0 (0: validation_fraction of the train split)",
+    )
+    require(
+        0 < d.validation_fraction < 1,
+        "data.validation_fraction",
+        d.validation_fraction,
+        "in (0, 1)",
+    )
+    require(
+        1 <= int(d.validation_min) <= int(d.validation_max),
+        "data.validation_min",
+        d.validation_min,
+        f"in [1, data.validation_max={d.validation_max}]",
+    )
+    for key in ("train_subset", "test_subset", "image_size"):
+        require(int(d[key]) >= 0, f"data.{key}", d[key], ">= 0 (0: off)")
+    require(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "in (0, 1)")
+    require(
+        d.name != "tfds" or bool(d.tfds_name),
+        "data.tfds_name",
+        d.tfds_name,
+        "a TFDS data set name (e.g. 'mnist') when data.name is 'tfds'",
+    )
+    require(bool(d.tfds_train_split), "data.tfds_train_split", d.tfds_train_split, "a split name")
+    require(
+        len(d.tfds_keys) == 2 and all(d.tfds_keys),
+        "data.tfds_keys",
+        d.tfds_keys,
+        "(image key, label key)",
+    )
+    require(
+        d.name not in ("npz", "image_folder") or bool(d.data_dir),
+        "data.data_dir",
+        d.data_dir,
+        f"the path of the data when data.name is {d.name!r}",
+    )
     require(
         0.0 <= d.synthetic.hard_fraction <= 1.0,
         "data.synthetic.hard_fraction",

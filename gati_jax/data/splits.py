@@ -7,6 +7,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from gati_jax.config_checks import ConfigError
+
+# The stream of data.split_seed that draws the test split of a source without one.
+TEST_CARVE = 3
+
 
 @dataclasses.dataclass(frozen=True)
 class Split:
@@ -48,6 +53,40 @@ class Dataset:
     test: Split
     mean: np.ndarray
     std: np.ndarray
+
+
+def validation_count(
+    num_train: int, validation_size: int, fraction: float, floor: int, ceiling: int
+) -> int:
+    """Validation examples to carve from a train split of ``num_train``: ``validation_size``
+    when set (> 0), else ``fraction`` of the split clipped to [``floor``, ``ceiling``] and to
+    half the split, so the base network keeps at least as many examples as the caches get."""
+    if validation_size > 0:
+        return int(validation_size)
+    count = min(max(round(num_train * fraction), floor), ceiling)
+    return max(1, min(count, num_train // 2))
+
+
+def subset_indices(num_examples: int, size: int, seed: int, stream: int) -> np.ndarray:
+    """``size`` distinct indices into ``num_examples``, in increasing order, drawn with
+    ``seed`` (``stream`` tells the draws of one seed apart)."""
+    return np.sort(np.random.default_rng([seed, stream]).permutation(num_examples)[:size])
+
+
+def carve_test(split: Split, test_fraction: float, split_seed: int) -> tuple[Split, Split]:
+    """(train, test) of a source without a test split: ``test_fraction`` of ``split``, drawn
+    with ``split_seed``, is the test split; both keep the source's order."""
+    n = len(split)
+    size = round(n * float(test_fraction))
+    if not 0 < size < n:
+        raise ConfigError(
+            f"a test split of data.test_fraction={test_fraction} of {n} examples "
+            "leaves one of train or test empty: give more examples or another "
+            "fraction"
+        )
+    test = subset_indices(n, size, split_seed, TEST_CARVE)
+    train = np.setdiff1d(np.arange(n), test)
+    return split.take(train), split.take(test)
 
 
 def carve_indices(

@@ -25,10 +25,11 @@ from tqdm.auto import tqdm
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank, load_bank
 from gati_jax.config import validate_config
-from gati_jax.data.workloads import make_workload, workload_stats
+from gati_jax.data.workloads import make_workload, scene_cuts, workload_stats
 from gati_jax.evaluation import model_data_config
 from gati_jax.experiments.device_scaling import device_scaling
 from gati_jax.experiments.kernel_profile import describe_kernel_profile, kernel_profile_ms
+from gati_jax.experiments.online_timeline import exit_timeline
 from gati_jax.experiments.plots import (
     plot_exit_depth,
     plot_hit_rate_over_time,
@@ -232,6 +233,9 @@ def serve_rounds(
             )
             summary["latencies_ms"] = 1e3 * result.latency
             summary["windows"] = windowed(result, workload.labels, base, window)
+            # --- gati-online: exits over time, for the report's per-stream timelines
+            summary["timeline"] = exit_timeline(result.exit_stage, result.hit, result.answer, base)
+            # --- end gati-online
             if name in learners:
                 summary["online"] = learners[name].summary()
             results[name].append(summary)
@@ -377,6 +381,11 @@ def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[s
     figures["window_bytes"] = first["online"]["window_bytes"]
     figures["update_log"] = first["online"]["update_log"]
     figures["chunk_ms_by_kind"] = first["online"]["chunk_ms_by_kind"]
+    # --- gati-online: its recency memories and the timelines (first round)
+    for key in ("memory_bytes", "memory_positions", "memory_log", "memory_guard_events"):
+        figures[key] = first["online"].get(key, [])
+    figures["timeline"] = {name: results[name][0]["timeline"] for name in ("gati", ONLINE)}
+    # --- end gati-online
     return figures
 
 
@@ -430,6 +439,13 @@ def run_benchmark(
             int(config.serving.max_group),
             reference_images=reference,
         )
+        # --- gati-online: its memory is the caches' and what the learner holds (replay
+        # windows while the caches train, recency memories)
+        contenders[ONLINE] = dataclasses.replace(
+            contenders[ONLINE],
+            cache_bytes=contenders["gati"].cache_bytes + learners[ONLINE].nbytes(),
+        )
+        # --- end gati-online
     if APPARATE_ONLINE in contenders:  # the same audit budget as gati-online
         learners[APPARATE_ONLINE] = apparate_online.ApparateOnline(
             model,
@@ -470,6 +486,9 @@ def run_benchmark(
         streams[name] = workload_stats(
             workload, int(config.workload.window), model.network.num_classes
         )
+        # --- gati-online: where scenes change (video), for the report's timelines
+        streams[name]["scene_cuts"] = scene_cuts(workload).tolist()
+        # --- end gati-online
         # The base network's answers to the requests as served (shift corrupts the images).
         base = predict_logits(model, workload.images).argmax(-1).astype(np.int32)
         results = serve_rounds(

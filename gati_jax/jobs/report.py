@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
+import numpy as np
 from absl import logging
 
 from gati_jax.experiments.kernel_profile import (
@@ -18,6 +19,7 @@ from gati_jax.experiments.kernel_profile import (
     kernel_profile_rows,
     kernel_profile_summaries,
 )
+from gati_jax.experiments.online_timeline import learner_events, plot_online_timeline
 from gati_jax.experiments.plots import plot_hit_rate_over_time, plot_position_hit_rates
 from gati_jax.measure import describe_kernels
 from gati_jax.tables import format_table, markdown_table
@@ -48,10 +50,73 @@ ONLINE_COLUMNS = (
     "rejected",
     "audited",
 )
+# Where gati-online's background time went (first round), from chunk_ms_by_kind.
+CHUNK_KINDS = ("observe", "memory", "audit", "update")
 
 
-def _online_section(config: ml_collections.ConfigDict, online: dict[str, Any]) -> list[str]:
-    """The report's online-learning section: gati-online against static gati per workload."""
+def _timeline_lines(online: dict[str, Any], workloads: dict[str, Any]) -> list[str]:
+    """Per stream, what online_timeline.png shows in words: scene cuts, when a recency
+    memory first served and at what threshold, and the learner's events."""
+    lines = []
+    for name, figures in online.items():
+        events = learner_events(figures)
+        cuts = workloads.get(name, {}).get("scene_cuts", [])
+        admitted = next(
+            (
+                m
+                for m in figures.get("memory_log", [])
+                if m["threshold"] is not None and np.isfinite(m["threshold"])
+            ),
+            None,
+        )
+        memory = (
+            "its memory never served"
+            if admitted is None
+            else f"its memory first served after {admitted['served']} requests (similarity "
+            f"{admitted['threshold']:.3f}, {admitted['evidence']:.0f} would-be hits of "
+            f"evidence), {len(events['memory'])} threshold changes in all"
+        )
+        lines.append(
+            f"- {name}: {len(cuts)} scene cuts; {memory}; updates accepted "
+            f"{len(events['accepted'])}, rejected {len(events['rejected'])}; guard "
+            f"switches {len(events['guard'])}; input-shift alarms "
+            f"{len(events['shift'])}; memory {sum(figures.get('memory_bytes', []))} "
+            "bytes."
+        )
+    return lines
+
+
+def _sample_note(online: ml_collections.ConfigDict) -> str:
+    """Where the audit sample is drawn, in the report's words."""
+    if int(online.recency_positions) > 0:
+        return (
+            f"drawn among all requests, every group lightly tapped; a recency memory's "
+            f"hits audited at {online.recency_audit_fraction:g}"
+        )
+    return f"drawn among the {online.tap_fraction:g} whose activations were tapped"
+
+
+def _chunk_rows(online: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per workload, the background chunks' total ms and count by kind."""
+    rows = []
+    for name, figures in online.items():
+        kinds = figures.get("chunk_ms_by_kind", {})
+        row = {"workload": name}
+        for kind in CHUNK_KINDS:
+            got = kinds.get(kind, {})
+            row[f"{kind}_ms"] = got.get("total", got.get("p50", 0.0) * got.get("count", 0))
+            row[f"{kind}_chunks"] = got.get("count", 0)
+        rows.append(row)
+    return rows
+
+
+def _online_section(
+    config: ml_collections.ConfigDict,
+    online: dict[str, Any],
+    workloads: dict[str, Any] | None = None,
+) -> list[str]:
+    """The report's online-learning section: gati-online against static gati per workload,
+    and per stream its timeline (online_timeline.png)."""
     if not online:
         why = (
             "online learning was off (`online.enabled = False`)"
@@ -71,8 +136,7 @@ def _online_section(config: ml_collections.ConfigDict, online: dict[str, Any]) -
         f"Updates every {config.online.update_every} requests ({config.online.steps} optax "
         f"steps per cache in the `trained` ones: steps that swap no cache in wait up to "
         f"{config.online.max_backoff}x longer), audit sample "
-        f"{config.online.audit_fraction:g} of requests (drawn among the "
-        f"{config.online.tap_fraction:g} whose activations were tapped), "
+        f"{config.online.audit_fraction:g} of requests ({_sample_note(config.online)}), "
         f"calibration target {config.online.target}; counts are from the first round. "
         "Worst-window agreement is over windows of "
         f"{config.workload.window} requests.",
@@ -85,6 +149,16 @@ def _online_section(config: ml_collections.ConfigDict, online: dict[str, Any]) -
         f"(shift_detect {bool(config.online.shift_detect)}): "
         + ", ".join(f"{w} {n}" for w, n in shifts.items())
         + ".",
+        "",
+        "Where gati-online's background time went (first round; ms in all, chunks run): a "
+        "request arriving during a chunk waits for it.",
+        "",
+        markdown_table(_chunk_rows(online)),
+        "",
+        "Per stream over time (online_timeline.png: hit rate and mean exit stage of static "
+        "gati and gati-online, scene cuts as grey lines, the learner's events as marks):",
+        "",
+        *_timeline_lines(online, workloads or {}),
         "",
     ]
 
@@ -181,7 +255,13 @@ def write_report(
     windows = bench.get("windows", {})
     plot_hit_rate_over_time(windows, workdir / "hit_rate_over_time.png")
     online = bench.get("online", {})
-    online_lines = _online_section(config, online)
+    online_lines = _online_section(config, online, bench.get("workloads", {}))
+    if online:
+        plot_online_timeline(
+            online,
+            {w: s.get("scene_cuts", []) for w, s in bench.get("workloads", {}).items()},
+            workdir / "online_timeline.png",
+        )
     check = plan["cost_check"]
     small = plan["exhaustive_check"]
     lines = [
@@ -256,7 +336,8 @@ def write_report(
         markdown_table([{"phase": k, "seconds": v["seconds"]} for k, v in phases.items()]),
         "",
         "Plots: position_hit_rates.png, agreement_vs_speedup.png, latency_cdf.png, "
-        "hit_rate_over_time.png, agreement_over_time.png (online runs), plan_tradeoff.png, "
+        "hit_rate_over_time.png, agreement_over_time.png and online_timeline.png (online "
+        "runs), plan_tradeoff.png, "
         "exploration.png.",
         "",
     ]

@@ -11,48 +11,90 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from tqdm.auto import tqdm
 
 from gati_jax import data, sharding
 from gati_jax.atomic_dir import check_replaceable
-from gati_jax.config import ConfigError, validate_config
+from gati_jax.config import ConfigError, base_config, validate_config
+from gati_jax.data.splits import validation_count
 from gati_jax.inference import BaseModel, evaluate
 from gati_jax.models import build_network
 from gati_jax.training.checkpointing import TrainCheckpointer, save_base_model
-from gati_jax.training.optim import make_optimizer, make_schedule
+from gati_jax.training.optim import epoch_schedule, make_optimizer, make_schedule
 from gati_jax.training.plots import plot_training_history
 from gati_jax.training.steps import create_train_state, train_step
 
 _TRAINING_SECTIONS = ("seed", "data", "augment", "model", "train")
 
 
-def _check_same_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
-    """Refuses to resume a run under a different config, which would silently mix two runs."""
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def training_settings(
+    stored: dict[str, Any], num_train: int, steps_per_epoch: int
+) -> dict[str, Any]:
+    """What shapes the trained parameters, from a config as config.json stores it: the
+    training sections, flattened, with the validation keys replaced by the examples they
+    carve from ``num_train`` and the epoch keys by the epochs that run.
+
+    A key the stored config lacks (written before the key existed) reads as it ran then: for
+    ``train.min_steps`` no minimum, for every other key the default, the value it had."""
+    defaults = _flat(json.loads(base_config().to_json()))
+    flat = {
+        k: v
+        for k, v in {**defaults, **_flat(stored)}.items()
+        if k.split(".")[0] in _TRAINING_SECTIONS
+    }
+    if "min_steps" not in stored.get("train", {}):
+        flat["train.min_steps"] = 0
+    # Compared through what they resolve to: the validation examples carved, the epochs run.
+    validation = validation_count(
+        num_train,
+        int(flat.pop("data.validation_size")),
+        float(flat.pop("data.validation_fraction")),
+        int(flat.pop("data.validation_min")),
+        int(flat.pop("data.validation_max")),
+    )
+    epochs = epoch_schedule(
+        int(flat.pop("train.epochs")), int(flat.pop("train.min_steps")), steps_per_epoch
+    ).epochs
+    return flat | {
+        "validation examples (data.validation_*)": validation,
+        "epochs run (train.epochs, train.min_steps)": epochs,
+    }
+
+
+def _check_same_config(
+    workdir: Path, config: ml_collections.ConfigDict, num_train: int, steps_per_epoch: int
+) -> None:
+    """Refuses to resume a run under a different config, which would silently mix two runs;
+    writes config.json for a new run. Configs compare by :func:`training_settings`, so a run
+    started before a key existed resumes when the key keeps what the run did."""
     path = workdir / "config.json"
     current = json.loads(config.to_json())
     if not path.exists():
         path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
         return
-    saved = json.loads(path.read_text())
-
-    def flat(tree, prefix=""):
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                yield from flat(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}", value
-
-    old, new = dict(flat(saved)), dict(flat(current))
-    # Only what shapes the trained parameters matters; caches, planner, serving... do not.
-    changed = sorted(
-        k
-        for k in old.keys() | new.keys()
-        if old.get(k) != new.get(k) and k.split(".")[0] in _TRAINING_SECTIONS
-    )
+    old = training_settings(json.loads(path.read_text()), num_train, steps_per_epoch)
+    new = training_settings(current, num_train, steps_per_epoch)
+    changed = [
+        f"{k} ({old.get(k)!r} -> {new.get(k)!r})"
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k) != new.get(k)
+    ]
     if changed:
         raise ConfigError(
-            f"{workdir} holds a run with a different config (changed: {changed}); "
-            "use another --workdir or restore the original values"
+            f"{workdir} holds a run with a different config (changed: "
+            f"{', '.join(changed)}); use another --workdir or restore the "
+            "original values"
         )
 
 
@@ -95,18 +137,44 @@ def check_learned(
         )
 
 
+# The last evaluation interval may gain at most this much validation accuracy (and the
+# noise of the validation split's size) before the run counts as still rising steeply: a
+# one-cycle or cosine schedule ends at a learning rate near zero, where a converged run
+# gains well under a point.
+RISE_TOLERANCE = 0.02
+
+
+def still_rising(history: list[dict[str, Any]], num_validation: int) -> str | None:
+    """A warning when validation accuracy was still rising steeply at the end of the run:
+    its last evaluation gained more than :data:`RISE_TOLERANCE` and two standard errors of
+    an accuracy on ``num_validation`` examples over the one before; else None."""
+    if len(history) < 2:
+        return None
+    before, last = history[-2]["val_accuracy"], history[-1]["val_accuracy"]
+    noise = 2 * float(np.sqrt(max(last * (1 - last), 1e-12) / max(num_validation, 1)))
+    if last - before <= max(RISE_TOLERANCE, noise):
+        return None
+    return (
+        f"validation accuracy was still rising steeply at the end of training: "
+        f"{before:.4f} after epoch {history[-2]['epoch']}, {last:.4f} after epoch "
+        f"{history[-1]['epoch']} (step {history[-1]['step']}); the network is probably "
+        "undertrained: train longer (a larger train.min_steps or train.epochs)"
+    )
+
+
 def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     """The example order of one epoch, a pure function of (seed, epoch), so resumes replay it."""
     return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains the base network, evaluating each epoch; resumes from WORKDIR's last checkpoint."""
+    """Trains the base network, evaluating each epoch (or, when train.min_steps raised the
+    epochs, about train.epochs times); resumes from WORKDIR's last checkpoint. Nothing is
+    written to WORKDIR until the config, the data and the export folder have been checked,
+    so a run that fails on them leaves nothing that would refuse the corrected command."""
     validate_config(config)
     sharding.initialize(config.mesh)  # several hosts: join before any device is touched
     workdir_path = Path(workdir).absolute()
-    workdir_path.mkdir(parents=True, exist_ok=True)
-    _check_same_config(workdir_path, config)
     tc = config.train
     export_dir = Path(tc.export_dir).absolute() if tc.export_dir else workdir_path / "model"
     check_replaceable(export_dir)  # before the run, not after it: only our own is replaced
@@ -116,10 +184,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     steps_per_epoch = len(dataset.train.images) // int(tc.batch_size)
     if steps_per_epoch == 0:
         raise ConfigError(
-            f"train.batch_size={tc.batch_size} exceeds the {len(dataset.train.images)}"
-            " training examples"
+            f"train.batch_size={tc.batch_size} exceeds the "
+            f"{len(dataset.train.images)} training examples"
         )
-    total_steps = int(tc.epochs) * steps_per_epoch
+    schedule_of_epochs = epoch_schedule(int(tc.epochs), int(tc.min_steps), steps_per_epoch)
+    total_steps = schedule_of_epochs.total_steps
+    if schedule_of_epochs.epochs > int(tc.epochs):
+        logging.info(
+            "train.min_steps=%d: %d epochs of %d steps (%d training examples, batch %d) would "
+            "run %d steps; running %d epochs (%d steps), evaluated every %d",
+            int(tc.min_steps),
+            int(tc.epochs),
+            steps_per_epoch,
+            len(dataset.train.images),
+            int(tc.batch_size),
+            int(tc.epochs) * steps_per_epoch,
+            schedule_of_epochs.epochs,
+            total_steps,
+            schedule_of_epochs.eval_every,
+        )
     tx = make_optimizer(tc, total_steps)
     schedule = make_schedule(tc, total_steps)
     step_fn = jax.jit(
@@ -142,6 +225,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f"train.batch_size={tc.batch_size} must be a multiple of the "
             f"{sharding.data_size(mesh)} data-parallel devices"
         )
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    _check_same_config(
+        workdir_path,
+        config,
+        len(dataset.train.images) + len(dataset.validation.images),
+        steps_per_epoch,
+    )
     state = create_train_state(network, tx, jax.random.key(int(config.seed)))
     if parallel:
         state = sharding.replicate(mesh, state)
@@ -154,16 +244,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mean, std = dataset.mean, dataset.std
     data_key = jax.random.key(int(config.seed) + 1)
     step = int(state.step)
+    epochs = schedule_of_epochs.epochs
+    started = time.time()
     try:
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
+            evaluates = schedule_of_epochs.evaluates_after(epoch)
             order = epoch_order(int(config.seed), epoch, len(dataset.train.images))
-            started = time.time()
             bar = tqdm(
                 range(offset, steps_per_epoch),
-                desc=f"epoch {epoch + 1}/{tc.epochs}",
+                desc=f"epoch {epoch + 1}/{epochs}",
                 initial=offset,
                 total=steps_per_epoch,
+                leave=schedule_of_epochs.eval_every == 1,
             )
             for batch_index in bar:
                 idx = order[batch_index * tc.batch_size : (batch_index + 1) * tc.batch_size]
@@ -182,9 +275,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     bar.set_postfix(
                         loss=f"{loss_sum / max(count, 1):.4f}", lr=f"{float(schedule(step)):.4f}"
                     )
-                if step % int(tc.checkpoint_every_steps) == 0 and batch_index + 1 < steps_per_epoch:
+                # An evaluated epoch's end is saved below, with its history row.
+                if step % int(tc.checkpoint_every_steps) == 0 and not (
+                    evaluates and batch_index + 1 == steps_per_epoch
+                ):
                     checkpointer.save(state, history)
             bar.close()
+            if not evaluates:
+                continue
             loss_sum, correct, count = np.asarray(state.epoch_sums)
             state = state.replace(epoch_sums=np.zeros((3,), np.float32))
             val = evaluate(
@@ -208,6 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     "seconds": round(time.time() - started, 2),
                 }
             )
+            started = time.time()
             if not (np.isfinite(history[-1]["train_loss"]) and np.isfinite(val["loss"])):
                 # Diverged: fail now, before a checkpoint of the broken state is written.
                 _write_history(workdir_path, history)
@@ -222,6 +321,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     finally:
         checkpointer.close()
     check_learned(history, dataset.validation.labels, state.variables)
+    warnings = [w for w in [still_rising(history, len(dataset.validation.labels))] if w]
+    for warning in warnings:
+        logging.warning(warning)
 
     test = evaluate(
         network, state.variables, mean, std, dataset.test, int(tc.eval_batch_size), desc="test"
@@ -231,8 +333,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
         "val_accuracy": history[-1]["val_accuracy"] if history else None,
-        "epochs": int(tc.epochs),
+        "epochs": epochs,
         "steps": step,
+        "warnings": warnings,
     }
     metadata = {
         "model": config.model.to_dict(),

@@ -3,22 +3,27 @@
 Each exit policy turns a cache's output into a score where a hit is ``score >= threshold``:
 ``gati`` the selector's agreement probability, ``confidence`` and ``apparate`` the internal
 classifier's max softmax, ``entropy`` the negated entropy (so its threshold is
-``-score_threshold``; :func:`policy_threshold` converts).
+``-score_threshold``; :func:`policy_threshold` converts). Under ``gati`` a cache scores with
+its own selector, whatever its kind (caches/selector.py).
+
+Candidates that differ only in their selector kind compile to one program: an option's
+lookup cost is the median of their timings (:func:`same_program`), not the lowest of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gati_jax.caches.bank import CacheBank, Candidate
+from gati_jax.caches.bank import CacheBank, Candidate, predictor_key
 from gati_jax.caches.recording import Recording
 from gati_jax.caches.training import HeadTraining, predictor_logits, selector_scores
+from gati_jax.caches.variants import VariantError, parse_variant
 from gati_jax.planner.costs import Profile, lookup_kind
 from gati_jax.planner.instance import Instance, Option, threshold_grid
 from gati_jax.runtime.knn import KnnHead, knn_key, nearest, store_bytes, store_from_activations
@@ -38,8 +43,11 @@ def exit_scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, answers) of one cache on recorded activations under ``policy``.
 
-    ``logits_cache`` (any dict) keeps the predictor's logits per (candidate, features), so
-    policies scoring the same caches on the same requests run each predictor once.
+    ``logits_cache`` (any dict) keeps the predictor's logits per (predictor, features), so
+    policies scoring the same caches on the same requests, and the selector kinds of one
+    predictor (caches/selector.py), run each predictor once. Under ``gati`` a cache scores
+    with its selector, whatever its kind: a softmax or entropy selector's score is a
+    monotone function of what ``confidence`` or ``entropy`` score for the same cache.
     """
     if policy not in PLANNABLE_POLICIES:
         raise ValueError(
@@ -47,8 +55,9 @@ def exit_scores(
         )
     stacked = jax.tree.map(lambda a: jnp.asarray(a)[None], candidate.params)
     cache = {} if logits_cache is None else logits_cache
-    # Keyed by the array's identity; the entry holds the array, so the identity stays unique.
-    key = (candidate.key, id(features))
+    # Keyed by the predictor (the selector kinds of one predictor share its parameters) and
+    # the array's identity; the entry holds the array, so the identity stays unique.
+    key = (predictor_key(candidate), id(features))
     if key not in cache:
         cache[key] = (
             features,
@@ -65,6 +74,33 @@ def exit_scores(
     if policy in ("confidence", "apparate"):
         return np.exp(log_probs.max(-1)), answers
     return np.sum(np.exp(log_probs) * log_probs, -1), answers  # minus the entropy
+
+
+def same_program(keys: Sequence[str]) -> dict[str, list[str]]:
+    """For each candidate key, the keys (itself included) whose lookups compile to the same
+    program: candidates that differ only in their selector kind (caches/selector.py) run the
+    same predictor and the same selector network, with other parameter values."""
+
+    def program(key: str) -> str:
+        parts = key.split("/")  # p{position}/{variant}/s{seed}/lr{rate}
+        try:
+            parts[1] = parse_variant(parts[1]).predictor.name
+        except (IndexError, VariantError):  # not a cache (a kNN store): its own program
+            return key
+        return "/".join(parts)
+
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        groups.setdefault(program(key), []).append(key)
+    return {key: groups[program(key)] for key in keys}
+
+
+def _pooled(profile: Profile, cost: Callable[[str], float], keys: Sequence[str]) -> float:
+    """The median of ``cost`` over the profile entries ``keys`` of one program: a planner
+    choosing among separately timed copies of one program would pick the copy whose timing
+    came out lowest (the winner's curse, once per copy); their median is one estimate."""
+    timed = [k for k in keys if k in profile.lookup_s]
+    return float(np.median([cost(k) for k in timed])) if timed else cost(keys[0])
 
 
 def policy_threshold(policy: str, score_threshold: float) -> float:
@@ -108,22 +144,25 @@ def build_instance(
     """
     base = recording.base_predictions
     positions = tuple(sorted({c.position for c in candidates}))
+    siblings = same_program([c.key for c in candidates])
     options = []
     for p in positions:
         opts = []
         for c in (c for c in candidates if c.position == p):
             scores, answers = exit_scores(policy, c, bank, recording.features[p], logits_cache)
             levels = grid[c.key] if isinstance(grid, dict) else threshold_grid(scores, grid)
+            kind = lookup_kind(policy)
+            same = [f"{kind}/{k}" for k in siblings[c.key]]
             opts.append(
                 Option(
                     c.key,
                     scores,
                     answers != base,
                     answers == recording.labels,
-                    profile.lookup(policy, c),
+                    _pooled(profile, profile.marginal, same),
                     int(c.metrics["param_bytes"]),
                     np.asarray(levels, np.float64),
-                    profile.exit(policy, c),
+                    _pooled(profile, profile.marginal_exit, same),
                 )
             )
         options.append(tuple(opts))
@@ -145,13 +184,14 @@ def reprice(instance: Instance, profile: Profile, kind: str) -> Instance:
     """``instance`` with its costs (prefixes, lookups, exits, the router's charges) read again
     from ``profile`` for lookups of ``kind``; scores, grids and memory stay, so re-planning
     after a profile changed does not score every request again."""
+    siblings = same_program([o.key for opts in instance.options for o in opts])
 
     def option(o: Option) -> Option:
-        key = f"{kind}/{o.key}"
+        same = [f"{kind}/{k}" for k in siblings[o.key]]
         return dataclasses.replace(
             o,
-            lookup_s=profile.marginal(key),
-            exit_s=None if o.exit_s is None else profile.marginal_exit(key),
+            lookup_s=_pooled(profile, profile.marginal, same),
+            exit_s=None if o.exit_s is None else _pooled(profile, profile.marginal_exit, same),
         )
 
     return dataclasses.replace(

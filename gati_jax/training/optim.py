@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import ml_collections
 import optax
@@ -43,3 +45,30 @@ def make_optimizer(
             nesterov=bool(train_config.nesterov),
         ),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochSchedule:
+    """How many epochs a run trains and when it is evaluated (:func:`epoch_schedule`)."""
+
+    steps_per_epoch: int
+    epochs: int  # train.epochs, raised to reach train.min_steps
+    eval_every: int  # epochs between evaluations (1 unless the epochs were raised)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps of the whole run."""
+        return self.epochs * self.steps_per_epoch
+
+    def evaluates_after(self, epoch: int) -> bool:
+        """Whether the run evaluates (and writes a history row) after 0-based ``epoch``."""
+        return (epoch + 1) % self.eval_every == 0 or epoch + 1 == self.epochs
+
+
+def epoch_schedule(epochs: int, min_steps: int, steps_per_epoch: int) -> EpochSchedule:
+    """``epochs`` of ``steps_per_epoch`` steps, raised until at least ``min_steps`` run, with
+    evaluations spaced so that a raised run is evaluated about ``epochs`` times."""
+    if steps_per_epoch < 1:
+        raise ValueError(f"an epoch needs at least one step, got {steps_per_epoch}")
+    raised = max(int(epochs), -(-int(min_steps) // steps_per_epoch))
+    return EpochSchedule(steps_per_epoch, raised, max(1, round(raised / int(epochs))))
