@@ -471,6 +471,7 @@ def test_online_p99_ratio_pools_every_round_like_its_interval():
                 "windows": [{"agreement": 1.0}],
                 "hit_rate": 0.5,
                 "p99_latency_ms": float(np.percentile(l, 99)),
+                "timeline": {"hit": [online]},
                 **({"online": online_stats} if online else {}),
             }
             for l in latencies
@@ -488,6 +489,7 @@ def test_online_p99_ratio_pools_every_round_like_its_interval():
     pooled = np.percentile(np.concatenate(slow), 99) / np.percentile(np.concatenate(static), 99)
     assert figures["p99_ratio_vs_static_gati"] == pytest.approx(pooled)
     assert figures["chunk_ms_by_kind"] == chunks  # the learner's chunk timings come along
+    assert figures["timeline"] == {"gati": {"hit": [False]}, ONLINE: {"hit": [True]}}
     assert figures["p99_ratio_low90"] <= pooled <= figures["p99_ratio_high90"]
     medians = np.median([np.percentile(l, 99) for l in slow]) / np.median(
         [np.percentile(l, 99) for l in static]
