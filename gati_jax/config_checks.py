@@ -1,4 +1,6 @@
-"""What every config section's validation shares: the error type and the checks that name keys."""
+"""What every config section's validation shares: the error type and the checks that name keys;
+and the flattening that compares two stored configs key by key (kept here, free of jax, so
+light tools such as the run summary can use it)."""
 
 from __future__ import annotations
 
@@ -40,3 +42,14 @@ def require_finite(tree: Any, prefix: str = "") -> None:
             require_finite(item, f"{prefix}[{index}]")
     elif isinstance(tree, float) and not math.isfinite(tree):
         raise ConfigError(f"invalid config value {prefix}={tree!r}: must be a finite number")
+
+
+def flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config as config.json stores it (nested dicts), as one dict of dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -4,10 +4,11 @@
 plans none, gati, confidence, entropy, apparate, knn and oracle for the config's accuracy
 bound and memory budget, serves the config's workloads (uniform, temporal, shift) through
 each in repeated rounds, plus gati-online (the gati caches learning online) when
-``online.enabled``, and writes DIR/benchmark.json, DIR/benchmark_details.json,
-DIR/latency_cdf.png, DIR/agreement_vs_speedup.png and, with online learning,
-DIR/agreement_over_time.png and DIR/online_hit_rate_over_time.png. Without a bank (BANK, or
-DIR/cache_bank) it explores first.
+``online.enabled`` and knn-recent (the recency memory served alone) when listed, and
+writes DIR/benchmark.json, DIR/benchmark_details.json, DIR/latency_cdf.png,
+DIR/agreement_vs_speedup.png and, with online learning, DIR/agreement_over_time.png and
+DIR/online_hit_rate_over_time.png. Without a bank (BANK, or DIR/cache_bank) it explores
+first.
 """
 
 from pathlib import Path

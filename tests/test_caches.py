@@ -451,3 +451,13 @@ def test_the_selector_kinds_of_one_predictor_share_one_lookup_cost():
     same = ["gati/" + k for k in groups[keys[1]]]
     assert _pooled(profile, profile.marginal, same) == pytest.approx(30e-6)
     assert _pooled(profile, profile.marginal, same[:2]) == pytest.approx(15e-6)
+
+
+def test_a_recording_that_cannot_fit_names_the_key_to_raise():
+    from gati_jax.caches.recording import choose_pool_factors
+    from gati_jax.config_checks import ConfigError
+
+    shapes = {0: (7, 7, 16), 1: (7, 7, 32)}  # odd maps: no pooling left to fit them
+    assert choose_pool_factors(shapes, 10, 10 * (784 + 1568) * 2) == {0: 1, 1: 1}
+    with pytest.raises(ConfigError, match=r"caches\.record_max_bytes=1000: .* 2 positions"):
+        choose_pool_factors(shapes, 10, 1000)

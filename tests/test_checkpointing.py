@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 
 import jax
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from conftest import tiny_config
 
@@ -60,6 +62,29 @@ def test_train_checkpoint_round_trip_is_exact(tmp_path):
     _assert_trees_equal(restored.params, state.params)
     _assert_trees_equal(restored.batch_stats, state.batch_stats)
     _assert_trees_equal(restored.opt_state, state.opt_state)
+
+
+def test_a_checkpoint_keeps_the_history_as_it_was_when_saved(tmp_path, monkeypatch):
+    # The loop appends the next epoch's row while the save runs in the background; a resume
+    # from this step must not get that row too (it would be written twice). The JSON write
+    # is held back here, as a busy machine does, so the test does not depend on timing.
+    write = ocp.JsonCheckpointHandler._save_fn
+
+    async def late_write(self, x, directory):
+        await asyncio.sleep(0.5)
+        await write(self, x, directory)
+
+    monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", late_write)
+    network, _, state, tx = _trained_state(tiny_config())
+    checkpointer = TrainCheckpointer(tmp_path / "ckpt", max_to_keep=2)
+    history = [{"epoch": 1, "val_accuracy": 0.5}]
+    checkpointer.save(state, history)
+    history[0]["val_accuracy"] = 0.0
+    history.append({"epoch": 2, "val_accuracy": 0.75})
+    checkpointer.close()
+    template = create_train_state(network, tx, jax.random.key(1))
+    _, restored = TrainCheckpointer(tmp_path / "ckpt", 2).restore(template)
+    assert restored == [{"epoch": 1, "val_accuracy": 0.5}]
 
 
 def test_restore_without_checkpoint_is_a_clear_error(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from conftest import assert_config_rejects, tiny_config
 
 from gati_jax import data
 from gati_jax.config import ConfigError, base_config, validate_config
+from gati_jax.config_checks import flat_config
 from gati_jax.inference import BaseModel, predict_logits
 from gati_jax.input_checks import check_images
 from gati_jax.models import build_network
@@ -35,6 +37,22 @@ def test_locked_base_rejects_unknown_key_at_once():
     config = base_config()
     with pytest.raises(AttributeError, match="learning_rte"):
         config.train.learning_rte = 0.1
+
+
+def test_flat_config_gives_every_leaf_one_dotted_key():
+    stored = {"seed": 0, "train": {"epochs": 3, "sizes": [1, 2]}, "a": {"b": {"c": None}, "d": {}}}
+    assert flat_config(stored) == {
+        "seed": 0,
+        "train.epochs": 3,
+        "train.sizes": [1, 2],
+        "a.b.c": None,
+    }
+    # config.json as written: nested sections flatten down to their leaves.
+    base = base_config()
+    flat = flat_config(json.loads(base.to_json()))
+    assert flat["train.learning_rate"] == base.train.learning_rate
+    assert flat["data.synthetic.image_size"] == base.data.synthetic.image_size
+    assert {key.split(".")[0] for key in flat} == set(base.keys())
 
 
 def test_validate_names_unknown_keys_and_bad_values():

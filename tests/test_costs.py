@@ -294,3 +294,34 @@ def test_charges_from_recovers_the_charges_of_a_linear_router():
     assert costs.charges_from([1e-5], 1e-5, 1e-5, 1e-5) == (0.0, 0.0)
     no_exit = costs.charges_from(list(fixed + per_cache + c), fixed + m * per_cache + c.sum())
     assert no_exit.per_cache_s == 0.0 and no_exit.fixed_s > 0
+
+
+def test_lookups_of_one_program_share_a_compiled_router(mlp, monkeypatch):
+    heads, params = fc_caches(mlp.network, (0, 1), mlp.network.num_classes)
+    decide = policy_builder("gati")(heads[0])
+    # Seeds, learning rates and selector kinds of one predictor: one program at position 0.
+    keys = [
+        "gati/p0/fc-d4-h128/s0/lr0.01",
+        "gati/p0/fc-d4-h128-msp/s0/lr0.01",
+        "gati/p0/fc-d4-h128-ent/s1/lr0.003",
+    ]
+    lookups = {k: (0, decide, params[0], "gati") for k in keys}
+    lookups["gati/p1/fc-d4-h128/s0/lr0.01"] = (
+        1,
+        policy_builder("gati")(heads[1]),
+        params[1],
+        "gati",
+    )
+    lookups["knn/p0/knn-c64-g2-n3"] = (0, decide, params[0], "gati")  # no sharing: its own
+    built = []
+    real = costs.Router
+
+    def counting(*args, **kwargs):
+        built.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(costs, "Router", counting)
+    measured = costs.measure_lookups(mlp, lookups, group_size=1, repeats=6)
+    assert set(measured) == set(lookups)
+    assert built == [(0,), (1,), (0,)]
+    assert costs._program_of(keys[1]) == costs._program_of(keys[2]) == "gati/p0/fc-d4-h128"

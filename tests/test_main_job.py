@@ -124,6 +124,10 @@ def test_benchmark_rows_are_consistent(explored):
     # The config the benchmark served under is saved with its results.
     assert details["config"]["caches"]["checkpoint"] == config.caches.checkpoint
     assert details["config"]["benchmark"]["rounds"] == config.benchmark.rounds
+    # Every served policy's compile time, every bucket, is reported.
+    assert set(details["compile_s"]) == {r["policy"] for r in saved}
+    assert all(0.0 < t < 600.0 for t in details["compile_s"].values())
+    assert "Compile time of each policy's programs" in (workdir / "report.md").read_text()
     # How XLA compiled the convolutions of each timed program (the MLP has none): the plain
     # network and every policy that deploys a cache.
     if jax.default_backend() == "cpu":

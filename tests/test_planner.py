@@ -595,3 +595,83 @@ def test_a_scout_corrects_a_profile_that_overcharges_the_router():
     assert float(capped.miss_charge_s(1)) == pytest.approx(0.02 * dear.full_s)
     assert float(capped.miss_charge_s(3)) == pytest.approx(0.02 * dear.full_s)  # no per-cache
     assert float(dear.miss_charge_s(1)) == pytest.approx(0.1 * dear.full_s)
+
+
+def _threshold_and_gati_instances(seed: int) -> tuple[Instance, Instance]:
+    """A confidence instance and a gati one over the same predictors: gati has each predictor
+    with a learned selector (noisy scores here) and with the softmax kind (a monotone function
+    of the confidence score, as caches/selector.py computes it)."""
+    confidence = random_instance(seed, positions=4, options=2, grid=8)
+    rng = np.random.default_rng(seed + 7)
+    per_position = []
+    for options in confidence.options:
+        gati_options = []
+        for o in options:
+            position, _, seed_part, rate = o.key.split("/")
+            for suffix, scores in (
+                ("", np.clip(o.scores + rng.normal(0, 0.3, o.scores.shape), 0, 1)),
+                ("-msp", 1 / (1 + np.exp(-8 * (o.scores.astype(np.float32) - 1)))),
+            ):
+                key = f"{position}/pool-k1{suffix}/{seed_part}/{rate}"
+                gati_options.append(
+                    dataclasses.replace(o, key=key, scores=scores, grid=threshold_grid(scores, 8))
+                )
+        per_position.append(tuple(gati_options))
+    confidence = dataclasses.replace(
+        confidence,
+        options=tuple(
+            tuple(
+                dataclasses.replace(o, key=f"{o.key.split('/')[0]}/pool-k1/s{i}/lr0.01")
+                for i, o in enumerate(options)
+            )
+            for options in confidence.options
+        ),
+    )
+    # Keys of gati's options must name the same predictors: one per (position, seed).
+    per_position = [
+        tuple(
+            dataclasses.replace(o, key=o.key.replace("/s0/", f"/s{j // 2}/"))
+            for j, o in enumerate(options)
+        )
+        for options in per_position
+    ]
+    return confidence, dataclasses.replace(confidence, options=tuple(per_position))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_gati_never_plans_worse_than_a_threshold_over_the_same_predictors(seed):
+    confidence, gati = _threshold_and_gati_instances(seed)
+    threshold_plan = search.joint(confidence)
+    start = search.translate(confidence, threshold_plan, gati, "softmax")
+    assert start is not None
+    # The translated plan deploys the softmax kind and lets the same requests exit.
+    for i, (src, dst) in enumerate(zip(threshold_plan, start)):
+        assert (src is None) == (dst is None)
+        if src is not None:
+            assert gati.options[i][dst[0]].key.split("/")[1] == "pool-k1-msp"
+            hit_src = confidence.options[i][src[0]].scores >= src[1]
+            hit_dst = gati.options[i][dst[0]].scores >= dst[1]
+            np.testing.assert_array_equal(hit_src, hit_dst)
+    assert _mean_cost(gati, start) == pytest.approx(_mean_cost(confidence, threshold_plan))
+    ours = search.joint(gati, starts=[start])
+    assert _feasible(gati, ours)
+    assert _mean_cost(gati, ours) <= _mean_cost(confidence, threshold_plan) * (1 + 1e-9)
+    # A plan whose predictors gati lacks translates to nothing.
+    assert search.translate(confidence, threshold_plan, gati, "entropy") is None or not any(
+        threshold_plan
+    )
+
+
+def test_pair_moves_on_deep_instances_refine_deployed_and_near_positions():
+    small = [None, (0, 0.5), None, None]
+    assert search._partners(small, 0) == [1, 2, 3]  # a small instance: every other position
+    deep = [None] * 20
+    deep[15] = (0, 0.5)
+    assert search._partners(deep, 3) == [1, 2, 4, 5, 15]
+    # On a deep instance ours stays feasible and no worse than every comparator.
+    instance = random_instance(5, positions=20, options=2, grid=6, requests=300)
+    ours = search.joint(instance)
+    assert _feasible(instance, ours)
+    for method in ("single", "greedy"):
+        comparator = search.METHODS[method](instance)
+        assert _mean_cost(instance, ours) <= _mean_cost(instance, comparator) * (1 + 1e-9)

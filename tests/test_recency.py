@@ -17,7 +17,7 @@ from gati_jax.models import build_network
 from gati_jax.online.audit import AuditNetwork
 from gati_jax.online.config import online_config
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
-from gati_jax.online.programs import route_deferred, unpack_taps
+from gati_jax.online.programs import route_deferred, slot_part, unpack_taps
 from gati_jax.online.recency import (
     NO_SCORE,
     UNSURE,
@@ -29,6 +29,7 @@ from gati_jax.online.recency import (
 )
 from gati_jax.online.shift import ShiftDetector, ShiftReference
 from gati_jax.runtime.deployment import Deployment
+from gati_jax.runtime.packing import Packing
 from gati_jax.runtime.segments import SegmentedNetwork
 
 SHAPE = (6, 6, 1)
@@ -279,6 +280,92 @@ def test_light_taps_carry_keys_and_scores_not_cache_inputs_and_unpack_later(mode
             1
         ][0]
     )
+
+
+def _memory_arrays(packing, params):
+    """Indices of the flat arrays that hold the memories' leaves."""
+    paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    return {g for path, (g, _) in zip(paths, packing.offsets) if slot_part(path) == "memory"}
+
+
+def test_a_memory_publication_sends_the_memory_alone_and_serves_as_a_full_repack(
+    model, monkeypatch
+):
+    learner = OnlineLearner(model, _deployment(model, (0.6, 0.6)), _settings(), max_group=2)
+    learner.warm_up()
+    router = learner.light
+    images = _scenes(model, count=1, frames=4)
+    learner.route(images[:2])
+    learner.drain()
+    traces, programs = router.trace_count, len(router._programs)
+    before = router._packed(learner.serving_params)[0]
+    memory = learner.memories[0]
+    rng = np.random.default_rng(9)
+    capacity, size = memory.keys.shape
+    memory.add(
+        rng.standard_normal((capacity, size)),
+        rng.integers(0, CLASSES, capacity),
+        rng.random(capacity) < 0.8,
+    )
+    memory.threshold = 0.5  # kept by the publication: no outcome argues against it
+    sent = []
+    put = jax.device_put
+    monkeypatch.setattr(jax, "device_put", lambda x, *a, **k: sent.append(x) or put(x, *a, **k))
+    learner._publish_memories()
+    monkeypatch.undo()
+    assert learner._serving_memories == (True,)
+    packing = router._last_packed.packing
+    served = router._packed(learner.serving_params)[0]  # what the next group is served with
+    memory_arrays = _memory_arrays(packing, learner.serving_params)
+    assert memory_arrays and len(memory_arrays) < len(served)
+    # (b) The caches' device arrays are the very same objects; only the memory's were sent.
+    for i, (old, new) in enumerate(zip(before, served)):
+        assert (old is not new) if i in memory_arrays else (old is new), i
+    assert any(not np.array_equal(before[i], served[i]) for i in memory_arrays)
+    elements = sum(a.size for a in jax.tree.leaves(learner.serving_params[0]["memory"]))
+    assert sum(np.size(a) for a in jax.tree.leaves(sent)) == elements
+    # (a) Bit for bit what a full re-pack serves: every leaf copied (NumPy leaves are never
+    # reused) goes through the same router, which packs and sends all of it again.
+    copy = jax.tree.map(np.array, learner.serving_params)
+    thresholds = learner.slot_thresholds()
+    incremental = route_deferred(router, learner.serving_params, thresholds, images[2:])[1]
+    full = router._packed(copy)[0]
+    assert all(f is not s for f, s in zip(full, served))
+    assert len(full) == len(served)
+    for f, s in zip(full, served):
+        assert f.dtype == s.dtype and np.array_equal(f, s)
+    np.testing.assert_array_equal(
+        route_deferred(router, copy, thresholds, images[2:])[1], incremental
+    )
+    # (c) Nothing recompiled: the same program took the new arguments.
+    assert router.trace_count == traces and len(router._programs) == programs
+
+
+def test_packing_reuses_unchanged_device_arrays_of_a_part_and_never_numpy_ones():
+    tree = (
+        {
+            "cache": {"w": jnp.ones((70, 70)), "b": jnp.arange(3.0)},
+            "memory": {"keys": np.ones((2, 3), np.float32), "threshold": np.zeros(1, np.float32)},
+        },
+    )
+    packing = Packing.of(tree, part=slot_part)
+    # Parts never share an array: the caches' small leaves, the big kernel, the memory's.
+    assert packing.groups == ("float32", "float32", "float32")
+    flats = packing.pack(tree)
+    tree[0]["memory"]["keys"][0, 0] = 7.0  # changed in place: the same object
+    again = packing.pack(tree, (tree, flats))
+    memory = _memory_arrays(packing, tree).pop()
+    assert float(again[memory][0]) == 7.0 and again[memory] is not flats[memory]
+    assert all(again[i] is flats[i] for i in range(3) if i != memory)
+    # A new cache leaf re-packs its array (and the NumPy memory's), not the kernel's own.
+    new = ({**tree[0], "cache": {**tree[0]["cache"], "b": jnp.zeros(3)}},)
+    assert packing.fits(new, tree)
+    third = packing.pack(new, (tree, again))
+    leaves = jax.tree.leaves(tree)
+    kernel = packing.offsets[next(i for i, x in enumerate(leaves) if x is tree[0]["cache"]["w"])][0]
+    assert kernel == 2 and third[kernel] is again[kernel] and third[0] is not again[0]
+    np.testing.assert_array_equal(third[0][:3], np.zeros(3))
+    assert not packing.fits(({**new[0], "cache": {**new[0]["cache"], "b": jnp.zeros(4)}},), new)
 
 
 def test_slot_router_times_the_learner_program_on_a_deployment_parameters(model):

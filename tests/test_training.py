@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +36,24 @@ def test_tiny_run_learns_and_writes_outputs(tmp_path):
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [28, 30]
     model = load_base_model(tmp_path / "model")
     assert model.metadata["metrics"]["test_accuracy"] == out["final"]["test_accuracy"]
+
+
+def test_metrics_reach_tensorboard_and_a_resume_keeps_the_jsonl_rows(tmp_path):
+    config = tiny_config(epochs=3)
+    first = train_and_evaluate(config, str(tmp_path))
+    assert list((tmp_path / "tensorboard" / "metrics").glob("events.out.tfevents.*"))
+    before = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert before == first["history"]
+    # Back to step 28 (epoch 3 unfinished), as a kill would leave it: the JSONL still holds
+    # epoch 3's row, which the resume must replace, not append to.
+    shutil.rmtree(tmp_path / "checkpoints" / "30")
+    resumed = train_and_evaluate(config, str(tmp_path))
+    after = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert after == resumed["history"]
+    assert [row["epoch"] for row in after] == [1, 2, 3]
+    assert after[:2] == before[:2]  # restored from the checkpoint as written
+    for key in ("step", "train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        assert after[2][key] == pytest.approx(before[2][key], rel=1e-5), key
 
 
 def test_resume_refuses_a_changed_config(tmp_path):

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from gati_jax import data, sharding
 from gati_jax.caches.pooling import pool_map
+from gati_jax.config_checks import ConfigError
 from gati_jax.inference import BaseModel, padded_batches
 from gati_jax.input_checks import check_images
 from gati_jax.models import StagedNetwork, Variables
@@ -71,10 +72,12 @@ def choose_pool_factors(
         ]
         if not poolable:
             need = sum(size(p) for p in shapes) * 2 * num_examples
-            raise ValueError(
-                f"recording {num_examples} examples needs at least {need} bytes "
-                f"even pooled; raise caches.record_max_bytes ({max_bytes}) or "
-                "record fewer examples"
+            raise ConfigError(
+                f"invalid config value caches.record_max_bytes={max_bytes}: recording "
+                f"{num_examples} examples at {len(shapes)} positions needs at least {need} "
+                "bytes even pooled; raise it (the recording is held in memory), name fewer "
+                "caches.positions, or record fewer examples (caches.predictor_examples, "
+                "caches.test_examples)"
             )
         largest = max(poolable, key=size)
         factors[largest] *= 2

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from gati_jax.config_checks import flat_config
+
 _ONLINE = (
     "speedup_vs_static_gati",
     "p99_ratio_vs_static_gati",
@@ -184,19 +186,10 @@ def compact_online(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
 def config_differences(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
     """Config keys whose values differ between the runs that have a config (key -> run ->
     value; a run without the key shows None). Runs without one: :func:`without_config`."""
-    flat = {run.name: _flat(run.config) for run in runs if run.config}
+    flat = {run.name: flat_config(run.config) for run in runs if run.config}
     keys = sorted({k for f in flat.values() for k in f})
     return {
         k: {name: f.get(k) for name, f in flat.items()}

@@ -60,6 +60,8 @@ from gati_jax.training.checkpointing import load_base_model
 POLICIES = ("none", "gati", "confidence", "entropy", "apparate", "knn", "oracle")
 ONLINE = "gati-online"  # the planned gati caches, learning online (config.online.enabled)
 APPARATE_ONLINE = apparate_online.NAME  # Apparate re-tuning while it serves (when listed)
+# The traditional recency cache: gati-online's recency memory served alone (when listed).
+KNN_RECENT = "knn-recent"
 _WARMUP = 20  # requests routed untimed before each timed stream
 # Which planned (policy, method) serves each policy.
 _PLANNED = {
@@ -154,6 +156,32 @@ def contenders_from_plans(
     return contenders
 
 
+def knn_recent_positions(explored: tuple[int, ...], memories: int) -> tuple[int, ...]:
+    """Where knn-recent keeps its memories: the first ``memories`` (online.recency_positions)
+    explored positions. No plan of gati's: a traditional cache knows the network, not which
+    positions a learned-cache planner chose; the earliest position saves the most per hit
+    and, on the shipped ResNet-18's plan, is where gati-online's memory sits too (its first
+    deployed position, 0)."""
+    return tuple(sorted(int(p) for p in explored))[: int(memories)]
+
+
+def knn_recent(
+    config: ml_collections.ConfigDict, model: BaseModel, positions: tuple[int, ...]
+) -> tuple[Contender, OnlineLearner]:
+    """knn-recent ready to serve: an online learner of recency memories alone at
+    ``positions`` (OnlineLearner.memories_only: gati-online's memory, settings, audits and
+    memory guard, no learned cache), and its contender, whose cache bytes are the memories'
+    with their outcome windows. Its deployment only names the positions it may exit at (the
+    rows' per-position hit rates and the all-miss timing); the learner serves it."""
+    learner = OnlineLearner.memories_only(
+        model, positions, OnlineSettings.from_config(config.online), int(config.serving.max_group)
+    )
+    # Policy "knn" for the all-miss timing's thresholds (a kNN lookup; the learner's slots
+    # take no cache thresholds, and its memories there never hit).
+    deployment = Deployment("knn", tuple(positions), (), (), np.zeros(0, np.float32))
+    return Contender(KNN_RECENT, deployment, None, learner.nbytes()), learner
+
+
 def serve_rounds(
     model: BaseModel,
     contenders: dict[str, Contender],
@@ -165,21 +193,28 @@ def serve_rounds(
     turn: int = 25,
     learners: dict[str, OnlineLearner] | None = None,
     compiled: dict[str, Router] | None = None,
+    compile_s: dict[str, float] | None = None,
 ) -> dict[str, list[dict]]:
     """Serves the workload ``rounds`` times per policy; per-round summaries. With the virtual
     clock the policies' streams advance interleaved, ``turn`` groups at a time, the order
     rotating every round. A contender with an entry in ``learners`` is served by that online
     learner (reset before every round, its background work in its own loop's idle time).
-    ``compiled`` keeps each contender's router for the next workload (filled here)."""
+    ``compiled`` keeps each contender's router for the next workload (filled here);
+    ``compile_s`` gets the seconds each contender's programs took to compile, every bucket
+    (filled on a contender's first workload)."""
     last = model.network.num_stages - 1
     learners = learners or {}
     compiled = {} if compiled is None else compiled
+    compile_s = {} if compile_s is None else compile_s
     routers = {}
     for name, c in contenders.items():
         if name in learners:
+            started = time.perf_counter()
             learners[name].warm_up()
+            compile_s.setdefault(name, time.perf_counter() - started)
             routers[name] = learners[name].route
             continue
+        started = time.perf_counter()
         # One router per contender for every workload: a new one would compile every
         # bucket again (measured: about 2 minutes of a 3-workload benchmark).
         if name not in compiled:
@@ -193,6 +228,7 @@ def serve_rounds(
 
         for size in router.buckets:  # compile every bucket before anything is timed
             route(workload.images[:size], np.arange(size))
+        compile_s.setdefault(name, time.perf_counter() - started)
         routers[name] = route
     names = list(contenders)
     results: dict[str, list[dict]] = {n: [] for n in names}
@@ -389,6 +425,25 @@ def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[s
     return figures
 
 
+def knn_recent_figures(rounds: list[dict]) -> dict[str, Any]:
+    """knn-recent on one workload (first round): hits, agreement (whole stream and worst
+    window), when its memory first served, audits, memory-guard events and bytes."""
+    first = rounds[0]
+    learned = first["online"]
+    admitted = next((m for m in learned["memory_log"] if np.isfinite(m["threshold"])), None)
+    return {
+        "hit_rate": first["hit_rate"],
+        "agreement": first["agreement"],
+        "min_window_agreement": min(w["agreement"] for w in first["windows"]),
+        "first_served": None if admitted is None else admitted["served"],
+        "audited": learned["audited"],
+        **{
+            key: learned[key]
+            for key in ("memory_bytes", "memory_positions", "memory_log", "memory_guard_events")
+        },
+    }
+
+
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """[start, end) of every run of True in a boolean mask."""
     edges = np.flatnonzero(np.diff(np.r_[0, np.asarray(mask, np.int8), 0]))
@@ -416,13 +471,21 @@ def run_benchmark(
     planned = load_or_plan(config, out, bank_dir)
     contenders = contenders_from_plans(config, model, bank, dataset, planned)
     names = [*config.benchmark.policies]
+    learners = {}
+    if KNN_RECENT in names and int(config.online.recency_positions) == 0:
+        logging.warning(f"{KNN_RECENT} not served: online.recency_positions is 0 (no memory)")
+        names.remove(KNN_RECENT)
+    if KNN_RECENT in names:
+        positions = knn_recent_positions(
+            tuple(bank.info["positions"]), int(config.online.recency_positions)
+        )
+        contenders[KNN_RECENT], learners[KNN_RECENT] = knn_recent(config, model, positions)
     if ONLINE in contenders and "gati" in names:
         names.insert(names.index("gati") + 1, ONLINE)
     if APPARATE_ONLINE in names and APPARATE_ONLINE not in contenders:  # an old plan.json
         logging.warning(f"{APPARATE_ONLINE} not served: the plans hold no candidate ramps")
         names.remove(APPARATE_ONLINE)
     contenders = {n: contenders[n] for n in names}
-    learners = {}
     if ONLINE in contenders:
         settings = OnlineSettings.from_config(config.online)
         # In-distribution inputs for the shift detector: the selectors' calibration half of
@@ -473,9 +536,11 @@ def run_benchmark(
     sweep = planned["sweep"]
     split = getattr(dataset, config.workload.split)
     rows, latencies, streams, windows, online, corrupted = [], {}, {}, {}, {}, {}
+    recent: dict[str, dict[str, Any]] = {}  # workload -> knn-recent's figures
     exits: dict[str, dict[str, dict[str, float]]] = {}  # workload -> policy -> position
     apparate_tunings: dict[str, Any] = {}
     compiled: dict[str, Router] = {}
+    compile_s: dict[str, float] = {}
     for name in config.benchmark.workloads:
         section = ml_collections.ConfigDict(config.workload.to_dict())
         section.name = name
@@ -502,9 +567,12 @@ def run_benchmark(
             int(config.benchmark.turn),
             learners,
             compiled,
+            compile_s,
         )
         if ONLINE in results:
             online[name] = online_figures(results, name)
+        if KNN_RECENT in results:
+            recent[name] = knn_recent_figures(results[KNN_RECENT])
         if APPARATE_ONLINE in results:  # what it tuned, first round
             apparate_tunings[name] = results[APPARATE_ONLINE][0]["online"]
         windows[name] = {p: rs[0]["windows"] for p, rs in results.items()}
@@ -513,6 +581,10 @@ def run_benchmark(
         latencies[name] = {
             p: np.concatenate([r["latencies_ms"] for r in rs]) for p, rs in results.items()
         }
+    logging.info(
+        "compile time of each policy's programs (every bucket): "
+        + ", ".join(f"{n} {t:.1f} s" for n, t in compile_s.items())
+    )
     scaling_dep = (
         contenders["gati"].deployment if "gati" in contenders else contenders["none"].deployment
     )
@@ -533,6 +605,8 @@ def run_benchmark(
         "device_scaling": scaling,
         "online": online,
         "apparate_online": apparate_tunings,
+        "knn_recent": recent,
+        "compile_s": compile_s,
         "convolution_kernels": kernels,
         "kernel_profile_ms": kernel_profile,
         "plans": {n: c.plan.to_json() for n, c in contenders.items() if c.plan},
@@ -601,6 +675,14 @@ def run_benchmark(
             f"{summary['tunings']} tunings {summary['tuning_reasons']}, "
             f"{summary['ramp_changes']} ramp changes, ends at positions "
             f"{summary['final_positions']}"
+        )
+    for name, figures in recent.items():
+        logging.info(
+            f"{KNN_RECENT} on {name}: hit rate {figures['hit_rate']:.3f}, agreement "
+            f"{figures['agreement']:.4f} (worst window {figures['min_window_agreement']:.3f}), "
+            f"first served after {figures['first_served']} requests, {figures['audited']} "
+            f"audited, memory {sum(figures['memory_bytes'])} bytes at positions "
+            f"{figures['memory_positions']}"
         )
     for name, figures in online.items():
         logging.info(

@@ -32,6 +32,7 @@ from absl import logging
 from gati_jax import data, sharding
 from gati_jax.atomic_dir import check_replaceable
 from gati_jax.config import ConfigError, validate_config
+from gati_jax.config_checks import flat_config
 from gati_jax.integrity import MANIFEST, file_sha256
 from gati_jax.jobs.benchmark import run_benchmark
 from gati_jax.jobs.exploration import run_exploration
@@ -82,16 +83,6 @@ def stored_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return _absolute_paths(json.loads(config.to_json_best_effort()))
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def affected_phase(key: str, base_trained: bool) -> str | None:
     """The first phase whose results config ``key`` affects (later phases depend on it), or
     None for keys that change how a phase runs, never what it produces."""
@@ -134,13 +125,13 @@ def check_same_run(
         )
     try:
         # (relative paths: config.json files written before paths were stored absolute)
-        saved = _flat(_absolute_paths(json.loads(path.read_text())))
+        saved = flat_config(_absolute_paths(json.loads(path.read_text())))
     except json.JSONDecodeError as error:
         raise ConfigError(
             f"{path} is corrupt ({error}); rerun with --redo=explore to make "
             "every phase again, or use another --workdir"
         ) from None
-    new = _flat(current)
+    new = flat_config(current)
     changed: dict[str, str] = {}
     for key in sorted(saved.keys() | new.keys()):
         if saved.get(key) == new.get(key):

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from gati_jax import data
-from gati_jax.caches.bank import CacheBank, load_bank
+from gati_jax.caches.bank import CacheBank, Candidate, load_bank
 from gati_jax.caches.recording import Recording, record_activations
 from gati_jax.config import ConfigError, validate_config
 from gati_jax.evaluation import model_data_config
@@ -48,7 +48,7 @@ from gati_jax.planner.costs import (
 )
 from gati_jax.planner.feasibility import Feasibility, check_feasibility
 from gati_jax.planner.instance import Instance, MissFloors, simulate
-from gati_jax.planner.miss_bound import hold_miss_bound
+from gati_jax.planner.miss_bound import MissRound, hold_miss_bound
 from gati_jax.planner.plan import Plan, plan_deployment, plan_from_choices, save_plan
 from gati_jax.runtime.knn import KnnHead
 from gati_jax.tables import format_table
@@ -221,11 +221,13 @@ def _search(
 def run_methods(
     instances: dict[str, tuple[Instance, Instance]], eps: float, planner: ml_collections.ConfigDict
 ) -> list[Plan]:
-    """Every (policy, method) at one eps; ours is seeded with the comparators' gati plans.
+    """Every (policy, method) at one eps; ours is seeded with the comparators' plans, and
+    gati's also with every threshold policy's plan over the same predictors (search.translate).
     ``planner``: the config section (Apparate's ramp and tail budgets)."""
     plans: dict[tuple[str, str], Plan] = {}
     choices: dict[tuple[str, str], list] = {}
-    order = sorted(METHODS, key=lambda m: m[1] == "joint")  # comparators first
+    # Comparators first, then ours; gati's joint search last, after every threshold plan.
+    order = sorted(METHODS, key=lambda m: (m[1] == "joint", m[0] == "gati"))
     for policy, method in order:
         tuning, test = (dataclasses.replace(i, eps=eps) for i in instances[policy])
         # apparate's ramps are confidence caches: the two share their instance and starts.
@@ -234,6 +236,13 @@ def run_methods(
             *(("confidence", "apparate") if policy in ("confidence", "apparate") else ()),
         }
         starts = [c for (p, m), c in choices.items() if p in same] if method == "joint" else []
+        if policy == "gati" and method == "joint":
+            for (p, _), found in choices.items():
+                if p in search.THRESHOLD_KIND:
+                    source = dataclasses.replace(instances[p][0], eps=eps)
+                    start = search.translate(source, found, tuning, search.THRESHOLD_KIND[p])
+                    if start is not None:
+                        starts.append(start)
         found = _search(method, tuning, starts, planner)
         choices[(policy, method)] = found
         plans[(policy, method)] = plan_from_choices(tuning, found, policy, method, test)
@@ -315,17 +324,28 @@ def check_bound_reachable(planner: ml_collections.ConfigDict, validation_size: i
     return feasibility
 
 
-def run_planning(
-    config: ml_collections.ConfigDict, workdir: str, bank_dir: str | None = None
-) -> dict[str, Any]:
-    """Plans caches for every method, checks the cost model, saves the plan, prints tables."""
-    validate_config(config)
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+    """What the planning phases share: the network, its bank, the recorded requests, the
+    candidates, the kNN stores and the lookups' profile (updated in place as it is confirmed)."""
+
+    model: BaseModel
+    bank: CacheBank
+    feasibility: Feasibility
+    planning: PlanningData
+    candidates: list[Candidate]
+    stores: dict[int, dict[str, np.ndarray]]
+    head: KnnHead
+    lookups: dict[str, tuple[int, Any, Any, str]]
+    profile: Profile
+    profile_path: str | Path
+
+
+def _load_inputs(config: ml_collections.ConfigDict, workdir: Path, bank_dir: str | None) -> _Inputs:
+    """Loads the network, bank and data, records the requests, profiles the lookups."""
     planner = config.planner
-    started = time.time()
-    workdir_path = Path(workdir).absolute()
-    workdir_path.mkdir(parents=True, exist_ok=True)
     model = load_base_model(config.caches.checkpoint)
-    bank = load_bank(bank_dir or workdir_path / "cache_bank", model)  # made for this network
+    bank = load_bank(bank_dir or workdir / "cache_bank", model)  # made for this network
     dataset = data.load_dataset(model_data_config(model, config.data.data_dir))
     feasibility = check_bound_reachable(planner, len(dataset.validation.labels))
     planning = record_planning_data(
@@ -333,7 +353,7 @@ def run_planning(
     )
     candidates = plan_candidates(bank, planner.candidates)
     stores, head = knn_setup(config, model, bank, dataset)
-    profile_path = planner.profile or workdir_path / "profile.json"
+    profile_path = planner.profile or workdir / "profile.json"
     lookups = candidate_lookups(bank, candidates, ("gati", "confidence")) | knn_lookups(
         stores, head
     )
@@ -345,25 +365,47 @@ def run_planning(
         int(planner.latency_repeats),
         bool(planner.remeasure),
     )
+    return _Inputs(
+        model, bank, feasibility, planning, candidates, stores, head, lookups, profile, profile_path
+    )
 
-    def plan_all(instances=None):
-        if instances is None:
-            instances = build_policy_instances(bank, candidates, planning, profile, planner)
-            instances["knn"] = knn_instances(stores, head, planning, profile, planner)
-        else:  # the profile changed, the requests did not
-            instances = _per_pair(
-                instances,
-                lambda policy, i: reprice(
-                    i, profile, "knn" if policy == "knn" else lookup_kind(policy)
-                ),
-            )
-        return instances, run_methods(instances, float(planner.eps), planner)
 
-    instances, plans = plan_all()
+def _plan_all(
+    inputs: _Inputs,
+    planner: ml_collections.ConfigDict,
+    instances: dict[str, tuple[Instance, Instance]] | None = None,
+) -> tuple[dict[str, tuple[Instance, Instance]], list[Plan]]:
+    """Every policy's instances (built, or repriced when only the profile changed) and plans."""
+    if instances is None:
+        instances = build_policy_instances(
+            inputs.bank, inputs.candidates, inputs.planning, inputs.profile, planner
+        )
+        instances["knn"] = knn_instances(
+            inputs.stores, inputs.head, inputs.planning, inputs.profile, planner
+        )
+    else:  # the profile changed, the requests did not
+        instances = _per_pair(
+            instances,
+            lambda policy, i: reprice(
+                i, inputs.profile, "knn" if policy == "knn" else lookup_kind(policy)
+            ),
+        )
+    return instances, run_methods(instances, float(planner.eps), planner)
+
+
+def _confirm_chosen_costs(
+    inputs: _Inputs,
+    planner: ml_collections.ConfigDict,
+    instances: dict[str, tuple[Instance, Instance]],
+    plans: list[Plan],
+) -> tuple[dict[str, tuple[Instance, Instance]], list[Plan]]:
+    """Measures the chosen lookups and routers again and plans again (``planner.confirm_rounds``
+    times at most, fewer once every chosen cost is confirmed)."""
     # The winner's curse: plans favour lookups measured low. Until every lookup our plans
     # chose has a measurement taken after the choice, measure those again, measure the
     # router's charges on the router a plan chose (they depend on which caches share it),
     # and plan again.
+    profile, lookups = inputs.profile, inputs.lookups
     group, repeats = int(planner.group_size), int(planner.latency_repeats)
     for _ in range(int(planner.confirm_rounds)):
         todo = {
@@ -373,16 +415,28 @@ def run_planning(
         if not todo and not routers:
             break
         if todo:
-            confirm_lookups(model, profile, todo, group, repeats)
+            confirm_lookups(inputs.model, profile, todo, group, repeats)
         for kind, keys in routers.items():
             record_router_charge(
-                profile, model, kind, {k: lookups[k] for k in keys}, group, repeats
+                profile, inputs.model, kind, {k: lookups[k] for k in keys}, group, repeats
             )
-        save_profile(profile_path, profile)
-        instances, plans = plan_all(instances)
+        save_profile(inputs.profile_path, profile)
+        instances, plans = _plan_all(inputs, planner, instances)
+    return instances, plans
 
-    # The miss bound, held by measuring the chosen plan (planner/miss_bound.py); without a
-    # bound the chosen plan's all-miss overhead is measured once, for the record.
+
+def _hold_miss_bound(
+    inputs: _Inputs,
+    planner: ml_collections.ConfigDict,
+    instances: dict[str, tuple[Instance, Instance]],
+    plans: list[Plan],
+) -> tuple[dict[str, tuple[Instance, Instance]], list[Plan], list[MissRound], bool]:
+    """Holds the miss bound by measuring the chosen plan (planner/miss_bound.py); returns the
+    instances and plans it ended with, its rounds and whether the bound held."""
+    # Without a bound the chosen plan's all-miss overhead is measured once, for the record.
+    model, bank = inputs.model, inputs.bank
+    group, repeats = int(planner.group_size), int(planner.latency_repeats)
+
     def plan_with_floors(floors: MissFloors) -> tuple[Instance, list]:
         nonlocal instances, plans
         if floors != instances["gati"][0].miss_floors:
@@ -437,6 +491,19 @@ def run_planning(
         deploy_nothing,
         scout=unbounded,
     )
+    return instances, plans, miss_rounds, within
+
+
+def _miss_check(
+    inputs: _Inputs,
+    planner: ml_collections.ConfigDict,
+    plans: list[Plan],
+    miss_rounds: list[MissRound],
+    within: bool,
+) -> dict[str, Any]:
+    """plan.json's miss check: the bound, its rounds and, under a bound, the comparators'
+    plans timed once each."""
+    bound = miss_bound_of(planner)
     miss_check = {
         "bound": bound if np.isfinite(bound) else None,
         "within_bound": within,
@@ -447,21 +514,25 @@ def run_planning(
     if np.isfinite(bound):
         # The comparators' plans get our floors but are not held by measurement: each is
         # timed once, for the record (the policy benchmark times them again as served).
+        group, repeats = int(planner.group_size), int(planner.latency_repeats)
         miss_check["comparators"] = {
             plan.policy: {
                 "positions": list(plan.positions),
                 "predicted": plan.tuning["miss_overhead"],
                 "measured": measure_miss_overhead(
-                    model, plan_deployment(plan, bank), group, 5 * repeats
+                    inputs.model, plan_deployment(plan, inputs.bank), group, 5 * repeats
                 ),
             }
             for plan in plans
             if plan.policy not in ("gati", "knn")
         }
-    chosen = plans[0]
+    return miss_check
 
-    # Ours against exhaustive search on a small instance: evenly spaced positions, each
-    # position's best candidate, a coarse grid.
+
+def _exhaustive_check(inputs: _Inputs, planner: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Ours against exhaustive search on a small instance: evenly spaced positions, each
+    position's best candidate, a coarse grid."""
+    bank = inputs.bank
     positions = bank.info["positions"]
     count = min(int(planner.exhaustive_positions), len(positions))
     subset = sorted({positions[int(round(i))] for i in np.linspace(0, len(positions) - 1, count)})
@@ -469,8 +540,8 @@ def run_planning(
         "gati",
         bank,
         [bank.best(p) for p in subset],
-        planning,
-        profile,
+        inputs.planning,
+        inputs.profile,
         planner,
         int(planner.exhaustive_grid),
     )
@@ -483,61 +554,62 @@ def run_planning(
         "ours_ms": 1e3 * float(simulate(small_tuning, ours_small).mean_cost_s),
     }
     small["ours/exhaustive"] = small["ours_ms"] / small["exhaustive_ms"]
+    return small
 
-    deployment = plan_deployment(chosen, bank)
-    tuning_gati = instances["gati"][0]
+
+def _cost_check(
+    inputs: _Inputs, planner: ml_collections.ConfigDict, chosen: Plan, tuning_gati: Instance
+) -> dict[str, Any]:
+    """The chosen plan routed request by request against the cost model's prediction."""
+    deployment = plan_deployment(chosen, inputs.bank)
     chosen_choices = _choices_of(chosen, tuning_gati)
     n_check = min(int(planner.check_requests), tuning_gati.num_requests)
     fresh = remeasured(
-        model,
+        inputs.model,
         tuning_gati,
         chosen_choices,
-        bank,
+        inputs.bank,
         "gati",
         int(planner.group_size),
         int(planner.latency_repeats),
     )
-    check = check_cost_model(
-        model,
+    return check_cost_model(
+        inputs.model,
         deployment,
         tuning_gati,
         chosen_choices,
-        planning.tuning_images[:n_check],
+        inputs.planning.tuning_images[:n_check],
         fresh=fresh,
     )
 
+
+def _sweep(
+    instances: dict[str, tuple[Instance, Instance]],
+    plans: list[Plan],
+    planner: ml_collections.ConfigDict,
+) -> list[dict[str, Any]]:
+    """Every method's table row at each swept eps (the plans at ``planner.eps`` as made)."""
     sweep = []
     for eps in sorted(set(float(e) for e in planner.sweep_eps) | {float(planner.eps)}):
         for plan in plans if eps == float(planner.eps) else run_methods(instances, eps, planner):
             sweep.append({"eps": eps, **_row(plan)})
+    return sweep
 
-    save_plan(workdir_path / "plan", chosen, bank)
-    result = {
-        "settings": plan_settings(config),
-        "chosen": chosen.to_json(),
-        "methods": [p.to_json() for p in plans],
-        "table": [_row(p) for p in plans],
-        "exhaustive_check": small,
-        "cost_check": check,
-        "miss_check": miss_check,
-        "sweep": sweep,
-        "profile": profile.key,
-        # What the tuning set can certify (gati_jax/planner/feasibility.py).
-        "feasibility": dataclasses.asdict(feasibility),
-        # apparate-online's candidate ramps and their costs (gati_jax/online/apparate.py)
-        "apparate_ramps": apparate.RampSet.from_instance(
-            instances["apparate"][0],
-            int(planner.apparate_ramps),
-            float(planner.apparate_tail_budget),
-        ).to_json(),
-        "seconds": round(time.time() - started, 1),
-    }
-    (workdir_path / "plan.json").write_text(json.dumps(result, indent=1) + "\n")
-    plot_plan_tradeoff(sweep, workdir_path / "plan_tradeoff.png")
+
+def _log_results(
+    result: dict[str, Any],
+    planner: ml_collections.ConfigDict,
+    instances: dict[str, tuple[Instance, Instance]],
+    miss_rounds: list[MissRound],
+    workdir: Path,
+) -> None:
+    """Logs the tables and checks that plan.json records."""
+    sweep, small, check = result["sweep"], result["exhaustive_check"], result["cost_check"]
+    bound, within = miss_bound_of(planner), result["miss_check"]["within_bound"]
     logging.info(
         f"eps={planner.eps}, memory budget {planner.memory_budget_bytes} bytes, tuned on "
-        f"{tuning_gati.num_requests} validation requests, tested on "
-        f"{instances['gati'][1].num_requests} test requests ({profile.key})"
+        f"{instances['gati'][0].num_requests} validation requests, tested on "
+        f"{instances['gati'][1].num_requests} test requests ({result['profile']})"
     )
     logging.info(format_table(result["table"]))
     for eps in sorted({r["eps"] for r in sweep} - {float(planner.eps)}):
@@ -548,7 +620,7 @@ def run_planning(
             )
         )
     logging.info(
-        f"\nours vs exhaustive on positions {subset}, grid {small['grid']}: "
+        f"\nours vs exhaustive on positions {small['positions']}, grid {small['grid']}: "
         f"{small['ours_ms']:.4f} ms vs {small['exhaustive_ms']:.4f} ms "
         f"(ratio {small['ours/exhaustive']:.4f})"
     )
@@ -589,7 +661,7 @@ def run_planning(
             f"miss bound {100 * bound:.1f}%: {'held' if within else 'NOT held'} by the "
             f"deployed plan ({len(miss_rounds)} plan(s) measured)"
         )
-        for policy, c in miss_check.get("comparators", {}).items():
+        for policy, c in result["miss_check"].get("comparators", {}).items():
             logging.info(
                 f"{policy} (our floors, not held by measurement): positions "
                 f"{tuple(c['positions']) or '(none)'}, predicted {100 * c['predicted']:+.1f}%, "
@@ -598,9 +670,54 @@ def run_planning(
     logging.info("per predicted exit position, mean cost in units of the plain network:")
     logging.info(format_table(check["by_exit"]))
     logging.info(
-        f"wrote {workdir_path / 'plan.json'}, {workdir_path / 'plan'} and "
-        f"{workdir_path / 'plan_tradeoff.png'} in {result['seconds']} s"
+        f"wrote {workdir / 'plan.json'}, {workdir / 'plan'} and "
+        f"{workdir / 'plan_tradeoff.png'} in {result['seconds']} s"
     )
+
+
+def run_planning(
+    config: ml_collections.ConfigDict, workdir: str, bank_dir: str | None = None
+) -> dict[str, Any]:
+    """Plans caches for every method, checks the cost model, saves the plan, prints tables."""
+    validate_config(config)
+    planner = config.planner
+    started = time.time()
+    workdir_path = Path(workdir).absolute()
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    inputs = _load_inputs(config, workdir_path, bank_dir)
+    instances, plans = _plan_all(inputs, planner)
+    instances, plans = _confirm_chosen_costs(inputs, planner, instances, plans)
+    instances, plans, miss_rounds, within = _hold_miss_bound(inputs, planner, instances, plans)
+    miss_check = _miss_check(inputs, planner, plans, miss_rounds, within)
+    chosen = plans[0]
+    small = _exhaustive_check(inputs, planner)
+    check = _cost_check(inputs, planner, chosen, instances["gati"][0])
+    sweep = _sweep(instances, plans, planner)
+
+    save_plan(workdir_path / "plan", chosen, inputs.bank)
+    result = {
+        "settings": plan_settings(config),
+        "chosen": chosen.to_json(),
+        "methods": [p.to_json() for p in plans],
+        "table": [_row(p) for p in plans],
+        "exhaustive_check": small,
+        "cost_check": check,
+        "miss_check": miss_check,
+        "sweep": sweep,
+        "profile": inputs.profile.key,
+        # What the tuning set can certify (gati_jax/planner/feasibility.py).
+        "feasibility": dataclasses.asdict(inputs.feasibility),
+        # apparate-online's candidate ramps and their costs (gati_jax/online/apparate.py)
+        "apparate_ramps": apparate.RampSet.from_instance(
+            instances["apparate"][0],
+            int(planner.apparate_ramps),
+            float(planner.apparate_tail_budget),
+        ).to_json(),
+        "seconds": round(time.time() - started, 1),
+    }
+    (workdir_path / "plan.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot_plan_tradeoff(sweep, workdir_path / "plan_tradeoff.png")
+    _log_results(result, planner, instances, miss_rounds, workdir_path)
     return result
 
 

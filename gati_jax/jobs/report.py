@@ -86,6 +86,40 @@ def _timeline_lines(online: dict[str, Any], workloads: dict[str, Any]) -> list[s
     return lines
 
 
+def _compile_lines(compile_s: dict[str, float]) -> list[str]:
+    """One line: the seconds each policy's served programs took to compile (every bucket)."""
+    if not compile_s:
+        return []
+    parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in compile_s.items())
+    return [f"Compile time of each policy's programs, every group-size bucket: {parts}.", ""]
+
+
+def _knn_recent_lines(recent: dict[str, Any]) -> list[str]:
+    """Per stream, what the knn-recent row's memory did (first round): when it first served,
+    its worst window, audits, memory-guard switches and bytes."""
+    if not recent:
+        return []
+    lines = [
+        "knn-recent is the traditional recency cache: gati-online's recency memory served "
+        "alone (no learned cache), calibrated, audited and guarded the same way; its "
+        "cache_bytes are the memory's with its outcome window (first round):",
+        "",
+    ]
+    for name, f in recent.items():
+        served = (
+            "its memory never served"
+            if f["first_served"] is None
+            else f"its memory first served after {f['first_served']} requests"
+        )
+        lines.append(
+            f"- {name}: {served}; hit rate {f['hit_rate']:.3f} at agreement "
+            f"{f['agreement']:.4f} (worst window {f['min_window_agreement']:.3f}); "
+            f"{f['audited']} audited; memory-guard events {len(f['memory_guard_events'])}; "
+            f"memory at positions {f['memory_positions']}, {sum(f['memory_bytes'])} bytes."
+        )
+    return [*lines, ""]
+
+
 def _sample_note(online: ml_collections.ConfigDict) -> str:
     """Where the audit sample is drawn, in the report's words."""
     if int(online.recency_positions) > 0:
@@ -282,6 +316,8 @@ def write_report(
         "",
         markdown_table(main),
         "",
+        *_knn_recent_lines(bench.get("knn_recent", {})),
+        *_compile_lines(bench.get("compile_s", {})),
         *[
             line
             for text in describe_kernels(bench.get("convolution_kernels"))

@@ -17,8 +17,10 @@ from tqdm.auto import tqdm
 from gati_jax import data, sharding
 from gati_jax.atomic_dir import check_replaceable
 from gati_jax.config import ConfigError, base_config, validate_config
+from gati_jax.config_checks import flat_config
 from gati_jax.data.splits import validation_count
 from gati_jax.inference import BaseModel, evaluate
+from gati_jax.metric_writer import MetricWriter
 from gati_jax.models import build_network
 from gati_jax.training.checkpointing import TrainCheckpointer, save_base_model
 from gati_jax.training.optim import epoch_schedule, make_optimizer, make_schedule
@@ -26,16 +28,6 @@ from gati_jax.training.plots import plot_training_history
 from gati_jax.training.steps import create_train_state, train_step
 
 _TRAINING_SECTIONS = ("seed", "data", "augment", "model", "train")
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def training_settings(
@@ -47,10 +39,10 @@ def training_settings(
 
     A key the stored config lacks (written before the key existed) reads as it ran then: for
     ``train.min_steps`` no minimum, for every other key the default, the value it had."""
-    defaults = _flat(json.loads(base_config().to_json()))
+    defaults = flat_config(json.loads(base_config().to_json()))
     flat = {
         k: v
-        for k, v in {**defaults, **_flat(stored)}.items()
+        for k, v in {**defaults, **flat_config(stored)}.items()
         if k.split(".")[0] in _TRAINING_SECTIONS
     }
     if "min_steps" not in stored.get("train", {}):
@@ -240,6 +232,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if checkpointer.latest_step() is not None:
         state, history = checkpointer.restore(state)
         print(f"resuming from step {int(state.step)} of {total_steps} in {workdir_path}")
+    metrics = MetricWriter(workdir_path, "metrics")  # WORKDIR/metrics.jsonl, tensorboard/
+    if history or metrics.jsonl.exists():
+        # From the checkpointed history: rows a killed run wrote after its last checkpoint
+        # go, so a resumed run never duplicates a line.
+        metrics.rewrite(history, step_key="step")
 
     mean, std = dataset.mean, dataset.std
     data_key = jax.random.key(int(config.seed) + 1)
@@ -309,10 +306,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             started = time.time()
             if not (np.isfinite(history[-1]["train_loss"]) and np.isfinite(val["loss"])):
                 # Diverged: fail now, before a checkpoint of the broken state is written.
-                _write_history(workdir_path, history)
+                _record(metrics, workdir_path, history)
                 check_learned(history, dataset.validation.labels, state.variables)
             checkpointer.save(state, history)
-            _write_history(workdir_path, history)
+            _record(metrics, workdir_path, history)
             print(
                 f"epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f} "
                 f"acc {history[-1]['train_accuracy']:.4f} | validation loss {val['loss']:.4f} "
@@ -320,6 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
     finally:
         checkpointer.close()
+        metrics.close()
     check_learned(history, dataset.validation.labels, state.variables)
     warnings = [w for w in [still_rising(history, len(dataset.validation.labels))] if w]
     for warning in warnings:
@@ -350,9 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return {"state": state, "history": history, "final": final, "model": model}
 
 
-def _write_history(workdir: Path, history: list[dict[str, Any]]) -> None:
-    # Rewritten whole from the checkpointed history, so a resumed run never duplicates a line.
-    with open(workdir / "metrics.jsonl", "w") as f:
-        for row in history:
-            f.write(json.dumps(row) + "\n")
+def _record(metrics: MetricWriter, workdir: Path, history: list[dict[str, Any]]) -> None:
+    """Appends the newest history row to the metrics and redraws the training plot."""
+    metrics.write(history[-1]["step"], history[-1])
     plot_training_history(history, workdir / "training.png")

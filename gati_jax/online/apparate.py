@@ -585,8 +585,8 @@ class ApparateOnline:
         return result
 
     # ---- background side --------------------------------------------------------------------
-    def pending(self) -> bool:
-        """Whether background work is waiting."""
+    def pending(self, idle: bool = False) -> bool:
+        """Whether background work is waiting (``idle``: as the learner's; nothing differs)."""
         return bool(self._audits) or self._audit_run is not None or self.tuner.pending()
 
     def overdue(self) -> bool:

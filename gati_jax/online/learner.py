@@ -36,6 +36,9 @@ and scores, and the base network's confidence for requests that ran to the end, 
 a request, so every request that ran to the end labels the memory and the audit sample is
 drawn among all requests. The full tap (the caches' inputs, for their replay windows) serves
 ``tap_fraction`` of the groups only while the caches train (``steps`` > 0).
+
+:meth:`OnlineLearner.memories_only` builds a learner of memories alone (no learned cache):
+the traditional recency cache, served by the benchmark as ``knn-recent``.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from gati_jax.online.programs import (
     make_slots,
     route_deferred,
     slot_params,
+    slot_part,
     unpack_taps,
 )
 from gati_jax.online.recency import (
@@ -161,16 +165,34 @@ class OnlineLearner:
         train_prior: np.ndarray | None = None,
         mesh: Any = None,
         reference_images: np.ndarray | None = None,
+        memory_positions: tuple[int, ...] | None = None,
     ):
         if deployment.policy != "gati":
             raise ValueError(
                 f"online learning updates learned caches (policy 'gati'), got {deployment.policy!r}"
             )
-        if not deployment.positions:
-            raise ValueError("online learning needs at least one deployed cache")
         self.model, self.settings = model, settings
         self.positions = deployment.positions
         self.last_stage = model.network.num_stages - 1
+        # The memories sit at the first recency_positions deployed positions unless told
+        # (memories_only: the recency cache alone, at positions no plan chose).
+        if memory_positions is None:
+            memory_positions = self.positions[: int(settings.recency_positions)]
+        self.memory_positions = tuple(int(p) for p in memory_positions)
+        if not self.positions and not self.memory_positions:
+            raise ValueError("online learning needs at least one deployed cache or memory")
+        if any(not 0 <= p < self.last_stage for p in self.memory_positions) or len(
+            set(self.memory_positions)
+        ) != len(self.memory_positions):
+            raise ValueError(
+                f"memory positions must be distinct stage boundaries before the last stage "
+                f"(0 to {self.last_stage - 1}), got {self.memory_positions}"
+            )
+        if self.memory_positions and not self.positions and settings.shift_detect:
+            raise ValueError(
+                "shift detection reads the first learned cache's answers and acts through the "
+                "caches' guard: a learner of memories alone needs online.shift_detect False"
+            )
         if not 0 < settings.tap_fraction <= 1:
             raise ValueError(f"tap_fraction must be in (0, 1], got {settings.tap_fraction}")
         if settings.audit_fraction > settings.tap_fraction:
@@ -180,17 +202,16 @@ class OnlineLearner:
             )
         self.mesh = mesh
         self.heads = deployment.heads
-        memories = min(int(settings.recency_positions), len(self.positions))
-        self.recency = memories > 0
+        self.recency = bool(self.memory_positions)
         self.memory_head = (
             RecencyHead(int(settings.recency_grid), int(settings.recency_neighbours))
             if self.recency
             else None
         )
-        # The router's slots: the deployed caches, memories at the first `memories` of them,
-        # and the base network's confidence at the last position a cache may sit.
+        # The router's slots: the deployed caches, the memories, and the base network's
+        # confidence at the last position a cache may sit.
         self.slots: tuple[Slot, ...] = make_slots(
-            self.positions, memories, self.last_stage - 1, self.recency
+            self.positions, self.memory_positions, self.last_stage - 1, self.recency
         )
         self.slot_positions = tuple(slot.position for slot in self.slots)
         self._cache_slot = {
@@ -205,11 +226,15 @@ class OnlineLearner:
             (i for i, slot in enumerate(self.slots) if slot.confidence), None
         )
         # Full taps (the caches' inputs) only feed the replay windows: without optimiser
-        # steps nobody reads them, and with a memory every group is lightly tapped anyway.
-        self.trains = settings.update.steps > 0
+        # steps (or caches) nobody reads them, and with a memory every group is lightly
+        # tapped anyway.
+        self.trains = settings.update.steps > 0 and bool(self.positions)
         decides, taps = make_programs(model, self.slots, self.heads, self.memory_head, True)
         self._taps, self._tapped_decides = taps, decides
-        self.router = Router(model, self.slot_positions, decides, max_group, taps=taps, mesh=mesh)
+        # Caches and memories in flat arrays of their own: a memory publication sends the
+        # memory alone (programs.slot_part).
+        routed = dict(mesh=mesh, pack_part=slot_part)
+        self.router = Router(model, self.slot_positions, decides, max_group, taps=taps, **routed)
         # With a memory, the groups not fully tapped run the light program; without one, the
         # program static serving runs (its taps would teach nobody), taking the same
         # parameters and thresholds; with ``single_program`` they too run the tapped program
@@ -222,15 +247,17 @@ class OnlineLearner:
                 model, self.slots, self.heads, self.memory_head, False
             )
             self.light = Router(
-                model, self.slot_positions, light_decides, max_group, taps=light_taps, mesh=mesh
+                model, self.slot_positions, light_decides, max_group, taps=light_taps, **routed
             )
         elif not (settings.single_program or settings.tap_fraction >= 1):
-            self.untapped = Router(model, self.slot_positions, decides, max_group, mesh=mesh)
+            self.untapped = Router(model, self.slot_positions, decides, max_group, **routed)
         # The audits' labels: the plain network, in segments that background chunks run one
         # at a time (see runtime/segments.py), with the base network's confidence.
         self.audit_network = AuditNetwork(model, settings.audit_segments)
         self._initial = (
-            tuple(deployment.params),
+            # As jax Arrays: a router reuses the device arrays of immutable leaves only
+            # (see _set_serving); the deployed ones stay the same objects.
+            jax.device_put(tuple(deployment.params)),
             np.asarray(deployment.thresholds, np.float32).copy(),
         )
         classes = model.network.num_classes
@@ -245,6 +272,24 @@ class OnlineLearner:
         self.shift_reference = self._fit_shift_reference(reference_images)
         self.reset()
 
+    @classmethod
+    def memories_only(
+        cls,
+        model: BaseModel,
+        positions: tuple[int, ...],
+        settings: OnlineSettings,
+        max_group: int = 8,
+        mesh: Any = None,
+    ) -> OnlineLearner:
+        """The traditional recency cache (``knn-recent``): recency memories at ``positions``
+        and no learned cache, labelled, calibrated, audited and guarded as gati-online's
+        memories are (same settings), without the input-shift detector (it reads a learned
+        cache's answers and acts through the caches' guard, which a traditional cache has
+        none of)."""
+        empty = Deployment("gati", (), (), (), np.zeros(0, np.float32))
+        settings = dataclasses.replace(settings, shift_detect=False)
+        return cls(model, empty, settings, max_group, mesh=mesh, memory_positions=positions)
+
     def _program_routers(self) -> tuple[Router, ...]:
         """The routers serving groups: the fully tapped one (unless a memory's light one
         serves every group, the caches not training), the light or the untapped one."""
@@ -255,15 +300,19 @@ class OnlineLearner:
         """A new router running the costliest program this learner serves with (the full
         tap while its caches train, else the light one), for measurements that must not
         count against its compilations; it takes the deployment's parameters and thresholds
-        (its memories empty, so they never hit, though every lookup runs)."""
+        (its memories empty at a threshold no similarity reaches, so they never hit, though
+        every lookup runs: the price of a miss while a memory serves)."""
         full = self.trains or not self.recency
         decides, taps = make_programs(self.model, self.slots, self.heads, self.memory_head, full)
-        router = Router(self.model, self.slot_positions, decides, max_group, taps=taps)
+        router = Router(
+            self.model, self.slot_positions, decides, max_group, taps=taps, pack_part=slot_part
+        )
         return SlotRouter(router, self)
 
-    def _empty_memories(self) -> tuple[dict[str, np.ndarray], ...]:
+    def _empty_memories(self, threshold: float | None = None) -> tuple[dict[str, np.ndarray], ...]:
+        """Empty memories' arrays (at ``threshold``; default +inf: no lookup runs)."""
         return tuple(
-            RecencyMemory(int(self.settings.recency_capacity), size).arrays()
+            RecencyMemory(int(self.settings.recency_capacity), size).arrays(threshold)
             for size in self.key_sizes
         )
 
@@ -317,7 +366,7 @@ class OnlineLearner:
         ]
         self.outcomes = [OutcomeWindow(int(s.recency_outcomes)) for _ in self.key_sizes]
         self.memory_guard = AccuracyGuard(
-            tuple(self.positions[: len(self.key_sizes)]),
+            self.memory_positions,
             s.recency_target,
             s.guard_window,
             s.guard_confidence,
@@ -583,7 +632,8 @@ class OnlineLearner:
             # A switch means the stream moved: train at full pace again.
             self._guard_events_seen, self.backoff = len(self.guard.events), 1
         if (
-            self._update is None
+            self.positions  # memories alone: no cache to train, shift or recalibrate
+            and self._update is None
             and self.observed - self._last_scheduled >= self.settings.update_every
         ):
             self.schedule_update()
@@ -706,14 +756,15 @@ class OnlineLearner:
             self._memory_dirty = True
 
     # ---- background side ----------------------------------------------------------------
-    def pending(self) -> bool:
+    def pending(self, idle: bool = False) -> bool:
         """Whether background work is waiting: served groups are learnt from
         ``observe_every`` at a time (every background chunk leaves the next request to run
         on a cold machine: on the virtual clock, learning from every group as it was served
         cost gati-online's requests 25% more compute than static serving's on a stream
-        where it changed no decision, none without the background work)."""
+        where it changed no decision, none without the background work). ``idle``: nothing
+        waits to be served, so a batch not yet full is learnt from too (idle time is free)."""
         return (
-            len(self._served_groups) >= self.settings.observe_every
+            len(self._served_groups) >= (1 if idle else self.settings.observe_every)
             or bool(self._audits)
             or self._audit_run is not None
             or self._update is not None
@@ -780,9 +831,10 @@ class OnlineLearner:
     def _publish_memories(self) -> None:
         """Recalibrates each memory's threshold on its outcome window and, where a memory
         serves (or starts or stops serving), swaps the new memories into serving (one
-        assignment; packed and sent to the device here). A memory that serves and whose
-        calibration finds no certified threshold keeps its own unless its outcomes there
-        show it below the target on the Wilson upper bound (the guard's standard): audits
+        assignment; only the memories' arrays are packed and sent to the device here, the
+        caches' device arrays are reused, see :meth:`_set_serving`). A memory that serves
+        and whose calibration finds no certified threshold keeps its own unless its outcomes
+        there show it below the target on the Wilson upper bound (the guard's standard): audits
         label only a sample of its hits, so while it serves certifying it anew often fails
         for want of evidence, not for want of agreement."""
         s = self.settings
@@ -803,7 +855,7 @@ class OnlineLearner:
                 self.memory_log.append(
                     {
                         "served": self.served,
-                        "position": self.positions[j],
+                        "position": self.memory_positions[j],
                         **dataclasses.asdict(calibration),
                         "kept": threshold != calibration.threshold,
                     }
@@ -877,6 +929,10 @@ class OnlineLearner:
         if all(a is b for a, b in zip(serving, self.params)):
             serving = self.params  # nothing swapped in: the routers' packed copy stays valid
         else:
+            # As jax Arrays (immutable; those already on the device stay the same objects):
+            # a router reuses only those, so the memory publications after this one send the
+            # memories alone, not a shifted NumPy bias's whole flat array each time.
+            serving = jax.device_put(serving)
             self._set_serving(serving)
         # One assignment each, between groups: the next group sees the whole new set.
         self.base_params, self.shifts = params, tuple(new_shifts)
@@ -897,7 +953,10 @@ class OnlineLearner:
         packed and sent to the device now, in the background: left to the next group, a new
         set cost that request about 0.7 ms on the CPU (packed and sent on its critical path),
         once per router: with updates as the only background work, gati-online's p99 read
-        1.34x the static caches' that way, 1.11-1.12x now."""
+        1.34x the static caches' that way, 1.11-1.12x now. Caches and memories sit in flat
+        arrays of their own (``programs.slot_part``) and a router sends only the arrays whose
+        leaves changed, so a memory publication (``params`` the same objects) sends the
+        memories alone and the compiled program still takes every array (no recompile)."""
         self.serving_params = slot_params(self.slots, params, self._memory_arrays)
         for router in self._program_routers():
             router.prepare(self.serving_params)
@@ -1009,7 +1068,9 @@ class SlotRouter:
     """A learner's router that takes a deployment's parameters and thresholds, as static
     serving's does (for the benchmark's timings of a request missing every lookup): the
     parameters go into the learner's slots with empty memories (they never hit, though every
-    lookup runs), the thresholds to the slots' caches. Everything else is the router's."""
+    lookup runs), the thresholds to the slots' caches (a learner of memories alone has none:
+    its deployment's parameters and thresholds are not read). Everything else is the
+    router's."""
 
     def __init__(self, router: Router, learner: OnlineLearner):
         self._router, self._learner = router, learner
@@ -1021,7 +1082,11 @@ class SlotRouter:
     def _args(self, params: tuple[Any, ...], thresholds: Any) -> tuple[tuple, np.ndarray]:
         if self._last is None or self._last[0] is not params:
             learner = self._learner
-            self._last = (params, slot_params(learner.slots, params, learner._empty_memories()))
+            # Above every cosine similarity: each memory's lookup runs and never hits (at
+            # +inf the compiled program would skip it and a miss would look cheaper than a
+            # miss while the memory serves).
+            never = learner._empty_memories(threshold=2.0)
+            self._last = (params, slot_params(learner.slots, params, never))
         caches = np.asarray(thresholds, np.float32).reshape(-1)
         slots = np.array(
             [

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank, Candidate
+from gati_jax.caches.variants import VariantError, parse_variant
 from gati_jax.inference import BaseModel, model_fingerprint
 from gati_jax.integrity import IntegrityError, json_sha256
 from gati_jax.measure import convolution_kernels, measure_interleaved
@@ -282,6 +283,7 @@ def measure_cache_cost(
     policy: str,
     group_size: int,
     repeats: int,
+    router: Router | None = None,
 ) -> LookupCost:
     """What a deployed cache adds to a request that runs its lookup and misses, and to one
     that exits there.
@@ -293,8 +295,10 @@ def measure_cache_cost(
     cache's parameters). Exit: the router always hitting, minus the stages through the
     position; the two differ (an exit at position 1 cost 0.36 ms over its stages where a
     miss there cost 0.22 ms). ``exit_s`` is None for policies no threshold forces to hit.
+    ``router``: a router compiled for a cache of the same program at ``position`` (its
+    parameters are arguments, so it serves this cache's too without compiling again).
     """
-    router = Router(model, (position,), (decide,), max_group=group_size)
+    router = router or Router(model, (position,), (decide,), max_group=group_size)
     params = (jax.device_put(params),)
     never, x, rows = all_miss_inputs(model, (policy,), group_size)
     plain = plain_program(model)
@@ -384,6 +388,17 @@ def measure_miss_overhead(
     return float(np.median(ratios)) - 1.0
 
 
+def _program_of(key: str) -> str:
+    """What a lookup key's compiled router depends on: its kind, position and predictor
+    architecture. Seeds, learning rates and selector kinds only change parameters, which the
+    router takes as arguments (caches/selector.py: the kinds share one architecture)."""
+    parts = key.split("/")  # {kind}/p{position}/{variant}/s{seed}/lr{rate}
+    try:
+        return "/".join(parts[:2] + [parse_variant(parts[2]).predictor.name])
+    except (IndexError, VariantError):
+        return key  # kNN stores and the like: no sharing
+
+
 def measure_lookups(
     model: BaseModel,
     lookups: dict[str, tuple[int, Decide, Any, str]],
@@ -391,13 +406,20 @@ def measure_lookups(
     repeats: int,
 ) -> dict[str, LookupCost]:
     """:func:`measure_cache_cost` of every lookup (key -> (position, decide, params,
-    policy)), with a progress bar."""
-    return {
-        key: measure_cache_cost(model, position, decide, params, policy, group_size, repeats)
-        for key, (position, decide, params, policy) in tqdm(
-            lookups.items(), desc="profiling lookups", disable=not lookups
+    policy)), with a progress bar. Lookups of one program share its compiled router: on a
+    29-stage network each compile of the whole network cost more than its timing."""
+    routers: dict[str, Router] = {}
+    out = {}
+    for key, (position, decide, params, policy) in tqdm(
+        lookups.items(), desc="profiling lookups", disable=not lookups
+    ):
+        program = _program_of(key)
+        if program not in routers:
+            routers[program] = Router(model, (position,), (decide,), max_group=group_size)
+        out[key] = measure_cache_cost(
+            model, position, decide, params, policy, group_size, repeats, routers[program]
         )
-    }
+    return out
 
 
 def record_lookups(profile: Profile, measured: dict[str, LookupCost]) -> None:

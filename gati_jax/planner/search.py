@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from gati_jax.caches.variants import VariantError, parse_variant
 from gati_jax.planner.instance import Choice, Instance, Outcome, simulate
 
 
@@ -216,6 +217,24 @@ def _score(instance: Instance, choices: Sequence[Choice]) -> tuple:
     return _key(instance, choices, None)
 
 
+# Up to this many positions a pair move tries every partner position; beyond, the partners
+# are the deployed positions and the near ones. Every partner costs one exact step per
+# alternative, so trying all of them grows with the square of the positions: on a 29-stage
+# ResNet-56 (28 positions) pair moves took most of a 20-minute planning run.
+PAIR_ALL_PARTNERS_UP_TO = 12
+PAIR_NEAR = 2
+
+
+def _partners(choices: Sequence[Choice], i: int) -> list[int]:
+    """The positions a pair move at ``i`` refines: all others on a small instance; else the
+    deployed ones (whose hits a move at ``i`` changes) and those within PAIR_NEAR of ``i``
+    (the substitutes for it)."""
+    others = [j for j in range(len(choices)) if j != i]
+    if len(choices) <= PAIR_ALL_PARTNERS_UP_TO:
+        return others
+    return [j for j in others if choices[j] is not None or abs(j - i) <= PAIR_NEAR]
+
+
 def _pair_polish(
     instance: Instance, choices: list[Choice], max_passes: int = 2, levels: int = 12
 ) -> list[Choice]:
@@ -239,9 +258,7 @@ def _pair_polish(
                 trial[i] = alt
                 if alt == choices[i] or not instance.fits(trial):
                     continue
-                for j in range(len(choices)):
-                    if j == i:
-                        continue
+                for j in _partners(choices, i):
                     choice, key = _best(
                         instance, trial, j, _position_table(instance, trial, j), None
                     )
@@ -464,6 +481,53 @@ METHODS: dict[str, Callable[[Instance], list[Choice]]] = {
     "greedy": greedy,
     "exhaustive": exhaustive,
 }
+
+
+# The selector kind whose score is a monotone function of what each threshold policy scores.
+THRESHOLD_KIND = {"confidence": "softmax", "apparate": "softmax", "entropy": "entropy"}
+
+
+def _predictor_of(key: str) -> tuple[str, str] | None:
+    """(key with the selector suffix dropped, selector kind) of a cache-bank key, or None
+    for keys that name no predictor variant (the kNN stores)."""
+    parts = key.split("/")  # p{position}/{variant}/s{seed}/lr{rate}
+    try:
+        spec = parse_variant(parts[1])
+    except (IndexError, VariantError):
+        return None
+    parts[1] = spec.predictor.name
+    return "/".join(parts), spec.selector
+
+
+def translate(
+    source: Instance, choices: Sequence[Choice], target: Instance, kind: str
+) -> list[Choice] | None:
+    """A threshold policy's plan as a plan of ``target`` (gati's instance) that deploys the same
+    predictors with selector kind ``kind``, each threshold set so that the same tuning requests
+    hit; None where ``target`` lacks one of them. Seeding gati's search with it puts what the
+    threshold policy found inside gati's search, so gati never plans worse than a threshold
+    over the same predictors (ties at a threshold may add hits: the search re-checks the bound)."""
+    if tuple(source.positions) != tuple(target.positions):
+        return None
+    by_predictor = [
+        {_predictor_of(o.key): index for index, o in enumerate(options)}
+        for options in target.options
+    ]
+    out: list[Choice] = []
+    for i, choice in enumerate(choices):
+        if choice is None:
+            out.append(None)
+            continue
+        option = source.options[i][choice[0]]
+        found = _predictor_of(option.key)
+        index = None if found is None else by_predictor[i].get((found[0], kind))
+        if index is None:
+            return None
+        hits = option.scores >= choice[1]
+        scores = target.options[i][index].scores
+        threshold = float(scores[hits].min()) if hits.any() else float(np.inf)
+        out.append((index, threshold))
+    return out
 
 
 def plan_all(

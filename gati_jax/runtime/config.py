@@ -33,9 +33,10 @@ def policy_names() -> tuple[str, ...]:
 
 
 # What the benchmark serves besides the registered policies (benchmark.policies): Apparate
-# re-tuning while it serves (gati_jax/online/apparate.py). gati-online serves beside gati
-# whenever online.enabled.
-SERVED_VARIANTS = ("apparate-online",)
+# re-tuning while it serves (gati_jax/online/apparate.py) and the traditional recency cache,
+# gati-online's recency memory served alone (knn-recent, gati_jax/jobs/benchmark.py).
+# gati-online serves beside gati whenever online.enabled.
+SERVED_VARIANTS = ("apparate-online", "knn-recent")
 
 
 def served_policy_names() -> tuple[str, ...]:

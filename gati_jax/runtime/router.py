@@ -96,6 +96,16 @@ class _PackedItems:
         return self.packing.unpack_item(self.flats, k)
 
 
+class _Packed(NamedTuple):
+    """The parameters a router packed last: the pytree, its packing, its flat device arrays
+    and the program for that packing."""
+
+    params: Any
+    packing: Packing
+    flats: tuple[jax.Array, ...]
+    program: Callable
+
+
 @dataclasses.dataclass(eq=False)
 class Router:
     """Serves request groups through one compiled program per group-size bucket."""
@@ -111,6 +121,9 @@ class Router:
     # Float images outside the base network's input range (model.input_range, raw pixels)
     # are an error; True clips them into it instead.
     clip_inputs: bool = False
+    # A leaf's part, from its key path (see runtime/packing.py): parts never share a flat
+    # array, so new values of one part pack and send that part's arrays only.
+    pack_part: Callable[[tuple[Any, ...]], Any] | None = None
     trace_count: int = 0  # how many times the program was traced (== compilations)
 
     def __post_init__(self):
@@ -138,7 +151,7 @@ class Router:
         # One compiled program per packing (which leaf sits where in the flat arrays): a new
         # structure of cache parameters compiles anew, new values never do.
         self._programs: dict[Packing, Callable] = {}
-        self._last_packed: tuple[Any, tuple[jax.Array, ...], Callable] | None = None
+        self._last_packed: _Packed | None = None
         self._last_thresholds: tuple[np.ndarray, jax.Array] | None = None
 
     def _program_for(self, packing: Packing) -> Callable:
@@ -160,23 +173,30 @@ class Router:
         """Packs ``cache_params`` and sends them to the device now, so the next group served
         with them (the same object) does not pay for it: new parameters cost the first group
         served with them about 0.7 ms on the CPU (the planned caches at batch 1), which online
-        learning pays here, in the background, instead."""
+        learning pays here, in the background, instead. Flat arrays whose leaves are the
+        last set's own jax Arrays are reused, not sent again (see :meth:`_packed`)."""
         flats, _ = self._packed(cache_params)
         jax.block_until_ready(flats)
 
     def _packed(self, cache_params: tuple[Any, ...]) -> tuple[tuple[jax.Array, ...], Callable]:
         """The parameters as a few flat arrays (see runtime/packing.py) and the program for
         their packing; the last parameters are remembered, so serving the same ones packs
-        them once."""
+        them once, and a new set of the same layout packs and sends only the arrays whose
+        leaves changed (the rest are the last set's device arrays, still arguments of the
+        same program: nothing recompiles)."""
         last = self._last_packed
-        if last is not None and last[0] is cache_params:
-            return last[1], last[2]
-        packing = Packing.of(cache_params)
-        flats = packing.pack(cache_params)
-        if self.mesh is not None:
-            flats = sharding.replicate(self.mesh, flats)
+        if last is not None and last.params is cache_params:
+            return last.flats, last.program
+        previous = None
+        if last is not None and last.packing.fits(cache_params, last.params):
+            packing, previous = last.packing, (last.params, last.flats)
+        else:
+            packing = Packing.of(cache_params, part=self.pack_part)
+        put = None if self.mesh is None else (lambda a: sharding.replicate(self.mesh, a))
+        flats = packing.pack(cache_params, previous, put)
         program = self._program_for(packing)
-        self._last_packed = (cache_params, flats, program)
+        # One assignment: a group served next sees the whole new set or the whole old one.
+        self._last_packed = _Packed(cache_params, packing, flats, program)
         return flats, program
 
     def _route(

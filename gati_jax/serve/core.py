@@ -45,6 +45,9 @@ from absl import logging
 from gati_jax.runtime.router import RouteResult
 from gati_jax.serving.loop import Background
 
+# How long the server waits with nothing to serve before the learner's partial batch runs.
+_IDLE_FLUSH_S = 0.05
+
 
 class Overloaded(Exception):
     """The queue cannot take the request now: refused at once (HTTP 503)."""
@@ -212,7 +215,16 @@ class ServerCore:
                     await asyncio.sleep(0)  # a request that arrived meanwhile goes first
                     continue
                 self._wake.clear()
-                await self._wake.wait()
+                if background is None:
+                    await self._wake.wait()
+                    continue
+                # After _IDLE_FLUSH_S with nothing to serve, a batch of served groups not yet
+                # full is learnt from too: between requests it would delay the next one.
+                try:
+                    await asyncio.wait_for(self._wake.wait(), _IDLE_FLUSH_S)
+                except TimeoutError:
+                    if self.in_flight == 0 and background.pending(idle=True):
+                        self._run_chunk()
                 continue
             if self.queued < self.max_group and self.max_wait_s > 0:
                 remaining = self._queue[0].arrived + self.max_wait_s - time.perf_counter()

@@ -47,7 +47,9 @@ def validate_serving(s: ml_collections.ConfigDict) -> None:
 def benchmark_config() -> ml_collections.ConfigDict:
     """The ``benchmark`` section (gati_jax/jobs/benchmark.py, scripts/benchmark.py)."""
     c = ml_collections.ConfigDict()
-    # Every policy on every workload, each planned for planner.eps.
+    # Every policy on every workload, each planned for planner.eps (knn-recent, the recency
+    # memory served alone, is calibrated online at online.recency_target like gati-online's
+    # memory; it needs online.recency_positions > 0).
     c.workloads = ("uniform", "temporal", "shift")
     c.policies = (
         "none",
@@ -57,6 +59,7 @@ def benchmark_config() -> ml_collections.ConfigDict:
         "apparate",
         "apparate-online",
         "knn",
+        "knn-recent",
         "oracle",
     )
     # Rounds per (workload, policy), in rotating policy order; figures are medians over rounds.

@@ -36,8 +36,9 @@ RouteGroup = Callable[[np.ndarray, np.ndarray], Any]
 class Background(Protocol):
     """Work the serving loop runs when it has time (e.g. an OnlineLearner)."""
 
-    def pending(self) -> bool:
-        """Whether there is work to run."""
+    def pending(self, idle: bool = False) -> bool:
+        """Whether there is work to run (``idle``: also work worth running only when nothing
+        has arrived for a while)."""
         ...
 
     def overdue(self) -> bool:

@@ -130,10 +130,13 @@ class TrainCheckpointer:
         sealed by the next save or :meth:`close`."""
         self.seal()
         step = int(state.step)
+        # A copy: orbax may serialize the history in the background, after the caller has
+        # appended the next epoch's row, which a resume from this step would then repeat.
+        rows = [dict(row) for row in history]
         self._manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)
+                state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(rows)
             ),
         )
         self._unsealed.append(step)
