@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 
 from gati_jax.atomic_dir import atomic_directory
 from gati_jax.caches.selector import NUM_FEATURES, Selector
-from gati_jax.caches.variants import Predictor, VariantSpec, parse_variant
+from gati_jax.caches.variants import Predictor, VariantError, VariantSpec, parse_variant
 from gati_jax.inference import BaseModel, model_fingerprint
 from gati_jax.integrity import (
     MANIFEST,
@@ -284,6 +284,20 @@ def mark_frontier(candidates: list[Candidate], hit_key: str = "hit_rate@0.99") -
         )
         for c in groups[key]:
             c.metrics["on_frontier"] = not dominated
+
+
+def split_key(key: str, at: int = 1) -> tuple[str, str] | None:
+    """(``key`` with its variant, the ``at``-th "/" part, reduced to the predictor alone, the
+    selector kind) for a candidate key ``p{position}/{variant}/s{seed}/lr{rate}`` (``at`` 2
+    under a kind prefix, as profiles key lookups); None where that part names no predictor
+    variant (a kNN store)."""
+    parts = key.split("/")
+    try:
+        spec = parse_variant(parts[at])
+    except (IndexError, VariantError):
+        return None
+    parts[at] = spec.predictor.name
+    return "/".join(parts), spec.selector
 
 
 def predictor_key(candidate: Candidate) -> tuple:

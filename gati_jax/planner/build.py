@@ -20,10 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gati_jax.caches.bank import CacheBank, Candidate, predictor_key
+from gati_jax.caches.bank import CacheBank, Candidate, predictor_key, split_key
 from gati_jax.caches.recording import Recording
 from gati_jax.caches.training import HeadTraining, predictor_logits, selector_scores
-from gati_jax.caches.variants import VariantError, parse_variant
 from gati_jax.planner.costs import Profile, lookup_kind
 from gati_jax.planner.instance import Instance, Option, threshold_grid
 from gati_jax.runtime.knn import KnnHead, knn_key, nearest, store_bytes, store_from_activations
@@ -82,12 +81,8 @@ def same_program(keys: Sequence[str]) -> dict[str, list[str]]:
     same predictor and the same selector network, with other parameter values."""
 
     def program(key: str) -> str:
-        parts = key.split("/")  # p{position}/{variant}/s{seed}/lr{rate}
-        try:
-            parts[1] = parse_variant(parts[1]).predictor.name
-        except (IndexError, VariantError):  # not a cache (a kNN store): its own program
-            return key
-        return "/".join(parts)
+        found = split_key(key)
+        return key if found is None else found[0]  # a kNN store: its own program
 
     groups: dict[str, list[str]] = {}
     for key in keys:
@@ -120,6 +115,34 @@ def plan_candidates(
     for p in positions:
         chosen.extend(bank.frontier(p) if which == "frontier" else bank.at(p))
     return chosen
+
+
+def _instance(
+    positions: tuple[int, ...],
+    options: list,
+    profile: Profile,
+    base_correct: np.ndarray,
+    kind: str,
+    eps: float,
+    budget_bytes: float,
+    confidence: float,
+    max_miss_overhead: float,
+) -> Instance:
+    """The instance of ``options`` (``base_correct``: whether the base network answers each
+    tuning request right), charged as ``profile`` charges lookups of ``kind``: what every
+    policy's instance shares."""
+    return Instance(
+        positions,
+        tuple(options),
+        np.asarray(profile.prefix_s, np.float64),
+        base_correct,
+        float(eps),
+        float(budget_bytes),
+        float(confidence),
+        profile.charge(kind),
+        profile.per_cache(kind),
+        float(max_miss_overhead),
+    )
 
 
 def build_instance(
@@ -166,17 +189,16 @@ def build_instance(
                 )
             )
         options.append(tuple(opts))
-    return Instance(
+    return _instance(
         positions,
-        tuple(options),
-        np.asarray(profile.prefix_s, np.float64),
+        options,
+        profile,
         base == recording.labels,
-        float(eps),
-        float(budget_bytes),
-        float(confidence),
-        profile.charge(lookup_kind(policy)),
-        profile.per_cache(lookup_kind(policy)),
-        float(max_miss_overhead),
+        lookup_kind(policy),
+        eps,
+        budget_bytes,
+        confidence,
+        max_miss_overhead,
     )
 
 
@@ -272,17 +294,16 @@ def build_knn_instance(
                 ),
             )
         )
-    return Instance(
+    return _instance(
         positions,
-        tuple(options),
-        np.asarray(profile.prefix_s, np.float64),
+        options,
+        profile,
         base == recording.labels,
-        float(eps),
-        float(budget_bytes),
-        float(confidence),
-        profile.charge("knn"),
-        profile.per_cache("knn"),
-        float(max_miss_overhead),
+        "knn",
+        eps,
+        budget_bytes,
+        confidence,
+        max_miss_overhead,
     )
 
 

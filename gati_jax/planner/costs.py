@@ -27,8 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gati_jax import data
-from gati_jax.caches.bank import CacheBank, Candidate
-from gati_jax.caches.variants import VariantError, parse_variant
+from gati_jax.caches.bank import CacheBank, Candidate, split_key
 from gati_jax.inference import BaseModel, model_fingerprint
 from gati_jax.integrity import IntegrityError, json_sha256
 from gati_jax.measure import convolution_kernels, measure_interleaved
@@ -392,11 +391,8 @@ def _program_of(key: str) -> str:
     """What a lookup key's compiled router depends on: its kind, position and predictor
     architecture. Seeds, learning rates and selector kinds only change parameters, which the
     router takes as arguments (caches/selector.py: the kinds share one architecture)."""
-    parts = key.split("/")  # {kind}/p{position}/{variant}/s{seed}/lr{rate}
-    try:
-        return "/".join(parts[:2] + [parse_variant(parts[2]).predictor.name])
-    except (IndexError, VariantError):
-        return key  # kNN stores and the like: no sharing
+    found = split_key(key, at=2)  # {kind}/p{position}/{variant}/s{seed}/lr{rate}
+    return key if found is None else "/".join(found[0].split("/")[:3])
 
 
 def measure_lookups(

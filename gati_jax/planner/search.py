@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gati_jax.caches.variants import VariantError, parse_variant
+from gati_jax.caches.bank import split_key
 from gati_jax.planner.instance import Choice, Instance, Outcome, simulate
 
 
@@ -487,18 +487,6 @@ METHODS: dict[str, Callable[[Instance], list[Choice]]] = {
 THRESHOLD_KIND = {"confidence": "softmax", "apparate": "softmax", "entropy": "entropy"}
 
 
-def _predictor_of(key: str) -> tuple[str, str] | None:
-    """(key with the selector suffix dropped, selector kind) of a cache-bank key, or None
-    for keys that name no predictor variant (the kNN stores)."""
-    parts = key.split("/")  # p{position}/{variant}/s{seed}/lr{rate}
-    try:
-        spec = parse_variant(parts[1])
-    except (IndexError, VariantError):
-        return None
-    parts[1] = spec.predictor.name
-    return "/".join(parts), spec.selector
-
-
 def translate(
     source: Instance, choices: Sequence[Choice], target: Instance, kind: str
 ) -> list[Choice] | None:
@@ -510,8 +498,7 @@ def translate(
     if tuple(source.positions) != tuple(target.positions):
         return None
     by_predictor = [
-        {_predictor_of(o.key): index for index, o in enumerate(options)}
-        for options in target.options
+        {split_key(o.key): index for index, o in enumerate(options)} for options in target.options
     ]
     out: list[Choice] = []
     for i, choice in enumerate(choices):
@@ -519,7 +506,7 @@ def translate(
             out.append(None)
             continue
         option = source.options[i][choice[0]]
-        found = _predictor_of(option.key)
+        found = split_key(option.key)
         index = None if found is None else by_predictor[i].get((found[0], kind))
         if index is None:
             return None
