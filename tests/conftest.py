@@ -49,6 +49,25 @@ def tiny_config(**train) -> ml_collections.ConfigDict:
     return config
 
 
+def tiny_mlp_model(shape=(6, 6, 1), classes: int = 4, hidden=(16, 16, 16, 8), seed: int = 0):
+    """An untrained MLP as a BaseModel (inputs normalised by mean 0.5, std 0.25): the base
+    network of the online, recency and serving-adapter tests."""
+    import numpy as np
+
+    from gati_jax.inference import BaseModel
+    from gati_jax.models import build_network
+
+    config = ml_collections.ConfigDict(dict(name="mlp", width=1, hidden_sizes=tuple(hidden)))
+    network = build_network(config, shape, classes)
+    return BaseModel(
+        network,
+        network.init(jax.random.key(seed)),
+        np.array([0.5], np.float32),
+        np.array([0.25], np.float32),
+        {},
+    )
+
+
 def fc_caches(network, positions, classes: int, seed: int = 0) -> tuple[tuple, tuple]:
     """Untrained ``fc-d1-h8`` caches (heads, params) at ``positions`` of a tiny network."""
     import jax.numpy as jnp

@@ -7,13 +7,10 @@ import dataclasses
 import json
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
-from conftest import assert_config_rejects, fc_caches
+from conftest import assert_config_rejects, fc_caches, tiny_mlp_model
 
-from gati_jax.inference import BaseModel
-from gati_jax.models import build_network
 from gati_jax.online.apparate import (
     ApparateOnline,
     ApparateSettings,
@@ -389,15 +386,7 @@ SHAPE, CLASSES, POSITIONS = (6, 6, 1), 4, (0, 1)
 
 @pytest.fixture(scope="module")
 def model():
-    config = ml_collections.ConfigDict(dict(name="mlp", width=1, hidden_sizes=(16, 16, 16, 8)))
-    network = build_network(config, SHAPE, CLASSES)
-    return BaseModel(
-        network,
-        network.init(jax.random.key(0)),
-        np.array([0.5], np.float32),
-        np.array([0.25], np.float32),
-        {},
-    )
+    return tiny_mlp_model(SHAPE, CLASSES)
 
 
 def _ramps_on(model) -> tuple[apparate.RampSet, Deployment]:

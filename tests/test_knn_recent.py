@@ -5,14 +5,13 @@ distinct images, and the benchmark reports its row with the memory's bytes."""
 
 from __future__ import annotations
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
+from conftest import tiny_mlp_model
 
 from gati_jax import data
 from gati_jax.data.workloads import Workload
-from gati_jax.inference import BaseModel
 from gati_jax.jobs.benchmark import (
     KNN_RECENT,
     Contender,
@@ -23,7 +22,6 @@ from gati_jax.jobs.benchmark import (
     serve_rounds,
 )
 from gati_jax.jobs.report import _knn_recent_lines
-from gati_jax.models import build_network
 from gati_jax.online.config import online_config
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
 from gati_jax.runtime.config import served_policy_names
@@ -39,15 +37,7 @@ TARGET = 0.95
 def model():
     """A tiny MLP whose answers to random images spread over every class (seed 3): distinct
     images are not one class the memory could answer blindly."""
-    config = ml_collections.ConfigDict(dict(name="mlp", width=1, hidden_sizes=(32, 32, 32, 32)))
-    network = build_network(config, SHAPE, CLASSES)
-    return BaseModel(
-        network,
-        network.init(jax.random.key(3)),
-        np.array([0.5], np.float32),
-        np.array([0.25], np.float32),
-        {},
-    )
+    return tiny_mlp_model(SHAPE, CLASSES, hidden=(32, 32, 32, 32), seed=3)
 
 
 def _online(**changes) -> ml_collections.ConfigDict:

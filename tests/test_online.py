@@ -5,17 +5,14 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
-from conftest import assert_config_rejects, fc_caches
+from conftest import assert_config_rejects, fc_caches, tiny_mlp_model
 
 from gati_jax import data
 from gati_jax.caches.selector import wilson_lower_bound
 from gati_jax.config import ConfigError, base_config, validate_config
-from gati_jax.inference import BaseModel
 from gati_jax.jobs.benchmark import _alarm_spans, _runs
-from gati_jax.models import build_network
 from gati_jax.online.config import online_config
 from gati_jax.online.guard import AccuracyGuard, wilson_upper_bound
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
@@ -34,15 +31,7 @@ POSITIONS = (0, 1)  # same activation shape: one vmapped group of two caches
 
 @pytest.fixture(scope="module")
 def model():
-    config = ml_collections.ConfigDict(dict(name="mlp", width=1, hidden_sizes=(16, 16, 16, 8)))
-    network = build_network(config, SHAPE, CLASSES)
-    return BaseModel(
-        network,
-        network.init(jax.random.key(0)),
-        np.array([0.5], np.float32),
-        np.array([0.25], np.float32),
-        {},
-    )
+    return tiny_mlp_model(SHAPE, CLASSES)
 
 
 def _deployment(model, thresholds=(0.99, 0.99)):

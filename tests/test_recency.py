@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
-from conftest import assert_config_rejects, fc_caches
+from conftest import assert_config_rejects, fc_caches, tiny_mlp_model
 
 from gati_jax import data
-from gati_jax.inference import BaseModel
-from gati_jax.models import build_network
 from gati_jax.online.audit import AuditNetwork
 from gati_jax.online.config import online_config
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
@@ -39,15 +36,7 @@ POSITIONS = (0, 1)
 
 @pytest.fixture(scope="module")
 def model():
-    config = ml_collections.ConfigDict(dict(name="mlp", width=1, hidden_sizes=(16, 16, 16, 8)))
-    network = build_network(config, SHAPE, CLASSES)
-    return BaseModel(
-        network,
-        network.init(jax.random.key(0)),
-        np.array([0.5], np.float32),
-        np.array([0.25], np.float32),
-        {},
-    )
+    return tiny_mlp_model(SHAPE, CLASSES)
 
 
 def _deployment(model, thresholds=(2.0, 2.0)):
