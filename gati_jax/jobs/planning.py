@@ -239,8 +239,10 @@ def run_methods(
         if policy == "gati" and method == "joint":
             for (p, _), found in choices.items():
                 if p in search.THRESHOLD_KIND:
-                    source = dataclasses.replace(instances[p][0], eps=eps)
-                    start = search.translate(source, found, tuning, search.THRESHOLD_KIND[p])
+                    # The source's bound plays no part: scores and positions do.
+                    start = search.translate(
+                        instances[p][0], found, tuning, search.THRESHOLD_KIND[p]
+                    )
                     if start is not None:
                         starts.append(start)
         found = _search(method, tuning, starts, planner)
