@@ -313,7 +313,7 @@ def test_fixed_selectors_score_monotone_functions_of_max_softmax_and_entropy():
         ("softmax", probs.max(-1)),
         ("entropy", np.sum(probs * np.log(probs + 1e-30), -1)),
     ):
-        scores = selector_scores(fixed_selectors(kind, 1, 16), logits, hp)[0]
+        scores = selector_scores(fixed_selectors(kind, 1, 16), logits, hp, kind)[0]
         order = np.argsort(reference, kind="stable")
         assert np.all(np.diff(scores[order]) >= 0), kind
         ties = np.sum(np.diff(scores[order]) == 0)
@@ -325,8 +325,29 @@ def test_fixed_selectors_score_monotone_functions_of_max_softmax_and_entropy():
             assert np.mean(reference[order][tied] > -1e-6) >= 0.8
     top = jax.nn.sigmoid(FIXED_SLOPE * (jnp.asarray(probs.max(-1), jnp.float32) - 1))
     np.testing.assert_allclose(
-        selector_scores(fixed_selectors("softmax", 1, 16), logits, hp)[0], top, rtol=1e-6, atol=1e-7
+        selector_scores(fixed_selectors("softmax", 1, 16), logits, hp, "softmax")[0],
+        top,
+        rtol=1e-6,
+        atol=1e-7,
     )
+
+
+def test_fixed_selectors_computed_bare_score_exactly_what_their_network_scores():
+    """The router computes the fixed kinds without their network; thresholds calibrated on
+    either must serve the other, so the two agree to the bit."""
+    from gati_jax.caches.selector import fixed_selector_params, make_scorer
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(4000, 10)) * rng.uniform(0, 20, (4000, 1))
+    logits = jnp.asarray(logits, jnp.float32)
+    network = jax.jit(make_scorer("learned", 16))
+    for kind in ("softmax", "entropy"):
+        bare = np.asarray(jax.jit(make_scorer(kind, 16))({}, logits))
+        through = np.asarray(network(fixed_selector_params(kind, 16), logits))
+        np.testing.assert_array_equal(bare, through, err_msg=kind)
+        assert len(np.unique(bare)) > 1000, kind  # not a degenerate constant
+    with pytest.raises(ValueError, match="unknown selector kind 'margin'"):
+        make_scorer("margin", 16)
 
 
 def test_variant_strings_name_the_selector_kind():
@@ -423,9 +444,10 @@ def test_a_predictor_on_the_raw_map_equals_it_on_the_recorded_one(variant):
     np.testing.assert_allclose(matrices, recorded, rtol=1e-5, atol=1e-5)
 
 
-def test_the_selector_kinds_of_one_predictor_share_one_lookup_cost():
-    """X, X-msp and X-ent compile to one program: the planner prices each at the median of
-    their timings, so it cannot pick whichever copy happened to time lowest."""
+def test_the_selector_kinds_of_one_predictor_share_one_threshold_lookup_cost():
+    """Under a threshold policy X, X-msp and X-ent compile to one program: the planner prices
+    each at the median of their timings, so it cannot pick whichever copy happened to time
+    lowest. Under gati each kind is its own program (the fixed kinds run bare)."""
     from gati_jax.planner.build import _pooled, same_program
     from gati_jax.planner.costs import Profile
 
@@ -437,18 +459,19 @@ def test_the_selector_kinds_of_one_predictor_share_one_lookup_cost():
         "p1/pool-k1/s0/lr0.01",
         "p0/knn-c10-g2-n3",
     ]
-    groups = same_program(keys)
+    groups = same_program(keys, "classifier")
     assert groups[keys[1]] == keys[:3] and groups[keys[3]] == [keys[3]]
     assert groups[keys[4]] == [keys[4]] and groups[keys[5]] == [keys[5]]
+    assert all(group == [key] for key, group in same_program(keys, "gati").items())
     profile = Profile(
         "cpu",
         "cpu",
         1,
         "m",
         [1e-3],
-        {"gati/" + keys[0]: 30e-6, "gati/" + keys[1]: 0.0, "gati/" + keys[2]: 50e-6},
+        {f"classifier/{k}": s for k, s in zip(keys[:3], (30e-6, 0.0, 50e-6), strict=True)},
     )
-    same = ["gati/" + k for k in groups[keys[1]]]
+    same = ["classifier/" + k for k in groups[keys[1]]]
     assert _pooled(profile, profile.marginal, same) == pytest.approx(30e-6)
     assert _pooled(profile, profile.marginal, same[:2]) == pytest.approx(15e-6)
 

@@ -299,11 +299,15 @@ def test_charges_from_recovers_the_charges_of_a_linear_router():
 def test_lookups_of_one_program_share_a_compiled_router(mlp, monkeypatch):
     heads, params = fc_caches(mlp.network, (0, 1), mlp.network.num_classes)
     decide = policy_builder("gati")(heads[0])
-    # Seeds, learning rates and selector kinds of one predictor: one program at position 0.
+    # Seeds, learning rates and (for a threshold policy) selector kinds of one predictor:
+    # one program at position 0. Under gati a fixed selector kind is a program of its own.
     keys = [
+        "classifier/p0/fc-d4-h128/s0/lr0.01",
+        "classifier/p0/fc-d4-h128-msp/s0/lr0.01",
+        "classifier/p0/fc-d4-h128-ent/s1/lr0.003",
         "gati/p0/fc-d4-h128/s0/lr0.01",
+        "gati/p0/fc-d4-h128/s1/lr0.003",
         "gati/p0/fc-d4-h128-msp/s0/lr0.01",
-        "gati/p0/fc-d4-h128-ent/s1/lr0.003",
     ]
     lookups = {k: (0, decide, params[0], "gati") for k in keys}
     lookups["gati/p1/fc-d4-h128/s0/lr0.01"] = (
@@ -323,5 +327,7 @@ def test_lookups_of_one_program_share_a_compiled_router(mlp, monkeypatch):
     monkeypatch.setattr(costs, "Router", counting)
     measured = costs.measure_lookups(mlp, lookups, group_size=1, repeats=6)
     assert set(measured) == set(lookups)
-    assert built == [(0,), (1,), (0,)]
-    assert costs._program_of(keys[1]) == costs._program_of(keys[2]) == "gati/p0/fc-d4-h128"
+    assert built == [(0,), (0,), (0,), (1,), (0,)]
+    assert costs._program_of(keys[1]) == costs._program_of(keys[2]) == "classifier/p0/fc-d4-h128"
+    assert costs._program_of(keys[3]) == costs._program_of(keys[4]) == "gati/p0/fc-d4-h128#learned"
+    assert costs._program_of(keys[5]) == "gati/p0/fc-d4-h128#softmax"

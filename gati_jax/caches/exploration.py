@@ -155,20 +155,20 @@ def explore(
             rec: Recording = getattr(recorded, role)
             logits[role] = predictor_logits(spec, num_classes, params, rec.features[position])
             agree[role] = logits[role].argmax(-1) == rec.base_predictions[None]
-        # Latency and FLOPs depend on the architecture only (every selector kind runs the
-        # same selector network): one member stands for the group.
         factor = pred.pool_factors[position]
-        lookup = make_lookup(spec, num_classes, factor, hp.selector_hidden)
-        member0 = jax.tree.map(
-            lambda a: a[0], {"predictor": params, "selector": selectors[kinds[0]]}
-        )
         activation = jnp.zeros(raw_shapes[position], jnp.float32)
-        latency = measure_latency(jax.jit(lookup), member0, activation, repeats=repeats)
-        flops = compiled_flops(lookup, member0, activation)
         remaining = float(sum(stage_lat[position + 1 :]))
         for kind in kinds:
+            # Latency and FLOPs depend on the architecture and the selector kind (the fixed
+            # kinds run no selector network): one member stands for the others.
+            lookup = make_lookup(spec.with_selector(kind), num_classes, factor, hp.selector_hidden)
+            member0 = jax.tree.map(
+                lambda a: a[0], {"predictor": params, "selector": selectors[kind]}
+            )
+            latency = measure_latency(jax.jit(lookup), member0, activation, repeats=repeats)
+            flops = compiled_flops(lookup, member0, activation)
             scores = {
-                role: selector_scores(selectors[kind], logits[role], hp)
+                role: selector_scores(selectors[kind], logits[role], hp, kind)
                 for role in ("calibration", "test")
             }
             for m, (_, lr) in enumerate(members):

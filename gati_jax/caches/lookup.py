@@ -6,10 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.nn
 import jax.numpy as jnp
 
-from gati_jax.caches.selector import Selector, selector_features
+from gati_jax.caches.selector import make_scorer
 from gati_jax.caches.variants import Predictor, VariantSpec
 
 
@@ -25,13 +24,10 @@ def make_lookup(
     # The raw activation goes in: the predictor pools it as the recording did (one step for
     # pool and fc heads, see caches/pooling.py).
     predictor = Predictor(spec, num_classes, pool_factor, pooling)
-    selector = Selector(selector_hidden)
+    score = make_scorer(spec.selector, selector_hidden)
 
     def lookup(params, activation):
         logits = predictor.apply({"params": params["predictor"]}, activation)
-        score = jax.nn.sigmoid(
-            selector.apply({"params": params["selector"]}, selector_features(logits))
-        )
-        return jnp.argmax(logits, -1), score
+        return jnp.argmax(logits, -1), score(params["selector"], logits)
 
     return lookup

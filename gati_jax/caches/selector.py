@@ -3,21 +3,24 @@
 A hit is ``score >= threshold``. The threshold for a precision target is the lowest one whose
 hits, on data the selector did not train on, agree with the base network at least that often.
 
-Three kinds share one architecture, a small MLP on the predictor's top-k probabilities,
-margin and entropy, so that every consumer (router, planner, online learner) runs them alike
-at the same cost:
-- ``learned``: trained on held-out data to predict agreement;
-- ``softmax``: fixed weights that score ``sigmoid(8 (p_max - 1))``, a monotone function of
-  the predictor's max softmax: the confidence threshold of Shallow-Deep Networks;
-- ``entropy``: fixed weights that score ``sigmoid(-8 H)``, a monotone function of the
-  negated entropy: BranchyNet's threshold.
+Three kinds score the predictor's output:
+- ``learned``: a small MLP on the top-k probabilities, margin and entropy, trained on
+  held-out data to predict agreement;
+- ``softmax``: ``sigmoid(8 (p_max - 1))``, a monotone function of the predictor's max
+  softmax: the confidence threshold of Shallow-Deep Networks;
+- ``entropy``: ``sigmoid(-8 H)``, a monotone function of the negated entropy: BranchyNet's
+  threshold.
 A threshold on the fixed kinds is a threshold on max softmax or entropy, so a cache design
 space with them contains what those policies do, and where a few hundred held-out examples
-cannot teach a selector more, the planner picks them.
+cannot teach a selector more, the planner picks them. The fixed kinds are stored as MLP
+parameters (:func:`fixed_selector_params`, one file layout for every kind) but computed bare
+(:func:`make_scorer`): running the MLP for them cost a lookup about as much again as the
+threshold it computes, so a learned cache lost to the threshold policy it contains.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -35,15 +38,22 @@ _TOP1, _ENTROPY = 0, TOP_K + 1
 FIXED_SLOPE = 8.0
 
 
+def _probabilities(logits: jax.Array) -> jax.Array:
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def _entropy(probs: jax.Array) -> jax.Array:
+    return -jnp.sum(probs * jnp.log(probs + 1e-12), axis=-1, keepdims=True)
+
+
 def selector_features(logits: jax.Array) -> jax.Array:
     """Sorted top-k probabilities, top-1 margin and entropy of a predictor's logits."""
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    probs = _probabilities(logits)
     top = jax.lax.top_k(probs, min(TOP_K, probs.shape[-1]))[0]
     if top.shape[-1] < TOP_K:  # fewer classes than TOP_K: pad with zero probabilities
         top = jnp.pad(top, ((0, 0), (0, TOP_K - top.shape[-1])))
     margin = top[:, :1] - top[:, 1:2]
-    entropy = -jnp.sum(probs * jnp.log(probs + 1e-12), axis=-1, keepdims=True)
-    return jnp.concatenate([top, margin, entropy], axis=-1)
+    return jnp.concatenate([top, margin, _entropy(probs)], axis=-1)
 
 
 class Selector(nn.Module):
@@ -57,6 +67,29 @@ class Selector(nn.Module):
         precision = jax.lax.Precision.HIGHEST
         x = nn.relu(nn.Dense(self.hidden, precision=precision)(features))
         return nn.Dense(1, precision=precision)(x)[:, 0]
+
+
+def make_scorer(kind: str, hidden: int) -> Callable[[Any, jax.Array], jax.Array]:
+    """``score(selector_params, logits) -> P(agreement)`` for selectors of ``kind``.
+
+    The fixed kinds ignore their parameters and compute what :func:`fixed_selector_params`
+    makes the MLP compute, to the bit: the one live path multiplies by 1 and by a power of
+    two and adds zeros, all exact in float32, so a threshold calibrated on either serves the
+    other."""
+    if kind == "softmax":
+        return lambda params, logits: jax.nn.sigmoid(
+            FIXED_SLOPE * jnp.max(_probabilities(logits), axis=-1) - FIXED_SLOPE
+        )
+    if kind == "entropy":
+        return lambda params, logits: jax.nn.sigmoid(
+            -FIXED_SLOPE * _entropy(_probabilities(logits))[:, 0]
+        )
+    if kind != "learned":
+        raise ValueError(f"unknown selector kind '{kind}' (learned, softmax, entropy)")
+    selector = Selector(hidden)
+    return lambda params, logits: jax.nn.sigmoid(
+        selector.apply({"params": params}, selector_features(logits))
+    )
 
 
 def fixed_selector_params(kind: str, hidden: int) -> dict[str, Any]:

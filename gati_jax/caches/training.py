@@ -24,6 +24,7 @@ from gati_jax.caches.selector import (
     NUM_FEATURES,
     Selector,
     fixed_selector_params,
+    make_scorer,
     selector_features,
 )
 from gati_jax.caches.variants import Predictor, VariantSpec
@@ -212,16 +213,16 @@ def _stacked_predictor_apply(spec: VariantSpec, num_classes: int) -> Callable:
 @functools.cache
 def _compiled_selector_fns(hp: HeadTraining) -> dict[str, Callable]:
     init, step = make_selector_fns(hp)
-    selector = Selector(hp.selector_hidden)
-    score = jax.vmap(
-        lambda p, logits: jax.nn.sigmoid(selector.apply({"params": p}, selector_features(logits)))
-    )
     return {
         "vinit": jax.jit(jax.vmap(init)),
         "vstep": jax.jit(jax.vmap(step), donate_argnums=(0, 1)),
         "features": jax.jit(jax.vmap(selector_features)),
-        "score": jax.jit(score),
     }
+
+
+@functools.cache
+def _compiled_scorer(kind: str, hidden: int) -> Callable:
+    return jax.jit(jax.vmap(make_scorer(kind, hidden)))
 
 
 def train_selectors(
@@ -248,8 +249,10 @@ def fixed_selectors(kind: str, members: int, hidden: int) -> Any:
     return jax.tree.map(lambda a: np.repeat(a[None], members, axis=0), params)
 
 
-def selector_scores(stacked_params: Any, member_logits: np.ndarray, hp: HeadTraining) -> np.ndarray:
-    """Selector probabilities of agreement for every member and example: (members, N)."""
-    return np.asarray(
-        _compiled_selector_fns(hp)["score"](stacked_params, jnp.asarray(member_logits))
-    )
+def selector_scores(
+    stacked_params: Any, member_logits: np.ndarray, hp: HeadTraining, kind: str
+) -> np.ndarray:
+    """Probabilities of agreement by selectors of ``kind`` for every member and example:
+    (members, N), computed as the router computes them (caches/selector.py)."""
+    scorer = _compiled_scorer(kind, hp.selector_hidden)
+    return np.asarray(scorer(stacked_params, jnp.asarray(member_logits)))

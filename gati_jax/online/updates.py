@@ -4,8 +4,10 @@ threshold calibration on the held-out slices.
 Caches whose predictor reads the same input shape with the same architecture are one group:
 their parameters and optimiser states are stacked and one jitted, vmapped ``lax.scan`` runs
 ``steps`` optimiser steps for all of them. The loss is the predictor's cross-entropy to the
-base network's answers plus the selector's binary cross-entropy to whether the predictor
-agrees (on stopped gradients: the selector judges the predictor, it does not steer it).
+base network's answers plus, for a learned selector, its binary cross-entropy to whether the
+predictor agrees (on stopped gradients: the selector judges the predictor, it does not steer
+it). A fixed selector (max softmax, entropy) stays what it is: its threshold is recalibrated
+on the fine-tuned predictor, and the router computes it bare (caches/selector.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from gati_jax.caches.pooling import pool_map, pooled_grid
 from gati_jax.caches.selector import (
     Selector,
     calibrate_threshold,
+    make_scorer,
     selector_features,
     wilson_lower_bound,
 )
@@ -48,14 +51,13 @@ def make_tap(head: CacheHead) -> Callable[[Any, jax.Array], tuple[jax.Array, ...
     The input leaves the program as float32: converting it to the windows' float16 inside the
     program cost the served request about 6% of its latency on the CPU (measured at batch 1
     on the planned deployment); the window rounds it on the host, in the background."""
-    predictor, selector = Predictor(head.spec, head.num_classes), Selector(head.selector_hidden)
+    predictor = Predictor(head.spec, head.num_classes)
+    scorer = make_scorer(head.spec.selector, head.selector_hidden)
 
     def tap(params, x):
         inputs = cache_input(head, x)
         logits = predictor.apply({"params": params["predictor"]}, inputs)
-        score = jax.nn.sigmoid(
-            selector.apply({"params": params["selector"]}, selector_features(logits))
-        )
+        score = scorer(params["selector"], logits)
         return inputs.astype(jnp.float32), jnp.argmax(logits, -1).astype(jnp.int32), score
 
     return tap
@@ -81,11 +83,15 @@ def cache_functions(head: CacheHead, learning_rate: float) -> dict[str, Callable
     per type): ``init`` and ``steps`` (vmapped over a leading cache axis), ``score`` and
     ``loss`` (one cache)."""
     predictor, selector = Predictor(head.spec, head.num_classes), Selector(head.selector_hidden)
+    scorer = make_scorer(head.spec.selector, head.selector_hidden)
     tx = optax.adam(learning_rate)
 
     def loss_fn(params, x, y):
         logits = predictor.apply({"params": params["predictor"]}, x.astype(jnp.float32))
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        if head.spec.selector != "learned":
+            # No gradient reaches the fixed selector's parameters: Adam leaves them as they are.
+            return ce
         fixed = jax.lax.stop_gradient(logits)
         agree = (jnp.argmax(fixed, -1) == y).astype(jnp.float32)
         judged = selector.apply({"params": params["selector"]}, selector_features(fixed))
@@ -103,10 +109,7 @@ def cache_functions(head: CacheHead, learning_rate: float) -> dict[str, Callable
 
     def score(params, x):
         logits = predictor.apply({"params": params["predictor"]}, x.astype(jnp.float32))
-        s = jax.nn.sigmoid(
-            selector.apply({"params": params["selector"]}, selector_features(logits))
-        )
-        return jnp.argmax(logits, -1), s
+        return jnp.argmax(logits, -1), scorer(params["selector"], logits)
 
     return {
         "init": jax.jit(jax.vmap(tx.init)),

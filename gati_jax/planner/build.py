@@ -6,8 +6,9 @@ classifier's max softmax, ``entropy`` the negated entropy (so its threshold is
 ``-score_threshold``; :func:`policy_threshold` converts). Under ``gati`` a cache scores with
 its own selector, whatever its kind (caches/selector.py).
 
-Candidates that differ only in their selector kind compile to one program: an option's
-lookup cost is the median of their timings (:func:`same_program`), not the lowest of them.
+Candidates that differ only in their selector kind compile to one program under the threshold
+policies (which ignore the selector): an option's lookup cost is the median of their timings
+(:func:`same_program`), not the lowest of them. Under ``gati`` each kind is its own program.
 """
 
 from __future__ import annotations
@@ -68,21 +69,25 @@ def exit_scores(
     answers = logits[0].argmax(-1)
     if policy == "gati":
         hp = HeadTraining(selector_hidden=bank.selector_hidden)
-        return selector_scores(stacked["selector"], logits, hp)[0].astype(np.float64), answers
+        scores = selector_scores(stacked["selector"], logits, hp, candidate.spec.selector)
+        return scores[0].astype(np.float64), answers
     log_probs = np.asarray(jax.nn.log_softmax(jnp.asarray(logits[0], jnp.float32)), np.float64)
     if policy in ("confidence", "apparate"):
         return np.exp(log_probs.max(-1)), answers
     return np.sum(np.exp(log_probs) * log_probs, -1), answers  # minus the entropy
 
 
-def same_program(keys: Sequence[str]) -> dict[str, list[str]]:
-    """For each candidate key, the keys (itself included) whose lookups compile to the same
-    program: candidates that differ only in their selector kind (caches/selector.py) run the
-    same predictor and the same selector network, with other parameter values."""
+def same_program(keys: Sequence[str], kind: str) -> dict[str, list[str]]:
+    """For each candidate key, the keys (itself included) whose lookups of ``kind`` (see
+    :func:`lookup_kind`) compile to the same program: under a threshold policy, candidates
+    that differ only in their selector kind run the same predictor and the same threshold;
+    under ``gati`` their selectors differ (caches/selector.py: the fixed kinds run bare)."""
 
     def program(key: str) -> str:
         found = split_key(key)
-        return key if found is None else found[0]  # a kNN store: its own program
+        if found is None:
+            return key  # a kNN store: its own program
+        return found[0] if kind != "gati" else f"{found[0]}#{found[1]}"
 
     groups: dict[str, list[str]] = {}
     for key in keys:
@@ -167,14 +172,14 @@ def build_instance(
     """
     base = recording.base_predictions
     positions = tuple(sorted({c.position for c in candidates}))
-    siblings = same_program([c.key for c in candidates])
+    kind = lookup_kind(policy)
+    siblings = same_program([c.key for c in candidates], kind)
     options = []
     for p in positions:
         opts = []
         for c in (c for c in candidates if c.position == p):
             scores, answers = exit_scores(policy, c, bank, recording.features[p], logits_cache)
             levels = grid[c.key] if isinstance(grid, dict) else threshold_grid(scores, grid)
-            kind = lookup_kind(policy)
             same = [f"{kind}/{k}" for k in siblings[c.key]]
             opts.append(
                 Option(
@@ -206,7 +211,7 @@ def reprice(instance: Instance, profile: Profile, kind: str) -> Instance:
     """``instance`` with its costs (prefixes, lookups, exits, the router's charges) read again
     from ``profile`` for lookups of ``kind``; scores, grids and memory stay, so re-planning
     after a profile changed does not score every request again."""
-    siblings = same_program([o.key for opts in instance.options for o in opts])
+    siblings = same_program([o.key for opts in instance.options for o in opts], kind)
 
     def option(o: Option) -> Option:
         same = [f"{kind}/{k}" for k in siblings[o.key]]

@@ -52,6 +52,11 @@ def lookup_kind(policy: str) -> str:
     return _LOOKUP_KIND[policy]
 
 
+# Raised whenever the programs a lookup compiles to change (2: the fixed selector kinds run
+# bare), so a profile timed on the former programs is measured anew, not reused.
+LOOKUP_PROGRAMS = 2
+
+
 @dataclasses.dataclass
 class Profile:
     """Measured costs for one (backend, device kind, group size, base model)."""
@@ -81,7 +86,8 @@ class Profile:
     @property
     def key(self) -> str:
         """The profile's key in the JSON file."""
-        return f"{self.backend}/{self.device_kind}/g{self.group_size}/{self.model}"
+        where = f"{self.backend}/{self.device_kind}/g{self.group_size}/{self.model}"
+        return f"{where}/lookups-v{LOOKUP_PROGRAMS}"
 
     def lookup(self, policy: str, candidate: Candidate) -> float:
         """Seconds one more lookup of ``candidate`` adds under ``policy``, in a router."""
@@ -389,10 +395,14 @@ def measure_miss_overhead(
 
 def _program_of(key: str) -> str:
     """What a lookup key's compiled router depends on: its kind, position and predictor
-    architecture. Seeds, learning rates and selector kinds only change parameters, which the
-    router takes as arguments (caches/selector.py: the kinds share one architecture)."""
+    architecture, and under ``gati`` its selector kind (caches/selector.py: the fixed kinds
+    run bare). Seeds and learning rates only change parameters, which the router takes as
+    arguments, and the threshold policies ignore the selector."""
     found = split_key(key, at=2)  # {kind}/p{position}/{variant}/s{seed}/lr{rate}
-    return key if found is None else "/".join(found[0].split("/")[:3])
+    if found is None:
+        return key
+    program = "/".join(found[0].split("/")[:3])
+    return f"{program}#{found[1]}" if key.startswith("gati/") else program
 
 
 def measure_lookups(
