@@ -8,8 +8,11 @@ the cache's predictor (``apparate`` scores like ``confidence``). Apparate moves 
 units of that score: a ramp's *opening* o in [0, 1] lets a request exit where its score is at
 least ``1 - o`` (o = 0: closed, nobody exits; o = 1: everybody who reaches it exits). The
 *tail* of a plan is what a request that exits nowhere pays over the plain network (its lookups
-and the router's charges, the instance's ``miss_s``); Apparate keeps it within a budget, a few
-percent of the plain network.
+and the router's charges, the instance's ``miss_s``); Apparate keeps what its ramps add to it
+(their lookups and per-ramp charges) within a budget, a few percent of the plain network. The
+router's fixed charge, paid once by any plan that deploys a cache, is not a ramp's cost
+(Apparate's platform releases exits without routing): it is not counted against the budget,
+which would otherwise refuse every ramp where it alone exceeds a few percent.
 
 The step search, for a fixed set of ramps:
 
@@ -287,13 +290,26 @@ def candidate_ramps(instance: Instance, cheap: Sequence[str] = CHEAP_RAMPS) -> d
     return out
 
 
+def fixed_charge(instance: Instance) -> float:
+    """The router's fixed charge as the miss bound counts it (capped as it caps them), as a
+    fraction of the plain network: what a plan's tail holds besides its ramps."""
+    one = float(instance.charge_s(1))
+    if one <= 0:
+        return 0.0
+    return float(instance.miss_charge_s(1)) * instance.router_s / one / instance.full_s
+
+
 def bounded(instance: Instance, tail_budget: float) -> Instance:
-    """``instance`` whose miss bound is also ``tail_budget`` (a fraction of the plain
-    network; the stricter of the two holds)."""
+    """``instance`` whose miss bound is also the router's fixed charge plus ``tail_budget``
+    (fractions of the plain network; the stricter of the two holds): the budget bounds what
+    the ramps add (see the module docstring)."""
     if not tail_budget >= 0:
         raise ValueError(f"the tail budget must be >= 0, got {tail_budget}")
     return dataclasses.replace(
-        instance, max_miss_overhead=min(instance.max_miss_overhead, float(tail_budget))
+        instance,
+        max_miss_overhead=min(
+            instance.max_miss_overhead, float(tail_budget) + fixed_charge(instance)
+        ),
     )
 
 

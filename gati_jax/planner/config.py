@@ -23,8 +23,9 @@ def planner_config() -> ml_collections.ConfigDict:
     c.max_miss_overhead = -1.0
     c.miss_rounds = 3
     # Apparate (gati_jax/planner/apparate.py): the most ramps it deploys, and its tail
-    # budget, the most a request that exits nowhere may pay over the plain network as a
-    # fraction of it (max_miss_overhead, when set, holds as well).
+    # budget, the most its ramps may add to a request that exits nowhere, as a fraction of
+    # the plain network, beside the router's fixed charge (max_miss_overhead, when set,
+    # holds as well).
     c.apparate_ramps = 3
     c.apparate_tail_budget = 0.05
     # Which explored candidates the planner may deploy: "frontier" (Pareto) or "all".
