@@ -328,6 +328,11 @@ def test_lookups_of_one_program_share_a_compiled_router(mlp, monkeypatch):
     measured = costs.measure_lookups(mlp, lookups, group_size=1, repeats=6)
     assert set(measured) == set(lookups)
     assert built == [(0,), (0,), (0,), (1,), (0,)]
+    # A threshold lookup of one member is timed once for every selector kind (it ignores
+    # the selector); another member, or a gati selector kind, is timed on its own.
+    assert measured[keys[1]] is measured[keys[0]]
+    assert measured[keys[2]] is not measured[keys[0]]
+    assert measured[keys[5]] is not measured[keys[3]]
     assert costs._program_of(keys[1]) == costs._program_of(keys[2]) == "classifier/p0/fc-d4-h128"
     assert costs._program_of(keys[3]) == costs._program_of(keys[4]) == "gati/p0/fc-d4-h128#learned"
     assert costs._program_of(keys[5]) == "gati/p0/fc-d4-h128#softmax"
