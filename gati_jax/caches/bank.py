@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +84,14 @@ class CacheBank:
         """Candidates at one position."""
         return [c for c in self.candidates if c.position == position]
 
-    def best(self, position: int, target: str = "0.99") -> Candidate:
-        """The position's candidate with the highest hit rate at ``target``, then the fastest."""
-        candidates = self.at(position)
+    def best(
+        self, position: int, target: str = "0.99", among: Sequence[Candidate] | None = None
+    ) -> Candidate:
+        """The position's candidate with the highest hit rate at ``target``, then the fastest
+        (of ``among`` only, where given: e.g. the candidates a profile timed)."""
+        candidates = (
+            self.at(position) if among is None else [c for c in among if c.position == position]
+        )
         if not candidates:
             raise ValueError(f"the bank has no candidates at position {position}")
         return max(

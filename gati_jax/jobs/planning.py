@@ -541,7 +541,9 @@ def _exhaustive_check(inputs: _Inputs, planner: ml_collections.ConfigDict) -> di
     small_tuning, _ = _instances(
         "gati",
         bank,
-        [bank.best(p) for p in subset],
+        # Among the candidates the profile timed: the fastest of equal hit rates can be a
+        # selector kind of a predictor off the frontier.
+        [bank.best(p, among=inputs.candidates) for p in subset],
         inputs.planning,
         inputs.profile,
         planner,
