@@ -444,25 +444,36 @@ def test_a_predictor_on_the_raw_map_equals_it_on_the_recorded_one(variant):
     np.testing.assert_allclose(matrices, recorded, rtol=1e-5, atol=1e-5)
 
 
-def test_the_selector_kinds_of_one_predictor_share_one_threshold_lookup_cost():
-    """Under a threshold policy X, X-msp and X-ent compile to one program: the planner prices
-    each at the median of their timings, so it cannot pick whichever copy happened to time
-    lowest. Under gati each kind is its own program (the fixed kinds run bare)."""
-    from gati_jax.planner.build import _pooled, same_program
+def test_lookups_of_one_computation_share_one_cost():
+    """One predictor architecture on one activation shape is one program whatever its
+    position, seed or (under a threshold policy, which ignores it) selector kind: the
+    planner prices each at the median of their timings, so it cannot pick whichever copy
+    happened to time lowest. Under gati each selector kind is its own program (the fixed
+    kinds run bare); another shape or pooling is another program."""
+    from gati_jax.caches.bank import Candidate
+    from gati_jax.planner.build import _pooled, lookup_program, same_program
     from gati_jax.planner.costs import Profile
 
-    keys = [
-        "p0/pool-k1/s0/lr0.01",
-        "p0/pool-k1-msp/s0/lr0.01",
-        "p0/pool-k1-ent/s0/lr0.01",
-        "p0/pool-k2-h8/s0/lr0.01",
-        "p1/pool-k1/s0/lr0.01",
-        "p0/knn-c10-g2-n3",
+    def cand(position, variant, shape=(16, 8, 8), factor=1, seed=0):
+        return Candidate(position, variant, seed, 0.01, factor, shape, {}, {}, {})
+
+    cands = [
+        cand(0, "pool-k1"),
+        cand(0, "pool-k1-msp"),
+        cand(3, "pool-k1-ent", seed=1),
+        cand(0, "pool-k2-h8"),
+        cand(5, "pool-k1", shape=(32, 4, 4)),
+        cand(6, "pool-k1", factor=2),
     ]
-    groups = same_program(keys, "classifier")
+    keys = [c.key for c in cands]
+    groups = same_program({c.key: lookup_program(c, "classifier") for c in cands})
     assert groups[keys[1]] == keys[:3] and groups[keys[3]] == [keys[3]]
     assert groups[keys[4]] == [keys[4]] and groups[keys[5]] == [keys[5]]
-    assert all(group == [key] for key, group in same_program(keys, "gati").items())
+    gati = same_program({c.key: lookup_program(c, "gati") for c in cands})
+    assert gati[keys[0]] == [keys[0]] and gati[keys[1]] == [keys[1]]
+    assert gati[keys[2]] == [keys[2]]
+    moved = cand(7, "pool-k1-msp", seed=2)  # another position and seed, the same program
+    assert lookup_program(moved, "gati") == lookup_program(cands[1], "gati")
     profile = Profile(
         "cpu",
         "cpu",

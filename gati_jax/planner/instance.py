@@ -37,6 +37,9 @@ class Option:
     nbytes: int  # parameter bytes
     grid: np.ndarray  # candidate thresholds, ascending
     exit_s: float | None = None  # ... to a request that exits at it (None: as lookup_s)
+    # What its lookup computes up to parameter values (planner/build.py: lookup_program);
+    # options of one program are priced alike. Empty: its own.
+    program: str = ""
 
     @property
     def exit_cost(self) -> float:
