@@ -27,7 +27,7 @@ import numpy as np
 from gati_jax.caches.bank import CacheBank, Candidate, predictor_key
 from gati_jax.caches.recording import Recording
 from gati_jax.caches.training import HeadTraining, predictor_logits, selector_scores
-from gati_jax.planner.costs import Profile, lookup_kind
+from gati_jax.planner.costs import Profile, lookup_kind, reads_selector
 from gati_jax.planner.instance import Instance, Option, threshold_grid
 from gati_jax.runtime.knn import KnnHead, knn_key, nearest, store_bytes, store_from_activations
 from gati_jax.runtime.policies import policy_builder
@@ -86,7 +86,7 @@ def lookup_program(candidate: Candidate, kind: str) -> str:
     ``gati``, its selector kind (caches/selector.py: the fixed kinds run bare; a threshold
     policy never reads the selector). Position, seed and learning rate are not part of it."""
     spec = candidate.spec
-    name = spec.name if kind == "gati" else spec.predictor.name
+    name = spec.name if reads_selector(kind) else spec.predictor.name
     shape = "x".join(str(int(d)) for d in candidate.input_shape)
     return f"{kind}/{name}/f{candidate.pool_factor}/{shape}"
 

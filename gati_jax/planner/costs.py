@@ -52,6 +52,13 @@ def lookup_kind(policy: str) -> str:
     return _LOOKUP_KIND[policy]
 
 
+def reads_selector(kind: str) -> bool:
+    """Whether a lookup of ``kind`` reads its cache's selector: ``gati``'s do (each selector
+    kind its own program, caches/selector.py: the fixed kinds run bare); a threshold policy's
+    never do, so its lookups of one predictor are one computation under every selector kind."""
+    return kind == "gati"
+
+
 # Raised whenever the programs a lookup compiles to change (2: the fixed selector kinds run
 # bare), so a profile timed on the former programs is measured anew, not reused.
 LOOKUP_PROGRAMS = 2
@@ -402,7 +409,7 @@ def _program_of(key: str) -> str:
     if found is None:
         return key
     program = "/".join(found[0].split("/")[:3])
-    return f"{program}#{found[1]}" if key.startswith("gati/") else program
+    return f"{program}#{found[1]}" if reads_selector(key.split("/", 1)[0]) else program
 
 
 def measure_lookups(
@@ -439,7 +446,7 @@ def _same_computation(key: str) -> str:
     lookups of one predictor member under every selector kind (it never reads the selector,
     so timing each kind again would time one program on one set of values three times)."""
     found = split_key(key, at=2)
-    return key if found is None or key.startswith("gati/") else found[0]
+    return key if found is None or reads_selector(key.split("/", 1)[0]) else found[0]
 
 
 def record_lookups(profile: Profile, measured: dict[str, LookupCost]) -> None:
