@@ -32,16 +32,28 @@ def build(name: str, width: int):
 
 
 def trained_like_variables(network, seed=0):
-    """Variables with non-trivial batch statistics and non-zero residual scales."""
-    variables = network.init(jax.random.key(seed))
-    leaves, treedef = jax.tree.flatten(variables)
+    """Variables of the network's shapes, with non-trivial batch statistics and non-zero
+    residual scales.
 
-    @jax.jit
-    def perturb(leaves):
-        keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-        return [a + 0.1 * jax.random.uniform(k, a.shape) for a, k in zip(leaves, keys)]
+    Drawn with NumPy on the abstract shapes: the network's own jitted initialisation compiles
+    a random-number kernel per parameter (8 s for ResNet-50 on two cores), and these tests need
+    values that exercise every stage, not the initialiser."""
+    abstract = jax.eval_shape(network.init, jax.random.key(0))
+    rng = np.random.default_rng(seed)
 
-    return jax.tree.unflatten(treedef, perturb(leaves))
+    def draw(path, leaf):
+        name = getattr(path[-1], "key", "")
+        shape = leaf.shape
+        if name == "kernel":  # lecun normal, as Flax initialises convolutions and dense layers
+            fan_in = int(np.prod(shape[:-1]))
+            value = rng.normal(0.0, 1.0 / np.sqrt(fan_in), shape)
+        elif name in ("scale", "var"):
+            value = 1.0 + 0.1 * rng.uniform(size=shape)
+        else:  # biases, running means
+            value = 0.1 * rng.uniform(size=shape)
+        return jnp.asarray(value, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
 def test_registry_lists_every_family():
@@ -186,7 +198,7 @@ def test_resnet_width_multiplier_and_input_size():
 
 def test_bad_input_is_named():
     network = build("resnet18", 4)
-    variables = network.init(jax.random.key(0))
+    variables = trained_like_variables(network)
     with pytest.raises(ValueError, match=r"expects inputs of shape \(batch, 12, 12, 3\)"):
         network.apply(variables, jnp.zeros((2, 12, 12, 1)))
     with pytest.raises(ValueError, match="shape"):
