@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import assert_config_rejects, tiny_config
+from conftest import assert_config_rejects, drawn_variables, tiny_config
 
 from gati_jax import data
 from gati_jax.caches import (
@@ -197,7 +197,7 @@ def test_recording_respects_its_memory_limit():
     network = build_network(config, (16, 16, 1), 3)
     model = BaseModel(
         network,
-        network.init(jax.random.key(0)),
+        drawn_variables(network),
         np.zeros(1, np.float32),
         np.ones(1, np.float32),
         {},

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from conftest import drawn_variables
 
 from gati_jax.caches import CacheBank, Candidate, Predictor, parse_variant
 from gati_jax.caches.selector import NUM_FEATURES, Selector
@@ -29,7 +30,7 @@ def _system():
     network = build_network(config, SHAPE, CLASSES)
     model = BaseModel(
         network,
-        network.init(jax.random.key(0)),
+        drawn_variables(network),
         np.array([0.5], np.float32),
         np.array([0.25], np.float32),
         {},

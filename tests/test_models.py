@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import drawn_variables
 
 from gati_jax.models import available_networks, build_network
 
@@ -29,31 +30,6 @@ INPUT_SHAPE = (12, 12, 3)
 def build(name: str, width: int):
     config = ml_collections.ConfigDict(dict(name=name, width=max(width, 1), hidden_sizes=(16, 8)))
     return build_network(config, INPUT_SHAPE, 5)
-
-
-def trained_like_variables(network, seed=0):
-    """Variables of the network's shapes, with non-trivial batch statistics and non-zero
-    residual scales.
-
-    Drawn with NumPy on the abstract shapes: the network's own jitted initialisation compiles
-    a random-number kernel per parameter (8 s for ResNet-50 on two cores), and these tests need
-    values that exercise every stage, not the initialiser."""
-    abstract = jax.eval_shape(network.init, jax.random.key(0))
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        name = getattr(path[-1], "key", "")
-        shape = leaf.shape
-        if name == "kernel":  # lecun normal, as Flax initialises convolutions and dense layers
-            fan_in = int(np.prod(shape[:-1]))
-            value = rng.normal(0.0, 1.0 / np.sqrt(fan_in), shape)
-        elif name in ("scale", "var"):
-            value = 1.0 + 0.1 * rng.uniform(size=shape)
-        else:  # biases, running means
-            value = 0.1 * rng.uniform(size=shape)
-        return jnp.asarray(value, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
 def test_registry_lists_every_family():
@@ -107,7 +83,7 @@ def test_your_own_stages_register_in_one_call_and_train_and_route(own_registry):
     network = build_network(config, INPUT_SHAPE, 5)
     assert network.name == "my_cnn" and network.num_stages == 3
     assert network.activation_shapes(2) == ((2, 6, 6, 8), (2, 3, 3, 16), (2, 5))
-    variables = trained_like_variables(network)
+    variables = drawn_variables(network)
     x = jax.random.normal(jax.random.key(3), (2, *INPUT_SHAPE))
     whole = jax.jit(network.apply)(variables, x)
     h = network.apply_range(variables, x, 0, 2)
@@ -144,7 +120,7 @@ def test_your_own_stages_are_checked_when_built(own_registry):
 @pytest.mark.parametrize("name,width", FAMILIES)
 def test_stages_one_by_one_equal_whole_network(name, width):
     network = build(name, width)
-    variables = trained_like_variables(network)
+    variables = drawn_variables(network)
     x = jax.random.normal(jax.random.key(2), (3, *INPUT_SHAPE))
     # Jitted, as the router runs them: eager dispatch would compile every op separately.
     whole = jax.jit(network.apply)(variables, x)
@@ -169,7 +145,7 @@ def test_stages_one_by_one_equal_whole_network(name, width):
 @pytest.mark.parametrize("name,width", [("resnet18", 4), ("vgg11", 4)])
 def test_batch_norm_uses_running_statistics_at_inference(name, width):
     network = build(name, width)
-    variables = trained_like_variables(network)
+    variables = drawn_variables(network)
     x = jax.random.normal(jax.random.key(3), (4, *INPUT_SHAPE))
     # Inference is per-example: a row's logits do not depend on the rest of the batch.
     apply = jax.jit(network.apply)
@@ -198,7 +174,7 @@ def test_resnet_width_multiplier_and_input_size():
 
 def test_bad_input_is_named():
     network = build("resnet18", 4)
-    variables = trained_like_variables(network)
+    variables = drawn_variables(network)
     with pytest.raises(ValueError, match=r"expects inputs of shape \(batch, 12, 12, 3\)"):
         network.apply(variables, jnp.zeros((2, 12, 12, 1)))
     with pytest.raises(ValueError, match="shape"):
