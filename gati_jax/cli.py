@@ -4,6 +4,7 @@ and errors a user can fix printed as one line (exit status 2), never as a traceb
 from __future__ import annotations
 
 import logging as py_logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -49,9 +50,21 @@ def _parse(argv: Sequence[str]) -> list[str]:
     except Exception as error:  # a bad flag, a missing config file, an unknown config key
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if isinstance(error, AttributeError):
-            first = f"unknown config key {first} (see gati_jax/config.py for the schema)"
+            first = _unknown_key(str(error))
         _fail(first)
         raise  # unreachable: _fail exits
+
+
+def _unknown_key(text: str) -> str:
+    """One line for ml_collections' unknown-key error, whose text is a quoted repr of the key
+    and, sometimes, a suggestion."""
+    key = re.search(r"'([^'\\]+)", text)
+    hint = re.search(r'Did you mean \\?"([^"\\]+)', text)
+    return (
+        f"unknown config key '{key.group(1) if key else text}'"
+        + (f" (did you mean '{hint.group(1)}'?)" if hint else "")
+        + "; see gati_jax/config.py for the schema"
+    )
 
 
 def run(main: Callable[[list[str]], None]) -> None:

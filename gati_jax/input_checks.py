@@ -36,14 +36,19 @@ def check_images(
     if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
         raise TypeError(f"images must be uint8 or floating point, got dtype {images.dtype}")
     if np.issubdtype(images.dtype, np.floating):
+        given = images.dtype
         with np.errstate(over="ignore"):
             images = images.astype(np.float32, copy=False)
         if not np.all(np.isfinite(images)):
             bad = int(np.count_nonzero(~np.isfinite(images).reshape(len(images), -1).all(axis=1)))
+            why = (
+                f" after the cast from {given} to float32 (values beyond float32's range "
+                "become Inf)"
+                if given.itemsize > 4
+                else ""
+            )
             raise ValueError(
-                f"images contain NaN or Inf values ({bad} of {len(images)} "
-                "images) after the cast to float32 (float64 values beyond its "
-                "range become Inf)"
+                f"images contain NaN or Inf values ({bad} of {len(images)} images){why}"
             )
     if value_range is not None:
         images = _check_range(images, value_range, clip)
