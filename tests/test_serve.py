@@ -329,9 +329,42 @@ def test_core_refuses_requests_that_waited_past_max_queue_wait_instead_of_servin
         return outcomes, took, late, core.stats
 
     outcomes, took, late, stats = asyncio.run(scenario())
-    assert isinstance(outcomes[0], RouteResult) and len(late.answer) == 1
-    assert all(isinstance(o, Overloaded) and "in the queue" in str(o) for o in outcomes[1:])
-    assert stats.shed == 3 and took < 0.05 + 0.1  # refused after one group, not after four
+    # The first finds the core idle and is served at once, in its own call; the others queue
+    # behind it, the second is served, and the last two have waited past 20 ms by then.
+    assert all(isinstance(o, RouteResult) for o in outcomes[:2]) and len(late.answer) == 1
+    assert all(isinstance(o, Overloaded) and "in the queue" in str(o) for o in outcomes[2:])
+    assert stats.shed == 2 and took < 2 * 0.05 + 0.1  # refused after two groups, not four
+
+
+def test_an_idle_core_serves_a_lone_request_at_once_and_groups_the_requests_behind_it():
+    groups = []
+
+    def route(images):
+        groups.append(len(images))
+        n = len(images)
+        return RouteResult(
+            images[:, 0, 0, 0].astype(np.int32), np.zeros(n, np.int32), np.ones(n, bool)
+        )
+
+    async def scenario():
+        core = ServerCore(route, max_group=4, max_wait_s=0.0, max_queue=10)
+        core.start()
+        await asyncio.sleep(0.01)  # the batcher finds nothing queued and waits
+        images = _images(6, seed=5)
+        first = core.submit(images[:1])
+        assert first.done() and groups == [1]  # served in submit: no pass through the loop
+        # Submitted before the batcher looks again: queued and grouped, as under load.
+        rest = [core.submit(images[i : i + 1]) for i in range(1, 6)]
+        assert not any(f.done() for f in rest)
+        results = await asyncio.wait_for(asyncio.gather(first, *rest), 5)
+        assert [int(r.answer[0]) for r in results] == images[:, 0, 0, 0].tolist()
+        await asyncio.sleep(0.01)
+        again = core.submit(images[:1])  # idle again: at once again
+        assert again.done()
+        await core.stop()
+
+    asyncio.run(scenario())
+    assert groups == [1, 4, 1, 1]
 
 
 def test_background_runs_when_idle_and_when_overdue_and_a_failure_stops_only_it():

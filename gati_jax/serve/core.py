@@ -10,7 +10,11 @@ The router runs on the event loop's thread, between the loop's other work: one d
 groups run one after another anyway, and handing each group to a worker thread and its
 answer back cost two thread switches per request (the server's overhead is what a 1-5 ms
 network cannot afford). While a group computes, new requests wait in the sockets and join
-the next group, as requests arriving during a group do in the simulator.
+the next group, as requests arriving during a group do in the simulator. A request that finds
+the batcher idle (nothing queued, nothing computing) with ``max_wait_s`` 0 is served at once
+in :meth:`ServerCore.submit`: the batcher would serve it alone anyway, and handing it over and
+its answer back cost two passes of the event loop. Requests submitted after it, before the
+batcher looks again, queue up and are grouped as usual.
 
 Past ``max_queue`` queued images a request is refused at once (:class:`Overloaded`), and a
 request still waiting for its first group ``max_queue_wait_s`` after it arrived is refused
@@ -125,6 +129,9 @@ class ServerCore:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closed = False
+        # The batcher waits with nothing queued: the next request may be served at once, in
+        # its own handler (see submit).
+        self._idle = False
 
     # ---- lifecycle ----------------------------------------------------------------------
     @property
@@ -186,6 +193,16 @@ class ServerCore:
         self.queued += n
         self.in_flight += 1
         self.stats.requests += 1
+        if self._idle and self.max_wait_s == 0 and n <= self.max_group:
+            # Nothing queued and nothing computing: the batcher would serve this request alone
+            # as soon as it ran, so serve it now, without the two event-loop passes that
+            # hand it to the batcher and its answer back. Once: requests submitted before the
+            # batcher looks again queue up and are grouped, as under load.
+            self._idle = False
+            self._serve_group()
+            if self.background is not None:
+                self._wake.set()  # the batcher decides on background work
+            return future
         self._wake.set()
         return future
 
@@ -216,15 +233,22 @@ class ServerCore:
                     continue
                 self._wake.clear()
                 if background is None:
-                    await self._wake.wait()
+                    self._idle = True
+                    try:
+                        await self._wake.wait()
+                    finally:
+                        self._idle = False
                     continue
                 # After _IDLE_FLUSH_S with nothing to serve, a batch of served groups not yet
                 # full is learnt from too: between requests it would delay the next one.
+                self._idle = True
                 try:
                     await asyncio.wait_for(self._wake.wait(), _IDLE_FLUSH_S)
                 except TimeoutError:
                     if self.in_flight == 0 and background.pending(idle=True):
                         self._run_chunk()
+                finally:
+                    self._idle = False
                 continue
             if self.queued < self.max_group and self.max_wait_s > 0:
                 remaining = self._queue[0].arrived + self.max_wait_s - time.perf_counter()
