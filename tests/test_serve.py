@@ -199,7 +199,11 @@ def test_healthz_and_unknown_routes(served):
     assert health["positions"] == list(POSITIONS)
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(server.url + "/v2/nothing", timeout=30)
-    assert missing.value.code == 404
+    assert missing.value.code == 404 and "/v1/predict" in json.loads(missing.value.read())["error"]
+    with pytest.raises(urllib.error.HTTPError) as wrong:
+        urllib.request.urlopen(server.url + "/v1/predict", timeout=30)  # a GET
+    assert wrong.value.code == 405
+    assert json.loads(wrong.value.read())["error"] == "/v1/predict takes POST, not GET"
 
 
 def test_metrics_parse_and_count_the_requests_sent(system):
@@ -503,6 +507,7 @@ def test_policy_choice_and_decoding():
         ("num_replicas", 0),
         ("sync_every_s", 0.0),
         ("max_queue_wait_ms", 0.0),
+        ("idle_poll_ms", -1.0),
         ("host", ""),
     ],
 )

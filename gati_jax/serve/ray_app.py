@@ -17,7 +17,7 @@ in between groups, in one assignment.
 
 Its cost against the lean server (gati_jax/serve/frontend.py): every request crosses Ray's
 HTTP proxy and a replica's queue, two hops of Ray's RPC (a trivial handler measured 9.3 ms
-p50 here, against aiohttp's 0.41 ms); use it when one machine is not enough.
+p50 here, against 0.41 ms for an aiohttp server); use it when one machine is not enough.
 """
 
 from __future__ import annotations

@@ -132,6 +132,9 @@ def server_config() -> ml_collections.ConfigDict:
     c.max_body_bytes = 1 << 20
     # What a 503 asks the client to wait before retrying (Retry-After, whole seconds).
     c.retry_after_s = 1
+    # After each request the event loop polls this long before it sleeps, so the next
+    # request's bytes do not have to wake the process (gati_jax/serve/frontend.py); 0: off.
+    c.idle_poll_ms = 1.0
     # Ray Serve (gati_jax/serve/ray_app.py, the `serve` extra): replicas of the deployment,
     # and how often a gati-online replica fetches the learner's latest parameters.
     c.num_replicas = 1
@@ -158,3 +161,4 @@ def validate_server(s: ml_collections.ConfigDict) -> None:
     )
     require(s.sync_every_s > 0, "server.sync_every_s", s.sync_every_s, "> 0")
     require(s.max_queue_wait_ms > 0, "server.max_queue_wait_ms", s.max_queue_wait_ms, "> 0")
+    require(s.idle_poll_ms >= 0, "server.idle_poll_ms", s.idle_poll_ms, ">= 0 (0: off)")
