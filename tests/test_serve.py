@@ -467,6 +467,9 @@ def test_load_generator_open_and_closed_loop_are_bounded(served):
     assert summary["answered"] == 40 and summary["errors"] == {}
     assert summary["agreement"] == 1.0 and summary["p50_ms"] <= summary["p99_ms"]
     assert summary["throughput_rps"] > 0
+    # A busy-polling client sees the same answers, and stops polling when it is done.
+    polled = asyncio.run(run_load(server.url, images[:8], busy_poll=True))
+    assert polled.answer.tolist() == closed.answer[:8].tolist()
     arrivals = poisson_schedule(40, 200.0, seed=0)
     assert arrivals[0] == 0 and np.all(np.diff(arrivals) >= 0)
     opened = asyncio.run(

@@ -198,11 +198,13 @@ def run_load_test(
     overload_factor: float,
     overload_requests: int,
     recovery_s: float,
+    busy_poll: bool = False,
 ) -> dict[str, Any]:
     """Measures every target on the config's workload (``requests`` long; open loop at
     ``rate``, or closed loop with ``concurrency`` clients; every round's requests bounded by
     ``duration_s``, each by ``timeout_s``); with ``overload_factor`` > 0 also the overload
-    test (``overload_requests`` requests, ``recovery_s`` of probing). Writes
+    test (``overload_requests`` requests, ``recovery_s`` of probing). ``busy_poll``: the
+    measuring client polls instead of sleeping (gati_jax/serve/client.py). Writes
     OUT_DIR/load_test.json and OUT_DIR/load_latency_cdf.png; returns the report."""
     if not targets:
         raise ValueError("no target servers (name=URL)")
@@ -253,6 +255,7 @@ def run_load_test(
                         duration_s=duration_s,
                         timeout_s=timeout_s,
                         payload=payload,
+                        busy_poll=busy_poll,
                     )
                 )
             )
@@ -303,6 +306,7 @@ def run_load_test(
         "concurrency": concurrency,
         "rate_rps": rate if mode == "open" else None,
         "payload": payload,
+        "busy_poll": busy_poll,
         "max_group": max_group,
         "max_wait_ms": float(config.serving.max_wait_ms),
         "plan_policy": system.plan.policy,
