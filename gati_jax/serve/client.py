@@ -89,9 +89,8 @@ async def run_load(
     loop (see the module docstring); returns what every sent request saw.
 
     ``busy_poll``: the client's event loop polls instead of sleeping while it waits, so an
-    answer does not first have to wake the client's process (on virtual CPUs that took 0.12 ms
-    of a round trip): what is left is the server's latency and the network's, at the price of
-    one busy core."""
+    answer does not first have to wake the client's process (slow on virtual CPUs): what is
+    left is the server's latency and the network's, at the price of one busy core."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     n = len(images)

@@ -18,13 +18,12 @@ malformed or wrong-shape payload 400, an unknown path 404, a wrong method 405, a
 group), a failed group 500.
 
 Why not a framework: a network of 1-5 ms cannot afford a front end's fraction of a
-millisecond. Side by side on the ResNet-18 (``scripts/load_test.py``, one client), this
-application on uvicorn answered 0.07 ms sooner than the same handler on aiohttp, and an
-aiohttp server with a trivial handler took 0.30 ms p50 where uvicorn took 0.25.
+millisecond, and side by side (``scripts/load_test.py``, docs/serving.md) this application
+on uvicorn answered sooner than the same handler on aiohttp.
 
 After each request the event loop keeps polling for ``server.idle_poll_ms`` before it
-sleeps: a process woken from sleep by the next request's bytes took 0.05 ms longer to start
-it on this machine's virtual CPUs. The price is up to that long of one busy core per request
+sleeps: on virtual CPUs a process woken from sleep by the next request's bytes starts it
+later than one that never slept. The price is up to that long of one busy core per request
 when requests are sparse; 0 turns it off.
 """
 
@@ -394,9 +393,9 @@ def _uvicorn_config(app: FrontEnd, server: ml_collections.ConfigDict, port: int)
         port=port,
         backlog=int(server.backlog),
         http="httptools",
-        # asyncio's loop, not uvloop: under uvloop, at 4x the plain network's saturation, new
-        # requests waited up to 1.6 s before reaching the core (which refuses what waits
-        # past server.max_queue_wait_ms), where asyncio's loop let it refuse them in time.
+        # asyncio's loop, not uvloop: under uvloop, far past saturation, new requests waited
+        # seconds before reaching the core, which refuses what waits past
+        # server.max_queue_wait_ms; on asyncio's loop they reach it, and are refused in time.
         loop="asyncio",
         lifespan="on",
         log_level="warning",
