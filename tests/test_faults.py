@@ -364,6 +364,15 @@ def test_a_finished_workdir_loads_from_any_directory(pristine, tmp_path, monkeyp
     assert len(system.route(images).answer) == 3
 
 
+def test_a_base_network_without_a_plan_says_how_to_make_one(pristine, tmp_path):
+    model_dir = _copy(pristine, tmp_path, "model")
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"holds a base network but no planned system .*scripts/train_caches\.py",
+    ):
+        load_system(model_dir)
+
+
 def test_inputs_outside_the_trained_range_are_refused_or_clipped_on_request(pristine):
     model = load_base_model(pristine / "model")
     assert json.loads((pristine / "model" / "model.json").read_text())["input_range"] == [
