@@ -82,14 +82,15 @@ def load_system(
                 f"not found from {Path.cwd()}; run from the directory the job ran in or pass "
                 "it explicitly (checkpoint=...)"
             )
-    model = load_base_model(checkpoint)
     if Path(checkpoint).absolute() == workdir and not (workdir / "plan" / "plan.json").exists():
-        # A base network that ships without a plan: say how to make a system of it.
+        # A base network that ships without a plan: say how to make a system of it (before
+        # reading its weights, which would serve nothing).
         raise FileNotFoundError(
             f"{workdir} holds a base network but no planned system (no plan/plan.json): "
             "plan one with python scripts/train_caches.py --config CONFIG --workdir DIR "
             f"(CONFIG's caches.checkpoint={workdir}), then load_system(DIR)"
         )
+    model = load_base_model(checkpoint)
     plan, bank = load_plan(workdir / "plan", model)
     deployment = plan_deployment(plan, bank)
     router = deployment.router(model, max_group, compact=compact)

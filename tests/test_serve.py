@@ -278,8 +278,8 @@ def test_overload_is_refused_at_once_with_retry_after_and_the_server_recovers():
         assert metrics[("gati_requests_total", (("outcome", "ok"),))] == statuses.count(200) + 1
 
 
-def test_core_groups_by_max_group_and_max_wait_and_bounds_its_queue():
-    groups = []
+def _recording_route(groups: list[int]):
+    """A route that answers each image's first pixel and records each group's size."""
 
     def route(images):
         groups.append(len(images))
@@ -287,6 +287,13 @@ def test_core_groups_by_max_group_and_max_wait_and_bounds_its_queue():
         return RouteResult(
             images[:, 0, 0, 0].astype(np.int32), np.zeros(n, np.int32), np.ones(n, bool)
         )
+
+    return route
+
+
+def test_core_groups_by_max_group_and_max_wait_and_bounds_its_queue():
+    groups = []
+    route = _recording_route(groups)
 
     async def scenario():
         core = ServerCore(route, max_group=4, max_wait_s=0.05, max_queue=10)
@@ -342,13 +349,7 @@ def test_core_refuses_requests_that_waited_past_max_queue_wait_instead_of_servin
 
 def test_an_idle_core_serves_a_lone_request_at_once_and_groups_the_requests_behind_it():
     groups = []
-
-    def route(images):
-        groups.append(len(images))
-        n = len(images)
-        return RouteResult(
-            images[:, 0, 0, 0].astype(np.int32), np.zeros(n, np.int32), np.ones(n, bool)
-        )
+    route = _recording_route(groups)
 
     async def scenario():
         core = ServerCore(route, max_group=4, max_wait_s=0.0, max_queue=10)

@@ -103,9 +103,7 @@ def same_program(programs: Mapping[str, str]) -> dict[str, list[str]]:
 def _pooled(profile: Profile, cost: Callable[[str], float], keys: Sequence[str]) -> float:
     """The median of ``cost`` over the profile entries ``keys`` of one program: a planner
     choosing among separately timed copies of one program would pick the copy whose timing
-    came out lowest (the winner's curse, once per copy); their median is one estimate. On
-    the ResNet-56 the same lookup read 0 to 290 us at the positions of one activation shape,
-    and the plan chose lookups that had read 0."""
+    came out lowest (the winner's curse, once per copy); their median is one estimate."""
     timed = [k for k in keys if k in profile.lookup_s]
     return float(np.median([cost(k) for k in timed])) if timed else cost(keys[0])
 

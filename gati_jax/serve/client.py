@@ -12,10 +12,12 @@ request, as ``.npy`` bytes (encoded before the clock starts) or JSON.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -66,10 +68,21 @@ def encode(image: np.ndarray, payload: str = "npy") -> tuple[bytes, str]:
     raise ValueError(f"unknown payload {payload!r}; expected one of {PAYLOADS}")
 
 
-async def _spin() -> None:
-    """Keeps the event loop polling: it never sleeps in the selector while this runs."""
-    while True:
-        await asyncio.sleep(0)
+@contextlib.asynccontextmanager
+async def _polling(busy: bool) -> AsyncIterator[None]:
+    """With ``busy``, keeps the event loop polling (never sleeping in the selector) inside the
+    block, however it ends."""
+
+    async def spin() -> None:
+        while True:
+            await asyncio.sleep(0)
+
+    spinner = asyncio.get_running_loop().create_task(spin()) if busy else None
+    try:
+        yield
+    finally:
+        if spinner is not None:
+            spinner.cancel()
 
 
 async def run_load(
@@ -113,8 +126,10 @@ async def run_load(
     limit = float("inf") if duration_s is None else float(duration_s)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     connector = aiohttp.TCPConnector(limit=max_connections, force_close=False)
-    spinner = asyncio.get_running_loop().create_task(_spin()) if busy_poll else None
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with (
+        _polling(busy_poll),
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+    ):
         origin = time.perf_counter()
 
         async def one(i: int) -> None:
@@ -157,8 +172,6 @@ async def run_load(
                     await one(i)
 
             await asyncio.gather(*(client() for _ in range(int(concurrency))))
-    if spinner is not None:
-        spinner.cancel()
     index = np.flatnonzero(np.isfinite(sent))
     finished = done[index]
     end = np.nanmax(finished) if np.isfinite(finished).any() else 0.0

@@ -232,21 +232,18 @@ class ServerCore:
                     await asyncio.sleep(0)  # a request that arrived meanwhile goes first
                     continue
                 self._wake.clear()
-                if background is None:
-                    self._idle = True
-                    try:
-                        await self._wake.wait()
-                    finally:
-                        self._idle = False
-                    continue
-                # After _IDLE_FLUSH_S with nothing to serve, a batch of served groups not yet
-                # full is learnt from too: between requests it would delay the next one.
                 self._idle = True
                 try:
-                    await asyncio.wait_for(self._wake.wait(), _IDLE_FLUSH_S)
-                except TimeoutError:
-                    if self.in_flight == 0 and background.pending(idle=True):
-                        self._run_chunk()
+                    if background is None:
+                        await self._wake.wait()
+                        continue
+                    # After _IDLE_FLUSH_S with nothing to serve, a batch of served groups not
+                    # yet full is learnt from too: between requests it would delay the next.
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), _IDLE_FLUSH_S)
+                    except TimeoutError:
+                        if self.in_flight == 0 and background.pending(idle=True):
+                            self._run_chunk()
                 finally:
                     self._idle = False
                 continue

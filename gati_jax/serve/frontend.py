@@ -198,7 +198,7 @@ class FrontEnd:
         serving: ml_collections.ConfigDict,
         server: ml_collections.ConfigDict,
     ):
-        self.engine, self.server = engine, server
+        self.engine = engine
         self.metrics = ServerMetrics(engine, lambda: self.core.queued)
         self.core = ServerCore(
             engine.route,
@@ -280,10 +280,9 @@ class FrontEnd:
         self.metrics.request(outcome)
         await _respond(send, status, json.dumps({"error": message}).encode(), JSON, headers)
 
-    async def _body(self, scope: dict[str, Any], receive: Receive) -> bytes:
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self._max_body:
-                raise _TooLargeBody
+    async def _body(self, length: bytes, receive: Receive) -> bytes:
+        if length.isdigit() and int(length) > self._max_body:
+            raise _TooLargeBody
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -300,8 +299,9 @@ class FrontEnd:
     async def _predict(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         core = self.core
+        headers = dict(scope["headers"])
         try:
-            body = await self._body(scope, receive)
+            body = await self._body(headers.get(b"content-length", b""), receive)
         except _TooLargeBody:
             await self._error(
                 send,
@@ -311,10 +311,7 @@ class FrontEnd:
                 "(server.max_body_bytes); send smaller batches",
             )
             return
-        content_type = ""
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                content_type = value.decode("latin-1")
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
         try:
             images = decode_images(
                 body, content_type, self.engine.input_shape, self.engine.input_range
@@ -386,11 +383,11 @@ def make_app(
     return FrontEnd(engine, serving, server)
 
 
-def _uvicorn_config(app: FrontEnd, server: ml_collections.ConfigDict, port: int) -> uvicorn.Config:
+def _uvicorn_config(app: FrontEnd, server: ml_collections.ConfigDict) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=server.host,
-        port=port,
+        port=int(server.port),
         backlog=int(server.backlog),
         http="httptools",
         # asyncio's loop, not uvloop: under uvloop, far past saturation, new requests waited
@@ -412,9 +409,7 @@ def run_server(
 ) -> None:
     """Warms the engine up and serves on ``server.host``:``server.port`` until interrupted."""
     engine.warm_up()
-    uvicorn.Server(
-        _uvicorn_config(make_app(engine, serving, server), server, int(server.port))
-    ).run()
+    uvicorn.Server(_uvicorn_config(make_app(engine, serving, server), server)).run()
 
 
 class ServerThread:
@@ -431,7 +426,7 @@ class ServerThread:
         if warm_up:
             engine.warm_up()
         self.app = make_app(engine, serving, server)
-        self._server = uvicorn.Server(_uvicorn_config(self.app, server, int(server.port)))
+        self._server = uvicorn.Server(_uvicorn_config(self.app, server))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failed: BaseException | None = None
         self.url = ""
