@@ -194,6 +194,42 @@ def test_position_tables_are_exact():
             assert err == out.num_errors
 
 
+@pytest.mark.parametrize("miss", [float("inf"), 0.06])
+def test_a_pair_move_finds_the_best_plan_over_its_two_positions(miss):
+    """Every alternative at i against every option and threshold at j, scored at once, finds
+    the plan a simulation of each pair finds best (charges, memory budget and miss bound in)."""
+    inst = dataclasses.replace(
+        random_instance(4, positions=5, options=2, grid=5, eps=0.05, budget=200, miss=miss),
+        router_s=0.02,
+        deploy_s=0.01,
+    )
+    rng = np.random.default_rng(1)
+    every = [
+        [None] + [(o, float(t)) for o, opt in enumerate(opts) for t in opt.grid]
+        for opts in inst.options
+    ]
+    for _ in range(8):
+        plan = [a[rng.integers(1, len(a))] if rng.random() < 0.5 else None for a in every]
+        i, j = (int(k) for k in rng.choice(5, 2, replace=False))
+        tried = search._pair_alternatives(inst, i, levels=3)
+        found = search._best_pair(inst, plan, i, j, tried)
+        keys = []
+        for a in tried:
+            for b in every[j]:
+                trial = list(plan)
+                trial[i], trial[j] = a, b
+                if inst.fits(trial):
+                    keys.append((search._score(inst, trial), a, b))
+        if not keys:
+            assert found is None
+            continue
+        best = min(k[0] for k in keys)
+        assert found is not None and found[0] == pytest.approx(best)
+        trial = list(plan)
+        trial[i], trial[j] = found[1], found[2]
+        assert inst.fits(trial) and search._score(inst, trial) == pytest.approx(best)
+
+
 def test_error_budget_and_bad_settings():
     assert max_errors(1000, 0.01) == 10
     assert max_errors(1000, 0.0) == 0
@@ -485,7 +521,7 @@ def test_the_miss_bound_is_held_by_measurement_where_the_model_says_lookups_are_
     timing the first plan's lookups alone and charging each what it measured (lookups never
     timed are not deployed any more), which keeps the cheap lookups deployable (one floor for
     all, from the plan's share, ruled them out)."""
-    free = _free_lookups(random_instance(5, positions=5, eps=0.05), 0.06)
+    free = _free_lookups(random_instance(0, positions=5, eps=0.05), 0.06)
     price = {
         o.key: 0.08 if free.positions[i] % 2 else 0.01
         for i, opts in enumerate(free.options)

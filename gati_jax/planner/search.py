@@ -235,38 +235,146 @@ def _partners(choices: Sequence[Choice], i: int) -> list[int]:
     return [j for j in others if choices[j] is not None or abs(j - i) <= PAIR_NEAR]
 
 
+def _pair_alternatives(instance: Instance, i: int, levels: int) -> list[Choice]:
+    """What a pair move tries at its first position: closed, or every option at most
+    ``levels`` evenly spaced thresholds of its grid (the exact step at the partner refines)."""
+    return [None] + [
+        (o, float(t))
+        for o, opt in enumerate(instance.options[i])
+        for t in opt.grid[:: -(-len(opt.grid) // levels)]
+    ]
+
+
+def _best_pair(
+    instance: Instance,
+    choices: Sequence[Choice],
+    i: int,
+    j: int,
+    alternatives: Sequence[Choice],
+) -> tuple[tuple, Choice, Choice] | None:
+    """The best plan that differs from ``choices`` at positions ``i`` and ``j`` only: every
+    alternative at ``i`` against every option and grid threshold at ``j``, all scored at once;
+    its key (as :func:`_key` with no lambda) and the choices at ``i`` and ``j``. None when no
+    pair fits the memory budget and the miss bound.
+
+    Building one position table per alternative at ``i`` made pair moves most of a deep
+    network's planning time; here one (alternatives x requests) array per option at ``j``
+    scores them all: every request's cost and answer with ``j`` closed, per alternative, and
+    cumulative sums in the option's score order give every threshold's hits at once.
+    """
+    base = list(choices)
+    base[i] = base[j] = None
+    out = _simulate(instance, base, charge=False)
+    n = instance.num_requests
+    reach_i, reach_j = out.exit_index > i, out.exit_index > j
+    rest = sum(c is not None for c in base)
+
+    def lookups_before(k: int) -> float:
+        return sum(
+            instance.options[m][c[0]].lookup_s for m, c in enumerate(base[:k]) if c is not None
+        )
+
+    # Per alternative at i (rows): its hits, and every request's cost and disagreement with
+    # j closed (the router's charges apart).
+    options_i = instance.options[i]
+    picked = np.array([0 if a is None else a[0] for a in alternatives])
+    opened = np.array([a is not None for a in alternatives])
+    threshold = np.array([np.inf if a is None else a[1] for a in alternatives])
+
+    def per_row(values: list[float]) -> np.ndarray:
+        return np.where(opened, np.asarray(values, np.float64)[picked], 0.0)
+
+    lookup = per_row([o.lookup_s for o in options_i])
+    nbytes_i = per_row([o.nbytes for o in options_i])
+    looked_i = per_row([instance.miss_lookup_s(o) for o in options_i])
+    exit_i = instance.prefix_s[instance.positions[i]] + lookups_before(i)
+    exit_i = exit_i + per_row([o.exit_cost for o in options_i])
+    hit = reach_i & (np.stack([o.scores for o in options_i])[picked] >= threshold[:, None])
+    cost = np.where(hit, exit_i[:, None], out.cost_s + reach_i * lookup[:, None])
+    errors = np.where(hit, np.stack([o.errors for o in options_i])[picked], out.errors)
+    errors = errors.astype(np.float64)
+    if j > i:  # i's hits no longer reach j, and its lookup comes before j's exit
+        reach = reach_j & ~hit
+        before_j = lookups_before(j) + lookup
+    else:
+        reach = np.broadcast_to(reach_j, hit.shape)
+        before_j = np.full(len(alternatives), lookups_before(j))
+    total_cost, total_errors = cost.sum(axis=1), errors.sum(axis=1)
+    n_reach = reach.sum(axis=1)
+    deployed_i = opened.astype(int)
+    # Columns: j closed, then every (option, threshold) at j.
+    costs = [total_cost + n * instance.charge_s(rest + deployed_i)]
+    errs = [total_errors]
+    choices_j: list[Choice] = [None]
+    nbytes_j, looked_j, deployed_j = [0.0], [0.0], [0]
+    exit_j = instance.prefix_s[instance.positions[j]] + before_j
+    zeros = np.zeros((len(alternatives), 1))
+    for o, option in enumerate(instance.options[j]):
+        # A threshold's hits are a prefix of the score order; only requests that reach j
+        # with i closed can reach it at all.
+        order = option.order
+        reachable = reach_j[order]
+        columns = order[reachable]
+        everyone = np.searchsorted(-option.scores[order], -option.grid, side="right")
+        hits = np.concatenate([[0], np.cumsum(reachable)])[everyone]
+        in_reach = reach[:, columns]
+        # A hit at j pays its exit there instead of its path with j closed.
+        saved = (exit_j + option.exit_cost - option.lookup_s)[:, None] - cost[:, columns]
+        d_cost = np.cumsum(np.where(in_reach, saved, 0.0), axis=1)
+        d_err = np.where(in_reach, option.errors[columns] - errors[:, columns], 0.0)
+        d_err = np.cumsum(d_err, axis=1)
+        charge = n * instance.charge_s(rest + deployed_i + 1) + n_reach * option.lookup_s
+        costs.append(total_cost[:, None] + charge[:, None] + np.hstack([zeros, d_cost])[:, hits])
+        errs.append(total_errors[:, None] + np.hstack([zeros, d_err])[:, hits])
+        choices_j += [(o, float(t)) for t in option.grid]
+        nbytes_j += [float(option.nbytes)] * len(option.grid)
+        looked_j += [instance.miss_lookup_s(option)] * len(option.grid)
+        deployed_j += [1] * len(option.grid)
+    costs = np.column_stack(costs)
+    errs = np.column_stack(errs)
+    budget = instance.budget_bytes - instance.memory(base)
+    fits = nbytes_i[:, None] + np.asarray(nbytes_j)[None, :] <= budget
+    if np.isfinite(instance.max_miss_overhead):
+        count = rest + deployed_i[:, None] + np.asarray(deployed_j)[None, :]
+        miss = instance.miss_lookups_s(base) + looked_i[:, None] + np.asarray(looked_j)[None, :]
+        fits &= miss + instance.miss_charge_s(count) <= instance.miss_budget_s * (1 + 1e-12)
+    if not fits.any():
+        return None
+    ok = fits & (errs <= instance.error_budget + 1e-9)
+    if ok.any():
+        a, b = np.unravel_index(int(np.argmin(np.where(ok, costs, np.inf))), costs.shape)
+        key = (0, float(costs[a, b]), float(errs[a, b]))
+    else:
+        k = np.lexsort((costs.ravel(), np.where(fits, errs, np.inf).ravel()))[0]
+        a, b = np.unravel_index(int(k), costs.shape)
+        key = (1, float(errs[a, b]), float(costs[a, b]))
+    return key, alternatives[a], choices_j[b]
+
+
 def _pair_polish(
     instance: Instance, choices: list[Choice], max_passes: int = 2, levels: int = 12
 ) -> list[Choice]:
     """Moves two positions at once (an alternative at one, the exact best at the other),
-    which escapes the points where no single position can improve alone. The first position
-    tries at most ``levels`` evenly spaced thresholds per option (all of a coarse grid): the
-    exact step at the second position refines the rest."""
+    which escapes the points where no single position can improve alone; each pair of
+    positions takes its best move, confirmed by simulating the plan."""
     choices = list(choices)
     current = _score(instance, choices)
-    improved, passes = True, 0
-    while improved and passes < max_passes:
-        improved, passes = False, passes + 1
+    for _ in range(max_passes):
+        improved = False
         for i in range(len(choices)):
-            alternatives = [None] + [
-                (o, float(t))
-                for o, opt in enumerate(instance.options[i])
-                for t in opt.grid[:: -(-len(opt.grid) // levels)]
-            ]
-            for alt in alternatives:
-                trial = list(choices)
-                trial[i] = alt
-                if alt == choices[i] or not instance.fits(trial):
+            alternatives = _pair_alternatives(instance, i, levels)
+            for j in _partners(choices, i):
+                found = _best_pair(instance, choices, i, j, alternatives)
+                if found is None or not found[0] < current:
                     continue
-                for j in _partners(choices, i):
-                    choice, key = _best(
-                        instance, trial, j, _position_table(instance, trial, j), None
-                    )
-                    if key < current:
-                        choices = list(trial)
-                        choices[j] = choice
-                        current = key
-                        improved = True
+                trial = list(choices)
+                trial[i], trial[j] = found[1], found[2]
+                # The arrays sum in another order than simulate: a tie may read as a gain.
+                key = _score(instance, trial)
+                if key < current and instance.fits(trial):
+                    choices, current, improved = trial, key, True
+        if not improved:
+            break
     return choices
 
 
