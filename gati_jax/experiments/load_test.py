@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -36,6 +35,7 @@ from gati_jax.experiments.plots import plot_latency_cdf
 from gati_jax.inference import predict_logits
 from gati_jax.serve.client import LoadResult, poisson_schedule, run_load, summarize_load
 from gati_jax.serve.engine import Engine, build_engine
+from gati_jax.serve.http_client import HttpClient
 from gati_jax.serving.clock import VirtualClock
 from gati_jax.serving.loop import serve_interleaved, serve_steps
 from gati_jax.system import load_system
@@ -64,10 +64,11 @@ _COLUMNS = (
 
 async def _policy(url: str) -> str:
     """The policy a server serves, from its /healthz."""
-    async with aiohttp.ClientSession() as session:
-        async with session.get(url.rstrip("/") + "/healthz") as response:
-            response.raise_for_status()
-            return (await response.json())["policy"]
+    async with HttpClient(url) as http:
+        status, body = await http.get("/healthz")
+    if status != 200:
+        raise RuntimeError(f"{url}/healthz answered {status}: {body[:200]!r}")
+    return json.loads(body)["policy"]
 
 
 def inprocess_ms(

@@ -20,8 +20,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import numpy as np
+
+from gati_jax.serve.http_client import HttpClient
 
 MODES = ("open", "closed")
 PAYLOADS = ("npy", "json")
@@ -115,7 +116,6 @@ async def run_load(
     elif int(concurrency) < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     bodies = [encode(image, payload) for image in images]
-    endpoint = url.rstrip("/") + "/v1/predict"
     sent = np.full(n, np.nan)
     done = np.full(n, np.nan)
     status = np.zeros(n, np.int64)
@@ -124,12 +124,7 @@ async def run_load(
     hit = np.zeros(n, bool)
     server_ms = np.full(n, np.nan)
     limit = float("inf") if duration_s is None else float(duration_s)
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    connector = aiohttp.TCPConnector(limit=max_connections, force_close=False)
-    async with (
-        _polling(busy_poll),
-        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-    ):
+    async with _polling(busy_poll), HttpClient(url, max_connections) as http:
         origin = time.perf_counter()
 
         async def one(i: int) -> None:
@@ -137,20 +132,19 @@ async def run_load(
             start = time.perf_counter()
             sent[i] = start - origin
             try:
-                async with session.post(
-                    endpoint, data=body, headers={"Content-Type": content_type}
-                ) as response:
-                    text = await response.read()
-                    status[i] = response.status
-                    if response.status == 200:
-                        reply = json.loads(text)
-                        answer[i] = reply["classes"][0]
-                        exit_stage[i] = reply["exit_positions"][0]
-                        hit[i] = reply["hits"][0]
-                        server_ms[i] = reply["server_ms"]
+                async with asyncio.timeout(timeout_s):
+                    code, text = await http.post("/v1/predict", body, content_type)
                 done[i] = time.perf_counter() - origin
-            except (TimeoutError, aiohttp.ClientError, OSError):
+            except (TimeoutError, OSError):
                 status[i] = 0  # lost: no answer and no refusal in time
+                return
+            status[i] = code
+            if code == 200:
+                reply = json.loads(text)
+                answer[i] = reply["classes"][0]
+                exit_stage[i] = reply["exit_positions"][0]
+                hit[i] = reply["hits"][0]
+                server_ms[i] = reply["server_ms"]
 
         if mode == "open":
             tasks = []
