@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from gati_jax.jobs.main_job import run_main_job
+from gati_jax.jobs.main_job import affected_phase, run_main_job
 from gati_jax.planner.plan import load_plan, plan_deployment
 from gati_jax.runtime.router import bucket_sizes
 from gati_jax.system import load_system
@@ -215,6 +215,13 @@ def test_report_resume_and_loaded_system(explored):
         assert again[phase] == log[phase]
     with pytest.raises(ValueError, match="unknown phases"):
         run_main_job(config, str(workdir), redo=["explroe"])
+    # Settings of the network server and of the devices change no phase's results.
+    served = config.copy_and_resolve_references()
+    served.server.port, served.server.idle_poll_ms = 9999, 0.0
+    assert affected_phase("server.idle_poll_ms", True) is None
+    again = run_main_job(served, str(workdir))
+    for phase in ("explore", "plan", "benchmark"):
+        assert again[phase] == log[phase]
     # Another program serves with one call; it answers like the plan's own deployment.
     system = load_system(workdir, max_group=4)
     plan, bank = load_plan(workdir / "plan")

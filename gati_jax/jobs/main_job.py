@@ -87,8 +87,10 @@ def affected_phase(key: str, base_trained: bool) -> str | None:
     """The first phase whose results config ``key`` affects (later phases depend on it), or
     None for keys that change how a phase runs, never what it produces."""
     section = key.split(".")[0]
-    if section == "mesh" or key in ("data.data_dir", "caches.train_base"):
-        return None  # devices give the same answers; where data is found; whether to train
+    if section in ("mesh", "server") or key in ("data.data_dir", "caches.train_base"):
+        # Devices give the same answers; the network server runs after the job; where data
+        # is found; whether to train.
+        return None
     if section in ("data", "augment", "model", "train"):
         # Only a base network trained here reads them (the caches read the checkpoint's).
         return "base" if base_trained else None
