@@ -571,6 +571,10 @@ def test_the_miss_bound_is_held_by_measurement_where_the_model_says_lookups_are_
     with pytest.raises(ValueError, match="measured"):
         hold_miss_bound(plan, measure, lambda i, k, c: float("inf"), 0.06, rounds=1)
     assert next_floors(MissFloors(), free, free.empty(), 0.5, {}, set()) == (MissFloors(), None)
+    # A lookup that timed below the plain network (noise) caps the router's charges at zero.
+    key = free.options[0][0].key
+    floors, _ = next_floors(MissFloors(), free, free.empty(), 0.5, {key: -0.002}, set())
+    assert floors.charge_cap_s == 0.0 and floors.of(key) == 0.0
 
 
 def test_lookups_that_cost_more_together_get_a_share_of_what_their_plan_measured():

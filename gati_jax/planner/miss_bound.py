@@ -86,7 +86,9 @@ def next_floors(
     measurement their floors alone do not explain is split equally among them (returned per
     lookup, else None): the plan then breaks the bound in the model too. Floors never fall.
     """
-    cap = min([floors.charge_cap_s, *(o * instance.full_s for o in timed.values())])
+    # A one-cache router can time below the plain network (two noisy times of ~1 ms); no
+    # charge is below zero.
+    cap = max(0.0, min([floors.charge_cap_s, *(o * instance.full_s for o in timed.values())]))
     one = float(instance.miss_charge_s(1, cap))
     alone = {key: max(overhead * instance.full_s - one, 0.0) for key, overhead in timed.items()}
     per = dict(floors.per_lookup)
