@@ -14,6 +14,7 @@ import pytest
 from gati_jax.jobs.main_job import affected_phase, run_main_job
 from gati_jax.planner.plan import load_plan, plan_deployment
 from gati_jax.runtime.router import bucket_sizes
+from gati_jax.runtime.segments import segment_count
 from gati_jax.system import load_system
 from gati_jax.training.checkpointing import load_base_model
 
@@ -156,10 +157,12 @@ def test_benchmark_rows_are_consistent(explored):
             # online.single_program), one per audit segment and audit group size; all
             # compiled in the warm-up, never again.
             group = int(config.serving.max_group)
+            stages = load_base_model(config.caches.checkpoint).network.num_stages
             routers = 1 if config.online.single_program else 2
             assert online["trace_count"] == (
                 routers * len(bucket_sizes(group))
-                + config.online.audit_segments * min(config.online.audit_group, group)
+                + segment_count(stages, config.online.audit_segments)
+                * min(config.online.audit_group, group)
             )
         none = mine["none"]
         assert none["agreement"] == 1.0 and none["hit_rate"] == 0.0

@@ -20,7 +20,7 @@ from gati_jax.online.shift import ShiftDetector, ShiftReference
 from gati_jax.online.updates import Verdict, shift_logits
 from gati_jax.online.window import ReplayWindow
 from gati_jax.runtime.deployment import Deployment
-from gati_jax.runtime.segments import SegmentedNetwork
+from gati_jax.runtime.segments import SegmentedNetwork, segment_count
 from gati_jax.serving.clock import FakeClock
 from gati_jax.serving.loop import serve
 
@@ -332,6 +332,14 @@ def test_segmented_network_answers_as_the_plain_network_one_segment_per_step(mod
         SegmentedNetwork(model, stages + 1)
     with pytest.raises(ValueError, match="NaN|shape|dtype"):
         SegmentedNetwork(model, 2).answers(np.zeros((2, 3, 3, 1), np.uint8))
+
+
+def test_audit_segments_left_to_the_network_follow_its_depth():
+    # 0: one segment per STAGES_PER_SEGMENT stages (ResNet-18: 10 stages, ResNet-56: 29).
+    assert [segment_count(n, 0) for n in (3, 10, 14, 29, 56)] == [1, 1, 1, 3, 6]
+    assert segment_count(29, 2) == 2 and segment_count(4, 9) == 4  # at most one per stage
+    with pytest.raises(ValueError, match=">= 0"):
+        segment_count(10, -1)
 
 
 def test_optimiser_steps_back_off_while_they_do_not_help_and_resume_when_they_do(model):
@@ -655,7 +663,7 @@ def test_online_config_is_validated(model):
     with pytest.raises(ValueError, match="drawn among the tapped"):
         OnlineLearner(model, _deployment(model), _settings(audit_fraction=0.5, tap_fraction=0.2))
     assert_config_rejects("online", "guard_window", 5)
-    assert_config_rejects("online", "audit_segments", 0)
+    assert_config_rejects("online", "audit_segments", -1)
     assert_config_rejects("online", "shift_rate", 0.05)  # no more than in distribution
     assert_config_rejects("online", "shift_quantile", 1.0)
     config = base_config()

@@ -55,6 +55,7 @@ from gati_jax.planner.instance import max_errors
 from gati_jax.runtime.deployment import Deployment
 from gati_jax.runtime.policies import CacheHead, Decide, policy_builder
 from gati_jax.runtime.router import Router, RouteResult
+from gati_jax.runtime.segments import segment_count
 
 NAME = "apparate-online"
 
@@ -82,9 +83,12 @@ class ApparateSettings:
     def __post_init__(self) -> None:
         if not 0 <= self.audit_fraction <= 1:
             raise ValueError(f"audit_fraction must be in [0, 1], got {self.audit_fraction}")
+        if self.audit_segments < 0:
+            raise ValueError(
+                f"audit_segments must be >= 0 (0: from the stages), got {self.audit_segments}"
+            )
         for name in (
             "audit_group",
-            "audit_segments",
             "max_lag",
             "window",
             "min_window",
@@ -526,7 +530,8 @@ class ApparateOnline:
         self.router = Router(
             model, ramps.positions, tuple(gated_decide(h) for h in self.heads), max_group
         )
-        self.audit = RampAudit(model, tuple(ramps.positions), self.heads, settings.audit_segments)
+        segments = segment_count(model.network.num_stages, settings.audit_segments)
+        self.audit = RampAudit(model, tuple(ramps.positions), self.heads, segments)
         self._predictors = tuple(p["predictor"] for p in deployment.params)
         self._initial = np.asarray(deployment.thresholds, np.float64).copy()
         self.reset()

@@ -36,10 +36,11 @@ def online_config() -> ml_collections.ConfigDict:
     c.audit_group = 8
     # An audit runs the plain network in this many segments of consecutive stages, one per
     # background chunk, so a request arriving meanwhile waits for one segment, not the whole
-    # network (gati_jax/runtime/segments.py).
-    # (1: whole; more segments bound a request's wait behind an audit but add chunks, see
-    # audit_group.)
-    c.audit_segments = 1
+    # network (gati_jax/runtime/segments.py). 1: whole; more segments bound a request's
+    # wait behind an audit but add chunks (see audit_group); 0: one per 10 stages of the
+    # base network (runtime/segments.py: STAGES_PER_SEGMENT), so a deep network's audits
+    # are cut where a shallow one's are not.
+    c.audit_segments = 0
     # Replay window per deployed position: at most this many bytes and this many items.
     c.window_bytes = 1 << 20
     c.window_items = 1024
@@ -166,7 +167,6 @@ def validate_online(o: ml_collections.ConfigDict) -> None:
             "observe_every",
             "steps_per_chunk",
             "audit_group",
-            "audit_segments",
             "batch_size",
             "min_train",
             "min_holdout",
@@ -192,7 +192,12 @@ def validate_online(o: ml_collections.ConfigDict) -> None:
         o.apparate_min_window,
         "<= online.apparate_window",
     )
-    require_at_least(o, "online", ("seed", "min_evidence", "prior_window", "recency_positions"), 0)
+    require_at_least(
+        o,
+        "online",
+        ("seed", "min_evidence", "prior_window", "recency_positions", "audit_segments"),
+        0,
+    )
     require(
         int(o.recency_neighbours) <= int(o.recency_capacity),
         "online.recency_neighbours",

@@ -78,6 +78,7 @@ from gati_jax.online.updates import OnlineTrainer, UpdateSettings, Verdict, shif
 from gati_jax.online.window import ReplayWindow
 from gati_jax.runtime.deployment import Deployment
 from gati_jax.runtime.router import Router, RouteResult
+from gati_jax.runtime.segments import segment_count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +254,9 @@ class OnlineLearner:
             self.untapped = Router(model, self.slot_positions, decides, max_group, **routed)
         # The audits' labels: the plain network, in segments that background chunks run one
         # at a time (see runtime/segments.py), with the base network's confidence.
-        self.audit_network = AuditNetwork(model, settings.audit_segments)
+        self.audit_network = AuditNetwork(
+            model, segment_count(model.network.num_stages, settings.audit_segments)
+        )
         self._initial = (
             # As jax Arrays: a router reuses the device arrays of immutable leaves only
             # (see _set_serving); the deployed ones stay the same objects.

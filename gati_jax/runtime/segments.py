@@ -25,6 +25,22 @@ from gati_jax import data
 from gati_jax.inference import BaseModel
 from gati_jax.input_checks import check_images
 
+# Stages per audit segment when the config leaves the count to the network (0): a 10-stage
+# ResNet-18 audits in one piece, a 29-stage ResNet-56 in three. A deep network's whole audit
+# is the longest background chunk, and the requests that arrive during one make online
+# learning's tail (measured: docs/online.md, "audits cut by depth").
+STAGES_PER_SEGMENT = 10
+
+
+def segment_count(num_stages: int, setting: int) -> int:
+    """Segments for a network of ``num_stages`` stages: ``setting`` when >= 1 (at most one
+    per stage), else one per STAGES_PER_SEGMENT stages, rounded, at least one."""
+    if setting < 0:
+        raise ValueError(f"the segment setting must be >= 0 (0: from the stages), got {setting}")
+    if setting == 0:
+        return max(1, round(num_stages / STAGES_PER_SEGMENT))
+    return min(int(setting), int(num_stages))
+
 
 @dataclasses.dataclass(eq=False)
 class SegmentedNetwork:
