@@ -145,20 +145,40 @@ def _build_table(instance: Instance, choices: Sequence[Choice], i: int) -> Table
     )
 
 
+def _fits(
+    instance: Instance, rest: Sequence[Choice], nbytes: np.ndarray, looked: np.ndarray, added
+) -> np.ndarray:
+    """Which alternatives keep the plan ``rest`` within the memory budget and the miss bound,
+    each adding ``nbytes`` bytes, ``looked`` seconds of lookups under the miss bound and
+    ``added`` deployed caches (arrays of any shapes that broadcast)."""
+    fits = instance.memory(rest) + nbytes <= instance.budget_bytes
+    if np.isfinite(instance.max_miss_overhead):
+        count = sum(c is not None for c in rest)
+        miss = instance.miss_lookups_s(rest) + looked + instance.miss_charge_s(count + added)
+        fits &= miss <= instance.miss_budget_s * (1 + 1e-12)
+    return fits
+
+
 def _fitting(instance: Instance, choices: Sequence[Choice], i: int, table: Table) -> np.ndarray:
     """Which of the table's alternatives keep the plan within the memory budget and the
     miss bound, the other positions as they are."""
     rest = [c if j != i else None for j, c in enumerate(choices)]
-    fits = instance.memory(rest) + table.nbytes <= instance.budget_bytes
-    if np.isfinite(instance.max_miss_overhead):
-        count = sum(c is not None for c in rest)
-        miss = (
-            instance.miss_lookups_s(rest)
-            + table.looked
-            + instance.miss_charge_s(count + (table.option >= 0))
-        )
-        fits &= miss <= instance.miss_budget_s * (1 + 1e-12)
-    return fits
+    return _fits(instance, rest, table.nbytes, table.looked, table.option >= 0)
+
+
+def _pick(
+    instance: Instance, costs: np.ndarray, errors: np.ndarray, fits: np.ndarray
+) -> tuple[int, tuple]:
+    """Under the hard bound, the flat index of the best alternative and its key: the
+    cheapest that fits and meets the bound, else the fitting one with the fewest errors
+    (then the cheapest); infeasible alternatives rank after every feasible one."""
+    costs, errors, fits = costs.ravel(), errors.ravel(), fits.ravel()
+    ok = fits & (errors <= instance.error_budget + 1e-9)
+    if ok.any():
+        k = int(np.argmin(np.where(ok, costs, np.inf)))
+        return k, (0, float(costs[k]), float(errors[k]))
+    k = int(np.lexsort((costs, np.where(fits, errors, np.inf)))[0])
+    return k, (1, float(errors[k]), float(costs[k]))
 
 
 def _best(
@@ -166,20 +186,16 @@ def _best(
 ) -> tuple[Choice, tuple]:
     """The table's best alternative that fits the memory budget and miss bound, and its key.
 
-    ``lam`` None: the hard bound (infeasible alternatives rank after every feasible one,
-    fewest errors first); otherwise the Lagrangian cost + lam * errors.
+    ``lam`` None: the hard bound (see :func:`_pick`); otherwise the Lagrangian
+    cost + lam * errors.
     """
     fits = _fitting(instance, choices, i, table)
     if lam is not None:
         value = np.where(fits, table.costs + lam * table.errors, np.inf)
         k = int(np.argmin(value))
         return table.choice(k), (float(value[k]),)
-    ok = fits & (table.errors <= instance.error_budget + 1e-9)
-    if ok.any():
-        k = int(np.argmin(np.where(ok, table.costs, np.inf)))
-        return table.choice(k), (0, float(table.costs[k]), float(table.errors[k]))
-    k = int(np.lexsort((table.costs, np.where(fits, table.errors, np.inf)))[0])
-    return table.choice(k), (1, float(table.errors[k]), float(table.costs[k]))
+    k, key = _pick(instance, table.costs, table.errors, fits)
+    return table.choice(k), key
 
 
 def _key(instance: Instance, choices: Sequence[Choice], lam: float | None) -> tuple:
@@ -331,23 +347,17 @@ def _best_pair(
         looked_j += [instance.miss_lookup_s(option)] * len(option.grid)
         deployed_j += [1] * len(option.grid)
     costs = np.column_stack(costs)
-    errs = np.column_stack(errs)
-    budget = instance.budget_bytes - instance.memory(base)
-    fits = nbytes_i[:, None] + np.asarray(nbytes_j)[None, :] <= budget
-    if np.isfinite(instance.max_miss_overhead):
-        count = rest + deployed_i[:, None] + np.asarray(deployed_j)[None, :]
-        miss = instance.miss_lookups_s(base) + looked_i[:, None] + np.asarray(looked_j)[None, :]
-        fits &= miss + instance.miss_charge_s(count) <= instance.miss_budget_s * (1 + 1e-12)
+    fits = _fits(
+        instance,
+        base,
+        nbytes_i[:, None] + np.asarray(nbytes_j)[None, :],
+        looked_i[:, None] + np.asarray(looked_j)[None, :],
+        deployed_i[:, None] + np.asarray(deployed_j)[None, :],
+    )
     if not fits.any():
         return None
-    ok = fits & (errs <= instance.error_budget + 1e-9)
-    if ok.any():
-        a, b = np.unravel_index(int(np.argmin(np.where(ok, costs, np.inf))), costs.shape)
-        key = (0, float(costs[a, b]), float(errs[a, b]))
-    else:
-        k = np.lexsort((costs.ravel(), np.where(fits, errs, np.inf).ravel()))[0]
-        a, b = np.unravel_index(int(k), costs.shape)
-        key = (1, float(errs[a, b]), float(costs[a, b]))
+    k, key = _pick(instance, costs, np.column_stack(errs), fits)
+    a, b = np.unravel_index(k, costs.shape)
     return key, alternatives[a], choices_j[b]
 
 
