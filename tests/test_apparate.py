@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import jax
 import numpy as np
@@ -21,7 +22,14 @@ from gati_jax.online.apparate import (
 )
 from gati_jax.planner import apparate
 from gati_jax.planner.apparate import Round
-from gati_jax.planner.instance import Instance, Option, max_errors, simulate, threshold_grid
+from gati_jax.planner.instance import (
+    Instance,
+    MissFloors,
+    Option,
+    max_errors,
+    simulate,
+    threshold_grid,
+)
 from gati_jax.runtime.deployment import Deployment
 from gati_jax.runtime.policies import policy_builder
 from gati_jax.runtime.router import Router
@@ -260,6 +268,15 @@ def test_ramp_set_round_trips_and_builds_window_instances():
     np.testing.assert_allclose(simulate(window, plan).cost_s, simulate(inst, same).cost_s)
     assert window.miss_s(plan) == pytest.approx(inst.miss_s(same))
     assert window.miss_budget_s == pytest.approx(0.1 * inst.full_s + inst.router_s)
+    # Under a miss bound whose floors timed only some lookups, an untimed ramp counts as
+    # infinitely costly: it round-trips through JSON and may not be deployed online either.
+    key = ramps.keys[1]
+    floors = MissFloors({k: 0.0 for k in ramps.keys if k != key}, float("inf"))
+    timed = apparate.RampSet.from_instance(dataclasses.replace(inst, miss_floors=floors), 2, 0.1)
+    assert math.isinf(timed.miss_lookup_s[1]) and math.isfinite(timed.miss_lookup_s[0])
+    assert apparate.RampSet.from_json(json.loads(json.dumps(timed.to_json()))) == timed
+    window = timed.instance(scores, errors, inst.eps, inst.confidence)
+    assert not window.fits([None, (0, 0.6), None]) and window.fits([(0, 0.8), None, None])
 
 
 def _tuner_settings(**changes) -> ApparateSettings:

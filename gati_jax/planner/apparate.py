@@ -459,6 +459,8 @@ class RampSet:
         for name in ("charge_cap_s", "max_miss_overhead", "budget_bytes"):
             if not math.isfinite(row[name]):
                 row[name] = None
+        # A ramp never timed alone under a miss bound counts as infinitely costly.
+        row["miss_lookup_s"] = [s if math.isfinite(s) else None for s in self.miss_lookup_s]
         return row
 
     @classmethod
@@ -468,6 +470,9 @@ class RampSet:
         for name in ("charge_cap_s", "max_miss_overhead", "budget_bytes"):
             if values[name] is None:
                 values[name] = float("inf")
+        values["miss_lookup_s"] = [
+            float("inf") if s is None else s for s in values["miss_lookup_s"]
+        ]
         for f in dataclasses.fields(cls):
             if isinstance(values[f.name], list):
                 values[f.name] = tuple(values[f.name])
@@ -502,7 +507,11 @@ class RampSet:
             )
             for j, key in enumerate(self.keys)
         )
-        floors = MissFloors(dict(zip(self.keys, self.miss_lookup_s)), 0.0, self.charge_cap_s)
+        # Ramps never timed alone under a miss bound (their floor is inf) keep the floor of
+        # untimed lookups, inf: they may not be deployed, as in the offline plan.
+        timed = {k: s for k, s in zip(self.keys, self.miss_lookup_s) if math.isfinite(s)}
+        untimed = 0.0 if len(timed) == len(self.keys) else float("inf")
+        floors = MissFloors(timed, untimed, self.charge_cap_s)
         return Instance(
             self.positions,
             options,
