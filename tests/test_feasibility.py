@@ -38,11 +38,12 @@ def test_infeasible_message_names_the_minimum_and_the_remedies():
     result = check_feasibility(250, 0.01, 0.95)
     assert not result.feasible
     text = result.message()
-    assert "at least 268 agreeing tuning requests" in text and "has 250" in text
+    assert "at least 268 agreeing tuning requests" in text and "and 250 certify plans" in text
     for remedy in (
         "data.validation_size",
         "planner.eps",
         "planner.confidence",
+        "planner.certify_fraction",
         "planner.allow_infeasible",
     ):
         assert remedy in text

@@ -25,7 +25,7 @@ from gati_jax.config import ConfigError, validate_config
 from gati_jax.evaluation import model_data_config
 from gati_jax.experiments.plots import plot_plan_tradeoff
 from gati_jax.inference import BaseModel
-from gati_jax.planner import apparate, search
+from gati_jax.planner import apparate, certify, search
 from gati_jax.planner.build import (
     build_instance,
     build_knn_instance,
@@ -226,10 +226,20 @@ def run_methods(
     ``planner``: the config section (Apparate's ramp and tail budgets)."""
     plans: dict[tuple[str, str], Plan] = {}
     choices: dict[tuple[str, str], list] = {}
+    fraction = float(planner.certify_fraction)
     # Comparators first, then ours; gati's joint search last, after every threshold plan.
     order = sorted(METHODS, key=lambda m: (m[1] == "joint", m[0] == "gati"))
     for policy, method in order:
         tuning, test = (dataclasses.replace(i, eps=eps) for i in instances[policy])
+        # The search sees part of the tuning requests and its plan is certified on the rest
+        # (planner/certify.py); "independent" stays as searched: it shows what calibrating
+        # each cache alone does to the bound.
+        held = None
+        searched = tuning
+        if fraction > 0 and method != "independent":
+            search_index, held_index = certify.split_requests(tuning.num_requests, fraction)
+            searched = certify.subset(tuning, search_index)
+            held = certify.subset(tuning, held_index)
         # apparate's ramps are confidence caches: the two share their instance and starts.
         same = {
             policy,
@@ -245,9 +255,21 @@ def run_methods(
                     )
                     if start is not None:
                         starts.append(start)
-        found = _search(method, tuning, starts, planner)
+        found = _search(method, searched, starts, planner)
+        certificate = None
+        if held is not None:
+            certificate = certify.certify(held, found)
+            found = certificate.choices
         choices[(policy, method)] = found
-        plans[(policy, method)] = plan_from_choices(tuning, found, policy, method, test)
+        plan = plan_from_choices(tuning, found, policy, method, test)
+        if certificate is not None:
+            # Feasible means certified: the held-out requests, not the searched ones, judge.
+            plan = dataclasses.replace(
+                plan,
+                tuning=plan.tuning | {"feasible": bool(certificate.errors <= certificate.budget)},
+                settings=plan.settings | {"certificate": certificate.to_json()},
+            )
+        plans[(policy, method)] = plan
     return [plans[m] for m in METHODS]
 
 
@@ -313,11 +335,19 @@ def tuning_size(validation_size: int) -> int:
     return validation_size - validation_size // 2
 
 
+def certifying_size(planner: ml_collections.ConfigDict, validation_size: int) -> int:
+    """Tuning requests that certify a plan: the held-out part when plans are certified
+    (``planner.certify_fraction``), else all of them."""
+    tuning = tuning_size(validation_size)
+    fraction = float(planner.certify_fraction)
+    return int(round(fraction * tuning)) if fraction > 0 else tuning
+
+
 def check_bound_reachable(planner: ml_collections.ConfigDict, validation_size: int) -> Feasibility:
     """Stops with one clear message when the tuning set cannot certify the bound (unless
     ``planner.allow_infeasible``): planning on it would deploy nothing, silently."""
     feasibility = check_feasibility(
-        tuning_size(validation_size), float(planner.eps), float(planner.confidence)
+        certifying_size(planner, validation_size), float(planner.eps), float(planner.confidence)
     )
     if not feasibility.feasible:
         if not planner.allow_infeasible:

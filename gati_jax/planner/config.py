@@ -35,6 +35,12 @@ def planner_config() -> ml_collections.ConfigDict:
     # Agreement must hold for the one-sided Wilson lower bound at this confidence (0: the
     # point estimate on the tuning data, which over-fits it and misses the bound on test data).
     c.confidence = 0.95
+    # The fraction of tuning requests the search never sees: its plan is certified on them,
+    # its thresholds moved together to the loosest setting that holds the bound there with
+    # every stricter one holding it too (gati_jax/planner/certify.py). A search over many
+    # positions and thresholds is optimistic about its own tuning requests. 0: no hold-out,
+    # plans keep the bound on the searched requests only.
+    c.certify_fraction = 0.5
     # The exhaustive comparator runs on this many evenly spaced positions with a coarse grid.
     c.exhaustive_positions = 6
     c.exhaustive_grid = 4
@@ -73,6 +79,9 @@ def validate_planner(p: ml_collections.ConfigDict) -> None:
         "'frontier' or 'all'",
     )
     require(0 <= p.confidence < 1, "planner.confidence", p.confidence, "in [0, 1)")
+    require(
+        0 <= p.certify_fraction < 1, "planner.certify_fraction", p.certify_fraction, "in [0, 1)"
+    )
     require(
         all(0 <= e < 1 for e in p.sweep_eps), "planner.sweep_eps", p.sweep_eps, "bounds in [0, 1)"
     )

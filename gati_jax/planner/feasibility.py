@@ -62,10 +62,11 @@ class Feasibility:
         )
         return (
             f"the accuracy bound cannot be certified: eps={self.eps:g} at confidence "
-            f"{self.confidence:g} needs {need}, and the tuning set has "
-            f"{self.tuning_requests} (the best eps they certify is {self.best_eps:.4f}); "
-            "give more validation data (data.validation_size), a larger planner.eps or a "
-            "lower planner.confidence, or set planner.allow_infeasible=True to plan anyway "
+            f"{self.confidence:g} needs {need}, and {self.tuning_requests} certify plans "
+            f"(the tuning requests held out of the search) (the best eps they certify is "
+            f"{self.best_eps:.4f}); give more validation data (data.validation_size), a "
+            "larger planner.eps, a lower planner.confidence or planner.certify_fraction, "
+            "or set planner.allow_infeasible=True to plan anyway "
             "(every plan, the empty one included, is then reported as infeasible)"
         )
 
