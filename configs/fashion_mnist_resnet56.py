@@ -27,7 +27,7 @@ def get_config():
     # others and pays only near the end of a network, is left out so that exploration fits
     # the main job's budget; one round of 5,000 requests per stream for the same reason.
     config.caches.variants = ("pool-k1", "pool-k2-h64", "pool-k4-h64", "fc-d4-h128")
-    # 25,000 recorded examples at 28 positions hold 2.5 GB in float16 even pooled to 7 x 7.
-    config.caches.record_max_bytes = 4 * 1024**3
+    # 65,000 recorded examples at 28 positions hold 6.4 GB in float16 even pooled to 7 x 7.
+    config.caches.record_max_bytes = 8 * 1024**3
     config.benchmark.rounds = 1
     return config

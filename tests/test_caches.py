@@ -218,6 +218,14 @@ def test_recording_respects_its_memory_limit():
     np.testing.assert_array_equal(bounded.logits, full.logits)
     with pytest.raises(ValueError, match="caches.record_max_bytes"):
         record_activations(model, images, labels, max_bytes=1000)
+    # A range of examples is a view of the recording (no second copy of several GB), and
+    # holds what the same examples taken by index hold.
+    part, copied = full.take(slice(10, 30)), full.take(np.arange(10, 30))
+    for q in full.positions:
+        assert np.shares_memory(part.features[q], full.features[q])
+        np.testing.assert_array_equal(part.features[q], copied.features[q])
+    np.testing.assert_array_equal(part.labels, copied.labels)
+    np.testing.assert_array_equal(part.logits, full.logits[10:30])
 
 
 def test_frontier_keeps_only_undominated_candidates():

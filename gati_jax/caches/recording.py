@@ -43,8 +43,9 @@ class Recording:
         """Bytes held by the stored activations."""
         return sum(f.nbytes for f in self.features.values())
 
-    def take(self, index: np.ndarray) -> Recording:
-        """The recording restricted to the examples at ``index``."""
+    def take(self, index: np.ndarray | slice) -> Recording:
+        """The recording restricted to the examples at ``index`` (a slice gives views, no
+        copy: a deep network's recording can hold several GB)."""
         return dataclasses.replace(
             self,
             features={p: f[index] for p, f in self.features.items()},

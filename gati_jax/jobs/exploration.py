@@ -64,7 +64,7 @@ def record_for_exploration(
     )
     n_val = len(dataset.validation.labels)
     bounds = np.cumsum([0, n_pred, half, n_val - half, n_test])
-    return ExplorationData(*(rec.take(np.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:])))
+    return ExplorationData(*(rec.take(slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])))
 
 
 def exploration_table(bank: CacheBank) -> list[dict[str, Any]]:
