@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
+from gati_jax.jobs import main_job
 from gati_jax.jobs.main_job import affected_phase, run_main_job
 from gati_jax.planner.plan import load_plan, plan_deployment
 from gati_jax.runtime.router import bucket_sizes
@@ -186,7 +188,7 @@ def test_benchmark_rows_are_consistent(explored):
         assert mine["oracle"]["agreement"] == 1.0
 
 
-def test_report_resume_and_loaded_system(explored):
+def test_report_resume_and_loaded_system(explored, monkeypatch):
     config, workdir, log = explored
     report = json.loads((workdir / "report.json").read_text())
     text = (workdir / "report.md").read_text()
@@ -218,6 +220,21 @@ def test_report_resume_and_loaded_system(explored):
         assert again[phase] == log[phase]
     with pytest.raises(ValueError, match="unknown phases"):
         run_main_job(config, str(workdir), redo=["explroe"])
+    # A redo cut off before its last phase leaves no later phase recorded as finished: the
+    # old benchmark, made from the old plan, is run again on resume, not skipped.
+    copy = workdir.parent / "redo_cut_off"
+    shutil.copytree(workdir, copy)
+
+    def cut_off(*args, **kwargs):
+        raise RuntimeError("cut off")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(main_job, "run_planning", cut_off)
+        with pytest.raises(RuntimeError, match="cut off"):
+            run_main_job(config, str(copy), redo=["plan"])
+    kept = json.loads((copy / "phases.json").read_text())
+    assert kept["explore"] == log["explore"] and "plan" not in kept and "benchmark" not in kept
+    shutil.rmtree(copy)
     # Settings of the network server and of the devices change no phase's results.
     served = config.copy_and_resolve_references()
     served.server.port, served.server.idle_poll_ms = 9999, 0.0

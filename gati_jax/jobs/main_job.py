@@ -251,6 +251,14 @@ def run_main_job(
         check_bound_reachable(config.planner, len(validation.labels))
     # The config a later load_system(workdir) reads the base checkpoint from.
     (out / "config.json").write_text(json.dumps(current, indent=1) + "\n")
+    # The phases about to run are no longer finished: a run cut off among them must not
+    # leave a later phase's old record (and its outputs, made from the old plan) to be
+    # skipped on the next resume.
+    redone = [phase for phase in PHASES[start:] if phase in log]
+    if redone:
+        for phase in redone:
+            del log[phase]
+        (out / "phases.json").write_text(json.dumps(log, indent=1) + "\n")
 
     def base() -> None:
         if not run_base:
