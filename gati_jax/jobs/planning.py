@@ -263,10 +263,12 @@ def run_methods(
         choices[(policy, method)] = found
         plan = plan_from_choices(tuning, found, policy, method, test)
         if certificate is not None:
-            # Feasible means certified: the held-out requests, not the searched ones, judge.
+            # Feasible means certified: the held-out requests, not the searched ones, judge
+            # the bound (the memory budget and the miss bound as before).
+            certified = certificate.errors <= certificate.budget and tuning.fits(found)
             plan = dataclasses.replace(
                 plan,
-                tuning=plan.tuning | {"feasible": bool(certificate.errors <= certificate.budget)},
+                tuning=plan.tuning | {"feasible": bool(certified)},
                 settings=plan.settings | {"certificate": certificate.to_json()},
             )
         plans[(policy, method)] = plan
@@ -340,7 +342,7 @@ def certifying_size(planner: ml_collections.ConfigDict, validation_size: int) ->
     (``planner.certify_fraction``), else all of them."""
     tuning = tuning_size(validation_size)
     fraction = float(planner.certify_fraction)
-    return int(round(fraction * tuning)) if fraction > 0 else tuning
+    return certify.held_out_size(tuning, fraction) if fraction > 0 else tuning
 
 
 def check_bound_reachable(planner: ml_collections.ConfigDict, validation_size: int) -> Feasibility:

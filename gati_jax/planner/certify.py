@@ -26,6 +26,11 @@ import numpy as np
 from gati_jax.planner.instance import Choice, Instance, simulate
 
 
+def held_out_size(num_requests: int, fraction: float) -> int:
+    """How many of ``num_requests`` tuning requests ``fraction`` holds out of the search."""
+    return int(round(fraction * num_requests))
+
+
 def split_requests(
     num_requests: int, fraction: float, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -33,7 +38,7 @@ def split_requests(
     by a seeded draw (the same split for every policy, so their plans are certified alike)."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"the held-out fraction must lie in (0, 1), got {fraction}")
-    held = int(round(fraction * num_requests))
+    held = held_out_size(num_requests, fraction)
     if not 0 < held < num_requests:
         raise ValueError(
             f"{num_requests} tuning requests cannot be split with {fraction:g} held out: "
