@@ -336,3 +336,40 @@ def test_lookups_of_one_program_share_a_compiled_router(mlp, monkeypatch):
     assert costs._program_of(keys[1]) == costs._program_of(keys[2]) == "classifier/p0/fc-d4-h128"
     assert costs._program_of(keys[3]) == costs._program_of(keys[4]) == "gati/p0/fc-d4-h128#learned"
     assert costs._program_of(keys[5]) == "gati/p0/fc-d4-h128#softmax"
+
+
+def test_miss_overheads_share_the_plain_timings_of_their_chunk(mlp, monkeypatch):
+    """Routers timed together: each divided by the plain network of its own run, a chunk of
+    routers per run (the plain network timed once per chunk, not once per router), the
+    median over three trials, and 0 for a deployment of nothing."""
+    from gati_jax.runtime.deployment import Deployment
+
+    heads, params = fc_caches(mlp.network, (0, 1), mlp.network.num_classes)
+    deps = [
+        Deployment("gati", (0,), heads[:1], params[:1], np.zeros(1, np.float32)),
+        Deployment("none", (), (), (), np.zeros(0)),
+        Deployment("gati", (1,), heads[1:], params[1:], np.zeros(1, np.float32)),
+        Deployment("gati", (0, 1), heads, params, np.zeros(2, np.float32)),
+    ]
+    runs = []
+
+    def timed(fns, repeats, block):
+        # Trial t of a run: the plain network at 1 + t, router k at (1 + t)(1 + (k + 1) / 10);
+        # the second trial's routers also read 5x (a burst the median leaves out).
+        runs.append(list(fns))
+        t = sum(r == runs[-1] for r in runs) - 1
+        out = {"plain": 1.0 + t}
+        for name in fns:
+            if name != "plain":
+                out[name] = (1.0 + t) * (1 + (int(name) + 1) / 10) * (5 if t == 1 else 1)
+        return out
+
+    monkeypatch.setattr(costs, "measure_interleaved", timed)
+    got = costs.measure_miss_overheads(mlp, deps, 1, 30, chunk=2)
+    assert got == pytest.approx([0.1, 0.0, 0.3, 0.4])
+    # Three deployments to time, two per chunk: two runs of three trials, plain first in each.
+    assert runs == [["plain", "0", "2"]] * 3 + [["plain", "3"]] * 3
+    with pytest.raises(ValueError, match="chunk"):
+        costs.measure_miss_overheads(mlp, deps, 1, 30, chunk=0)
+    with pytest.raises(ValueError, match="routers"):
+        costs.measure_miss_overheads(mlp, deps, 1, 30, routers=[None])

@@ -281,12 +281,12 @@ def test_a_miss_bound_is_held_by_planning_again_and_else_nothing_deploys(
 
     measured = []
 
-    def machine(model, deployment, group_size, rounds):
-        measured.append(tuple(deployment.positions))
-        return 0.5 * len(deployment.positions)
+    def machine(model, deployments, group_size, rounds):
+        measured.extend(tuple(d.positions) for d in deployments)
+        return [0.5 * len(d.positions) for d in deployments]
 
     monkeypatch.setattr(planning, "load_or_measure", profile)
-    monkeypatch.setattr(planning, "measure_miss_overhead", machine)
+    monkeypatch.setattr(planning, "measure_miss_overheads", machine)
     for rounds, out in ((3, tmp_path / "replanned"), (0, tmp_path / "fallback")):
         measured.clear()
         config = smoke_config()
@@ -294,6 +294,9 @@ def test_a_miss_bound_is_held_by_planning_again_and_else_nothing_deploys(
         config.planner.max_miss_overhead = 0.3
         config.planner.miss_rounds = rounds
         result = planning.run_planning(config, str(out), str(workdir / "cache_bank"))
+        steps = result["step_seconds"]
+        assert list(steps)[:4] == ["inputs", "search", "confirm", "miss_bound"]
+        assert 0 < sum(steps.values()) <= result["seconds"] + 0.1 * len(steps)
         check = result["miss_check"]
         first = check["rounds"][0]["positions"]
         assert first, "the first plan deploys a cache: the bound has something to act on"

@@ -534,9 +534,13 @@ def test_the_miss_bound_is_held_by_measurement_where_the_model_says_lookups_are_
         keys = _keys(instance, choices)
         return 0.01 * bool(keys) + sum(price[k] for k in keys)
 
-    def measure_alone(instance, i, choice):
-        alone.append(instance.options[i][choice[0]].key)
-        return 0.01 + price[alone[-1]]
+    batches = []
+
+    def measure_alone(instance, items):
+        keys = [instance.options[i][choice[0]].key for i, choice in items]
+        alone.extend(keys)
+        batches.append(keys)
+        return [0.01 + price[k] for k in keys]
 
     rounds, held = hold_miss_bound(plan, measure, measure_alone, 0.06, rounds=3)
     assert held and rounds[-1].measured <= 0.06
@@ -547,6 +551,8 @@ def test_the_miss_bound_is_held_by_measurement_where_the_model_says_lookups_are_
     # Each lookup of a plan over the bound is timed alone, once, and charged what it added.
     assert sorted(alone) == sorted(set(alone)) and set(first) <= set(alone)
     assert rounds[0].alone == {k: 0.01 + price[k] for k in first}
+    # A round's lookups are timed together, beside one plain network: one batch per round.
+    assert len(batches) == sum(bool(r.alone) for r in rounds) and batches[0] == first
     for j, r in enumerate(rounds):
         timed_before = {k for earlier in rounds[:j] for k in earlier.alone}
         # Once lookups were timed, only timed ones are deployed, at what they measured.
@@ -569,7 +575,7 @@ def test_the_miss_bound_is_held_by_measurement_where_the_model_says_lookups_are_
     with pytest.raises(ValueError, match="measured"):
         hold_miss_bound(plan, lambda i, c: float("nan"), measure_alone, 0.06, rounds=1)
     with pytest.raises(ValueError, match="measured"):
-        hold_miss_bound(plan, measure, lambda i, k, c: float("inf"), 0.06, rounds=1)
+        hold_miss_bound(plan, measure, lambda i, items: [float("inf")] * len(items), 0.06, rounds=1)
     assert next_floors(MissFloors(), free, free.empty(), 0.5, {}, set()) == (MissFloors(), None)
     # A lookup that timed below the plain network (noise) caps the router's charges at zero.
     key = free.options[0][0].key

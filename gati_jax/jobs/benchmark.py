@@ -45,7 +45,7 @@ from gati_jax.planner.apparate import RampSet
 from gati_jax.planner.costs import (
     all_miss_kernels,
     all_miss_programs,
-    measure_miss_overhead,
+    measure_miss_overheads,
     plain_program,
 )
 from gati_jax.planner.plan import Plan, plan_deployment
@@ -303,10 +303,15 @@ def miss_overheads(
     """Per policy, what a request that exits nowhere pays over the plain network (batch 1, a
     fraction of it), on its program in ``programs`` (:func:`batch1_programs`): the price of
     its worst case beside its mean speedup."""
-    return {
-        name: measure_miss_overhead(model, c.deployment, 1, rounds, programs.get(name))
-        for name, c in tqdm(contenders.items(), desc="timing all-miss requests", leave=False)
-    }
+    names = list(contenders)
+    measured = measure_miss_overheads(
+        model,
+        [contenders[name].deployment for name in names],
+        1,
+        rounds,
+        [programs.get(name) for name in names],
+    )
+    return dict(zip(names, measured))
 
 
 def _feasible(contender: Contender) -> bool:

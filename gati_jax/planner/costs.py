@@ -375,29 +375,63 @@ def measure_miss_overhead(
     router: Router | None = None,
 ) -> float:
     """What a request that misses every lookup of ``deployment`` pays over the plain network,
-    as a fraction of it: the router with no lookup hitting (:func:`all_miss_inputs`), timed
-    in ``rounds`` alternating blocks with the plain compiled network, split in three
-    trials (0 for a deployment of nothing). ``router``: another program serving the
-    deployment (online learning's tapped one); default: the deployment's own."""
-    if not deployment.positions:
-        return 0.0
-    router = router or deployment.router(model, max_group=group_size)
-    never, x, rows = all_miss_inputs(
-        model, [deployment.policy] * len(deployment.positions), group_size
-    )
+    as a fraction of it (:func:`measure_miss_overheads` for one deployment). ``router``:
+    another program serving the deployment (online learning's tapped one); default: the
+    deployment's own."""
+    return measure_miss_overheads(model, [deployment], group_size, rounds, [router])[0]
+
+
+# Routers timed in one interleaved run beside one plain network: timing the plain network
+# once per run instead of once per router halves what timing many lookups alone costs (a
+# deep network's miss bound times about 35), while each router still shares its rounds, and
+# so the machine's noise, with the plain network it is divided by.
+MISS_CHUNK = 8
+
+
+def measure_miss_overheads(
+    model: BaseModel,
+    deployments: Sequence[Deployment],
+    group_size: int,
+    rounds: int,
+    routers: Sequence[Router | None] | None = None,
+    chunk: int = MISS_CHUNK,
+) -> list[float]:
+    """Each deployment's all-miss overhead (a fraction of the plain network): its router with
+    no lookup hitting (:func:`all_miss_inputs`), timed in ``rounds`` alternating blocks with
+    the plain compiled network, split in three trials, the median of the trials' ratios (0
+    for a deployment of nothing). Up to ``chunk`` routers share each run's plain timings.
+    ``routers``: per deployment, another program serving it, or None for its own."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    routers = list(routers) if routers is not None else [None] * len(deployments)
+    if len(routers) != len(deployments):
+        raise ValueError(f"{len(routers)} routers for {len(deployments)} deployments")
+    out = [0.0] * len(deployments)
+    todo = [k for k, d in enumerate(deployments) if d.positions]
     plain = plain_program(model)
-    fns = {
-        "plain": lambda: plain(x),
-        "router": lambda: router.compiled(deployment.params, never, x, rows),
-    }
-    # Three trials, the median of their ratios: a burst of noise that slows one program
-    # in one trial (one plan read +19.9% after a larger one had read +17.9%) moves one
-    # ratio, not the result.
-    ratios = []
-    for _ in range(3):
-        timed = measure_interleaved(fns, max(rounds // 3, 3), block=_BLOCK)
-        ratios.append(timed["router"] / timed["plain"])
-    return float(np.median(ratios)) - 1.0
+    chunks = range(0, len(todo), chunk)
+    for begin in tqdm(
+        chunks, desc="timing all-miss requests", leave=False, disable=len(chunks) < 2
+    ):
+        fns: dict[str, Callable[[], Any]] = {}
+        for k in todo[begin : begin + chunk]:
+            dep = deployments[k]
+            router = routers[k] or dep.router(model, max_group=group_size)
+            never, x, rows = all_miss_inputs(model, [dep.policy] * len(dep.positions), group_size)
+            fns[str(k)] = functools.partial(router.compiled, dep.params, never, x, rows)
+        x = jnp.zeros((group_size, *model.network.input_shape), jnp.float32)
+        fns = {"plain": functools.partial(plain, x), **fns}
+        # Three trials, the median of their ratios: a burst of noise that slows one program
+        # in one trial (one plan read +19.9% after a larger one had read +17.9%) moves one
+        # ratio, not the result.
+        ratios: dict[str, list[float]] = {name: [] for name in fns if name != "plain"}
+        for _ in range(3):
+            timed = measure_interleaved(fns, max(rounds // 3, 3), block=_BLOCK)
+            for name in ratios:
+                ratios[name].append(timed[name] / timed["plain"])
+        for name, values in ratios.items():
+            out[int(name)] = float(np.median(values)) - 1.0
+    return out
 
 
 def _program_of(key: str) -> str:

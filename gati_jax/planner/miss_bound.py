@@ -112,7 +112,7 @@ def next_floors(
 def hold_miss_bound(
     plan: Callable[[MissFloors], tuple[Instance, list[Choice]]],
     measure: Callable[[Instance, list[Choice]], float],
-    measure_alone: Callable[[Instance, int, Choice], float],
+    measure_alone: Callable[[Instance, list[tuple[int, Choice]]], list[float]],
     bound: float,
     rounds: int,
     fallback: Callable[[], tuple[Instance, list[Choice]]] | None = None,
@@ -130,8 +130,9 @@ def hold_miss_bound(
     With ``rounds`` 0 (no planning again) there is no scout either.
 
     ``plan(floors)`` plans (and keeps) the deployment and returns its instance and choices;
-    ``measure`` times a plan's all-miss overhead, ``measure_alone(instance, i, choice)`` that of
-    the one cache ``choice`` at the instance's ``i``-th position. If the last plan still
+    ``measure`` times a plan's all-miss overhead, ``measure_alone(instance, items)`` that of each
+    one cache ``choice`` at the instance's ``i``-th position for every ``(i, choice)`` of
+    ``items`` (timed together: each beside the same plain network). If the last plan still
     measures over the bound, ``fallback()`` (when given) deploys its plan instead (deploying
     nothing holds any bound), measured as one more round. Returns every round and whether the
     deployed plan measured within the bound. With ``bound`` inf the one plan is measured and
@@ -147,12 +148,21 @@ def hold_miss_bound(
             raise ValueError(f"the all-miss overhead measured {value}")
         return value
 
-    def time_alone(instance: Instance, choices: Sequence[Choice]) -> dict[str, float]:
-        """Times alone each lookup of ``choices`` not timed before; returns the new ones."""
-        new = {}
-        for i, _, key in _deployed(instance, choices):
-            if key not in timed:
-                timed[key] = new[key] = checked(measure_alone(instance, i, choices[i]))
+    def time_alone(instance: Instance, *plans: Sequence[Choice]) -> dict[str, float]:
+        """Times alone, in one batch, each lookup of ``plans`` not timed before; returns the
+        new ones."""
+        items: dict[str, tuple[int, Choice]] = {}
+        for choices in plans:
+            for i, _, key in _deployed(instance, choices):
+                if key not in timed:
+                    items.setdefault(key, (i, choices[i]))
+        if not items:
+            return {}
+        values = measure_alone(instance, list(items.values()))
+        if len(values) != len(items):
+            raise ValueError(f"{len(values)} lookups timed alone for {len(items)} asked")
+        new = {key: checked(float(v)) for key, v in zip(items, values)}
+        timed.update(new)
         return new
 
     def planned(instance: Instance, choices: list[Choice], floors: MissFloors) -> MissRound:
@@ -169,7 +179,7 @@ def hold_miss_bound(
     if scout is not None and math.isfinite(bound) and rounds > 0:
         instance, choices, others = scout()
         tried = planned(instance, choices, floors)
-        alone = {**time_alone(instance, choices), **time_alone(instance, others)}
+        alone = time_alone(instance, choices, others)
         floors, _ = next_floors(floors, instance, choices, tried.measured, timed, set())
         history.append(dataclasses.replace(tried, alone=alone, scout=True))
     for round_ in range(rounds + 1):
