@@ -593,7 +593,9 @@ def test_lookups_that_cost_more_together_get_a_share_of_what_their_plan_measured
     def measure(instance, choices):
         return 0.02 * len(_keys(instance, choices)) ** 2
 
-    rounds, held = hold_miss_bound(plan, measure, lambda i, k, c: 0.02, 0.05, rounds=8)
+    rounds, held = hold_miss_bound(
+        plan, measure, lambda i, items: [0.02] * len(items), 0.05, rounds=8
+    )
     assert held and len(_keys(free, planned[-1])) == 1
     assert len(_keys(free, planned[0])) >= 2
     assert any(r.shared_s for r in rounds)  # the share rule took part
@@ -629,7 +631,7 @@ def test_a_scout_corrects_a_profile_that_overcharges_the_router():
         others = [(0, float(opts[0].grid[0])) for opts in unbounded.options]
         return unbounded, search.joint(unbounded), others
 
-    alone = lambda instance, i, choice: 0.02  # noqa: E731
+    alone = lambda instance, items: [0.02] * len(items)  # noqa: E731
     rounds, held = hold_miss_bound(plan, measure, alone, 0.06, rounds=2)
     assert held and rounds[-1].positions == () and len(rounds) == 1  # the model alone
     rounds, held = hold_miss_bound(plan, measure, alone, 0.06, rounds=2, scout=scout)

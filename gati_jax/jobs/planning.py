@@ -563,14 +563,15 @@ def _miss_check(
     }
     if np.isfinite(bound):
         # The comparators' plans get our floors but are not held by measurement: each is
-        # timed once, for the record (the policy benchmark times them again as served).
+        # timed once, for the record, as briefly as a lookup alone (the policy benchmark
+        # times them again as served).
         group, repeats = int(planner.group_size), int(planner.latency_repeats)
         compared = [plan for plan in plans if plan.policy not in ("gati", "knn")]
         measured = measure_miss_overheads(
             inputs.model,
             [plan_deployment(plan, inputs.bank) for plan in compared],
             group,
-            5 * repeats,
+            ALONE_ROUNDS * repeats,
         )
         miss_check["comparators"] = {
             plan.policy: {

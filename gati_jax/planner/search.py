@@ -69,6 +69,10 @@ class Table(NamedTuple):
     errors: np.ndarray
     nbytes: np.ndarray
     looked: np.ndarray
+    # Which alternatives keep the plan within the memory budget and the miss bound, the other
+    # positions as the table was built for: built with the table, since a descent asks for
+    # the same table's fits again and again (recomputing them was a third of its time).
+    fits: np.ndarray
 
     def choice(self, k: int) -> Choice:
         """Alternative ``k`` as a choice."""
@@ -135,13 +139,16 @@ def _build_table(instance: Instance, choices: Sequence[Choice], i: int) -> Table
     # something deployed, the per-cache one for each cache it leaves deployed.
     option_index = np.concatenate(option_index)
     charges = n * instance.charge_s((option_index >= 0) + others)
+    nbytes, looked = np.concatenate(nbytes), np.concatenate(looked)
+    rest = [c if j != i else None for j, c in enumerate(choices)]
     return Table(
         option_index,
         np.concatenate(thresholds),
         np.concatenate(costs) + charges,
         np.concatenate(errs),
-        np.concatenate(nbytes),
-        np.concatenate(looked),
+        nbytes,
+        looked,
+        _fits(instance, rest, nbytes, looked, option_index >= 0),
     )
 
 
@@ -159,13 +166,6 @@ def _fits(
     return fits
 
 
-def _fitting(instance: Instance, choices: Sequence[Choice], i: int, table: Table) -> np.ndarray:
-    """Which of the table's alternatives keep the plan within the memory budget and the
-    miss bound, the other positions as they are."""
-    rest = [c if j != i else None for j, c in enumerate(choices)]
-    return _fits(instance, rest, table.nbytes, table.looked, table.option >= 0)
-
-
 def _pick(
     instance: Instance, costs: np.ndarray, errors: np.ndarray, fits: np.ndarray
 ) -> tuple[int, tuple]:
@@ -181,15 +181,13 @@ def _pick(
     return k, (1, float(errors[k]), float(costs[k]))
 
 
-def _best(
-    instance: Instance, choices: Sequence[Choice], i: int, table: Table, lam: float | None
-) -> tuple[Choice, tuple]:
+def _best(instance: Instance, table: Table, lam: float | None) -> tuple[Choice, tuple]:
     """The table's best alternative that fits the memory budget and miss bound, and its key.
 
     ``lam`` None: the hard bound (see :func:`_pick`); otherwise the Lagrangian
     cost + lam * errors.
     """
-    fits = _fitting(instance, choices, i, table)
+    fits = table.fits
     if lam is not None:
         value = np.where(fits, table.costs + lam * table.errors, np.inf)
         k = int(np.argmin(value))
@@ -220,7 +218,7 @@ def _descend(
     for sweep in range(max_sweeps):
         changed = False
         for i in order if sweep % 2 == 0 else order[::-1]:
-            choice, key = _best(instance, choices, i, _position_table(instance, choices, i), lam)
+            choice, key = _best(instance, _position_table(instance, choices, i), lam)
             if key < _key(instance, choices, lam):
                 choices[i] = choice
                 changed = True
@@ -405,7 +403,7 @@ def joint(
         candidates.append(_descend(instance, relaxed, None))
     for i in range(len(instance.positions)):
         start = instance.empty()
-        start[i] = _best(instance, start, i, _position_table(instance, start, i), None)[0]
+        start[i] = _best(instance, _position_table(instance, start, i), None)[0]
         candidates.append(_descend(instance, start, None))
     candidates.extend(_descend(instance, list(s), None) for s in starts if instance.fits(s))
     best = min(candidates, key=lambda c: _score(instance, c))
@@ -435,9 +433,7 @@ def single(instance: Instance) -> list[Choice]:
     """The best plan that deploys one position (exact over options and thresholds)."""
     best, best_key = instance.empty(), _score(instance, instance.empty())
     for i in range(len(instance.positions)):
-        choice, key = _best(
-            instance, instance.empty(), i, _position_table(instance, instance.empty(), i), None
-        )
+        choice, key = _best(instance, _position_table(instance, instance.empty(), i), None)
         if key < best_key:
             best, best_key = instance.empty(), key
             best[i] = choice
