@@ -32,6 +32,6 @@ def get_config():
     config.benchmark.rounds = 1
     # Ten lookups cost together far more than the profile's marginal prices say (a request
     # missing all of them paid +15% where +5.7% was predicted); the bound measures the plan
-    # and holds the worst case at 5% (docs/results.md), for about 4 more minutes of planning.
+    # and holds the worst case at 5% (docs/results.md), for about 2 more minutes of planning.
     config.planner.max_miss_overhead = 0.05
     return config
