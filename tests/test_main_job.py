@@ -31,6 +31,8 @@ ROW_KEYS = {
     "p99_latency_ms",
     "throughput_rps",
     "speedup_vs_none",
+    "mean_compute_ms",
+    "compute_speedup_vs_none",
     "oracle_fraction",
     "hit_rate",
     "cache_bytes",
@@ -181,6 +183,11 @@ def test_benchmark_rows_are_consistent(explored):
             assert row["speedup_vs_none"] == pytest.approx(
                 none["mean_latency_ms"] / row["mean_latency_ms"]
             )
+            # Compute excludes queueing: a request's mean compute never exceeds its latency.
+            assert 0 < row["mean_compute_ms"] <= row["mean_latency_ms"] + 1e-9
+            assert row["compute_speedup_vs_none"] == pytest.approx(
+                none["mean_compute_ms"] / row["mean_compute_ms"]
+            )
             assert 0 <= row["agreement"] <= 1 and 0 <= row["hit_rate"] <= 1
             assert row["p50_latency_ms"] <= row["p99_latency_ms"]
             # The oracle exits only where its cache agrees: nothing beats it on agreement.
@@ -192,7 +199,7 @@ def test_report_resume_and_loaded_system(explored, monkeypatch):
     config, workdir, log = explored
     report = json.loads((workdir / "report.json").read_text())
     text = (workdir / "report.md").read_text()
-    assert "| workload | policy | speedup_vs_none |" in text
+    assert "| workload | policy | speedup_vs_none | compute_speedup_vs_none |" in text
     misses = report["plan"]["miss_check"]
     assert (
         f"A request missing every lookup of the plan: predicted "

@@ -274,6 +274,7 @@ def write_report(
         "workload",
         "policy",
         "speedup_vs_none",
+        "compute_speedup_vs_none",
         "miss_overhead",
         "agreement",
         "accuracy",
