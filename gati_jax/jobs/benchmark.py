@@ -337,8 +337,8 @@ def benchmark_rows(
     means = {name: median(name, "mean_latency_ms") for name in results}
     speedups = {name: means["none"] / m for name, m in means.items()}
     # Latency includes queueing at the stream's arrival rate, which grows faster than the
-    # compute as the machine slows (a plain network 25% slower queued its requests longer and
-    # lifted every ratio over it); the compute ratio does not depend on the load.
+    # compute as the machine slows (a slower plain network queues its requests longer and
+    # lifts every ratio over it); the compute ratio does not depend on the load.
     compute = {name: median(name, "mean_compute_ms") for name in results}
     oracle = speedups.get("oracle", float("nan"))
     rows = []

@@ -461,10 +461,10 @@ def _confirm_chosen_costs(
 
 
 # Timing rounds per profile repeat of a lookup timed alone under the miss bound (a plan's own
-# all-miss request gets 5). The same lookups timed alone in two planning runs of the ResNet-56
-# differed by 0.8% of the network (sd over 33 lookups), mostly from how each compiled program
-# happened to run rather than from the count of calls; the plans they admit are timed whole,
-# at full length, before the bound is said to hold.
+# all-miss request gets 5): between planning runs a lookup's alone timing moves more with how
+# its compiled program happens to run than with the count of calls (docs/planning.md, "What
+# timing costs"), and the plans these timings admit are timed whole, at full length, before
+# the bound is said to hold.
 ALONE_ROUNDS = 2
 
 

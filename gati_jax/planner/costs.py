@@ -382,8 +382,8 @@ def measure_miss_overhead(
 
 
 # Routers timed in one interleaved run beside one plain network: timing the plain network
-# once per run instead of once per router halves what timing many lookups alone costs (a
-# deep network's miss bound times about 35), while each router still shares its rounds, and
+# once per run instead of once per router nearly halves what timing many lookups alone costs
+# (a deep network's miss bound times dozens), while each router still shares its rounds, and
 # so the machine's noise, with the plain network it is divided by.
 MISS_CHUNK = 8
 

@@ -71,7 +71,7 @@ class Table(NamedTuple):
     looked: np.ndarray
     # Which alternatives keep the plan within the memory budget and the miss bound, the other
     # positions as the table was built for: built with the table, since a descent asks for
-    # the same table's fits again and again (recomputing them was a third of its time).
+    # the same table's fits again and again (recomputing them was a large part of its time).
     fits: np.ndarray
 
     def choice(self, k: int) -> Choice:
