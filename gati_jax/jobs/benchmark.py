@@ -319,6 +319,11 @@ def _feasible(contender: Contender) -> bool:
     return True if plan is None else bool(plan.tuning.get("feasible", True))
 
 
+def round_median(results: dict[str, list[dict]], name: str, key: str) -> float:
+    """The median over ``name``'s rounds of each round's figure ``key``."""
+    return float(np.median([r[key] for r in results[name]]))
+
+
 def benchmark_rows(
     workload_name: str,
     results: dict[str, list[dict]],
@@ -332,7 +337,7 @@ def benchmark_rows(
     out; miss overhead: see :func:`miss_overheads`."""
 
     def median(name: str, key: str) -> float:
-        return float(np.median([r[key] for r in results[name]]))
+        return round_median(results, name, key)
 
     means = {name: median(name, "mean_latency_ms") for name in results}
     speedups = {name: means["none"] / m for name, m in means.items()}
@@ -354,7 +359,7 @@ def benchmark_rows(
                 "mean_latency_ms": means[name],
                 "p50_latency_ms": float(np.percentile(pooled, 50)),
                 "p99_latency_ms": float(np.percentile(pooled, 99)),
-                "throughput_rps": float(np.median([r["throughput_rps"] for r in rounds])),
+                "throughput_rps": median(name, "throughput_rps"),
                 "speedup_vs_none": s,
                 "mean_compute_ms": compute[name],
                 "compute_speedup_vs_none": compute["none"] / compute[name],
@@ -375,8 +380,8 @@ def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[s
     whole-stream and worst-window agreement, and what the learner did
     (first round's updates, audits and guard switches)."""
 
-    def median(name, key):
-        return float(np.median([r[key] for r in results[name]]))
+    def median(name: str, key: str) -> float:
+        return round_median(results, name, key)
 
     def pooled_p99(name):
         return float(np.percentile(np.concatenate([r["latencies_ms"] for r in results[name]]), 99))

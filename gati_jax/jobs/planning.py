@@ -228,19 +228,31 @@ def run_methods(
     plans: dict[tuple[str, str], Plan] = {}
     choices: dict[tuple[str, str], list] = {}
     fraction = float(planner.certify_fraction)
+    at_eps = {
+        policy: tuple(dataclasses.replace(i, eps=eps) for i in pair)
+        for policy, pair in instances.items()
+    }
+    # The search sees part of the tuning requests and its plan is certified on the rest
+    # (planner/certify.py): one split, the same for every policy, each policy's parts made
+    # once for all its methods.
+    parts: dict[str, tuple[Instance, Instance]] = {}
+    if fraction > 0:
+        # Every policy's instances hold the same tuning requests (one recording).
+        split = certify.split_requests(next(iter(at_eps.values()))[0].num_requests, fraction)
+        parts = {
+            policy: tuple(certify.subset(tuning, index) for index in split)
+            for policy, (tuning, _) in at_eps.items()
+        }
     # Comparators first, then ours; gati's joint search last, after every threshold plan.
     order = sorted(METHODS, key=lambda m: (m[1] == "joint", m[0] == "gati"))
     for policy, method in order:
-        tuning, test = (dataclasses.replace(i, eps=eps) for i in instances[policy])
-        # The search sees part of the tuning requests and its plan is certified on the rest
-        # (planner/certify.py); "independent" stays as searched: it shows what calibrating
-        # each cache alone does to the bound.
+        tuning, test = at_eps[policy]
+        # "independent" stays as searched: it shows what calibrating each cache alone does
+        # to the bound.
         held = None
         searched = tuning
-        if fraction > 0 and method != "independent":
-            search_index, held_index = certify.split_requests(tuning.num_requests, fraction)
-            searched = certify.subset(tuning, search_index)
-            held = certify.subset(tuning, held_index)
+        if parts and method != "independent":
+            searched, held = parts[policy]
         # apparate's ramps are confidence caches: the two share their instance and starts.
         same = {
             policy,
