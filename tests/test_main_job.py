@@ -264,6 +264,21 @@ def test_report_resume_and_loaded_system(explored, monkeypatch):
     np.testing.assert_array_equal(result.answer, want.answer)
 
 
+def _cheap_lookups_profile(real_profile):
+    """A profile stand-in: this MLP's stages cost less than a lookup (no plan deploys a cache);
+    one where later stages are dear and lookups cheap makes the planner want one."""
+
+    def profile(*args, **kwargs):
+        prof = real_profile(*args, **kwargs)
+        prof.prefix_s = list(np.linspace(1e-4, 1e-3, len(prof.prefix_s)))
+        prof.lookup_s = {k: 1e-6 for k in prof.lookup_s}
+        prof.exit_s = {k: 1e-6 for k in prof.exit_s}
+        prof.router_s, prof.deploy_s = {}, {}
+        return prof
+
+    return profile
+
+
 def test_a_miss_bound_is_held_by_planning_again_and_else_nothing_deploys(
     explored, tmp_path, monkeypatch
 ):
@@ -274,28 +289,17 @@ def test_a_miss_bound_is_held_by_planning_again_and_else_nothing_deploys(
     from gati_jax.jobs import planning
 
     _, workdir, _ = explored
-    real_profile = planning.load_or_measure
-
-    def profile(*args, **kwargs):
-        # This MLP's stages cost less than a lookup (no plan deploys a cache); a profile
-        # where later stages are dear and lookups cheap makes the planner want one.
-        prof = real_profile(*args, **kwargs)
-        prof.prefix_s = list(np.linspace(1e-4, 1e-3, len(prof.prefix_s)))
-        prof.lookup_s = {k: 1e-6 for k in prof.lookup_s}
-        prof.exit_s = {k: 1e-6 for k in prof.exit_s}
-        prof.router_s, prof.deploy_s = {}, {}
-        return prof
-
-    measured = []
+    profile = _cheap_lookups_profile(planning.load_or_measure)
+    calls = []  # per call, (policy, positions) of each deployment timed
 
     def machine(model, deployments, group_size, rounds):
-        measured.extend(tuple(d.positions) for d in deployments)
+        calls.append([(d.policy, tuple(d.positions)) for d in deployments])
         return [0.5 * len(d.positions) for d in deployments]
 
     monkeypatch.setattr(planning, "load_or_measure", profile)
     monkeypatch.setattr(planning, "measure_miss_overheads", machine)
     for rounds, out in ((3, tmp_path / "replanned"), (0, tmp_path / "fallback")):
-        measured.clear()
+        calls.clear()
         config = smoke_config()
         config.planner.confirm_rounds = 0  # keep the stand-in profile's costs
         config.planner.max_miss_overhead = 0.3
@@ -321,13 +325,62 @@ def test_a_miss_bound_is_held_by_planning_again_and_else_nothing_deploys(
         alone = check["rounds"][0]["alone"]
         assert set(alone) >= set(keys) if rounds else not alone
         assert set(alone.values()) <= {0.5}
-        # Then each comparator's plan, timed once for the record (not held).
+        # Then the comparators' plans, timed in one batch and each held to its bound as
+        # ours is: every lookup costs more than the bound here, so each ends with nothing.
         comparators = check["comparators"]
         assert set(comparators) == {"confidence", "entropy", "apparate"}
-        assert [tuple(c["positions"]) for c in comparators.values()] == measured[-3:]
-        assert all(c["measured"] == 0.5 * len(c["positions"]) for c in comparators.values())
-        measured = measured[:-3]
+        batch = next(c for c in calls if c and c[0][0] != "gati")
+        assert [policy for policy, _ in batch] == list(comparators)
+        for (_, positions), c in zip(batch, comparators.values()):
+            assert c["rounds"][0]["positions"] == list(positions)
+            assert c["rounds"][0]["measured"] == 0.5 * len(positions)
+            assert c["bound"] <= 0.3 + 1e-12 and c["within_bound"]
+            assert c["positions"] == [] and c["measured"] == 0.0
+        measured = [positions for call in calls for policy, positions in call if policy == "gati"]
         singles = measured[1:-1]
         assert measured[0] == tuple(first) and measured[-1] == ()
         assert len(singles) == len(alone) and all(len(m) == 1 for m in singles)
         assert {m[0] for m in singles} >= (set(first) if rounds else set())
+
+
+def test_apparate_holds_its_tail_budget_by_measurement_without_a_miss_bound(
+    explored, tmp_path, monkeypatch
+):
+    """With no miss bound, apparate's tail budget still holds on the machine: the stand-in
+    profile says its ramps are nearly free, the machine times each at half the plain network;
+    every candidate ramp is timed alone, the floors rise, and it is planned again (nothing
+    fits: it deploys no ramp). Confidence and entropy, unbounded, are timed once."""
+    from gati_jax.jobs import planning
+
+    _, workdir, _ = explored
+    calls = []
+
+    def machine(model, deployments, group_size, rounds):
+        calls.append([(d.policy, tuple(d.positions)) for d in deployments])
+        return [0.5 * len(d.positions) for d in deployments]
+
+    profile = _cheap_lookups_profile(planning.load_or_measure)
+    monkeypatch.setattr(planning, "load_or_measure", profile)
+    monkeypatch.setattr(planning, "measure_miss_overheads", machine)
+    config = smoke_config()
+    config.planner.confirm_rounds = 0
+    config.planner.max_miss_overhead = -1.0
+    config.planner.miss_rounds = 2
+    result = planning.run_planning(config, str(tmp_path / "plan"), str(workdir / "cache_bank"))
+    comparators = result["miss_check"]["comparators"]
+    for policy in ("confidence", "entropy"):
+        assert comparators[policy]["bound"] is None and comparators[policy]["within_bound"]
+        assert len(comparators[policy]["rounds"]) == 1
+    held = comparators["apparate"]
+    first = held["rounds"][0]
+    assert first["positions"], "the profile's apparate deploys a ramp"
+    assert first["measured"] == 0.5 * len(first["positions"]) > held["bound"]
+    assert held["bound"] == pytest.approx(config.planner.apparate_tail_budget, abs=1e-3)
+    # Every ramp it could place was timed alone with the plan's own (one batch, each alone).
+    alone = [c for c in calls if c and c[0][0] == "apparate" and all(len(p) == 1 for _, p in c)]
+    timed = {positions[0] for call in alone for _, positions in call}
+    assert set(first["positions"]) <= timed and len(alone) == 1
+    assert set(first["alone"].values()) == {0.5}
+    assert held["within_bound"] and held["positions"] == [] and held["measured"] == 0.0
+    apparate_plan = next(m for m in result["methods"] if m["policy"] == "apparate")
+    assert apparate_plan["positions"] == []

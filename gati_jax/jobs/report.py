@@ -209,12 +209,20 @@ def _miss_lines(check: dict[str, Any] | None) -> list[str]:
         f"{len(check['rounds'])} measured plan(s)"
     )
     comparators = "".join(
-        f" {policy}: {100 * c['measured']:+.1f}% measured ({100 * c['predicted']:+.1f}% predicted)."
+        f" {policy}: {100 * c['measured']:+.1f}% measured ({100 * c['predicted']:+.1f}% "
+        f"predicted"
+        + (
+            ""
+            if c.get("bound") is None
+            else f"; bound {100 * c['bound']:.1f}% {'held' if c['within_bound'] else 'NOT held'}"
+        )
+        + ")."
         for policy, c in check.get("comparators", {}).items()
     )
     if comparators:
         comparators = (
-            " The comparators' plans, given our floors but not held by measurement:" + comparators
+            " The comparators' plans, each held to its own bound by measurement (apparate: its "
+            "tail budget beyond the router's fixed charge):" + comparators
         )
     return [
         f"A request missing every lookup of the plan: predicted "

@@ -117,6 +117,8 @@ def hold_miss_bound(
     rounds: int,
     fallback: Callable[[], tuple[Instance, list[Choice]]] | None = None,
     scout: Callable[[], tuple[Instance, list[Choice], list[Choice]]] | None = None,
+    start: MissFloors | None = None,
+    also_time: Callable[[Instance], list[Choice]] | None = None,
 ) -> tuple[list[MissRound], bool]:
     """Plans with no floors, then while the plan measures over ``bound`` (at most ``rounds``
     times) times its lookups alone, raises the floors (:func:`next_floors`) and plans again.
@@ -137,6 +139,11 @@ def hold_miss_bound(
     nothing holds any bound), measured as one more round. Returns every round and whether the
     deployed plan measured within the bound. With ``bound`` inf the one plan is measured and
     kept.
+
+    ``start`` (default none) are the floors the first plan was made with (floors measured
+    for another policy's plan); ``also_time(instance)`` (a choice per position, None for
+    none) names more lookups timed alone with the lookups of every plan over the bound, so
+    that the next plan may choose among them (Apparate measures every candidate ramp).
     """
     if not bound >= 0:
         raise ValueError(f"the miss bound must be >= 0, got {bound}")
@@ -175,7 +182,7 @@ def hold_miss_bound(
             checked(measure(instance, choices)),
         )
 
-    floors = MissFloors()
+    floors = MissFloors() if start is None else start
     if scout is not None and math.isfinite(bound) and rounds > 0:
         instance, choices, others = scout()
         tried = planned(instance, choices, floors)
@@ -191,7 +198,7 @@ def hold_miss_bound(
                 return history, True
             break
         before = set(timed)
-        alone = time_alone(instance, choices)
+        alone = time_alone(instance, choices, *([also_time(instance)] if also_time else []))
         floors, shared = next_floors(floors, instance, choices, tried.measured, timed, before)
         history.append(dataclasses.replace(tried, alone=alone, shared_s=shared))
     if fallback is None:
