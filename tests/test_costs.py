@@ -373,3 +373,40 @@ def test_miss_overheads_share_the_plain_timings_of_their_chunk(mlp, monkeypatch)
         costs.measure_miss_overheads(mlp, deps, 1, 30, chunk=0)
     with pytest.raises(ValueError, match="routers"):
         costs.measure_miss_overheads(mlp, deps, 1, 30, routers=[None])
+
+
+def test_route_times_interleaves_chunks_and_takes_the_median_over_rounds():
+    """Every program streams every request once per round (after five warm-up calls), chunk
+    by chunk, the program that goes first rotating; a request's time is its median."""
+    from gati_jax.planner.cost_check import route_times
+
+    calls = []
+
+    def program(name):
+        def run(x):
+            calls.append((name, int(x[0])))
+            return x
+
+        return run
+
+    requests = [np.array([i]) for i in range(7)]
+    names = ["a", "b", "c"]
+    times = route_times({n: program(n) for n in names}, requests, repeats=3, chunk=3)
+    assert set(times) == set(names) and all(t.shape == (7,) for t in times.values())
+    assert all(np.all(t >= 0) for t in times.values())
+    timed = calls[5 * len(names) :]  # after the warm-up
+    assert len(timed) == 3 * 7 * len(names)
+    # Per round, three chunks (3, 3 and 1 requests); each program runs a chunk in one run.
+    firsts = []
+    k = 0
+    for _ in range(3):  # rounds
+        for size in (3, 3, 1):
+            firsts.append(timed[k][0])
+            block = timed[k : k + size * len(names)]
+            assert [r for _, r in block[:size]] == list(range(block[0][1], block[0][1] + size))
+            k += size * len(names)
+    assert firsts == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    with pytest.raises(ValueError, match="chunk"):
+        route_times({"a": program("a")}, requests, chunk=0)
+    with pytest.raises(ValueError, match="repeats"):
+        route_times({"a": program("a")}, requests, repeats=0)

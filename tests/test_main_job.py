@@ -384,3 +384,53 @@ def test_apparate_holds_its_tail_budget_by_measurement_without_a_miss_bound(
     assert held["within_bound"] and held["positions"] == [] and held["measured"] == 0.0
     apparate_plan = next(m for m in result["methods"] if m["policy"] == "apparate")
     assert apparate_plan["positions"] == []
+
+
+def test_gati_deploys_a_threshold_plan_that_routes_faster(explored, tmp_path, monkeypatch):
+    """The measured choice: every threshold plan over the same predictors within the margin
+    routes the check requests beside ours; on a stand-in machine where confidence's is the
+    fastest, gati deploys it (its predictors under the max-softmax selector: the same exits
+    and certificate); where ours is the fastest, ours stays."""
+    from gati_jax.jobs import planning
+
+    _, workdir, _ = explored
+    profile = _cheap_lookups_profile(planning.load_or_measure)
+    monkeypatch.setattr(planning, "load_or_measure", profile)
+    # Every all-miss request within its bound: the machine's noise decides nothing here.
+    monkeypatch.setattr(
+        planning,
+        "measure_miss_overheads",
+        lambda model, deployments, *a, **k: [0.0] * len(deployments),
+    )
+    for fastest in ("confidence", "gati"):
+        routed = []
+
+        def machine(programs, requests, repeats=3, chunk=50, fastest=fastest):
+            routed.append(list(programs))
+            return {
+                name: np.full(len(requests), 1e-3 if name == fastest else 2e-3) for name in programs
+            }
+
+        monkeypatch.setattr(planning, "route_times", machine)
+        config = smoke_config()
+        config.planner.confirm_rounds = 0
+        config.planner.choice_margin = 10.0  # every feasible threshold plan is a candidate
+        result = planning.run_planning(config, str(tmp_path / fastest), str(workdir / "cache_bank"))
+        choice = result["measured_choice"]
+        assert choice["chosen"] == fastest and len(routed) == 1
+        assert routed[0][0] == "gati" and set(routed[0]) == set(choice["candidates"])
+        assert len(choice["candidates"]) >= 2, "the smoke's threshold plans are candidates"
+        chosen = result["chosen"]
+        assert chosen["policy"] == "gati" and result["methods"][0] == chosen
+        assert chosen["positions"] == choice["candidates"][fastest]["positions"]
+        assert load_plan(tmp_path / fastest / "plan")[0].positions == tuple(chosen["positions"])
+        if fastest == "gati":
+            assert "measured_choice" not in chosen["settings"]
+            continue
+        # Confidence's exits under gati's max-softmax selector: its agreement and certificate.
+        source = next(m for m in result["methods"] if m["policy"] == "confidence")
+        assert chosen["settings"]["measured_choice"] == "confidence"
+        assert chosen["tuning"]["agreement"] == source["tuning"]["agreement"]
+        assert chosen["tuning"]["feasible"] == source["tuning"]["feasible"]
+        assert chosen["settings"]["certificate"] == source["settings"]["certificate"]
+        assert chosen["positions"] == source["positions"]

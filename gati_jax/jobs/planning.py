@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -35,7 +36,7 @@ from gati_jax.planner.build import (
     policy_threshold,
     reprice,
 )
-from gati_jax.planner.cost_check import check_cost_model, remeasured
+from gati_jax.planner.cost_check import check_cost_model, remeasured, route_times, router_program
 from gati_jax.planner.costs import (
     Profile,
     candidate_lookups,
@@ -701,6 +702,81 @@ def _hold_comparator(
     )
 
 
+def _measured_choice(
+    inputs: _Inputs,
+    planner: ml_collections.ConfigDict,
+    instances: dict[str, tuple[Instance, Instance]],
+    plans: list[Plan],
+    comparators: dict[str, Any],
+) -> tuple[list[Plan], dict[str, Any]]:
+    """Ours against every threshold policy's plan over the same predictors (search.translate:
+    the same exits, so the same certificate) that is feasible, held its miss bound and is
+    predicted within ``planner.choice_margin`` of ours: all route the check requests side by
+    side (cost_check.route_times) and the fastest becomes gati's plan (ours on a tie).
+    Returns the plans and the record."""
+    # The cost model's error (several percent of the plain network) exceeds the gap between
+    # such plans: ours, predicted 5% ahead of confidence's, served 2-6% behind it.
+    margin = float(planner.choice_margin)
+    tuning, test = instances["gati"]
+    plans = list(plans)
+    ours = _choices_of(plans[0], tuning)
+    limit = (1 + margin) * float(simulate(tuning, ours).mean_cost_s)
+    candidates: dict[str, tuple[list, Plan]] = {"gati": (ours, plans[0])}
+    index = {m: k for k, m in enumerate(METHODS)}
+    for policy, method in HELD_COMPARATORS if margin > 0 else ():
+        plan = plans[index[(policy, method)]]
+        if not (plan.tuning["feasible"] and comparators[policy]["within_bound"]):
+            continue
+        source = instances[policy][0]
+        found = search.translate(
+            source, _choices_of(plan, source), tuning, search.THRESHOLD_KIND[policy]
+        )
+        if (
+            found is not None
+            and tuning.fits(found)
+            and all(found != c for c, _ in candidates.values())
+            and float(simulate(tuning, found).mean_cost_s) <= limit
+        ):
+            candidates[policy] = (found, plan)
+    record: dict[str, Any] = {"margin": margin, "chosen": "gati", "candidates": {}}
+    if len(candidates) < 2:
+        return plans, record
+    n = min(int(planner.check_requests), tuning.num_requests)
+    requests = [jnp.asarray(image[None]) for image in inputs.planning.tuning_images[:n]]
+    as_gati = {
+        name: plan_from_choices(tuning, choices, "gati", "joint", test)
+        for name, (choices, _) in candidates.items()
+    }
+    times = route_times(
+        {
+            name: router_program(inputs.model, plan_deployment(plan, inputs.bank))
+            for name, plan in as_gati.items()
+        },
+        requests,
+    )
+    measured = {name: float(t.mean()) for name, t in times.items()}
+    chosen = min(measured, key=lambda name: (measured[name], name != "gati"))
+    record["chosen"] = chosen
+    record["candidates"] = {
+        name: {
+            "positions": list(as_gati[name].positions),
+            "predicted_ms": as_gati[name].tuning["mean_latency_ms"],
+            "measured_ms": 1e3 * measured[name],
+        }
+        for name in candidates
+    }
+    if chosen != "gati":
+        source = candidates[chosen][1]
+        plan = as_gati[chosen]
+        plans[0] = dataclasses.replace(
+            plan,
+            tuning=plan.tuning | {"feasible": source.tuning["feasible"]},
+            settings=plan.settings
+            | {"certificate": source.settings.get("certificate"), "measured_choice": chosen},
+        )
+    return plans, record
+
+
 def _exhaustive_check(inputs: _Inputs, planner: ml_collections.ConfigDict) -> dict[str, Any]:
     """Ours against exhaustive search on a small instance: evenly spaced positions, each
     position's best candidate, a coarse grid."""
@@ -843,6 +919,18 @@ def _log_results(
             f"({bound}, {'held' if c['within_bound'] else 'NOT held'}; "
             f"{len(c['rounds'])} plan(s) measured)"
         )
+    choice = result["measured_choice"]
+    if choice["candidates"]:
+        logging.info(
+            "gati's plan against threshold plans over the same predictors, routed side by "
+            "side on the check requests: "
+            + ", ".join(
+                f"{name} {tuple(c['positions']) or '(none)'} predicted {c['predicted_ms']:.3f} "
+                f"ms, measured {c['measured_ms']:.3f} ms"
+                for name, c in choice["candidates"].items()
+            )
+            + f"; deployed as gati: {choice['chosen']}'s"
+        )
     logging.info("per predicted exit position, mean cost in units of the plain network:")
     logging.info(format_table(check["by_exit"]))
     logging.info(
@@ -880,6 +968,17 @@ def run_planning(
         "comparators", _hold_comparators, inputs, planner, instances, plans
     )
     miss_check = _miss_check(planner, miss_rounds, within) | {"comparators": comparators}
+    plans, choice = step(
+        "measured_choice", _measured_choice, inputs, planner, instances, plans, comparators
+    )
+    if choice["chosen"] != "gati":
+        # The deployed plan is the comparator's, whose all-miss request was timed.
+        held = comparators[choice["chosen"]]
+        miss_check |= {
+            "predicted": plans[0].tuning["miss_overhead"],
+            "measured": held["measured"],
+            "within_bound": held["within_bound"],
+        }
     chosen = plans[0]
     small = step("exhaustive_check", _exhaustive_check, inputs, planner)
     check = step("cost_check", _cost_check, inputs, planner, chosen, instances["gati"][0])
@@ -894,6 +993,7 @@ def run_planning(
         "exhaustive_check": small,
         "cost_check": check,
         "miss_check": miss_check,
+        "measured_choice": choice,
         "sweep": sweep,
         "profile": inputs.profile.key,
         # What the tuning set can certify (gati_jax/planner/feasibility.py).

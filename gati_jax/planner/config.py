@@ -63,6 +63,11 @@ def planner_config() -> ml_collections.ConfigDict:
     c.confirm_rounds = 2
     # Validation requests routed one by one to check predicted against measured latency.
     c.check_requests = 1000
+    # gati deploys a threshold policy's plan (its predictors with the max-softmax or entropy
+    # selector kind: the same exits) instead of its own when that plan, predicted within this
+    # fraction of ours, routes the check requests faster side by side: the cost model's error
+    # (several percent) exceeds the gaps between such plans. 0: ours as the model ranks it.
+    c.choice_margin = 0.1
     return c
 
 
@@ -100,6 +105,7 @@ def validate_planner(p: ml_collections.ConfigDict) -> None:
     )
     require_at_least(p, "planner", ("confirm_rounds", "miss_rounds"), 0)
     require_at_least(p, "planner", ("apparate_ramps",), 1)
+    require(p.choice_margin >= 0, "planner.choice_margin", p.choice_margin, ">= 0")
     require(
         p.apparate_tail_budget >= 0, "planner.apparate_tail_budget", p.apparate_tail_budget, ">= 0"
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -81,6 +81,56 @@ def remeasured(
     return dataclasses.replace(instance, options=options, prefix_s=prefix_s)
 
 
+def _plain_on_images(model: BaseModel) -> Callable[[jax.Array], Any]:
+    """The plain compiled network on one raw request, as the router takes it."""
+    network, variables = model.network, model.variables
+    mean, std = np.asarray(model.mean), np.asarray(model.std)
+    return jax.jit(lambda x: network.apply(variables, data.normalize(x, mean, std)))
+
+
+def router_program(model: BaseModel, deployment: Deployment) -> Callable[[jax.Array], Any]:
+    """``deployment``'s compiled router on one request: (answer, exit position, ...)."""
+    router = deployment.router(model, max_group=1)
+    thresholds = jnp.asarray(deployment.thresholds, jnp.float32)
+    rows = jnp.zeros(1, jnp.int32)  # one request
+    return lambda x: router.compiled(deployment.params, thresholds, x, rows)
+
+
+def route_times(
+    programs: Mapping[str, Callable[[jax.Array], Any]],
+    requests: Sequence[jax.Array],
+    repeats: int = 3,
+    chunk: int = 50,
+) -> dict[str, np.ndarray]:
+    """Each program's seconds per request (median over ``repeats`` rounds), the requests
+    streamed one at a time through every program in interleaved chunks of ``chunk``.
+
+    A run of calls per program keeps its weights warm, as serving does; interleaved chunks
+    put a burst of machine noise on every program, where a round of one whole stream after
+    the other could put it on one (a main job's check once read +25% where the same plan
+    checked on its own read +2.8%). Which program goes first rotates from chunk to chunk."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    n = len(requests)
+    times = {name: np.zeros((repeats, n)) for name in programs}
+    for fn in programs.values():  # compile and warm up
+        for x in requests[:5]:
+            jax.block_until_ready(fn(x))
+    order = list(programs)
+    for r in tqdm(range(repeats), desc="routing check requests", leave=False):
+        for c, begin in enumerate(range(0, n, chunk)):
+            turn = (r + c) % len(order)
+            for name in order[turn:] + order[:turn]:
+                fn = programs[name]
+                for i in range(begin, min(begin + chunk, n)):
+                    start = time.perf_counter()
+                    jax.block_until_ready(fn(requests[i]))
+                    times[name][r, i] = time.perf_counter() - start
+    return {name: np.median(t, axis=0) for name, t in times.items()}
+
+
 def check_cost_model(
     model: BaseModel,
     deployment: Deployment,
@@ -94,50 +144,22 @@ def check_cost_model(
     """Routes ``images`` (the instance's first requests) one at a time, as a stream, and
     compares the router's mean latency with the model's prediction for the same requests.
 
-    Each of ``repeats`` rounds streams the requests through the router and through the plain
-    compiled network in alternating chunks of ``chunk`` requests (a run of calls per program
-    keeps its weights warm, as serving does; alternating chunks put a burst of machine noise
-    on both programs, where a round of one whole stream after the other could put it on one:
-    a main job's check once read +25% where the same plan checked on its own read +2.8%); a
-    request's time is its median over rounds, so the measured speedup is a ratio under the
-    same noise. ``fresh``: the instance with the plan's costs measured again
-    (:func:`remeasured`), checked the same way.
+    The router and the plain compiled network are timed side by side (:func:`route_times`):
+    the measured speedup is a ratio under the same noise. ``fresh``: the instance with the
+    plan's costs measured again (:func:`remeasured`), checked the same way.
     """
     n = len(images)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     if n == 0 or n > instance.num_requests:
         raise ValueError(f"need 1..{instance.num_requests} check requests, got {n}")
-    network, variables = model.network, model.variables
-    mean, std = np.asarray(model.mean), np.asarray(model.std)
-    plain = jax.jit(lambda x: network.apply(variables, data.normalize(x, mean, std)))
-    router = deployment.router(model, max_group=1)
-    thresholds = jnp.asarray(deployment.thresholds, jnp.float32)
-    rows = jnp.zeros(1, jnp.int32)  # one request
+    programs = {"router": router_program(model, deployment), "plain": _plain_on_images(model)}
     requests = [jnp.asarray(image[None]) for image in images]
-    programs = {
-        "router": lambda x: router.compiled(deployment.params, thresholds, x, rows),
-        "plain": plain,
-    }
-    times = {name: np.zeros((repeats, n)) for name in programs}
-    for fn in programs.values():  # compile and warm up
-        for x in requests[:5]:
-            jax.block_until_ready(fn(x))
-    order = list(programs)
-    for r in tqdm(range(repeats), desc="routing check requests", leave=False):
-        for c, begin in enumerate(range(0, n, chunk)):
-            # The program that goes first alternates, so neither always follows the other.
-            for name in order if (r + c) % 2 == 0 else order[::-1]:
-                fn = programs[name]
-                for i in range(begin, min(begin + chunk, n)):
-                    start = time.perf_counter()
-                    jax.block_until_ready(fn(requests[i]))
-                    times[name][r, i] = time.perf_counter() - start
-    routed = np.median(times["router"], axis=0)
-    plain_s = np.median(times["plain"], axis=0)
+    times = route_times(programs, requests, repeats, chunk)
+    routed, plain_s = times["router"], times["plain"]
     exits = [int(programs["router"](x)[1][0]) for x in requests]
     outcome = simulate(instance, choices)
-    positions = (*instance.positions, network.num_stages - 1)
+    positions = (*instance.positions, model.network.num_stages - 1)
     predicted_exit = np.asarray(positions)[outcome.exit_index[:n]]
     predicted = float(outcome.cost_s[:n].mean())
     measured = float(np.mean(routed))
