@@ -388,9 +388,9 @@ def test_apparate_holds_its_tail_budget_by_measurement_without_a_miss_bound(
 
 def test_gati_deploys_a_threshold_plan_that_routes_faster(explored, tmp_path, monkeypatch):
     """The measured choice: every threshold plan over the same predictors within the margin
-    routes the check requests beside ours; on a stand-in machine where confidence's is the
-    fastest, gati deploys it (its predictors under the max-softmax selector: the same exits
-    and certificate); where ours is the fastest, ours stays."""
+    routes the check requests beside ours; on a stand-in machine where a threshold plan is the
+    fastest, gati deploys it (its predictors under that policy's selector kind: the same
+    exits and certificate); where ours is the fastest, ours stays."""
     from gati_jax.jobs import planning
 
     _, workdir, _ = explored
@@ -402,10 +402,12 @@ def test_gati_deploys_a_threshold_plan_that_routes_faster(explored, tmp_path, mo
         "measure_miss_overheads",
         lambda model, deployments, *a, **k: [0.0] * len(deployments),
     )
-    for fastest in ("confidence", "gati"):
+    for ours_fastest in (False, True):
         routed = []
 
-        def machine(programs, requests, repeats=3, chunk=50, fastest=fastest):
+        def machine(programs, requests, repeats=3, chunk=50, ours_fastest=ours_fastest):
+            # A threshold plan (the last routed) or ours (the first) is the fastest.
+            fastest = list(programs)[0 if ours_fastest else -1]
             routed.append(list(programs))
             return {
                 name: np.full(len(requests), 1e-3 if name == fastest else 2e-3) for name in programs
@@ -415,21 +417,25 @@ def test_gati_deploys_a_threshold_plan_that_routes_faster(explored, tmp_path, mo
         config = smoke_config()
         config.planner.confirm_rounds = 0
         config.planner.choice_margin = 10.0  # every feasible threshold plan is a candidate
-        result = planning.run_planning(config, str(tmp_path / fastest), str(workdir / "cache_bank"))
+        out = tmp_path / str(ours_fastest)
+        result = planning.run_planning(config, str(out), str(workdir / "cache_bank"))
         choice = result["measured_choice"]
-        assert choice["chosen"] == fastest and len(routed) == 1
-        assert routed[0][0] == "gati" and set(routed[0]) == set(choice["candidates"])
-        assert len(choice["candidates"]) >= 2, "the smoke's threshold plans are candidates"
+        assert len(routed) == 1, "the smoke's threshold plans are candidates"
+        assert routed[0][0] == "gati" and routed[0] == list(choice["candidates"])
+        assert len(routed[0]) >= 2 and set(routed[0][1:]) <= {"confidence", "entropy", "apparate"}
+        fastest = routed[0][0 if ours_fastest else -1]
+        assert choice["chosen"] == fastest
         chosen = result["chosen"]
         assert chosen["policy"] == "gati" and result["methods"][0] == chosen
         assert chosen["positions"] == choice["candidates"][fastest]["positions"]
-        assert load_plan(tmp_path / fastest / "plan")[0].positions == tuple(chosen["positions"])
-        if fastest == "gati":
+        assert chosen["candidates"] == choice["candidates"][fastest]["candidates"]
+        assert load_plan(out / "plan")[0].positions == tuple(chosen["positions"])
+        if ours_fastest:
             assert "measured_choice" not in chosen["settings"]
             continue
-        # Confidence's exits under gati's max-softmax selector: its agreement and certificate.
-        source = next(m for m in result["methods"] if m["policy"] == "confidence")
-        assert chosen["settings"]["measured_choice"] == "confidence"
+        # The threshold plan's exits under gati's fixed selector: its agreement and certificate.
+        source = next(m for m in result["methods"] if m["policy"] == fastest)
+        assert chosen["settings"]["measured_choice"] == fastest
         assert chosen["tuning"]["agreement"] == source["tuning"]["agreement"]
         assert chosen["tuning"]["feasible"] == source["tuning"]["feasible"]
         assert chosen["settings"]["certificate"] == source["settings"]["certificate"]

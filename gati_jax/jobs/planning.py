@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from gati_jax import data
-from gati_jax.caches.bank import CacheBank, Candidate, load_bank
+from gati_jax.caches.bank import CacheBank, Candidate, load_bank, split_key
 from gati_jax.caches.recording import Recording, record_activations
 from gati_jax.config import ConfigError, validate_config
 from gati_jax.evaluation import model_data_config
@@ -43,7 +43,9 @@ from gati_jax.planner.costs import (
     confirm_lookups,
     load_or_measure,
     lookup_kind,
+    measure_lookups,
     measure_miss_overheads,
+    record_lookups,
     record_router_charge,
     save_profile,
 )
@@ -702,54 +704,92 @@ def _hold_comparator(
     )
 
 
+def _sibling(bank: CacheBank, key: str, kind: str) -> Candidate | None:
+    """The bank's candidate with ``key``'s predictor and the selector kind ``kind``."""
+    found = split_key(key)
+    if found is None:
+        return None
+    return next((c for c in bank.candidates if split_key(c.key) == (found[0], kind)), None)
+
+
 def _measured_choice(
     inputs: _Inputs,
     planner: ml_collections.ConfigDict,
     instances: dict[str, tuple[Instance, Instance]],
     plans: list[Plan],
     comparators: dict[str, Any],
-) -> tuple[list[Plan], dict[str, Any]]:
-    """Ours against every threshold policy's plan over the same predictors (search.translate:
-    the same exits, so the same certificate) that is feasible, held its miss bound and is
-    predicted within ``planner.choice_margin`` of ours: all route the check requests side by
-    side (cost_check.route_times) and the fastest becomes gati's plan (ours on a tie).
-    Returns the plans and the record."""
+) -> tuple[dict[str, tuple[Instance, Instance]], list[Plan], dict[str, Any]]:
+    """Ours against every threshold policy's plan that is feasible, held its miss bound and is
+    predicted within ``planner.choice_margin`` of ours, each as a gati plan: its predictors
+    under the selector kind of its score (search.translate: the same exits, so the same
+    certificate). All route the check requests side by side (cost_check.route_times) and the
+    fastest becomes gati's plan (ours on a tie). Returns the instances, plans and record."""
     # The cost model's error (several percent of the plain network) exceeds the gap between
     # such plans: ours, predicted 5% ahead of confidence's, served 2-6% behind it.
     margin = float(planner.choice_margin)
-    tuning, test = instances["gati"]
+    bank, profile = inputs.bank, inputs.profile
     plans = list(plans)
-    ours = _choices_of(plans[0], tuning)
-    limit = (1 + margin) * float(simulate(tuning, ours).mean_cost_s)
-    candidates: dict[str, tuple[list, Plan]] = {"gati": (ours, plans[0])}
+    record: dict[str, Any] = {"margin": margin, "chosen": "gati", "candidates": {}}
     index = {m: k for k, m in enumerate(METHODS)}
+    limit = (1 + margin) * plans[0].tuning["mean_latency_ms"]
+    rivals: dict[str, tuple[Plan, list[Candidate]]] = {}
     for policy, method in HELD_COMPARATORS if margin > 0 else ():
         plan = plans[index[(policy, method)]]
-        if not (plan.tuning["feasible"] and comparators[policy]["within_bound"]):
+        fits = plan.tuning["feasible"] and comparators[policy]["within_bound"]
+        if not fits or plan.tuning["mean_latency_ms"] > limit:
             continue
+        siblings = [_sibling(bank, key, search.THRESHOLD_KIND[policy]) for key in plan.candidates]
+        if all(c is not None for c in siblings):
+            rivals[policy] = (plan, siblings)
+    if not rivals:
+        return instances, plans, record
+    tuning, test = instances["gati"]
+    # gati's design space holds every threshold plan, but its frontier may lack a predictor's
+    # fixed selector kinds: those join an instance of their own, their lookups profiled.
+    known = {c.key for c in inputs.candidates}
+    extra = list({c.key: c for _, cs in rivals.values() for c in cs if c.key not in known}.values())
+    if extra:
+        group, repeats = int(planner.group_size), int(planner.latency_repeats)
+        new = {
+            key: lookup
+            for key, lookup in candidate_lookups(bank, extra, ("gati",)).items()
+            if key not in profile.lookup_s
+        }
+        if new:
+            record_lookups(profile, measure_lookups(inputs.model, new, group, repeats))
+            save_profile(inputs.profile_path, profile)
+        pair = _instances(
+            "gati",
+            bank,
+            [*inputs.candidates, *extra],
+            inputs.planning,
+            profile,
+            planner,
+            int(planner.grid),
+        )
+        tuning, test = (dataclasses.replace(i, miss_floors=tuning.miss_floors) for i in pair)
+    # Their all-miss requests were timed when they were held: the model's miss bound, which
+    # has no floors for the new lookups, is not theirs to meet.
+    free = dataclasses.replace(tuning, max_miss_overhead=float("inf"))
+    choices = {"gati": _choices_of(plans[0], tuning)}
+    for policy, (plan, _) in rivals.items():
         source = instances[policy][0]
         found = search.translate(
             source, _choices_of(plan, source), tuning, search.THRESHOLD_KIND[policy]
         )
-        if (
-            found is not None
-            and tuning.fits(found)
-            and all(found != c for c, _ in candidates.values())
-            and float(simulate(tuning, found).mean_cost_s) <= limit
-        ):
-            candidates[policy] = (found, plan)
-    record: dict[str, Any] = {"margin": margin, "chosen": "gati", "candidates": {}}
-    if len(candidates) < 2:
-        return plans, record
+        if found is not None and free.fits(found) and found not in choices.values():
+            choices[policy] = found
+    if len(choices) < 2:
+        return instances, plans, record
     n = min(int(planner.check_requests), tuning.num_requests)
     requests = [jnp.asarray(image[None]) for image in inputs.planning.tuning_images[:n]]
     as_gati = {
-        name: plan_from_choices(tuning, choices, "gati", "joint", test)
-        for name, (choices, _) in candidates.items()
+        name: plan_from_choices(tuning, found, "gati", "joint", test)
+        for name, found in choices.items()
     }
     times = route_times(
         {
-            name: router_program(inputs.model, plan_deployment(plan, inputs.bank))
+            name: router_program(inputs.model, plan_deployment(plan, bank))
             for name, plan in as_gati.items()
         },
         requests,
@@ -760,21 +800,22 @@ def _measured_choice(
     record["candidates"] = {
         name: {
             "positions": list(as_gati[name].positions),
+            "candidates": list(as_gati[name].candidates),
             "predicted_ms": as_gati[name].tuning["mean_latency_ms"],
             "measured_ms": 1e3 * measured[name],
         }
-        for name in candidates
+        for name in choices
     }
     if chosen != "gati":
-        source = candidates[chosen][1]
-        plan = as_gati[chosen]
+        source, plan = rivals[chosen][0], as_gati[chosen]
+        instances = {**instances, "gati": (tuning, test)}
         plans[0] = dataclasses.replace(
             plan,
             tuning=plan.tuning | {"feasible": source.tuning["feasible"]},
             settings=plan.settings
             | {"certificate": source.settings.get("certificate"), "measured_choice": chosen},
         )
-    return plans, record
+    return instances, plans, record
 
 
 def _exhaustive_check(inputs: _Inputs, planner: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -968,7 +1009,7 @@ def run_planning(
         "comparators", _hold_comparators, inputs, planner, instances, plans
     )
     miss_check = _miss_check(planner, miss_rounds, within) | {"comparators": comparators}
-    plans, choice = step(
+    instances, plans, choice = step(
         "measured_choice", _measured_choice, inputs, planner, instances, plans, comparators
     )
     if choice["chosen"] != "gati":

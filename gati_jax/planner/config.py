@@ -67,7 +67,7 @@ def planner_config() -> ml_collections.ConfigDict:
     # selector kind: the same exits) instead of its own when that plan, predicted within this
     # fraction of ours, routes the check requests faster side by side: the cost model's error
     # (several percent) exceeds the gaps between such plans. 0: ours as the model ranks it.
-    c.choice_margin = 0.1
+    c.choice_margin = 0.15
     return c
 
 
