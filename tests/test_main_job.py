@@ -440,3 +440,6 @@ def test_gati_deploys_a_threshold_plan_that_routes_faster(explored, tmp_path, mo
         assert chosen["tuning"]["feasible"] == source["tuning"]["feasible"]
         assert chosen["settings"]["certificate"] == source["settings"]["certificate"]
         assert chosen["positions"] == source["positions"]
+        # The cost check predicts it by the threshold policy's instance: the deployed gati
+        # router exits where that instance says.
+        assert result["cost_check"]["same_exit_fraction"] >= 0.98

@@ -849,26 +849,30 @@ def _exhaustive_check(inputs: _Inputs, planner: ml_collections.ConfigDict) -> di
 
 
 def _cost_check(
-    inputs: _Inputs, planner: ml_collections.ConfigDict, chosen: Plan, tuning_gati: Instance
+    inputs: _Inputs,
+    planner: ml_collections.ConfigDict,
+    chosen: Plan,
+    instance: Instance,
+    choices: list,
+    policy: str,
 ) -> dict[str, Any]:
-    """The chosen plan routed request by request against the cost model's prediction."""
-    deployment = plan_deployment(chosen, inputs.bank)
-    chosen_choices = _choices_of(chosen, tuning_gati)
-    n_check = min(int(planner.check_requests), tuning_gati.num_requests)
+    """The chosen plan routed request by request against the cost model's prediction on
+    ``instance`` (``policy``'s, where ``choices`` are the chosen plan's exits)."""
+    n_check = min(int(planner.check_requests), instance.num_requests)
     fresh = remeasured(
         inputs.model,
-        tuning_gati,
-        chosen_choices,
+        instance,
+        choices,
         inputs.bank,
-        "gati",
+        policy,
         int(planner.group_size),
         int(planner.latency_repeats),
     )
     return check_cost_model(
         inputs.model,
-        deployment,
-        tuning_gati,
-        chosen_choices,
+        plan_deployment(chosen, inputs.bank),
+        instance,
+        choices,
         inputs.planning.tuning_images[:n_check],
         fresh=fresh,
     )
@@ -1022,7 +1026,27 @@ def run_planning(
         }
     chosen = plans[0]
     small = step("exhaustive_check", _exhaustive_check, inputs, planner)
-    check = step("cost_check", _cost_check, inputs, planner, chosen, instances["gati"][0])
+    # A threshold plan deployed as gati's is checked against its own policy's prediction:
+    # the same exits through the same predictors, and lookups that cost the same (the kernel
+    # profile reads gati's fixed selector kinds and confidence's lookups alike), measured
+    # with every other lookup of the profile rather than once, late, on their own.
+    predictor = choice["chosen"]
+    check_instance = instances[predictor][0]
+    if predictor == "gati":
+        check_choices = _choices_of(chosen, check_instance)
+    else:
+        source = next(plan for plan in plans if plan.policy == predictor)
+        check_choices = _choices_of(source, check_instance)
+    check = step(
+        "cost_check",
+        _cost_check,
+        inputs,
+        planner,
+        chosen,
+        check_instance,
+        check_choices,
+        predictor,
+    )
     sweep = step("sweep", _sweep, instances, plans, planner)
 
     save_plan(workdir_path / "plan", chosen, inputs.bank)
