@@ -801,7 +801,10 @@ def _measured_choice(
         name: {
             "positions": list(as_gati[name].positions),
             "candidates": list(as_gati[name].candidates),
-            "predicted_ms": as_gati[name].tuning["mean_latency_ms"],
+            # each by its own policy's instance
+            "predicted_ms": (plans[0] if name == "gati" else rivals[name][0]).tuning[
+                "mean_latency_ms"
+            ],
             "measured_ms": 1e3 * measured[name],
         }
         for name in choices
@@ -809,9 +812,13 @@ def _measured_choice(
     if chosen != "gati":
         source, plan = rivals[chosen][0], as_gati[chosen]
         instances = {**instances, "gati": (tuning, test)}
+        # Its predicted figures are the comparator's: the same exits, and lookups that cost
+        # what the comparator's do (XLA's kernel profile reads them alike), where gati's
+        # instance prices the fixed kinds the frontier left out by one late timing of each
+        # and its floors, keyed by candidate, never timed them on a miss.
         plans[0] = dataclasses.replace(
             plan,
-            tuning=plan.tuning | {"feasible": source.tuning["feasible"]},
+            tuning=dict(source.tuning),
             settings=plan.settings
             | {"certificate": source.settings.get("certificate"), "measured_choice": chosen},
         )
