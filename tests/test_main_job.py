@@ -443,3 +443,23 @@ def test_gati_deploys_a_threshold_plan_that_routes_faster(explored, tmp_path, mo
         # The cost check predicts it by the threshold policy's instance: the deployed gati
         # router exits where that instance says.
         assert result["cost_check"]["same_exit_fraction"] >= 0.98
+
+
+def test_report_says_which_plan_gati_deploys():
+    """The report names the routed candidates and the plan gati deploys; plans from before
+    the measured choice, or with nothing to choose, add no line."""
+    from gati_jax.jobs.report import _choice_lines
+
+    choice = {
+        "margin": 0.15,
+        "chosen": "confidence",
+        "candidates": {
+            "gati": {"positions": [3, 10], "predicted_ms": 1.1, "measured_ms": 1.569},
+            "confidence": {"positions": [3, 14], "predicted_ms": 1.2, "measured_ms": 1.507},
+        },
+    }
+    line = _choice_lines(choice)[0]
+    assert "within 15%" in line and "confidence (3, 14) 1.507 ms (1.200 predicted)" in line
+    assert "gati deploys confidence's plan" in line
+    assert "its own plan" in _choice_lines(choice | {"chosen": "gati"})[0]
+    assert _choice_lines(None) == [] and _choice_lines(choice | {"candidates": {}}) == []

@@ -232,6 +232,29 @@ def _miss_lines(check: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _choice_lines(choice: dict[str, Any] | None) -> list[str]:
+    """Which plan gati deploys when threshold plans were routed beside its own."""
+    if not choice or not choice.get("candidates"):  # plans from before, or nothing to choose
+        return []
+    routed = ", ".join(
+        f"{name} {tuple(c['positions']) or '(none)'} {c['measured_ms']:.3f} ms "
+        f"({c['predicted_ms']:.3f} predicted)"
+        for name, c in choice["candidates"].items()
+    )
+    chosen = choice["chosen"]
+    deployed = (
+        "its own plan"
+        if chosen == "gati"
+        else f"{chosen}'s plan, its predictors under the matching fixed selector (the same exits)"
+    )
+    return [
+        f"Measured choice: threshold plans predicted within {100 * choice['margin']:.0f}% of "
+        f"gati's routed the check requests beside it, mean latency: {routed}. gati deploys "
+        f"{deployed}.",
+        "",
+    ]
+
+
 def _scaling_section(rows: list[dict[str, Any]]) -> list[str]:
     """Serving throughput against device count (batch-sharded router, closed loop)."""
     if not rows:
@@ -351,6 +374,7 @@ def write_report(
         f"error {100 * check['remeasured_normalized_error']:+.1f}%).",
         "",
         *_miss_lines(plan.get("miss_check")),
+        *_choice_lines(plan.get("measured_choice")),
         "## Exploration (best candidate per position)",
         "",
         markdown_table(exploration["table"]),
