@@ -491,6 +491,33 @@ def _confirm_chosen_costs(
 ALONE_ROUNDS = 2
 
 
+def _miss_timers(
+    inputs: _Inputs, planner: ml_collections.ConfigDict, policy: str, method: str
+) -> tuple[Callable[[Instance, list], float], Callable[[Instance, list], list[float]]]:
+    """What a miss bound on ``policy``'s plans times (planner/miss_bound.py): a plan's all-miss
+    request (5 rounds per profile repeat) and, in one batch, each ``(i, choice)`` of a list as
+    a one-cache router (:data:`ALONE_ROUNDS`)."""
+    model, bank = inputs.model, inputs.bank
+    group, repeats = int(planner.group_size), int(planner.latency_repeats)
+
+    def deployment_of(instance: Instance, choices: list) -> Deployment:
+        return plan_deployment(plan_from_choices(instance, choices, policy, method), bank)
+
+    def measure(instance: Instance, choices: list) -> float:
+        return measure_miss_overheads(
+            model, [deployment_of(instance, choices)], group, 5 * repeats
+        )[0]
+
+    def measure_alone(instance: Instance, items: list) -> list[float]:
+        n = len(instance.positions)
+        only = [[c if j == i else None for j in range(n)] for i, c in items]
+        return measure_miss_overheads(
+            model, [deployment_of(instance, o) for o in only], group, ALONE_ROUNDS * repeats
+        )
+
+    return measure, measure_alone
+
+
 def _hold_miss_bound(
     inputs: _Inputs,
     planner: ml_collections.ConfigDict,
@@ -500,8 +527,6 @@ def _hold_miss_bound(
     """Holds the miss bound by measuring the chosen plan (planner/miss_bound.py); returns the
     instances and plans it ended with, its rounds and whether the bound held."""
     # Without a bound the chosen plan's all-miss overhead is measured once, for the record.
-    model, bank = inputs.model, inputs.bank
-    group, repeats = int(planner.group_size), int(planner.latency_repeats)
 
     def plan_with_floors(floors: MissFloors) -> tuple[Instance, list]:
         nonlocal instances, plans
@@ -521,20 +546,7 @@ def _hold_miss_bound(
         plans[0] = plan_from_choices(tuning, tuning.empty(), "gati", "joint", test)
         return tuning, tuning.empty()
 
-    def deployment_of(instance: Instance, choices: list) -> Deployment:
-        return plan_deployment(plan_from_choices(instance, choices, "gati", "joint"), bank)
-
-    def measure_misses(instance: Instance, choices: list) -> float:
-        return measure_miss_overheads(
-            model, [deployment_of(instance, choices)], group, 5 * repeats
-        )[0]
-
-    def measure_alone(instance: Instance, items: list) -> list[float]:
-        n = len(instance.positions)
-        only = [[c if j == i else None for j in range(n)] for i, c in items]
-        return measure_miss_overheads(
-            model, [deployment_of(instance, o) for o in only], group, ALONE_ROUNDS * repeats
-        )
+    measure_misses, measure_alone = _miss_timers(inputs, planner, "gati", "joint")
 
     def unbounded() -> tuple[Instance, list, list]:
         # The plan without the bound, and at every position the option with the fewest
@@ -632,29 +644,17 @@ def _hold_comparator(
     it, its lookups (apparate: every candidate ramp) are timed alone, its floors raised (from
     those ours ended with) and that policy alone planned again; when rounds run out it deploys
     nothing. Returns the instances, its plan and its record."""
-    model, bank = inputs.model, inputs.bank
-    group, repeats = int(planner.group_size), int(planner.latency_repeats)
     policy, method = plan.policy, plan.method
     tuning0 = instances[policy][0]
     choices0 = _choices_of(plan, tuning0)
     bound = comparator_bound(policy, tuning0, planner)
 
-    def deployment_of(instance: Instance, choices: list) -> Deployment:
-        return plan_deployment(plan_from_choices(instance, choices, policy, method), bank)
+    measure_plan, measure_alone = _miss_timers(inputs, planner, policy, method)
 
     def measure(instance: Instance, choices: list) -> float:
         if instance is tuning0 and choices == choices0:
             return measured  # timed in the comparators' batch
-        return measure_miss_overheads(
-            model, [deployment_of(instance, choices)], group, 5 * repeats
-        )[0]
-
-    def measure_alone(instance: Instance, items: list) -> list[float]:
-        n = len(instance.positions)
-        only = [[c if j == i else None for j in range(n)] for i, c in items]
-        return measure_miss_overheads(
-            model, [deployment_of(instance, o) for o in only], group, ALONE_ROUNDS * repeats
-        )
+        return measure_plan(instance, choices)
 
     def replan(floors: MissFloors) -> tuple[Instance, list]:
         nonlocal instances, plan
