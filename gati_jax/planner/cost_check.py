@@ -149,8 +149,6 @@ def check_cost_model(
     plan's costs measured again (:func:`remeasured`), checked the same way.
     """
     n = len(images)
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
     if n == 0 or n > instance.num_requests:
         raise ValueError(f"need 1..{instance.num_requests} check requests, got {n}")
     programs = {"router": router_program(model, deployment), "plain": _plain_on_images(model)}
