@@ -448,6 +448,25 @@ def test_paired_p99_ratio_interval_holds_the_ratio_and_pairs_the_rounds():
         paired_quantile_ratio_interval(static, static[:1])
 
 
+def test_paired_mean_ratio_interval_pairs_blocks_of_the_same_requests():
+    from gati_jax.serving.summary import paired_quantile_ratio_interval
+
+    rng = np.random.default_rng(1)
+    # A burst that slows every policy alike (one block of 100 requests 20x slower) must not
+    # widen the paired interval: both sides resample the burst together.
+    base = rng.lognormal(0.0, 0.3, 2000)
+    base[500:600] *= 20
+    ahead = [0.97 * base * rng.lognormal(0.0, 0.02, base.size)]
+    low, high = paired_quantile_ratio_interval(ahead, [base], quantile=None)
+    point = float(np.mean(ahead[0]) / np.mean(base))
+    assert low < point < high < 1.0 and high - low < 0.01
+    # Unpaired (the other stream's blocks shuffled), the burst would swing the ratio by far
+    # more: the pairing is what makes a 3% difference visible.
+    shuffled = [np.roll(ahead[0], 1000)]
+    low, high = paired_quantile_ratio_interval(shuffled, [base], quantile=None)
+    assert high - low > 0.1
+
+
 def test_online_p99_ratio_pools_every_round_like_its_interval():
     from gati_jax.jobs.benchmark import ONLINE, online_figures
 
@@ -498,3 +517,69 @@ def test_online_p99_ratio_pools_every_round_like_its_interval():
     assert figures["speedup_vs_static_gati"] == pytest.approx(
         np.median([np.mean(l) for l in static]) / np.median([np.mean(l) for l in slow])
     )
+
+
+def test_gati_against_each_threshold_policy_says_ahead_level_or_behind():
+    from gati_jax.jobs.benchmark import threshold_comparison
+    from gati_jax.jobs.report import comparison_lines
+
+    rng = np.random.default_rng(4)
+    gati = [rng.lognormal(0.0, 0.4, 3000) for _ in range(2)]
+
+    def rounds(latencies):
+        return [{"mean_latency_ms": float(np.mean(l)), "latencies_ms": l} for l in latencies]
+
+    def jitter(l):
+        return l * rng.lognormal(0.0, 0.01, l.size)
+
+    results = {
+        "none": rounds([2 * l for l in gati]),
+        "gati": rounds(gati),
+        "confidence": rounds([jitter(l) for l in gati]),  # the same plan, timing noise
+        "entropy": rounds([jitter(1.05 * l) for l in gati]),  # 5% slower than gati
+        "apparate": rounds([jitter(0.9 * l) for l in gati]),  # 10% faster than gati
+    }
+    figures = threshold_comparison(results)
+    assert list(figures) == ["confidence", "entropy", "apparate"]
+    assert figures["confidence"]["verdict"] == "level"
+    assert figures["entropy"]["verdict"] == "ahead"
+    assert figures["entropy"]["speedup"] == pytest.approx(1.05, abs=0.01)
+    assert figures["apparate"]["verdict"] == "behind"
+    assert figures["apparate"]["speedup"] == pytest.approx(0.9, abs=0.01)
+    for f in figures.values():
+        assert f["low90"] <= f["speedup"] <= f["high90"]
+    lines = comparison_lines({"uniform": figures, "empty": {}})
+    assert "entropy 1.05" in lines[2] and "ahead" in lines[2] and len(lines) == 4
+    assert threshold_comparison({"none": results["none"]}) == {}
+    assert comparison_lines({}) == []
+
+
+def test_interleaved_turns_rotate_predecessors_with_a_seed():
+    """Every loop runs to its end in turns of ``turn`` steps; with a seed each pass takes a
+    new order, so no loop always follows the same one, and the same seed repeats it."""
+    from gati_jax.serving.loop import serve_interleaved
+
+    def run(seed):
+        log = []
+
+        def loop(name, steps):
+            for _ in range(steps):
+                log.append(name)
+                yield 1
+            return name  # stands in for the loop's ServingResult
+
+        out = serve_interleaved(
+            {n: loop(n, 40) for n in ("none", "gati", "confidence", "entropy")}, 2, seed
+        )
+        assert out == {n: n for n in ("none", "gati", "confidence", "entropy")}
+        turns = log[::2]  # one entry per turn of two steps
+        assert all(log[i] == log[i + 1] for i in range(0, len(log), 2))
+        assert sorted(set(turns)) == ["confidence", "entropy", "gati", "none"]
+        assert all(turns.count(n) == 20 for n in set(turns))
+        predecessors = {(a, b) for a, b in zip(turns, turns[1:]) if b == "gati"}
+        return turns, predecessors
+
+    fixed, before_gati = run(None)
+    assert before_gati == {("none", "gati")}  # round-robin: gati always follows none
+    shuffled, before_gati = run(0)
+    assert len(before_gati) == 3 and shuffled == run(0)[0] and shuffled != fixed

@@ -100,7 +100,7 @@ def simulated_means_ms(
     policies interleaved as the benchmark serves them) gives on ``workload``: the median over
     ``rounds`` of each round's mean."""
     means: dict[str, list[float]] = {name: [] for name in engines}
-    for _ in range(rounds):
+    for r in range(rounds):
         loops = {
             name: serve_steps(
                 lambda images, index, e=engine: e.route(images),
@@ -115,7 +115,7 @@ def simulated_means_ms(
             )
             for name, engine in engines.items()
         }
-        for name, result in serve_interleaved(loops, turn).items():
+        for name, result in serve_interleaved(loops, turn, seed=r).items():
             means[name].append(1e3 * float(result.latency.mean()))
     return {name: float(np.median(m)) for name, m in means.items()}
 

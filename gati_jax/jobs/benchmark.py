@@ -38,6 +38,7 @@ from gati_jax.experiments.plots import (
 )
 from gati_jax.inference import BaseModel, predict_logits
 from gati_jax.jobs.planning import knn_setup, plan_settings, run_planning
+from gati_jax.jobs.report import comparison_lines
 from gati_jax.measure import describe_kernels
 from gati_jax.online import apparate as apparate_online
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
@@ -254,7 +255,7 @@ def serve_rounds(
         if serving.clock == "virtual":
             # All policies advance together, `turn` groups at a time: machine noise lands on
             # every policy's requests alike.
-            served = serve_interleaved({name: loop(name) for name in order}, turn)
+            served = serve_interleaved({name: loop(name) for name in order}, turn, seed=r)
         else:  # a real clock cannot pause a stream: one policy after another
             served = {}
             for name in order:
@@ -443,6 +444,37 @@ def online_figures(results: dict[str, list[dict]], workload_name: str) -> dict[s
     return figures
 
 
+# The threshold policies gati's design space contains (issue: a learned cache never loses to
+# a threshold at the same bound); each is compared with gati request by request.
+THRESHOLD_POLICIES = ("confidence", "entropy", "apparate")
+
+
+def threshold_comparison(results: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
+    """gati against each threshold policy served beside it: gati's speedup over it (its mean
+    latency over gati's, every request of every round pooled), a 90% paired block-bootstrap
+    interval of that ratio, and the verdict the interval allows ('ahead', 'behind', or
+    'level' when it holds 1)."""
+    if "gati" not in results:
+        return {}
+    ours = [r["latencies_ms"] for r in results["gati"]]
+    figures = {}
+    for name in THRESHOLD_POLICIES:
+        if name not in results:
+            continue
+        # Two plans a few percent apart differ by less than a noisy stream's bursts; the
+        # same requests in the same order pair the bursts, so the interval shows the plans.
+        low, high = paired_quantile_ratio_interval(
+            [r["latencies_ms"] for r in results[name]], ours, quantile=None
+        )
+        # Pooled like the interval's draws: a ratio of the rounds' medians can fall outside it.
+        ratio = float(np.mean(np.concatenate([r["latencies_ms"] for r in results[name]]))) / float(
+            np.mean(np.concatenate(ours))
+        )
+        verdict = "ahead" if low > 1 else "behind" if high < 1 else "level"
+        figures[name] = {"speedup": ratio, "low90": low, "high90": high, "verdict": verdict}
+    return figures
+
+
 def knn_recent_figures(rounds: list[dict]) -> dict[str, Any]:
     """knn-recent on one workload (first round): hits, agreement (whole stream and worst
     window), when its memory first served, audits, memory-guard events and bytes."""
@@ -557,6 +589,7 @@ def run_benchmark(
     recent: dict[str, dict[str, Any]] = {}  # workload -> knn-recent's figures
     exits: dict[str, dict[str, dict[str, float]]] = {}  # workload -> policy -> position
     apparate_tunings: dict[str, Any] = {}
+    against: dict[str, dict[str, Any]] = {}  # workload -> threshold policy -> gati vs it
     compiled: dict[str, Router] = {}
     compile_s: dict[str, float] = {}
     for name in config.benchmark.workloads:
@@ -591,6 +624,7 @@ def run_benchmark(
             online[name] = online_figures(results, name)
         if KNN_RECENT in results:
             recent[name] = knn_recent_figures(results[KNN_RECENT])
+        against[name] = threshold_comparison(results)
         if APPARATE_ONLINE in results:  # what it tuned, first round
             apparate_tunings[name] = results[APPARATE_ONLINE][0]["online"]
         windows[name] = {p: rs[0]["windows"] for p, rs in results.items()}
@@ -624,6 +658,7 @@ def run_benchmark(
         "online": online,
         "apparate_online": apparate_tunings,
         "knn_recent": recent,
+        "gati_vs_thresholds": against,
         "compile_s": compile_s,
         "convolution_kernels": kernels,
         "kernel_profile_ms": kernel_profile,
@@ -694,6 +729,8 @@ def run_benchmark(
             f"{summary['ramp_changes']} ramp changes, ends at positions "
             f"{summary['final_positions']}"
         )
+    for line in comparison_lines(against):
+        logging.info(line)
     for name, figures in recent.items():
         logging.info(
             f"{KNN_RECENT} on {name}: hit rate {figures['hit_rate']:.3f}, agreement "

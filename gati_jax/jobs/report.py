@@ -255,6 +255,32 @@ def _choice_lines(choice: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def comparison_lines(against: dict[str, dict[str, Any]]) -> list[str]:
+    """gati against each threshold policy, per workload: its speedup over it, the 90% paired
+    interval and the verdict (benchmark.threshold_comparison)."""
+    lines = []
+    for workload, figures in against.items():
+        if figures:
+            lines.append(
+                f"{workload}: "
+                + ", ".join(
+                    f"{name} {f['speedup']:.3f}x ({f['low90']:.3f}-{f['high90']:.3f}, "
+                    f"{f['verdict']})"
+                    for name, f in figures.items()
+                )
+            )
+    if not lines:
+        return []
+    return [
+        "gati against each threshold policy at the same bound: gati's speedup over it (its "
+        "mean latency over gati's), with a 90% interval pairing the same requests (block "
+        "bootstrap); 'level' where the interval holds 1:",
+        "",
+        *(f"- {line}" for line in lines),
+        "",
+    ]
+
+
 def _scaling_section(rows: list[dict[str, Any]]) -> list[str]:
     """Serving throughput against device count (batch-sharded router, closed loop)."""
     if not rows:
@@ -348,6 +374,7 @@ def write_report(
         "",
         markdown_table(main),
         "",
+        *comparison_lines(bench.get("gati_vs_thresholds", {})),
         *_knn_recent_lines(bench.get("knn_recent", {})),
         *_compile_lines(bench.get("compile_s", {})),
         *[

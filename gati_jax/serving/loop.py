@@ -112,7 +112,9 @@ def _finish(steps: Generator[int, None, ServingResult]) -> ServingResult:
 
 
 def serve_interleaved(
-    loops: dict[str, Generator[int, None, ServingResult]], turn: int = 25
+    loops: dict[str, Generator[int, None, ServingResult]],
+    turn: int = 25,
+    seed: int | None = None,
 ) -> dict[str, ServingResult]:
     """Advances several serving loops in turns of ``turn`` groups each, round-robin, until all
     end; returns each one's result.
@@ -120,13 +122,20 @@ def serve_interleaved(
     For comparing policies under the same machine noise: a burst of noise lands on every
     loop's requests alike instead of on one policy's whole stream. Each loop needs its own
     virtual or fake clock (a real clock would count the other loops' turns as waiting).
+    With a ``seed`` the loops take their turns in a new random order every pass, so no loop
+    always follows the same other one (whatever a turn leaves behind, in caches or in work
+    still running, falls on every successor alike).
     """
     if turn < 1:
         raise ValueError(f"turn must be >= 1 group, got {turn}")
+    rng = None if seed is None else np.random.default_rng(seed)
     results: dict[str, ServingResult] = {}
     active = dict(loops)
     while active:
-        for name in list(active):
+        names = list(active)
+        if rng is not None:
+            names = [names[i] for i in rng.permutation(len(names))]
+        for name in names:
             try:
                 for _ in range(turn):
                     next(active[name])

@@ -94,16 +94,17 @@ def _per_request(values: np.ndarray, name: str, n: int) -> np.ndarray:
 def paired_quantile_ratio_interval(
     latencies: Sequence[np.ndarray],
     reference: Sequence[np.ndarray],
-    quantile: float = 99.0,
+    quantile: float | None = 99.0,
     level: float = 0.9,
     block: int = 100,
     draws: int = 2000,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """A ``level`` interval of quantile(latencies) / quantile(reference), by a paired block
-    bootstrap: both lists hold one array per round, the same stream served in the same order,
-    so blocks of ``block`` consecutive requests are resampled together for both (a burst of
-    arrivals slows both, and a p99 over one stream is a few dozen requests)."""
+    """A ``level`` interval of quantile(latencies) / quantile(reference) (the means' ratio
+    when ``quantile`` is None), by a paired block bootstrap: both lists hold one array per
+    round, the same stream served in the same order, so blocks of ``block`` consecutive
+    requests are resampled together for both (a burst of arrivals slows both, and a p99 over
+    one stream is a few dozen requests)."""
     if len(latencies) != len(reference) or not latencies:
         raise ValueError("need one latency array per round for both, as many rounds each")
     blocks_a, blocks_b = [], []
@@ -116,13 +117,20 @@ def paired_quantile_ratio_interval(
         for start in range(0, a.size, block):
             blocks_a.append(a[start : start + block])
             blocks_b.append(b[start : start + block])
+    if quantile is None:
+        statistic = np.mean
+    else:
+
+        def statistic(values: np.ndarray) -> float:
+            return np.percentile(values, quantile)
+
     rng = np.random.default_rng(seed)
     ratios = np.empty(draws)
     for i in range(draws):
         pick = rng.integers(0, len(blocks_a), len(blocks_a))
-        ratios[i] = np.percentile(
-            np.concatenate([blocks_a[j] for j in pick]), quantile
-        ) / np.percentile(np.concatenate([blocks_b[j] for j in pick]), quantile)
+        ratios[i] = statistic(np.concatenate([blocks_a[j] for j in pick])) / statistic(
+            np.concatenate([blocks_b[j] for j in pick])
+        )
     tail = 50 * (1 - level)
     low, high = np.percentile(ratios, [tail, 100 - tail])
     return float(low), float(high)
