@@ -200,6 +200,10 @@ def test_report_resume_and_loaded_system(explored, monkeypatch):
     report = json.loads((workdir / "report.json").read_text())
     text = (workdir / "report.md").read_text()
     assert "| workload | policy | speedup_vs_none | compute_speedup_vs_none |" in text
+    # Which Apparate (and which threshold) each row is, for the policies served.
+    served = {r["policy"] for r in report["benchmark"]}
+    assert "Rows: `none` the plain network; `gati` the planned learned caches" in text
+    assert ("`apparate` Apparate: at most" in text) == ("apparate" in served)
     misses = report["plan"]["miss_check"]
     assert (
         f"A request missing every lookup of the plan: predicted "

@@ -255,6 +255,31 @@ def _choice_lines(choice: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _legend_lines(config: ml_collections.ConfigDict, names: list[str]) -> list[str]:
+    """What each policy row is, for the policies served (which Apparate, which thresholds)."""
+    planner = config.planner
+    what = {
+        "none": "the plain network",
+        "gati": "the planned learned caches",
+        "gati-online": "the same caches learning from the stream (audited, guarded)",
+        "confidence": "Shallow-Deep Networks' max-softmax threshold over the same predictors, "
+        "planned by the same search",
+        "entropy": "BranchyNet's entropy threshold, likewise",
+        "apparate": f"Apparate: at most {planner.apparate_ramps} cheap ramps placed by utility "
+        f"per tail cost within a {100 * planner.apparate_tail_budget:g}% tail budget, "
+        "thresholds from its step search",
+        "apparate-online": "those ramps re-tuned while serving (sliding-window re-tuning, "
+        "ramp adjustment) with gati-online's audit budget",
+        "knn": "a kNN cache of pooled activations",
+        "knn-recent": "gati-online's recency memory alone, a traditional cache",
+        "oracle": "exits wherever a deployed cache agrees with the base network (a bound)",
+    }
+    known = [n for n in names if n in what]
+    if not known:
+        return []
+    return ["Rows: " + "; ".join(f"`{n}` {what[n]}" for n in known) + ".", ""]
+
+
 def comparison_lines(against: dict[str, dict[str, Any]]) -> list[str]:
     """gati against each threshold policy, per workload: its speedup over it, the 90% paired
     interval and the verdict (benchmark.threshold_comparison)."""
@@ -374,6 +399,7 @@ def write_report(
         "",
         markdown_table(main),
         "",
+        *_legend_lines(config, list(dict.fromkeys(r["policy"] for r in rows))),
         *comparison_lines(bench.get("gati_vs_thresholds", {})),
         *_knn_recent_lines(bench.get("knn_recent", {})),
         *_compile_lines(bench.get("compile_s", {})),

@@ -16,10 +16,13 @@ Two parts:
   did), the triggers, and the tuning and ramp adjustment, which run Apparate's step search
   (gati_jax/planner/apparate.py) on the window one round per background chunk;
 - :class:`ApparateOnline`: the serving adapter the benchmark serves beside ``gati-online``
-  (``route`` for the serving loop, and its ``background``). Every candidate ramp sits in one
-  compiled router whose lookups are gated by a flag in each ramp's parameters: an inactive
-  ramp's lookup is skipped, so adding or removing a ramp changes an argument, never the
-  program; thresholds are arguments too, so re-tuning never recompiles.
+  (``route`` for the serving loop, and its ``background``). It serves with a router of its
+  active ramps alone, as static Apparate does; thresholds are arguments, so re-tuning never
+  recompiles. A ramp change needs that router for the new set: it compiles in a thread while
+  a router holding every candidate ramp, each lookup gated by a flag in the ramp's parameters
+  (an inactive ramp's lookup is skipped), serves any set at once. The gated router alone cost
+  a request that exits nowhere about twice what the active ramps' own router does (a branch
+  and an exit check at every candidate position), where no ramp changed for whole streams.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import threading
 import time
 from collections.abc import Generator, Sequence
 from typing import Any
@@ -530,6 +534,11 @@ class ApparateOnline:
         self.router = Router(
             model, ramps.positions, tuple(gated_decide(h) for h in self.heads), max_group
         )
+        # Active set (candidate indices) -> a compiled router of those ramps alone; filled at
+        # warm-up for the plan's set and by a thread after a ramp change (published whole,
+        # once every bucket is compiled). They stay across resets, as the programs do.
+        self._fast: dict[tuple[int, ...], Router] = {}
+        self._compiling: set[tuple[int, ...]] = set()
         segments = segment_count(model.network.num_stages, settings.audit_segments)
         self.audit = RampAudit(model, tuple(ramps.positions), self.heads, segments)
         self._predictors = tuple(p["predictor"] for p in deployment.params)
@@ -537,8 +546,9 @@ class ApparateOnline:
         self.reset()
 
     def tapped_router(self, max_group: int = 1) -> Router:
-        """A new router running the program this adapter serves with (named as
-        OnlineLearner's, for the benchmark's measurements)."""
+        """A new router running the costlier program this adapter serves with, the gated one
+        of every candidate ramp (named as OnlineLearner's, for the benchmark's miss overhead:
+        the worst a request may pay, as gati-online's tapped program)."""
         return Router(
             self.model, self.ramps.positions, tuple(gated_decide(h) for h in self.heads), max_group
         )
@@ -549,6 +559,7 @@ class ApparateOnline:
         self._active = self.tuner.active
         self.params = jax.device_put(ramp_params(self._predictors, self._active))
         self.router.prepare(self.params)
+        self._fast_params = self._subset(self.params, self._active)
         self.rng = np.random.default_rng([self.settings.seed, 2])
         self._audits: collections.deque = collections.deque()
         self._audit_run: tuple[list, Generator] | None = None
@@ -566,6 +577,8 @@ class ApparateOnline:
         for size in self.router.buckets:
             zeros = np.zeros((size, *network.input_shape), np.uint8)
             self.router.route(self.params, self.tuner.thresholds(), zeros)
+        if self._active not in self._fast:
+            self._compile_fast(self._active)
         for size in range(1, min(self.settings.audit_group, self.router.max_group) + 1):
             steps = self.audit.run(self.params, np.zeros((size, *network.input_shape), np.uint8))
             for _ in steps:
@@ -576,7 +589,12 @@ class ApparateOnline:
         """Serves one group; a uniform ``audit_fraction`` of its requests is queued for an
         audit (none without a candidate ramp: there is nothing to tune)."""
         del index
-        result = self.router.route(self.params, self.tuner.thresholds(), images)
+        active, thresholds = self._active, self.tuner.thresholds()
+        fast = self._fast.get(active)
+        if fast is not None:
+            result = fast.route(self._fast_params, thresholds[list(active)], images)
+        else:  # a new set's router is still compiling
+            result = self.router.route(self.params, thresholds, images)
         fraction = self.settings.audit_fraction if self.ramps.positions else 0.0
         for i in np.flatnonzero(self.rng.random(len(images)) < fraction):
             exit_stage = int(result.exit_stage[i])
@@ -645,10 +663,40 @@ class ApparateOnline:
         """After a job: new activity flags to the device, in the background (thresholds are
         read per group)."""
         if self.tuner.active != self._active:
-            self._active = self.tuner.active
-            params = jax.device_put(ramp_params(self._predictors, self._active))
+            active = self.tuner.active
+            params = jax.device_put(ramp_params(self._predictors, active))
             self.router.prepare(params)
-            self.params = params
+            fast_params = self._subset(params, active)
+            self.params, self._fast_params, self._active = params, fast_params, active
+            if active not in self._fast and active not in self._compiling:
+                self._compiling.add(active)
+                threading.Thread(target=self._compile_fast, args=(active,), daemon=True).start()
+
+    @staticmethod
+    def _subset(params: tuple[Any, ...], active: tuple[int, ...]) -> tuple[Any, ...]:
+        """The active ramps' parameters, in position order (one object per set: the router
+        packs a set once)."""
+        return tuple(params[j] for j in active)
+
+    def _compile_fast(self, active: tuple[int, ...]) -> None:
+        """Builds and compiles (every bucket) the router of ``active``'s ramps alone, then
+        publishes it."""
+        decide = policy_builder("apparate")
+        router = Router(
+            self.model,
+            tuple(self.ramps.positions[j] for j in active),
+            tuple(decide(self.heads[j]) for j in active),
+            self.router.max_group,
+        )
+        try:
+            params = self._subset(jax.device_put(ramp_params(self._predictors, active)), active)
+            closed = np.full(len(active), np.inf, np.float32)
+            for size in router.buckets:
+                zeros = np.zeros((size, *self.model.network.input_shape), np.uint8)
+                router.route(params, closed, zeros)
+            self._fast[active] = router
+        finally:  # a failed compile leaves the gated router serving this set
+            self._compiling.discard(active)
 
     def drain(self) -> None:
         """Runs all pending background work (tests)."""
