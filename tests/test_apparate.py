@@ -500,12 +500,10 @@ def test_adapter_audits_its_fraction_and_tunes_in_the_background(model):
     assert adapter.tuner.active == (1,)
 
 
-def test_adapter_serves_its_active_ramps_alone_and_compiles_a_new_set_aside(model, monkeypatch):
-    """Groups go through a router of the active ramps alone (as static Apparate's); after a
-    ramp change the gated router of every candidate serves until the new set's router is
-    compiled aside, then that one does, with the same answers throughout."""
-    from gati_jax.online import apparate as online
-
+def test_adapter_serves_the_plans_ramps_alone_and_any_other_set_gated(model):
+    """Groups go through a router of the plan's ramps alone (as static Apparate's); after a
+    ramp change the gated router of every candidate serves, compiling nothing while serving;
+    a set whose router is compiled is served by it; the answers are the same throughout."""
     ramps, deployment = _ramps_on(model)
     adapter = ApparateOnline(
         model, deployment, ramps, _tuner_settings(audit_fraction=0.0), max_group=4
@@ -529,35 +527,25 @@ def test_adapter_serves_its_active_ramps_alone_and_compiles_a_new_set_aside(mode
 
     want = gated_answer()
     assert _as_lists(adapter.route(images)) == want and served_by == ["ramp 1"]
-    # A ramp change: the new set's router compiles in a thread (held back here).
-    threads = []
-
-    class Held:
-        def __init__(self, target, args, daemon):
-            self.run = lambda: target(*args)
-
-        def start(self):
-            threads.append(self)
-
-    monkeypatch.setattr(online.threading, "Thread", Held)
+    # A ramp change: the gated router serves the new set; nothing compiles.
+    traced = adapter.router.trace_count
     adapter.tuner.active = (0, 1)
     adapter.tuner._thresholds = np.array([0.4, 0.3])
     adapter._swap()
-    assert len(threads) == 1 and (0, 1) not in adapter._fast
     want = gated_answer()
     served_by.clear()
     assert _as_lists(adapter.route(images)) == want and served_by == ["gated"]
-    adapter._swap()  # nothing changed: no second compile
-    threads[0].run()
-    assert adapter._fast[(0, 1)].positions == (0, 1) and not adapter._compiling
+    assert list(adapter._fast) == [(1,)] and adapter.router.trace_count == traced
+    # A set with a router of its own (compiled beforehand) is served by it.
+    adapter._compile_fast((0, 1))
     counting("ramps 0, 1", adapter._fast[(0, 1)])
     served_by.clear()
     assert _as_lists(adapter.route(images)) == want and served_by == ["ramps 0, 1"]
-    # A reset keeps the compiled routers and serves the plan's set by its own again.
+    # A reset serves the plan's set by its own router again.
     adapter.reset()
     served_by.clear()
     adapter.route(images)
-    assert len(threads) == 1 and served_by == ["ramp 1"]
+    assert served_by == ["ramp 1"]
 
 
 def _as_lists(result) -> tuple:

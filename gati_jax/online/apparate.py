@@ -16,13 +16,15 @@ Two parts:
   did), the triggers, and the tuning and ramp adjustment, which run Apparate's step search
   (gati_jax/planner/apparate.py) on the window one round per background chunk;
 - :class:`ApparateOnline`: the serving adapter the benchmark serves beside ``gati-online``
-  (``route`` for the serving loop, and its ``background``). It serves with a router of its
-  active ramps alone, as static Apparate does; thresholds are arguments, so re-tuning never
-  recompiles. A ramp change needs that router for the new set: it compiles in a thread while
-  a router holding every candidate ramp, each lookup gated by a flag in the ramp's parameters
-  (an inactive ramp's lookup is skipped), serves any set at once. The gated router alone cost
-  a request that exits nowhere about twice what the active ramps' own router does (a branch
-  and an exit check at every candidate position), where no ramp changed for whole streams.
+  (``route`` for the serving loop, and its ``background``). It serves with a router of the
+  offline plan's ramps alone, as static Apparate does (compiled at warm-up); thresholds are
+  arguments, so re-tuning never recompiles. After a ramp change a router holding every
+  candidate ramp, each lookup gated by a flag in the ramp's parameters (an inactive ramp's
+  lookup is skipped), serves any set at once, without compiling. The gated router cost a
+  request that exits nowhere about twice what the active ramps' own router does (a branch and
+  an exit check at every candidate position), and no ramp changed on whole streams; compiling
+  the new set's router while serving is what a ramp change cannot afford: a thread compiling
+  the ResNet-56's three-ramp router took the CPU from every policy served meanwhile.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import threading
 import time
 from collections.abc import Generator, Sequence
 from typing import Any
@@ -534,11 +535,9 @@ class ApparateOnline:
         self.router = Router(
             model, ramps.positions, tuple(gated_decide(h) for h in self.heads), max_group
         )
-        # Active set (candidate indices) -> a compiled router of those ramps alone; filled at
-        # warm-up for the plan's set and by a thread after a ramp change (published whole,
-        # once every bucket is compiled). They stay across resets, as the programs do.
+        # Active set (candidate indices) -> a compiled router of those ramps alone: the plan's
+        # set, compiled at warm-up; it stays across resets, as the programs do.
         self._fast: dict[tuple[int, ...], Router] = {}
-        self._compiling: set[tuple[int, ...]] = set()
         segments = segment_count(model.network.num_stages, settings.audit_segments)
         self.audit = RampAudit(model, tuple(ramps.positions), self.heads, segments)
         self._predictors = tuple(p["predictor"] for p in deployment.params)
@@ -593,7 +592,7 @@ class ApparateOnline:
         fast = self._fast.get(active)
         if fast is not None:
             result = fast.route(self._fast_params, thresholds[list(active)], images)
-        else:  # a new set's router is still compiling
+        else:  # a set changed while serving: no program of its own
             result = self.router.route(self.params, thresholds, images)
         fraction = self.settings.audit_fraction if self.ramps.positions else 0.0
         for i in np.flatnonzero(self.rng.random(len(images)) < fraction):
@@ -668,9 +667,6 @@ class ApparateOnline:
             self.router.prepare(params)
             fast_params = self._subset(params, active)
             self.params, self._fast_params, self._active = params, fast_params, active
-            if active not in self._fast and active not in self._compiling:
-                self._compiling.add(active)
-                threading.Thread(target=self._compile_fast, args=(active,), daemon=True).start()
 
     @staticmethod
     def _subset(params: tuple[Any, ...], active: tuple[int, ...]) -> tuple[Any, ...]:
@@ -679,8 +675,7 @@ class ApparateOnline:
         return tuple(params[j] for j in active)
 
     def _compile_fast(self, active: tuple[int, ...]) -> None:
-        """Builds and compiles (every bucket) the router of ``active``'s ramps alone, then
-        publishes it."""
+        """Builds and compiles (every bucket) the router of ``active``'s ramps alone."""
         decide = policy_builder("apparate")
         router = Router(
             self.model,
@@ -688,15 +683,12 @@ class ApparateOnline:
             tuple(decide(self.heads[j]) for j in active),
             self.router.max_group,
         )
-        try:
-            params = self._subset(jax.device_put(ramp_params(self._predictors, active)), active)
-            closed = np.full(len(active), np.inf, np.float32)
-            for size in router.buckets:
-                zeros = np.zeros((size, *self.model.network.input_shape), np.uint8)
-                router.route(params, closed, zeros)
-            self._fast[active] = router
-        finally:  # a failed compile leaves the gated router serving this set
-            self._compiling.discard(active)
+        params = self._subset(jax.device_put(ramp_params(self._predictors, active)), active)
+        closed = np.full(len(active), np.inf, np.float32)
+        for size in router.buckets:
+            zeros = np.zeros((size, *self.model.network.input_shape), np.uint8)
+            router.route(params, closed, zeros)
+        self._fast[active] = router
 
     def drain(self) -> None:
         """Runs all pending background work (tests)."""
