@@ -461,15 +461,12 @@ def threshold_comparison(results: dict[str, list[dict]]) -> dict[str, dict[str, 
     for name in THRESHOLD_POLICIES:
         if name not in results:
             continue
+        theirs = [r["latencies_ms"] for r in results[name]]
         # Two plans a few percent apart differ by less than a noisy stream's bursts; the
         # same requests in the same order pair the bursts, so the interval shows the plans.
-        low, high = paired_quantile_ratio_interval(
-            [r["latencies_ms"] for r in results[name]], ours, quantile=None
-        )
+        low, high = paired_quantile_ratio_interval(theirs, ours, quantile=None)
         # Pooled like the interval's draws: a ratio of the rounds' medians can fall outside it.
-        ratio = float(np.mean(np.concatenate([r["latencies_ms"] for r in results[name]]))) / float(
-            np.mean(np.concatenate(ours))
-        )
+        ratio = float(np.mean(np.concatenate(theirs))) / float(np.mean(np.concatenate(ours)))
         verdict = "ahead" if low > 1 else "behind" if high < 1 else "level"
         figures[name] = {"speedup": ratio, "low90": low, "high90": high, "verdict": verdict}
     return figures

@@ -532,9 +532,7 @@ class ApparateOnline:
         self.model, self.ramps, self.settings = model, ramps, settings
         self.heads = deployment.heads
         self.last_stage = model.network.num_stages - 1
-        self.router = Router(
-            model, ramps.positions, tuple(gated_decide(h) for h in self.heads), max_group
-        )
+        self.router = self.tapped_router(max_group)
         # Active set (candidate indices) -> a compiled router of those ramps alone: the plan's
         # set, compiled at warm-up; it stays across resets, as the programs do.
         self._fast: dict[tuple[int, ...], Router] = {}
@@ -573,9 +571,7 @@ class ApparateOnline:
         """Compiles every program serving and auditing run (each group-size bucket, each
         audit size), changing no state."""
         network = self.model.network
-        for size in self.router.buckets:
-            zeros = np.zeros((size, *network.input_shape), np.uint8)
-            self.router.route(self.params, self.tuner.thresholds(), zeros)
+        self._compile_buckets(self.router, self.params, self.tuner.thresholds())
         if self._active not in self._fast:
             self._compile_fast(self._active)
         for size in range(1, min(self.settings.audit_group, self.router.max_group) + 1):
@@ -684,11 +680,14 @@ class ApparateOnline:
             self.router.max_group,
         )
         params = self._subset(jax.device_put(ramp_params(self._predictors, active)), active)
-        closed = np.full(len(active), np.inf, np.float32)
+        self._compile_buckets(router, params, np.full(len(active), np.inf, np.float32))
+        self._fast[active] = router
+
+    def _compile_buckets(self, router: Router, params: tuple[Any, ...], thresholds: Any) -> None:
+        """Routes a group of zeros through every bucket of ``router``: all compiled."""
         for size in router.buckets:
             zeros = np.zeros((size, *self.model.network.input_shape), np.uint8)
-            router.route(params, closed, zeros)
-        self._fast[active] = router
+            router.route(params, thresholds, zeros)
 
     def drain(self) -> None:
         """Runs all pending background work (tests)."""
