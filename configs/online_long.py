@@ -27,5 +27,6 @@ def get_config(workload: str = "temporal"):
     config.workload.window = 500
     config.benchmark.workloads = (workload,)
     config.benchmark.policies = ("none", "gati")
+    config.benchmark.control = ""
     config.benchmark.rounds = 1
     return config

@@ -11,6 +11,21 @@ import jax
 import numpy as np
 
 
+class StepClock:
+    """Wall seconds of a job's consecutive steps, for its JSON and log: ``lap(name)`` books
+    the time since the last lap (or since the clock started) to ``name``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.time()
+
+    def lap(self, name: str) -> None:
+        """Books the time since the last lap to step ``name`` (added to what it had)."""
+        now = time.time()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 1)
+        self._last = now
+
+
 def measure_latency(
     fn: Callable[..., Any], *args: Any, repeats: int = 50, warmup: int = 5
 ) -> float:

@@ -129,6 +129,17 @@ def test_benchmark_rows_are_consistent(explored):
     # The config the benchmark served under is saved with its results.
     assert details["config"]["caches"]["checkpoint"] == config.caches.checkpoint
     assert details["config"]["benchmark"]["rounds"] == config.benchmark.rounds
+    # Where the benchmark's time went, step by step, within its whole.
+    steps = details["step_seconds"]
+    assert list(steps) == [
+        "setup",
+        "miss_overheads",
+        "kernel_profile",
+        *(f"serve {w}" for w in config.benchmark.workloads),
+        "device_scaling",
+    ]
+    assert all(t >= 0 for t in steps.values())
+    assert sum(steps.values()) <= details["seconds"] + 0.5
     # Every served policy's compile time, every bucket, is reported.
     assert set(details["compile_s"]) == {r["policy"] for r in saved}
     assert all(0.0 < t < 600.0 for t in details["compile_s"].values())
@@ -151,7 +162,12 @@ def test_benchmark_rows_are_consistent(explored):
             assert any(k.startswith("lookup at ") and v > 0 for k, v in profile[name].items())
     for workload in config.benchmark.workloads:
         mine = {r["policy"]: r for r in saved if r["workload"] == workload}
-        assert set(mine) == policies
+        assert set(mine) == policies  # the A/A control's copy is in no table
+        # The control: confidence against its own copy, served beside every policy.
+        control = details["control"][workload]
+        assert control["policy"] == config.benchmark.control == "confidence"
+        assert control["low90"] <= control["speedup"] <= control["high90"]
+        assert control["verdict"] in ("ahead", "level", "behind")
         if online_served:
             online = details["online"][workload]
             assert online["speedup_vs_static_gati"] == pytest.approx(
@@ -204,6 +220,8 @@ def test_report_resume_and_loaded_system(explored, monkeypatch):
     served = {r["policy"] for r in report["benchmark"]}
     assert "Rows: `none` the plain network; `gati` the planned learned caches" in text
     assert ("`apparate` Apparate: at most" in text) == ("apparate" in served)
+    # The A/A control's line, for every workload.
+    assert text.count("A/A control: confidence served twice, ") == len(config.benchmark.workloads)
     misses = report["plan"]["miss_check"]
     assert (
         f"A request missing every lookup of the plan: predicted "

@@ -14,7 +14,7 @@ from test_router import _bank, _images, _model
 from gati_jax.experiments.kernel_profile import describe_kernel_profile
 from gati_jax.experiments.plots import plot_router_benchmark
 from gati_jax.experiments.router_benchmark import _marginals, _router_part, benchmark_router
-from gati_jax.measure import convolution_kernels, describe_kernels
+from gati_jax.measure import StepClock, convolution_kernels, describe_kernels
 from gati_jax.planner.costs import LookupCost, charges_from
 from gati_jax.runtime import deploy
 
@@ -160,6 +160,16 @@ def test_convolution_kernels_counts_library_fusions_and_all_convolutions():
         counts = convolution_kernels(jax.jit(two_convs).lower(x, k).compile().as_text())
         assert counts["total"] == 2
         assert convolution_kernels(jax.jit(jnp.tanh).lower(x).compile().as_text())["total"] == 0
+
+
+def test_step_clock_books_each_lap_to_its_step(monkeypatch):
+    now = iter([10.0, 12.5, 13.0, 20.25])
+    monkeypatch.setattr("gati_jax.measure.time.time", lambda: next(now))
+    clock = StepClock()  # starts at 10.0
+    clock.lap("setup")  # 2.5 s
+    clock.lap("serve")  # 0.5 s
+    clock.lap("setup")  # a step booked again adds up: 2.5 + 7.25
+    assert clock.seconds == {"setup": 9.8, "serve": 0.5}
 
 
 def test_describe_kernels_warns_only_when_programs_differ():

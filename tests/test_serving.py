@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import assert_config_rejects
 
+from gati_jax.config import base_config, validate_config
 from gati_jax.serving import (
     FakeClock,
     MonotonicClock,
@@ -427,6 +428,13 @@ def test_validate_config_checks_serving():
         ("clock", "wall"),
     ]:
         assert_config_rejects("serving", key, value)
+    # The A/A control copies a policy that serves without learning, or none ('').
+    for control in ("gati-online", "knn-recent", "apparate-online", "confidense"):
+        assert_config_rejects("benchmark", "control", control)
+    for control in ("", "none", "gati", "entropy"):
+        config = base_config()
+        config.benchmark.control = control
+        validate_config(config)
 
 
 def test_paired_p99_ratio_interval_holds_the_ratio_and_pairs_the_rounds():
@@ -552,6 +560,50 @@ def test_gati_against_each_threshold_policy_says_ahead_level_or_behind():
     assert "entropy 1.05" in lines[2] and "ahead" in lines[2] and len(lines) == 4
     assert threshold_comparison({"none": results["none"]}) == {}
     assert comparison_lines({}) == []
+
+
+def test_the_aa_control_serves_a_separately_compiled_copy_and_leaves_no_row():
+    from gati_jax.jobs.benchmark import Contender, control_figures, with_control
+    from gati_jax.jobs.report import comparison_lines
+    from gati_jax.runtime.deployment import Deployment
+
+    deployment = Deployment("confidence", (1,), ("head",), ({"w": 1},), np.ones(1, np.float32))
+    contenders = {
+        "none": Contender("none", Deployment("none", (), (), (), np.zeros(0)), None, 0),
+        "confidence": Contender("confidence", deployment, None, 10),
+    }
+    served = with_control(contenders, "confidence")
+    assert list(served) == ["none", "confidence", "confidence-copy"]
+    copy = served["confidence-copy"]
+    # Its own Deployment object (so its own router and compile), the same caches.
+    assert copy.deployment is not deployment
+    for field in ("policy", "positions", "heads", "params", "thresholds"):
+        assert getattr(copy.deployment, field) is getattr(deployment, field)
+    assert copy.name == "confidence-copy" and copy.cache_bytes == 10
+    assert with_control(contenders, "") == contenders
+    assert with_control(contenders, "entropy") == contenders  # not served: no copy
+
+    rng = np.random.default_rng(7)
+    base = [rng.lognormal(0.0, 0.4, 2000) for _ in range(2)]
+
+    def rounds(latencies):
+        return [{"latencies_ms": l} for l in latencies]
+
+    results = {
+        "confidence": rounds(base),
+        "confidence-copy": rounds([l * rng.lognormal(0.0, 0.01, l.size) for l in base]),
+    }
+    control = control_figures(results, "confidence")
+    assert "confidence-copy" not in results  # popped: no row, window or plot
+    assert control["policy"] == "confidence" and control["verdict"] == "level"
+    assert control["speedup"] == pytest.approx(1.0, abs=0.01)
+    # A copy read 4% slower than its source is reported as the control reads it.
+    results["confidence-copy"] = rounds([1.04 * l for l in base])
+    slow = control_figures(results, "confidence")
+    assert slow["verdict"] == "behind" and slow["speedup"] == pytest.approx(1 / 1.04)
+    assert control_figures(results, "confidence") is None
+    lines = comparison_lines({}, {"video": slow, "uniform": None})
+    assert len(lines) == 4 and "video: A/A control: confidence served twice, 0.962x" in lines[2]
 
 
 def test_interleaved_turns_rotate_predecessors_with_a_seed():

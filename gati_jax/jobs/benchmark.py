@@ -39,7 +39,7 @@ from gati_jax.experiments.plots import (
 from gati_jax.inference import BaseModel, predict_logits
 from gati_jax.jobs.planning import knn_setup, plan_settings, run_planning
 from gati_jax.jobs.report import comparison_lines
-from gati_jax.measure import describe_kernels
+from gati_jax.measure import StepClock, describe_kernels
 from gati_jax.online import apparate as apparate_online
 from gati_jax.online.learner import OnlineLearner, OnlineSettings
 from gati_jax.planner.apparate import RampSet
@@ -456,20 +456,51 @@ def threshold_comparison(results: dict[str, list[dict]]) -> dict[str, dict[str, 
     'level' when it holds 1)."""
     if "gati" not in results:
         return {}
-    ours = [r["latencies_ms"] for r in results["gati"]]
-    figures = {}
-    for name in THRESHOLD_POLICIES:
-        if name not in results:
-            continue
-        theirs = [r["latencies_ms"] for r in results[name]]
-        # Two plans a few percent apart differ by less than a noisy stream's bursts; the
-        # same requests in the same order pair the bursts, so the interval shows the plans.
-        low, high = paired_quantile_ratio_interval(theirs, ours, quantile=None)
-        # Pooled like the interval's draws: a ratio of the rounds' medians can fall outside it.
-        ratio = float(np.mean(np.concatenate(theirs))) / float(np.mean(np.concatenate(ours)))
-        verdict = "ahead" if low > 1 else "behind" if high < 1 else "level"
-        figures[name] = {"speedup": ratio, "low90": low, "high90": high, "verdict": verdict}
-    return figures
+    return {
+        name: paired_speedup(results[name], results["gati"])
+        for name in THRESHOLD_POLICIES
+        if name in results
+    }
+
+
+def paired_speedup(reference: list[dict], served: list[dict]) -> dict[str, Any]:
+    """``served``'s speedup over ``reference`` (per-round results of the same stream): the
+    mean latencies' ratio, every request of every round pooled, its 90% paired interval and
+    the verdict ('ahead', 'behind', or 'level' when the interval holds 1)."""
+    theirs = [r["latencies_ms"] for r in reference]
+    ours = [r["latencies_ms"] for r in served]
+    # Two plans a few percent apart differ by less than a noisy stream's bursts; the same
+    # requests in the same order pair the bursts, so the interval shows the plans.
+    low, high = paired_quantile_ratio_interval(theirs, ours, quantile=None)
+    # Pooled like the interval's draws: a ratio of the rounds' medians can fall outside it.
+    ratio = float(np.mean(np.concatenate(theirs))) / float(np.mean(np.concatenate(ours)))
+    verdict = "ahead" if low > 1 else "behind" if high < 1 else "level"
+    return {"speedup": ratio, "low90": low, "high90": high, "verdict": verdict}
+
+
+CONTROL_SUFFIX = "-copy"  # the A/A control's second copy (benchmark.control)
+
+
+def with_control(contenders: dict[str, Contender], control: str) -> dict[str, Contender]:
+    """``contenders`` and, when ``control`` is one of them, its copy (``control`` +
+    :data:`CONTROL_SUFFIX`): the same deployment, served through a router of its own."""
+    if not control or control not in contenders:
+        return dict(contenders)
+    source = contenders[control]
+    name = control + CONTROL_SUFFIX
+    # A new Deployment object: the benchmark compiles a router per contender, and the copy's
+    # own compile is part of what the control measures.
+    copy = dataclasses.replace(source, name=name, deployment=dataclasses.replace(source.deployment))
+    return {**contenders, name: copy}
+
+
+def control_figures(results: dict[str, list[dict]], control: str) -> dict[str, Any] | None:
+    """The A/A control on one workload (removes the copy from ``results``): the copy's
+    speedup over the policy it copies, as :func:`paired_speedup` reads it."""
+    copy = results.pop(control + CONTROL_SUFFIX, None)
+    if copy is None:
+        return None
+    return {"policy": control, **paired_speedup(results[control], copy)}
 
 
 def knn_recent_figures(rounds: list[dict]) -> dict[str, Any]:
@@ -510,6 +541,7 @@ def run_benchmark(
     """Plans every policy, serves every workload, writes benchmark.json and plots."""
     validate_config(config)
     started = time.time()
+    clock = StepClock()
     out = Path(workdir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     model = load_base_model(config.caches.checkpoint)
@@ -533,6 +565,9 @@ def run_benchmark(
         logging.warning(f"{APPARATE_ONLINE} not served: the plans hold no candidate ramps")
         names.remove(APPARATE_ONLINE)
     contenders = {n: contenders[n] for n in names}
+    control = str(config.benchmark.control)
+    if control and control not in contenders:
+        logging.warning(f"no A/A control: benchmark.control '{control}' is not served")
     if ONLINE in contenders:
         settings = OnlineSettings.from_config(config.online)
         # In-distribution inputs for the shift detector: the selectors' calibration half of
@@ -564,8 +599,10 @@ def run_benchmark(
             apparate_online.ApparateSettings.from_config(config),
             int(config.serving.max_group),
         )
+    clock.lap("setup")
     programs = batch1_programs(model, contenders, learners)
     misses = miss_overheads(model, contenders, 5 * int(config.planner.latency_repeats), programs)
+    clock.lap("miss_overheads")
     miss_programs = all_miss_programs(
         model,
         {name: (contenders[name].deployment, r) for name, r in programs.items()},
@@ -577,6 +614,7 @@ def run_benchmark(
     kernel_profile = kernel_profile_ms(
         miss_programs, rounds=max(4, int(config.planner.latency_repeats) // 4)
     )
+    clock.lap("kernel_profile")
     miss_figures = {
         name: (list(contenders[name].deployment.positions), misses[name]) for name in programs
     }
@@ -587,6 +625,7 @@ def run_benchmark(
     exits: dict[str, dict[str, dict[str, float]]] = {}  # workload -> policy -> position
     apparate_tunings: dict[str, Any] = {}
     against: dict[str, dict[str, Any]] = {}  # workload -> threshold policy -> gati vs it
+    controls: dict[str, dict[str, Any] | None] = {}  # workload -> the A/A control
     compiled: dict[str, Router] = {}
     compile_s: dict[str, float] = {}
     for name in config.benchmark.workloads:
@@ -606,7 +645,7 @@ def run_benchmark(
         base = predict_logits(model, workload.images).argmax(-1).astype(np.int32)
         results = serve_rounds(
             model,
-            contenders,
+            with_control(contenders, control),
             workload,
             base,
             config.serving,
@@ -621,6 +660,8 @@ def run_benchmark(
             online[name] = online_figures(results, name)
         if KNN_RECENT in results:
             recent[name] = knn_recent_figures(results[KNN_RECENT])
+        clock.lap(f"serve {name}")  # its first workload compiles every policy's programs
+        controls[name] = control_figures(results, control)
         against[name] = threshold_comparison(results)
         if APPARATE_ONLINE in results:  # what it tuned, first round
             apparate_tunings[name] = results[APPARATE_ONLINE][0]["online"]
@@ -630,6 +671,7 @@ def run_benchmark(
         latencies[name] = {
             p: np.concatenate([r["latencies_ms"] for r in rs]) for p, rs in results.items()
         }
+    compile_s.pop(control + CONTROL_SUFFIX, None)  # the control's copy is no policy
     logging.info(
         "compile time of each policy's programs (every bucket): "
         + ", ".join(f"{n} {t:.1f} s" for n, t in compile_s.items())
@@ -644,6 +686,7 @@ def run_benchmark(
         tuple(int(d) for d in config.benchmark.device_counts),
         int(config.benchmark.scaling_group),
     )
+    clock.lap("device_scaling")
     report = {
         "rows": rows,
         "workloads": streams,
@@ -656,6 +699,7 @@ def run_benchmark(
         "apparate_online": apparate_tunings,
         "knn_recent": recent,
         "gati_vs_thresholds": against,
+        "control": controls,
         "compile_s": compile_s,
         "convolution_kernels": kernels,
         "kernel_profile_ms": kernel_profile,
@@ -668,6 +712,7 @@ def run_benchmark(
             "backend": jax.default_backend(),
         },
         "seconds": round(time.time() - started, 1),
+        "step_seconds": clock.seconds,
         # The settings these results were served under, written with them
         # (scripts/summarize_runs.py compares them across runs).
         "config": json.loads(config.to_json_best_effort()),
@@ -726,7 +771,7 @@ def run_benchmark(
             f"{summary['ramp_changes']} ramp changes, ends at positions "
             f"{summary['final_positions']}"
         )
-    for line in comparison_lines(against):
+    for line in comparison_lines(against, controls):
         logging.info(line)
     for name, figures in recent.items():
         logging.info(
@@ -745,9 +790,12 @@ def run_benchmark(
                 if not isinstance(v, (list, dict))
             )
         )
+    clock.lap("write_and_plot")
     logging.info(
         f"wrote {out / 'benchmark.json'}, latency_cdf.png, agreement_vs_speedup.png"
         f"{', agreement_over_time.png, online_hit_rate_over_time.png' if online else ''} in "
-        f"{report['seconds']} s"
+        f"{time.time() - started:.1f} s ("
+        + ", ".join(f"{name} {s} s" for name, s in clock.seconds.items())
+        + ")"
     )
     return rows

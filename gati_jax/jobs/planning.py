@@ -487,8 +487,9 @@ def _confirm_chosen_costs(
 # all-miss request gets 5): between planning runs a lookup's alone timing moves more with how
 # its compiled program happens to run than with the count of calls (docs/planning.md, "What
 # timing costs"), and the plans these timings admit are timed whole, at full length, before
-# the bound is said to hold.
-ALONE_ROUNDS = 2
+# the bound is said to hold. On a deep network the scout times dozens of lookups alone, so
+# each round is a large share of planning.
+ALONE_ROUNDS = 1
 
 
 def _miss_timers(

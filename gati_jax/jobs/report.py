@@ -280,26 +280,35 @@ def _legend_lines(config: ml_collections.ConfigDict, names: list[str]) -> list[s
     return ["Rows: " + "; ".join(f"`{n}` {what[n]}" for n in known) + ".", ""]
 
 
-def comparison_lines(against: dict[str, dict[str, Any]]) -> list[str]:
+def comparison_lines(
+    against: dict[str, dict[str, Any]], controls: dict[str, dict[str, Any] | None] | None = None
+) -> list[str]:
     """gati against each threshold policy, per workload: its speedup over it, the 90% paired
-    interval and the verdict (benchmark.threshold_comparison)."""
+    interval and the verdict (benchmark.threshold_comparison); and the A/A control, where one
+    was served (benchmark.control_figures)."""
+    controls = controls or {}
     lines = []
-    for workload, figures in against.items():
-        if figures:
-            lines.append(
-                f"{workload}: "
-                + ", ".join(
-                    f"{name} {f['speedup']:.3f}x ({f['low90']:.3f}-{f['high90']:.3f}, "
-                    f"{f['verdict']})"
-                    for name, f in figures.items()
-                )
+    for workload in dict.fromkeys([*against, *controls]):
+        parts = [
+            f"{name} {f['speedup']:.3f}x ({f['low90']:.3f}-{f['high90']:.3f}, {f['verdict']})"
+            for name, f in against.get(workload, {}).items()
+        ]
+        control = controls.get(workload)
+        if control:
+            parts.append(
+                f"A/A control: {control['policy']} served twice, {control['speedup']:.3f}x "
+                f"({control['low90']:.3f}-{control['high90']:.3f}, {control['verdict']})"
             )
+        if parts:
+            lines.append(f"{workload}: " + ", ".join(parts))
     if not lines:
         return []
     return [
         "gati against each threshold policy at the same bound: gati's speedup over it (its "
         "mean latency over gati's), with a 90% interval pairing the same requests (block "
-        "bootstrap); 'level' where the interval holds 1:",
+        "bootstrap); 'level' where the interval holds 1. The A/A control is one policy "
+        "served as two separately compiled copies: how far identical programs read apart in "
+        "this serving, the noise a verdict must stand above:",
         "",
         *(f"- {line}" for line in lines),
         "",
@@ -400,7 +409,7 @@ def write_report(
         markdown_table(main),
         "",
         *_legend_lines(config, list(dict.fromkeys(r["policy"] for r in rows))),
-        *comparison_lines(bench.get("gati_vs_thresholds", {})),
+        *comparison_lines(bench.get("gati_vs_thresholds", {}), bench.get("control")),
         *_knn_recent_lines(bench.get("knn_recent", {})),
         *_compile_lines(bench.get("compile_s", {})),
         *[

@@ -62,6 +62,12 @@ def benchmark_config() -> ml_collections.ConfigDict:
         "knn-recent",
         "oracle",
     )
+    # An A/A control: this policy is also served as a second, separately compiled copy
+    # ('<policy>-copy', kept out of the tables); the copy's speedup over it, with the paired
+    # interval the comparisons use, shows how far two identical programs read apart in this
+    # serving ('' for none; a policy not in ``policies`` is not served, so neither is its
+    # copy). A policy that does not learn while it serves.
+    c.control = "confidence"
     # Rounds per (workload, policy), in rotating policy order; figures are medians over rounds.
     c.rounds = 3
     # With the virtual clock, policies serve interleaved, this many groups per turn.
@@ -72,6 +78,10 @@ def benchmark_config() -> ml_collections.ConfigDict:
     c.scaling_group = 32
     c.scaling_requests = 256
     return c
+
+
+# Policies the benchmark serves through an online learner: state a copy would not share.
+LEARNING_POLICIES = ("gati-online", "apparate-online", "knn-recent")
 
 
 def validate_benchmark(b: ml_collections.ConfigDict) -> None:
@@ -91,6 +101,13 @@ def validate_benchmark(b: ml_collections.ConfigDict) -> None:
         "benchmark.policies",
         b.policies,
         f"policies among {known}, including 'none'",
+    )
+    require(
+        b.control == "" or (b.control in known and b.control not in LEARNING_POLICIES),
+        "benchmark.control",
+        b.control,
+        f"'' or a policy among {known} that does not learn while it serves "
+        f"(not {', '.join(LEARNING_POLICIES)})",
     )
     require_at_least(b, "benchmark", ("rounds", "turn", "scaling_group", "scaling_requests"), 1)
     require(
