@@ -604,6 +604,9 @@ def test_the_aa_control_serves_a_separately_compiled_copy_and_leaves_no_row():
     assert control_figures(results, "confidence") is None
     lines = comparison_lines({}, {"video": slow, "uniform": None})
     assert len(lines) == 4 and "video: A/A control: confidence served twice, 0.962x" in lines[2]
+    # Copies told apart: how far a verdict must stand from 1 on that stream is said.
+    assert lines[2].endswith("behind); a verdict within 3.8% of 1 is noise on this stream")
+    assert "noise on this stream" not in comparison_lines({}, {"uniform": control})[2]
 
 
 def test_interleaved_turns_rotate_predecessors_with_a_seed():
