@@ -16,14 +16,19 @@ class StepClock:
     the time since the last lap (or since the clock started) to ``name``."""
 
     def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+        self._seconds: dict[str, float] = {}
         self._last = time.time()
 
     def lap(self, name: str) -> None:
         """Books the time since the last lap to step ``name`` (added to what it had)."""
         now = time.time()
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 1)
+        self._seconds[name] = self._seconds.get(name, 0.0) + now - self._last
         self._last = now
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Seconds of each step so far, to a tenth."""
+        return {name: round(s, 1) for name, s in self._seconds.items()}
 
 
 def measure_latency(

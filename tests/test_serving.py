@@ -563,25 +563,43 @@ def test_gati_against_each_threshold_policy_says_ahead_level_or_behind():
 
 
 def test_the_aa_control_serves_a_separately_compiled_copy_and_leaves_no_row():
-    from gati_jax.jobs.benchmark import Contender, control_figures, with_control
+    from conftest import tiny_mlp_model
+
+    from gati_jax.data.workloads import Workload
+    from gati_jax.jobs.benchmark import Contender, control_figures, serve_rounds, with_control
     from gati_jax.jobs.report import comparison_lines
     from gati_jax.runtime.deployment import Deployment
+    from gati_jax.serving.config import serving_config
 
-    deployment = Deployment("confidence", (1,), ("head",), ({"w": 1},), np.ones(1, np.float32))
-    contenders = {
-        "none": Contender("none", Deployment("none", (), (), (), np.zeros(0)), None, 0),
-        "confidence": Contender("confidence", deployment, None, 10),
-    }
-    served = with_control(contenders, "confidence")
-    assert list(served) == ["none", "confidence", "confidence-copy"]
-    copy = served["confidence-copy"]
-    # Its own Deployment object (so its own router and compile), the same caches.
-    assert copy.deployment is not deployment
-    for field in ("policy", "positions", "heads", "params", "thresholds"):
-        assert getattr(copy.deployment, field) is getattr(deployment, field)
-    assert copy.name == "confidence-copy" and copy.cache_bytes == 10
+    none = Deployment("none", (), (), (), np.zeros(0, np.float32))
+    contenders = {"none": Contender("none", none, None, 0)}
+    served = with_control(contenders, "none")
+    assert list(served) == ["none", "none-copy"]
+    assert served["none-copy"].deployment is none and served["none-copy"].name == "none-copy"
     assert with_control(contenders, "") == contenders
     assert with_control(contenders, "entropy") == contenders  # not served: no copy
+    # Served, the copy runs through a router compiled for it alone.
+    model = tiny_mlp_model()
+    n = 24
+    images = np.random.default_rng(3).integers(0, 256, (n, 6, 6, 1), dtype=np.uint8)
+    workload = Workload(
+        name="uniform",
+        ids=np.arange(n),
+        images=images,
+        labels=np.zeros(n, np.int32),
+        arrivals=np.arange(n) * 0.01,
+        segments=np.zeros(n, np.int32),
+        corrupted=np.zeros(n, bool),
+        source_index=np.full(n, -1),
+        corruption=np.full(n, "", dtype="<U16"),
+    )
+    compiled = {}
+    results = serve_rounds(
+        model, served, workload, np.zeros(n, np.int32), serving_config(), 1, 8, 2, None, compiled
+    )
+    assert compiled["none-copy"] is not compiled["none"]
+    assert results["none-copy"][0]["agreement"] == results["none"][0]["agreement"]
+    assert control_figures(results, "none")["policy"] == "none" and list(results) == ["none"]
 
     rng = np.random.default_rng(7)
     base = [rng.lognormal(0.0, 0.4, 2000) for _ in range(2)]

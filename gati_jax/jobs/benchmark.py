@@ -483,15 +483,12 @@ CONTROL_SUFFIX = "-copy"  # the A/A control's second copy (benchmark.control)
 
 def with_control(contenders: dict[str, Contender], control: str) -> dict[str, Contender]:
     """``contenders`` and, when ``control`` is one of them, its copy (``control`` +
-    :data:`CONTROL_SUFFIX`): the same deployment, served through a router of its own."""
+    :data:`CONTROL_SUFFIX`): the same deployment under another name, which
+    :func:`serve_rounds` serves through a router of its own (it keeps one per name)."""
     if not control or control not in contenders:
         return dict(contenders)
-    source = contenders[control]
     name = control + CONTROL_SUFFIX
-    # A new Deployment object: the benchmark compiles a router per contender, and the copy's
-    # own compile is part of what the control measures.
-    copy = dataclasses.replace(source, name=name, deployment=dataclasses.replace(source.deployment))
-    return {**contenders, name: copy}
+    return {**contenders, name: dataclasses.replace(contenders[control], name=name)}
 
 
 def control_figures(results: dict[str, list[dict]], control: str) -> dict[str, Any] | None:
@@ -790,7 +787,7 @@ def run_benchmark(
                 if not isinstance(v, (list, dict))
             )
         )
-    clock.lap("write_and_plot")
+    clock.lap("write_and_plot")  # after the JSON is written: in the log's figures alone
     logging.info(
         f"wrote {out / 'benchmark.json'}, latency_cdf.png, agreement_vs_speedup.png"
         f"{', agreement_over_time.png, online_hit_rate_over_time.png' if online else ''} in "

@@ -490,6 +490,10 @@ def _confirm_chosen_costs(
 # the bound is said to hold. On a deep network the scout times dozens of lookups alone, so
 # each round is a large share of planning.
 ALONE_ROUNDS = 1
+# Rounds per profile repeat of the comparators' plans, timed whole in one batch: the figure
+# that holds each comparator to its bound when it is within it, so it keeps more rounds than
+# a lookup alone (ours gets 5 per repeat; a few plans, not dozens of lookups).
+COMPARATOR_ROUNDS = 2
 
 
 def _miss_timers(
@@ -624,7 +628,7 @@ def _hold_comparators(
         inputs.model,
         [plan_deployment(plans[index[m]], inputs.bank) for m in HELD_COMPARATORS],
         int(planner.group_size),
-        ALONE_ROUNDS * int(planner.latency_repeats),
+        COMPARATOR_ROUNDS * int(planner.latency_repeats),
     )
     record: dict[str, Any] = {}
     for (policy, method), measured in zip(HELD_COMPARATORS, first):

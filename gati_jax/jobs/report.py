@@ -309,16 +309,20 @@ def comparison_lines(
             lines.append(f"{workload}: " + ", ".join(parts))
     if not lines:
         return []
-    return [
-        "gati against each threshold policy at the same bound: gati's speedup over it (its "
-        "mean latency over gati's), with a 90% interval pairing the same requests (block "
-        "bootstrap); 'level' where the interval holds 1. The A/A control is one policy "
-        "served as two separately compiled copies: how far identical programs read apart in "
-        "this serving, the noise a verdict must stand above:",
-        "",
-        *(f"- {line}" for line in lines),
-        "",
-    ]
+    intro = []
+    if any(against.values()):
+        intro.append(
+            "gati against each threshold policy at the same bound: gati's speedup over it (its "
+            "mean latency over gati's), with a 90% interval pairing the same requests (block "
+            "bootstrap); 'level' where the interval holds 1."
+        )
+    if any(controls.values()):
+        intro.append(
+            "The A/A control is one policy served as two separately compiled copies, with the "
+            "same interval: how far identical programs read apart in this serving, the noise a "
+            "verdict must stand above."
+        )
+    return [" ".join(intro), "", *(f"- {line}" for line in lines), ""]
 
 
 def _scaling_section(rows: list[dict[str, Any]]) -> list[str]:

@@ -80,14 +80,10 @@ def benchmark_config() -> ml_collections.ConfigDict:
     return c
 
 
-# Policies the benchmark serves through an online learner: state a copy would not share.
-LEARNING_POLICIES = ("gati-online", "apparate-online", "knn-recent")
-
-
 def validate_benchmark(b: ml_collections.ConfigDict) -> None:
     """Checks the ``benchmark`` section against the registered workloads and policies."""
     from gati_jax.data.workloads import available_workloads
-    from gati_jax.runtime.config import served_policy_names
+    from gati_jax.runtime.config import SERVED_VARIANTS, served_policy_names
 
     known = served_policy_names()
     require(
@@ -103,11 +99,13 @@ def validate_benchmark(b: ml_collections.ConfigDict) -> None:
         f"policies among {known}, including 'none'",
     )
     require(
-        b.control == "" or (b.control in known and b.control not in LEARNING_POLICIES),
+        # The variants learn while they serve (so does gati-online, never listed here): a
+        # copy would not share their state.
+        b.control == "" or (b.control in known and b.control not in SERVED_VARIANTS),
         "benchmark.control",
         b.control,
         f"'' or a policy among {known} that does not learn while it serves "
-        f"(not {', '.join(LEARNING_POLICIES)})",
+        f"(not {', '.join(SERVED_VARIANTS)})",
     )
     require_at_least(b, "benchmark", ("rounds", "turn", "scaling_group", "scaling_requests"), 1)
     require(
