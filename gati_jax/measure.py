@@ -25,6 +25,14 @@ class StepClock:
         self._seconds[name] = self._seconds.get(name, 0.0) + now - self._last
         self._last = now
 
+    def run(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``, its time alone booked to step ``name`` (what ran since the last lap
+        goes to no step)."""
+        self._last = time.time()
+        out = fn(*args)
+        self.lap(name)
+        return out
+
     @property
     def seconds(self) -> dict[str, float]:
         """Seconds of each step so far, to a tenth."""

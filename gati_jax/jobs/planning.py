@@ -26,6 +26,7 @@ from gati_jax.config import ConfigError, validate_config
 from gati_jax.evaluation import model_data_config
 from gati_jax.experiments.plots import plot_plan_tradeoff
 from gati_jax.inference import BaseModel
+from gati_jax.measure import StepClock
 from gati_jax.planner import apparate, certify, search
 from gati_jax.planner.build import (
     build_instance,
@@ -1007,13 +1008,8 @@ def run_planning(
     started = time.time()
     workdir_path = Path(workdir).absolute()
     workdir_path.mkdir(parents=True, exist_ok=True)
-    steps: dict[str, float] = {}  # seconds of each step, for plan.json and the log
-
-    def step(name: str, fn: Callable, *args):
-        begun = time.time()
-        out = fn(*args)
-        steps[name] = round(time.time() - begun, 1)
-        return out
+    clock = StepClock()  # seconds of each step, for plan.json and the log
+    step = clock.run
 
     inputs = step("inputs", _load_inputs, config, workdir_path, bank_dir)
     instances, plans = step("search", _plan_all, inputs, planner)
@@ -1082,7 +1078,7 @@ def run_planning(
             float(planner.apparate_tail_budget),
         ).to_json(),
         "seconds": round(time.time() - started, 1),
-        "step_seconds": steps,
+        "step_seconds": clock.seconds,
     }
     (workdir_path / "plan.json").write_text(json.dumps(result, indent=1) + "\n")
     plot_plan_tradeoff(sweep, workdir_path / "plan_tradeoff.png")
