@@ -307,8 +307,8 @@ def test_the_frontier_is_drawn_at_the_strictest_target_anything_hits():
 
 def test_fixed_selectors_score_monotone_functions_of_max_softmax_and_entropy():
     """The softmax and entropy selectors are the Selector network with fixed weights: their
-    scores order requests exactly as the predictor's max softmax (negated entropy) does, and
-    resolve them as finely as float32 holds them."""
+    scores order requests as the predictor's max softmax (negated entropy) does, as finely as
+    float32 holds them."""
     from gati_jax.caches.selector import FIXED_SLOPE
     from gati_jax.caches.training import fixed_selectors
 
@@ -323,7 +323,12 @@ def test_fixed_selectors_score_monotone_functions_of_max_softmax_and_entropy():
     ):
         scores = selector_scores(fixed_selectors(kind, 1, 16), logits, hp, kind)[0]
         order = np.argsort(reference, kind="stable")
-        assert np.all(np.diff(scores[order]) >= 0), kind
+        # Monotone wherever float32 can tell the two references apart: the float32 entropy of
+        # two requests whose float64 entropies differ by 1e-8 may come out in either order.
+        apart = np.diff(reference[order]) > 4 * np.finfo(np.float32).eps * np.abs(
+            reference[order][1:]
+        )
+        assert np.all((np.diff(scores[order]) >= 0) | ~apart), kind
         ties = np.sum(np.diff(scores[order]) == 0)
         if kind == "softmax":  # ties exactly where float32 ties the max softmax itself
             assert ties == np.sum(np.diff(reference[order]) == 0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import fc_caches
 
-from gati_jax.planner import costs
+from gati_jax.planner import build, costs
 from gati_jax.planner.costs import load_or_measure
 from gati_jax.runtime import policy_builder
 from gati_jax.training.checkpointing import load_base_model
@@ -173,6 +173,58 @@ def test_router_charge_is_what_lookups_cost_less_together_and_is_stored(mlp, tmp
     del again.deploy_s["gati"]
     costs.save_profile(path, again)
     assert load_or_measure(path, mlp, lookups).deploy_s["gati"] == pytest.approx(3.5e-4)
+
+
+def test_a_program_is_timed_at_a_few_of_its_positions_spread_and_turned():
+    profile = costs.Profile("cpu", "cpu", 1, "m", [1e-3] * 10, {})
+    lookups, programs = {}, {}
+    for v in range(4):  # four programs at positions 0..9, two seeds at each position
+        for p in range(10):
+            for seed in (0, 1):
+                key = f"gati/p{p}/v{v}/s{seed}"
+                lookups[key], programs[key] = (p, None, None, "gati"), f"gati/v{v}/shape"
+    lookups["knn/p3"] = (3, None, None, "knn")  # no program: timed
+    chosen = costs.lookups_to_time(lookups, profile, programs, 3)
+    assert "knn/p3" in chosen
+    at = {v: sorted(lookups[k][0] for k in chosen if f"/v{v}/" in k) for v in range(4)}
+    # Three positions each, one seed per position, spread and turned between programs...
+    assert at == {0: [0, 3, 6], 1: [1, 4, 7], 2: [2, 5, 8], 3: [3, 6, 9]}
+    assert all(k.endswith("/s0") for k in chosen if k != "knn/p3")
+    # ...so every position has a timed lookup for the router's charges.
+    assert {p for ps in at.values() for p in ps} == set(range(10))
+    # 0 times every lookup; positions timed already count towards a program's share.
+    assert costs.lookups_to_time(lookups, profile, programs, 0) == lookups
+    for table in (profile.lookup_s, profile.exit_s):
+        table.update({"gati/p5/v0/s1": 1e-4, "gati/p9/v0/s0": 1e-4})
+    again = costs.lookups_to_time(lookups, profile, programs, 3)
+    assert [k for k in again if "/v0/" in k] == ["gati/p0/v0/s0"]
+
+
+def test_a_profile_times_a_programs_share_and_the_planner_prices_the_rest_alike(
+    mlp, tmp_path, monkeypatch
+):
+    lookups = _lookups(mlp)
+    programs = {k: k.split("/")[0] for k in lookups}  # each kind one program at p0 and p1
+    measured = []
+    monkeypatch.setattr(costs, "measure_prefixes", lambda model, g, r, rotate=0: [1e-3] * 3)
+    monkeypatch.setattr(
+        costs,
+        "measure_cache_cost",
+        lambda *a, **k: measured.append(a[1]) or costs.LookupCost(3e-4, 1e-4, 1e-3),
+    )
+    profile = load_or_measure(tmp_path / "p.json", mlp, lookups, programs=programs, per_program=1)
+    assert sorted(profile.lookup_s) == ["classifier/p0", "gati/p1"] and measured == [0, 1]
+    # One timed position: no router of two to take the charges from.
+    assert profile.charge_from == {"classifier": ["classifier/p0"], "gati": ["gati/p1"]}
+    assert profile.router_s == {"classifier": 0.0, "gati": 0.0}
+    # An instance built on the untimed lookup alone prices it at its program's timings.
+    same = build._with_profiled(profile, ["gati/p0"], "gati")
+    assert same == ["gati/p0", "gati/p1"]
+    assert build._pooled(profile, profile.marginal, same) == pytest.approx(3e-4)
+    # Loaded again, nothing is missing: the untimed lookup is priced, not measured.
+    measured.clear()
+    again = load_or_measure(tmp_path / "p.json", mlp, lookups, programs=programs, per_program=1)
+    assert measured == [] and again.programs == programs
 
 
 def test_costs_are_kept_at_the_scale_of_the_profiles_plain_network(mlp, monkeypatch):

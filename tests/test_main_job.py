@@ -485,3 +485,33 @@ def test_report_says_which_plan_gati_deploys():
     assert "gati deploys confidence's plan" in line
     assert "its own plan" in _choice_lines(choice | {"chosen": "gati"})[0]
     assert _choice_lines(None) == [] and _choice_lines(choice | {"candidates": {}}) == []
+
+
+def test_planning_times_a_few_positions_of_each_program_and_prices_the_rest(explored, tmp_path):
+    """Planning with one timed position per lookup program: the profile prices the other
+    lookups at their program's timing, every plan (the exhaustive comparator's too, on a
+    subset of positions) is priced, and what the chosen plan deploys is timed."""
+    from gati_jax.jobs import planning
+    from gati_jax.planner.costs import Profile, _read_profiles, lookup_kind
+
+    _, workdir, _ = explored
+    config = smoke_config()
+    config.planner.timings_per_program = 1
+    config.planner.exhaustive_positions = 1  # a subset: its program may be timed elsewhere
+    out = tmp_path / "one_timing"
+    result = planning.run_planning(config, str(out), str(workdir / "cache_bank"))
+    (stored,) = _read_profiles(out / "profile.json").values()
+    profile = Profile(**stored)
+    by_program: dict[str, list[str]] = {}
+    for key, program in profile.programs.items():
+        by_program.setdefault(program, []).append(key)
+    assert any(len(keys) > 1 for keys in by_program.values())
+    untimed = [k for k in profile.programs if k not in profile.lookup_s]
+    assert untimed, "some lookups are priced at their program's timing, not timed"
+    assert all(any(k in profile.lookup_s for k in keys) for keys in by_program.values())
+    # Whatever the plan deploys was timed at its own position (confirmed after the choice).
+    chosen = result["chosen"]
+    kind = lookup_kind(chosen["policy"])
+    assert {f"{kind}/{c}" for c in chosen["candidates"]} <= set(profile.lookup_s)
+    assert set(profile.confirmed) <= set(profile.lookup_s)
+    assert result["exhaustive_check"]["exhaustive_ms"] > 0

@@ -31,6 +31,7 @@ from gati_jax.planner import apparate, certify, search
 from gati_jax.planner.build import (
     build_instance,
     build_knn_instance,
+    candidate_programs,
     knn_lookups,
     knn_stores,
     plan_candidates,
@@ -423,6 +424,8 @@ def _load_inputs(config: ml_collections.ConfigDict, workdir: Path, bank_dir: str
         int(planner.group_size),
         int(planner.latency_repeats),
         bool(planner.remeasure),
+        candidate_programs(candidates, ("gati", "confidence")),
+        int(planner.timings_per_program),
     )
     return _Inputs(
         model, bank, feasibility, planning, candidates, stores, head, lookups, profile, profile_path

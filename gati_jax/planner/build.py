@@ -91,6 +91,13 @@ def lookup_program(candidate: Candidate, kind: str) -> str:
     return f"{kind}/{name}/f{candidate.pool_factor}/{shape}"
 
 
+def candidate_programs(candidates: Sequence[Candidate], policies: Sequence[str]) -> dict[str, str]:
+    """Profile key -> :func:`lookup_program` of each candidate's lookup under each policy's
+    lookup kind (the keys of costs.candidate_lookups)."""
+    kinds = sorted({lookup_kind(p) for p in policies})
+    return {f"{kind}/{c.key}": lookup_program(c, kind) for kind in kinds for c in candidates}
+
+
 def same_program(programs: Mapping[str, str]) -> dict[str, list[str]]:
     """For each key of ``programs`` (key -> :func:`lookup_program`), the keys (itself
     included) of the same program."""
@@ -106,6 +113,13 @@ def _pooled(profile: Profile, cost: Callable[[str], float], keys: Sequence[str])
     came out lowest (the winner's curse, once per copy); their median is one estimate."""
     timed = [k for k in keys if k in profile.lookup_s]
     return float(np.median([cost(k) for k in timed])) if timed else cost(keys[0])
+
+
+def _with_profiled(profile: Profile, keys: list[str], program: str) -> list[str]:
+    """``keys`` (one program's) and every other lookup the profile knows of that program:
+    a profile times a program at a few positions (costs.lookups_to_time), which need not
+    be among the candidates an instance is built on."""
+    return keys + [k for k, p in sorted(profile.programs.items()) if p == program and k not in keys]
 
 
 def policy_threshold(policy: str, score_threshold: float) -> float:
@@ -186,7 +200,9 @@ def build_instance(
         for c in (c for c in candidates if c.position == p):
             scores, answers = exit_scores(policy, c, bank, recording.features[p], logits_cache)
             levels = grid[c.key] if isinstance(grid, dict) else threshold_grid(scores, grid)
-            same = [f"{kind}/{k}" for k in siblings[c.key]]
+            same = _with_profiled(
+                profile, [f"{kind}/{k}" for k in siblings[c.key]], programs[c.key]
+            )
             opts.append(
                 Option(
                     c.key,
@@ -222,6 +238,8 @@ def reprice(instance: Instance, profile: Profile, kind: str) -> Instance:
 
     def option(o: Option) -> Option:
         same = [f"{kind}/{k}" for k in siblings[o.key]]
+        if o.program:
+            same = _with_profiled(profile, same, o.program)
         return dataclasses.replace(
             o,
             lookup_s=_pooled(profile, profile.marginal, same),

@@ -56,6 +56,12 @@ def planner_config() -> ml_collections.ConfigDict:
     c.profile = ""
     c.remeasure = False
     c.latency_repeats = 20
+    # Positions timed per lookup program (one predictor architecture on one activation shape:
+    # the planner prices its lookups at the median of their timings, planner/build.py); the
+    # rest are priced at those timings, and a lookup a plan chooses is timed at its own
+    # position before planning ends (confirm_rounds). On a deep network a program sits at a
+    # dozen positions and each timing compiles a whole-network router. 0: every lookup.
+    c.timings_per_program = 3
     # Rounds of "measure the lookups our plans chose once more, and the router's charges on
     # the router they chose, plan again" (0: off): a plan favours lookups whose one
     # measurement came out low (the winner's curse), and the charges depend on which caches
@@ -103,7 +109,7 @@ def validate_planner(p: ml_collections.ConfigDict) -> None:
         ),
         1,
     )
-    require_at_least(p, "planner", ("confirm_rounds", "miss_rounds"), 0)
+    require_at_least(p, "planner", ("confirm_rounds", "miss_rounds", "timings_per_program"), 0)
     require_at_least(p, "planner", ("apparate_ramps",), 1)
     require(p.choice_margin >= 0, "planner.choice_margin", p.choice_margin, ">= 0")
     require(

@@ -17,13 +17,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from tqdm.auto import tqdm
 
 from gati_jax import data
@@ -89,6 +90,9 @@ class Profile:
     deploy_s: dict[str, float] = dataclasses.field(default_factory=dict)
     # Lookup kind -> the lookups of the router the charges were last measured on.
     charge_from: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    # "kind/candidate key" -> what its lookup computes (planner/build.py: lookup_program):
+    # a lookup never timed is priced at the timings of its program's (lookups_to_time).
+    programs: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -517,14 +521,14 @@ def measure_router_charge(
     five deployed positions cost 33% more than the model without a per-cache charge said.
     The model: a one-cache cost is ``fixed + per_cache + own``, a router of m lookups costs
     ``fixed + m * per_cache + sum(own)`` to every request plus the lookups it passes. One
-    lookup per position (the first key) goes into one router, timed never hitting (then
+    timed lookup per position (the first key) goes into one router, timed never hitting (then
     ``fixed = (sum(one-cache) - joint) / (m - 1)``) and exiting at its first lookup beside
     the stages through it (then ``per_cache = (exit - one-cache exit) / (m - 1)``; without
     ``exit_s``, the one-cache exit costs, or where no threshold forces the exit: 0). Fewer
     than two positions: zeros. ``plain_s``: the scale of ``lookup_s`` and ``exit_s`` (see
     :meth:`LookupCost.scaled`); None: as measured.
     """
-    keys = _router_keys(lookups)
+    keys = _router_keys(lookups, lookup_s)
     if len(keys) < 2:
         return RouterCharge(0.0, 0.0)
     positions = tuple(lookups[k][0] for k in keys)
@@ -571,10 +575,13 @@ def charges_from(
     return RouterCharge(fixed, per_cache)
 
 
-def _router_keys(lookups: dict[str, tuple[int, Decide, Any, str]]) -> list[str]:
-    """One lookup per position (the first key), by position: a charge router's lookups."""
+def _router_keys(
+    lookups: dict[str, tuple[int, Decide, Any, str]], timed: Collection[str]
+) -> list[str]:
+    """One timed lookup per position (the first timed key), by position: a charge router's
+    lookups (a position none of whose lookups was timed is left out)."""
     first: dict[int, str] = {}
-    for key in sorted(lookups):
+    for key in sorted(k for k in lookups if k in timed):
         first.setdefault(lookups[key][0], key)
     return [first[p] for p in sorted(first)]
 
@@ -593,7 +600,7 @@ def record_router_charge(
         model, lookups, profile.lookup_s, group_size, repeats, profile.prefix_s[-1], profile.exit_s
     )
     profile.router_s[kind], profile.deploy_s[kind] = charge
-    profile.charge_from[kind] = _router_keys(lookups)
+    profile.charge_from[kind] = _router_keys(lookups, profile.lookup_s)
 
 
 def confirm_lookups(
@@ -734,6 +741,53 @@ def candidate_lookups(
     return lookups
 
 
+def lookups_to_time(
+    lookups: dict[str, tuple[int, Decide, Any, str]],
+    profile: Profile,
+    programs: Mapping[str, str] | None = None,
+    per_program: int = 0,
+) -> dict[str, tuple[int, Decide, Any, str]]:
+    """The lookups ``profile`` lacks a timing of (miss, and exit where a threshold forces
+    one), except that of the lookups of one program (``programs``: key -> what it computes,
+    planner/build.py: lookup_program) only ``per_program`` positions are timed in all.
+
+    The planner prices a program's lookups at the median of their timings, not each at its
+    own (build.py: a lookup's timing is a difference of two whole-network timings, noisier
+    than the lookup); on a deep network one program sits at a dozen positions of one
+    activation shape, and timing each compiles a whole-network router. The positions timed
+    are spread over the program's and turned from one program of those positions to the
+    next, so that the router's charges find a timed lookup at nearly every position.
+    ``per_program`` 0, or a key without a program: timed."""
+
+    def timed(key: str) -> bool:
+        return key in profile.lookup_s and (lookups[key][3] not in _ALWAYS or key in profile.exit_s)
+
+    out = {
+        k: v
+        for k, v in lookups.items()
+        if not timed(k) and (per_program <= 0 or programs is None or k not in programs)
+    }
+    if per_program <= 0 or programs is None:
+        return out
+    at: dict[str, dict[int, list[str]]] = {}  # program -> position -> its keys
+    for key in sorted(k for k in lookups if k in programs):
+        at.setdefault(programs[key], {}).setdefault(lookups[key][0], []).append(key)
+    turns: dict[tuple[int, ...], int] = {}
+    for program in sorted(at):
+        positions = sorted(at[program])
+        turn = turns.get(tuple(positions), 0)
+        turns[tuple(positions)] = turn + 1
+        rest = [p for p in positions if not any(timed(k) for k in at[program][p])]
+        want = min(per_program - (len(positions) - len(rest)), len(rest))
+        if want <= 0:
+            continue
+        stride = len(rest) // want
+        for i in range(want):
+            key = at[program][rest[(turn + i * stride) % len(rest)]][0]
+            out[key] = lookups[key]
+    return out
+
+
 def load_or_measure(
     path: str | Path,
     model: BaseModel,
@@ -741,11 +795,14 @@ def load_or_measure(
     group_size: int = 1,
     repeats: int = 100,
     remeasure: bool = False,
+    programs: Mapping[str, str] | None = None,
+    per_program: int = 0,
 ) -> Profile:
     """The profile for this backend and model from ``path``, measuring whatever it lacks.
 
     ``lookups`` maps profile keys to (position, decide, params, policy), e.g. from
-    :func:`candidate_lookups`.
+    :func:`candidate_lookups`; ``programs`` and ``per_program``: see
+    :func:`lookups_to_time`.
     """
     path = Path(path)
     stored = _read_profiles(path) if path.is_file() else {}
@@ -764,12 +821,17 @@ def load_or_measure(
         profile = Profile(**entry)
     if not profile.prefix_s:
         add_prefix_trial(profile, model, repeats)
+    profile.programs.update(programs or {})
     # Profiles written before exits were timed lack them: those lookups are measured anew.
-    missing = {
-        k: v
-        for k, v in lookups.items()
-        if k not in profile.lookup_s or (v[3] in _ALWAYS and k not in profile.exit_s)
-    }
+    missing = lookups_to_time(lookups, profile, programs, per_program)
+    if len(missing) < len(lookups):
+        logging.info(
+            "profiling %d of %d lookups (the rest are timed already, or priced at their "
+            "program's timings: planner.timings_per_program=%d)",
+            len(missing),
+            len(lookups),
+            per_program,
+        )
     # The prefixes are timed again halfway through the lookups and after them: trials
     # spread over the minutes the lookups take, pooled (see prefixes_from_trials).
     keys = list(missing)
