@@ -59,8 +59,8 @@ def planner_config() -> ml_collections.ConfigDict:
     # Positions timed per lookup program (one predictor architecture on one activation shape:
     # the planner prices its lookups at the median of their timings, planner/build.py); the
     # rest are priced at those timings, and a lookup a plan chooses is timed at its own
-    # position before planning ends (confirm_rounds). On a deep network a program sits at a
-    # dozen positions and each timing compiles a whole-network router. 0: every lookup.
+    # position in the confirmation rounds (confirm_rounds). On a deep network a program sits
+    # at a dozen positions and each timing compiles a whole-network router. 0: every lookup.
     c.timings_per_program = 3
     # Rounds of "measure the lookups our plans chose once more, and the router's charges on
     # the router they chose, plan again" (0: off): a plan favours lookups whose one
