@@ -91,7 +91,7 @@ class Profile:
     # Lookup kind -> the lookups of the router the charges were last measured on.
     charge_from: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     # "kind/candidate key" -> what its lookup computes (planner/build.py: lookup_program):
-    # a lookup never timed is priced at the timings of its program's (lookups_to_time).
+    # a lookup never timed is priced at its program's timings (lookups_to_time).
     programs: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
