@@ -218,7 +218,7 @@ def test_a_profile_times_a_programs_share_and_the_planner_prices_the_rest_alike(
     assert profile.charge_from == {"classifier": ["classifier/p0"], "gati": ["gati/p1"]}
     assert profile.router_s == {"classifier": 0.0, "gati": 0.0}
     # An instance built on the untimed lookup alone prices it at its program's timings.
-    same = build._with_profiled(profile, ["gati/p0"], "gati")
+    same = build._program_siblings(profile, "gati", {"p0": "gati"})["p0"]
     assert same == ["gati/p0", "gati/p1"]
     assert build._pooled(profile, profile.marginal, same) == pytest.approx(3e-4)
     # Loaded again, nothing is missing: the untimed lookup is priced, not measured.

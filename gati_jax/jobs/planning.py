@@ -414,9 +414,9 @@ def _load_inputs(config: ml_collections.ConfigDict, workdir: Path, bank_dir: str
     candidates = plan_candidates(bank, planner.candidates)
     stores, head = knn_setup(config, model, bank, dataset)
     profile_path = planner.profile or workdir / "profile.json"
-    lookups = candidate_lookups(bank, candidates, ("gati", "confidence")) | knn_lookups(
-        stores, head
-    )
+    # One lookup kind each: gati's, and the threshold policies' (lookup_kind).
+    kinds = ("gati", "confidence")
+    lookups = candidate_lookups(bank, candidates, kinds) | knn_lookups(stores, head)
     profile = load_or_measure(
         profile_path,
         model,
@@ -424,7 +424,7 @@ def _load_inputs(config: ml_collections.ConfigDict, workdir: Path, bank_dir: str
         int(planner.group_size),
         int(planner.latency_repeats),
         bool(planner.remeasure),
-        candidate_programs(candidates, ("gati", "confidence")),
+        candidate_programs(candidates, kinds),
         int(planner.timings_per_program),
     )
     return _Inputs(

@@ -115,11 +115,17 @@ def _pooled(profile: Profile, cost: Callable[[str], float], keys: Sequence[str])
     return float(np.median([cost(k) for k in timed])) if timed else cost(keys[0])
 
 
-def _with_profiled(profile: Profile, keys: list[str], program: str) -> list[str]:
-    """``keys`` (one program's) and every other lookup the profile knows of that program:
-    a profile times a program at a few positions (costs.lookups_to_time), which need not
-    be among the candidates an instance is built on."""
-    return keys + [k for k, p in sorted(profile.programs.items()) if p == program and k not in keys]
+def _program_siblings(
+    profile: Profile, kind: str, programs: Mapping[str, str]
+) -> dict[str, list[str]]:
+    """For each candidate key of ``programs`` (key -> :func:`lookup_program`; "": its own),
+    the profile keys of lookups of its program: the instance's first, then every other the
+    profile knows of (a profile times a program at a few positions, costs.lookups_to_time,
+    which need not be among the candidates an instance is built on)."""
+    keyed = {f"{kind}/{k}": p or f"{kind}/{k}" for k, p in programs.items()}
+    known = {k: p for k, p in profile.programs.items() if k not in keyed}
+    groups = same_program({**keyed, **known})
+    return {k: groups[f"{kind}/{k}"] for k in programs}
 
 
 def policy_threshold(policy: str, score_threshold: float) -> float:
@@ -193,16 +199,14 @@ def build_instance(
     positions = tuple(sorted({c.position for c in candidates}))
     kind = lookup_kind(policy)
     programs = {c.key: lookup_program(c, kind) for c in candidates}
-    siblings = same_program(programs)
+    siblings = _program_siblings(profile, kind, programs)
     options = []
     for p in positions:
         opts = []
         for c in (c for c in candidates if c.position == p):
             scores, answers = exit_scores(policy, c, bank, recording.features[p], logits_cache)
             levels = grid[c.key] if isinstance(grid, dict) else threshold_grid(scores, grid)
-            same = _with_profiled(
-                profile, [f"{kind}/{k}" for k in siblings[c.key]], programs[c.key]
-            )
+            same = siblings[c.key]
             opts.append(
                 Option(
                     c.key,
@@ -234,12 +238,12 @@ def reprice(instance: Instance, profile: Profile, kind: str) -> Instance:
     """``instance`` with its costs (prefixes, lookups, exits, the router's charges) read again
     from ``profile`` for lookups of ``kind``; scores, grids and memory stay, so re-planning
     after a profile changed does not score every request again."""
-    siblings = same_program({o.key: o.program or o.key for opts in instance.options for o in opts})
+    siblings = _program_siblings(
+        profile, kind, {o.key: o.program for opts in instance.options for o in opts}
+    )
 
     def option(o: Option) -> Option:
-        same = [f"{kind}/{k}" for k in siblings[o.key]]
-        if o.program:
-            same = _with_profiled(profile, same, o.program)
+        same = siblings[o.key]
         return dataclasses.replace(
             o,
             lookup_s=_pooled(profile, profile.marginal, same),
