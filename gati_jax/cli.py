@@ -1,5 +1,6 @@
 """What every entry point in scripts/ shares: absl flags, logging that honours --verbosity,
-and errors a user can fix printed as one line (exit status 2), never as a traceback."""
+errors a user can fix printed as one line (exit status 2), never as a traceback, and programs
+compiled once per process (gati_jax/compilation.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from absl import app, flags, logging
 
+from gati_jax.compilation import keep_compiled_programs
 from gati_jax.config_checks import ConfigError
 from gati_jax.data.errors import DataNotFoundError
 from gati_jax.integrity import IntegrityError
@@ -68,10 +70,12 @@ def _unknown_key(text: str) -> str:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    """``app.run(main)`` with one-line errors for bad flags, configs, data and artefacts."""
+    """``app.run(main)`` with one-line errors for bad flags, configs, data and artefacts, and
+    the process's compiled programs kept for it."""
 
     def wrapped(argv: list[str]) -> None:
         py_logging.getLogger("absl").addFilter(_LibraryInfoFilter())
+        keep_compiled_programs()
         try:
             main(argv)
         except USER_ERRORS as error:

@@ -1,0 +1,45 @@
+"""Programs compiled once per process: a program compiled again is loaded, not recompiled.
+
+Planning and the benchmark compile whole-network routers of the same plans in several steps
+(a plan's router is timed under the miss bound, then routed again by the measured choice and
+the cost check; a lookup's router is timed in the profile and again when a plan chooses it).
+Each step makes its own ``jax.jit``, and JAX compiles every new one anew even when its program
+is one it compiled a moment before: on a 29-stage network a second or more per router. JAX's
+persistent compilation cache is keyed by the program itself (base variables, lookups, shapes,
+compiler flags), so with it the same program compiled again loads the executable it wrote.
+Entry points keep that cache in a temporary directory of their own, removed when they exit,
+and bounded in size; a cache directory the user set (``JAX_COMPILATION_CACHE_DIR``) is left
+as it is.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+
+# Programs that compile faster than this are not worth a file (routers of a deep network take
+# seconds; small helpers milliseconds).
+MIN_COMPILE_S = 0.5
+# A planning run of the ResNet-56 writes a few hundred executables of a few MB each.
+MAX_BYTES = 2 << 30
+
+
+def keep_compiled_programs(
+    min_compile_s: float = MIN_COMPILE_S, max_bytes: int = MAX_BYTES
+) -> Path:
+    """Turns on JAX's compilation cache for this process, in a temporary directory removed at
+    exit (or the user's own, if one is set); returns the directory. Call it before the first
+    compilation: JAX decides whether to use the cache once."""
+    configured = jax.config.jax_compilation_cache_dir
+    if configured:
+        return Path(configured)
+    directory = tempfile.mkdtemp(prefix="gati_jax_compiled_")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_s))
+    jax.config.update("jax_compilation_cache_max_size", int(max_bytes))
+    return Path(directory)
