@@ -461,10 +461,11 @@ def test_lookups_of_one_computation_share_one_cost():
     """One predictor architecture on one activation shape is one program whatever its
     position, seed or (under a threshold policy, which ignores it) selector kind: the
     planner prices each at the median of their timings, so it cannot pick whichever copy
-    happened to time lowest. Under gati each selector kind is its own program (the fixed
-    kinds run bare); another shape or pooling is another program."""
+    happened to time lowest. Under gati a learned selector is a program of its own; the fixed
+    kinds run bare, so they are the threshold policies' program of the same predictor.
+    Another shape or pooling is another program."""
     from gati_jax.caches.bank import Candidate
-    from gati_jax.planner.build import _pooled, lookup_program, same_program
+    from gati_jax.planner.build import _pooled, _program_siblings, lookup_program, same_program
     from gati_jax.planner.costs import Profile
 
     def cand(position, variant, shape=(16, 8, 8), factor=1, seed=0):
@@ -483,8 +484,9 @@ def test_lookups_of_one_computation_share_one_cost():
     assert groups[keys[1]] == keys[:3] and groups[keys[3]] == [keys[3]]
     assert groups[keys[4]] == [keys[4]] and groups[keys[5]] == [keys[5]]
     gati = same_program({c.key: lookup_program(c, "gati") for c in cands})
-    assert gati[keys[0]] == [keys[0]] and gati[keys[1]] == [keys[1]]
-    assert gati[keys[2]] == [keys[2]]
+    assert gati[keys[0]] == [keys[0]] and gati[keys[1]] == keys[1:3]
+    assert lookup_program(cands[1], "gati") == lookup_program(cands[0], "classifier")
+    assert lookup_program(cands[0], "gati") != lookup_program(cands[0], "classifier")
     moved = cand(7, "pool-k1-msp", seed=2)  # another position and seed, the same program
     assert lookup_program(moved, "gati") == lookup_program(cands[1], "gati")
     profile = Profile(
@@ -498,6 +500,15 @@ def test_lookups_of_one_computation_share_one_cost():
     same = ["classifier/" + k for k in groups[keys[1]]]
     assert _pooled(profile, profile.marginal, same) == pytest.approx(30e-6)
     assert _pooled(profile, profile.marginal, same[:2]) == pytest.approx(15e-6)
+    # A fixed-selector gati lookup is priced at the threshold policies' timings of its
+    # predictor less their router's charge: its own part (a gati router adds gati's charges).
+    profile.router_s = {"classifier": 10e-6, "gati": 25e-6}
+    profile.programs = {f"classifier/{c.key}": lookup_program(c, "classifier") for c in cands}
+    msp = cands[1]
+    same = _program_siblings(profile, "gati", {msp.key: lookup_program(msp, "gati")})[msp.key]
+    assert same[0] == f"gati/{msp.key}"
+    assert sorted(same[1:]) == sorted(f"classifier/{k}" for k in keys[:3])
+    assert _pooled(profile, profile.marginal, same) == pytest.approx(20e-6)
 
 
 def test_a_recording_that_cannot_fit_names_the_key_to_raise():

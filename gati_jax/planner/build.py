@@ -7,8 +7,8 @@ classifier's max softmax, ``entropy`` the negated entropy (so its threshold is
 its own selector, whatever its kind (caches/selector.py).
 
 Lookups that compute the same thing up to parameter values (one predictor architecture on one
-activation shape, at any position, any seed; under ``gati`` with one selector kind, under a
-threshold policy with any, which it ignores) cost one median of their timings
+activation shape, at any position, any seed; under ``gati`` with a learned selector, or with a
+fixed one, which computes what a threshold policy's lookup does) cost one median of their timings
 (:func:`same_program`), not each its own: a lookup's timing is the difference of two
 whole-network timings, noisier than the lookup, and a planner choosing among separately timed
 copies of one computation picks the copy that timed lowest.
@@ -83,10 +83,15 @@ def exit_scores(
 def lookup_program(candidate: Candidate, kind: str) -> str:
     """What ``candidate``'s lookup of ``kind`` (see :func:`lookup_kind`) computes, up to
     parameter values: its predictor architecture on its activation shape and, under
-    ``gati``, its selector kind (caches/selector.py: the fixed kinds run bare; a threshold
-    policy never reads the selector). Position, seed and learning rate are not part of it."""
+    ``gati`` with a learned selector, the selector. Position, seed and learning rate are not
+    part of it; nor is a fixed selector kind, which runs bare (caches/selector.py): a
+    threshold on it is a threshold on max softmax or entropy, so such a ``gati`` lookup is the
+    threshold policies' lookup of the same predictor, one program, timed once for both."""
     spec = candidate.spec
-    name = spec.name if reads_selector(kind) else spec.predictor.name
+    if reads_selector(kind) and spec.selector == "learned":
+        name = spec.name
+    else:
+        kind, name = lookup_kind("confidence"), spec.predictor.name
     shape = "x".join(str(int(d)) for d in candidate.input_shape)
     return f"{kind}/{name}/f{candidate.pool_factor}/{shape}"
 
