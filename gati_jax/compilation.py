@@ -9,7 +9,8 @@ persistent compilation cache is keyed by the program itself (base variables, loo
 compiler flags), so with it the same program compiled again loads the executable it wrote.
 Entry points keep that cache in a temporary directory of their own, removed when they exit,
 and bounded in size; a cache directory the user set (``JAX_COMPILATION_CACHE_DIR``) is left
-as it is.
+as it is. :func:`seconds_compiling` counts what compiling has cost the process, so a job can
+say how much of each step was compilation.
 """
 
 from __future__ import annotations
@@ -20,12 +21,43 @@ import tempfile
 from pathlib import Path
 
 import jax
+from jax import monitoring
 
 # Programs that compile faster than this are not worth a file (routers of a deep network take
 # seconds; small helpers milliseconds).
 MIN_COMPILE_S = 0.5
 # A planning run of the ResNet-56 writes a few hundred executables of a few MB each.
 MAX_BYTES = 2 << 30
+# JAX's events for tracing a function, lowering it, and compiling (or loading) the program.
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+_SAVED_EVENT = "/jax/compilation_cache/compile_time_saved_sec"
+_compiling = {"seconds": 0.0, "saved": 0.0, "loaded": 0}
+
+
+def _count(event: str, seconds: float, **_: object) -> None:
+    if event in _COMPILE_EVENTS:
+        _compiling["seconds"] += seconds
+    elif event == _SAVED_EVENT:
+        _compiling["saved"] += seconds
+        _compiling["loaded"] += 1
+
+
+monitoring.register_event_duration_secs_listener(_count)
+
+
+def seconds_compiling() -> float:
+    """Seconds this process has spent tracing, lowering and compiling (or loading) programs."""
+    return _compiling["seconds"]
+
+
+def programs_loaded() -> tuple[int, float]:
+    """(programs this process loaded from its cache instead of compiling them, the seconds
+    their compilation had taken)."""
+    return _compiling["loaded"], _compiling["saved"]
 
 
 def keep_compiled_programs(

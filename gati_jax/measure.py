@@ -10,25 +10,31 @@ from typing import Any
 import jax
 import numpy as np
 
+from gati_jax.compilation import seconds_compiling
+
 
 class StepClock:
-    """Wall seconds of a job's consecutive steps, for its JSON and log: ``lap(name)`` books
-    the time since the last lap (or since the clock started) to ``name``."""
+    """Wall seconds of a job's consecutive steps, and the part of them spent compiling, for
+    its JSON and log: ``lap(name)`` books the time since the last lap (or since the clock
+    started) to ``name``."""
 
     def __init__(self) -> None:
         self._seconds: dict[str, float] = {}
+        self._compiling: dict[str, float] = {}
         self._last = time.time()
+        self._last_compiling = seconds_compiling()
 
     def lap(self, name: str) -> None:
         """Books the time since the last lap to step ``name`` (added to what it had)."""
-        now = time.time()
+        now, compiling = time.time(), seconds_compiling()
         self._seconds[name] = self._seconds.get(name, 0.0) + now - self._last
-        self._last = now
+        self._compiling[name] = self._compiling.get(name, 0.0) + compiling - self._last_compiling
+        self._last, self._last_compiling = now, compiling
 
     def run(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)``, its time alone booked to step ``name`` (what ran since the last lap
         goes to no step)."""
-        self._last = time.time()
+        self._last, self._last_compiling = time.time(), seconds_compiling()
         out = fn(*args)
         self.lap(name)
         return out
@@ -37,6 +43,11 @@ class StepClock:
     def seconds(self) -> dict[str, float]:
         """Seconds of each step so far, to a tenth."""
         return {name: round(s, 1) for name, s in self._seconds.items()}
+
+    @property
+    def compiling(self) -> dict[str, float]:
+        """Seconds of each step spent tracing, lowering and compiling programs, to a tenth."""
+        return {name: round(s, 1) for name, s in self._compiling.items()}
 
 
 def measure_latency(

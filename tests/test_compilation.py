@@ -9,7 +9,7 @@ from pathlib import Path
 _PROGRAM = """
 import jax, jax.numpy as jnp
 from jax import monitoring
-from gati_jax.compilation import keep_compiled_programs
+from gati_jax.compilation import keep_compiled_programs, programs_loaded
 
 events = []
 monitoring.register_event_listener(lambda name, **_: events.append(name))
@@ -17,7 +17,9 @@ directory = keep_compiled_programs(min_compile_s=0.0)
 x = jnp.ones((32, 32))
 for _ in range(3):  # a new jit each time, one program
     jax.jit(lambda a: jnp.tanh(a @ a).sum())(x).block_until_ready()
-print(directory, events.count("/jax/compilation_cache/cache_hits"))
+hits = events.count("/jax/compilation_cache/cache_hits")
+assert programs_loaded()[0] == hits, programs_loaded()
+print(directory, hits)
 """
 
 

@@ -140,6 +140,9 @@ def test_benchmark_rows_are_consistent(explored):
     ]
     assert all(t >= 0 for t in steps.values())
     assert sum(steps.values()) <= details["seconds"] + 0.5
+    compiling = details["step_compile_seconds"]
+    assert list(compiling) == list(steps) and compiling["serve uniform"] > 0
+    assert all(0 <= compiling[s] <= steps[s] + 0.1 for s in steps)
     # Every served policy's compile time, every bucket, is reported.
     assert set(details["compile_s"]) == {r["policy"] for r in saved}
     assert all(0.0 < t < 600.0 for t in details["compile_s"].values())
@@ -330,6 +333,10 @@ def test_a_miss_bound_is_held_by_planning_again_and_else_nothing_deploys(
         steps = result["step_seconds"]
         assert list(steps)[:4] == ["inputs", "search", "confirm", "miss_bound"]
         assert 0 < sum(steps.values()) <= result["seconds"] + 0.1 * len(steps)
+        # The part of each step spent compiling: the profile's routers, at least.
+        compiling = result["step_compile_seconds"]
+        assert list(compiling) == list(steps) and compiling["inputs"] > 0
+        assert all(0 <= compiling[s] <= steps[s] + 0.1 for s in steps)
         check = result["miss_check"]
         first = check["rounds"][0]["positions"]
         assert first, "the first plan deploys a cache: the bound has something to act on"

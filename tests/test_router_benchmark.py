@@ -164,15 +164,19 @@ def test_convolution_kernels_counts_library_fusions_and_all_convolutions():
 
 def test_step_clock_books_each_lap_to_its_step(monkeypatch):
     now = iter([10.0, 12.5, 13.0, 20.25, 30.0, 31.5])
+    compiled = iter([1.0, 2.0, 2.0, 4.0, 6.0, 6.5])  # the process's compile seconds so far
     monkeypatch.setattr("gati_jax.measure.time.time", lambda: next(now))
+    monkeypatch.setattr("gati_jax.measure.seconds_compiling", lambda: next(compiled))
     clock = StepClock()  # starts at 10.0
     clock.lap("setup")  # 2.5 s
     clock.lap("serve")  # 0.5 s
     clock.lap("setup")  # a step booked again adds up: 2.5 + 7.25
     assert clock.seconds == {"setup": 9.8, "serve": 0.5}
+    assert clock.compiling == {"setup": 3.0, "serve": 0.0}
     # run: the call's own time alone (20.25 -> 30.0 goes to no step).
     assert clock.run("plan", lambda x: x + 1, 1) == 2
     assert clock.seconds == {"setup": 9.8, "serve": 0.5, "plan": 1.5}
+    assert clock.compiling == {"setup": 3.0, "serve": 0.0, "plan": 0.5}
 
 
 def test_describe_kernels_warns_only_when_programs_differ():

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank, load_bank
+from gati_jax.compilation import programs_loaded
 from gati_jax.config import validate_config
 from gati_jax.data.workloads import make_workload, scene_cuts, workload_stats
 from gati_jax.evaluation import model_data_config
@@ -710,6 +711,9 @@ def run_benchmark(
         },
         "seconds": round(time.time() - started, 1),
         "step_seconds": clock.seconds,
+        "step_compile_seconds": clock.compiling,
+        # Programs compiled again and loaded instead (gati_jax/compilation.py).
+        "programs_loaded": dict(zip(("count", "compile_seconds_saved"), programs_loaded())),
         # The settings these results were served under, written with them
         # (scripts/summarize_runs.py compares them across runs).
         "config": json.loads(config.to_json_best_effort()),

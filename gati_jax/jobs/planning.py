@@ -22,6 +22,7 @@ from absl import logging
 from gati_jax import data
 from gati_jax.caches.bank import CacheBank, Candidate, load_bank, split_key
 from gati_jax.caches.recording import Recording, record_activations
+from gati_jax.compilation import programs_loaded
 from gati_jax.config import ConfigError, validate_config
 from gati_jax.evaluation import model_data_config
 from gati_jax.experiments.plots import plot_plan_tradeoff
@@ -997,8 +998,12 @@ def _log_results(
     logging.info(
         f"wrote {workdir / 'plan.json'}, {workdir / 'plan'} and "
         f"{workdir / 'plan_tradeoff.png'} in {result['seconds']} s ("
-        + ", ".join(f"{name} {seconds} s" for name, seconds in result["step_seconds"].items())
-        + ")"
+        + ", ".join(
+            f"{name} {seconds} s (compiling {result['step_compile_seconds'][name]} s)"
+            for name, seconds in result["step_seconds"].items()
+        )
+        + "; {count} programs compiled again were loaded, {compile_seconds_saved:.1f} s of "
+        "compiling saved)".format(**result["programs_loaded"])
     )
 
 
@@ -1082,6 +1087,9 @@ def run_planning(
         ).to_json(),
         "seconds": round(time.time() - started, 1),
         "step_seconds": clock.seconds,
+        "step_compile_seconds": clock.compiling,
+        # Programs compiled again and loaded instead (gati_jax/compilation.py).
+        "programs_loaded": dict(zip(("count", "compile_seconds_saved"), programs_loaded())),
     }
     (workdir_path / "plan.json").write_text(json.dumps(result, indent=1) + "\n")
     plot_plan_tradeoff(sweep, workdir_path / "plan_tradeoff.png")
