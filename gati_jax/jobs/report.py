@@ -318,9 +318,9 @@ def comparison_lines(
         )
     if any(controls.values()):
         intro.append(
-            "The A/A control is one policy served as two separately compiled copies, with the "
-            "same interval: how far identical programs read apart in this serving, the noise a "
-            "verdict must stand above."
+            "The A/A control is one policy served as two copies, each through a router of its "
+            "own, with the same interval: how far identical programs read apart in this "
+            "serving, the noise a verdict must stand above."
         )
     return [" ".join(intro), "", *(f"- {line}" for line in lines), ""]
 

@@ -62,7 +62,7 @@ def benchmark_config() -> ml_collections.ConfigDict:
         "knn-recent",
         "oracle",
     )
-    # An A/A control: this policy is also served as a second, separately compiled copy
+    # An A/A control: this policy is also served as a second copy through a router of its own
     # ('<policy>-copy', kept out of the tables); the copy's speedup over it, with the paired
     # interval the comparisons use, shows how far two identical programs read apart in this
     # serving ('' for none; a policy not in ``policies`` is not served, so neither is its
