@@ -562,7 +562,7 @@ def test_gati_against_each_threshold_policy_says_ahead_level_or_behind():
     assert comparison_lines({}) == []
 
 
-def test_the_aa_control_serves_a_separately_compiled_copy_and_leaves_no_row():
+def test_the_aa_control_serves_a_copy_through_a_router_of_its_own_and_leaves_no_row():
     from conftest import tiny_mlp_model
 
     from gati_jax.data.workloads import Workload
@@ -578,7 +578,7 @@ def test_the_aa_control_serves_a_separately_compiled_copy_and_leaves_no_row():
     assert served["none-copy"].deployment is none and served["none-copy"].name == "none-copy"
     assert with_control(contenders, "") == contenders
     assert with_control(contenders, "entropy") == contenders  # not served: no copy
-    # Served, the copy runs through a router compiled for it alone.
+    # Served, the copy runs through a router of its own.
     model = tiny_mlp_model()
     n = 24
     images = np.random.default_rng(3).integers(0, 256, (n, 6, 6, 1), dtype=np.uint8)
