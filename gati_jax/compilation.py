@@ -7,15 +7,18 @@ Each step makes its own ``jax.jit``, and JAX compiles every new one anew even wh
 is one it compiled a moment before: on a 29-stage network a second or more per router. JAX's
 persistent compilation cache is keyed by the program itself (base variables, lookups, shapes,
 compiler flags), so with it the same program compiled again loads the executable it wrote.
-Entry points keep that cache in a temporary directory of their own, removed when they exit,
-and bounded in size; a cache directory the user set (``JAX_COMPILATION_CACHE_DIR``) is left
-as it is. :func:`seconds_compiling` counts what compiling has cost the process, so a job can
-say how much of each step was compilation.
+Entry points keep that cache in a temporary directory of their own, removed when they exit
+(or, when a process was killed, by the next entry point that starts), and bounded in size; a
+cache directory the user set (``JAX_COMPILATION_CACHE_DIR``) is left as it is.
+:func:`seconds_compiling` counts what compiling has cost the process, so a job can say how
+much of each step was compilation.
 """
 
 from __future__ import annotations
 
 import atexit
+import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,6 +38,8 @@ _COMPILE_EVENTS = (
     "/jax/core/compile/backend_compile_duration",
 )
 _SAVED_EVENT = "/jax/compilation_cache/compile_time_saved_sec"
+# A process's cache directory: this prefix, its process id, "_", a random suffix.
+_PREFIX = "gati_jax_compiled_"
 _compiling = {"seconds": 0.0, "saved": 0.0, "loaded": 0}
 
 
@@ -69,9 +74,25 @@ def keep_compiled_programs(
     configured = jax.config.jax_compilation_cache_dir
     if configured:
         return Path(configured)
-    directory = tempfile.mkdtemp(prefix="gati_jax_compiled_")
+    _remove_orphans(Path(tempfile.gettempdir()))
+    directory = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}_")
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_s))
     jax.config.update("jax_compilation_cache_max_size", int(max_bytes))
     return Path(directory)
+
+
+def _remove_orphans(parent: Path) -> None:
+    """Removes the cache directories of processes no longer running (killed before their exit
+    handler ran): gigabytes each at most, which nothing else would ever free."""
+    for path in parent.glob(f"{_PREFIX}*_*"):
+        found = re.fullmatch(rf"{_PREFIX}(\d+)_\w+", path.name)
+        if found is None or not path.is_dir() or path.is_symlink():
+            continue
+        try:
+            os.kill(int(found.group(1)), 0)  # signal 0: is it running?
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (PermissionError, OverflowError):
+            pass  # running under another user, or no such process id: not ours to judge

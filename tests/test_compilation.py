@@ -48,3 +48,25 @@ def test_a_cache_directory_the_user_set_is_used_and_kept(tmp_path):
         {"JAX_COMPILATION_CACHE_DIR": str(mine), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     )
     assert directory == mine and hits == 2 and mine.is_dir() and any(mine.iterdir())
+
+
+def test_the_cache_of_a_killed_process_is_removed_by_the_next_and_nothing_else(tmp_path):
+    from gati_jax.compilation import _remove_orphans
+
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = tmp_path / f"gati_jax_compiled_{int(finished.stdout)}_k1ll3d"
+    alive = tmp_path / f"gati_jax_compiled_{os.getpid()}_runn1ng"
+    other = tmp_path / "gati_jax_compiled_notes"  # not a process's: no id
+    a_file = tmp_path / "gati_jax_compiled_1_file"
+    for directory in (dead, alive, other):
+        directory.mkdir()
+        (directory / "entry-cache").write_bytes(b"x")
+    a_file.write_text("not a directory")
+    _remove_orphans(tmp_path)
+    assert not dead.exists()
+    assert alive.is_dir() and other.is_dir() and a_file.is_file()
