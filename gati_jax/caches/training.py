@@ -197,10 +197,16 @@ def predictor_logits(
 ) -> np.ndarray:
     """Logits of every member on every example: (members, N, classes)."""
     apply = _stacked_predictor_apply(spec.predictor, num_classes)
-    chunks = [
-        np.asarray(apply(stacked_params, features[i : i + batch_size]))
-        for i in range(0, len(features), batch_size)
-    ]
+    # Every chunk one shape (the last padded): a shorter last chunk compiled the predictor once
+    # more for every variant and activation shape the planner scores.
+    size = min(batch_size, len(features))
+    chunks = []
+    for i in range(0, len(features), batch_size):
+        chunk = features[i : i + size]
+        short = size - len(chunk)
+        if short:
+            chunk = np.concatenate([chunk, np.zeros((short, *chunk.shape[1:]), chunk.dtype)])
+        chunks.append(np.asarray(apply(stacked_params, chunk))[:, : size - short])
     return np.concatenate(chunks, axis=1)
 
 
