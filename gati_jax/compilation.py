@@ -59,10 +59,11 @@ def seconds_compiling() -> float:
     return _compiling["seconds"]
 
 
-def programs_loaded() -> tuple[int, float]:
-    """(programs this process loaded from its cache instead of compiling them, the seconds
-    their compilation had taken)."""
-    return _compiling["loaded"], _compiling["saved"]
+def programs_loaded() -> dict[str, float]:
+    """How many programs this process loaded from its cache instead of compiling them
+    (``count``), and the seconds their compilation had taken (``compile_seconds_saved``), as
+    the jobs' JSON records them."""
+    return {"count": _compiling["loaded"], "compile_seconds_saved": _compiling["saved"]}
 
 
 def keep_compiled_programs(

@@ -201,7 +201,7 @@ def predictor_logits(
     # more for every variant and activation shape the planner scores.
     size = min(batch_size, len(features))
     chunks = []
-    for i in range(0, len(features), batch_size):
+    for i in range(0, len(features), size):
         chunk = features[i : i + size]
         short = size - len(chunk)
         if short:
