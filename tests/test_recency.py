@@ -13,7 +13,7 @@ from conftest import assert_config_rejects, fc_caches, tiny_mlp_model
 from gati_jax import data
 from gati_jax.online.audit import AuditNetwork
 from gati_jax.online.config import online_config
-from gati_jax.online.learner import OnlineLearner, OnlineSettings
+from gati_jax.online.learner import OnlineLearner, OnlineSettings, recency_memory_positions
 from gati_jax.online.programs import route_deferred, slot_part, unpack_taps
 from gati_jax.online.recency import (
     NO_SCORE,
@@ -455,3 +455,47 @@ def test_online_timeline_bins_exits_and_lists_the_learner_events(tmp_path):
     }
     plot_online_timeline({"video": online}, {"video": [3]}, tmp_path / "timeline.png")
     assert (tmp_path / "timeline.png").stat().st_size > 0
+
+
+def test_memory_positions_first_deployed_or_the_first_stage():
+    assert recency_memory_positions((3, 7), 1, earliest=False) == (3,)
+    assert recency_memory_positions((3, 7), 1, earliest=True) == (0,)
+    assert recency_memory_positions((3, 7), 2, earliest=True) == (0, 3)
+    assert recency_memory_positions((0, 7), 2, earliest=True) == (0, 7)
+    assert recency_memory_positions((3, 7), 0, earliest=True) == ()
+    assert recency_memory_positions((), 1, earliest=True) == (0,)
+
+
+@pytest.mark.parametrize("earliest", [False, True])
+def test_a_memory_at_the_first_stage_serves_before_a_deeper_first_cache(model, earliest):
+    heads, params = fc_caches(model.network, (1,), CLASSES)
+    deployment = Deployment("gati", (1,), heads, params, np.asarray([2.0], np.float32))
+    learner = OnlineLearner(model, deployment, _settings(recency_earliest=earliest), max_group=1)
+    assert learner.memory_positions == ((0,) if earliest else (1,))
+    images = _scenes(model, count=3, frames=150)
+    base = _base_answers(model, images)
+    answer, exit_stage, _ = _serve(learner, images)
+    admitted = learner.summary()["memory_log"][0]["served"]
+    late = exit_stage[admitted + 20 :]
+    assert np.mean(late == learner.memory_positions[0]) > 0.5
+    assert not np.any(late == (1 if earliest else 0))  # the cache never hits; no memory there
+    assert np.mean(answer == base) >= 0.98
+
+
+def test_shift_detection_reads_the_first_cache_position_with_the_memory_elsewhere(model):
+    heads, params = fc_caches(model.network, (1,), CLASSES)
+    deployment = Deployment("gati", (1,), heads, params, np.asarray([2.0], np.float32))
+    reference = _scenes(model, count=10, frames=3, seed=1)
+    settings = _settings(recency_earliest=True, shift_detect=True, shift_reference=20)
+    learner = OnlineLearner(model, deployment, settings, 2, reference_images=reference)
+    assert learner.memory_positions == (0,)
+    slot = learner._cache_slot[0]  # pylint: disable=protected-access
+    assert learner.slots[slot].position == 1 and learner.slots[slot].memory is None
+    never = np.full(len(learner.slots), np.inf, np.float32)
+    _, light = learner.light.route_tapped(learner.serving_params, never, reference[:2])
+    key, answer = learner._shift_inputs(light)  # pylint: disable=protected-access
+    x = data.normalize(reference[:2], model.mean, model.std)
+    for stage in (0, 1):
+        x = model.network.apply_stage(model.variables, stage, x)
+    np.testing.assert_allclose(key, pooled_key(x, settings.recency_grid), atol=1e-5)
+    assert "x" not in light[slot] and answer.shape == (2,)

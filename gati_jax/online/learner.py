@@ -115,6 +115,7 @@ class OnlineSettings:
     shift_fall_rate: float
     shift_fall_window: int
     recency_positions: int
+    recency_earliest: bool
     recency_capacity: int
     recency_grid: int
     recency_neighbours: int
@@ -153,6 +154,21 @@ class UpdateRecord:
     trained: bool  # whether optimiser steps ran (the back-off skips them), or only calibration
 
 
+def recency_memory_positions(
+    deployed: tuple[int, ...], memories: int, earliest: bool
+) -> tuple[int, ...]:
+    """Where gati-online keeps its ``memories`` recency memories: at the first deployed
+    positions, or (``earliest``) the first at stage 0 and the rest there.
+
+    A memory recognises a near-duplicate of a recent request, which the first stage's
+    activations already show, so at stage 0 a hit skips nearly the whole network; a plan's
+    first cache may sit much deeper (a third of a ResNet-56 in), where every memory hit
+    pays for the stages before it."""
+    if not earliest:
+        return tuple(deployed[:memories])
+    return tuple(sorted({0, *deployed}))[:memories] if memories else ()
+
+
 class OnlineLearner:
     """Serves a ``gati`` deployment while its caches keep learning (``route`` is the
     serving loop's ``route_group``; the learner is also its ``background``)."""
@@ -178,7 +194,9 @@ class OnlineLearner:
         # The memories sit at the first recency_positions deployed positions unless told
         # (memories_only: the recency cache alone, at positions no plan chose).
         if memory_positions is None:
-            memory_positions = self.positions[: int(settings.recency_positions)]
+            memory_positions = recency_memory_positions(
+                self.positions, int(settings.recency_positions), settings.recency_earliest
+            )
         self.memory_positions = tuple(int(p) for p in memory_positions)
         if not self.positions and not self.memory_positions:
             raise ValueError("online learning needs at least one deployed cache or memory")
@@ -230,7 +248,16 @@ class OnlineLearner:
         # steps (or caches) nobody reads them, and with a memory every group is lightly
         # tapped anyway.
         self.trains = settings.update.steps > 0 and bool(self.positions)
-        decides, taps = make_programs(model, self.slots, self.heads, self.memory_head, True)
+        # The shift detector reads the first cache's position: its key, with a memory
+        # anywhere (every group is lightly tapped then), else its cache input.
+        key_slot = (
+            self._cache_slot[0]
+            if self.recency and self.positions and settings.shift_detect
+            else None
+        )
+        decides, taps = make_programs(
+            model, self.slots, self.heads, self.memory_head, True, key_slot
+        )
         self._taps, self._tapped_decides = taps, decides
         # Caches and memories in flat arrays of their own: a memory publication sends the
         # memory alone (programs.slot_part).
@@ -245,7 +272,7 @@ class OnlineLearner:
         self.untapped = None
         if self.recency:
             light_decides, light_taps = make_programs(
-                model, self.slots, self.heads, self.memory_head, False
+                model, self.slots, self.heads, self.memory_head, False, key_slot
             )
             self.light = Router(
                 model, self.slot_positions, light_decides, max_group, taps=light_taps, **routed
@@ -353,8 +380,9 @@ class OnlineLearner:
         )
 
     def _shift_inputs(self, tapped: tuple) -> tuple[np.ndarray, np.ndarray]:
-        """What the shift detector reads from a tapped group: the first deployed position's
-        cache input (with a memory there, its key: every group has it) and cache answer."""
+        """What the shift detector reads from a tapped group: at the first deployed
+        position, the memory's key of its activation (with a memory anywhere: every group
+        carries it) or the cache's input, and the cache's answer."""
         first = tapped[self._cache_slot[0]]
         return (first["key"] if "key" in first else first["x"]), first["answer"]
 

@@ -110,11 +110,16 @@ def make_programs(
     heads: tuple[CacheHead, ...],
     memory_head: RecencyHead | None,
     full: bool,
+    key_slot: int | None = None,
 ) -> tuple[tuple[Callable, ...], tuple[Callable, ...]]:
-    """(decides, taps), one per slot; ``full`` taps also return each cache's input."""
+    """(decides, taps), one per slot; ``full`` taps also return each cache's input.
+    ``key_slot``: a slot whose taps also return the memory's key of its activation without a
+    memory there (the input-shift detector reads the first cache's position, and a light tap
+    carries no cache input)."""
     confidence = _confidence(model)
     decides, taps = [], []
-    for slot in slots:
+    for index, slot in enumerate(slots):
+        keyed = slot.memory is not None or index == key_slot
         cache_tap = None if slot.cache is None else make_tap(heads[slot.cache])
         # What the slot's tap computed, for the decision the router makes right after it on
         # the same activation (same trace): XLA did not merge the two memory lookups, and
@@ -122,12 +127,13 @@ def make_programs(
         # ResNet-18, a memory at position 0).
         memo: dict[int, dict[str, jax.Array]] = {}
 
-        def parts(params, x, slot=slot, cache_tap=cache_tap):
+        def parts(params, x, slot=slot, cache_tap=cache_tap, keyed=keyed):
             out = {}
             if cache_tap is not None:
                 out["x"], out["answer"], out["score"] = cache_tap(params["cache"], x)
-            if slot.memory is not None:
+            if keyed:
                 out["key"] = pooled_key(x, memory_head.grid)
+            if slot.memory is not None:
                 out["m_answer"], out["m_score"] = served_lookup(
                     params["memory"], out["key"], memory_head.neighbours
                 )
