@@ -234,6 +234,11 @@ def serve_rounds(
         routers[name] = route
     names = list(contenders)
     results: dict[str, list[dict]] = {n: [] for n in names}
+    # An online learner's memories may sit where no cache of its plan does.
+    exit_positions = {
+        n: learners[n].exit_positions if n in learners else contenders[n].deployment.positions
+        for n in names
+    }
 
     def loop(name):
         if name in learners:
@@ -266,9 +271,7 @@ def serve_rounds(
                 served[name] = serve_interleaved({name: loop(name)})[name]
         for name in names:
             result = served[name]
-            summary = summarize(
-                result, workload.labels, base, contenders[name].deployment.positions, last
-            )
+            summary = summarize(result, workload.labels, base, exit_positions[name], last)
             summary["latencies_ms"] = 1e3 * result.latency
             summary["windows"] = windowed(result, workload.labels, base, window)
             # --- gati-online: exits over time, for the report's per-stream timelines

@@ -302,6 +302,11 @@ class OnlineLearner:
         self.shift_reference = self._fit_shift_reference(reference_images)
         self.reset()
 
+    @property
+    def exit_positions(self) -> tuple[int, ...]:
+        """Where a request may exit before the last stage: at a deployed cache or a memory."""
+        return tuple(sorted({*self.positions, *self.memory_positions}))
+
     @classmethod
     def memories_only(
         cls,

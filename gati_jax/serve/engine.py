@@ -30,7 +30,7 @@ class Engine:
 
     policy: str  # the served policy's name
     route: Callable[[np.ndarray], RouteResult]  # one request group -> answers, exits, hits
-    positions: tuple[int, ...]  # deployed cache positions
+    positions: tuple[int, ...]  # where requests may exit early (caches, memories)
     last_stage: int  # where a request that hits nowhere exits
     input_shape: tuple[int, ...]  # one image's shape (H, W, C)
     input_range: tuple[float, float]  # the raw values the network was trained on
@@ -103,7 +103,7 @@ def build_engine(
             max_group,
             reference_images=reference_images,
         )
-        return Engine(ONLINE, learner.route, deployment.positions, learner=learner, **common)
+        return Engine(ONLINE, learner.route, learner.exit_positions, learner=learner, **common)
     if policy == "none":
         deployment, route = plain_deployment(), None
     if route is None:
