@@ -160,10 +160,9 @@ def recency_memory_positions(
     """Where gati-online keeps its ``memories`` recency memories: at the first deployed
     positions, or (``earliest``) the first at stage 0 and the rest there.
 
-    A memory recognises a near-duplicate of a recent request, which the first stage's
-    activations already show, so at stage 0 a hit skips nearly the whole network; a plan's
-    first cache may sit much deeper (a third of a ResNet-56 in), where every memory hit
-    pays for the stages before it."""
+    At stage 0 a hit skips nearly the whole network where a plan's first cache may sit a
+    quarter of it in; but its keys there tell scenes apart less well, and the slot of its own
+    costs every request (docs/online.md: off by default)."""
     if not earliest:
         return tuple(deployed[:memories])
     return tuple(sorted({0, *deployed}))[:memories] if memories else ()
