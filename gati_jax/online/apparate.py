@@ -567,6 +567,11 @@ class ApparateOnline:
         self.chunk_seconds: list[float] = []
         self.chunk_kinds: list[str] = []
 
+    @property
+    def exit_positions(self) -> tuple[int, ...]:
+        """Where a request may exit before the last stage: at its candidate ramps."""
+        return tuple(int(p) for p in self.ramps.positions)
+
     def warm_up(self) -> None:
         """Compiles every program serving and auditing run (each group-size bucket, each
         audit size), changing no state."""
