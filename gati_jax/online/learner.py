@@ -158,14 +158,15 @@ def recency_memory_positions(
     deployed: tuple[int, ...], memories: int, earliest: bool
 ) -> tuple[int, ...]:
     """Where gati-online keeps its ``memories`` recency memories: at the first deployed
-    positions, or (``earliest``) the first at stage 0 and the rest there.
+    positions, or (``earliest``) the first at stage 0 and the rest at the first deployed
+    positions after it.
 
     At stage 0 a hit skips nearly the whole network where a plan's first cache may sit a
     quarter of it in; but its keys there tell scenes apart less well, and the slot of its own
     costs every request (docs/online.md: off by default)."""
     if not earliest:
         return tuple(deployed[:memories])
-    return tuple(sorted({0, *deployed}))[:memories] if memories else ()
+    return tuple(sorted({0, *deployed}))[:memories]
 
 
 class OnlineLearner:
@@ -190,7 +191,7 @@ class OnlineLearner:
         self.model, self.settings = model, settings
         self.positions = deployment.positions
         self.last_stage = model.network.num_stages - 1
-        # The memories sit at the first recency_positions deployed positions unless told
+        # The memories sit where recency_memory_positions puts them unless told
         # (memories_only: the recency cache alone, at positions no plan chose).
         if memory_positions is None:
             memory_positions = recency_memory_positions(
